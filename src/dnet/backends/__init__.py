@@ -1,0 +1,1 @@
+"""Backends: each runs a graph (or a node's program) on one kind of device."""

@@ -1,0 +1,1 @@
+"""Frontends: the Python bindings (Module, nn, functional), the DSL and the importers."""
