@@ -1,30 +1,32 @@
-"""The public entry points: compile a model for a target and run it."""
+"""The public entry points: compile a model for a target, run it, save and load it."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from dnet.backends import registry
 from dnet.core.types import TensorType
-from dnet.errors import DnetError
+from dnet.errors import DnetError, SerializationError
 from dnet.graph.ir import Graph
 from dnet.objects.ir import Object, ObjectModule
 from dnet.objects.lower import lower
+
+ARTIFACT_FORMAT = 1
 
 
 class Executable:
     """A compiled model: call it with numpy arrays (positionally or by input name)."""
 
-    def __init__(self, graph: Graph, target: str = "numpy"):
+    def __init__(self, graph: Graph, target: str = "numpy", runner: Any = None, **options: Any):
         self.graph = graph
         self.target = target
-        if target != "numpy":
-            raise DnetError(f"unknown target '{target}'", hint="targets: numpy")
+        self.runner = runner if runner is not None else registry.get(target).prepare(graph, **options)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from dnet.backends.numpy import run_graph
-
-        return run_graph(self.graph, inputs)
+        return self.runner.run(inputs)
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
         names = self.graph.input_names
@@ -37,27 +39,68 @@ class Executable:
         return values[0] if len(values) == 1 else tuple(values)
 
 
-def to_graph(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None) -> Graph:
-    """Lower any model form (Module, ObjectModule, Object, Graph) to graph IR."""
+def to_graph(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,
+             optimize: bool = True) -> Graph:
+    """Lower any model form (Module, ObjectModule, Object, Graph) to graph IR, then run the graph passes."""
     from dnet.frontend.module import Module
 
     if isinstance(model, Graph):
-        return model
-    if isinstance(model, Module):
-        if isinstance(inputs, Mapping):
-            model = model.trace(**inputs)
-        else:
-            model = model.trace(*(inputs or ()))
-        entry = getattr(model, "entry", "forward")
-        named = {a.name: a.type for a in model.root.functions[entry].args if a.type is not None}
-        return lower(model, entry, named)
-    if isinstance(model, (ObjectModule, Object)):
+        graph = model
+    elif isinstance(model, Module):
+        traced = model.trace(**inputs) if isinstance(inputs, Mapping) else model.trace(*(inputs or ()))
+        entry = getattr(traced, "entry", "forward")
+        named = {a.name: a.type for a in traced.root.functions[entry].args if a.type is not None}
+        graph = lower(traced, entry, named)
+    elif isinstance(model, (ObjectModule, Object)):
         if inputs is not None and not isinstance(inputs, Mapping):
             raise DnetError("give an object model's inputs by name")
-        return lower(model, getattr(model, "entry", "forward"), inputs)
-    raise DnetError(f"cannot compile a {type(model).__name__}")
+        graph = lower(model, getattr(model, "entry", "forward"), inputs)
+    else:
+        raise DnetError(f"cannot compile a {type(model).__name__}")
+    return _optimize(graph) if optimize else graph
+
+
+def _optimize(graph: Graph) -> Graph:
+    try:
+        from dnet.graph.passes import default_graph_pipeline
+    except ImportError:  # graph passes not present in this build
+        return graph
+    return default_graph_pipeline()(graph)
 
 
 def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,  # noqa: A001
-            target: str = "numpy") -> Executable:
-    return Executable(to_graph(model, inputs), target)
+            target: str = "numpy", **options: Any) -> Executable:
+    return Executable(to_graph(model, inputs), target, **options)
+
+
+def save_artifact(exe: Executable, directory: Path | str) -> None:
+    """A standalone artefact: the serialised graph, a manifest, and whatever the backend saves."""
+    from dnet.graph.serialize import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save(exe.graph, directory / "graph")
+    if hasattr(exe.runner, "save"):
+        exe.runner.save(directory)
+    manifest = {"format": ARTIFACT_FORMAT, "target": exe.target,
+                "inputs": {n: t.to_json() for n, t in exe.graph.input_types().items()},
+                "outputs": {n: t.to_json() for n, t in exe.graph.output_types().items()}}
+    tmp = directory / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(directory / "manifest.json")
+
+
+def load_artifact(directory: Path | str) -> Executable:
+    from dnet.graph.serialize import load
+
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        raise SerializationError(f"{directory} is not a dnet artefact: {err}") from None
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise SerializationError(f"{directory}: artefact format {manifest.get('format')}, expected {ARTIFACT_FORMAT}")
+    graph = load(directory / "graph")
+    backend = registry.get(manifest["target"])
+    runner = backend.load(graph, directory) if hasattr(backend, "load") else backend.prepare(graph)
+    return Executable(graph, manifest["target"], runner=runner)

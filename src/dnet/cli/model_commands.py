@@ -1,4 +1,106 @@
-"""`dnet compile`, `dnet run`, `dnet inspect`, `dnet demo`: working with one model."""
+"""`dnet compile`, `dnet run`, `dnet inspect`: working with one model on one node."""
 from __future__ import annotations
 
-from dnet.cli.main import cli  # noqa: F401 - commands register on it
+from pathlib import Path
+
+import click
+import numpy as np
+
+from dnet.cli.main import cli
+from dnet.cli.model_loading import load_model, parse_inputs
+from dnet.core.shapes import Dim, evaluate_shape
+from dnet.errors import DnetError
+
+MODEL_HELP = "a built-in name (minilm), FILE.py:NAME, FILE.dnet[:Object] or a directory from `dnet compile -o`"
+
+
+def _graph(ref: str, specs: tuple[str, ...]):
+    import dnet
+
+    model, default_inputs = load_model(ref)
+    return dnet.to_graph(model, parse_inputs(specs) or default_inputs)
+
+
+@cli.command("compile")
+@click.argument("model")
+@click.option("-i", "--input", "inputs", multiple=True, help="input type, NAME:DTYPE[dims], e.g. x:f32[batch,384]")
+@click.option("-t", "--target", default="numpy", show_default=True, help="backend to compile for")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write a standalone artefact here")
+def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None) -> None:
+    """Compile MODEL (""" + MODEL_HELP + """) for TARGET."""
+    import dnet
+    from dnet.api import save_artifact
+
+    graph = _graph(model, inputs)
+    exe = dnet.compile(graph, target=target)
+    click.echo(f"compiled {model}: {len(graph)} graph nodes, {graph.weight_bytes() / 2**20:.1f} MiB of weights, "
+               f"target {target}")
+    if output:
+        save_artifact(exe, output)
+        click.echo(f"wrote {output}")
+
+
+def _parse_dims(text: str) -> dict[str, int]:
+    env = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if not value.isdigit():
+            raise DnetError(f"bad --dims entry '{part}'", hint="write NAME=INT,NAME=INT")
+        env[name] = int(value)
+    return env
+
+
+def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, t in graph.input_types().items():
+        missing = {s for d in t.shape if isinstance(d, Dim) for s in d.free_symbols()} - env.keys()
+        if missing:
+            raise DnetError(f"input '{name}' has symbolic dims {sorted(missing)}", hint="give them with --dims")
+        shape = evaluate_shape(t.shape, env)
+        if t.dtype.is_float:
+            out[name] = rng.standard_normal(shape).astype(t.dtype.np)
+        elif t.dtype.is_int:
+            out[name] = rng.integers(0, 2, shape).astype(t.dtype.np)
+        else:
+            out[name] = rng.integers(0, 2, shape).astype(bool)
+    return out
+
+
+@cli.command("run")
+@click.argument("model")
+@click.option("-i", "--input", "inputs", multiple=True, help="input type, NAME:DTYPE[dims]")
+@click.option("-t", "--target", default="numpy", show_default=True)
+@click.option("--data", type=click.Path(exists=True, path_type=Path), help=".npz file of input arrays by name")
+@click.option("--dims", default="", help="sizes of symbolic dims for random inputs, e.g. batch=2,seq=16")
+@click.option("--seed", default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write outputs to this .npz")
+def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed: int, output: Path | None) -> None:
+    """Run MODEL on inputs from --data, or on seeded random inputs."""
+    import dnet
+    from dnet.api import load_artifact
+
+    path = Path(model)
+    exe = load_artifact(path) if path.is_dir() else dnet.compile(_graph(model, inputs), target=target)
+    feeds = dict(np.load(data)) if data else _random_inputs(exe.graph, _parse_dims(dims), seed)
+    results = exe.run(feeds)
+    for name, value in results.items():
+        click.echo(f"{name}: {value.dtype}{list(value.shape)}  mean={float(np.mean(value)):.6g} "
+                   f"std={float(np.std(value)):.6g}")
+    if output:
+        np.savez(output, **results)
+        click.echo(f"wrote {output}")
+
+
+@cli.command("inspect")
+@click.argument("model")
+@click.option("-i", "--input", "inputs", multiple=True, help="input type, NAME:DTYPE[dims]")
+@click.option("--level", type=click.Choice(["object", "graph", "summary", "all"]), default="all", show_default=True)
+@click.option("--object", "object_name", default=None, help="show only this object (class name or path)")
+@click.option("--passes", is_flag=True, help="show the object IR before and after each object-level pass")
+@click.option("--dims", default="", help="sizes of symbolic dims for the cost summary, e.g. batch=1,seq=128")
+def inspect_cmd(model: str, inputs, level: str, object_name: str | None, passes: bool, dims: str) -> None:
+    """Print MODEL's object IR, graph IR and data-flow summary."""
+    from dnet.cli.inspect_views import render
+
+    click.echo(render(model, inputs, level, object_name, passes, _parse_dims(dims)))

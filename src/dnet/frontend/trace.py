@@ -195,7 +195,8 @@ def record(op: str, args: Sequence[Any], attrs: dict[str, Any] | None = None, hi
     try:
         value = emit(st.shadow, op, [to_shadow(a) for a in args], {k: to_shadow(v) for k, v in attrs.items()})
     except DnetError as err:
-        err.where = user_location()
+        loc = user_location()
+        err.where = Location(loc.file, loc.line, symbol=st.shadow.where or None)
         err.args = (err._render(),)
         raise err.with_traceback(None) from None
     return bind(Apply(op, tuple(to_expr(a) for a in args), tuple((k, to_expr(v)) for k, v in attrs.items())),

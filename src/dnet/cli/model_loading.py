@@ -1,0 +1,78 @@
+"""Turning a command-line model reference into something `dnet.compile` accepts.
+
+A reference is one of:
+  a built-in name      `minilm`                      (dnet.models)
+  a Python file        `path/model.py:NAME`          (a Module, or a callable returning one)
+  a DSL file           `path/model.dnet[:Object]`     (dnet.load_dsl)
+  a compiled artefact  a directory written by `dnet compile -o DIR`
+Input types are given as `NAME:DTYPE[d0,d1,...]` with symbolic dims by name: `x:f32[batch,seq,384]`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+from dnet.core.dtypes import DType
+from dnet.core.shapes import dim
+from dnet.core.types import TensorType
+from dnet.errors import DnetError, ParseError
+
+_INPUT = re.compile(r"^(?P<name>[A-Za-z_]\w*):(?P<dtype>\w+)\[(?P<dims>[^\]]*)\]$")
+
+
+def parse_input(spec: str) -> tuple[str, TensorType]:
+    m = _INPUT.match(spec.strip())
+    if not m:
+        raise ParseError(f"bad input spec '{spec}'", hint="write NAME:DTYPE[d0,d1,...], e.g. x:f32[batch,seq,384]")
+    dims = [d.strip() for d in m["dims"].split(",") if d.strip()]
+    shape = tuple(dim(int(d)) if d.lstrip("-").isdigit() else dim(d) for d in dims)
+    return m["name"], TensorType(shape, DType.parse(m["dtype"]))
+
+
+def parse_inputs(specs: tuple[str, ...]) -> dict[str, TensorType] | None:
+    return dict(parse_input(s) for s in specs) if specs else None
+
+
+def builtin_models() -> dict[str, Any]:
+    """Name -> callable returning (model, input types)."""
+    from dnet import models
+
+    return getattr(models, "BUILTIN", {})
+
+
+def load_model(ref: str) -> tuple[Any, dict[str, TensorType] | None]:
+    """(model, default input types or None) for a command-line reference."""
+    builtins = builtin_models()
+    if ref in builtins:
+        return builtins[ref]()
+    path_part, _, attr = ref.partition(":")
+    path = Path(path_part)
+    if path.suffix == ".py":
+        return _load_python(path, attr or "model"), None
+    if path.suffix == ".dnet":
+        import dnet
+
+        return dnet.load_dsl(path, object=attr or None), None
+    if path.is_dir():
+        from dnet.graph.serialize import load
+
+        return load(path), None
+    known = ", ".join(sorted(builtins)) or "none yet"
+    raise DnetError(f"cannot load model '{ref}'",
+                    hint=f"give a built-in name ({known}), FILE.py:NAME, FILE.dnet or a compiled directory")
+
+
+def _load_python(path: Path, attr: str) -> Any:
+    if not path.exists():
+        raise DnetError(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    if not hasattr(module, attr):
+        raise DnetError(f"{path} defines no '{attr}'")
+    value = getattr(module, attr)
+    from dnet.frontend.module import Module
+
+    return value if isinstance(value, Module) else value()
