@@ -1,0 +1,161 @@
+"""The topology: nodes with their devices, and the links between nodes.
+
+All quantities are in base units (bytes, seconds, bytes/s, FLOP/s). A device's
+`compute` gives its matmul rate per dtype; `op_rates` optionally gives a rate per
+op class (`"unary"`, `"reduce"`, ...) where it differs. Links are directed:
+a symmetric link is two entries.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from dnet.core.dtypes import DType
+from dnet.errors import DnetError, did_you_mean
+from dnet.graph.ops import OpClass
+
+
+@dataclass
+class Device:
+    kind: str = "cpu"                      # the backend that runs on it: cpu (numpy, c), cuda, ...
+    cores: int = 1
+    compute: dict[str, float] = field(default_factory=dict)   # dtype name -> matmul FLOP/s
+    memory: float = 0.0                    # capacity, bytes
+    memory_bandwidth: float = 0.0          # bytes/s
+    op_rates: dict[str, float] = field(default_factory=dict)  # op class name -> FLOP/s
+    cache: dict[str, float] = field(default_factory=dict)     # "l1", "l2", "l3" -> bytes
+    vector_width: int = 0                  # bits; 0 where unknown
+
+    def rate(self, cls: OpClass, dtype: DType) -> float:
+        """FLOP/s for an op of class `cls` on `dtype`; matmul rates stand in where nothing finer is known."""
+        if cls.value in self.op_rates:
+            return self.op_rates[cls.value]
+        if dtype.value in self.compute:
+            return self.compute[dtype.value]
+        return self.compute.get("f32", max(self.compute.values(), default=0.0))
+
+    @property
+    def peak(self) -> float:
+        return max(self.compute.values(), default=0.0)
+
+
+@dataclass
+class Node:
+    name: str
+    devices: list[Device] = field(default_factory=list)
+    address: str | None = None             # host:port of its worker, where known
+
+    @property
+    def memory(self) -> float:
+        return sum(d.memory for d in self.devices)
+
+    @property
+    def peak(self) -> float:
+        return sum(d.peak for d in self.devices)
+
+
+@dataclass(frozen=True)
+class Link:
+    src: str
+    dst: str
+    bandwidth: float                       # bytes/s
+    latency: float = 0.0                   # seconds
+
+    def time(self, nbytes: float) -> float:
+        """Seconds to move `nbytes` over this link."""
+        return self.latency + nbytes / self.bandwidth
+
+
+@dataclass
+class Topology:
+    nodes: list[Node] = field(default_factory=list)
+    links: dict[tuple[str, str], Link] = field(default_factory=dict)
+    source: str | None = None              # the file it came from, for error messages
+
+    # -- queries ----------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise DnetError(f"unknown node '{name}'", hint=did_you_mean(name, self.names) or
+                        "nodes are " + ", ".join(self.names))
+
+    def link(self, src: str, dst: str) -> Link | None:
+        return self.links.get((src, dst))
+
+    def add_link(self, a: str, b: str, bandwidth: float, latency: float = 0.0, symmetric: bool = True) -> None:
+        self.links[(a, b)] = Link(a, b, bandwidth, latency)
+        if symmetric:
+            self.links[(b, a)] = Link(b, a, bandwidth, latency)
+
+    # -- construction -----------------------------------------------------------
+    @staticmethod
+    def local(n: int, device: Device | None = None, bandwidth: float = 10e9, latency: float = 50e-6,
+              scales: list[float] | None = None) -> "Topology":
+        """n nodes on this machine, joined by loopback links.
+
+        Each node gets an equal share of this host's cores and memory (measured by
+        `dnet.topology.probe`, cached) unless `device` is given; `scales` multiplies
+        each node's compute rates, to simulate unlike nodes on one machine.
+        """
+        if n < 1:
+            raise DnetError(f"a local topology needs at least one node, got n={n}")
+        if device is None:
+            from dnet.topology.probe import probe_device
+
+            device = share_of(probe_device(quick=True), n)
+        scales = scales or [1.0] * n
+        topo = Topology()
+        for i in range(n):
+            d = Device(**{**asdict(device), "compute": {k: v * scales[i] for k, v in device.compute.items()},
+                          "op_rates": {k: v * scales[i] for k, v in device.op_rates.items()}})
+            topo.nodes.append(Node(f"local{i}", [d], address=None))
+        for a in topo.names:
+            for b in topo.names:
+                if a != b:
+                    topo.add_link(a, b, bandwidth, latency, symmetric=False)
+        return topo
+
+    # -- serialisation ----------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "node": [{"name": n.name, **({"address": n.address} if n.address else {}),
+                      "device": [asdict(d) for d in n.devices]} for n in self.nodes],
+            "link": [{"from": l.src, "to": l.dst, "bandwidth": l.bandwidth, "latency": l.latency}
+                     for l in self.links.values()],
+        }
+
+    @staticmethod
+    def from_dict(data: dict, source: str | None = None) -> "Topology":
+        from dnet.topology.toml_format import topology_from_dict
+
+        return topology_from_dict(data, source)
+
+    @staticmethod
+    def load(path: str) -> "Topology":
+        from dnet.topology.toml_format import load_topology
+
+        return load_topology(path)
+
+    @staticmethod
+    def loads(text: str, source: str = "<string>") -> "Topology":
+        from dnet.topology.toml_format import loads_topology
+
+        return loads_topology(text, source)
+
+    def dumps(self) -> str:
+        from dnet.topology.toml_format import dumps_topology
+
+        return dumps_topology(self)
+
+
+def share_of(device: Device, n: int) -> Device:
+    """One n-th of a device: its cores, memory and rates divided among n local nodes."""
+    return Device(kind=device.kind, cores=max(1, device.cores // n),
+                  compute={k: v / n for k, v in device.compute.items()},
+                  memory=device.memory / n, memory_bandwidth=device.memory_bandwidth / n,
+                  op_rates={k: v / n for k, v in device.op_rates.items()},
+                  cache=dict(device.cache), vector_width=device.vector_width)
