@@ -284,6 +284,7 @@ class Lowering:
     def _apply(self, expr: Apply, frame: _Frame) -> Any:
         args = [self.eval(a, frame) for a in expr.args]
         attrs = {k: self.eval(v, frame) for k, v in expr.attrs}
+        attrs = {k: None if v is ABSENT else v for k, v in attrs.items()}  # an attribute left out is None
         for i, a in enumerate(args):
             if a is ABSENT and expr.op not in COMPOSITES:  # composites take None for what is left out
                 raise SymbolError(f"{expr.op}: argument {i + 1} is an absent optional value", expr.loc,
