@@ -246,3 +246,27 @@ def arange(end, start: int = 0, step: int = 1, dtype: DType = DType.I64) -> Tens
 
 def full(shape: Sequence, value, dtype: DType = DType.F32) -> Tensor:
     return record("full", [], {"shape": tuple(_ints(shape)), "value": value, "dtype": dtype})
+
+
+# -- helpers PyTorch models use ------------------------------------------------------------
+def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
+    """x where mask is False, `value` where it is True."""
+    return where(mask, value, x)
+
+
+def normalize(x: Tensor, p: float = 2.0, dim: int = -1, eps: float = 1e-12) -> Tensor:
+    """x / max(||x||_2, eps) along `dim` (p=2 only)."""
+    if p != 2.0:
+        from dnet.errors import UnsupportedOpError
+        raise UnsupportedOpError(f"normalize: only p=2 is supported, got p={p}")
+    norm = sqrt(sum(mul(x, x), dim=dim, keepdim=True))
+    return div(x, maximum(norm, eps))
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = False) -> Tensor:
+    """Identity: dnet compiles for inference."""
+    return x
+
+
+def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+    return cat([unsqueeze(t, dim) for t in tensors], dim)
