@@ -3,9 +3,11 @@ from dnet.api import Executable, compile, to_graph
 from dnet.core import WILDCARD, DType, Sym, TensorType, bf16, boolean, f16, f32, i8, i32, i64
 from dnet.errors import DnetError
 from dnet.frontend import functional, tensor_methods  # noqa: F401 - attaches Tensor's methods
+from dnet.frontend import nn
 from dnet.frontend.module import Module, ModuleList, Parameter, Sequential
 
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",
     "i8", "i32", "i64", "boolean", "DnetError", "functional", "Module", "ModuleList", "Parameter", "Sequential",
+    "nn",
 ]
