@@ -59,6 +59,10 @@ class SymbolError(DnetError):
     """Unknown, duplicate or misused symbols in the object IR."""
 
 
+class GraphError(DnetError):
+    """A graph that breaks an invariant of the IR (order, arity, attributes, types)."""
+
+
 class WeightError(DnetError):
     """A missing, unexpected or mismatched weight (name, shape, dtype)."""
 

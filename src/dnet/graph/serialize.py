@@ -1,0 +1,297 @@
+"""Lossless serialisation of the graph IR, with weights stored by content hash.
+
+A graph becomes a JSON document (nodes, attributes, types, inputs, outputs, names)
+and a blob store `{sha256: array}`: the document refers to each weight by the hash of
+its dtype, shape and bytes, so a weight shared by many subgraphs travels once and is
+verified on arrival. On disk: `graph.json` beside `weights.safetensors` (keyed by hash).
+
+`subgraph` cuts a piece out of a graph as a graph of its own: the form in which a
+pipeline stage travels to the node that runs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as save_tensors
+
+from dnet.core.dtypes import DType
+from dnet.core.shapes import Dim, dim_from_json, dim_to_json
+from dnet.core.types import TensorType
+from dnet.errors import SerializationError, did_you_mean
+from dnet.graph.analysis import ancestors, constant_values, verify
+from dnet.graph.ir import Graph, Node
+from dnet.graph.ops import OPS_BY_NAME, Op
+from dnet.graph.rebuild import GraphRebuilder
+
+FORMAT, VERSION = "dnet-graph", 1
+GRAPH_FILE, WEIGHTS_FILE = "graph.json", "weights.safetensors"
+
+
+def weight_hash(array: np.ndarray) -> str:
+    """sha256 of a weight's dtype, shape and bytes: its name in the blob store."""
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{DType.from_numpy(array.dtype).value}{list(array.shape)}".encode())
+    h.update(array.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+# -- attribute values -----------------------------------------------------------------------------
+# JSON keeps ints, finite floats (repr round-trips exactly), bools, strings and lists. Everything
+# else is a one-key object: {"float": "nan"}, {"list": [...]}, {"dim": ...}, {"dtype": "f32"}.
+# Tuples are plain JSON lists, since attributes are tuples far more often than lists.
+
+def _encode(v: Any, where: str) -> Any:
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else {"float": repr(v)}
+    if isinstance(v, tuple):
+        return [_encode(x, where) for x in v]
+    if isinstance(v, list):
+        return {"list": [_encode(x, where) for x in v]}
+    if isinstance(v, Dim):
+        return dim_to_json(v)
+    if isinstance(v, DType):
+        return {"dtype": v.value}
+    raise SerializationError(f"{where}: cannot serialise a {type(v).__name__} ({v!r})")
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_decode(x) for x in v)
+    if not isinstance(v, dict):
+        return v
+    if len(v) != 1:
+        raise ValueError(f"a tagged value has one key, got {sorted(v)}")
+    tag, body = next(iter(v.items()))
+    if tag == "list":
+        return [_decode(x) for x in body]
+    if tag == "float" and body in ("inf", "-inf", "nan"):
+        return float(body)
+    if tag == "dim":
+        return dim_from_json(v)
+    if tag == "dtype":
+        return DType(body)
+    raise ValueError(f"unknown tagged value {v!r}")
+
+
+# -- documents ------------------------------------------------------------------------------------
+
+def _canonical(body: dict) -> str:
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(graph: Graph) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The graph as a JSON document and its weights as `{hash: array}`."""
+    blobs, names = {}, {}
+    for node in graph.nodes:
+        if node.op is Op.CONST:
+            name = node.attrs["name"]
+            if name not in graph.weights:
+                raise SerializationError(f"%{node.id} = const: weight '{name}' is not in graph.weights")
+            names[name] = weight_hash(graph.weights[name])
+            blobs[names[name]] = graph.weights[name]
+    body = {
+        "nodes": [_node_to_json(n) for n in graph.nodes],
+        "inputs": list(graph.inputs),
+        "outputs": list(graph.outputs),
+        "output_names": list(graph.output_names),
+        "weights": names,
+    }
+    doc = {"format": FORMAT, "version": VERSION, "sha256": _sha(_canonical(body)), "graph": body}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(), blobs
+
+
+def _node_to_json(n: Node) -> dict:
+    where = f"%{n.id} = {n.op}"
+    attrs = {k: _encode(v, f"{where}, attribute '{k}'") for k, v in n.attrs.items()}
+    return {"op": n.op.name.lower(), "inputs": list(n.inputs), "attrs": attrs, "type": n.type.to_json(),
+            "name": n.name}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def loads(doc: bytes | str, weights: Mapping[str, np.ndarray]) -> Graph:
+    """The graph of `dumps`; every weight is looked up by hash and checked against it."""
+    try:
+        outer = json.loads(doc)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SerializationError(f"graph document is not valid JSON (truncated or corrupted?): {e}") from None
+    body = _check_header(outer)
+    graph = Graph()
+    for i, obj in enumerate(_field(body, "nodes", list)):
+        graph.nodes.append(_node_from_json(i, obj))
+    graph.inputs = _ints(_field(body, "inputs", list), "inputs")
+    graph.outputs = _ints(_field(body, "outputs", list), "outputs")
+    graph.output_names = _field(body, "output_names", list)
+    graph.weights = _weights(_field(body, "weights", dict), weights)
+    try:
+        verify(graph)
+    except Exception as e:  # untrusted input: any failure to check it is a bad document
+        raise SerializationError(f"graph document describes an invalid graph: {e}") from e
+    return graph
+
+
+def _check_header(outer: Any) -> dict:
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise SerializationError(f"not a {FORMAT} document")
+    if outer.get("version") != VERSION:
+        raise SerializationError(f"{FORMAT} version {outer.get('version')!r}, this dnet reads version {VERSION}")
+    body = outer.get("graph")
+    if not isinstance(body, dict) or _sha(_canonical(body)) != outer.get("sha256"):
+        raise SerializationError("graph document is corrupted: its content does not match its sha256")
+    return body
+
+
+def _field(obj: dict, key: str, kind: type) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind):
+        raise SerializationError(f"graph document: '{key}' should be a {kind.__name__}, got {value!r:.60}")
+    return value
+
+
+def _ints(values: list, what: str) -> list[int]:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise SerializationError(f"graph document: {what} should be node ids, got {values!r:.60}")
+    return values
+
+
+def _node_from_json(i: int, obj: Any) -> Node:
+    try:
+        op = OPS_BY_NAME.get(obj["op"])
+        if op is None:
+            raise SerializationError(f"node %{i}: unknown op '{obj['op']}'", hint=did_you_mean(obj["op"], OPS_BY_NAME))
+        attrs = {k: _decode(v) for k, v in obj["attrs"].items()}
+        inputs = tuple(_ints(obj["inputs"], f"the inputs of node %{i}"))
+        if not isinstance(obj["name"], str):
+            raise TypeError(f"name {obj['name']!r} is not a string")
+        return Node(i, op, inputs, attrs, TensorType.from_json(obj["type"]), obj["name"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SerializationError(f"node %{i}: malformed entry ({type(e).__name__}: {e})") from None
+
+
+def _weights(names: dict[str, str], store: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, digest in names.items():
+        if digest not in store:
+            raise SerializationError(f"missing weight '{name}' (sha256 {digest})")
+        array = store[digest]
+        actual = weight_hash(array)
+        if actual != digest:
+            raise SerializationError(f"weight '{name}' does not match its hash: expected sha256 {digest}, "
+                                     f"the array given hashes to {actual}")
+        out[name] = array
+    return out
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+def save(graph: Graph, directory: str | os.PathLike) -> Path:
+    """Write `graph.json` and `weights.safetensors` into `directory`, each atomically."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    doc, blobs = dumps(graph)
+    # safetensors' numpy binding lacks bf16: store its bits as u16 and say so in the metadata
+    bf16 = {h: "bf16" for h, a in blobs.items() if a.dtype == DType.BF16.np}
+    tensors = {h: np.ascontiguousarray(a.view(np.uint16) if h in bf16 else a) for h, a in blobs.items()}
+    _write_atomic(path / WEIGHTS_FILE, save_tensors(tensors, metadata=bf16 or None))  # weights first:
+    _write_atomic(path / GRAPH_FILE, doc)  # a document on disk always has its weights beside it
+    return path
+
+
+def load(directory: str | os.PathLike) -> Graph:
+    path = Path(directory)
+    try:
+        doc = (path / GRAPH_FILE).read_bytes()
+    except OSError as e:
+        raise SerializationError(f"cannot read {path / GRAPH_FILE}: {e.strerror}") from None
+    return loads(doc, _read_weights(path / WEIGHTS_FILE))
+
+
+def _read_weights(file: Path) -> dict[str, np.ndarray]:
+    if not file.exists():
+        raise SerializationError(f"cannot read {file}: no such file")
+    try:
+        with safe_open(str(file), framework="np") as f:
+            bf16 = f.metadata() or {}
+            return {h: _from_stored(f.get_tensor(h), bf16.get(h)) for h in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise SerializationError(f"cannot read {file}: {e}") from None
+
+
+def _from_stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
+    return array.view(DType.BF16.np) if dtype == "bf16" else array
+
+
+def _write_atomic(file: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: readers see the old file or the new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+
+def boundary_name(node_id: int) -> str:
+    """The input/output name under which a value crosses between pieces of one graph."""
+    return f"%{node_id}"
+
+
+def subgraph(graph: Graph, node_ids: Iterable[int]) -> Graph:
+    """The nodes `node_ids` as a graph of their own.
+
+    Values it reads from outside become INPUTs: graph inputs keep their names, other
+    values are named by `boundary_name`. Constants it reads (weights, fills and what is
+    computed from them alone) are copied in rather than sent. Its outputs are the graph
+    outputs among its nodes, under their names, and the values that nodes outside read,
+    under `boundary_name`. Pieces run in order, each fed the outputs of the earlier
+    ones, compute what the whole graph does.
+    """
+    chosen = set(node_ids)
+    bad = sorted(i for i in chosen if not isinstance(i, int) or not 0 <= i < len(graph.nodes))
+    if bad:
+        raise SerializationError(f"subgraph: {bad} are not node ids of a graph of {len(graph.nodes)} nodes")
+    constants = constant_values(graph)
+    outside = {i for n in chosen for i in graph.nodes[n].inputs} - chosen
+    copied = chosen | {i for i in outside if i in constants}
+    copied |= ancestors(graph, copied & constants)
+    rebuilder = GraphRebuilder(graph)
+    for i in sorted(outside - copied):
+        node = graph.nodes[i]
+        name = node.attrs["name"] if node.op is Op.INPUT else boundary_name(i)
+        rebuilder.value[i] = rebuilder.add(Op.INPUT, (), {"name": name, "shape": node.shape, "dtype": node.dtype},
+                                           node.type, node.name)
+    for i in sorted(copied):
+        rebuilder.copy(graph.nodes[i])
+    _add_piece_outputs(graph, chosen, constants, rebuilder.value, rebuilder.new)
+    return rebuilder.new
+
+
+def _add_piece_outputs(graph: Graph, chosen: set[int], constants: set[int], value: dict[int, int],
+                       piece: Graph) -> None:
+    for name, i in zip(graph.output_names, graph.outputs):
+        if i in chosen:
+            piece.outputs.append(value[i])
+            piece.output_names.append(name)
+    read_outside = {i for n in graph.nodes if n.id not in chosen for i in n.inputs} & chosen
+    for i in sorted(read_outside - constants):
+        if graph.nodes[i].op is not Op.INPUT:  # other pieces take graph inputs by their own name
+            piece.outputs.append(value[i])
+            piece.output_names.append(boundary_name(i))
