@@ -1,0 +1,163 @@
+"""Dead-code elimination over the object IR.
+
+What is kept: the entry function of the root object, every function it calls
+(directly, through child objects, or through an object it passes as a value: then
+all that object's functions, since only lowering knows which it calls), the
+let-bindings a kept function's result depends on, and the constants, parameters
+and child objects that a kept function names (by a reference, a call target, or a
+dimension of an argument's type). Everything else goes: other functions of the root
+and of the module, dead lets, unused members, and children none of whose functions
+is kept. The root object always stays.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from dnet.core.passes import Pass
+from dnet.core.shapes import Dim
+from dnet.core.types import TensorType
+from dnet.errors import SymbolError, did_you_mean
+from dnet.objects.ir import Call, Expr, Function, Object, ObjectModule, Ref, walk
+from dnet.objects.passes.walk import clone_module, resolve_call, scope_of
+from dnet.objects.symbols import Symbol, SymbolKind, SymbolTable
+
+
+def live_lets(fn: Function) -> list[str]:
+    """Names of the lets `fn`'s result depends on (lowering evaluates lets on first use)."""
+    lets = fn.locals()
+    args = {a.name for a in fn.args}
+    live: set[str] = set()
+    stack = [fn.result] if fn.result is not None else []
+    while stack:
+        for node in walk(stack.pop()):
+            for name in _names_read(node):
+                if name in lets and name not in args and name not in live:
+                    live.add(name)
+                    stack.append(lets[name].value)
+    return [let.name for let in fn.body if let.name in live]
+
+
+def _names_read(node: Expr) -> tuple[str, ...]:
+    if isinstance(node, Ref):
+        return (node.name,)
+    if isinstance(node, Call):
+        return (node.target.split(".")[0],)
+    return ()
+
+
+def _type_names(t: TensorType | None) -> set[str]:
+    """Symbols named by the dims of a type: lowering checks them against constants of the owner."""
+    if t is None:
+        return set()
+    return {name for d in t.shape if isinstance(d, Dim) for name in d.free_symbols()}
+
+
+class _Liveness:
+    """Functions reached from the entry, and the member symbols they use."""
+
+    def __init__(self, module: ObjectModule):
+        self.module = module
+        self.functions: set[int] = set()
+        self.used: set[tuple[int, str]] = set()  # (id of the symbol table, name)
+        self.escaped: set[int] = set()           # objects passed around as values
+        self.work: list[tuple[Object | None, Function]] = []
+
+    def run(self, entry: Function) -> None:
+        self._reach(self.module.root, entry)
+        while self.work:
+            self._visit(*self.work.pop())
+
+    def _reach(self, owner: Object | None, fn: Function) -> None:
+        if id(fn) not in self.functions:
+            self.functions.add(id(fn))
+            self.work.append((owner, fn))
+
+    def _visit(self, owner: Object | None, fn: Function) -> None:
+        lets = set(live_lets(fn))
+        bound = {a.name for a in fn.args} | lets
+        scope = scope_of(self.module, owner)
+        for arg in fn.args:
+            for name in _type_names(arg.type):
+                self._use(scope, name)
+        roots = [let.value for let in fn.body if let.name in lets] + [fn.result]
+        for node in (n for root in roots if root is not None for n in walk(root)):
+            if isinstance(node, Call) and node.target.split(".")[0] not in bound:
+                self._use(scope, node.target.split(".")[0])
+                callee = resolve_call(self.module, owner, bound, node.target)
+                if callee is not None:
+                    self._reach(callee.owner, callee.fn)
+            elif isinstance(node, Ref) and node.name not in bound:
+                sym = self._use(scope, node.name)
+                if sym is not None and sym.kind is SymbolKind.OBJECT:
+                    self._escape(sym.value)
+                elif sym is not None and sym.kind is SymbolKind.FUNCTION:  # a function passed as a value
+                    is_member = owner is not None and node.name in owner.symbols
+                    self._reach(owner if is_member else None, sym.value)
+
+    def _use(self, scope: SymbolTable, name: str) -> Symbol | None:
+        """Mark the symbol `name` resolves to from `scope` as used (and what its type names)."""
+        table: SymbolTable | None = scope
+        while table is not None and name not in table:
+            table = table.parent
+        if table is None:
+            return None  # unknown: lowering reports it
+        self.used.add((id(table), name))
+        sym = table.symbols[name]
+        if sym.kind is SymbolKind.PARAMETER:
+            for dim_name in _type_names(sym.type):
+                self._use(table, dim_name)
+        return sym
+
+    def _escape(self, obj: Object) -> None:
+        """`obj` is used as a value: lowering may call any function of it or of its children."""
+        for o in obj.walk():
+            if id(o) not in self.escaped:
+                self.escaped.add(id(o))
+                for fn in o.functions.values():
+                    self._reach(o, fn)
+
+    def keeps(self, table: SymbolTable, sym: Symbol) -> bool:
+        if sym.kind is SymbolKind.FUNCTION:
+            return id(sym.value) in self.functions
+        if sym.kind is SymbolKind.OBJECT:
+            return (id(table), sym.name) in self.used or self._holds_live_code(sym.value)
+        return (id(table), sym.name) in self.used
+
+    def _holds_live_code(self, obj: Object) -> bool:
+        return any(id(o) in self.escaped or any(id(f) in self.functions for f in o.functions.values())
+                   for o in obj.walk())
+
+
+def _prune(table: SymbolTable, liveness: _Liveness) -> None:
+    for sym in table:
+        if not liveness.keeps(table, sym):
+            table.remove(sym.name)
+        elif sym.kind is SymbolKind.OBJECT:
+            _prune(sym.value.symbols, liveness)
+        elif sym.kind is SymbolKind.FUNCTION:
+            fn: Function = sym.value
+            kept = set(live_lets(fn))
+            fn.body = [let for let in fn.body if let.name in kept]
+
+
+def eliminate(module: ObjectModule, entry: str = "forward") -> ObjectModule:
+    """`module` without what calling root function `entry` does not need (see the module docstring)."""
+    new = clone_module(module)
+    root = new.root
+    if entry not in root.functions:
+        raise SymbolError(f"object {root.class_name} has no function '{entry}'", root.loc,
+                          did_you_mean(entry, root.functions))
+    liveness = _Liveness(new)
+    liveness.run(root.functions[entry])
+    _prune(new.symbols, liveness)
+    _prune(root.symbols, liveness)
+    return new
+
+
+def eliminate_dead_code_for(entry: str = "forward") -> Pass[ObjectModule]:
+    """The dead-code pass keeping what root function `entry` needs."""
+    return Pass("eliminate_dead_code", "object", partial(eliminate, entry=entry),
+                f"drop what '{entry}' does not need: unreached functions, dead lets, unused members")
+
+
+eliminate_dead_code: Pass[ObjectModule] = eliminate_dead_code_for()

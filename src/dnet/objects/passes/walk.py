@@ -1,0 +1,104 @@
+"""Module-level helpers the passes share: copying a module, listing its functions,
+and resolving a call target the way lowering will.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from dnet.objects.ir import Function, Object, ObjectModule
+from dnet.objects.symbols import SymbolKind, SymbolTable
+
+
+def clone_function(fn: Function) -> Function:
+    """A copy whose argument and let lists can change freely (expressions are frozen, so shared)."""
+    return Function(fn.name, [replace(a) for a in fn.args], [replace(let) for let in fn.body], fn.result, fn.loc)
+
+
+def _clone_table(table: SymbolTable, into: SymbolTable) -> SymbolTable:
+    for sym in table:
+        value = sym.value
+        if sym.kind is SymbolKind.OBJECT:
+            value = _clone_object(value)
+        elif sym.kind is SymbolKind.FUNCTION:
+            value = clone_function(value)
+        into.define(replace(sym, value=value))  # constant values and parameter data are shared
+    return into
+
+
+def _clone_object(obj: Object) -> Object:
+    new = Object(obj.class_name, obj.name, loc=obj.loc)
+    _clone_table(obj.symbols, new.symbols)
+    return new
+
+
+def clone_module(module: ObjectModule) -> ObjectModule:
+    """A copy a pass may change without touching `module`; weights are shared, not copied."""
+    symbols = _clone_table(module.symbols, SymbolTable(module.symbols.scope))
+    new = ObjectModule(_clone_object(module.root), symbols)
+    for key, value in vars(module).items():  # what a frontend attached (trace_module's entry, shadow)
+        if key not in ("root", "symbols"):
+            setattr(new, key, value)
+    return new
+
+
+def module_functions(module: ObjectModule) -> list[tuple[Object | None, Function]]:
+    """(owner, function) for every function: module-level ones (owner None), then each object's, pre-order."""
+    found: list[tuple[Object | None, Function]] = [(None, fn) for fn in _functions(module.symbols)]
+    for obj in module.root.walk():
+        found.extend((obj, fn) for fn in _functions(obj.symbols))
+    return found
+
+
+def _functions(table: SymbolTable) -> list[Function]:
+    return [s.value for s in table.of_kind(SymbolKind.FUNCTION)]
+
+
+def scope_of(module: ObjectModule, owner: Object | None) -> SymbolTable:
+    """The table a function's free names are looked up in (it chains to module scope)."""
+    return owner.symbols if owner is not None else module.symbols
+
+
+def table_of(module: ObjectModule, callee: "Callee") -> SymbolTable:
+    """The table that defines the callee's function (its object's, or the module's)."""
+    return scope_of(module, callee.owner)
+
+
+@dataclass(frozen=True)
+class Callee:
+    """What a call target names: a function, its owner (None at module scope), and the
+    object path written in the target before the function name ('' when there is none)."""
+    owner: Object | None
+    fn: Function
+    prefix: str
+
+    def target(self, name: str) -> str:
+        """The call target that names function `name` of the same owner."""
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+def resolve_call(module: ObjectModule, owner: Object | None, bound: set[str], target: str) -> Callee | None:
+    """The function `target` calls from a function of `owner` whose arguments and lets are `bound`,
+    following the rules of `Lowering._resolve_callee`; None where only lowering can tell (the target
+    is an argument or a local holding an object) or where lowering would fail."""
+    head, *rest = target.split(".")
+    if head in bound:
+        return None
+    sym = scope_of(module, owner).lookup(head)
+    if sym is None:
+        return None
+    if sym.kind is SymbolKind.FUNCTION:
+        is_member = owner is not None and head in owner.symbols
+        return None if rest else Callee(owner if is_member else None, sym.value, "")
+    if sym.kind is not SymbolKind.OBJECT:
+        return None
+    obj: Object = sym.value
+    for i, part in enumerate(rest):
+        if part in obj.children:
+            obj = obj.children[part]
+        elif i == len(rest) - 1:
+            fn = obj.functions.get(part)
+            return Callee(obj, fn, ".".join([head, *rest[:-1]])) if fn else None
+        else:
+            return None
+    fn = obj.functions.get("forward")
+    return Callee(obj, fn, target) if fn else None
