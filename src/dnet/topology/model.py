@@ -43,6 +43,7 @@ class Node:
     name: str
     devices: list[Device] = field(default_factory=list)
     address: str | None = None             # host:port of its worker, where known
+    interconnect: float = 0.0              # bytes/s between its devices; 0: they share memory
 
     @property
     def memory(self) -> float:
@@ -123,6 +124,7 @@ class Topology:
     def to_dict(self) -> dict:
         return {
             "node": [{"name": n.name, **({"address": n.address} if n.address else {}),
+                      **({"interconnect": n.interconnect} if n.interconnect else {}),
                       "device": [asdict(d) for d in n.devices]} for n in self.nodes],
             "link": [{"from": l.src, "to": l.dst, "bandwidth": l.bandwidth, "latency": l.latency}
                      for l in self.links.values()],

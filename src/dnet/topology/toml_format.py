@@ -16,7 +16,7 @@ from dnet.topology.model import Device, Link, Node, Topology
 from dnet.topology.units import UnitError, format_quantity, parse_quantity
 
 _TOP_KEYS = {"node", "link"}
-_NODE_KEYS = {"name", "address", "device"}
+_NODE_KEYS = {"name", "address", "device", "interconnect"}
 _LINK_KEYS = {"between", "from", "to", "bandwidth", "latency"}
 # device key -> unit kind (None: not a quantity)
 _DEVICE_KEYS = {"kind": None, "cores": None, "compute": "rate", "memory": "bytes",
@@ -115,7 +115,10 @@ def _node(r: _Reader, raw: dict, index: int, topo: Topology) -> Node:
                enumerate(r.array_of_tables(raw.get("device", []), f"{key}.device"))]
     if not devices:
         raise r.fail(f"{key}.device", f"node '{name}' has no [[node.device]]")
-    return Node(name, devices, address)
+    node = Node(name, devices, address)
+    if "interconnect" in raw:
+        node.interconnect = r.quantity(raw["interconnect"], "bandwidth", f"{key}.interconnect")
+    return node
 
 
 def _device(r: _Reader, raw: dict, key: str) -> Device:
@@ -185,6 +188,8 @@ def dumps_topology(topo: Topology) -> str:
         out += ["[[node]]", f"name = {_str(node.name)}"]
         if node.address:
             out.append(f"address = {_str(node.address)}")
+        if node.interconnect:
+            out.append(f"interconnect = {_str(format_quantity(node.interconnect, 'bandwidth'))}")
         for d in node.devices:
             out += ["", "  [[node.device]]", *_device_lines(d)]
         out.append("")

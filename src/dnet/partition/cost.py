@@ -1,0 +1,66 @@
+"""The cost model: each graph op's time on each device, each tensor's time on each link.
+
+An op's time is a roofline: the larger of its arithmetic over the device's rate for
+that op class and dtype, and its memory traffic over the device's memory bandwidth.
+Flops and bytes per node come from `dnet.graph.analysis.node_cost`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dnet.core.dtypes import DType
+from dnet.graph.analysis import Env, node_cost
+from dnet.graph.ir import Graph
+from dnet.graph.ops import OpClass
+from dnet.topology.model import Device, Link
+
+# (op class, dtype) pairs in a fixed order, so that per-op rates can be gathered with one index array.
+_KEYS = [(c, d) for c in OpClass for d in DType]
+_KEY_INDEX = {k: i for i, k in enumerate(_KEYS)}
+
+
+@dataclass
+class OpTable:
+    """Flops, bytes and rate key of every node of a graph, as arrays (one entry per node)."""
+
+    flops: np.ndarray
+    bytes: np.ndarray
+    key: np.ndarray       # index into _KEYS: which device rate applies
+
+    @staticmethod
+    def of(graph: Graph, env: Env) -> "OpTable":
+        costs = [node_cost(graph, n, env) for n in graph.nodes]
+        return OpTable(np.array([c.flops for c in costs], dtype=np.float64),
+                       np.array([c.bytes for c in costs], dtype=np.float64),
+                       np.array([_KEY_INDEX[(n.op.cls, n.dtype)] for n in graph.nodes], dtype=np.int64))
+
+
+def rate_vector(device: Device) -> np.ndarray:
+    """The device's FLOP/s for each (op class, dtype) key; inf for ops that do no arithmetic."""
+    return np.array([device.rate(c, d) or np.inf for c, d in _KEYS], dtype=np.float64)
+
+
+def op_times(table: OpTable, device: Device) -> np.ndarray:
+    """Seconds for each node of the table on `device` (roofline)."""
+    rates = rate_vector(device)[table.key]
+    compute = np.divide(table.flops, rates, out=np.zeros_like(table.flops), where=table.flops > 0)
+    bw = device.memory_bandwidth or np.inf
+    return np.maximum(compute, table.bytes / bw)
+
+
+def op_time(graph: Graph, node: int, device: Device, env: Env) -> float:
+    """Seconds for one node on one device."""
+    cost = node_cost(graph, node, env)
+    n = graph.nodes[node]
+    rate = device.rate(n.op.cls, n.dtype)
+    compute = cost.flops / rate if cost.flops and rate else 0.0
+    return max(compute, cost.bytes / device.memory_bandwidth if device.memory_bandwidth else 0.0)
+
+
+def transfer_time(nbytes: float, link: Link | None) -> float:
+    """Seconds to send `nbytes` over `link`; inf where there is no link."""
+    if nbytes <= 0:
+        return 0.0
+    return np.inf if link is None else link.time(nbytes)

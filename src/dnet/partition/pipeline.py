@@ -1,0 +1,239 @@
+"""Pipeline partitioners: contiguous stages of a layer chain onto an order of nodes.
+
+Two objectives: "throughput" minimises the busiest node or link (the bottleneck,
+transfers overlapping compute), "latency" minimises the sum of all stage and
+transfer times. Nodes may be left out. Solvers:
+
+- `solve_order`: exact for a fixed node order, by dynamic programming over
+  (last node, layers covered): O(N^2 L^2).
+- `solve_exact`: exact over every order and subset of nodes, by dynamic programming
+  over (set of nodes used, last node, layers covered), pruned by the best plan found
+  so far: O(2^N N^2 L^2) at worst, fast for up to ~10 nodes.
+- `solve_heuristic`: `solve_order` on a few promising orders, improved by local
+  search (swaps and moves of nodes in the order); for large node counts.
+- `solve`: exact where the instance is small enough, else the heuristic.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dnet.partition.problem import PipelineProblem, PlanError, Stage, evaluate
+
+OBJECTIVES = ("throughput", "latency")
+_EXACT_BUDGET = 4e8   # element operations the exact solver may spend at worst
+
+
+@dataclass
+class Solution:
+    stages: list[Stage]
+    cost: float            # the objective's value: bottleneck or latency, seconds
+    solver: str
+    seconds: float = 0.0   # time the solver took
+
+
+def _combine(objective: str):
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    return np.maximum if objective == "throughput" else np.add
+
+
+def _extend(best: np.ndarray, xfer: np.ndarray, stage: np.ndarray, combine) -> tuple[np.ndarray, np.ndarray]:
+    """Add one stage after a partial plan: best[a] is the cost of covering layers [0, a) ending on
+    the previous node, xfer[a] the transfer at cut a, stage[a, b] the new stage [a, b).
+    Returns the new cost of covering [0, b) for each b, and the best a for each b."""
+    cand = combine(combine(best, xfer)[:, None], stage)
+    arg = np.argmin(cand, axis=0)
+    return cand[arg, np.arange(cand.shape[1])], arg
+
+
+def _walk_back(end_state, L: int, table: dict) -> list[Stage]:
+    """Rebuild the stages from back-pointers. A state is a tuple whose last item is its node;
+    table[state] = (cost[b], prev_state[b], prev_cut[b]) for each b layers covered."""
+    stages: list[Stage] = []
+    state, b = end_state, L
+    while state is not None:
+        node = state[-1]
+        _, prev_state, prev_cut = table[state]
+        a = int(prev_cut[b])
+        stages.append(Stage(node, a, b))
+        state, b = prev_state[b], a
+    return stages[::-1]
+
+
+def solve_order(p: PipelineProblem, order: list[int], objective: str = "throughput") -> Solution:
+    """The best plan that uses nodes in this order (skipping any), exactly."""
+    t0 = time.perf_counter()
+    combine = _combine(objective)
+    L = p.n_layers
+    stage = {k: p.stage_matrix(k) for k in order}
+    table: dict = {}
+    for t, k in enumerate(order):
+        cost = stage[k][0].copy()
+        table[(t, k)] = (cost, [None] * (L + 1), np.zeros(L + 1, np.int64))
+        for s in range(t):
+            j = order[s]
+            new, arg = _extend(table[(s, j)][0], p.transfer_vector(j, k), stage[k], combine)
+            _merge(table, (t, k), new, arg, (s, j))
+    end = min(table, key=lambda s: table[s][0][L])
+    if not np.isfinite(table[end][0][L]):
+        raise PlanError("no feasible plan in this node order")
+    sol = Solution(_walk_back(end, L, table), float(table[end][0][L]), "order-dp")
+    sol.seconds = time.perf_counter() - t0
+    return sol
+
+
+def solve_exact(p: PipelineProblem, objective: str = "throughput", bound: float = np.inf) -> Solution:
+    """The best plan over every order and subset of nodes. `bound`: a known plan's cost, for pruning."""
+    t0 = time.perf_counter()
+    combine = _combine(objective)
+    N, L = p.n_nodes, p.n_layers
+    stage = [p.stage_matrix(k) for k in range(N)]
+    xfer = {(j, k): p.transfer_vector(j, k) for j in range(N) for k in range(N) if j != k}
+    table: dict = {}
+    for k in range(N):
+        table[(1 << k, k)] = (stage[k][0].copy(), [None] * (L + 1), np.zeros(L + 1, np.int64))
+    best_end, best_cost = None, bound
+    for mask in range(1, 1 << N):  # every subset comes before its supersets
+        for j in range(N):
+            entry = table.get((mask, j))
+            if entry is None:
+                continue
+            cost = entry[0]
+            if cost[L] < best_cost or (best_end is None and cost[L] <= best_cost and np.isfinite(cost[L])):
+                best_end, best_cost = (mask, j), cost[L]
+            if cost[1:L].min(initial=np.inf) >= best_cost:
+                continue  # costs only grow: nothing built on this state can win
+            for k in range(N):
+                if mask >> k & 1:
+                    continue
+                new, arg = _extend(cost, xfer[(j, k)], stage[k], combine)
+                _merge(table, (mask | 1 << k, k), new, arg, (mask, j))
+    if best_end is None:
+        raise PlanError("no feasible plan")
+    sol = Solution(_walk_back(best_end, L, table), float(best_cost), "exact-dp")
+    sol.seconds = time.perf_counter() - t0
+    return sol
+
+
+def _merge(table: dict, key, new: np.ndarray, arg: np.ndarray, prev) -> None:
+    """Keep, for each b, the cheaper of the known way to reach state `key` and the new one from `prev`."""
+    entry = table.get(key)
+    if entry is None:
+        table[key] = (new, [prev] * len(new), arg)
+        return
+    cost, prev_state, prev_cut = entry
+    better = new < cost
+    cost[better], prev_cut[better] = new[better], arg[better]
+    for b in np.flatnonzero(better):
+        prev_state[b] = prev
+
+
+def candidate_orders(p: PipelineProblem) -> list[list[int]]:
+    """Promising node orders: fastest first; and chains that follow the widest links from each start."""
+    speed = p.time.sum(axis=1)
+    orders = [list(np.argsort(speed, kind="stable"))]
+    for start in range(p.n_nodes):
+        order, left = [start], set(range(p.n_nodes)) - {start}
+        while left:
+            nxt = max(left, key=lambda k: (p.bandwidth[order[-1], k], -speed[k]))
+            order.append(nxt)
+            left.remove(nxt)
+        orders.append(order)
+    unique = []
+    for o in orders:
+        o = [int(k) for k in o]
+        if o not in unique:
+            unique.append(o)
+    return unique
+
+
+def solve_heuristic(p: PipelineProblem, objective: str = "throughput", time_limit: float = 0.5) -> Solution:
+    """solve_order on candidate orders, then local search over the order until no move helps."""
+    t0 = time.perf_counter()
+    best: Solution | None = None
+    for order in candidate_orders(p):
+        best = _better(best, _try(p, order, objective))
+    if best is None:
+        raise PlanError("no feasible plan in any candidate node order")
+    order = [s.node for s in best.stages] + [k for k in range(p.n_nodes) if k not in {s.node for s in best.stages}]
+    improved = True
+    while improved and time.perf_counter() - t0 < time_limit:
+        improved = False
+        for i, j in itertools.combinations(range(len(order)), 2):
+            for move in (_swap, _relocate):
+                trial = move(order, i, j)
+                sol = _try(p, trial, objective)
+                if sol is not None and sol.cost < best.cost * (1 - 1e-12):
+                    best, order, improved = sol, trial, True
+            if time.perf_counter() - t0 > time_limit:
+                break
+    best.solver, best.seconds = "heuristic", time.perf_counter() - t0
+    return best
+
+
+def _try(p: PipelineProblem, order: list[int], objective: str) -> Solution | None:
+    try:
+        return solve_order(p, order, objective)
+    except PlanError:
+        return None
+
+
+def _better(a: Solution | None, b: Solution | None) -> Solution | None:
+    if a is None:
+        return b
+    return b if b is not None and b.cost < a.cost else a
+
+
+def _swap(order: list[int], i: int, j: int) -> list[int]:
+    out = list(order)
+    out[i], out[j] = out[j], out[i]
+    return out
+
+
+def _relocate(order: list[int], i: int, j: int) -> list[int]:
+    out = list(order)
+    out.insert(j, out.pop(i))
+    return out
+
+
+def solve(p: PipelineProblem, objective: str = "throughput", method: str = "auto") -> Solution:
+    """Plan with the named method: "exact", "heuristic", or "auto" (exact when small enough)."""
+    t0 = time.perf_counter()
+    if method == "heuristic" or (method == "auto" and _exact_work(p) > _EXACT_BUDGET):
+        return solve_heuristic(p, objective)
+    if method not in ("auto", "exact"):
+        raise ValueError(f"method must be auto, exact or heuristic, got {method!r}")
+    seed = _try_heuristic(p, objective)
+    sol = solve_exact(p, objective, bound=seed.cost * (1 + 1e-9) if seed else np.inf)
+    sol.seconds = time.perf_counter() - t0
+    return sol
+
+
+def _try_heuristic(p: PipelineProblem, objective: str) -> Solution | None:
+    best = None
+    for order in candidate_orders(p):
+        best = _better(best, _try(p, order, objective))
+    return best
+
+
+def _exact_work(p: PipelineProblem) -> float:
+    return 2.0 ** p.n_nodes * p.n_nodes**2 * (p.n_layers + 1) ** 2
+
+
+def explain_infeasible(p: PipelineProblem) -> str:
+    """Why no plan exists: the memory short-fall in total, or the layer no node can hold."""
+    need = float(p.weight.sum() + p.activation.max(initial=0))
+    have = float(p.capacity.sum())
+    if need > have:
+        return (f"the model needs {need / 2**20:.1f} MiB of memory, the nodes have {have / 2**20:.1f} MiB "
+                f"({(need - have) / 2**20:.1f} MiB short)")
+    for l in range(p.n_layers):
+        one = p.memory(l, l + 1)
+        if one > p.capacity.max():
+            return (f"layer '{p.layer_names[l]}' needs {one / 2**20:.1f} MiB, the largest node "
+                    f"'{p.names[int(p.capacity.argmax())]}' has {p.capacity.max() / 2**20:.1f} MiB")
+    return "the nodes that could hold the model together are not linked to each other"

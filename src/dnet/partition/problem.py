@@ -1,0 +1,160 @@
+"""The pipeline partitioning problem as plain arrays, and the evaluation of any assignment.
+
+Solvers see only this: N topology nodes, a chain of L layers, each layer's time on
+each node, its weights and activations, the bytes crossing each cut, each node's
+memory and each link's bandwidth and latency. An assignment is a list of stages,
+each a node and a contiguous range of layers; stages run in a pipeline, so the
+throughput is set by the busiest node or link, and the latency is the sum of all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dnet.errors import DnetError
+from dnet.partition.cost import OpTable, op_times
+from dnet.partition.layers import LayerChain
+from dnet.topology.model import Node, Topology
+
+
+class PlanError(DnetError):
+    """No plan exists: the model does not fit, or the nodes that must talk are not linked."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    node: int      # index into PipelineProblem.names
+    start: int     # first layer
+    stop: int      # one past the last layer
+
+
+@dataclass
+class PipelineProblem:
+    names: list[str]            # N topology nodes
+    layer_names: list[str]      # L layers
+    time: np.ndarray            # (N, L) seconds of each layer on each node
+    weight: np.ndarray          # (L,) weight bytes of each layer
+    activation: np.ndarray      # (L,) peak activation bytes of each layer
+    boundary: np.ndarray        # (L+1,) bytes crossing the cut before each layer
+    capacity: np.ndarray        # (N,) memory of each node
+    bandwidth: np.ndarray       # (N, N) bytes/s of each directed link; 0 where there is none
+    latency: np.ndarray         # (N, N) seconds
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_names)
+
+    def memory(self, start: int, stop: int) -> float:
+        """Bytes a stage holding layers [start, stop) needs: its weights and its largest layer's activations."""
+        return float(self.weight[start:stop].sum() + self.activation[start:stop].max(initial=0))
+
+    def transfer(self, src: int, dst: int, cut: int) -> float:
+        """Seconds to send what crosses `cut` from node src to node dst; inf without a link."""
+        nbytes = self.boundary[cut]
+        if src == dst or nbytes == 0:
+            return 0.0
+        bw = self.bandwidth[src, dst]
+        return float(self.latency[src, dst] + nbytes / bw) if bw > 0 else np.inf
+
+    # -- matrices for the solvers --------------------------------------------------------------
+    def stage_matrix(self, node: int) -> np.ndarray:
+        """(L+1, L+1): seconds of a stage [a, b) on `node`; inf where b <= a or the stage does not fit."""
+        L = self.n_layers
+        prefix = np.concatenate([[0.0], np.cumsum(self.time[node])])
+        out = prefix[None, :] - prefix[:, None]
+        wprefix = np.concatenate([[0.0], np.cumsum(self.weight)])
+        mem = wprefix[None, :] - wprefix[:, None]
+        for a in range(L):  # running max of activations over [a, b)
+            mem[a, a + 1:] += np.maximum.accumulate(self.activation[a:])
+        bad = (np.arange(L + 1)[None, :] <= np.arange(L + 1)[:, None]) | (mem > self.capacity[node])
+        out[bad] = np.inf
+        return out
+
+    def transfer_vector(self, src: int, dst: int) -> np.ndarray:
+        """(L+1,): seconds to move each cut's bytes from src to dst."""
+        return np.array([self.transfer(src, dst, c) for c in range(self.n_layers + 1)])
+
+
+@dataclass
+class Metrics:
+    """What an assignment costs under the model."""
+
+    node_time: dict[int, float] = field(default_factory=dict)         # busy seconds per node per item
+    link_time: dict[tuple[int, int], float] = field(default_factory=dict)
+    link_bytes: dict[tuple[int, int], float] = field(default_factory=dict)
+    memory: dict[int, float] = field(default_factory=dict)
+    bottleneck: float = np.inf       # seconds per item at steady state
+    latency: float = np.inf          # seconds for one item through every stage
+    problems: list[str] = field(default_factory=list)  # why it is infeasible, if it is
+
+    @property
+    def feasible(self) -> bool:
+        return not self.problems
+
+    @property
+    def throughput(self) -> float:
+        """Items per second once the pipeline is full; 0 for an infeasible assignment."""
+        return 1.0 / self.bottleneck if self.feasible and self.bottleneck > 0 else 0.0
+
+
+def evaluate(p: PipelineProblem, stages: list[Stage]) -> Metrics:
+    """Cost of an assignment: per-node and per-link load (a node or link used twice adds up), memory, feasibility."""
+    m = Metrics()
+    covered = [l for s in stages for l in range(s.start, s.stop)]
+    if covered != list(range(p.n_layers)):
+        m.problems.append("the stages do not cover the layers once each, in order")
+        return m
+    latency = 0.0
+    for i, s in enumerate(stages):
+        t = float(p.time[s.node, s.start:s.stop].sum())
+        m.node_time[s.node] = m.node_time.get(s.node, 0.0) + t
+        m.memory[s.node] = m.memory.get(s.node, 0.0) + p.memory(s.start, s.stop)
+        latency += t
+        if i + 1 < len(stages) and stages[i + 1].node != s.node:
+            key = (s.node, stages[i + 1].node)
+            x = p.transfer(*key, s.stop)
+            if not np.isfinite(x):
+                m.problems.append(f"no link from '{p.names[key[0]]}' to '{p.names[key[1]]}'")
+            m.link_time[key] = m.link_time.get(key, 0.0) + x
+            m.link_bytes[key] = m.link_bytes.get(key, 0.0) + float(p.boundary[s.stop])
+            latency += x
+    for k, used in m.memory.items():
+        if used > p.capacity[k]:
+            m.problems.append(f"'{p.names[k]}' needs {used / 2**20:.1f} MiB, has {p.capacity[k] / 2**20:.1f} MiB")
+    m.bottleneck = max([*m.node_time.values(), *m.link_time.values()], default=0.0)
+    m.latency = latency
+    return m
+
+
+# -- building a problem from a graph and a topology ---------------------------------------------------
+def node_layer_times(chain: LayerChain, node: Node, table: OpTable) -> np.ndarray:
+    """(L,) seconds of each layer on a topology node: on its fastest device, or sharded across its devices."""
+    from dnet.partition.shard import layer_times_sharded
+
+    if len(node.devices) > 1:
+        return layer_times_sharded(chain, node, table)
+    per_op = op_times(table, node.devices[0])
+    return np.array([per_op[l.nodes].sum() for l in chain.layers])
+
+
+def build_problem(chain: LayerChain, topology: Topology) -> PipelineProblem:
+    table = OpTable.of(chain.graph, chain.env)
+    names = topology.names
+    n = len(names)
+    bandwidth, latency = np.zeros((n, n)), np.zeros((n, n))
+    for (a, b), link in topology.links.items():
+        i, j = names.index(a), names.index(b)
+        bandwidth[i, j], latency[i, j] = link.bandwidth, link.latency
+    return PipelineProblem(
+        names=names, layer_names=chain.names,
+        time=np.stack([node_layer_times(chain, node, table) for node in topology.nodes]),
+        weight=np.array([l.weight_bytes for l in chain.layers], dtype=np.float64),
+        activation=np.array([l.activation_bytes for l in chain.layers], dtype=np.float64),
+        boundary=np.array(chain.boundary, dtype=np.float64),
+        capacity=np.array([node.memory for node in topology.nodes], dtype=np.float64),
+        bandwidth=bandwidth, latency=latency)
