@@ -1,0 +1,89 @@
+"""Running torch.export, and recovering the names the user gave the dynamic dims.
+
+torch's own errors (graph breaks, guards a dynamic dim violates, unsupported Python)
+come back as a `TorchExportError` that carries torch's message.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import torch
+from torch.export import Dim, ExportedProgram
+from torch.utils._pytree import tree_leaves
+
+from dnet.errors import DnetError
+
+
+class TorchExportError(DnetError):
+    """torch.export could not capture the module; the message is torch's."""
+
+
+def export_program(module: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any],
+                   dynamic_shapes: Any, strict: bool) -> ExportedProgram:
+    """torch.export, then decomposition to core ATen, the op set the rules cover."""
+    try:
+        program = torch.export.export(module, args, dict(kwargs), dynamic_shapes=dynamic_shapes, strict=strict)
+        return program.run_decompositions()
+    except DnetError:
+        raise
+    except Exception as err:  # torch raises many types here; all mean "could not export"
+        raise TorchExportError(f"torch.export failed for {type(module).__name__}: {type(err).__name__}: {err}",
+                               hint="see torch.export's documentation on dynamic shapes and graph breaks") from err
+
+
+def dim_names(program: ExportedProgram, module: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any],
+              dynamic_shapes: Any) -> dict[str, str]:
+    """torch's symbol names ('s70') -> the names of the user's `Dim`s ('seq')."""
+    if not dynamic_shapes:
+        return {}
+    named = _named_axes(module, args, kwargs, dynamic_shapes)
+    leaves = tree_leaves((args, dict(kwargs)))
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    out: dict[str, str] = {}
+    for position, input_name in enumerate(program.graph_signature.user_inputs):
+        if position >= len(leaves):
+            break
+        value = placeholders[input_name].meta.get("val")
+        for axis, name in named.get(id(leaves[position]), {}).items():
+            symbols = getattr(_expr(value.shape[axis]), "free_symbols", set())
+            if len(symbols) == 1:
+                out[next(iter(symbols)).name] = name
+    return out
+
+
+def _expr(size: Any) -> Any:
+    return size.node.expr if isinstance(size, torch.SymInt) else size
+
+
+def _named_axes(module: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any],
+                dynamic_shapes: Any) -> dict[int, dict[int, str]]:
+    """id(tensor) -> {axis: Dim name}, walking the inputs and the spec side by side as torch does."""
+    bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+    if isinstance(dynamic_shapes, Mapping):
+        pairs = [(bound[k], spec) for k, spec in dynamic_shapes.items() if k in bound]
+    else:
+        pairs = list(zip(bound.values(), dynamic_shapes))
+    out: dict[int, dict[int, str]] = {}
+    for value, spec in pairs:
+        _walk(value, spec, out)
+    return out
+
+
+def _walk(value: Any, spec: Any, out: dict[int, dict[int, str]]) -> None:
+    if spec is None:
+        return
+    if isinstance(value, torch.Tensor):
+        axes = spec.items() if isinstance(spec, Mapping) else enumerate(spec)
+        out[id(value)] = {axis: _root_name(d) for axis, d in axes if isinstance(d, Dim)}
+    elif isinstance(value, (list, tuple)):
+        for v, s in zip(value, spec):
+            _walk(v, s, out)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _walk(v, spec.get(k), out)
+
+
+def _root_name(d: Dim) -> str:
+    """A derived dim (`2 * seq`) names the symbol of its root."""
+    return getattr(d, "root", d).__name__
