@@ -1,0 +1,109 @@
+"""`dnet worker` (one node's daemon) and `dnet cluster up` (n workers on this machine)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from dnet.cli.main import cli
+from dnet.errors import DnetError
+
+
+def _cores(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            out += list(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise DnetError(f"bad core list '{text}'", hint="e.g. 0,1 or 0-3") from None
+    return out
+
+
+def _read_secret(secret_file: str | None) -> str:
+    from dnet.cluster.auth import SECRET_ENV
+
+    if secret_file:
+        return Path(secret_file).read_text().strip()
+    secret = os.environ.get(SECRET_ENV, "")
+    if not secret:
+        raise DnetError("no cluster secret", hint=f"set {SECRET_ENV} or pass --secret-file")
+    return secret
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT to listen on (port 0: any).")
+@click.option("--backend", default="numpy", show_default=True, help="Backend that compiles this node's stages.")
+@click.option("--threads", type=int, default=None, help="Threads for this node's kernels.")
+@click.option("--cores", default=None, help="CPU cores to run on, e.g. 0,1 or 2-3.")
+@click.option("--name", default="", help="Name shown in plans and timings.")
+@click.option("--advertise", default=None, help="HOST:PORT other workers reach this one at (default: --listen).")
+@click.option("--secret-file", default=None, help="File holding the cluster secret (default: $DNET_CLUSTER_SECRET).")
+@click.option("--cache-dir", default=None, help="Where verified weights are cached.")
+def worker(listen: str, backend: str, threads: int | None, cores: str | None, name: str, advertise: str | None,
+           secret_file: str | None, cache_dir: str | None) -> None:
+    """Run a worker daemon: accept stages from a coordinator holding the cluster secret, run them."""
+    from dnet.cluster.coordinator import parse_address
+    from dnet.cluster.local import READY_PREFIX
+    from dnet.cluster.worker import Worker, WorkerConfig
+
+    host, port = parse_address(listen)
+    core_list = _cores(cores)
+    if core_list:
+        os.sched_setaffinity(0, core_list)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {name or listen} %(levelname)s %(message)s")
+    config = WorkerConfig(host=host, port=port, backend=backend, threads=threads, name=name,
+                          advertise=advertise, cache_dir=cache_dir)
+    daemon = Worker(_read_secret(secret_file), config)
+    click.echo(f"{READY_PREFIX}{daemon.address}", nl=True)
+    sys.stdout.flush()
+    daemon.serve_forever()
+
+
+@cli.group()
+def cluster() -> None:
+    """Local clusters of worker processes."""
+
+
+@cluster.command("up")
+@click.argument("n", type=int)
+@click.option("--backend", "backends", default="numpy", show_default=True,
+              help="Backend per worker, comma separated (one name: all).")
+@click.option("--threads", default="", help="Threads per worker, comma separated, e.g. 1,2,4.")
+@click.option("--secret-file", default=None, help="Where to write the cluster secret (mode 0600).")
+def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> None:
+    """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
+    from dnet.cluster.auth import SECRET_ENV, new_secret
+    from dnet.cluster.local import LocalCluster, WorkerSpec
+
+    names = backends.split(",")
+    counts = [int(t) for t in threads.split(",") if t] or [0]
+    ncpu = os.cpu_count() or 1
+    specs, next_core = [], 0
+    for i in range(n):
+        t = counts[i % len(counts)] or None
+        cores = [(next_core + k) % ncpu for k in range(t or 1)]
+        next_core += t or 1
+        specs.append(WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}"))
+    secret = new_secret()
+    path = Path(secret_file or Path.home() / ".cache" / "dnet" / "cluster.secret")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    with LocalCluster(specs, secret) as local:
+        for spec, address in zip(specs, local.addresses):
+            click.echo(f"{spec.name}  {address}  backend={spec.backend} threads={spec.threads} cores={spec.cores}")
+        click.echo(f"secret in {path} (export {SECRET_ENV}=$(cat {path})); Ctrl-C stops the workers")
+        try:
+            while all(local.alive(i) for i in range(n)):
+                time.sleep(0.5)
+            click.echo("a worker exited; stopping the others", err=True)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,121 @@
+"""The shared-secret handshake: both sides prove they hold the cluster's secret.
+
+    client -> HELLO     {client_nonce}
+    server -> CHALLENGE {server_nonce, proof: HMAC(secret, "dnet-server" | client_nonce | server_nonce)}
+    client -> AUTH      {proof: HMAC(secret, "dnet-client" | server_nonce | client_nonce)}
+    server -> WELCOME
+
+Fresh 32-byte nonces on both sides make every proof single-use (no replay), the
+role labels keep one side's proof from being reflected back as the other's, and the
+secret itself never crosses the wire. Until WELCOME the server reads frames with
+`HANDSHAKE_LIMITS` (tiny meta, no payload), so an unauthenticated peer cannot make
+it allocate. What this does not give (encryption, per-frame integrity) is spelled
+out in docs/security.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import socket
+
+from dnet.cluster.channel import Channel
+from dnet.cluster.protocol import HANDSHAKE_LIMITS, Limits, Message, MsgType, ProtocolError
+from dnet.errors import DnetError
+
+SECRET_ENV = "DNET_CLUSTER_SECRET"
+HANDSHAKE_TIMEOUT_S = 5.0
+
+
+class AuthError(DnetError):
+    """The peer does not hold the cluster's secret (or does not speak the handshake)."""
+
+
+def new_secret() -> str:
+    return secrets.token_hex(32)
+
+
+def secret_from_env() -> str | None:
+    return os.environ.get(SECRET_ENV)
+
+
+def _proof(secret: str, label: bytes, first: bytes, second: bytes) -> str:
+    return hmac.new(secret.encode(), label + first + second, hashlib.sha256).hexdigest()
+
+
+def _same(claimed: object, expected: str) -> bool:
+    """Constant-time comparison that also accepts junk (non-strings, non-ASCII) as a mismatch."""
+    return hmac.compare_digest(str(claimed).encode(), expected.encode())
+
+
+def _nonce(msg: Message, key: str) -> bytes:
+    value = msg.meta.get(key)
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise AuthError(f"handshake: '{key}' must be 32 bytes of hex")
+    return raw
+
+
+def _expect(msg: Message, kind: MsgType) -> Message:
+    if msg.type is MsgType.ERROR:
+        raise AuthError(f"handshake refused: {msg.meta.get('reason', '?')}")
+    if msg.type is not kind:
+        raise AuthError(f"handshake: expected {kind.name}, got {msg.type.name}")
+    return msg
+
+
+def client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: str = "") -> Channel:
+    """Authenticate to a server over a connected socket; returns the ready channel."""
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    chan = Channel(sock, peer, HANDSHAKE_LIMITS)
+    client_nonce = secrets.token_bytes(32)
+    challenge = _expect(chan.request(Message(MsgType.HELLO, {"client_nonce": client_nonce.hex()})),
+                        MsgType.CHALLENGE)
+    server_nonce = _nonce(challenge, "server_nonce")
+    expected = _proof(secret, b"dnet-server", client_nonce, server_nonce)
+    if not _same(challenge.meta.get("proof"), expected):
+        raise AuthError(f"{chan.peer} does not hold the cluster secret")
+    chan.send(Message(MsgType.AUTH, {"proof": _proof(secret, b"dnet-client", server_nonce, client_nonce)}))
+    _expect(chan.recv(), MsgType.WELCOME)
+    sock.settimeout(None)
+    chan.limits = limits
+    return chan
+
+
+def server_handshake(sock: socket.socket, secret: str, limits: Limits) -> Channel:
+    """Authenticate a connecting client; raises AuthError (after telling it why) if it fails."""
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    chan = Channel(sock, limits=HANDSHAKE_LIMITS)
+    try:
+        hello = _expect(chan.recv(), MsgType.HELLO)
+        client_nonce = _nonce(hello, "client_nonce")
+        server_nonce = secrets.token_bytes(32)
+        chan.send(Message(MsgType.CHALLENGE, {"server_nonce": server_nonce.hex(),
+                                              "proof": _proof(secret, b"dnet-server", client_nonce, server_nonce)}))
+        auth = _expect(chan.recv(), MsgType.AUTH)
+        expected = _proof(secret, b"dnet-client", server_nonce, client_nonce)
+        if not _same(auth.meta.get("proof"), expected):
+            raise AuthError("wrong proof: the client does not hold the cluster secret")
+    except (AuthError, ProtocolError) as err:
+        try:
+            chan.send(Message(MsgType.ERROR, {"reason": str(err)}))
+        except OSError:
+            pass
+        raise AuthError(str(err)) from None
+    chan.send(Message(MsgType.WELCOME))
+    sock.settimeout(None)
+    chan.limits = limits
+    return chan
+
+
+def connect(host: str, port: int, secret: str, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT_S) -> Channel:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return client_handshake(sock, secret, limits, f"{host}:{port}")
+    except BaseException:
+        sock.close()
+        raise

@@ -1,0 +1,405 @@
+"""The coordinator: ships a pipeline's stages to workers, feeds requests, collects results.
+
+Requests are pipelined: up to `max_in_flight` travel the stages at once, so while
+stage 2 works on request 7, stage 1 is already on request 8. Inputs go to the first
+stage's worker; activations move worker to worker; only the last stage's outputs
+come back here.
+
+Faults. Every worker connection has a reader thread, and a heartbeat pings each
+worker; a closed connection or `dead_after` seconds of silence marks the worker
+lost, naming it and the stages it ran. If a spare worker (connected, running no
+stage) is alive, its stages move there under a new epoch, every request not yet
+answered is sent again, and results from the old epoch are dropped: each request
+is answered exactly once. Without a spare, every waiting request fails with
+`WorkerLost`.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from dnet.cluster.auth import connect
+from dnet.cluster.channel import Channel
+from dnet.cluster.link import LinkShape, Outbox
+from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
+from dnet.cluster.shipping import pack
+from dnet.errors import DnetError
+from dnet.graph.ir import Graph
+
+log = logging.getLogger("dnet.coordinator")
+
+WEIGHT_BATCH_BYTES = 256 << 20
+
+
+class WorkerLost(DnetError):
+    """A worker stopped answering; names it and the stage(s) it ran."""
+
+
+class RemoteError(DnetError):
+    """A worker refused or failed a request; carries its reason."""
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    host: str
+    port: int
+    chan: Channel
+    outbox: Outbox
+    caps: dict[str, Any] = field(default_factory=dict)
+    alive: bool = True
+    last_seen: float = field(default_factory=time.monotonic)
+    replies: queue.Queue = field(default_factory=queue.Queue)
+    call_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index} ({self.caps.get('name') or f'{self.host}:{self.port}'})"
+
+    @property
+    def peer_address(self) -> tuple[str, int]:
+        host, _, port = str(self.caps.get("advertise") or f"{self.host}:{self.port}").rpartition(":")
+        return host, int(port)
+
+
+@dataclass
+class _Request:
+    rid: int
+    inputs: dict[str, np.ndarray]
+    future: Future
+    submitted: float
+
+
+@dataclass
+class StageTiming:
+    stage: int
+    worker: str
+    runs: int = 0
+    compute_s: float = 0.0
+
+    @property
+    def mean_ms(self) -> float:
+        return 1e3 * self.compute_s / self.runs if self.runs else 0.0
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(address, tuple):
+        return address[0], int(address[1])
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DnetError(f"bad worker address '{address}'", hint="expected HOST:PORT")
+    return host, int(port)
+
+
+class Coordinator:
+    def __init__(self, addresses: Sequence[str | tuple[str, int]], secret: str, *,
+                 max_in_flight: int = 8, heartbeat_s: float = 0.5, dead_after_s: float = 3.0,
+                 call_timeout_s: float = 60.0, limits: Limits = DEFAULT_LIMITS):
+        self.secret = secret
+        self.limits = limits
+        self.session = secrets.token_hex(4)
+        self.epoch = 0
+        self.call_timeout_s = call_timeout_s
+        self.dead_after_s = dead_after_s
+        self.heartbeat_s = heartbeat_s
+        self.stages: list[Graph] = []
+        self.placement: list[int] = []
+        self.links: dict[tuple[int, int], LinkShape] = {}   # (from worker, to worker); -1 is the coordinator
+        self.timings: dict[int, StageTiming] = {}
+        self.dropped_results = 0
+        self.broken: str | None = None
+        self._pending: dict[int, _Request] = {}
+        self._feed: Outbox | None = None   # inputs into the first stage, shaped like the link there
+        self.latencies: list[float] = []
+        self._ids = itertools.count()
+        self._lock = threading.RLock()
+        self._window = threading.BoundedSemaphore(max_in_flight)
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self.workers = [self._connect(i, a) for i, a in enumerate(addresses)]
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+
+    # -- connections -------------------------------------------------------------------
+    def _connect(self, index: int, address: str | tuple[str, int]) -> WorkerHandle:
+        host, port = parse_address(address)
+        try:
+            chan = connect(host, port, self.secret, self.limits)
+        except (OSError, DnetError) as err:
+            raise WorkerLost(f"cannot connect to worker {index} at {host}:{port}: {err}") from None
+        handle = WorkerHandle(index, host, port, chan, Outbox(chan))
+        threading.Thread(target=self._read_loop, args=(handle,), name=f"reader-{index}", daemon=True).start()
+        handle.caps = self._call(handle, Message(MsgType.CAPS), MsgType.CAPS).meta
+        return handle
+
+    def _read_loop(self, w: WorkerHandle) -> None:
+        while True:
+            try:
+                msg = w.chan.recv()
+            except (ConnectionClosed, ProtocolError, OSError) as err:
+                if not self._closing.is_set():
+                    self._lost(w, str(err) or type(err).__name__)
+                return
+            w.last_seen = time.monotonic()
+            if msg.type is MsgType.RESULT:
+                self._on_result(msg)
+            elif msg.type is MsgType.ERROR and "rid" in msg.meta:
+                self._on_request_error(w, msg)
+            elif not (msg.type is MsgType.PONG and msg.meta.get("heartbeat")):
+                w.replies.put(msg)
+
+    def _heartbeat(self) -> None:
+        while not self._closing.wait(self.heartbeat_s):
+            for w in list(self.workers):
+                if not w.alive:
+                    continue
+                silent = time.monotonic() - w.last_seen
+                if silent > self.dead_after_s:
+                    self._lost(w, f"no reply for {silent:.1f} s")
+                    continue
+                try:
+                    w.outbox.put(Message(MsgType.PING, {"heartbeat": True}))
+                except ConnectionError as err:
+                    self._lost(w, str(err))
+
+    def _call(self, w: WorkerHandle, msg: Message, *expect: MsgType) -> Message:
+        """A control request and its reply (one at a time per worker)."""
+        with w.call_lock:
+            if not w.alive:
+                raise WorkerLost(f"{w.name} is lost")
+            w.outbox.put(msg)
+            try:
+                reply = w.replies.get(timeout=self.call_timeout_s)
+            except queue.Empty:
+                raise WorkerLost(f"{w.name} did not answer {msg.type.name} "
+                                 f"within {self.call_timeout_s:.0f} s") from None
+        if reply is None:
+            raise WorkerLost(f"{w.name} was lost during {msg.type.name}")
+        if reply.type is MsgType.ERROR:
+            raise RemoteError(f"{w.name} refused {msg.type.name}: {reply.meta.get('reason')}")
+        if reply.type not in expect:
+            raise RemoteError(f"{w.name} answered {msg.type.name} with {reply.type.name}")
+        return reply
+
+    # -- plans ----------------------------------------------------------------------------
+    def load(self, stages: Sequence[Graph], placement: Sequence[int] | None = None,
+             links: Mapping[tuple[int, int], LinkShape] | None = None) -> None:
+        """Ship `stages` (a pipeline, in order) to workers: stage k runs on `placement[k]`."""
+        placement = list(placement) if placement is not None else list(range(len(stages)))
+        if len(placement) != len(stages) or not all(0 <= p < len(self.workers) for p in placement):
+            raise DnetError(f"placement {placement} does not fit {len(stages)} stages on "
+                            f"{len(self.workers)} workers")
+        self.stages, self.placement, self.links = list(stages), placement, dict(links or {})
+        self._install()
+
+    def _key(self, stage: int) -> str:
+        return f"{self.session}/{self.epoch}/{stage}"
+
+    def _install(self) -> None:
+        """Load every stage on its worker (in parallel), then wire each stage to the next."""
+        self._ready.clear()
+        with ThreadPoolExecutor(max_workers=max(1, len(self.stages))) as pool:
+            list(pool.map(self._ship, range(len(self.stages))))
+        for s, w in enumerate(self.placement):
+            self._route(s, self.workers[w])
+        first = self.workers[self.placement[0]]
+        if self._feed is not None:
+            self._feed.close(timeout=0.1)
+        self._feed = Outbox(first.chan, self.links.get((-1, first.index)), on_error=lambda err: None)
+        self.timings = {s: StageTiming(s, self.workers[w].name) for s, w in enumerate(self.placement)}
+        self._ready.set()
+
+    def _ship(self, s: int) -> None:
+        w = self.workers[self.placement[s]]
+        packed = pack(self.stages[s])
+        meta = {"key": self._key(s), "stage": s, "weights": sorted(packed.arrays)}
+        load = Message(MsgType.LOAD, meta, {"graph": np.frombuffer(packed.doc, np.uint8)})
+        reply = self._call(w, load, MsgType.NEED, MsgType.LOADED)
+        if reply.type is MsgType.NEED:  # weights it has cached are not sent again
+            self._send_weights(w, meta["key"], {h: packed.arrays[h] for h in reply.meta.get("hashes", [])})
+
+    def _send_weights(self, w: WorkerHandle, key: str, arrays: dict[str, np.ndarray]) -> None:
+        batch: dict[str, np.ndarray] = {}
+        size = 0
+        items = list(arrays.items())
+        for i, (digest, arr) in enumerate(items):
+            batch[digest] = arr
+            size += arr.nbytes
+            last = i == len(items) - 1
+            if last or size >= WEIGHT_BATCH_BYTES:
+                msg = Message(MsgType.WEIGHTS, {"key": key, "last": last}, batch)
+                if last:
+                    self._call(w, msg, MsgType.LOADED)
+                else:
+                    w.outbox.put(msg)
+                batch, size = {}, 0
+
+    def _route(self, s: int, w: WorkerHandle) -> None:
+        meta: dict[str, Any] = {"key": self._key(s)}
+        if s + 1 < len(self.stages):
+            nxt = self.workers[self.placement[s + 1]]
+            host, port = nxt.peer_address
+            meta["next"] = {"host": host, "port": port, "key": self._key(s + 1)}
+            shape = self.links.get((w.index, nxt.index))
+        else:
+            shape = self.links.get((w.index, -1))
+        if shape is not None:
+            meta["shape"] = shape.to_json()
+        self._call(w, Message(MsgType.ROUTE, meta), MsgType.ROUTED)
+
+    # -- requests -------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return self.stages[0].input_names if self.stages else []
+
+    def submit(self, inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> Future:
+        """Send one request into the pipeline; waits while `max_in_flight` are already travelling."""
+        if not self.stages:
+            raise DnetError("no model loaded on the cluster", hint="call load() first")
+        missing = set(self.input_names) - set(inputs)
+        if missing:
+            raise DnetError(f"missing input(s) {sorted(missing)}", hint="inputs are " + ", ".join(self.input_names))
+        if not self._window.acquire(timeout=timeout if timeout is not None else self.call_timeout_s):
+            raise DnetError("no room in the pipeline: earlier requests are not finishing")
+        req = _Request(next(self._ids), {n: np.ascontiguousarray(inputs[n]) for n in self.input_names},
+                       Future(), time.monotonic())
+        req.future.add_done_callback(lambda _: self._window.release())
+        with self._lock:
+            if self.broken:
+                req.future.set_exception(WorkerLost(self.broken))
+                return req.future
+            self._pending[req.rid] = req
+        self._send(req)
+        return req.future
+
+    def _send(self, req: _Request) -> None:
+        self._ready.wait(self.call_timeout_s)
+        with self._lock:
+            feed, epoch = self._feed, self.epoch
+        msg = Message(MsgType.RUN, {"key": f"{self.session}/{epoch}/0", "rid": req.rid, "epoch": epoch}, req.inputs)
+        try:
+            feed.put(msg)
+        except ConnectionError:
+            pass  # the reader notices the loss and re-plans or fails the request
+
+    def run(self, inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> dict[str, np.ndarray]:
+        return self.submit(inputs).result(timeout if timeout is not None else self.call_timeout_s)
+
+    def run_many(self, requests: Sequence[Mapping[str, np.ndarray]],
+                 timeout: float | None = None) -> list[dict[str, np.ndarray]]:
+        """Many requests pipelined through the stages; results in request order."""
+        futures = [self.submit(r) for r in requests]
+        deadline = time.monotonic() + (timeout if timeout is not None else self.call_timeout_s)
+        return [f.result(max(0.0, deadline - time.monotonic())) for f in futures]
+
+    def _on_result(self, msg: Message) -> None:
+        with self._lock:
+            req = self._pending.get(msg.meta.get("rid"))
+            if req is None or msg.meta.get("epoch") != self.epoch:
+                self.dropped_results += 1  # a stale copy from before a re-plan
+                return
+            del self._pending[req.rid]
+            self.latencies.append(time.monotonic() - req.submitted)
+            for stage, _worker, seconds in msg.meta.get("trace", []):
+                if stage in self.timings:
+                    self.timings[stage].runs += 1
+                    self.timings[stage].compute_s += seconds
+        req.future.set_result(msg.tensors)
+
+    def _on_request_error(self, w: WorkerHandle, msg: Message) -> None:
+        with self._lock:
+            if msg.meta.get("epoch") != self.epoch:
+                return
+            req = self._pending.pop(msg.meta.get("rid"), None)
+        if req is not None:
+            req.future.set_exception(RemoteError(
+                f"{w.name}, stage {msg.meta.get('stage')}: {msg.meta.get('reason')}"))
+
+    # -- faults ---------------------------------------------------------------------------
+    def _lost(self, w: WorkerHandle, reason: str) -> None:
+        with self._lock:
+            if not w.alive:
+                return
+            w.alive = False
+            stages = [s for s, p in enumerate(self.placement) if p == w.index]
+        w.replies.put(None)  # wake a control call waiting on it
+        w.chan.close()
+        where = f"running stage {', '.join(map(str, stages))}" if stages else "(a spare)"
+        message = f"{w.name} {where} lost: {reason}"
+        log.warning(message)
+        if not stages or self._closing.is_set():
+            return
+        threading.Thread(target=self._recover, args=(stages, message), name="recover", daemon=True).start()
+
+    def _spare(self) -> WorkerHandle | None:
+        used = set(self.placement)
+        return next((w for w in self.workers if w.alive and w.index not in used), None)
+
+    def _recover(self, stages: list[int], message: str) -> None:
+        with self._lock:
+            spare = self._spare()
+            if spare is None:
+                self._fail_all(f"{message}; no spare worker to re-plan onto")
+                return
+            self._ready.clear()
+            self.epoch += 1
+            for s in stages:
+                self.placement[s] = spare.index
+        log.warning("re-planning: stage(s) %s move to %s (epoch %d)", stages, spare.name, self.epoch)
+        try:
+            for w in self.workers:
+                if w.alive:
+                    self._call(w, Message(MsgType.RESET, {"session": self.session}), MsgType.RESET)
+            self._install()
+        except DnetError as err:
+            self._fail_all(f"{message}; re-plan failed: {err}")
+            return
+        with self._lock:
+            waiting = sorted(self._pending.values(), key=lambda r: r.rid)
+        for req in waiting:
+            self._send(req)
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            self.broken = message
+            waiting, self._pending = list(self._pending.values()), {}
+        self._ready.set()
+        for req in waiting:
+            req.future.set_exception(WorkerLost(message))
+
+    # -- reports and teardown ------------------------------------------------------------
+    def worker_stats(self) -> dict[str, dict]:
+        """Each live worker's own counters per stage."""
+        return {w.name: self._call(w, Message(MsgType.STATS), MsgType.STATS).meta["stages"]
+                for w in self.workers if w.alive}
+
+    def ping(self, w: WorkerHandle, payload: np.ndarray | None = None) -> float:
+        """Round-trip seconds of one PING (with an optional payload) to a worker."""
+        start = time.perf_counter()
+        self._call(w, Message(MsgType.PING, {}, {"data": payload} if payload is not None else {}), MsgType.PONG)
+        return time.perf_counter() - start
+
+    def close(self, shutdown_workers: bool = False) -> None:
+        self._closing.set()
+        for w in self.workers:
+            if w.alive and shutdown_workers:
+                try:
+                    w.outbox.put(Message(MsgType.SHUTDOWN))
+                except ConnectionError:
+                    pass
+            w.outbox.close(timeout=1.0)
+            w.chan.close()
+
+    def __enter__(self) -> "Coordinator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,133 @@
+"""A cluster of worker processes on this machine, each with its own cores, threads and backend.
+
+`LocalCluster` starts the workers (`python -m dnet.cluster ...`), waits a bounded
+time for each to say where it listens, and on exit always terminates them, killing
+any that do not stop. The secret travels in the environment, never on a command
+line (where `ps` would show it).
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from dnet.cluster.auth import SECRET_ENV, new_secret
+from dnet.errors import DnetError
+
+READY_PREFIX = "DNET_WORKER_READY "
+
+
+@dataclass
+class WorkerSpec:
+    backend: str = "numpy"
+    threads: int | None = None
+    cores: list[int] | None = None
+    name: str = ""
+    listen: str = "127.0.0.1:0"
+    advertise: str | None = None
+    prefix: list[str] = field(default_factory=list)   # e.g. ["ip", "netns", "exec", "ns0"]
+
+    def command(self) -> list[str]:
+        cmd = [*self.prefix, sys.executable, "-m", "dnet.cluster", "--listen", self.listen,
+               "--backend", self.backend]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
+        if self.cores:
+            cmd += ["--cores", ",".join(map(str, self.cores))]
+        if self.name:
+            cmd += ["--name", self.name]
+        if self.advertise:
+            cmd += ["--advertise", self.advertise]
+        return cmd
+
+    def env(self, secret: str, cache_dir: str | None) -> dict[str, str]:
+        env = {**os.environ, SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"}
+        if cache_dir:
+            env["DNET_CACHE_DIR"] = cache_dir
+        if self.threads:  # BLAS pools size themselves when numpy loads: set before the process starts
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(self.threads)
+        return env
+
+
+class LocalCluster:
+    def __init__(self, workers: int | Sequence[WorkerSpec], secret: str | None = None,
+                 cache_dir: str | None = None, start_timeout_s: float = 30.0):
+        self.specs = [WorkerSpec(name=f"w{i}") for i in range(workers)] if isinstance(workers, int) else list(workers)
+        self.secret = secret or new_secret()
+        self.cache_dir = cache_dir
+        self.start_timeout_s = start_timeout_s
+        self.log_dir = Path(tempfile.mkdtemp(prefix="dnet-cluster-"))
+        self.procs: list[subprocess.Popen] = []
+        self.addresses: list[str] = []
+
+    def start(self) -> "LocalCluster":
+        try:
+            for i, spec in enumerate(self.specs):
+                log = open(self.log_dir / f"worker{i}.log", "wb")
+                self.procs.append(subprocess.Popen(spec.command(), env=spec.env(self.secret, self.cache_dir),
+                                                   stdout=subprocess.PIPE, stderr=log, text=True))
+                log.close()
+            deadline = time.monotonic() + self.start_timeout_s
+            self.addresses = [self._wait_ready(i, deadline) for i in range(len(self.procs))]
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _wait_ready(self, i: int, deadline: float) -> str:
+        proc = self.procs[i]
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if sel.select(timeout=left):
+                    line = proc.stdout.readline()
+                    if line.startswith(READY_PREFIX):
+                        return line[len(READY_PREFIX):].strip()
+                    if not line:  # the process ended
+                        break
+        raise DnetError(f"worker {i} did not start within {self.start_timeout_s:.0f} s",
+                        hint=f"its log: {self.log(i)[-500:]!r}")
+
+    def log(self, i: int) -> str:
+        path = self.log_dir / f"worker{i}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self, i: int) -> None:
+        """Kill worker i at once (SIGKILL), as a crash would."""
+        self.procs[i].kill()
+        self.procs[i].wait(timeout=5)
+
+    def alive(self, i: int) -> bool:
+        return self.procs[i].poll() is None
+
+    def coordinator(self, **options: Any):
+        from dnet.cluster.coordinator import Coordinator
+
+        return Coordinator(self.addresses, self.secret, **options)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            if proc.stdout:
+                proc.stdout.close()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,316 @@
+"""The worker daemon: accepts stages and requests over TCP, runs them, streams results on.
+
+Threads: one accepts connections; one per connection reads frames and answers
+control messages (so pings are answered while a stage computes); one computes,
+taking requests from a queue in arrival order. A stage's outputs go through an
+`Outbox` straight to the next stage's worker (or back to the coordinator for the
+last stage), so this worker is computing the next request while they travel.
+
+A bad frame costs only the connection it came on: the reason is logged, the peer is
+told (where the stream still allows it) and the worker goes on serving the others.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnet.cluster.auth import AuthError, client_handshake, server_handshake
+from dnet.cluster.channel import Channel
+from dnet.cluster.link import LinkShape, Outbox
+from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
+from dnet.cluster.shipping import unpack
+from dnet.cluster.store import WeightStore
+from dnet.errors import DnetError
+from dnet.runtime.runner import StageRunner
+
+log = logging.getLogger("dnet.worker")
+
+
+@dataclass
+class _Stage:
+    key: str
+    index: int
+    runner: StageRunner
+    reply: Outbox                      # back to the coordinator that loaded it
+    next_link: Outbox | None = None    # the next stage's worker; None: the last stage
+    next_key: str | None = None
+
+
+@dataclass
+class _PendingLoad:
+    meta: dict[str, Any]
+    doc: bytes
+    reply: Channel
+
+
+@dataclass
+class WorkerConfig:
+    host: str = "127.0.0.1"            # loopback unless told otherwise
+    port: int = 0
+    backend: str = "numpy"
+    threads: int | None = None
+    name: str = ""
+    advertise: str | None = None       # host:port other workers reach this one at
+    cache_dir: str | None = None
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+
+
+class Worker:
+    def __init__(self, secret: str, config: WorkerConfig | None = None):
+        if not secret:
+            raise DnetError("a worker needs the cluster secret", hint="set DNET_CLUSTER_SECRET")
+        self.config = config or WorkerConfig()
+        self.secret = secret
+        self.listener = socket.create_server((self.config.host, self.config.port))
+        self.host, self.port = self.listener.getsockname()[:2]
+        self.name = self.config.name or f"{self.host}:{self.port}"
+        self.store = WeightStore(self.config.cache_dir)
+        self.stages: dict[str, _Stage] = {}
+        self._pending: dict[str, _PendingLoad] = {}
+        self._replies: dict[int, Outbox] = {}        # per control channel
+        self._links: dict[tuple, Outbox] = {}         # per (host, port, shape) of a next worker
+        self._work: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -- lifecycle ------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        threading.Thread(target=self._compute_loop, name="compute", daemon=True).start()
+        log.info("worker %s listening on %s (backend %s)", self.name, self.address, self.config.backend)
+        while not self._stopped.is_set():
+            try:
+                sock, addr = self.listener.accept()
+            except OSError:
+                break
+            threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
+
+    def start(self) -> threading.Thread:
+        """Serve from a background thread (in-process workers, for tests and embedding)."""
+        thread = threading.Thread(target=self.serve_forever, name=f"worker-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._work.put(None)
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+
+    # -- connections ----------------------------------------------------------------
+    def _serve(self, sock: socket.socket, addr: tuple) -> None:
+        peer = f"{addr[0]}:{addr[1]}"
+        try:
+            chan = server_handshake(sock, self.secret, self.config.limits)
+        except (AuthError, ProtocolError, ConnectionClosed, OSError) as err:
+            log.warning("refused %s: %s", peer, err)
+            sock.close()
+            return
+        chan.peer = peer
+        try:
+            self._read_loop(chan)
+        finally:
+            with self._lock:
+                outbox = self._replies.pop(id(chan), None)
+            if outbox is not None:
+                outbox.close(timeout=0.5)
+            chan.close()
+
+    def _read_loop(self, chan: Channel) -> None:
+        while not self._stopped.is_set():
+            try:
+                msg = chan.recv()
+            except ConnectionClosed:
+                return
+            except ProtocolError as err:
+                log.warning("dropping connection from %s: %s", chan.peer, err)
+                self._try_send(chan, Message(MsgType.ERROR, {"reason": str(err)}))
+                return
+            except OSError as err:
+                log.info("connection from %s ended: %s", chan.peer, err)
+                return
+            try:
+                self._dispatch(chan, msg)
+            except DnetError as err:  # a well-formed frame asking for something wrong: refuse it, keep serving
+                log.warning("%s from %s refused: %s", msg.type.name, chan.peer, err)
+                self._try_send(chan, Message(MsgType.ERROR, {"reason": str(err), **_ids(msg.meta)}))
+
+    @staticmethod
+    def _try_send(chan: Channel, msg: Message) -> None:
+        try:
+            chan.send(msg)
+        except OSError:
+            pass
+
+    def _reply_outbox(self, chan: Channel) -> Outbox:
+        with self._lock:
+            if id(chan) not in self._replies:
+                self._replies[id(chan)] = Outbox(chan)
+            return self._replies[id(chan)]
+
+    # -- control messages -------------------------------------------------------------
+    def _dispatch(self, chan: Channel, msg: Message) -> None:
+        handler = {
+            MsgType.PING: self._on_ping, MsgType.CAPS: self._on_caps, MsgType.LOAD: self._on_load,
+            MsgType.WEIGHTS: self._on_weights, MsgType.ROUTE: self._on_route, MsgType.RUN: self._on_run,
+            MsgType.RESET: self._on_reset, MsgType.STATS: self._on_stats, MsgType.SHUTDOWN: self._on_shutdown,
+        }.get(msg.type)
+        if handler is None:
+            raise DnetError(f"a worker does not accept {msg.type.name} messages")
+        handler(chan, msg)
+
+    def _on_ping(self, chan: Channel, msg: Message) -> None:
+        chan.send(Message(MsgType.PONG, {**msg.meta, "bytes": msg.payload_bytes}))
+
+    def _on_caps(self, chan: Channel, msg: Message) -> None:
+        caps = {"name": self.name, "backend": self.config.backend, "threads": self.config.threads,
+                "cores": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
+                "advertise": self.config.advertise or self.address}
+        if msg.meta.get("probe"):
+            from dataclasses import asdict
+
+            from dnet.topology.probe import probe_device
+
+            caps["device"] = asdict(probe_device(self.config.backend, quick=True))
+        chan.send(Message(MsgType.CAPS, caps))
+
+    def _on_load(self, chan: Channel, msg: Message) -> None:
+        key, hashes = _str(msg.meta, "key"), msg.meta.get("weights")
+        if not (isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)) or "graph" not in msg.tensors:
+            raise DnetError("LOAD needs a 'graph' tensor and a 'weights' list of hashes", where=key)
+        with self._lock:
+            self._pending[key] = _PendingLoad(msg.meta, msg.tensors["graph"].tobytes(), chan)
+        missing = self.store.missing(hashes)
+        if missing:
+            chan.send(Message(MsgType.NEED, {"key": key, "hashes": missing}))
+        else:
+            self._finish_load(key)
+
+    def _on_weights(self, chan: Channel, msg: Message) -> None:
+        key = _str(msg.meta, "key")
+        for digest, array in msg.tensors.items():
+            self.store.put(digest, array)  # verifies the hash
+        pending = self._pending.get(key)
+        if pending is None:
+            raise DnetError("weights for a stage that is not being loaded", where=key)
+        if msg.meta.get("last"):
+            missing = self.store.missing(pending.meta["weights"])
+            if missing:
+                raise DnetError(f"still missing {len(missing)} weight(s), e.g. {missing[0][:12]}", where=key)
+            self._finish_load(key)
+
+    def _finish_load(self, key: str) -> None:
+        with self._lock:
+            pending = self._pending.pop(key)
+        graph = unpack(pending.doc, pending.meta["weights"], self.store.get)
+        options = {"threads": self.config.threads} if self.config.threads and self.config.backend != "numpy" else {}
+        runner = StageRunner(graph, self.config.backend, **options)
+        stage = _Stage(key, int(pending.meta.get("stage", 0)), runner, self._reply_outbox(pending.reply))
+        with self._lock:
+            self.stages[key] = stage
+        log.info("loaded stage %s (%d nodes) in %.3f s", key, len(graph), runner.compile_s)
+        pending.reply.send(Message(MsgType.LOADED, {"key": key, "compile_s": runner.compile_s}))
+
+    def _on_route(self, chan: Channel, msg: Message) -> None:
+        stage = self._stage(_str(msg.meta, "key"))
+        nxt, shape = msg.meta.get("next"), LinkShape.from_json(msg.meta.get("shape"))
+        if nxt:
+            stage.next_link = self._link(_str(nxt, "host"), int(nxt["port"]), shape)
+            stage.next_key = _str(nxt, "key")
+        elif shape is not None:
+            stage.reply = Outbox(stage.reply.channel, shape)  # the last stage's link back is shaped too
+        chan.send(Message(MsgType.ROUTED, {"key": stage.key}))
+
+    def _link(self, host: str, port: int, shape: LinkShape | None) -> Outbox:
+        ident = (host, port, shape)
+        with self._lock:
+            link = self._links.get(ident)
+            if link is not None and link.error is None:
+                return link
+        try:
+            sock = socket.create_connection((host, port), timeout=5.0)
+            chan = client_handshake(sock, self.secret, self.config.limits, f"{host}:{port}")
+        except (OSError, DnetError) as err:
+            raise DnetError(f"cannot reach the next worker at {host}:{port}: {err}") from None
+        link = Outbox(chan, shape)
+        with self._lock:
+            self._links[ident] = link
+        return link
+
+    def _on_reset(self, chan: Channel, msg: Message) -> None:
+        prefix = _str(msg.meta, "session")
+        with self._lock:
+            for key in [k for k in self.stages if k.startswith(prefix)]:
+                del self.stages[key]
+            for key in [k for k in self._pending if k.startswith(prefix)]:
+                del self._pending[key]
+        chan.send(Message(MsgType.RESET, {"session": prefix}))
+
+    def _on_stats(self, chan: Channel, msg: Message) -> None:
+        with self._lock:
+            stats = {k: s.runner.stats.to_json() for k, s in self.stages.items()}
+        chan.send(Message(MsgType.STATS, {"stages": stats}))
+
+    def _on_shutdown(self, chan: Channel, msg: Message) -> None:
+        log.info("shutdown requested by %s", chan.peer)
+        chan.send(Message(MsgType.SHUTDOWN))
+        self.stop()
+
+    def _stage(self, key: str) -> _Stage:
+        with self._lock:
+            stage = self.stages.get(key)
+        if stage is None:
+            raise DnetError("no such stage on this worker", where=key)
+        return stage
+
+    # -- requests -----------------------------------------------------------------------
+    def _on_run(self, chan: Channel, msg: Message) -> None:
+        self._work.put(msg)
+
+    def _compute_loop(self) -> None:
+        while (msg := self._work.get()) is not None:
+            key = msg.meta.get("key")
+            with self._lock:
+                stage = self.stages.get(key) if isinstance(key, str) else None
+            if stage is None:  # e.g. a request of a plan that was reset: its coordinator resends it
+                log.info("dropping request %s for unknown stage %s", msg.meta.get("rid"), key)
+                continue
+            try:
+                self._run(stage, msg)
+            except Exception as err:  # noqa: BLE001 - any failure of one request is reported, never fatal
+                log.warning("stage %s request %s failed: %s", stage.key, msg.meta.get("rid"), err)
+                try:
+                    stage.reply.put(Message(MsgType.ERROR, {"reason": f"{type(err).__name__}: {err}",
+                                                            **_ids(msg.meta), "stage": stage.index}))
+                except ConnectionError:
+                    pass
+
+    def _run(self, stage: _Stage, msg: Message) -> None:
+        outputs, seconds = stage.runner(msg.tensors)
+        trace = list(msg.meta.get("trace", [])) + [[stage.index, self.name, seconds]]
+        meta = {"rid": msg.meta.get("rid"), "epoch": msg.meta.get("epoch"), "trace": trace}
+        if stage.next_link is not None:
+            stage.next_link.put(Message(MsgType.RUN, {**meta, "key": stage.next_key}, outputs))
+        else:
+            stage.reply.put(Message(MsgType.RESULT, meta, outputs))
+
+
+def _str(meta: dict, key: str) -> str:
+    value = meta.get(key)
+    if not isinstance(value, str):
+        raise DnetError(f"message needs a string '{key}', got {str(value)[:40]}")
+    return value
+
+
+def _ids(meta: dict) -> dict:
+    return {k: meta[k] for k in ("rid", "epoch", "key") if k in meta}
