@@ -11,6 +11,7 @@ from dnet.errors import DnetError
 # Each module defines click commands decorated with @cli.command(); add yours here.
 COMMAND_MODULES = (
     "dnet.cli.model_commands",
+    "dnet.cli.cluster_commands",
 )
 
 
