@@ -179,6 +179,8 @@ class Lowering:
         if declared.dtype is not None and declared.dtype != actual.dtype:
             raise DTypeError(f"argument '{param.name}' of '{fn.name}' has dtype {actual.dtype}, declared "
                              f"{declared.dtype}", param.loc)
+        if declared.shape == (WILDCARD,):  # the lone WILDCARD: any shape, of any rank
+            return
         mismatch = len(declared.shape) != len(actual.shape)
         for want, got in zip(declared.shape, actual.shape):
             if want is WILDCARD or mismatch:
