@@ -298,6 +298,9 @@ class Lowering:
             if err.where is None or not str(err.where):
                 err.where = expr.loc or Location(symbol=self.b.where)
                 err.args = (err._render(),)
+            elif expr.loc is not None and expr.loc.file and not err.where.file:  # point into the source text
+                err.where = Location(expr.loc.file, expr.loc.line, expr.loc.column, err.where.symbol)
+                err.args = (err._render(),)
             raise
         except (TypeError, ValueError, ZeroDivisionError) as err:
             raise ShapeError(f"{expr.op}: {err}", expr.loc or self.b.where) from None
