@@ -133,9 +133,11 @@ def _merge(table: dict, key, new: np.ndarray, arg: np.ndarray, prev) -> None:
 
 
 def candidate_orders(p: PipelineProblem) -> list[list[int]]:
-    """Promising node orders: fastest first; and chains that follow the widest links from each start."""
+    """Promising node orders: fastest first, largest memory first, greedy memory fill, and chains
+    that follow the widest links from each start."""
     speed = p.time.sum(axis=1)
-    orders = [list(np.argsort(speed, kind="stable"))]
+    orders = [list(np.argsort(speed, kind="stable")), list(np.argsort(-p.capacity, kind="stable")),
+              _fill_order(p), _fill_order(p, backward=True)]
     for start in range(p.n_nodes):
         order, left = [start], set(range(p.n_nodes)) - {start}
         while left:
@@ -151,14 +153,40 @@ def candidate_orders(p: PipelineProblem) -> list[list[int]]:
     return unique
 
 
+def _fill_order(p: PipelineProblem, backward: bool = False) -> list[int]:
+    """Walk the layers (from the last one when `backward`), each time taking the unused node that
+    holds the most of the layers left: an order in which the model fits, where memory is tight."""
+    L = p.n_layers
+    held, chosen, left = 0, [], set(range(p.n_nodes))
+
+    def fits(k: int, count: int) -> bool:
+        a, b = (L - held - count, L - held) if backward else (held, held + count)
+        return p.memory(a, b) <= p.capacity[k]
+
+    while left and held < L:
+        reach = {k: max((c for c in range(1, L - held + 1) if fits(k, c)), default=0) for k in left}
+        k = max(left, key=lambda k: (reach[k], -speed_of(p, k)))
+        chosen.append(k)
+        left.remove(k)
+        held += reach[k]
+    order = chosen[::-1] if backward else chosen
+    return order + sorted(left, key=lambda k: speed_of(p, k))
+
+
+def speed_of(p: PipelineProblem, k: int) -> float:
+    """Seconds node k would take for the whole model: smaller is faster."""
+    return float(p.time[k].sum())
+
+
 def solve_heuristic(p: PipelineProblem, objective: str = "throughput", time_limit: float = 0.5) -> Solution:
     """solve_order on candidate orders, then local search over the order until no move helps."""
     t0 = time.perf_counter()
-    best: Solution | None = None
-    for order in candidate_orders(p):
-        best = _better(best, _try(p, order, objective))
+    best = _try_heuristic(p, objective)
+    rng = np.random.default_rng(0)
+    while best is None and time.perf_counter() - t0 < time_limit:  # tight memory: look for any order that fits
+        best = _try(p, [int(k) for k in rng.permutation(p.n_nodes)], objective)
     if best is None:
-        raise PlanError("no feasible plan in any candidate node order")
+        raise PlanError("no feasible plan in any node order tried")
     order = [s.node for s in best.stages] + [k for k in range(p.n_nodes) if k not in {s.node for s in best.stages}]
     improved = True
     while improved and time.perf_counter() - t0 < time_limit:

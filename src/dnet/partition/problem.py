@@ -40,6 +40,7 @@ class PipelineProblem:
     capacity: np.ndarray        # (N,) memory of each node
     bandwidth: np.ndarray       # (N, N) bytes/s of each directed link; 0 where there is none
     latency: np.ndarray         # (N, N) seconds
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_nodes(self) -> int:
@@ -63,7 +64,13 @@ class PipelineProblem:
 
     # -- matrices for the solvers --------------------------------------------------------------
     def stage_matrix(self, node: int) -> np.ndarray:
-        """(L+1, L+1): seconds of a stage [a, b) on `node`; inf where b <= a or the stage does not fit."""
+        """(L+1, L+1): seconds of a stage [a, b) on `node`; inf where b <= a or the stage does not fit.
+        Computed once per node (solvers must not write to it)."""
+        if ("stage", node) not in self._memo:
+            self._memo[("stage", node)] = self._stage_matrix(node)
+        return self._memo[("stage", node)]
+
+    def _stage_matrix(self, node: int) -> np.ndarray:
         L = self.n_layers
         prefix = np.concatenate([[0.0], np.cumsum(self.time[node])])
         out = prefix[None, :] - prefix[:, None]
@@ -77,7 +84,10 @@ class PipelineProblem:
 
     def transfer_vector(self, src: int, dst: int) -> np.ndarray:
         """(L+1,): seconds to move each cut's bytes from src to dst."""
-        return np.array([self.transfer(src, dst, c) for c in range(self.n_layers + 1)])
+        key = ("transfer", src, dst)
+        if key not in self._memo:
+            self._memo[key] = np.array([self.transfer(src, dst, c) for c in range(self.n_layers + 1)])
+        return self._memo[key]
 
 
 @dataclass
