@@ -1,13 +1,23 @@
 """dnet: a compiler that turns a network of unlike devices into one inference accelerator."""
+from typing import Any
+
 from dnet.api import Executable, compile, to_graph
 from dnet.core import WILDCARD, DType, Sym, TensorType, bf16, boolean, f16, f32, i8, i32, i64
 from dnet.errors import DnetError
 from dnet.frontend import functional, tensor_methods  # noqa: F401 - attaches Tensor's methods
 from dnet.frontend import nn
 from dnet.frontend.module import Module, ModuleList, Parameter, Sequential
+from dnet.objects.ir import ObjectModule
 
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",
     "i8", "i32", "i64", "boolean", "DnetError", "functional", "Module", "ModuleList", "Parameter", "Sequential",
-    "nn",
+    "nn", "from_torch",
 ]
+
+
+def from_torch(module: Any, example_args: Any, dynamic_shapes: Any = None, **options: Any) -> ObjectModule:
+    """Import a torch.nn.Module through torch.export as object IR (needs torch; imported only here)."""
+    from dnet.frontend.torch_import import from_torch as import_torch
+
+    return import_torch(module, example_args, dynamic_shapes, **options)

@@ -134,6 +134,17 @@ def _reduce(fn: Callable) -> Rule:
     return lambda n, x, dim=(), keepdim=False: fn(x, _axes(x, dim), keepdim)
 
 
+def _any(n, x, dim=None, keepdim=False):
+    """Whether any element is non-zero: a count of them, compared with zero."""
+    count = F.sum(F.cast(F.ne(x, 0) if x.dtype is not DType.BOOL else x, DType.I64), _axes(x, dim), keepdim)
+    return F.ne(count, 0)
+
+
+def _all(n, x, dim=None, keepdim=False):
+    zero = F.eq(x, 0) if x.dtype is not DType.BOOL else F.logical_not(x)
+    return F.logical_not(_any(n, zero, dim, keepdim))
+
+
 def _max_dim(n, x, dim, keepdim=False):
     return F.amax(x, dim, keepdim), F.argmax(x, dim, keepdim)
 
@@ -480,6 +491,8 @@ RULES: dict[str, Rule] = {
     # reductions
     "aten.sum.dim_IntList": _sum, "aten.sum.default": _sum, "aten.mean.dim": _mean, "aten.mean.default": _mean,
     "aten.var.correction": _var, "aten.amax.default": _reduce(F.amax), "aten.amin.default": _reduce(F.amin),
+    "aten.any.dim": _any, "aten.any.dims": _any, "aten.any.default": _any,
+    "aten.all.dim": _all, "aten.all.dims": _all, "aten.all.default": _all,
     "aten.max.dim": _max_dim, "aten.min.dim": _min_dim, "aten.argmax.default": _argmax,
     "aten._softmax.default": _softmax, "aten._log_softmax.default": _log_softmax,
     "aten._safe_softmax.default": _safe_softmax, "aten.cumsum.default": _cumsum,

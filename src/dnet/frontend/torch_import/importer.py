@@ -124,7 +124,7 @@ def _convert(node: Node, values: dict[Node, Any], dim_names: Mapping[str, str]) 
     target = target_name(node.target)
     args = map_arg(node.args, values.__getitem__)
     kwargs = {k: v for k, v in map_arg(node.kwargs, values.__getitem__).items() if k not in _IGNORED_KWARGS}
-    for value in _flat(list(args) + list(kwargs.values())):
+    for value in _flat(list(args) + list(kwargs.values())) if target != "operator.getitem" else ():
         if isinstance(value, Missing):
             raise _located(UnsupportedOpError(f"{target} uses {value.what}, which dnet does not compute"), node)
     info = _info(target, node, dim_names)
