@@ -75,7 +75,7 @@ def _groups_by_name(graph: Graph) -> list[tuple[int, str]] | None:
     out: list[tuple[int, str]] = []
     for node, key in zip(graph.nodes, keys):
         if key is None and not first < node.id < last:  # before the first layer or after the last
-            key = node.name.split(".")[0] or ("prologue" if node.id < first else "epilogue")
+            key = "prologue" if node.id < first else "epilogue"
         if key is not None and key not in index:
             index[key] = len(names)
             names.append(key)
@@ -87,8 +87,21 @@ def _groups_by_name(graph: Graph) -> list[tuple[int, str]] | None:
 
 
 def _layer_key(name: str) -> str | None:
+    """'forward.bert.forward.bert.layers.0.attn.forward' -> 'bert.layers.0' (frontend call paths
+    repeat the object path and say 'forward' at each step; both are dropped)."""
     m = LAYER_NAME.match(name or "")
-    return m.group(1) if m else None
+    if not m:
+        return None
+    parts: list[str] = []
+    for part in m.group(1).split("."):
+        if part != "forward" and not (parts and _repeats(parts, part)):
+            parts.append(part)
+    return ".".join(parts)
+
+
+def _repeats(parts: list[str], part: str) -> bool:
+    """Whether `part` starts a repeat of the path so far (bert.bert -> bert)."""
+    return not part.isdigit() and part in parts
 
 
 def _groups_by_cuts(graph: Graph, env: Env, max_layers: int) -> list[tuple[int, str]]:

@@ -189,28 +189,28 @@ def dumps_topology(topo: Topology) -> str:
         if node.address:
             out.append(f"address = {_str(node.address)}")
         if node.interconnect:
-            out.append(f"interconnect = {_str(format_quantity(node.interconnect, 'bandwidth'))}")
+            out.append(f"interconnect = {_str(format_quantity(node.interconnect, 'bandwidth', 12))}")
         for d in node.devices:
             out += ["", "  [[node.device]]", *_device_lines(d)]
         out.append("")
     for link in topo.links.values():
         out += ["[[link]]", f"from = {_str(link.src)}", f"to = {_str(link.dst)}",
-                f"bandwidth = {_str(format_quantity(link.bandwidth, 'bandwidth'))}",
-                f"latency = {_str(format_quantity(link.latency, 'time'))}", ""]
+                f"bandwidth = {_str(format_quantity(link.bandwidth, 'bandwidth', 12))}",
+                f"latency = {_str(format_quantity(link.latency, 'time', 12))}", ""]
     return "\n".join(out)
 
 
 def _device_lines(d: Device) -> list[str]:
     lines = [f"  kind = {_str(d.kind)}", f"  cores = {d.cores}",
-             f"  memory = {_str(format_quantity(d.memory, 'bytes'))}"]
+             f"  memory = {_str(format_quantity(d.memory, 'bytes', 12))}"]
     if d.memory_bandwidth:
-        lines.append(f"  memory_bandwidth = {_str(format_quantity(d.memory_bandwidth, 'bandwidth'))}")
+        lines.append(f"  memory_bandwidth = {_str(format_quantity(d.memory_bandwidth, 'bandwidth', 12))}")
     if d.vector_width:
         lines.append(f"  vector_width = {d.vector_width}")
     for name, table, kind in (("compute", d.compute, "rate"), ("op_rates", d.op_rates, "rate"),
                               ("cache", d.cache, "bytes")):
         if table:
-            body = ", ".join(f"{k} = {_str(format_quantity(v, kind))}" for k, v in table.items())
+            body = ", ".join(f"{k} = {_str(format_quantity(v, kind, 12))}" for k, v in table.items())
             lines.append(f"  {name} = {{ {body} }}")
     return lines
 

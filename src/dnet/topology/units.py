@@ -57,22 +57,23 @@ def _unit_factor(unit: str, kind: str) -> float | None:
     return None
 
 
-def format_quantity(value: float, kind: str) -> str:
-    """The inverse of parse_quantity, readable: 16 GiB -> "16GiB", 1.2e8 B/s -> "120MB/s"."""
+def format_quantity(value: float, kind: str, digits: int = 4) -> str:
+    """The inverse of parse_quantity, readable: 16 GiB -> "16GiB", 1.2e8 B/s -> "120MB/s".
+    `digits` significant digits (12 keeps a round trip through a file exact to 1e-12)."""
     if kind == "time":
         for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
             if value >= factor or unit == "ns":
-                return f"{_num(value / factor)}{unit}"
+                return f"{_num(value / factor, digits)}{unit}"
     if kind == "bytes":
         for prefix in ("Ti", "Gi", "Mi", "Ki", ""):
             if value >= _PREFIX[prefix] or prefix == "":
-                return f"{_num(value / _PREFIX[prefix])}{prefix}B"
+                return f"{_num(value / _PREFIX[prefix], digits)}{prefix}B"
     suffix = {"bandwidth": "B/s", "rate": "FLOP/s"}[kind]
     for prefix in ("P", "T", "G", "M", "k", ""):
         if value >= _PREFIX[prefix] or prefix == "":
-            return f"{_num(value / _PREFIX[prefix])}{prefix}{suffix}"
+            return f"{_num(value / _PREFIX[prefix], digits)}{prefix}{suffix}"
     raise AssertionError(kind)
 
 
-def _num(x: float) -> str:
-    return f"{x:.12g}"
+def _num(x: float, digits: int) -> str:
+    return f"{x:.{digits}g}"

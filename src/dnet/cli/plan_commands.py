@@ -1,0 +1,125 @@
+"""`dnet probe` (measure this node and its links) and `dnet plan` (partition a model over a topology)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dnet.cli.main import cli
+from dnet.errors import DnetError
+
+SYNTHETIC_HELP = "or a planning stand-in: llama-1b, cnn, bert (layer graphs with no real weights)"
+
+
+@cli.command("probe")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="topology file to write or update")
+@click.option("--name", default=None, help="this node's name in the topology (default: the host name)")
+@click.option("--backend", default="numpy", show_default=True, help="backend whose matmul rate is measured")
+@click.option("--quick", is_flag=True, help="fewer, smaller runs")
+@click.option("--refresh", is_flag=True, help="measure again even if this hardware is cached")
+@click.option("--link", "links", multiple=True, metavar="NAME=HOST:PORT",
+              help="measure the link to a peer running `dnet probe --serve`")
+@click.option("--serve", metavar="HOST:PORT", help="answer other nodes' link probes until interrupted")
+def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, refresh: bool,
+              links: tuple[str, ...], serve: str | None) -> None:
+    """Measure this node (matmul rate per dtype, memory bandwidth and size, cores, vector width, caches)."""
+    import socket
+
+    from dnet.topology.linkprobe import probe_link, serve_probe
+    from dnet.topology.model import Node, Topology
+    from dnet.topology.probe import probe
+    from dnet.topology.units import format_quantity
+
+    if serve:
+        host, _, port = serve.rpartition(":")
+        server = serve_probe(host, int(port))
+        click.echo(f"serving link probes on {serve}; Ctrl-C to stop")
+        server.serve_forever()
+        return
+    report = probe(backend, quick=quick, refresh=refresh)
+    name = name or socket.gethostname()
+    click.echo(f"node {name} ({'cached' if report.cached else 'measured'}, fingerprint {report.fingerprint})")
+    for key, m in report.measurements.items():
+        kind = "bandwidth" if key == "memory_bandwidth" else "rate"
+        click.echo(f"  {key:<18} {format_quantity(m.median, kind):>16}  spread {m.spread:.1%} over {m.runs} runs")
+    d = report.device
+    click.echo(f"  cores {d.cores}, memory {format_quantity(d.memory, 'bytes')}, vector width {d.vector_width} bits, "
+               + ", ".join(f"{k} {format_quantity(v, 'bytes')}" for k, v in d.cache.items()))
+    topo = Topology.load(str(output)) if output and output.exists() else Topology()
+    topo.nodes = [n for n in topo.nodes if n.name != name] + [Node(name, [d])]
+    for spec in links:
+        peer, _, address = spec.partition("=")
+        if not peer or not address:
+            raise DnetError(f"bad --link '{spec}'", hint="write NAME=HOST:PORT")
+        latency, bandwidth = probe_link(address)
+        click.echo(f"  link {name} -> {peer}: {format_quantity(bandwidth.median, 'bandwidth')} "
+                   f"(spread {bandwidth.spread:.1%}), latency {format_quantity(latency.median, 'time')}")
+        if peer not in topo.names:
+            raise DnetError(f"peer '{peer}' is not a node of {output or 'the topology'}",
+                            hint="probe it first, writing to the same file")
+        topo.add_link(name, peer, bandwidth.median, latency.median, symmetric=False)
+    if output:
+        output.write_text(topo.dumps())
+        click.echo(f"wrote {output}")
+
+
+def _plan_graph(model: str, dims: dict[str, int]):
+    from dnet.partition import synthetic
+
+    stand_ins = {"llama-1b": synthetic.MODELS["llama-1b"], "cnn": synthetic.MODELS["cnn"],
+                 "bert": synthetic.MODELS["minilm"]}
+    if model in stand_ins:
+        return stand_ins[model](), dims
+    import dnet
+    from dnet.cli.model_loading import load_model
+
+    loaded, inputs = load_model(model)
+    graph = dnet.to_graph(loaded, inputs)
+    return graph, {"batch": 1, "seq": 128, **dims}
+
+
+@cli.command("plan")
+@click.argument("model")
+@click.option("-T", "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
+              help="topology file (TOML), or local:N for N equal nodes on this machine")
+@click.option("--objective", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True)
+@click.option("--method", type=click.Choice(["auto", "exact", "heuristic"]), default="auto", show_default=True)
+@click.option("--dims", default="", help="sizes of symbolic dims, e.g. batch=1,seq=128 (those two by default)")
+@click.option("--baselines", is_flag=True, help="also show the equal, memory-proportional and Halda assignments")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write the plan as JSON")
+@click.option("--svg", "svg_path", type=click.Path(path_type=Path), help="draw the plan as SVG")
+def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims: str, baselines: bool,
+             json_path: Path | None, svg_path: Path | None) -> None:
+    """Partition MODEL (a model reference as for `dnet run`, """ + SYNTHETIC_HELP + """) over a topology."""
+    from rich.console import Console
+
+    from dnet.cli.model_commands import _parse_dims
+    from dnet.partition import build_problem, layer_chain, plan_from_stages, plan_pipeline
+    from dnet.partition.baselines import BASELINES
+    from dnet.partition.render import plan_svg, plan_table
+    from dnet.topology.model import Topology
+
+    spec = str(topology_path)
+    topology = Topology.local(int(spec[6:])) if spec.startswith("local:") else Topology.load(spec)
+    graph, env = _plan_graph(model, _parse_dims(dims))
+    chain = layer_chain(graph, env)
+    plan = plan_pipeline(graph, topology, objective, method, env, model, chain)
+    console = Console()
+    console.print(plan_table(plan))
+    if baselines:
+        problem = build_problem(chain, topology)
+        for name, fn in BASELINES.items():
+            stages = fn(problem)
+            if stages is None:
+                console.print(f"{name}: no assignment fits")
+                continue
+            base = plan_from_stages(chain, topology, problem, stages, objective, name, model=model)
+            fits = "" if base.throughput else " (does not fit in memory)"
+            console.print(f"{name}: throughput {base.throughput:.2f}/s, latency {base.latency * 1e3:.2f} ms{fits}")
+    if json_path:
+        json_path.write_text(json.dumps(plan.to_json(), indent=1))
+        console.print(f"wrote {json_path}")
+    if svg_path:
+        svg_path.write_text(plan_svg(plan, topology))
+        console.print(f"wrote {svg_path}")
