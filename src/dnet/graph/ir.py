@@ -41,10 +41,10 @@ class Node:
 def _freeze(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return tuple(_freeze(x) for x in v)
-    if isinstance(v, float) and v != v:  # NaN: make it equal to itself
-        return ("nan",)
-    if isinstance(v, (float, int)) and not isinstance(v, bool):
-        return (type(v).__name__, v)  # 1 and 1.0 are different fill values
+    if isinstance(v, float):  # hex is exact, equal for NaNs, and tells -0.0 (1/x = -inf) from 0.0
+        return ("float", v.hex())
+    if isinstance(v, int) and not isinstance(v, bool):
+        return ("int", v)  # 1 and 1.0 are different fill values
     return v
 
 
