@@ -1,0 +1,68 @@
+"""Probing: the backend seam, the cache per hardware fingerprint, link probes over loopback."""
+import time
+
+import pytest
+
+from dnet.core.dtypes import DType
+from dnet.topology import probe as P
+from dnet.topology.linkprobe import probe_link, serve_probe
+
+
+def test_matmul_rate_is_flops_over_the_kernels_median_time():
+    calls = []
+
+    def kernel(n, dtype):  # a stand-in backend whose "matmul" takes 2 ms
+        calls.append((n, dtype))
+        return lambda: time.sleep(0.002)
+
+    m = P.probe_matmul(kernel, DType.F32, 100, runs=3)
+    assert calls == [(100, DType.F32)]
+    assert m.median == pytest.approx(2 * 100**3 / 0.002, rel=0.5) and m.runs == 3
+
+
+def test_numpy_backend_matmul_runs_through_the_registry():
+    run = P.backend_matmul("numpy")(8, DType.F32)
+    out = run()
+    assert out["c"].shape == (8, 8)
+
+
+def test_vector_width_from_cpu_flags():
+    assert P.vector_width({"avx512f", "avx2"}) == 512
+    assert P.vector_width({"avx2", "sse2"}) == 256
+
+
+def test_probe_is_cached_per_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path))
+    slow = []
+
+    def kernel(n, dtype):
+        slow.append(n)
+        return lambda: sum(range(100))
+
+    first = P.probe(kernel=kernel, quick=True)
+    second = P.probe(kernel=kernel, quick=True)
+    assert not first.cached and second.cached
+    assert len(slow) == 3                                   # one per dtype, measured once
+    assert second.device.compute == first.device.compute
+    assert set(first.measurements) >= {"matmul.f32", "memory_bandwidth"}
+    assert all(m.spread >= 0 for m in first.measurements.values())
+    (next(tmp_path.rglob("*.json"))).write_text("{not json")   # a corrupt entry is measured again
+    assert not P.probe(kernel=kernel, quick=True).cached
+
+
+def test_link_probe_over_loopback():
+    server = serve_probe("127.0.0.1", 0, background=True)
+    try:
+        host, port = server.server_address
+        latency, bandwidth = probe_link(f"{host}:{port}", nbytes=1 << 20, runs=2)
+    finally:
+        server.shutdown()
+    assert 0 < latency.median < 0.05            # loopback: well under 50 ms
+    assert bandwidth.median > 10e6              # and well over 10 MB/s
+
+
+def test_unreachable_peer_is_a_clear_error():
+    from dnet.errors import DnetError
+
+    with pytest.raises(DnetError, match="cannot reach probe peer 127.0.0.1:1"):
+        probe_link("127.0.0.1:1", timeout=1.0)
