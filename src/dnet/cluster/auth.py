@@ -21,7 +21,7 @@ import secrets
 import socket
 
 from dnet.cluster.channel import Channel
-from dnet.cluster.protocol import HANDSHAKE_LIMITS, Limits, Message, MsgType, ProtocolError
+from dnet.cluster.protocol import HANDSHAKE_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
 from dnet.errors import DnetError
 
 SECRET_ENV = "DNET_CLUSTER_SECRET"
@@ -69,7 +69,18 @@ def _expect(msg: Message, kind: MsgType) -> Message:
 
 
 def client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: str = "") -> Channel:
-    """Authenticate to a server over a connected socket; returns the ready channel."""
+    """Authenticate to a server over a connected socket; returns the ready channel.
+
+    The socket is closed if the handshake fails, so the server is not left waiting.
+    """
+    try:
+        return _client_handshake(sock, secret, limits, peer)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: str) -> Channel:
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
     chan = Channel(sock, peer, HANDSHAKE_LIMITS)
     client_nonce = secrets.token_bytes(32)
@@ -100,7 +111,7 @@ def server_handshake(sock: socket.socket, secret: str, limits: Limits) -> Channe
         expected = _proof(secret, b"dnet-client", server_nonce, client_nonce)
         if not _same(auth.meta.get("proof"), expected):
             raise AuthError("wrong proof: the client does not hold the cluster secret")
-    except (AuthError, ProtocolError) as err:
+    except (AuthError, ProtocolError, ConnectionClosed) as err:
         try:
             chan.send(Message(MsgType.ERROR, {"reason": str(err)}))
         except OSError:
@@ -114,8 +125,4 @@ def server_handshake(sock: socket.socket, secret: str, limits: Limits) -> Channe
 
 def connect(host: str, port: int, secret: str, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT_S) -> Channel:
     sock = socket.create_connection((host, port), timeout=timeout)
-    try:
-        return client_handshake(sock, secret, limits, f"{host}:{port}")
-    except BaseException:
-        sock.close()
-        raise
+    return client_handshake(sock, secret, limits, f"{host}:{port}")

@@ -67,7 +67,8 @@ class Channel:
     """One authenticated connection. `send` is safe from many threads; `recv` from one."""
 
     def __init__(self, sock: socket.socket, peer: str = "", limits: Limits = DEFAULT_LIMITS):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # small frames go out at once, not batched
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self.limits = limits
@@ -100,7 +101,7 @@ class Channel:
 
 def _peer_name(sock: socket.socket) -> str:
     try:
-        host, port = sock.getpeername()[:2]
-        return f"{host}:{port}"
+        name = sock.getpeername()
     except OSError:
         return "?"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name or "local")

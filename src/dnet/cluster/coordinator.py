@@ -116,6 +116,7 @@ class Coordinator:
         self.links: dict[tuple[int, int], LinkShape] = {}   # (from worker, to worker); -1 is the coordinator
         self.timings: dict[int, StageTiming] = {}
         self.dropped_results = 0
+        self.weight_bytes_sent = 0
         self.broken: str | None = None
         self._pending: dict[int, _Request] = {}
         self._feed: Outbox | None = None   # inputs into the first stage, shaped like the link there
@@ -227,6 +228,8 @@ class Coordinator:
             self._send_weights(w, meta["key"], {h: packed.arrays[h] for h in reply.meta.get("hashes", [])})
 
     def _send_weights(self, w: WorkerHandle, key: str, arrays: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self.weight_bytes_sent += sum(a.nbytes for a in arrays.values())
         batch: dict[str, np.ndarray] = {}
         size = 0
         items = list(arrays.items())
@@ -269,7 +272,7 @@ class Coordinator:
             raise DnetError(f"missing input(s) {sorted(missing)}", hint="inputs are " + ", ".join(self.input_names))
         if not self._window.acquire(timeout=timeout if timeout is not None else self.call_timeout_s):
             raise DnetError("no room in the pipeline: earlier requests are not finishing")
-        req = _Request(next(self._ids), {n: np.ascontiguousarray(inputs[n]) for n in self.input_names},
+        req = _Request(next(self._ids), {n: np.asarray(inputs[n]) for n in self.input_names},
                        Future(), time.monotonic())
         req.future.add_done_callback(lambda _: self._window.release())
         with self._lock:

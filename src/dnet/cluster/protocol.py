@@ -217,7 +217,7 @@ def wire_dtype(arr: np.ndarray) -> str:
 
 def frame_buffers(msg: Message) -> list[memoryview | bytes]:
     """The frame as a list of buffers for `sendmsg`: tensor bytes are views, not copies."""
-    arrays = [np.ascontiguousarray(a) for a in msg.tensors.values()]
+    arrays = [np.asarray(a, order="C") for a in msg.tensors.values()]  # (ascontiguousarray makes 0-d 1-d)
     specs = [[name, wire_dtype(a), list(a.shape)] for name, a in zip(msg.tensors, arrays)]
     meta = json.dumps({**msg.meta, "tensors": specs}, separators=(",", ":")).encode()
     bufs: list[memoryview | bytes] = []

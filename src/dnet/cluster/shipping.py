@@ -23,7 +23,7 @@ class PackedGraph:
 
 def pack(graph: Graph) -> PackedGraph:
     doc, weights = dumps(graph)
-    return PackedGraph(doc, {h: np.ascontiguousarray(a) for h, a in weights.items()})
+    return PackedGraph(doc, dict(weights))
 
 
 def unpack(doc: bytes, hashes: list[str], fetch: Callable[[str], np.ndarray]) -> Graph:

@@ -56,7 +56,7 @@ class WeightStore:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(array)}.tmp")
         with open(tmp, "wb") as f:
             f.write(header.ljust(_HEADER_BYTES))
-            f.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+            f.write(memoryview(np.asarray(array, order="C").reshape(-1).view(np.uint8)))
         os.replace(tmp, path)
 
     def get(self, digest: str) -> np.ndarray:

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnet.cluster.auth import AuthError, client_handshake, server_handshake
+from dnet.cluster.auth import AuthError, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
@@ -238,8 +238,7 @@ class Worker:
             if link is not None and link.error is None:
                 return link
         try:
-            sock = socket.create_connection((host, port), timeout=5.0)
-            chan = client_handshake(sock, self.secret, self.config.limits, f"{host}:{port}")
+            chan = connect(host, port, self.secret, self.config.limits)
         except (OSError, DnetError) as err:
             raise DnetError(f"cannot reach the next worker at {host}:{port}: {err}") from None
         link = Outbox(chan, shape)

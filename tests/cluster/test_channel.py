@@ -1,0 +1,166 @@
+"""Frames over real sockets: large tensors, truncation, oversized claims, the handshake, shaped links."""
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dnet.cluster.auth import AuthError, client_handshake, server_handshake
+from dnet.cluster.channel import Channel
+from dnet.cluster.link import LinkShape, Outbox
+from dnet.cluster.protocol import (
+    ALIGN, DEFAULT_LIMITS, HEADER, MAGIC, VERSION, ConnectionClosed, Limits, Message, MsgType, ProtocolError,
+    encode_frame,
+)
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    yield Channel(a, "a"), Channel(b, "b")
+    a.close()
+    b.close()
+
+
+def _in_thread(fn, *args):
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            box["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_a_large_tensor_arrives_intact_and_aligned(pair, rng):
+    a, b = pair
+    x = rng.standard_normal((512, 1024)).astype(np.float32)  # 2 MiB: many partial sends
+    t, _ = _in_thread(a.send, Message(MsgType.RUN, {"rid": 7}, {"x": x, "i": np.arange(5)}))
+    msg = b.recv()
+    t.join(10)
+    assert msg.meta == {"rid": 7}
+    np.testing.assert_array_equal(msg.tensors["x"], x)
+    np.testing.assert_array_equal(msg.tensors["i"], np.arange(5))
+    assert msg.tensors["x"].ctypes.data % ALIGN == 0
+
+
+def test_a_connection_closed_mid_frame_is_a_truncated_frame(pair):
+    a, b = pair
+    frame = encode_frame(Message(MsgType.RUN, {}, {"x": np.ones(100, np.float32)}))
+    a.sock.sendall(frame[:-10])
+    a.sock.shutdown(socket.SHUT_WR)
+    with pytest.raises(ProtocolError, match=r"truncated frame: connection closed after 390 of 400 payload bytes"):
+        b.recv()
+
+
+def test_a_close_between_frames_is_a_clean_close(pair):
+    a, b = pair
+    a.sock.shutdown(socket.SHUT_WR)
+    with pytest.raises(ConnectionClosed):
+        b.recv()
+
+
+def test_an_oversized_claim_is_refused_before_anything_is_allocated(pair):
+    a, b = pair
+    b.limits = Limits(max_payload=1 << 20)
+    a.sock.sendall(HEADER.pack(MAGIC, VERSION, int(MsgType.RUN), 0, 2, 1 << 40) + b"{}")
+    with pytest.raises(ProtocolError, match="oversized payload"):
+        b.recv()
+
+
+# -- the handshake ------------------------------------------------------------------------
+
+def _handshake(server_secret: str, client_secret: str):
+    s, c = socket.socketpair()
+    t, box = _in_thread(server_handshake, s, server_secret, DEFAULT_LIMITS)
+    try:
+        return client_handshake(c, client_secret, DEFAULT_LIMITS), t, box
+    except AuthError as err:
+        t.join(10)
+        return err, t, box
+
+
+def test_peers_holding_the_same_secret_get_a_working_channel():
+    client, t, box = _handshake("k" * 64, "k" * 64)
+    t.join(10)
+    client.send(Message(MsgType.PING, {"n": 1}))
+    assert box["value"].recv().meta == {"n": 1}
+
+
+def test_a_client_with_the_wrong_secret_is_refused_by_both_sides():
+    err, t, box = _handshake("right", "wrong")
+    t.join(10)
+    assert isinstance(err, AuthError) and "does not hold the cluster secret" in str(err)
+    assert isinstance(box["error"], AuthError)
+
+
+def test_a_server_with_the_wrong_secret_is_refused_by_the_client():
+    err, t, box = _handshake("wrong", "right")
+    t.join(10)
+    assert "does not hold the cluster secret" in str(err)
+
+
+def test_a_replayed_proof_is_refused():
+    """A proof seen on one connection is worthless on the next: the server's nonce changes."""
+    sessions = []
+    for _ in range(2):
+        s, c = socket.socketpair()
+        t, box = _in_thread(server_handshake, s, "secret", DEFAULT_LIMITS)
+        chan = Channel(c)
+        challenge = chan.request(Message(MsgType.HELLO, {"client_nonce": "00" * 32}))
+        sessions.append((chan, t, box, challenge))
+    (chan1, t1, _, ch1), (chan2, t2, box2, ch2) = sessions
+    from dnet.cluster.auth import _proof
+
+    proof = _proof("secret", b"dnet-client", bytes.fromhex(ch1.meta["server_nonce"]), bytes(32))
+    chan1.send(Message(MsgType.AUTH, {"proof": proof}))
+    assert chan1.recv().type is MsgType.WELCOME
+    chan2.send(Message(MsgType.AUTH, {"proof": proof}))  # the replay
+    reply = chan2.recv()
+    t1.join(10)
+    t2.join(10)
+    assert reply.type is MsgType.ERROR and "wrong proof" in reply.meta["reason"]
+    assert isinstance(box2["error"], AuthError)
+
+
+def test_before_the_handshake_a_peer_cannot_send_a_payload():
+    s, c = socket.socketpair()
+    t, box = _in_thread(server_handshake, s, "secret", DEFAULT_LIMITS)
+    c.sendall(encode_frame(Message(MsgType.HELLO, {}, {"junk": np.zeros(1000, np.uint8)})))
+    t.join(10)
+    assert isinstance(box["error"], AuthError) and "oversized payload" in str(box["error"])
+
+
+# -- shaped links ----------------------------------------------------------------------------
+
+def test_a_shaped_link_delivers_after_its_latency_and_pipelines_messages(pair):
+    a, b = pair
+    outbox = Outbox(a, LinkShape(bandwidth=None, latency=0.15))
+    start = time.monotonic()
+    for i in range(5):
+        outbox.put(Message(MsgType.PING, {"i": i}))
+    arrivals = [(b.recv().meta["i"], time.monotonic() - start) for _ in range(5)]
+    outbox.close()
+    assert [i for i, _ in arrivals] == list(range(5))
+    assert arrivals[0][1] >= 0.15
+    assert arrivals[-1][1] < 0.15 * 3  # all five in flight at once, not 5 x 0.15 s one after another
+
+
+def test_a_shaped_link_paces_bytes_to_its_bandwidth(pair):
+    a, b = pair
+    outbox = Outbox(a, LinkShape(bandwidth=4e6, latency=0.0))  # 4 MB/s
+    start = time.monotonic()
+    for _ in range(4):
+        outbox.put(Message(MsgType.PING, {}, {"x": np.zeros(100_000, np.uint8)}))
+    for _ in range(4):
+        b.recv()
+    elapsed = time.monotonic() - start
+    outbox.close()
+    assert 0.1 <= elapsed < 0.4  # 400 kB at 4 MB/s

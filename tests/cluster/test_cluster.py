@@ -1,0 +1,163 @@
+"""A pipeline over in-process workers on loopback: results, pipelining, weights by hash, bad input."""
+import logging
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from dnet.cluster import Coordinator, RemoteError, Worker, WorkerConfig, WorkerLost
+from dnet.cluster.auth import connect
+from dnet.cluster.protocol import DEFAULT_LIMITS, HEADER, MAGIC, VERSION, Message, MsgType, encode_frame
+from dnet.runtime import contiguous_assignment, split_pipeline
+from residual_nets import oracle, request, residual_graph
+
+SECRET = "test-secret"
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started = [Worker(SECRET, WorkerConfig(name=f"w{i}", cache_dir=str(tmp_path / f"cache{i}"))) for i in range(3)]
+    for w in started:
+        w.start()
+    try:
+        yield started
+    finally:
+        for w in started:
+            w.stop()
+
+
+@pytest.fixture
+def coordinator(workers):
+    coord = Coordinator([w.address for w in workers], SECRET, call_timeout_s=10)
+    try:
+        yield coord
+    finally:
+        coord.close()
+
+
+def _stages(graph, n):
+    return split_pipeline(graph, contiguous_assignment(graph, [1.0] * n))
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_the_same_model_on_one_two_and_three_workers_gives_the_same_outputs(rng, coordinator, n_workers):
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, n_workers))
+    for shape in [(1, 1), (2, 5)]:
+        req = request(rng, batch=shape[0], seq=shape[1])
+        out = coordinator.run(req)["output"]
+        np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+
+
+def test_many_requests_in_flight_come_back_in_order_with_per_stage_timings(rng, coordinator):
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 3))
+    reqs = [request(rng) for _ in range(24)]
+    outs = coordinator.run_many(reqs, timeout=20)
+    for req, out in zip(reqs, outs):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+    assert [coordinator.timings[s].runs for s in range(3)] == [24, 24, 24]
+    assert all(coordinator.timings[s].compute_s > 0 for s in range(3))
+    stats = coordinator.worker_stats()
+    assert sum(s["runs"] for per_worker in stats.values() for s in per_worker.values()) == 72
+
+
+def test_weights_are_sent_once_and_then_come_from_the_workers_cache(rng, coordinator, workers):
+    _, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 3))
+    assert coordinator.weight_bytes_sent == graph.weight_bytes()
+    cached = {p.stem for w in workers for p in w.store.root.rglob("*.bin")}
+    assert len(cached) == len(graph.weights)
+    coordinator.load(_stages(graph, 3))  # again: every worker answers LOADED without asking for weights
+    assert coordinator.weight_bytes_sent == graph.weight_bytes()
+
+
+def test_activations_flow_worker_to_worker_not_through_the_coordinator(rng, coordinator, workers):
+    _, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 3))
+    coordinator.run(request(rng))
+    assert workers[0].stages and all(s.next_link is not None for s in workers[0].stages.values())
+    peer = next(iter(workers[0].stages.values())).next_link.channel.peer
+    assert peer == workers[1].address
+
+
+def test_a_request_a_stage_cannot_run_fails_alone_and_the_pipeline_keeps_serving(rng, coordinator):
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 2))
+    bad = {"x": np.ones((2, 3, 8), np.float32), "mask": np.ones((2, 4, 8), np.float32)}
+    with pytest.raises(RemoteError, match=r"worker 0 \(w0\), stage 0: ShapeError: input 'mask' has shape"):
+        coordinator.run(bad)
+    good = request(rng)
+    np.testing.assert_allclose(coordinator.run(good)["output"], oracle(net, good["x"], good["mask"]), rtol=1e-5)
+
+
+def test_a_coordinator_with_the_wrong_secret_is_refused(workers):
+    with pytest.raises(WorkerLost, match="does not hold the cluster secret"):
+        Coordinator([workers[0].address], "not-the-secret")
+
+
+def test_workers_listen_on_loopback_unless_told_otherwise(workers):
+    assert all(w.host == "127.0.0.1" for w in workers)
+
+
+# -- hostile frames: each costs only its own connection -----------------------------------------------
+
+def _raw_session(worker: Worker) -> socket.socket:
+    """An authenticated connection whose socket the test writes to directly."""
+    return connect(worker.host, worker.port, SECRET, DEFAULT_LIMITS).sock
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        while sock.recv(65536):  # the worker may first say why, in an ERROR frame
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.mark.parametrize("junk, reason", [
+    (b"GET / HTTP/1.1\r\n\r\n" + bytes(8), "bad magic"),
+    (HEADER.pack(MAGIC, VERSION, 77, 0, 2, 0) + b"{}", "unknown message type 77"),
+    (HEADER.pack(MAGIC, VERSION, int(MsgType.RUN), 0, 2, 1 << 42) + b"{}", "oversized payload"),
+    (encode_frame(Message(MsgType.RUN, {}, {"x": np.ones(64, np.float32)}))[:-7], "truncated frame"),
+])
+def test_a_hostile_frame_is_refused_with_a_logged_reason_and_the_worker_keeps_serving(
+        rng, workers, coordinator, caplog, junk, reason):
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 3))
+    with caplog.at_level(logging.WARNING, logger="dnet.worker"):
+        sock = _raw_session(workers[1])
+        sock.sendall(junk)
+        sock.shutdown(socket.SHUT_WR)
+        assert _closed_by_peer(sock)
+        sock.close()
+    deadline = time.monotonic() + 5
+    while reason not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reason in caplog.text
+    req = request(rng)  # the same worker, mid-pipeline, still serves
+    np.testing.assert_allclose(coordinator.run(req)["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5)
+
+
+def test_weights_that_do_not_match_their_hash_are_refused_and_the_worker_stays_up(workers):
+    chan = connect(workers[0].host, workers[0].port, SECRET, DEFAULT_LIMITS)
+    chan.sock.settimeout(5)
+    claimed = "ab" * 32
+    chan.send(Message(MsgType.WEIGHTS, {"key": "k", "last": True}, {claimed: np.ones(3, np.float32)}))
+    reply = chan.recv()
+    assert reply.type is MsgType.ERROR and "hash to" in reply.meta["reason"]
+    assert chan.request(Message(MsgType.PING, {"n": 1})).type is MsgType.PONG
+    chan.close()
+
+
+def test_a_well_formed_request_for_something_wrong_gets_an_error_reply(workers):
+    chan = connect(workers[0].host, workers[0].port, SECRET, DEFAULT_LIMITS)
+    chan.sock.settimeout(5)
+    reply = chan.request(Message(MsgType.RESULT, {"rid": 3}))
+    assert reply.type is MsgType.ERROR and "does not accept RESULT" in reply.meta["reason"]
+    reply = chan.request(Message(MsgType.ROUTE, {"key": "nope"}))
+    assert reply.type is MsgType.ERROR and "no such stage" in reply.meta["reason"]
+    chan.close()
