@@ -25,6 +25,7 @@ def sub(a, b): return record("sub", [a, b])
 def mul(a, b): return record("mul", [a, b])
 def div(a, b): return record("div", [a, b])
 def pow(a, b): return record("pow", [a, b])  # noqa: A001 - PyTorch's name
+def remainder(a, b): return record("mod", [a, b])  # sign of b, as Python's and PyTorch's %
 def maximum(a, b): return record("max", [a, b])
 def minimum(a, b): return record("min", [a, b])
 def neg(x): return record("neg", [x])

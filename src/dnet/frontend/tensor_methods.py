@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dnet.core.dtypes import DType
-from dnet.core.shapes import Dim
 from dnet.errors import DnetError, DTypeError, ShapeError
 from dnet.frontend import functional as F
 from dnet.frontend.trace import SymInt, Tensor, user_location
@@ -47,7 +46,7 @@ def _floor_div(a: Any, b: Any) -> Tensor:
 
 _OPERATORS = {
     "__add__": F.add, "__sub__": F.sub, "__mul__": F.mul, "__truediv__": _true_div,
-    "__floordiv__": _floor_div, "__mod__": lambda a, b: F.record("mod", [a, b]), "__pow__": F.pow,
+    "__floordiv__": _floor_div, "__mod__": F.remainder, "__pow__": F.pow,
     "__matmul__": F.matmul, "__and__": F.logical_and, "__or__": F.logical_or,
 }
 
@@ -76,9 +75,9 @@ def _normalise_index(x: Tensor, index: Any) -> list:
     if consumed > x.ndim:
         raise ShapeError(f"too many indices ({consumed}) for a tensor of rank {x.ndim}", user_location())
     rest = [slice(None)] * (x.ndim - consumed)
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        return items[:at] + rest + items[at + 1:]
+    for at, item in enumerate(items):  # by identity: `in` would compare traced values with ==
+        if item is Ellipsis:
+            return items[:at] + rest + items[at + 1:]
     return items + rest
 
 
@@ -187,8 +186,15 @@ def _std(self: Tensor, dim=None, keepdim: bool = False, correction: int = 1) -> 
     return F.sqrt(F.var(self, dim, keepdim, correction))
 
 
+def _argmax(self: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    """Without `dim`, the index into the flattened tensor, as in PyTorch."""
+    return F.argmax(F.reshape(self, (-1,)), 0) if dim is None else F.argmax(self, dim, keepdim)
+
+
 def _len(self: Tensor) -> int:
-    size = self.type.shape[0] if self.ndim else None
+    if self.ndim == 0:
+        raise DnetError("len() of a 0-d tensor", user_location())
+    size = self.type.shape[0]
     if not isinstance(size, int):
         raise DnetError(f"len() of a tensor with leading size {size}: only static sizes are Python ints",
                         user_location())
@@ -232,7 +238,7 @@ _METHODS = {
     "maximum": F.maximum, "minimum": F.minimum, "logical_not": F.logical_not,
     # reductions
     "sum": _reduction(F.sum), "mean": _reduction(F.mean), "amax": _reduction(F.amax), "amin": _reduction(F.amin),
-    "max": _max, "min": _min, "argmax": lambda self, dim=-1, keepdim=False: F.argmax(self, dim, keepdim),
+    "max": _max, "min": _min, "argmax": _argmax,
     "var": lambda self, dim=None, keepdim=False, correction=1: F.var(self, dim, keepdim, correction),
     "std": _std,
     "softmax": lambda self, dim=-1: F.softmax(self, dim),

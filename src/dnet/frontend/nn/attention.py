@@ -51,7 +51,7 @@ class MultiHeadAttention(Module):
 
     def __call__(self, x: Any, mask: Any = None, cache: tuple[Any, Any] | None = None) -> Any:
         if cache is None:
-            return super().__call__(x, mask)
+            return super().__call__(x) if mask is None else super().__call__(x, mask)
         past_key, past_value = cache
         out, key, value = super().__call__(x, mask, past_key, past_value)
         return out, (key, value)
