@@ -10,6 +10,7 @@ from dnet.errors import DnetError
 
 # Each module defines click commands decorated with @cli.command(); add yours here.
 COMMAND_MODULES = (
+    "dnet.cli.dsl_commands",
     "dnet.cli.model_commands",
     "dnet.cli.cluster_commands",
     "dnet.cli.plan_commands",
