@@ -12,7 +12,7 @@ from dnet.objects.ir import ObjectModule
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",
     "i8", "i32", "i64", "boolean", "DnetError", "functional", "Module", "ModuleList", "Parameter", "Sequential",
-    "nn", "from_torch",
+    "nn", "from_torch", "load_dsl",
 ]
 
 
@@ -21,3 +21,12 @@ def from_torch(module: Any, example_args: Any, dynamic_shapes: Any = None, **opt
     from dnet.frontend.torch_import import from_torch as import_torch
 
     return import_torch(module, example_args, dynamic_shapes, **options)
+
+
+def load_dsl(path: Any, object: str | None = None, constants: Any = None, weights: Any = None,  # noqa: A002
+             strict: bool = True) -> ObjectModule:
+    """A DSL file as object IR: an instance of `object` (default: the file's `model(...)`) configured by
+    `constants`, with `weights` (a mapping or a .safetensors path) bound to its parameters. See docs/dsl.md."""
+    from dnet.frontend.dsl import load_dsl as load
+
+    return load(path, object, constants, weights, strict)
