@@ -124,8 +124,8 @@ def _sha(text: str) -> str:
 def loads(doc: bytes | str, weights: Mapping[str, np.ndarray]) -> Graph:
     """The graph of `dumps`; every weight is looked up by hash and checked against it."""
     try:
-        outer = json.loads(doc)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        outer = json.loads(doc, parse_constant=_not_json)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SerializationError(f"graph document is not valid JSON (truncated or corrupted?): {e}") from None
     body = _check_header(outer)
     graph = Graph()
@@ -140,6 +140,10 @@ def loads(doc: bytes | str, weights: Mapping[str, np.ndarray]) -> Graph:
     except Exception as e:  # untrusted input: any failure to check it is a bad document
         raise SerializationError(f"graph document describes an invalid graph: {e}") from e
     return graph
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _check_header(outer: Any) -> dict:
