@@ -73,7 +73,7 @@ class _Names:
         self.scope = scope
         self.folded: dict[str, Expr] = {}
         self.active: set[str] = set()
-        self.rules = (substitute_names(self.lookup), *LITERAL_RULES)
+        self.rules = (substitute_names(self.lookup), self.item_of_let, *LITERAL_RULES)
 
     def lookup(self, name: str) -> Expr | None:
         if name in self.args:
@@ -83,6 +83,17 @@ class _Names:
             return value if isinstance(value, (Lit, Ref)) and value != Ref(name) else None
         sym = self.scope.lookup(name)
         return Lit(sym.value) if sym is not None and sym.kind is SymbolKind.CONSTANT else None
+
+    def item_of_let(self, expr: Expr) -> Expr | None:
+        """getitem(p, i) -> the item, where let p = tuple(...) and the item is a literal or a name."""
+        if not (isinstance(expr, GetItem) and isinstance(expr.value, Ref)):
+            return None
+        name = expr.value.name
+        if name in self.args or name not in self.lets:
+            return None
+        value = self.let_value(name)
+        item = fold_getitem(GetItem(value, expr.index)) if value is not None else None
+        return item if isinstance(item, (Lit, Ref)) else None
 
     def let_value(self, name: str) -> Expr | None:
         if name not in self.folded:
