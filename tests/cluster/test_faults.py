@@ -1,0 +1,107 @@
+"""Workers that die or hang mid-request, as real processes: named in bounded time, work re-planned."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from dnet.cluster import LinkShape, LocalCluster, WorkerLost
+from dnet.runtime import contiguous_assignment, split_pipeline
+from residual_nets import oracle, request, residual_graph
+
+# ~16 kB per request over 0.5 MB/s links: about 30 ms a hop, so requests queue and stay in the air
+SLOW_LINKS = {(0, 1): LinkShape(bandwidth=0.5e6, latency=0.01), (1, 2): LinkShape(bandwidth=0.5e6, latency=0.01)}
+
+
+def _request(rng):
+    return request(rng, batch=16, seq=16)
+
+
+@pytest.fixture
+def cluster4(tmp_path):
+    with LocalCluster(4, cache_dir=str(tmp_path)) as local:
+        yield local
+
+
+def _first_done(futures, timeout):
+    deadline = time.monotonic() + timeout
+    while not any(f.done() for f in futures):
+        assert time.monotonic() < deadline, "no request finished"
+        time.sleep(0.005)
+
+
+def test_a_killed_worker_is_replaced_by_a_spare_and_every_request_is_answered_once(rng, cluster4):
+    net, graph = residual_graph(rng)
+    stages = split_pipeline(graph, contiguous_assignment(graph, [1, 1, 1]))
+    coord = cluster4.coordinator(max_in_flight=64, heartbeat_s=0.2, dead_after_s=2.0, call_timeout_s=15)
+    try:
+        coord.load(stages, placement=[0, 1, 2], links=SLOW_LINKS)
+        reqs = [_request(rng) for _ in range(30)]
+        futures = [coord.submit(r) for r in reqs[:20]]
+        _first_done(futures, timeout=10)
+        in_flight = sum(not f.done() for f in futures)
+        cluster4.kill(1)
+        killed_at = time.monotonic()
+        futures += [coord.submit(r) for r in reqs[20:]]
+        results = [f.result(timeout=20) for f in futures]
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        coord.close()
+    assert in_flight > 0  # the kill really caught requests mid-pipeline
+    for req, out in zip(reqs, results):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+    assert coord.placement == [0, 3, 2]  # stage 1 moved to the spare
+    assert len(coord.latencies) == len(reqs)  # one accepted answer per request; late copies were dropped
+    assert recovered_in < 10
+
+
+def test_without_a_spare_waiting_requests_fail_naming_the_worker_and_stage(rng, tmp_path):
+    _, graph = residual_graph(rng)
+    stages = split_pipeline(graph, contiguous_assignment(graph, [1, 1, 1]))
+    with LocalCluster(3, cache_dir=str(tmp_path)) as local:
+        coord = local.coordinator(max_in_flight=64, heartbeat_s=0.2, dead_after_s=2.0)
+        try:
+            coord.load(stages, links=SLOW_LINKS)
+            futures = [coord.submit(_request(rng)) for _ in range(20)]
+            _first_done(futures, timeout=10)
+            local.kill(2)
+            start = time.monotonic()
+            errors = [f.exception(timeout=10) for f in futures]
+            named_in = time.monotonic() - start
+            with pytest.raises(WorkerLost, match="no spare worker"):
+                coord.run(_request(rng), timeout=5)
+        finally:
+            coord.close()
+    lost = [e for e in errors if e is not None]
+    assert lost and all(isinstance(e, WorkerLost) for e in lost)
+    assert "worker 2 (w2) running stage 2 lost" in str(lost[0])
+    assert named_in < 5
+
+
+def test_a_hung_worker_is_named_by_the_heartbeat_within_its_deadline(rng, tmp_path):
+    _, graph = residual_graph(rng)
+    stages = split_pipeline(graph, contiguous_assignment(graph, [1, 1]))
+    with LocalCluster(2, cache_dir=str(tmp_path)) as local:
+        coord = local.coordinator(heartbeat_s=0.1, dead_after_s=1.0)
+        pid = local.procs[1].pid
+        try:
+            coord.load(stages)
+            coord.run(_request(rng), timeout=10)
+            os.kill(pid, signal.SIGSTOP)  # alive, connected, silent
+            start = time.monotonic()
+            error = coord.submit(_request(rng)).exception(timeout=10)
+            named_in = time.monotonic() - start
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            coord.close()
+    assert isinstance(error, WorkerLost)
+    assert "worker 1 (w1) running stage 1 lost: no reply for" in str(error)
+    assert 0.9 < named_in < 3.0
+
+
+def test_a_local_cluster_leaves_no_worker_process_behind(tmp_path):
+    with LocalCluster(2, cache_dir=str(tmp_path)) as local:
+        procs = list(local.procs)
+        assert all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
