@@ -57,6 +57,10 @@ class SentenceEncoder:
         batch = self.tokenizer(texts)
         return {name: batch[name] for name in self.input_types}
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), hidden) float32 embeddings, unit length when the model normalises."""
-        return self.executable(**self.tokenize(texts))
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """(len(texts), hidden) float32 embeddings, unit length when the model normalises.
+        Texts go through in batches of `batch_size`, each padded to its own longest text."""
+        texts = list(texts)
+        batches = [self.executable(**self.tokenize(texts[i:i + batch_size]))
+                   for i in range(0, len(texts), batch_size)]
+        return np.concatenate(batches)
