@@ -181,3 +181,10 @@ def test_len_and_iteration_over_a_static_leading_axis(x):
 def test_len_of_a_symbolic_axis_is_a_clear_error(x):
     with pytest.raises(dnet.DnetError, match="len\\(\\) of a tensor with leading size batch"):
         run(lambda t: t * len(t), x, shapes=[("batch", 3, 4)])
+
+
+def test_functional_stack_and_normalize_match_numpy(x):
+    F = dnet.functional
+    np.testing.assert_array_equal(run(lambda t: F.stack([t, t * 2], -1), x), np.stack([x, x * 2], -1))
+    want = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(run(lambda t: F.normalize(t, dim=1), x), want, rtol=1e-6, atol=1e-7)
