@@ -158,6 +158,8 @@ def test_a_truncated_document_is_rejected():
     doc, blobs = dumps(_residual())
     _fails(doc[: len(doc) // 2], blobs, "graph document is not valid JSON (truncated or corrupted?)")
     _fails(b"\xff\xfe", blobs, "not valid JSON")
+    _fails(doc.replace(b'"version":1', b'"version":NaN'), blobs, "not valid JSON")
+    _fails(doc.replace(b'"version":1', b'"version":1e999'), blobs, "not valid JSON")
 
 
 def test_a_corrupted_document_is_rejected_by_its_checksum():
@@ -190,6 +192,7 @@ def test_a_missing_or_mismatched_weight_is_named():
     (lambda body: body["nodes"][3].update(inputs=[1, 9]),
      "describes an invalid graph: %3 = matmul: input(s) %9 do not come before the node"),
     (lambda body: body.update(outputs="all"), "'outputs' should be a list"),
+    (lambda body: body["weights"].update(w1=[1]), "weight 'w1' should name a sha256, got [1]"),
 ])
 def test_a_well_sealed_but_malformed_document_is_rejected(edit, message):
     blobs = dumps(_residual())[1]

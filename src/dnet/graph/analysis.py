@@ -39,9 +39,9 @@ def _verify_node(graph: Graph, position: int, node: Node) -> None:
     late = [i for i in node.inputs if not 0 <= i < node.id]
     if late:
         _fail(node, f"input(s) {', '.join(f'%{i}' for i in late)} do not come before the node")
-    if node.op.arity >= 0 and len(node.inputs) != node.op.arity or not node.inputs and node.op.arity < 0:
-        _fail(node, f"takes {node.op.arity if node.op.arity >= 0 else 'one or more'} input(s), "
-                    f"has {len(node.inputs)}")
+    arity = node.op.arity
+    if len(node.inputs) != arity if arity >= 0 else not node.inputs:
+        _fail(node, f"takes {arity if arity >= 0 else 'one or more'} input(s), has {len(node.inputs)}")
     missing = set(node.op.attr_names) - set(node.attrs)
     extra = set(node.attrs) - set(node.op.attr_names)
     if missing or extra:
@@ -177,7 +177,10 @@ class CriticalPath:
 
 
 def critical_path(graph: Graph, cost: Callable[[Node], float] | None = None, env: Env | None = None) -> CriticalPath:
-    """The longest path through the DAG, a path's length being the sum of `cost` (flops by default)."""
+    """The longest path through the DAG, a path's length being the sum of `cost` over its nodes.
+
+    `cost` maps a node to a number; by default its flops, with the dims bound by `env`.
+    """
     cost = cost or flops_cost(graph, env)
     best: list[float] = []
     came_from: list[int | None] = []
@@ -342,7 +345,8 @@ def summary(graph: Graph, env: Env | None = None) -> GraphSummary:
     for node in graph.nodes:
         by_class[node.op.cls.value] = by_class.get(node.op.cls.value, 0) + 1
     costs = [node_cost(graph, n, env) for n in graph.nodes]
-    path = critical_path(graph, env=env)
+    flops = lambda node: costs[node.id].flops  # noqa: E731 - computed once, read three times
+    path = critical_path(graph, flops)
     return GraphSummary(
         nodes=len(graph.nodes),
         by_class=by_class,
@@ -351,7 +355,7 @@ def summary(graph: Graph, env: Env | None = None) -> GraphSummary:
         bytes_moved=sum(c.bytes for c in costs),
         critical_path_nodes=len(path.nodes),
         critical_path_flops=int(path.cost),
-        parallelism=parallelism(graph, env=env),
+        parallelism=parallelism(graph, flops),
         peak_live_bytes=peak_live_bytes(graph, env),
     )
 

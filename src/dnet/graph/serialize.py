@@ -16,11 +16,11 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save as save_tensors
+from safetensors.numpy import save_file as save_tensors
 
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Dim, dim_from_json, dim_to_json
@@ -124,7 +124,7 @@ def _sha(text: str) -> str:
 def loads(doc: bytes | str, weights: Mapping[str, np.ndarray]) -> Graph:
     """The graph of `dumps`; every weight is looked up by hash and checked against it."""
     try:
-        outer = json.loads(doc, parse_constant=_not_json)
+        outer = json.loads(doc, parse_constant=_not_json, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SerializationError(f"graph document is not valid JSON (truncated or corrupted?): {e}") from None
     body = _check_header(outer)
@@ -144,6 +144,13 @@ def loads(doc: bytes | str, weights: Mapping[str, np.ndarray]) -> Graph:
 
 def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: dumps writes non-finite floats as tagged values
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _check_header(outer: Any) -> dict:
@@ -180,13 +187,15 @@ def _node_from_json(i: int, obj: Any) -> Node:
         if not isinstance(obj["name"], str):
             raise TypeError(f"name {obj['name']!r} is not a string")
         return Node(i, op, inputs, attrs, TensorType.from_json(obj["type"]), obj["name"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise SerializationError(f"node %{i}: malformed entry ({type(e).__name__}: {e})") from None
 
 
 def _weights(names: dict[str, str], store: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for name, digest in names.items():
+        if not isinstance(digest, str):
+            raise SerializationError(f"graph document: weight '{name}' should name a sha256, got {digest!r:.60}")
         if digest not in store:
             raise SerializationError(f"missing weight '{name}' (sha256 {digest})")
         array = store[digest]
@@ -208,8 +217,9 @@ def save(graph: Graph, directory: str | os.PathLike) -> Path:
     # safetensors' numpy binding lacks bf16: store its bits as u16 and say so in the metadata
     bf16 = {h: "bf16" for h, a in blobs.items() if a.dtype == DType.BF16.np}
     tensors = {h: np.ascontiguousarray(a.view(np.uint16) if h in bf16 else a) for h, a in blobs.items()}
-    _write_atomic(path / WEIGHTS_FILE, save_tensors(tensors, metadata=bf16 or None))  # weights first:
-    _write_atomic(path / GRAPH_FILE, doc)  # a document on disk always has its weights beside it
+    # weights first: a document on disk never refers to weights that are not there yet
+    _write_atomic(path / WEIGHTS_FILE, lambda tmp: save_tensors(tensors, tmp, metadata=bf16 or None))
+    _write_atomic(path / GRAPH_FILE, lambda tmp: Path(tmp).write_bytes(doc))
     return path
 
 
@@ -237,14 +247,17 @@ def _from_stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
     return array.view(DType.BF16.np) if dtype == "bf16" else array
 
 
-def _write_atomic(file: Path, data: bytes) -> None:
-    """Write through a temporary file and a rename: readers see the old file or the new, never half."""
+def _write_atomic(file: Path, write: Callable[[str], object]) -> None:
+    """`write` a temporary file, then rename it: readers see the old file or the new, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
         os.replace(tmp, file)
     except BaseException:
         os.unlink(tmp)
@@ -284,12 +297,12 @@ def subgraph(graph: Graph, node_ids: Iterable[int]) -> Graph:
                                            node.type, node.name)
     for i in sorted(copied):
         rebuilder.copy(graph.nodes[i])
-    _add_piece_outputs(graph, chosen, constants, rebuilder.value, rebuilder.new)
+    _add_piece_outputs(graph, chosen, constants, rebuilder)
     return rebuilder.new
 
 
-def _add_piece_outputs(graph: Graph, chosen: set[int], constants: set[int], value: dict[int, int],
-                       piece: Graph) -> None:
+def _add_piece_outputs(graph: Graph, chosen: set[int], constants: set[int], rebuilder: GraphRebuilder) -> None:
+    piece, value = rebuilder.new, rebuilder.value
     for name, i in zip(graph.output_names, graph.outputs):
         if i in chosen:
             piece.outputs.append(value[i])
