@@ -43,18 +43,25 @@ class Analyzer:
                        "function": self._function, "model": self._model}.get(stmt.head)
             if handler is not None:
                 handler(stmt)
-            elif len(stmt.positional) == 2 and isinstance(stmt.positional[1], Block):
+            elif self._is_method(stmt):
                 self._method(stmt)
             else:
                 raise ParseError(f"'{stmt.head}(...)' cannot stand at the top level of a file", stmt.loc,
-                                 did_you_mean(stmt.head, TOP_LEVEL_FORMS + MEMBER_FORMS + BODY_FORMS)
-                                 or "a method is written NAME(Class, { ... })")
+                                 _misplaced_hint(stmt.head))
+
+    def _is_method(self, stmt: Form) -> bool:
+        """`NAME(Class, { ... })`, unless Class is unknown and NAME is a misspelt top-level form."""
+        if len(stmt.positional) != 2 or not isinstance(stmt.positional[1], Block):
+            return False
+        owner = stmt.positional[0]
+        known = isinstance(owner, Name) and owner.text in self.program.classes
+        return known or did_you_mean(stmt.head, TOP_LEVEL_FORMS) is None
 
     def _import(self, stmt: Form) -> None:
         (path,) = expect_args(stmt, 1, 1)
         if not hasattr(path, "value") or not isinstance(path.value, str):
             raise ParseError(f'import needs a file name in quotes, got \'{describe(path)}\'', stmt.loc)
-        self.importer(path.value, stmt.loc)
+        self.importer(path.value, path.loc)
 
     def _dims(self, stmt: Form) -> None:
         for node in expect_args(stmt, 1, 1 << 30):
@@ -194,6 +201,15 @@ class Analyzer:
                               _loc(args[4]))
         _check_new_local(fn, name.text, name.loc)
         fn.args.append(ArgumentDecl(name.text, kind, flags, type_, name.loc))
+
+
+def _misplaced_hint(head: str) -> str:
+    if head in MEMBER_FORMS:
+        return f"{head}(...) declares a member: it belongs in an object(Name, {{ ... }}) block"
+    if head in BODY_FORMS:
+        return f"{head}(...) belongs in a function body"
+    return (did_you_mean(head, TOP_LEVEL_FORMS) or
+            "top-level forms are " + ", ".join(TOP_LEVEL_FORMS) + ", and methods NAME(Class, { ... })")
 
 
 # -- pieces ----------------------------------------------------------------------------------------

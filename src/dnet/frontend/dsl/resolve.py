@@ -68,7 +68,7 @@ def _check_call(program: Program, cls: ObjectClass | None, fn: FunctionDecl, cal
         return  # which object it holds is known when lowering
     if head not in visible or any(let.name == head for let in fn.lets):
         raise SymbolError(f"cannot call '{call.target}': '{head}' is not a function or an object in "
-                          f"'{fn.name}'", call.loc, did_you_mean(head, visible))
+                          f"'{fn.name}'", call.loc, _unknown_hint(program, head, visible))
     callee = _callee(program, cls, head, rest, call)
     if callee is not None:
         check_arity(callee, len(call.args), call.target, call.loc)
