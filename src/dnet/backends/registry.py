@@ -64,3 +64,12 @@ class _NumpyRunner:
 
 
 register("numpy", NumpyBackend)
+
+
+def _c_backend() -> Backend:
+    from dnet.backends.c import CBackend
+
+    return CBackend()
+
+
+register("c", _c_backend)

@@ -1,0 +1,111 @@
+"""The C backend: graph -> program -> C source -> cached shared library -> CModule.
+
+Registered as target "c". Its runner saves the compiled library, the program (JSON)
+and the packed weights next to the serialised graph, and `CBackend.load` runs them
+again without a compiler.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from dnet.backends.c.cache import CompileCache
+from dnet.backends.c.compiler import find_compiler
+from dnet.backends.c.library import render_library
+from dnet.backends.c.runtime import CModule
+from dnet.errors import SerializationError
+from dnet.graph.ir import Graph
+from dnet.hardware import Host, detect
+from dnet.program.build import Compiled, build_program
+from dnet.program.instructions import WEIGHT, Program
+
+FORMAT = "dnet-c/1"
+LIB, PROGRAM, WEIGHTS = "c_lib.so", "c_program.json", "c_weights.bin"
+
+
+class CRunner:
+    """What `dnet.compile(..., target='c')` runs: a CModule, plus the source it was built from."""
+
+    def __init__(self, module: CModule, compiled: Compiled | None = None, source: str = ""):
+        self.module = module
+        self.compiled = compiled
+        self.source = source
+
+    @property
+    def program(self) -> Program:
+        return self.module.program
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.module.run(inputs)
+
+    def save(self, directory: Path) -> None:
+        save_compiled(self.module, directory)
+
+
+class CBackend:
+    name = "c"
+
+    def prepare(self, graph: Graph, threads: int | None = None, cache_dir: str | Path | None = None,
+                host: Host | None = None, **_: Any) -> CRunner:
+        host = host or detect()
+        compiled = build_program(graph, host)
+        source = render_library(compiled.kernels, compiled.program)
+        cache = CompileCache(Path(cache_dir) if cache_dir is not None else None)
+        library = cache.get_or_build(source, find_compiler(), host.fingerprint())
+        return CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)
+
+    def load(self, graph: Graph, directory: Path, threads: int | None = None) -> CRunner:
+        return CRunner(load_compiled(directory, graph.weights, threads))
+
+
+def save_compiled(module: CModule, directory: str | Path) -> Path:
+    """Library, program and the weights the graph does not hold as they are (packed ones)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(module.library, out / LIB)
+    offsets, position = {}, 0
+    with open(out / WEIGHTS, "wb") as f:
+        for buf, array in sorted(module.weights.items()):
+            if "@" not in module.program.buffers[buf].name:
+                continue                     # a plain weight: the serialised graph has it
+            pad = -position % 64
+            f.write(b"\0" * pad)
+            offsets[str(buf)] = position + pad
+            f.write(np.ascontiguousarray(array).tobytes())
+            position += pad + array.nbytes
+    manifest = {"format": FORMAT, "host": detect().fingerprint(), "program": module.program.to_json(),
+                "weights": offsets}
+    (out / PROGRAM).write_text(json.dumps(manifest))
+    return out
+
+
+def load_compiled(directory: str | Path, graph_weights: Mapping[str, np.ndarray],
+                  threads: int | None = None) -> CModule:
+    root = Path(directory)
+    try:
+        manifest = json.loads((root / PROGRAM).read_text())
+    except (OSError, ValueError) as err:
+        raise SerializationError(f"{root}: no compiled C program ({err})") from None
+    if manifest.get("format") != FORMAT:
+        raise SerializationError(f"{root}: C program format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest["host"] != detect().fingerprint():
+        raise SerializationError(f"{root}: compiled for another CPU", hint="compile it again on this machine")
+    program = Program.from_json(manifest["program"])
+    size = (root / WEIGHTS).stat().st_size
+    blob = np.memmap(root / WEIGHTS, dtype=np.uint8, mode="r") if size else None
+    weights = {}
+    for b in program.buffers:
+        if b.kind != WEIGHT:
+            continue
+        if str(b.id) in manifest["weights"]:
+            count = int(np.prod(b.shape, dtype=np.int64))
+            weights[b.id] = np.frombuffer(blob, b.dtype.np, count, manifest["weights"][str(b.id)]).reshape(b.shape)
+        elif b.name in graph_weights:
+            weights[b.id] = graph_weights[b.name]
+        else:
+            raise SerializationError(f"{root}: weight '{b.name}' is missing")
+    return CModule(program, root / LIB, weights, threads)

@@ -1,0 +1,78 @@
+"""Finding the system C compiler and the flags for this host, at run time."""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dnet.errors import BackendError
+
+
+@dataclass(frozen=True)
+class Compiler:
+    path: str
+    version: str
+    flags: tuple[str, ...]
+    openmp: bool
+
+    def key(self) -> str:
+        """What the compile cache keys on besides the source and the CPU."""
+        return "\n".join([self.path, self.version, " ".join(self.flags)])
+
+
+def _candidates() -> list[str]:
+    env = os.environ.get("CC")
+    names = ([env] if env else []) + ["cc", "gcc", "clang"]
+    return [p for p in (shutil.which(n) for n in names) if p]
+
+
+def _accepts(cc: str, flags: list[str], source: str = "int main(void) { return 0; }\n") -> bool:
+    with tempfile.TemporaryDirectory(prefix="dnet-probe-") as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text(source)
+        try:
+            r = subprocess.run([cc, *flags, str(src), "-o", str(Path(tmp) / "probe.so")],
+                               capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return r.returncode == 0
+
+
+_OMP_PROBE = "#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n"
+
+
+@functools.cache
+def find_compiler() -> Compiler:
+    """The first working C compiler ($CC, cc, gcc, clang) with the best flags it accepts."""
+    tried = _candidates()
+    for cc in tried:
+        base = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=fast"]
+        if not _accepts(cc, base):
+            continue
+        if _accepts(cc, base + ["-march=native"]):
+            base.append("-march=native")
+        openmp = _accepts(cc, base + ["-fopenmp"], _OMP_PROBE)
+        base.append("-fopenmp" if openmp else "-fopenmp-simd")
+        if not _accepts(cc, base):
+            base.pop()
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()
+        return Compiler(cc, version[0] if version else "unknown", tuple(base), openmp)
+    raise BackendError("no working C compiler found",
+                       hint=f"tried {', '.join(tried) or 'cc, gcc, clang (none on PATH)'}; set $CC")
+
+
+def compile_shared(compiler: Compiler, source: Path, output: Path) -> None:
+    """source.c -> output.so; a BackendError with the compiler's message and the source path on failure."""
+    cmd = [compiler.path, *compiler.flags, str(source), "-o", str(output), "-lm"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise BackendError(f"C compiler {compiler.path} could not run: {err}", hint=f"source: {source}") from err
+    if r.returncode != 0:
+        message = (r.stderr or r.stdout).strip()
+        raise BackendError(f"C compiler {compiler.path} failed on {source}:\n{message[-4000:]}",
+                           hint=f"source kept at {source}")

@@ -1,0 +1,178 @@
+"""The C form of a `Gemm`: packing, a register-blocked micro-kernel, threads, epilogue.
+
+The micro-kernel keeps an mr x nr block of the result in vector registers (GCC/Clang
+vector extensions, so one source serves AVX2, AVX-512 and NEON) and streams packed
+slivers of a (mr floats per k) and b (nr floats per k) through them. Around it, the
+classic loops: b packed once into nr-wide panels (or pre-packed weights), a packed per
+(mc x kc) block into a thread-local buffer, and (batch, row block, panel chunk) tasks
+spread across threads. Each tile gets its epilogue the moment its last k block is
+written, while it is still in L1.
+"""
+from __future__ import annotations
+
+from dnet.kernel.ir import Gemm, GemmTile, Ref
+
+
+def support(tile: GemmTile) -> str:
+    """Packing routines and the micro-kernel for one tile shape (emitted once per library)."""
+    mr, nr, lanes = tile.mr, tile.nr, tile.lanes
+    sfx = f"{mr}x{nr}"
+    nv = nr // lanes
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    decl = "\n".join(f"    dn_vf{sfx} " + ", ".join(f"{a} = {{0}}" for a in row) + ";" for row in acc)
+    loads = "\n".join(f"        const dn_vf{sfx} b{v} = *(const dn_vfu{sfx}*)(b + {v * lanes});" for v in range(nv))
+    fmas = "\n".join(f"        {{ const float a{i} = a[{i}]; " + " ".join(f"{acc[i][v]} += a{i} * b{v};" for v in range(nv)) + " }"
+                     for i in range(mr))
+    full_store = "\n".join(
+        f"        {{ dn_vfu{sfx}* r = (dn_vfu{sfx}*)(c + {i} * ldc + {v * lanes}); *r = add ? *r + {acc[i][v]} : {acc[i][v]}; }}"
+        for i in range(mr) for v in range(nv))
+    tmp_store = "\n".join(f"        *(dn_vfu{sfx}*)(t + {i * nr + v * lanes}) = {acc[i][v]};" for i in range(mr) for v in range(nv))
+    return f"""
+typedef float dn_vf{sfx} __attribute__((vector_size({lanes * 4})));
+typedef float dn_vfu{sfx} __attribute__((vector_size({lanes * 4}), aligned(4)));
+
+static float* dn_apack_{sfx}(int64_t n) {{
+    static _Thread_local float* buf = 0;
+    static _Thread_local int64_t cap = 0;
+    if (cap < n) {{ free(buf); buf = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64)); cap = n; }}
+    return buf;
+}}
+
+/* b (k x n, strides rs/cs) -> panels of {nr} columns: panel p holds k rows of {nr} floats */
+static void dn_pack_b_panel_{sfx}(int64_t k, int64_t n, int64_t p, const float* b, int64_t rs, int64_t cs, float* dst) {{
+    const int64_t j0 = p * {nr}, nn = n - j0 < {nr} ? n - j0 : {nr};
+    float* d = dst + p * {nr} * k;
+    if (cs == 1 && nn == {nr}) {{
+        for (int64_t kk = 0; kk < k; ++kk) memcpy(d + kk * {nr}, b + kk * rs + j0, {nr} * sizeof(float));
+        return;
+    }}
+    for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t jj = 0; jj < {nr}; ++jj)
+            d[kk * {nr} + jj] = jj < nn ? b[kk * rs + (j0 + jj) * cs] : 0.0f;
+}}
+
+/* rows [0, mc) x depth [0, kc) of a -> slivers of {mr} rows: sliver s holds kc columns of {mr} floats */
+static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, int64_t cs, float* dst) {{
+    for (int64_t s = 0; s < mc; s += {mr}) {{
+        const int64_t mm = mc - s < {mr} ? mc - s : {mr};
+        float* d = dst + s * kc;
+        for (int64_t ii = 0; ii < {mr}; ++ii) {{
+            if (ii < mm) {{
+                const float* src = a + (s + ii) * rs;
+                for (int64_t kk = 0; kk < kc; ++kk) d[kk * {mr} + ii] = src[kk * cs];
+            }} else {{
+                for (int64_t kk = 0; kk < kc; ++kk) d[kk * {mr} + ii] = 0.0f;
+            }}
+        }}
+    }}
+}}
+
+/* c[0:mr, 0:nr] (+)= a_sliver . b_panel over kc */
+static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const float* restrict b,
+                                    float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr) {{
+{decl}
+    for (int64_t k = 0; k < kc; ++k, a += {mr}, b += {nr}) {{
+{loads}
+{fmas}
+    }}
+    if (mr == {mr} && nr == {nr}) {{
+{full_store}
+    }} else {{
+        float t[{mr * nr}];
+{tmp_store}
+        for (int64_t i = 0; i < mr; ++i)
+            for (int64_t j = 0; j < nr; ++j)
+                c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
+    }}
+}}
+"""
+
+
+def render_gemm(r, g: Gemm, pad: str) -> list[str]:
+    """The body of a Gemm kernel (`r` is the CRenderer of the kernel)."""
+    t = g.tile
+    sfx = f"{t.mr}x{t.nr}"
+    ix = r.index
+    nbatch = "*".join(["1"] + [ix(b) for b in g.batch])
+    lines = [
+        f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)}, g_NB = {nbatch};",
+        f"const int64_t g_panels = (g_N + {t.nr - 1}) / {t.nr};",
+        f"const int64_t g_nt = dn_threads();",
+        f"int64_t g_mc = {t.mc};",
+        f"if ((g_M + g_mc - 1) / g_mc * g_NB < g_nt) {{ g_mc = (g_M + g_nt - 1) / g_nt; g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr}; }}",
+        f"const int64_t g_mblocks = (g_M + g_mc - 1) / g_mc;",
+        "int64_t g_chunks = 1;",
+        "if (g_mblocks * g_NB < 2 * g_nt) { g_chunks = (2 * g_nt + g_mblocks * g_NB - 1) / (g_mblocks * g_NB); }",
+        "if (g_chunks > g_panels) g_chunks = g_panels;",
+        "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
+        "const int64_t g_tasks = g_mblocks * g_chunks;",
+    ]
+    if not g.b.packed:
+        lines += [
+            f"#pragma omp parallel for collapse(2) schedule(static) if(g_NB * g_N * g_K >= {4 * 16384})",
+            "for (int64_t g_bb = 0; g_bb < g_NB; ++g_bb) {",
+            "    for (int64_t g_p = 0; g_p < g_panels; ++g_p) {",
+            *[f"        {x}" for x in _batch_decl("g_bb", g, r)],
+            f"        dn_pack_b_panel_{sfx}(g_K, g_N, g_p, {g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, {ix(g.b.col_stride)}, "
+            f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
+            "    }",
+            "}",
+        ]
+    lines += [
+        f"#pragma omp parallel for collapse(2) schedule(static) if(g_NB * g_M * g_N * g_K >= {16 * 16384})",
+        "for (int64_t g_bb = 0; g_bb < g_NB; ++g_bb) {",
+        "    for (int64_t g_task = 0; g_task < g_tasks; ++g_task) {",
+        *[f"        {x}" for x in _batch_decl("g_bb", g, r)],
+        "        const int64_t g_i0 = g_task / g_chunks * g_mc, g_mcur = g_M - g_i0 < g_mc ? g_M - g_i0 : g_mc;",
+        "        const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
+        "        const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
+        f"        const float* g_bpan = {g.b.buffer if g.b.packed else g.scratch + ' + g_bb * g_panels * ' + str(t.nr) + ' * g_K'};",
+        f"        float* g_apack = dn_apack_{sfx}(g_mc * {t.kc});",
+        f"        float* g_cblock = out + g_bb * g_M * g_N;",
+        f"        for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += {t.kc}) {{  /* once with g_kc = 0 when g_K = 0 */",
+        f"            const int64_t g_kc = g_K - g_pc < {t.kc} ? g_K - g_pc : {t.kc};",
+        f"            dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + g_pc * {ix(g.a.col_stride)}, "
+        f"{ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);",
+        "            for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
+        f"                const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
+        f"                for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
+        f"                    const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
+        "                    float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
+        f"                    dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc, g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, g_c, g_N, g_pc > 0, g_mr, g_nr);",
+    ]
+    epilogue = _epilogue(r, g, "g_c", "(g_i0 + g_ir)", "g_j0")
+    if epilogue:
+        lines.append("                    if (g_pc + g_kc >= g_K) {")
+        lines += [f"                        {x}" for x in epilogue]
+        lines.append("                    }")
+    lines += ["                }", "            }", "        }", "    }", "}"]
+    return [pad + x for x in lines]
+
+
+def _batch_decl(var: str, g: Gemm, r) -> list[str]:
+    """Decompose the flat batch index into the batch variables and operand offsets."""
+    out = []
+    rest = var
+    names = g.vars[:-2]
+    for k in reversed(range(len(names))):
+        out.append(f"const int64_t {names[k]} = ({rest}) % {r.index(g.batch[k])};")
+        rest = f"({rest}) / {r.index(g.batch[k])}"
+    off_a = " + ".join([r.index(g.a.offset)] + [f"{n} * {r.index(s)}" for n, s in zip(names, g.a.batch_strides)])
+    off_b = " + ".join([r.index(g.b.offset)] + [f"{n} * {r.index(s)}" for n, s in zip(names, g.b.batch_strides)])
+    out.append(f"const int64_t g_off_a = {off_a}; (void)g_off_a;")
+    out.append(f"const int64_t g_off_b = {off_b}; (void)g_off_b;")
+    return out
+
+
+def _epilogue(r, g: Gemm, tile: str, row0: str, col0: str) -> list[str]:
+    """Apply the epilogue to the tile just written (empty when the epilogue is the identity)."""
+    if isinstance(g.epilogue, Ref) and g.epilogue.name == "acc" and not g.epilogue_lets:
+        return []
+    i, j = g.vars[-2], g.vars[-1]
+    body = [f"const int64_t {i} = {row0} + g_ii;"]
+    inner = [f"const int64_t {j} = {col0} + g_jj;", f"const float acc = {tile}[g_ii * g_N + g_jj];"]
+    inner += [x for s in g.epilogue_lets for x in r.stmt(s, "")]
+    inner.append(f"{tile}[g_ii * g_N + g_jj] = {r.expr(g.epilogue)};")
+    return (["for (int64_t g_ii = 0; g_ii < g_mr; ++g_ii) {"] + ["    " + x for x in body]
+            + ["    #pragma omp simd", "    for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) {"]
+            + ["        " + x for x in inner] + ["    }", "}"])

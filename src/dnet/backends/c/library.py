@@ -1,0 +1,37 @@
+"""One C translation unit per program: prelude, gemm support, kernels, and entry points.
+
+Each run of launches between transfers becomes one exported function
+`dnet_segment_<k>(void** bufs, const int64_t* dims)` that calls its kernels in order,
+so running a whole model is one call from Python.
+"""
+from __future__ import annotations
+
+from dnet.backends.c.gemm import support
+from dnet.backends.c.prelude import PRELUDE
+from dnet.backends.c.renderer import STORAGE, render_kernel
+from dnet.kernel.ir import Gemm, Kernel
+from dnet.program.instructions import Launch, Program, segments
+
+
+def render_library(kernels: dict[str, Kernel], program: Program) -> str:
+    tiles = sorted({s.tile for k in kernels.values() for s in k.body if isinstance(s, Gemm)},
+                   key=lambda t: (t.mr, t.nr, t.kc, t.mc))
+    parts = [PRELUDE, *(support(t) for t in {(t.mr, t.nr): t for t in tiles}.values())]
+    parts += [render_kernel(k) for k in kernels.values()]
+    parts += [_segment(i, seg, kernels, program) for i, seg in enumerate(segments(program)) if i % 2 == 0]
+    return "\n\n".join(parts) + "\n"
+
+
+def _segment(index: int, seg: list, kernels: dict[str, Kernel], program: Program) -> str:
+    lines = [f"void dnet_segment_{index}(void** bufs, const int64_t* dims) {{", "    (void)bufs; (void)dims;"]
+    for ins in seg:
+        assert isinstance(ins, Launch)
+        kernel = kernels[ins.kernel]
+        args = []
+        for param, buf in zip(kernel.params, ins.args):
+            const = "" if param.output else "const "
+            args.append(f"({const}{STORAGE[param.dtype]}*)bufs[{buf}]")
+        args += [f"dims[{program.symbols.index(d)}]" for d in ins.dims]
+        lines.append(f"    {ins.kernel}({', '.join(args)});")
+    lines.append("}")
+    return "\n".join(lines)

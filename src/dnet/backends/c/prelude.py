@@ -1,0 +1,133 @@
+"""The C text every generated library starts with: types, conversions, vectorisable math.
+
+exp, tanh and erf are written out here (branch-free range reduction and polynomials)
+so that GCC and Clang vectorise the loops that call them; libm's versions are opaque
+calls that keep a softmax or a GELU scalar.
+"""
+
+PRELUDE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static inline int dn_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void dnet_set_threads(int n) {
+#ifdef _OPENMP
+    if (n > 0) omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+int dnet_get_threads(void) { return dn_threads(); }
+
+/* -- half types: stored as 16 bits, computed as float ------------------------------ */
+static inline float dn_bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t dn_f32_to_bf16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+#if defined(__FLT16_MAX__)
+static inline float dn_f16_to_f32(uint16_t h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
+static inline uint16_t dn_f32_to_f16(float f) { _Float16 x = (_Float16)f; uint16_t h; memcpy(&h, &x, 2); return h; }
+#else
+static inline float dn_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);
+    else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) u = sign;
+    else { float f = (float)man * 5.9604644775390625e-8f; memcpy(&u, &f, 4); u |= sign; }
+    float f; memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t dn_f32_to_f16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);
+    if (a < 0x38800000u) {                       /* subnormal or zero: round at 2^-24 */
+        float g; memcpy(&g, &a, 4);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(g * 16777216.0f));
+    }
+    uint32_t r = a - 0x38000000u;                /* rebias exponent */
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+#endif
+static inline float dn_round_f16(float x) { return dn_f16_to_f32(dn_f32_to_f16(x)); }
+static inline float dn_round_bf16(float x) { return dn_bf16_to_f32(dn_f32_to_bf16(x)); }
+
+/* -- vectorisable math ---------------------------------------------------------------- */
+static inline float dn_exp(float x) {
+    float xc = fminf(fmaxf(x, -87.3365f), 88.37f);
+    float n = floorf(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23; float scale; memcpy(&scale, &e, 4);
+    y = y * scale;
+    y = x < -87.3365f ? 0.0f : y;
+    y = x > 88.7228f ? INFINITY : y;
+    return x != x ? x : y;
+}
+static inline float dn_tanh(float x) {
+    float a = fabsf(x);
+    float t = dn_exp(-2.0f * a);
+    float y = (1.0f - t) / (1.0f + t);
+    float x2 = x * x;   /* near zero the quotient cancels: use the series */
+    float s = a * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * -0.0539682540f)));
+    y = a < 0.0625f ? s : y;
+    return copysignf(y, x);
+}
+static inline float dn_erf(float x) {
+    /* Abramowitz & Stegun 7.1.26 away from zero, Taylor series near it: |error| < 2e-7 */
+    float a = fabsf(x);
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float p = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float y = 1.0f - p * dn_exp(-a * a);
+    float x2 = x * x;
+    float s = a * 1.1283791671f * (1.0f + x2 * (-0.333333333f + x2 * (0.1f + x2 * -0.0238095238f)));
+    y = a < 0.25f ? s : y;
+    return copysignf(y, x);
+}
+static inline float dn_maxf(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+static inline float dn_minf(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+static inline float dn_modf(float a, float b) {
+    float r = fmodf(a, b);
+    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
+}
+static inline int64_t dn_floordiv(int64_t a, int64_t b) {
+    if (b == 0) return 0;
+    int64_t q = a / b;
+    return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+static inline int64_t dn_mod(int64_t a, int64_t b) {
+    if (b == 0) return 0;
+    int64_t r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+static inline int64_t dn_ipow(int64_t a, int64_t b) {
+    int64_t r = 1;
+    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
+    while (b) { if (b & 1) r *= a; a *= a; b >>= 1; }
+    return r;
+}
+static inline int64_t dn_clamp(int64_t i, int64_t n) {
+    i = i < 0 ? i + n : i;
+    return i < 0 ? 0 : (i >= n ? n - 1 : i);
+}
+"""

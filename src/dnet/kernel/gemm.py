@@ -1,0 +1,141 @@
+"""Matmul kernels: strided operands, register/cache tiles for the host, fused epilogues.
+
+An f32 matmul whose operands are strided views of buffers (transposes and batch
+broadcasts included) becomes one `Gemm` statement. The element-wise ops that consume
+only its result (bias, GELU, a residual add, a cast) become its epilogue, applied to
+each register tile as it is written. A constant right-hand operand is packed once,
+at load time, into the panel layout of the micro-kernel.
+"""
+from __future__ import annotations
+
+from dnet.core.dtypes import DType
+from dnet.core.shapes import Dim, Sym, numel
+from dnet.graph.ir import Graph
+from dnet.graph.ops import Op
+from dnet.hardware import Host
+from dnet.kernel import index as ix
+from dnet.kernel.ir import Gemm, GemmTile, Kernel, Load, Operand, Ref
+from dnet.kernel.lower import KernelBuilder, Materialize, V, _finish
+
+SCRATCH = -2   # the parameter id of a Gemm's packing workspace
+
+
+def choose_tile(host: Host) -> GemmTile:
+    """Register and cache blocking from the host's vector width, register count and caches."""
+    lanes = host.f32_lanes
+    nr = 2 * lanes if lanes > 1 else 4
+    mr = max(1, min(8 if host.vector_registers >= 32 else 6, (host.vector_registers - 3) // 2))
+    kc = max(64, min(512, (host.l1d // 2) // (4 * nr) // 16 * 16))
+    mc = max(mr, min(480, (host.l2 // 2) // (4 * kc) // mr * mr))
+    return GemmTile(mr=mr, nr=nr, lanes=lanes, kc=kc, mc=mc)
+
+
+def is_fast_matmul(graph: Graph, nid: int) -> bool:
+    node = graph.nodes[nid]
+    return node.op is Op.MATMUL and node.dtype is DType.F32
+
+
+def affine(index, names: list[str]):
+    """(offset, strides) of an index expression affine in `names`, or None."""
+    strides = {n: 0 for n in names}
+    offset = 0
+    for m, c in (index.terms if isinstance(index, Dim) else ([((), index)] if index else [])):
+        var_atoms = [a for a in m if a in strides]
+        others = [a for a in m if a not in strides]
+        if any(not isinstance(a, str) for a in others) or len(var_atoms) > 1:
+            return None
+        rest = c
+        for a in others:
+            rest = rest * Sym(a)
+        if var_atoms:
+            strides[var_atoms[0]] = strides[var_atoms[0]] + rest
+        else:
+            offset = offset + rest
+    return offset, [strides[n] for n in names]
+
+
+def operand_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple[int, object, list] | None:
+    """(buffer node, offset, strides per axis) when node `nid` is a strided view of one buffer."""
+    b = KernelBuilder(graph, materialized, users)
+    b.flat = True
+    shape = graph.nodes[nid].shape
+    names = [b.fresh("v") for _ in shape]
+    for n, d in zip(names, shape):
+        b.var_depth[n], b.bounds[n] = 0, d
+    try:
+        v = b.value(nid, tuple(Sym(n) for n in names))
+    except Materialize:
+        return None
+    if not isinstance(v.expr, Load) or len(b.params) != 1:
+        return None
+    found = affine(v.expr.index, names)
+    if found is None:
+        return None
+    (base,) = b.params
+    return base, found[0], found[1]
+
+
+def _operand(view, batch_rank: int, shape: tuple, name: str, packed: bool = False) -> Operand:
+    _, offset, strides = view
+    own = len(shape) - 2
+    batch = [0] * (batch_rank - own) + [0 if d == 1 else s for d, s in zip(shape[:own], strides[:own])]
+    return Operand(name, DType.F32, offset, tuple(batch), strides[-2], strides[-1], packed)
+
+
+def packable(graph: Graph, view, shape: tuple) -> bool:
+    """A constant 2-D right operand of static size: packed once at load time."""
+    base = graph.nodes[view[0]]
+    return (base.op is Op.CONST and len(shape) == 2
+            and all(isinstance(d, int) for d in shape) and isinstance(view[1], int)
+            and all(isinstance(s, int) for s in view[2]))
+
+
+def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
+    """The kernel computing `root`, an element-wise function of matmul `mm` (or `mm` itself)."""
+    node = graph.nodes[mm]
+    a_id, b_id = node.inputs
+    views = [operand_view(graph, x, materialized, users) for x in (a_id, b_id)]
+    for x, view in zip((a_id, b_id), views):
+        if view is None:
+            raise Materialize(x, "a matmul operand must be a strided view of a buffer")
+    builder = KernelBuilder(graph, materialized - {root}, users)
+    builder.flat = True
+    builder.params[root] = "out"
+    pa = builder.param(views[0][0])
+    b_shape = graph.nodes[b_id].shape
+    packed = packable(graph, views[1], b_shape)
+    pb = builder.param(("packed", views[1][0], tile.nr) if packed else views[1][0])
+    batch_rank = len(node.shape) - 2
+    a = _operand(views[0], batch_rank, graph.nodes[a_id].shape, pa)
+    b = _operand(views[1], batch_rank, b_shape, pb, packed)
+    batch, m = list(node.shape[:-2]), node.shape[-2]
+    # fold batch axes into the rows where b is shared and a's rows run on into the next batch
+    while batch and b.batch_strides[len(batch) - 1] == 0 and a.batch_strides[len(batch) - 1] == m * a.row_stride:
+        m = m * batch.pop()
+    a = Operand(a.buffer, a.dtype, a.offset, a.batch_strides[:len(batch)], a.row_stride, a.col_stride)
+    b = Operand(b.buffer, b.dtype, b.offset, b.batch_strides[:len(batch)], b.row_stride, b.col_stride, b.packed)
+    names = [builder.fresh("b") for _ in batch] + [builder.fresh("i"), builder.fresh("j")]
+    bounds = list(batch) + [m, node.shape[-1]]
+    for n, d in zip(names, bounds):
+        builder.var_depth[n], builder.bounds[n] = 0, d
+    row = Sym(names[-2])
+    folded = node.shape[len(batch):-2]
+    rows = ix.delinearize(row, tuple(folded) + (node.shape[-2],), builder.bounds) if folded else (row,)
+    idx = tuple(Sym(n) for n in names[:-2]) + tuple(rows) + (Sym(names[-1]),)
+    builder.cache[(mm, idx)] = V(Ref("acc", DType.F32), 0)
+    epilogue = builder.value(root, idx).expr
+    if not packed:
+        builder.param(SCRATCH)
+    gemm = Gemm(tuple(batch), m, node.shape[-1], graph.nodes[a_id].shape[-1],
+                a, b, "out", graph.nodes[root].dtype, tuple(names), epilogue,
+                tuple(builder.scopes[0].stmts), "" if packed else builder.params[SCRATCH], tile)
+    return _finish(builder, graph.nodes[root], (gemm,))
+
+
+def scratch_elements(gemm: Gemm):
+    """f32 elements of workspace a Gemm needs to pack its right operand (every batch item)."""
+    if gemm.b.packed:
+        return 0
+    nr = gemm.tile.nr
+    panels = (gemm.n + nr - 1) // nr if isinstance(gemm.n, int) else gemm.n // nr + 1
+    return numel(gemm.batch) * panels * nr * gemm.k

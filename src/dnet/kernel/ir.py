@@ -1,0 +1,207 @@
+"""Kernel IR: one fused group of graph ops as one loop nest. Renderer-neutral.
+
+Index expressions are `Dim`s (dnet.core.shapes): integer polynomials over loop
+variables, temporaries and the graph's symbolic dims, with floor-division and modulo
+atoms. Scalar values are small expression trees (`Expr`) whose operators are the
+graph's own `Op`s, so a renderer needs one table from Op to its target's spelling.
+
+A value of dtype f16/bf16 is stored in that type but computed in f32, rounded back to
+its dtype after every op (the reference backend's semantics).
+
+Statements are loops, let-bindings, reductions into an accumulator, stores, and one
+template statement, `Gemm`, that a renderer expands into its packed, register-blocked
+matrix multiply with an element-wise epilogue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from dnet.core.dtypes import DType
+from dnet.core.shapes import Dim, render_dim
+from dnet.graph.ops import Op
+
+Index = Union[int, Dim]
+
+
+# -- scalar expressions ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Const:
+    value: float | int | bool
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class IndexValue:
+    """An index expression used as a value (arange, a symbolic fill)."""
+    index: Index
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Load:
+    buffer: str
+    index: Index
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A let-bound temporary or an accumulator."""
+    name: str
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: Op
+    x: "Expr"
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: Op
+    a: "Expr"
+    b: "Expr"
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Where:
+    cond: "Expr"
+    a: "Expr"
+    b: "Expr"
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Cast:
+    x: "Expr"
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class InBounds:
+    """Bool: lo <= index < hi, for padding and concatenation guards."""
+    index: Index
+    lo: Index
+    hi: Index
+    dtype: DType = DType.BOOL
+
+
+Expr = Union[Const, IndexValue, Load, Ref, Unary, Binary, Where, Cast, InBounds]
+
+
+# -- statements ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Let:
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class IndexLet:
+    """An integer temporary computed from data (a gather's index), clamped to [0, bound)."""
+    name: str
+    value: Expr
+    bound: Index
+
+
+@dataclass(frozen=True)
+class Store:
+    buffer: str
+    index: Index
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str
+    extent: Index
+    body: tuple["Stmt", ...]
+    parallel: int = 0        # >0: this loop and the next parallel-1 loops run across threads
+    vector: bool = False     # innermost: ask for SIMD
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """acc = op over the loops of `value`, evaluated after `body` in the loop nest.
+
+    ARGMAX keeps the first index of the maximum in `acc` (i64) and the maximum in `acc`_v.
+    """
+    acc: str
+    op: Op                   # SUM, REDUCE_MAX, REDUCE_MIN, ARGMAX
+    dtype: DType             # the accumulator's dtype (f32 for half inputs)
+    loops: tuple[tuple[str, Index], ...]
+    body: tuple["Stmt", ...]
+    value: Expr
+    arg_index: Index = 0     # ARGMAX only: the position along the reduced axis
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A strided matrix operand of a Gemm: element (b..., i, j) at offset + sum(strides * idx)."""
+    buffer: str
+    dtype: DType
+    offset: Index
+    batch_strides: tuple[Index, ...]
+    row_stride: Index
+    col_stride: Index
+    packed: bool = False     # a weight pre-packed at load time into the Gemm's panel layout
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """out[b..., i, j] = epilogue(acc = sum_k a[b..., i, k] * b[b..., k, j]), out contiguous."""
+    batch: tuple[Index, ...]
+    m: Index
+    n: Index
+    k: Index
+    a: Operand
+    b: Operand
+    out: str
+    out_dtype: DType
+    vars: tuple[str, ...]    # names of the batch, row and column variables, as the epilogue uses them
+    epilogue: Expr           # in terms of Ref('acc') and `vars`
+    epilogue_lets: tuple[Stmt, ...]
+    scratch: str             # workspace buffer for packing b
+    tile: "GemmTile"
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    mr: int                  # rows of the register block
+    nr: int                  # columns of the register block (a multiple of the vector width)
+    lanes: int               # f32 lanes per vector
+    kc: int                  # depth of one packed block
+    mc: int                  # rows of a packed block of a
+
+
+Stmt = Union[Let, IndexLet, Store, Loop, Reduce, Gemm]
+
+
+# -- kernels ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    name: str
+    dtype: DType
+    output: bool = False     # written by the kernel (its result, or a workspace)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    params: tuple[Param, ...]           # buffers, in call order
+    dims: tuple[str, ...]               # symbolic dims passed at run time (as int64)
+    body: tuple[Stmt, ...]
+    meta: dict = field(default_factory=dict, compare=False, hash=False)  # ops fused, for inspection
+
+    def __str__(self) -> str:
+        from dnet.kernel.printer import print_kernel
+
+        return print_kernel(self)
+
+
+def index_str(x: Index) -> str:
+    return render_dim(x)

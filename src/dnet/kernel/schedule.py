@@ -1,0 +1,173 @@
+"""Scheduling: which graph values get a buffer, and which ops fuse into which kernel.
+
+The rules, in order:
+1. Graph inputs and weights are buffers; graph outputs, matmuls, convolutions and
+   pools are computed by kernels of their own (the kernel's *root*).
+2. Movement ops never get a buffer of their own: they are index arithmetic in
+   whichever kernel reads them. A matmul operand that is not a strided view of a
+   buffer gets one.
+3. Every other op is inlined into each kernel that reads it, unless two kernels read
+   it (it would be computed twice): then it gets a buffer and a kernel of its own.
+4. A reduction inlined into a kernel runs once per output row, before the element-wise
+   loop that uses it: softmax and layer norm become one kernel each. Where inlining
+   would recompute a reduction, lowering says so and it gets a buffer (and we retry).
+5. A matmul read by one element-wise kernel and nothing else becomes that kernel: the
+   element-wise ops run as its epilogue (bias + GELU, residual adds).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dnet.core.dtypes import DType
+from dnet.graph.ir import Graph
+from dnet.graph.ops import Op, OpClass
+from dnet.hardware import Host, detect
+from dnet.kernel import gemm as gm
+from dnet.kernel.ir import Kernel
+from dnet.kernel.lower import Materialize, lower_elementwise
+
+_ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL)
+_INLINE = (OpClass.MOVEMENT,)
+_FREE = (Op.FULL, Op.ARANGE)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel launch: the kernel's name and the buffers bound to its parameters."""
+    kernel: str
+    root: int                    # the node whose buffer the kernel writes
+    args: tuple                  # per parameter: a node id, ('packed', const id, nr), or gm.SCRATCH
+
+
+@dataclass
+class Schedule:
+    graph: Graph
+    materialized: set[int]
+    steps: list[Step] = field(default_factory=list)
+    kernels: dict[str, Kernel] = field(default_factory=dict)
+    fused: dict[int, list[int]] = field(default_factory=dict)   # root -> graph nodes it computes
+
+    def kernel_of(self, step: Step) -> Kernel:
+        return self.kernels[step.kernel]
+
+
+def schedule(graph: Graph, host: Host | None = None) -> Schedule:
+    host = host or detect()
+    users = graph.users()
+    materialized = _initial(graph, users)
+    tile = gm.choose_tile(host)
+    unfused: set[int] = set()
+    for _ in range(2 * len(graph.nodes) + 1):
+        _settle(graph, users, materialized)
+        try:
+            return _lower_all(graph, users, materialized, unfused, tile)
+        except Materialize as m:
+            if m.node in materialized:
+                unfused.add(m.node)   # a matmul whose epilogue could not be fused
+            materialized.add(m.node)
+    raise AssertionError("scheduling did not converge")  # each retry adds a buffer: unreachable
+
+
+def _initial(graph: Graph, users) -> set[int]:
+    mat = {n.id for n in graph.nodes if n.op in (Op.INPUT, Op.CONST) or n.op.cls in _ALWAYS}
+    mat |= set(graph.outputs)
+    return mat
+
+
+def _settle(graph: Graph, users, mat: set[int]) -> None:
+    """Rules 2 and 3 to a fixed point."""
+    changed = True
+    while changed:
+        changed = False
+        for n in graph.nodes:
+            if gm.is_fast_matmul(graph, n.id):
+                for x in n.inputs:
+                    if x not in mat and gm.operand_view(graph, x, mat, users) is None:
+                        mat.add(_first_computed(graph, x, mat))
+                        changed = True
+        owners = _owners(graph, mat)
+        for n in graph.nodes:
+            if n.id in mat or n.op.cls in _INLINE or n.op in _FREE:
+                continue
+            if len(owners.get(n.id, ())) > 1:
+                mat.add(n.id)
+                changed = True
+
+
+def _first_computed(graph: Graph, x: int, mat: set[int]) -> int:
+    """Below a chain of movement ops, the first node that computes something (or x itself)."""
+    node = graph.nodes[x]
+    while node.op.cls is OpClass.MOVEMENT and node.op not in (Op.CONCAT, Op.GATHER, Op.PAD) \
+            and node.inputs[0] not in mat:
+        node = graph.nodes[node.inputs[0]]
+    return node.id if node.op.cls is not OpClass.MOVEMENT else x
+
+
+def _owners(graph: Graph, mat: set[int]) -> dict[int, set[int]]:
+    """For every inlined node, the kernels (roots) that read it."""
+    owners: dict[int, set[int]] = {}
+    for root in sorted(mat):
+        if graph.nodes[root].op in (Op.INPUT, Op.CONST):
+            continue
+        stack = list(graph.nodes[root].inputs)
+        seen: set[int] = set()
+        while stack:
+            x = stack.pop()
+            if x in seen or x in mat:
+                continue
+            seen.add(x)
+            owners.setdefault(x, set()).add(root)
+            stack.extend(graph.nodes[x].inputs)
+    return owners
+
+
+def _fusable_epilogue(graph: Graph, users, mat: set[int], mm: int) -> int | None:
+    """The root whose kernel could run matmul `mm` with its ops as an epilogue."""
+    if not gm.is_fast_matmul(graph, mm) or mm in graph.outputs or len(users[mm]) != 1:
+        return None
+    owners = _owners(graph, mat - {mm})
+    roots = owners.get(mm, set())
+    if len(roots) != 1:
+        return None
+    (root,) = roots
+    same = graph.nodes[root].shape == graph.nodes[mm].shape and graph.nodes[root].dtype is DType.F32
+    pointwise = graph.nodes[root].op.cls in (OpClass.UNARY, OpClass.BINARY, OpClass.TERNARY, OpClass.CAST)
+    return root if same and pointwise else None
+
+
+def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> Schedule:
+    sched = Schedule(graph, set(mat))
+    epilogues = {}
+    for mm in sorted(mat - unfused):
+        root = _fusable_epilogue(graph, users, mat, mm)
+        if root is not None:
+            epilogues[root] = mm
+    computed = {n.id for n in graph.nodes if n.op not in (Op.INPUT, Op.CONST)}
+    by_source: dict[Kernel, str] = {}
+    for root in sorted(mat & computed):
+        if root in epilogues.values():
+            continue
+        kernel = _lower_one(graph, users, mat, root, epilogues, tile)
+        _add(sched, by_source, kernel, root)
+    sched.materialized = mat - set(epilogues.values())
+    return sched
+
+
+def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile) -> Kernel:
+    mm = epilogues.get(root)
+    if mm is not None:
+        return gm.lower_gemm(graph, root, mm, mat - {mm}, users, tile)
+    if gm.is_fast_matmul(graph, root):
+        return gm.lower_gemm(graph, root, root, mat, users, tile)
+    return lower_elementwise(graph, root, mat, users)
+
+
+def _add(sched: Schedule, by_source: dict, kernel: Kernel, root: int) -> None:
+    """Identical kernels (the same layer repeated) are compiled once."""
+    key = (kernel.params, kernel.dims, kernel.body)
+    name = by_source.get(key)
+    if name is None:
+        name = f"k{len(by_source)}"
+        by_source[key] = name
+        sched.kernels[name] = Kernel(name, kernel.params, kernel.dims, kernel.body, kernel.meta)
+    sched.steps.append(Step(name, root, tuple(kernel.meta["args"])))

@@ -1,0 +1,138 @@
+"""Graph -> program: schedule the graph into kernels, then lay out buffers and instructions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dnet.core.dtypes import DType
+from dnet.core.shapes import shape_symbols
+from dnet.graph.ir import Graph
+from dnet.graph.ops import Op
+from dnet.hardware import Host
+from dnet.kernel import gemm as gm
+from dnet.kernel.ir import Gemm, Kernel
+from dnet.kernel.schedule import Schedule, schedule
+from dnet.program.instructions import (INPUT, OUTPUT, SCRATCH, TEMP, WEIGHT, Alloc, Buffer, Free, Launch,
+                                       Program)
+
+
+@dataclass
+class Compiled:
+    """A program with what it needs to run: its kernels and its weights (by buffer id)."""
+    program: Program
+    kernels: dict[str, Kernel]
+    weights: dict[int, np.ndarray] = field(default_factory=dict)
+    schedule: Schedule | None = None
+
+
+def build_program(graph: Graph, host: Host | None = None) -> Compiled:
+    sched = schedule(graph, host)
+    b = _Builder(graph, sched)
+    return b.run()
+
+
+class _Builder:
+    def __init__(self, graph: Graph, sched: Schedule):
+        self.graph, self.sched = graph, sched
+        self.buffers: list[Buffer] = []
+        self.by_arg: dict = {}
+        self.weights: dict[int, np.ndarray] = {}
+        self.instrs: list = []
+
+    def buffer(self, kind: str, dtype, shape, name: str = "") -> int:
+        self.buffers.append(Buffer(len(self.buffers), kind, dtype, tuple(shape), name))
+        return len(self.buffers) - 1
+
+    def run(self) -> Compiled:
+        g = self.graph
+        inputs = {}
+        for i in g.inputs:
+            node = g.nodes[i]
+            self.by_arg[i] = inputs[node.attrs["name"]] = self.buffer(INPUT, node.dtype, node.shape, node.attrs["name"])
+        outputs = set(g.outputs)
+        for i in g.outputs:
+            node = g.nodes[i]
+            if i not in self.by_arg:
+                name = g.output_names[g.outputs.index(i)]
+                if node.op is Op.CONST:
+                    self.by_arg[i] = self._weight(i)
+                else:
+                    self.by_arg[i] = self.buffer(OUTPUT, node.dtype, node.shape, name)
+        last_use = self._last_uses()
+        for pos, step in enumerate(self.sched.steps):
+            kernel = self.sched.kernels[step.kernel]
+            if step.root not in outputs:
+                node = g.nodes[step.root]
+                self.by_arg[step.root] = self.buffer(TEMP, node.dtype, node.shape)
+                self.instrs.append(Alloc(self.by_arg[step.root]))
+            args, scratch = [], None
+            for a in step.args:
+                if a == gm.SCRATCH:
+                    scratch = self._scratch(kernel)
+                    args.append(scratch)
+                else:
+                    args.append(self._arg(a, kernel))
+            self.instrs.append(Launch(step.kernel, tuple(args), kernel.dims))
+            if scratch is not None:
+                self.instrs.append(Free(scratch))
+            for nid in sorted(n for n, p in last_use.items() if p == pos and n not in outputs):
+                if self.buffers[self.by_arg[nid]].kind == TEMP:
+                    self.instrs.append(Free(self.by_arg[nid]))
+        symbols = sorted(set().union(*(shape_symbols(b.shape) for b in self.buffers), *(
+            set(k.dims) for k in self.sched.kernels.values())))
+        out_list = [(name, self.by_arg[i]) for name, i in zip(g.output_names, g.outputs)]
+        program = Program(self.buffers, self.instrs, symbols, inputs, out_list)
+        return Compiled(program, dict(self.sched.kernels), self.weights, self.sched)
+
+    def _last_uses(self) -> dict[int, int]:
+        last: dict[int, int] = {}
+        for pos, step in enumerate(self.sched.steps):
+            for a in step.args:
+                if isinstance(a, int) and a >= 0:
+                    last[a] = pos
+        return last
+
+    def _arg(self, a, kernel: Kernel) -> int:
+        if a in self.by_arg:
+            return self.by_arg[a]
+        if isinstance(a, tuple):                    # ('packed', const node, nr)
+            self.by_arg[a] = self._packed(a[1], kernel)
+        else:
+            self.by_arg[a] = self._weight(a)
+        return self.by_arg[a]
+
+    def _weight(self, nid: int) -> int:
+        node = self.graph.nodes[nid]
+        array = np.ascontiguousarray(self.graph.weights[node.attrs["name"]], dtype=node.dtype.np)
+        buf = self.buffer(WEIGHT, node.dtype, array.shape, node.attrs["name"])
+        self.weights[buf] = array
+        return buf
+
+    def _packed(self, nid: int, kernel: Kernel) -> int:
+        gemm = next(s for s in kernel.body if isinstance(s, Gemm))
+        name = self.graph.nodes[nid].attrs["name"]
+        flat = np.ascontiguousarray(self.graph.weights[name], dtype=np.float32).reshape(-1)
+        k, n, nr = gemm.k, gemm.n, gemm.tile.nr
+        view = np.lib.stride_tricks.as_strided(flat[gemm.b.offset:], (k, n),
+                                               (gemm.b.row_stride * 4, gemm.b.col_stride * 4))
+        packed = pack_panels(view, nr)
+        buf = self.buffer(WEIGHT, self.graph.nodes[nid].dtype, packed.shape, f"{name}@packed{nr}")
+        self.weights[buf] = packed
+        return buf
+
+    def _scratch(self, kernel: Kernel) -> int:
+        gemm = next(s for s in kernel.body if isinstance(s, Gemm))
+        elements = gm.scratch_elements(gemm)
+        buf = self.buffer(SCRATCH, DType.F32, (elements,))
+        self.instrs.append(Alloc(buf))
+        return buf
+
+
+def pack_panels(b: np.ndarray, nr: int) -> np.ndarray:
+    """(k, n) -> (panels, k, nr): the micro-kernel's layout, zero-padded to whole panels."""
+    k, n = b.shape
+    panels = -(-n // nr)
+    padded = np.zeros((k, panels * nr), np.float32)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, panels, nr).transpose(1, 0, 2))
