@@ -26,8 +26,9 @@ READY_PREFIX = "DNET_WORKER_READY "
 @dataclass
 class WorkerSpec:
     backend: str = "numpy"
-    threads: int | None = None
+    threads: int | None = None                       # default 1: n workers must not fight over the cores
     cores: list[int] | None = None
+    slowdown: float = 1.0                            # simulate a slower device (see WorkerConfig)
     name: str = ""
     listen: str = "127.0.0.1:0"
     advertise: str | None = None
@@ -40,6 +41,8 @@ class WorkerSpec:
             cmd += ["--threads", str(self.threads)]
         if self.cores:
             cmd += ["--cores", ",".join(map(str, self.cores))]
+        if self.slowdown != 1.0:
+            cmd += ["--slowdown", str(self.slowdown)]
         if self.name:
             cmd += ["--name", self.name]
         if self.advertise:
@@ -50,9 +53,10 @@ class WorkerSpec:
         env = {**os.environ, SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"}
         if cache_dir:
             env["DNET_CACHE_DIR"] = cache_dir
-        if self.threads:  # BLAS pools size themselves when numpy loads: set before the process starts
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[var] = str(self.threads)
+        # BLAS pools size themselves when numpy loads, so this is set before the process starts;
+        # oversubscribed spinning BLAS threads slow a shared machine down several times over
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(self.threads or 1)
         return env
 
 

@@ -16,6 +16,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,9 @@ class WorkerConfig:
     advertise: str | None = None       # host:port other workers reach this one at
     cache_dir: str | None = None
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    # > 1 simulates a slower device on a shared machine: after each stage run the worker idles
+    # (slowdown - 1) x its compute time, like link shaping does for the network
+    slowdown: float = 1.0
 
 
 class Worker:
@@ -174,6 +178,7 @@ class Worker:
 
     def _on_caps(self, chan: Channel, msg: Message) -> None:
         caps = {"name": self.name, "backend": self.config.backend, "threads": self.config.threads,
+                "slowdown": self.config.slowdown,
                 "cores": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
                 "advertise": self.config.advertise or self.address}
         if msg.meta.get("probe"):
@@ -296,6 +301,9 @@ class Worker:
 
     def _run(self, stage: _Stage, msg: Message) -> None:
         outputs, seconds = stage.runner(msg.tensors)
+        if self.config.slowdown > 1.0:
+            time.sleep((self.config.slowdown - 1.0) * seconds)
+            seconds *= self.config.slowdown
         trace = list(msg.meta.get("trace", [])) + [[stage.index, self.name, seconds]]
         meta = {"rid": msg.meta.get("rid"), "epoch": msg.meta.get("epoch"), "trace": trace}
         if stage.next_link is not None:

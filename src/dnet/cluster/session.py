@@ -1,0 +1,126 @@
+"""A model compiled for a topology: planned, cut into stages, shipped, callable like one executable.
+
+`compile_distributed(model, topology)` is what `dnet.compile(model, topology=...)`
+does. Nodes with an `address` are existing workers (the cluster secret comes from
+DNET_CLUSTER_SECRET); a topology without addresses (`Topology.local(n)`) starts its
+own workers on loopback, and their links are shaped to the topology's bandwidth and
+latency, so a local run behaves like the network the plan was made for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from dnet.cluster.auth import secret_from_env
+from dnet.cluster.coordinator import Coordinator, StageTiming
+from dnet.cluster.link import LinkShape
+from dnet.cluster.local import LocalCluster, WorkerSpec
+from dnet.errors import DnetError
+from dnet.graph.ir import Graph
+from dnet.runtime.pipeline import split_pipeline
+
+
+@dataclass
+class PipelinePlan:
+    """What the runtime needs from a plan: stage graphs in pipeline order and the node of each."""
+
+    stages: list[Graph]
+    placement: list[int]              # stage -> node index in the topology
+    predicted_throughput: float | None = None
+    plan: Any = None                  # the partitioner's Plan, when there is one
+
+
+def pipeline_from_plan(graph: Graph, plan: Any, node_names: Sequence[str]) -> PipelinePlan:
+    """Adapt the partitioner's `Plan` (stages naming topology nodes and graph node ids)."""
+    stage_of = [0] * len(graph.nodes)
+    for k, stage in enumerate(plan.stages):
+        for i in stage.graph_nodes:
+            stage_of[i] = k
+    names = list(node_names)
+    unknown = [s.node for s in plan.stages if s.node not in names]
+    if unknown:
+        raise DnetError(f"plan names node(s) {unknown} that the topology does not have")
+    return PipelinePlan(split_pipeline(graph, stage_of, len(plan.stages)),
+                        [names.index(s.node) for s in plan.stages], plan.throughput, plan)
+
+
+def link_shapes(topology: Any) -> dict[tuple[int, int], LinkShape]:
+    """The topology's links between its nodes as shapes for the transport, by node index."""
+    index = {name: i for i, name in enumerate(topology.names)}
+    return {(index[l.src], index[l.dst]): LinkShape(l.bandwidth, l.latency) for l in topology.links.values()}
+
+
+class DistributedExecutable:
+    """Call it like `dnet.Executable`; requests pipeline through the workers."""
+
+    def __init__(self, graph: Graph, pipeline: PipelinePlan, coordinator: Coordinator,
+                 local: LocalCluster | None = None):
+        self.graph, self.pipeline, self.coordinator, self.local = graph, pipeline, coordinator, local
+
+    @property
+    def plan(self) -> Any:
+        return self.pipeline.plan
+
+    @property
+    def timings(self) -> dict[int, StageTiming]:
+        return self.coordinator.timings
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.coordinator.run(inputs)
+
+    def run_many(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return self.coordinator.run_many(requests)
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
+        inputs = {**dict(zip(self.graph.input_names, args)), **kwargs}
+        out = self.run(inputs)
+        values = [out[n] for n in self.graph.output_names]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def close(self) -> None:
+        self.coordinator.close()
+        if self.local is not None:
+            self.local.close()
+
+    def __enter__(self) -> "DistributedExecutable":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: dict[str, int] | None = None,
+                        backend: str | Sequence[str] = "numpy", shape_links: bool | None = None,
+                        slowdowns: Sequence[float] | None = None, secret: str | None = None,
+                        **coordinator_options: Any) -> DistributedExecutable:
+    """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages."""
+    from dnet.partition import plan_pipeline
+
+    plan = plan or plan_pipeline(graph, topology, env=env)
+    pipeline = pipeline_from_plan(graph, plan, topology.names)
+    addresses = [node.address for node in topology.nodes]
+    local = None
+    if all(a is None for a in addresses):
+        backends = [backend] * len(addresses) if isinstance(backend, str) else list(backend)
+        slow = list(slowdowns) if slowdowns is not None else [1.0] * len(addresses)
+        specs = [WorkerSpec(backend=b, threads=node.devices[0].cores if node.devices else None, slowdown=s,
+                            name=node.name) for node, b, s in zip(topology.nodes, backends, slow)]
+        local = LocalCluster(specs, secret).start()
+        addresses, secret = local.addresses, local.secret
+        shape_links = True if shape_links is None else shape_links
+    elif any(a is None for a in addresses):
+        raise DnetError("some topology nodes have an address and some do not",
+                        hint="give every node its worker's HOST:PORT, or none (a local cluster)")
+    secret = secret or secret_from_env()
+    if not secret:
+        raise DnetError("no cluster secret", hint="set DNET_CLUSTER_SECRET to the workers' secret")
+    try:
+        coordinator = Coordinator(addresses, secret, **coordinator_options)
+        coordinator.load(pipeline.stages, pipeline.placement, link_shapes(topology) if shape_links else None)
+    except BaseException:
+        if local is not None:
+            local.close()
+        raise
+    return DistributedExecutable(graph, pipeline, coordinator, local)
