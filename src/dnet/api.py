@@ -69,8 +69,15 @@ def _optimize(graph: Graph) -> Graph:
 
 
 def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,  # noqa: A001
-            target: str = "numpy", **options: Any) -> Executable:
-    return Executable(to_graph(model, inputs), target, **options)
+            target: str = "numpy", topology: Any = None, **options: Any) -> Any:
+    """An Executable for `target`; with a `topology`, a distributed one over its nodes' workers
+    (see `dnet.cluster.session.compile_distributed` for the options)."""
+    graph = to_graph(model, inputs)
+    if topology is not None:
+        from dnet.cluster.session import compile_distributed
+
+        return compile_distributed(graph, topology, backend=target, **options)
+    return Executable(graph, target, **options)
 
 
 def save_artifact(exe: Executable, directory: Path | str) -> None:
