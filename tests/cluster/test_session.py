@@ -1,0 +1,50 @@
+"""dnet.compile(model, topology=...): planned by the partitioner, run on a local cluster it starts."""
+import numpy as np
+import pytest
+
+import dnet
+from dnet.cluster.session import link_shapes, pipeline_from_plan
+from dnet.errors import DnetError
+from dnet.partition import plan_pipeline
+from dnet.topology import Device, Topology
+from residual_nets import ResidualNet, oracle, request
+
+
+def _topology(n: int) -> Topology:
+    device = Device(kind="numpy", cores=1, compute={"f32": 1e9}, memory=1e9, memory_bandwidth=1e9)
+    return Topology.local(n, device=device, bandwidth=1e8, latency=1e-4)
+
+
+def test_compile_with_a_local_topology_runs_the_model_across_its_workers(rng):
+    net = ResidualNet(rng)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    with dnet.compile(net, {"x": t, "mask": t}, topology=_topology(2), env={"batch": 2, "seq": 3}) as exe:
+        reqs = [request(rng) for _ in range(6)]
+        outs = exe.run_many(reqs)
+        single = exe(reqs[0]["x"], reqs[0]["mask"])
+        placement = exe.pipeline.placement
+        timings = exe.timings
+    for req, out in zip(reqs, outs):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(single, outs[0]["output"], rtol=0, atol=0)
+    assert len(placement) == len(exe.plan.stages) and sorted(set(placement)) == sorted(placement)
+    assert all(t.runs == 7 for t in timings.values())
+
+
+def test_the_plans_stages_become_stage_graphs_on_the_nodes_it_names(rng):
+    net = ResidualNet(rng)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    graph = dnet.to_graph(net, {"x": t, "mask": t})
+    topo = _topology(3)
+    plan = plan_pipeline(graph, topo, env={"batch": 2, "seq": 3})
+    pipeline = pipeline_from_plan(graph, plan, topo.names)
+    assert [topo.names[i] for i in pipeline.placement] == [s.node for s in plan.stages]
+    assert pipeline.predicted_throughput == plan.throughput
+    plan.stages[0].node = "elsewhere"
+    with pytest.raises(DnetError, match=r"plan names node\(s\) \['elsewhere'\]"):
+        pipeline_from_plan(graph, plan, topo.names)
+
+
+def test_topology_links_become_transport_shapes():
+    shapes = link_shapes(_topology(2))
+    assert shapes[(0, 1)].bandwidth == 1e8 and shapes[(1, 0)].latency == 1e-4
