@@ -294,7 +294,7 @@ class KernelBuilder:
                 h, w = window(rv)
                 cond = Binary(Op.AND, InBounds(h, 0, xs[2]), InBounds(w, 0, xs[3]), DType.BOOL)
                 return V(Cast(cond, dtype), self.index_depth(h + w))
-            count = self.accumulate(_Anon(node.shape), Op.SUM, dtype, idx, (kh, kw), inside)
+            count = self.accumulate(_Anon(node.shape, dtype), Op.SUM, dtype, idx, (kh, kw), inside)
         out = Binary(Op.DIV, _as(total.expr, dtype), count.expr, dtype)
         return V(_as(out, node.dtype), max(total.depth, count.depth))
 
@@ -311,15 +311,15 @@ class KernelBuilder:
             self.guard -= 1
         dtype = self.graph.nodes[x].dtype
         depth = max([v.depth] + [self.index_depth(i) for _, i in checks])
-        return V(Where(cond, v.expr, Const(fill, dtype)), depth)
+        return V(Where(cond, v.expr, Const(fill, dtype), dtype), depth)
 
 
 class _Anon:
     """Stands for a node in `accumulate` for a helper reduction (no materialization check)."""
     id = -1
 
-    def __init__(self, shape):
-        self.shape = shape
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
 
 
 def _acc_dtype(dtype: DType) -> DType:

@@ -1,0 +1,18 @@
+"""Shared checks for the C backend tests."""
+import numpy as np
+
+from dnet.backends.numpy import run_graph
+
+
+def assert_matches_reference(runner, graph, feeds, rtol=1e-5, atol=1e-6):
+    """The C backend's outputs equal the numpy reference backend's (the oracle)."""
+    got = runner.run(feeds)
+    want = run_graph(graph, feeds)
+    for name in graph.output_names:
+        g, w = got[name], want[name]
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        if w.dtype.kind in "biu":
+            np.testing.assert_array_equal(g, w, err_msg=name)
+        else:
+            np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), rtol=rtol, atol=atol,
+                                       err_msg=name)

@@ -1,0 +1,64 @@
+"""The generated matmul: any sizes (edge tiles), strided and broadcast operands, packed weights."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnet.core.dtypes import DType
+from dnet.core.shapes import Sym
+from dnet.core.types import TensorType
+from dnet.graph.builder import GraphBuilder
+from dnet.graph.ops import Op
+from dnet.kernel.ir import Gemm
+
+from c_support import assert_matches_reference
+
+M, K, N, B = Sym("m"), Sym("k"), Sym("n"), Sym("b")
+
+
+@pytest.fixture(scope="module")
+def matmuls(compile_c):
+    """Plain, transposed-b, batched with a broadcast operand, and an f16 matmul, in one library."""
+    g = GraphBuilder()
+    a = g.input("a", TensorType((M, K), DType.F32))
+    bt = g.input("bt", TensorType((N, K), DType.F32))
+    x = g.input("x", TensorType((B, M, K), DType.F32))
+    h = g.input("h", TensorType((M, K), DType.F16))
+    g.output("a_bt", g.matmul(a, g.transpose(bt)))
+    g.output("batched", g.matmul(x, g.transpose(bt)))                      # b shared by every batch item
+    g.output("x_xt", g.matmul(x, g.transpose(x)))                          # both operands strided views
+    g.output("half", g.matmul(h, g.transpose(h)))                          # f16: the generic loop nest
+    graph = g.finish()
+    return graph, compile_c(graph)
+
+
+@settings(max_examples=10, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(1, 70), b=st.integers(1, 3),
+       seed=st.integers(0, 1000))
+def test_matmul_matches_reference_for_any_sizes(matmuls, m, k, n, b, seed):
+    graph, runner = matmuls
+    rng = np.random.default_rng(seed)
+    feeds = {"a": rng.standard_normal((m, k)), "bt": rng.standard_normal((n, k)),
+             "x": rng.standard_normal((b, m, k)), "h": rng.standard_normal((m, k)) / 4}
+    feeds = {name: v.astype(DType.F16.np if name == "h" else np.float32) for name, v in feeds.items()}
+    assert_matches_reference(runner, graph, feeds, rtol=2e-4, atol=1e-3)
+
+
+def test_f32_matmuls_use_the_gemm_kernel(matmuls):
+    _, runner = matmuls
+    gemms = [k for k in runner.compiled.kernels.values() if isinstance(k.body[0], Gemm)]
+    assert len(gemms) == 3
+
+
+def test_constant_weights_are_packed_once_at_load_time(compile_c, rng):
+    g = GraphBuilder()
+    x = g.input("x", TensorType((M, 40), DType.F32))
+    w = g.const("w", rng.standard_normal((45, 40)).astype(np.float32))
+    g.output("y", g.elementwise(Op.MAX, g.matmul(x, g.transpose(w)), 0.0))
+    graph = g.finish()
+    runner = compile_c(graph)
+    (kernel,) = runner.compiled.kernels.values()
+    assert kernel.body[0].b.packed
+    assert any(b.name == f"w@packed{kernel.body[0].tile.nr}" for b in runner.program.buffers)
+    feeds = {"x": rng.standard_normal((19, 40)).astype(np.float32)}
+    assert_matches_reference(runner, graph, feeds, rtol=1e-4, atol=1e-4)
