@@ -103,6 +103,15 @@ def descendants(graph: Graph, nodes: int | Iterable[int]) -> set[int]:
     return reached
 
 
+def constant_values(graph: Graph) -> set[int]:
+    """Nodes computed from weights and fills alone (no graph input): foldable, free to copy anywhere."""
+    const: set[int] = set()
+    for node in graph.nodes:
+        if node.op is not Op.INPUT and all(i in const for i in node.inputs):
+            const.add(node.id)
+    return const
+
+
 # -- cost -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -166,13 +175,9 @@ def flops_cost(graph: Graph, env: Env | None = None) -> Callable[[Node], int]:
 
 # -- critical path and parallelism ----------------------------------------------------------------
 
-def _is_source(node: Node) -> bool:
-    return node.op.cls is OpClass.SOURCE
-
-
 @dataclass(frozen=True)
 class CriticalPath:
-    nodes: list[int]   # compute nodes on the longest path, first to last
+    nodes: list[int]   # the path, first to last, less its leading inputs and constants
     cost: float
 
 
@@ -195,18 +200,21 @@ def critical_path(graph: Graph, cost: Callable[[Node], float] | None = None, env
     while end is not None:
         path.append(end)
         end = came_from[end]
-    return CriticalPath([n for n in reversed(path) if not _is_source(graph.nodes[n])], total)
+    ready = constant_values(graph) | set(graph.inputs)
+    return CriticalPath([n for n in reversed(path) if n not in ready], total)
 
 
 def topological_levels(graph: Graph) -> list[list[int]]:
-    """Compute nodes grouped by their earliest step: the ops of one level can run at once.
+    """Nodes grouped by their earliest step: the ops of one level can run at once.
 
-    Sources (inputs, weights, fills) are ready before step 0 and belong to no level.
+    Graph inputs and constants (weights, fills and what is computed from them alone,
+    which a compiler folds before running) are ready before step 0 and belong to no level.
     """
+    ready = constant_values(graph) | set(graph.inputs)
     level: dict[int, int] = {}
     levels: list[list[int]] = []
     for node in graph.nodes:
-        if _is_source(node):
+        if node.id in ready:
             continue
         step = 1 + max((level[i] for i in node.inputs if i in level), default=-1)
         level[node.id] = step
@@ -265,15 +273,6 @@ def peak_live_bytes(graph: Graph, env: Env | None = None) -> int:
         peak = max(peak, live)
         live -= freed_at[node.id]
     return peak
-
-
-def constant_values(graph: Graph) -> set[int]:
-    """Nodes computed from weights and fills alone (no graph input): foldable, free to copy anywhere."""
-    const: set[int] = set()
-    for node in graph.nodes:
-        if node.op is not Op.INPUT and all(i in const for i in node.inputs):
-            const.add(node.id)
-    return const
 
 
 @dataclass(frozen=True)
