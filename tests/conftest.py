@@ -1,5 +1,13 @@
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# Test files are imported by path (--import-mode=importlib), so two folders may both hold a
+# test_pipeline.py; helper modules beside the tests (programs.py, ...) are found through sys.path.
+for folder in sorted(p for p in Path(__file__).parent.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+    sys.path.append(str(folder))
 
 
 @pytest.fixture
