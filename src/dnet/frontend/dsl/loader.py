@@ -6,6 +6,7 @@ the library shipped with dnet. A file imported twice (or in a cycle) is read onc
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -13,12 +14,18 @@ from dnet.errors import Location, ParseError
 from dnet.frontend.dsl.analyze import Analyzer
 from dnet.frontend.dsl.program import Program
 from dnet.frontend.dsl.resolve import resolve_program
-from dnet.frontend.dsl.syntax import parse_source
+from dnet.frontend.dsl.syntax import Source, parse_source
 
 
 def library_root() -> Path:
     """The folder holding `std/`, the standard library."""
     return Path(str(resources.files("dnet.frontend.dsl")))
+
+
+@lru_cache(maxsize=64)
+def _parse_file(path: Path, mtime_ns: int) -> Source:
+    """A file's syntax tree (immutable, so shared), read again when the file changes."""
+    return parse_source(path.read_text(), str(path))
 
 
 class _Loader:
@@ -40,12 +47,12 @@ class _Loader:
             return
         self.seen.add(path)
         try:
-            text = path.read_text()
+            source = _parse_file(path, path.stat().st_mtime_ns)
         except OSError as err:
             raise ParseError(f"cannot read '{path}': {err.strerror}", loc) from None
         self.stack.append(path)
         try:
-            Analyzer(self.program, self._import).add(parse_source(text, str(path)))
+            Analyzer(self.program, self._import).add(source)
         finally:
             self.stack.pop()
 

@@ -26,7 +26,7 @@ class TensorDecl:
     dims: tuple[Expr, ...]
     dtype: Expr
     init: int | float | bool
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ConstantDecl:
     name: str
     external: bool              # configuration, given at instantiation
     value: Expr | None          # the value, or the default of a configuration constant
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ParameterDecl:
     name: str
     flags: SymbolFlag
     type: TensorDecl
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class ChildDecl:
     class_name: str
     config: tuple[tuple[str, Expr], ...]
     count: Expr | None = None
-    loc: Location | None = None
-    class_loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
+    class_loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ArgumentDecl:
     kind: SymbolKind
     flags: SymbolFlag
     type: TensorDecl | None
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
 
     @property
     def optional(self) -> bool:
@@ -76,7 +76,7 @@ class FunctionDecl:
     args: list[ArgumentDecl] = field(default_factory=list)
     lets: list[Let] = field(default_factory=list)
     result: Expr | None = None
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
 
     def arg(self, name: str) -> ArgumentDecl | None:
         return next((a for a in self.args if a.name == name), None)
@@ -89,7 +89,7 @@ class FunctionDecl:
 @dataclass
 class ObjectClass:
     name: str
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
     constants: dict[str, ConstantDecl] = field(default_factory=dict)
     parameters: dict[str, ParameterDecl] = field(default_factory=dict)
     children: dict[str, ChildDecl] = field(default_factory=dict)
@@ -110,7 +110,7 @@ class ModelDecl:
     """`model(Class, k = v, ...)`: the object a file builds when none is named."""
     class_name: str
     config: tuple[tuple[str, Expr], ...]
-    loc: Location | None = None
+    loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -7,8 +7,8 @@ statements they precede so the formatter can print them back.
 """
 from __future__ import annotations
 
-import ast
 import contextvars
+import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -141,7 +141,11 @@ class _Builder(Transformer):
 
     def string(self, children):
         (tok,) = children
-        return String(ast.literal_eval(str(tok)), self._loc(tok))
+        try:
+            value = json.loads(str(tok), strict=False)  # the escapes of JSON, as the formatter writes them
+        except json.JSONDecodeError as err:
+            raise ParseError(f"bad string {tok}: {err.msg}", self._loc(tok)) from None
+        return String(value, self._loc(tok))
 
     @v_args(meta=True)
     def union(self, meta, children):
@@ -200,6 +204,8 @@ def parse_source(text: str, file: str = "<string>") -> Source:
     except UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
     except VisitError as err:  # a literal the builder could not read
+        if isinstance(err.orig_exc, ParseError):
+            raise err.orig_exc from None
         raise ParseError(f"cannot read {err.orig_exc}", Location(file)) from None
     finally:
         _COMMENTS.reset(token)
