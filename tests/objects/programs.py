@@ -1,11 +1,12 @@
 """Random small object programs for property tests of the object-level passes.
 
-A program is a root object with constants, a weight, two `Leaf` children and a
-module-level `helper`; every function takes a tensor `x` and an optional tensor, and
-its body is a list of random lets (some dead) over: element-wise arithmetic, matmul
-with a weight, scalar arithmetic on constants and literals, `if` on constant
-conditions and on `present(...)`, and calls to the children and the helper that pass
-the optional argument on, pass `absent`, leave it off or pass a tensor.
+A program is a root object with constants, a weight, two `Leaf` children, a second
+function `helper` and a module-level function `mix`; every function takes a tensor
+`x` and an optional tensor, and its body is a list of random lets (some dead) over:
+element-wise arithmetic, matmul with a weight, scalar arithmetic on constants, lets
+and literals, `if` on constant conditions and on `present(...)`, and calls to the
+children and the functions that pass the optional argument on, pass `absent`, leave
+it off or pass a tensor.
 All tensors are f32 (2, 3), so any two combine.
 """
 from __future__ import annotations

@@ -118,3 +118,16 @@ def test_the_branch_not_taken_specialises_nothing():
     result = If(Present("m"), Call("child", (Ref("x"), Ref("m"))), Ref("x"))
     module = remove_branches(caller_and_child(result=result))
     assert list(child_functions(module)) == ["forward"]
+
+
+def test_what_a_call_returns_is_known_from_the_callee():
+    module = caller_and_child(result=Call("child", (Ref("x"), Call("child", (Ref("x"),)))))
+    assert remove_branches(module).root.functions["forward"].result.target == "child.forward[mask=present]"
+
+
+def test_a_function_returning_its_absent_argument_passes_on_absence():
+    module = caller_and_child(result=Call("child", (Ref("x"), Call("pass_on", (Ref("x"),)))))
+    module.root.add_function(Function("pass_on", [Argument("x"), Argument("mask", flags=OPTIONAL)], [],
+                                      Ref("mask")))
+    assert remove_branches(module).root.functions["forward"].result == Call(
+        "child.forward[mask=absent]", (Ref("x"),))

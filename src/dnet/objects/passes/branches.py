@@ -23,15 +23,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Collection
+from typing import Callable, Collection
 
 from dnet.core.passes import Pass
 from dnet.errors import SymbolError, did_you_mean
-from dnet.objects.ir import ABSENT, Apply, Argument, Call, Expr, Function, If, Let, Lit, Object, ObjectModule, \
-    Present, Ref, TupleExpr
+from dnet.objects.ir import (
+    ABSENT, Apply, Argument, Call, Expr, Function, If, Lit, Object, ObjectModule, Present, Ref, TupleExpr,
+)
 from dnet.objects.passes.fold import LITERAL_RULES
 from dnet.objects.passes.rewrite import Rule, rewrite_function
-from dnet.objects.passes.walk import Callee, clone_function, clone_module, module_functions, resolve_call, scope_of
+from dnet.objects.passes.walk import (
+    Callee, clone_function, clone_module, entry_function, module_functions, resolve_call, scope_of,
+)
 from dnet.objects.symbols import Symbol, SymbolFlag, SymbolKind, SymbolTable
 
 
@@ -55,14 +58,16 @@ class _Instance:
     scope: SymbolTable
     original: Function
     known: dict[str, bool]  # optional argument -> present?
+    callee: Callable[["_Instance", str], "_Instance | None"]  # what a call target names, where that is static
 
     def __post_init__(self) -> None:
         self.args = {a.name: a for a in self.original.args}
         self.lets = self.original.locals()
         self.bound = set(self.args) | set(self.lets)
 
-    def presence(self, expr: Expr, seen: frozenset[str] = frozenset()) -> bool | None:
-        """Whether `expr` surely holds a value (True), surely is ABSENT (False), or None."""
+    def presence(self, expr: Expr, seen: frozenset = frozenset()) -> bool | None:
+        """Whether `expr` surely holds a value (True), surely is ABSENT (False), or None.
+        `seen`: the lets and functions being looked through, so a cycle answers None."""
         if isinstance(expr, Lit):
             return expr.value is not ABSENT
         if isinstance(expr, (Apply, TupleExpr, Present)):
@@ -72,13 +77,19 @@ class _Instance:
             return then if then == orelse else None
         if isinstance(expr, Ref):
             return self._name_presence(expr.name, seen)
-        return None  # a call or an item may return an absent argument
+        if isinstance(expr, Call):
+            callee = self.callee(self, expr.target)
+            if callee is None or id(callee.original) in seen or callee.original.result is None:
+                return None
+            return callee.presence(callee.original.result, seen | {id(callee.original)})
+        return None  # an item of a tuple may be an absent argument
 
-    def _name_presence(self, name: str, seen: frozenset[str]) -> bool | None:
+    def _name_presence(self, name: str, seen: frozenset) -> bool | None:
         if name in self.args:
             return self.known.get(name) if self.args[name].optional else True
         if name in self.lets:
-            return None if name in seen else self.presence(self.lets[name].value, seen | {name})
+            key = (id(self.original), name)
+            return None if key in seen else self.presence(self.lets[name].value, seen | {key})
         return True if self.scope.lookup(name) is not None else None  # members hold values
 
     def argument_rule(self, expr: Expr) -> Expr | None:
@@ -93,23 +104,20 @@ class _Instance:
 class _Specializer:
     def __init__(self, source: ObjectModule, module: ObjectModule):
         self.module = module
-        # every function of `module` -> (its form in `source`, what that form was specialised for)
-        self.origin: dict[int, tuple[Function, dict[str, bool]]] = {
-            id(copy): (original, {})
+        # Every function of `module` (by id) -> itself, its form in `source` and what that form was
+        # specialised for. Holding the function keeps it alive, so no id is reused while this runs.
+        self.origin: dict[int, tuple[Function, Function, dict[str, bool]]] = {
+            id(copy): (copy, original, {})
             for (_, copy), (_, original) in zip(module_functions(module), module_functions(source))
         }
+        self.specialized: set[int] = set()
 
     def run(self, entry: str, present: Collection[str]) -> None:
-        root = self.module.root
-        if entry not in root.functions:
-            raise SymbolError(f"object {root.class_name} has no function '{entry}'", root.loc,
-                              did_you_mean(entry, root.functions))
-        original, _ = self.origin[id(root.functions[entry])]
-        known = self._entry_knowledge(original, present)
-        done = {id(self._instantiate(root, original, known, entry))}
+        _, original, _ = self.origin[id(entry_function(self.module, entry))]
+        self._instantiate(self.module.root, original, self._entry_knowledge(original, present), entry)
         for owner, fn in module_functions(self.module):
-            if id(fn) not in done and id(fn) in self.origin:
-                self._rewrite(fn, _Instance(owner, scope_of(self.module, owner), fn, {}))
+            if id(fn) not in self.specialized:  # nothing known about its arguments: constant conditions only
+                self._rewrite(fn, self._instance(owner, fn, {}))
 
     def _entry_knowledge(self, entry: Function, present: Collection[str]) -> dict[str, bool]:
         optional = [a.name for a in entry.args if a.optional]
@@ -129,9 +137,20 @@ class _Specializer:
             table.symbols[name].value = fn
         else:
             table.define(Symbol(name, SymbolKind.FUNCTION, value=fn, loc=fn.loc))
-        self.origin[id(fn)] = (original, known)  # before rewriting: a recursive call finds it
-        self._rewrite(fn, _Instance(owner, table, original, known))
+        self.origin[id(fn)] = (fn, original, known)  # before rewriting: a recursive call finds it
+        self.specialized.add(id(fn))
+        self._rewrite(fn, self._instance(owner, original, known))
         return fn
+
+    def _instance(self, owner: Object | None, original: Function, known: dict[str, bool]) -> _Instance:
+        return _Instance(owner, scope_of(self.module, owner), original, known, self._callee)
+
+    def _callee(self, caller: _Instance, target: str) -> _Instance | None:
+        callee = resolve_call(self.module, caller.owner, caller.bound, target)
+        if callee is None or id(callee.fn) not in self.origin:
+            return None
+        _, original, known = self.origin[id(callee.fn)]
+        return self._instance(callee.owner, original, known)
 
     def _rewrite(self, fn: Function, instance: _Instance) -> None:
         rules: tuple[Rule, ...] = (instance.argument_rule, select_branch, partial(self._specialize_call, instance),
@@ -158,7 +177,7 @@ class _Specializer:
         return replace(expr, target=callee.target(spec.name), args=args)
 
     def _specialization(self, callee: Callee, learned: dict[str, bool]) -> Function:
-        original, assumed = self.origin[id(callee.fn)]
+        _, original, assumed = self.origin[id(callee.fn)]
         known = {**assumed, **learned}
         name = specialization_name(original, known)
         table = scope_of(self.module, callee.owner)

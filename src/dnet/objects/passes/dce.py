@@ -16,9 +16,8 @@ from functools import partial
 from dnet.core.passes import Pass
 from dnet.core.shapes import Dim
 from dnet.core.types import TensorType
-from dnet.errors import SymbolError, did_you_mean
 from dnet.objects.ir import Call, Expr, Function, Object, ObjectModule, Ref, walk
-from dnet.objects.passes.walk import clone_module, resolve_call, scope_of
+from dnet.objects.passes.walk import clone_module, entry_function, resolve_call, scope_of
 from dnet.objects.symbols import Symbol, SymbolKind, SymbolTable
 
 
@@ -143,14 +142,10 @@ def _prune(table: SymbolTable, liveness: _Liveness) -> None:
 def eliminate(module: ObjectModule, entry: str = "forward") -> ObjectModule:
     """`module` without what calling root function `entry` does not need (see the module docstring)."""
     new = clone_module(module)
-    root = new.root
-    if entry not in root.functions:
-        raise SymbolError(f"object {root.class_name} has no function '{entry}'", root.loc,
-                          did_you_mean(entry, root.functions))
     liveness = _Liveness(new)
-    liveness.run(root.functions[entry])
+    liveness.run(entry_function(new, entry))
     _prune(new.symbols, liveness)
-    _prune(root.symbols, liveness)
+    _prune(new.root.symbols, liveness)
     return new
 
 

@@ -6,7 +6,7 @@ returns a replacement, or None where it does not apply. A pass is a list of rule
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from dnet.objects.ir import Apply, Call, Expr, Function, GetItem, If, Let, TupleExpr
 
@@ -64,7 +64,7 @@ def _rewrite_if(expr: If, rules: Sequence[Rule]) -> Expr:
         picked = rule(probe)
         if picked is not None and (picked is expr.then or picked is expr.orelse):
             return rewrite(picked, rules)
-    return map_children(probe, lambda e: e if e is probe.cond else rewrite(e, rules))
+    return replace(probe, then=rewrite(expr.then, rules), orelse=rewrite(expr.orelse, rules))
 
 
 def rewrite_function(fn: Function, rules: Sequence[Rule]) -> None:
@@ -73,9 +73,3 @@ def rewrite_function(fn: Function, rules: Sequence[Rule]) -> None:
     if fn.result is not None:
         fn.result = rewrite(fn.result, rules)
 
-
-def function_exprs(fn: Function) -> Iterable[Expr]:
-    """The roots of `fn`'s expression trees: every let value, then the result."""
-    yield from (let.value for let in fn.body)
-    if fn.result is not None:
-        yield fn.result

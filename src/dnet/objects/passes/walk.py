@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from dnet.errors import SymbolError, did_you_mean
 from dnet.objects.ir import Function, Object, ObjectModule
 from dnet.objects.symbols import SymbolKind, SymbolTable
 
@@ -53,14 +54,18 @@ def _functions(table: SymbolTable) -> list[Function]:
     return [s.value for s in table.of_kind(SymbolKind.FUNCTION)]
 
 
+def entry_function(module: ObjectModule, entry: str) -> Function:
+    """Root function `entry`, or a SymbolError naming the closest one."""
+    functions = module.root.functions
+    if entry not in functions:
+        raise SymbolError(f"object {module.root.class_name} has no function '{entry}'", module.root.loc,
+                          did_you_mean(entry, functions))
+    return functions[entry]
+
+
 def scope_of(module: ObjectModule, owner: Object | None) -> SymbolTable:
     """The table a function's free names are looked up in (it chains to module scope)."""
     return owner.symbols if owner is not None else module.symbols
-
-
-def table_of(module: ObjectModule, callee: "Callee") -> SymbolTable:
-    """The table that defines the callee's function (its object's, or the module's)."""
-    return scope_of(module, callee.owner)
 
 
 @dataclass(frozen=True)
