@@ -86,8 +86,14 @@ def solve_order(p: PipelineProblem, order: list[int], objective: str = "throughp
     return sol
 
 
-def solve_exact(p: PipelineProblem, objective: str = "throughput", bound: float = np.inf) -> Solution:
-    """The best plan over every order and subset of nodes. `bound`: a known plan's cost, for pruning."""
+class SolverTimeout(Exception):
+    """The exact solver ran past its deadline."""
+
+
+def solve_exact(p: PipelineProblem, objective: str = "throughput", bound: float = np.inf,
+                deadline: float | None = None) -> Solution:
+    """The best plan over every order and subset of nodes. `bound`: a known plan's cost, for pruning;
+    `deadline`: a time.perf_counter() value after which it gives up (SolverTimeout)."""
     t0 = time.perf_counter()
     combine = _combine(objective)
     N, L = p.n_nodes, p.n_layers
@@ -98,6 +104,8 @@ def solve_exact(p: PipelineProblem, objective: str = "throughput", bound: float 
         table[(1 << k, k)] = (stage[k][0].copy(), [None] * (L + 1), np.zeros(L + 1, np.int64))
     best_end, best_cost = None, bound
     for mask in range(1, 1 << N):  # every subset comes before its supersets
+        if deadline is not None and time.perf_counter() > deadline:
+            raise SolverTimeout()
         for j in range(N):
             entry = table.get((mask, j))
             if entry is None:
@@ -178,29 +186,60 @@ def speed_of(p: PipelineProblem, k: int) -> float:
     return float(p.time[k].sum())
 
 
-def solve_heuristic(p: PipelineProblem, objective: str = "throughput", time_limit: float = 0.5) -> Solution:
-    """solve_order on candidate orders, then local search over the order until no move helps."""
+def solve_heuristic(p: PipelineProblem, objective: str = "throughput", time_limit: float = 0.5,
+                    patience: int = 30) -> Solution:
+    """Iterated local search over node orders, each order solved exactly by `solve_order`.
+
+    Local search (swap two nodes, move one) runs from every feasible candidate order; then the
+    best order is perturbed at random (two swaps) and searched again, until `patience`
+    perturbations in a row find nothing better or `time_limit` seconds pass."""
     t0 = time.perf_counter()
-    best = _try_heuristic(p, objective)
+    deadline = t0 + time_limit
     rng = np.random.default_rng(0)
-    while best is None and time.perf_counter() - t0 < time_limit:  # tight memory: look for any order that fits
-        best = _try(p, [int(k) for k in rng.permutation(p.n_nodes)], objective)
-    if best is None:
+    starts = [(sol, order) for order in candidate_orders(p) if (sol := _try(p, order, objective))]
+    while not starts and time.perf_counter() < deadline:  # tight memory: look for any order that fits
+        order = [int(k) for k in rng.permutation(p.n_nodes)]
+        if sol := _try(p, order, objective):
+            starts.append((sol, order))
+    if not starts:
         raise PlanError("no feasible plan in any node order tried")
-    order = [s.node for s in best.stages] + [k for k in range(p.n_nodes) if k not in {s.node for s in best.stages}]
-    improved = True
-    while improved and time.perf_counter() - t0 < time_limit:
-        improved = False
-        for i, j in itertools.combinations(range(len(order)), 2):
-            for move in (_swap, _relocate):
-                trial = move(order, i, j)
-                sol = _try(p, trial, objective)
-                if sol is not None and sol.cost < best.cost * (1 - 1e-12):
-                    best, order, improved = sol, trial, True
-            if time.perf_counter() - t0 > time_limit:
-                break
+    best, best_order = min(starts, key=lambda so: so[0].cost)
+    for sol, order in sorted(starts, key=lambda so: so[0].cost):
+        sol, order = _local_search(p, sol, order, objective, deadline)
+        if sol.cost < best.cost:
+            best, best_order = sol, order
+    idle = 0
+    while idle < patience and time.perf_counter() < deadline:
+        order = list(best_order)
+        for _ in range(2):
+            i, j = rng.choice(len(order), 2, replace=False)
+            order[i], order[j] = order[j], order[i]
+        sol = _try(p, order, objective)
+        if sol is not None:
+            sol, order = _local_search(p, sol, order, objective, deadline)
+        if sol is not None and sol.cost < best.cost * (1 - 1e-12):
+            best, best_order, idle = sol, order, 0
+        else:
+            idle += 1
     best.solver, best.seconds = "heuristic", time.perf_counter() - t0
     return best
+
+
+def _local_search(p: PipelineProblem, sol: Solution, order: list[int], objective: str,
+                  deadline: float) -> tuple[Solution, list[int]]:
+    """First-improvement descent over swaps and moves of nodes in the order."""
+    improved = True
+    while improved and time.perf_counter() < deadline:
+        improved = False
+        for i, j in itertools.combinations(range(len(order)), 2):
+            for move in (_swap, _relocate, _relocate_back):
+                trial = move(order, i, j)
+                new = _try(p, trial, objective)
+                if new is not None and new.cost < sol.cost * (1 - 1e-12):
+                    sol, order, improved = new, trial, True
+            if time.perf_counter() > deadline:
+                return sol, order
+    return sol, order
 
 
 def _try(p: PipelineProblem, order: list[int], objective: str) -> Solution | None:
@@ -228,15 +267,31 @@ def _relocate(order: list[int], i: int, j: int) -> list[int]:
     return out
 
 
-def solve(p: PipelineProblem, objective: str = "throughput", method: str = "auto") -> Solution:
-    """Plan with the named method: "exact", "heuristic", or "auto" (exact when small enough)."""
-    t0 = time.perf_counter()
-    if method == "heuristic" or (method == "auto" and _exact_work(p) > _EXACT_BUDGET):
-        return solve_heuristic(p, objective)
-    if method not in ("auto", "exact"):
+def _relocate_back(order: list[int], i: int, j: int) -> list[int]:
+    out = list(order)
+    out.insert(i, out.pop(j))
+    return out
+
+
+def solve(p: PipelineProblem, objective: str = "throughput", method: str = "auto",
+          time_limit: float = 0.8) -> Solution:
+    """Plan with the named method: "exact", "heuristic", or "auto": exact where the instance is small;
+    else the heuristic for half of `time_limit`, then the exact solver, pruned by the heuristic's
+    plan, for the other half (pruning often makes it finish), keeping the heuristic's plan if not."""
+    if method not in ("auto", "exact", "heuristic"):
         raise ValueError(f"method must be auto, exact or heuristic, got {method!r}")
-    seed = _try_heuristic(p, objective)
-    sol = solve_exact(p, objective, bound=seed.cost * (1 + 1e-9) if seed else np.inf)
+    t0 = time.perf_counter()
+    if method == "heuristic":
+        return solve_heuristic(p, objective, time_limit)
+    if method == "exact" or _exact_work(p) <= _EXACT_BUDGET:
+        seed = _try_heuristic(p, objective)
+        sol = solve_exact(p, objective, seed.cost * (1 + 1e-9) if seed else np.inf)
+    else:
+        sol = solve_heuristic(p, objective, time_limit / 2)
+        try:
+            sol = solve_exact(p, objective, sol.cost * (1 + 1e-9), deadline=t0 + time_limit)
+        except (SolverTimeout, PlanError):
+            pass
     sol.seconds = time.perf_counter() - t0
     return sol
 
