@@ -259,7 +259,11 @@ def last_uses(graph: Graph) -> list[int]:
 
 
 def peak_live_bytes(graph: Graph, env: Env | None = None) -> int:
-    """Most activation bytes alive at once when nodes run in order (weights not counted)."""
+    """Most activation bytes alive at once when nodes run in order (weights not counted).
+
+    Every value is counted as materialised, as the reference interpreter holds it: fills
+    and expands that a kernel backend fuses into their readers count here in full.
+    """
     last = last_uses(graph)
     for i in graph.outputs:
         last[i] = len(graph.nodes)  # outputs live to the end
