@@ -43,10 +43,10 @@ def assert_same_results(a: Graph, b: Graph, feeds) -> None:
         np.testing.assert_array_equal(got[name], want[name])
 
 
-def _residual(batch=Sym("batch")) -> Graph:
+def _residual() -> Graph:
     """h = tanh(x); s = relu(h @ w1) @ w2 + h; y = tanh(s); aux = s @ w2 (under a second name)."""
     b = GraphBuilder()
-    h = b.unary(Op.TANH, b.input("x", TensorType((batch, 8), f32)))
+    h = b.unary(Op.TANH, b.input("x", TensorType((Sym("batch"), 8), f32)))
     w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
     r = b.elementwise(Op.MAX, b.matmul(h, b.const("w1", w)), 0.0)
     y = b.elementwise(Op.ADD, b.matmul(r, b.const("w2", w * 2)), h)
