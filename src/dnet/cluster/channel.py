@@ -8,6 +8,7 @@ arrays then view.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 
 import numpy as np
@@ -18,7 +19,6 @@ from dnet.cluster.protocol import (
 )
 
 _IOV_BATCH = 512  # well under Linux's IOV_MAX (1024)
-_RECV_CHUNK = 1 << 22
 
 
 def send_buffers(sock: socket.socket, buffers: list) -> None:
@@ -39,7 +39,7 @@ def recv_into(sock: socket.socket, view: memoryview, what: str, at_boundary: boo
     """Fill `view` from the socket; a close part-way is a truncated frame."""
     got = 0
     while got < len(view):
-        n = sock.recv_into(view[got:], min(len(view) - got, _RECV_CHUNK))
+        n = sock.recv_into(view[got:])
         if n == 0:
             if at_boundary and got == 0:
                 raise ConnectionClosed("peer closed the connection")
@@ -47,7 +47,37 @@ def recv_into(sock: socket.socket, view: memoryview, what: str, at_boundary: boo
         got += n
 
 
-def read_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS) -> Message:
+class BufferPool:
+    """Receive buffers that are used again once nothing views them any more.
+
+    A fresh buffer per frame costs a page fault per 4 KiB on first touch, as much as
+    the copy itself for large tensors. Received arrays are views whose base is the
+    pool's buffer, so a buffer whose reference count is back to the pool's own is
+    free: no array the caller kept still points into it.
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._buffers: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """An ALIGN-aligned uint8 array of `nbytes`, backed by a pooled buffer where one is free."""
+        free = [b for b in self._buffers if b.nbytes >= nbytes + ALIGN and sys.getrefcount(b) <= _POOLED_REFS]
+        if free:
+            raw = min(free, key=lambda b: b.nbytes)
+        else:
+            raw = np.empty(nbytes + ALIGN, np.uint8)
+            self._buffers = [b for b in self._buffers if sys.getrefcount(b) > _POOLED_REFS or b.nbytes > nbytes]
+            if len(self._buffers) < self.keep:
+                self._buffers.append(raw)
+        start = -raw.ctypes.data % ALIGN
+        return raw[start:start + nbytes]
+
+
+_POOLED_REFS = 3  # the pool's list, the comprehension's loop variable, getrefcount's argument
+
+
+def read_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
     header_bytes = bytearray(HEADER.size)
     recv_into(sock, memoryview(header_bytes), "header", at_boundary=True)
     header = parse_header(bytes(header_bytes), limits)
@@ -55,11 +85,11 @@ def read_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS) -> Message:
     recv_into(sock, memoryview(meta_bytes), "meta")
     meta = parse_meta(bytes(meta_bytes))
     slots = tensor_layout(meta, header.payload_len, limits)  # checked before the payload is allocated
-    raw = np.empty(header.payload_len + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    payload = raw[start:start + header.payload_len]
-    recv_into(sock, memoryview(payload), "payload")
     meta.pop("tensors", None)
+    if not slots:
+        return Message(header.type, meta)
+    payload = pool.take(header.payload_len) if pool is not None else np.empty(header.payload_len, np.uint8)
+    recv_into(sock, memoryview(payload), "payload")
     return Message(header.type, meta, tensors_from_payload(slots, payload))
 
 
@@ -73,6 +103,7 @@ class Channel:
         self.peer = peer or _peer_name(sock)
         self.limits = limits
         self._send_lock = threading.Lock()
+        self._pool = BufferPool()
         self.closed = False
 
     def send(self, msg: Message) -> None:
@@ -81,7 +112,7 @@ class Channel:
             send_buffers(self.sock, buffers)
 
     def recv(self) -> Message:
-        return read_frame(self.sock, self.limits)
+        return read_frame(self.sock, self.limits, self._pool)
 
     def request(self, msg: Message) -> Message:
         """Send and wait for the reply (only while no reader thread owns `recv`)."""
