@@ -420,7 +420,7 @@ def lower_elementwise(graph: Graph, root: int, materialized: set[int], users: li
     b.params[root] = "out"
     shape = node.shape
     loop_vars = tuple(b.open_loop(d) for d in shape)
-    idx = tuple(Sym(v) for v in loop_vars)
+    idx = tuple(Sym(v) if d != 1 else 0 for v, d in zip(loop_vars, shape))
     v = b.compute(node, idx)
     linear = ix.linearize(idx, ix.contiguous_strides(shape))
     b.scopes[-1].stmts.append(Store("out", linear, v.expr))

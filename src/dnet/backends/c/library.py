@@ -2,7 +2,8 @@
 
 Each run of launches between transfers becomes one exported function
 `dnet_segment_<k>(void** bufs, const int64_t* dims)` that calls its kernels in order,
-so running a whole model is one call from Python.
+so running a whole model is one call from Python. Each launch also gets its own entry,
+`dnet_launch_<i>`, for per-kernel timing (`CModule.profile`).
 """
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ def render_library(kernels: dict[str, Kernel], program: Program) -> str:
                    key=lambda t: (t.mr, t.nr, t.kc, t.mc))
     parts = [PRELUDE, *(support(t) for t in {(t.mr, t.nr): t for t in tiles}.values())]
     parts += [render_kernel(k) for k in kernels.values()]
-    parts += [_segment(i, seg, kernels, program) for i, seg in enumerate(segments(program)) if i % 2 == 0]
+    parts += [_segment(f"segment_{i}", seg, kernels, program)
+              for i, seg in enumerate(segments(program)) if i % 2 == 0]
+    launches = [ins for ins in program.instrs if isinstance(ins, Launch)]
+    parts += [_segment(f"launch_{i}", [ins], kernels, program) for i, ins in enumerate(launches)]
     return "\n\n".join(parts) + "\n"
 
 
-def _segment(index: int, seg: list, kernels: dict[str, Kernel], program: Program) -> str:
-    lines = [f"void dnet_segment_{index}(void** bufs, const int64_t* dims) {{", "    (void)bufs; (void)dims;"]
+def _segment(name: str, seg: list, kernels: dict[str, Kernel], program: Program) -> str:
+    lines = [f"void dnet_{name}(void** bufs, const int64_t* dims) {{", "    (void)bufs; (void)dims;"]
     for ins in seg:
         assert isinstance(ins, Launch)
         kernel = kernels[ins.kernel]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from dnet.core.shapes import bind_shape, evaluate_shape, shape_str
 from dnet.errors import BackendError, ShapeError
-from dnet.program.instructions import INPUT, OUTPUT, WEIGHT, Program, segments
+from dnet.program.instructions import INPUT, OUTPUT, WEIGHT, Launch, Program, segments
 from dnet.program.memory import ALIGN, ArenaPlan, plan_arena
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
@@ -78,6 +79,15 @@ class CModule:
         return self._plans[key]
 
     def run(self, inputs: Mapping[str, np.ndarray], transfer: Transfer | None = None) -> dict[str, np.ndarray]:
+        return self._execute(inputs, transfer, None)
+
+    def profile(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[Launch, float]]:
+        """Run once, launch by launch, timing each: [(launch, seconds)] in program order."""
+        times: list[tuple[Launch, float]] = []
+        self._execute(inputs, None, times)
+        return times
+
+    def _execute(self, inputs, transfer, times) -> dict[str, np.ndarray]:
         env, arrays = self.bind(inputs)
         plan = self.plan(env)
         if self._arena.nbytes < plan.size + ALIGN:
@@ -95,6 +105,9 @@ class CModule:
                 outputs[b.id] = np.empty(evaluate_shape(b.shape, env), b.dtype.np)
                 table[b.id] = outputs[b.id].ctypes.data
         dims = np.array([env[s] for s in self.program.symbols] or [0], np.int64)
+        if times is not None:
+            self._run_launches(table, dims, times)
+            return {name: self._result(buf, outputs, arrays) for name, buf in self.program.outputs}
         for i, seg in enumerate(self.segments):
             if i % 2 == 0:
                 self._entries[i](table.ctypes.data, dims.ctypes.data)
@@ -103,6 +116,15 @@ class CModule:
             else:
                 transfer(seg[0], self._view(seg[0].buffer, int(table[seg[0].buffer]), env))
         return {name: self._result(buf, outputs, arrays) for name, buf in self.program.outputs}
+
+    def _run_launches(self, table: np.ndarray, dims: np.ndarray, times: list) -> None:
+        launches = [ins for ins in self.program.instrs if isinstance(ins, Launch)]
+        for i, ins in enumerate(launches):
+            fn = getattr(self.lib, f"dnet_launch_{i}")
+            fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
+            start = time.perf_counter()
+            fn(table.ctypes.data, dims.ctypes.data)
+            times.append((ins, time.perf_counter() - start))
 
     def _view(self, buf: int, address: int, env) -> np.ndarray:
         b = self.program.buffers[buf]

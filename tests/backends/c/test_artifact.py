@@ -1,0 +1,47 @@
+"""`dnet.compile(..., target='c')` end to end, and artefacts that run without a compiler."""
+import numpy as np
+import pytest
+
+import dnet
+from dnet import functional as F
+from dnet.api import load_artifact, save_artifact
+from dnet.backends.c import backend
+from dnet.backends.numpy import run_graph
+
+
+class Block(dnet.Module):
+    def __init__(self, rng):
+        super().__init__()
+        self.w = dnet.Parameter(rng.standard_normal((24, 16)).astype(np.float32) / 4)
+        self.b = dnet.Parameter(rng.standard_normal(24).astype(np.float32))
+
+    def forward(self, x):
+        return F.softmax(F.gelu(F.linear(x, self.w, self.b)), -1)
+
+
+@pytest.fixture(scope="module")
+def exe(c_cache):
+    model = Block(np.random.default_rng(0))
+    return dnet.compile(model, [dnet.TensorType(("batch", 16), dnet.f32)], target="c", cache_dir=c_cache)
+
+
+def test_compile_with_target_c_matches_the_reference(exe, rng):
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_allclose(exe(x), run_graph(exe.graph, {"x": x})["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_artifact_runs_without_compiling(exe, tmp_path, monkeypatch, rng):
+    save_artifact(exe, tmp_path / "art")
+
+    def no_compiler():
+        raise AssertionError("the artefact must not compile")
+
+    monkeypatch.setattr(backend, "find_compiler", no_compiler)
+    loaded = load_artifact(tmp_path / "art")
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x), exe(x))
+
+
+def test_wrong_input_shape_is_a_shape_error(exe):
+    with pytest.raises(dnet.DnetError, match="expected"):
+        exe(np.zeros((2, 15), np.float32))
