@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/dnet demo
+	$(VENV)/bin/dnet cluster demo
 
 test: $(STAMP)
 	$(PY) -m pytest
