@@ -1,4 +1,5 @@
 """Layer chains, the cost model against measured times, plans end to end, their JSON, table and SVG."""
+import contextlib
 import time
 import xml.etree.ElementTree as ET
 
@@ -65,15 +66,24 @@ def test_cost_model_predicts_measured_matmul_layer_time():
     feed = {"x": rng.standard_normal((256, 512)).astype(np.float32)}
     table = OpTable.of(g, {})
     errors = []
-    for _ in range(7):
-        rate = 2 * 512**3 / _timed(matmul)
-        measured = _timed(lambda: run_graph(g, feed))
-        device = Device(compute={"f32": rate}, memory=2**30, memory_bandwidth=bandwidth)
-        errors.append(op_times(table, device).sum() / measured - 1)
+    with _one_blas_thread():  # a multithreaded BLAS sharing cores with other processes times erratically
+        for _ in range(7):
+            rate = 2 * 512**3 / _timed(matmul)
+            measured = _timed(lambda: run_graph(g, feed))
+            device = Device(compute={"f32": rate}, memory=2**30, memory_bandwidth=bandwidth)
+            errors.append(op_times(table, device).sum() / measured - 1)
     error = float(np.median(errors))
     print(f"cost model error on a matmul-heavy block: {error:+.1%}")
     # quiet machine: within 20%; the bound leaves room for other processes sharing its 2 cores
     assert 1 / 3 < 1 + error < 3
+
+
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
 
 
 def _timed(fn) -> float:
@@ -138,3 +148,20 @@ def test_plan_cli_prints_a_table_and_writes_json_and_svg(tmp_path):
     assert "throughput" in result.output and "halda" in result.output
     assert Plan.loads((tmp_path / "p.json").read_text()).model == "cnn"
     ET.parse(tmp_path / "p.svg")
+
+
+def test_well_linked_nodes_split_ops_between_them_where_it_pays():
+    g = bert(CFG)
+
+    def pair(bandwidth, latency):
+        t = Topology(nodes=[Node("a", [_device(1e9, bw=1e12)]), Node("b", [_device(1e9, bw=1e12)])])
+        t.add_link("a", "b", bandwidth, latency)
+        return t
+
+    fast = plan_pipeline(g, pair(1e12, 1e-7), objective="latency")
+    assert [s.node for s in fast.stages] == ["a+b"] and fast.stages[0].members == ["a", "b"]
+    shards = fast.stages[0].shards
+    assert shards and all(s.devices == ("a/0", "b/0") and s.shares == pytest.approx((0.5, 0.5)) for s in shards)
+    slow = plan_pipeline(g, pair(1e6, 1e-2), objective="latency")   # splitting would cost more than it saves
+    assert all(not s.members and not s.shards for s in slow.stages)
+    assert fast.latency < 0.75 * slow.latency

@@ -126,3 +126,37 @@ def test_halda_gives_faster_nodes_wider_windows():
     ring = halda(p)
     # the ILP minimises 4*w_slow + 1*w_fast with w >= 1: the slow node keeps one layer per round
     assert [s.stop - s.start for s in ring if s.node == 0] == [1] * (len(ring) // 2)
+
+
+def test_exact_solver_with_groups_of_nodes_matches_brute_force():
+    """Units that are groups of nodes: no plan may use a node twice, directly or through a group."""
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(12):
+        p = random_problem(rng, 3, 5)
+        # add the group (0, 1): faster than either member, holds more, talks through node 0's links
+        p.names.append("n0+n1")
+        p.members = [(0,), (1,), (2,), (0, 1)]
+        p.time = np.vstack([p.time, 0.6 * p.time[:2].min(axis=0)])
+        p.capacity = np.append(p.capacity, p.capacity[:2].sum())
+        grow = lambda m: np.vstack([np.column_stack([m, m[:, 0]]), np.append(m[0], 0.0)])
+        p.bandwidth, p.latency = grow(p.bandwidth), grow(p.latency)
+        truth = brute_force(p, "throughput")   # evaluate() rejects plans that reuse a node
+        if not np.isfinite(truth):
+            continue
+        sol = solve_exact(p)
+        assert sol.cost == pytest.approx(truth) and evaluate(p, sol.stages).feasible
+        assert solve_heuristic(p).cost >= truth * (1 - 1e-9)
+        checked += 1
+    assert checked >= 6
+
+
+def test_evaluate_rejects_a_node_used_alone_and_in_a_group():
+    p = random_problem(np.random.default_rng(0), 2, 4, memory=10.0)
+    p.names.append("n0+n1")
+    p.members = [(0,), (1,), (0, 1)]
+    p.time = np.vstack([p.time, p.time[0]])
+    p.capacity = np.append(p.capacity, 100.0)
+    p.bandwidth = np.ones((3, 3))
+    p.latency = np.zeros((3, 3))
+    assert "'n0' is in two stages' units" in evaluate(p, [Stage(0, 0, 2), Stage(2, 2, 4)]).problems[0]

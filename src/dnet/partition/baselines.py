@@ -28,28 +28,29 @@ def _contiguous(order: list[int], counts: list[int]) -> list[Stage]:
 
 
 def equal_split(p: PipelineProblem) -> list[Stage]:
-    n, L = p.n_nodes, p.n_layers
+    n, L = p.n_physical, p.n_layers
     counts = [L // n + (1 if i < L % n else 0) for i in range(n)]
     return _contiguous(list(range(n)), counts)
 
 
 def memory_proportional(p: PipelineProblem) -> list[Stage]:
-    order = sorted(range(p.n_nodes), key=lambda k: -p.capacity[k])
-    share = np.cumsum([p.capacity[k] for k in order]) / p.capacity.sum()
+    order = sorted(range(p.n_physical), key=lambda k: -p.capacity[k])
+    share = np.cumsum([p.capacity[k] for k in order]) / p.capacity[: p.n_physical].sum()
     ends = np.round(share * p.n_layers).astype(int)
     counts = np.diff(np.concatenate([[0], ends])).tolist()
     return _contiguous(order, counts)
 
 
 def halda(p: PipelineProblem) -> list[Stage] | None:
-    """The ring assignment Halda picks (nodes in topology order); None when no k gives one that fits."""
-    L, n = p.n_layers, p.n_nodes
-    per_layer = p.time.mean(axis=1)                 # Halda's uniform-layer model
+    """The ring assignment Halda picks (nodes in topology order); None when no k gives one that fits.
+    Halda places whole layers on nodes: groups of nodes that split ops are not its to use."""
+    L, n = p.n_layers, p.n_physical
+    per_layer = p.time[:n].mean(axis=1)             # Halda's uniform-layer model
     layer_bytes = p.weight.mean()
     ring = [p.transfer(m, (m + 1) % n, L // 2) if n > 1 else 0.0 for m in range(n)]
     options = []
     for k in (k for k in range(1, L + 1) if L % k == 0 and L // k >= n):
-        w = _windows(per_layer, layer_bytes, p.activation.max(initial=0), p.capacity, k, L // k)
+        w = _windows(per_layer, layer_bytes, p.activation.max(initial=0), p.capacity[:n], k, L // k)
         if w is not None:
             predicted = k * (float(per_layer @ w) + sum(ring))
             options.append((predicted, k, w))

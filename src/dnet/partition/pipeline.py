@@ -97,13 +97,14 @@ def solve_exact(p: PipelineProblem, objective: str = "throughput", bound: float 
     t0 = time.perf_counter()
     combine = _combine(objective)
     N, L = p.n_nodes, p.n_layers
+    bits = [sum(1 << m for m in p.unit(k)) for k in range(N)]  # the topology nodes each unit occupies
     stage = [p.stage_matrix(k) for k in range(N)]
     xfer = {(j, k): p.transfer_vector(j, k) for j in range(N) for k in range(N) if j != k}
     table: dict = {}
     for k in range(N):
-        table[(1 << k, k)] = (stage[k][0].copy(), [None] * (L + 1), np.zeros(L + 1, np.int64))
+        table[(bits[k], k)] = (stage[k][0].copy(), [None] * (L + 1), np.zeros(L + 1, np.int64))
     best_end, best_cost = None, bound
-    for mask in range(1, 1 << N):  # every subset comes before its supersets
+    for mask in range(1, 1 << p.n_physical):  # every subset of nodes comes before its supersets
         if deadline is not None and time.perf_counter() > deadline:
             raise SolverTimeout()
         for j in range(N):
@@ -116,10 +117,10 @@ def solve_exact(p: PipelineProblem, objective: str = "throughput", bound: float 
             if cost[1:L].min(initial=np.inf) >= best_cost:
                 continue  # costs only grow: nothing built on this state can win
             for k in range(N):
-                if mask >> k & 1:
+                if mask & bits[k]:
                     continue
                 new, arg = _extend(cost, xfer[(j, k)], stage[k], combine)
-                _merge(table, (mask | 1 << k, k), new, arg, (mask, j))
+                _merge(table, (mask | bits[k], k), new, arg, (mask, j))
     if best_end is None:
         raise PlanError("no feasible plan")
     sol = Solution(_walk_back(best_end, L, table), float(best_cost), "exact-dp")
@@ -141,18 +142,22 @@ def _merge(table: dict, key, new: np.ndarray, arg: np.ndarray, prev) -> None:
 
 
 def candidate_orders(p: PipelineProblem) -> list[list[int]]:
-    """Promising node orders: fastest first, largest memory first, greedy memory fill, and chains
-    that follow the widest links from each start."""
+    """Promising orders of the single-node units: fastest first, largest memory first, greedy memory
+    fill, and chains that follow the widest links from each start; then each with every group of
+    nodes standing in for its members. No order holds two units that share a node."""
+    singles = [k for k in range(p.n_nodes) if len(p.unit(k)) == 1]
     speed = p.time.sum(axis=1)
-    orders = [list(np.argsort(speed, kind="stable")), list(np.argsort(-p.capacity, kind="stable")),
-              _fill_order(p), _fill_order(p, backward=True)]
-    for start in range(p.n_nodes):
-        order, left = [start], set(range(p.n_nodes)) - {start}
+    orders = [sorted(singles, key=lambda k: speed[k]), sorted(singles, key=lambda k: -p.capacity[k]),
+              _fill_order(p, singles), _fill_order(p, singles, backward=True)]
+    for start in singles:
+        order, left = [start], set(singles) - {start}
         while left:
             nxt = max(left, key=lambda k: (p.bandwidth[order[-1], k], -speed[k]))
             order.append(nxt)
             left.remove(nxt)
         orders.append(order)
+    groups = [k for k in range(p.n_nodes) if len(p.unit(k)) > 1]
+    orders += [_with_group(p, o, g) for o in list(orders) for g in groups]
     unique = []
     for o in orders:
         o = [int(k) for k in o]
@@ -161,11 +166,18 @@ def candidate_orders(p: PipelineProblem) -> list[list[int]]:
     return unique
 
 
-def _fill_order(p: PipelineProblem, backward: bool = False) -> list[int]:
-    """Walk the layers (from the last one when `backward`), each time taking the unused node that
+def _with_group(p: PipelineProblem, order: list[int], group: int) -> list[int]:
+    """The order with `group` in place of its first member and without the others."""
+    members = set(p.unit(group))
+    first = next(i for i, k in enumerate(order) if k in members)
+    return [k for k in order[:first] if k not in members] + [group] + [k for k in order[first:] if k not in members]
+
+
+def _fill_order(p: PipelineProblem, units: list[int], backward: bool = False) -> list[int]:
+    """Walk the layers (from the last one when `backward`), each time taking the unused unit that
     holds the most of the layers left: an order in which the model fits, where memory is tight."""
     L = p.n_layers
-    held, chosen, left = 0, [], set(range(p.n_nodes))
+    held, chosen, left = 0, [], set(units)
 
     def fits(k: int, count: int) -> bool:
         a, b = (L - held - count, L - held) if backward else (held, held + count)
@@ -197,8 +209,9 @@ def solve_heuristic(p: PipelineProblem, objective: str = "throughput", time_limi
     deadline = t0 + time_limit
     rng = np.random.default_rng(0)
     starts = [(sol, order) for order in candidate_orders(p) if (sol := _try(p, order, objective))]
+    singles = [k for k in range(p.n_nodes) if len(p.unit(k)) == 1]
     while not starts and time.perf_counter() < deadline:  # tight memory: look for any order that fits
-        order = [int(k) for k in rng.permutation(p.n_nodes)]
+        order = [int(k) for k in rng.permutation(singles)]
         if sol := _try(p, order, objective):
             starts.append((sol, order))
     if not starts:
@@ -304,7 +317,7 @@ def _try_heuristic(p: PipelineProblem, objective: str) -> Solution | None:
 
 
 def _exact_work(p: PipelineProblem) -> float:
-    return 2.0 ** p.n_nodes * p.n_nodes**2 * (p.n_layers + 1) ** 2
+    return 2.0 ** p.n_physical * p.n_nodes**2 * (p.n_layers + 1) ** 2
 
 
 def explain_infeasible(p: PipelineProblem) -> str:

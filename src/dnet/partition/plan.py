@@ -13,7 +13,7 @@ from dnet.partition.cost import OpTable
 from dnet.partition.layers import LayerChain, layer_chain
 from dnet.partition.pipeline import explain_infeasible, solve
 from dnet.partition.problem import PipelineProblem, PlanError, Stage, build_problem, evaluate
-from dnet.partition.shard import Shard, plan_shards
+from dnet.partition.shard import Shard, Team, group_team, node_team
 from dnet.topology.model import Topology
 
 
@@ -26,7 +26,8 @@ class StagePlan:
     compute_seconds: float
     memory_bytes: float
     capacity_bytes: float
-    device: int = 0               # the node's device that runs the unsharded ops
+    lead: str = ""                # the device that runs the unsharded ops ("node/device")
+    members: list[str] = field(default_factory=list)  # the nodes of a group that splits ops; else empty
     shards: list[Shard] = field(default_factory=list)
 
 
@@ -90,16 +91,28 @@ def plan_from_stages(chain: LayerChain, topology: Topology, problem: PipelinePro
     table = OpTable.of(chain.graph, chain.env)
     out = []
     for s in stages:
-        node = topology.nodes[s.node]
         ops = [n for l in chain.layers[s.start:s.stop] for n in l.nodes]
-        device, shards = plan_shards(chain, node, table, ops)
-        out.append(StagePlan(node.name, chain.names[s.start:s.stop], ops, list(chain.crossing[s.start]),
+        team = _team(problem, topology, table, s.node)
+        _, shards = team.split(chain, ops)
+        members = problem.unit(s.node)
+        out.append(StagePlan(problem.names[s.node], chain.names[s.start:s.stop], ops, list(chain.crossing[s.start]),
                              float(problem.time[s.node, s.start:s.stop].sum()), problem.memory(s.start, s.stop),
-                             float(problem.capacity[s.node]), device, shards))
+                             float(problem.capacity[s.node]), lead=team.labels[0], shards=shards,
+                             members=[problem.names[m] for m in members] if len(members) > 1 else []))
     links = [LinkPlan(problem.names[a], problem.names[b], metrics.link_bytes[(a, b)], t)
              for (a, b), t in metrics.link_time.items()]
     loads = {**{problem.names[k]: t for k, t in metrics.node_time.items()},
              **{f"{problem.names[a]}->{problem.names[b]}": t for (a, b), t in metrics.link_time.items()}}
-    used = {s.node for s in stages}
+    used = {m for s in stages for m in problem.unit(s.node)}
     return Plan(model, objective, solver, seconds, out, links, metrics.throughput, metrics.latency,
-                max(loads, key=loads.get) if loads else "", [n for k, n in enumerate(problem.names) if k not in used])
+                max(loads, key=loads.get) if loads else "",
+                [n for k, n in enumerate(problem.names[: problem.n_physical]) if k not in used])
+
+
+def _team(problem: PipelineProblem, topology: Topology, table: OpTable, unit: int) -> Team:
+    members = problem.unit(unit)
+    if len(members) == 1:
+        return node_team(topology.nodes[members[0]], table)
+    a, b = members
+    bw = min(problem.bandwidth[a, b], problem.bandwidth[b, a])
+    return group_team([topology.nodes[m] for m in members], table, bw, max(problem.latency[a, b], problem.latency[b, a]))

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dnet.errors import DnetError
-from dnet.partition.cost import OpTable, op_times
+from dnet.partition.cost import OpTable
 from dnet.partition.layers import LayerChain
-from dnet.topology.model import Node, Topology
+from dnet.partition.shard import group_team, node_team
+from dnet.topology.model import Topology
 
 
 class PlanError(DnetError):
@@ -31,7 +32,10 @@ class Stage:
 
 @dataclass
 class PipelineProblem:
-    names: list[str]            # N topology nodes
+    """Units are what a stage runs on: each topology node (units 0..P-1, in topology order),
+    then any groups of well-linked nodes that share each op between them (`members`)."""
+
+    names: list[str]            # N units
     layer_names: list[str]      # L layers
     time: np.ndarray            # (N, L) seconds of each layer on each node
     weight: np.ndarray          # (L,) weight bytes of each layer
@@ -40,11 +44,20 @@ class PipelineProblem:
     capacity: np.ndarray        # (N,) memory of each node
     bandwidth: np.ndarray       # (N, N) bytes/s of each directed link; 0 where there is none
     latency: np.ndarray         # (N, N) seconds
+    members: list[tuple[int, ...]] = field(default_factory=list)  # nodes in each unit; empty: one each
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_nodes(self) -> int:
         return len(self.names)
+
+    @property
+    def n_physical(self) -> int:
+        """Topology nodes (the units that are single nodes come first)."""
+        return sum(1 for k in range(self.n_nodes) if len(self.unit(k)) == 1)
+
+    def unit(self, k: int) -> tuple[int, ...]:
+        return self.members[k] if self.members else (k,)
 
     @property
     def n_layers(self) -> int:
@@ -133,6 +146,12 @@ def evaluate(p: PipelineProblem, stages: list[Stage]) -> Metrics:
             m.link_time[key] = m.link_time.get(key, 0.0) + x
             m.link_bytes[key] = m.link_bytes.get(key, 0.0) + float(p.boundary[s.stop])
             latency += x
+    owner: dict[int, int] = {}
+    for k in m.node_time:
+        for member in p.unit(k):
+            if owner.setdefault(member, k) != k:
+                m.problems.append(f"node '{p.names[member]}' is in two stages' units, "
+                                  f"'{p.names[owner[member]]}' and '{p.names[k]}'")
     for k, used in m.memory.items():
         if used > p.capacity[k]:
             m.problems.append(f"'{p.names[k]}' needs {used / 2**20:.1f} MiB, has {p.capacity[k] / 2**20:.1f} MiB")
@@ -142,29 +161,63 @@ def evaluate(p: PipelineProblem, stages: list[Stage]) -> Metrics:
 
 
 # -- building a problem from a graph and a topology ---------------------------------------------------
-def node_layer_times(chain: LayerChain, node: Node, table: OpTable) -> np.ndarray:
-    """(L,) seconds of each layer on a topology node: on its fastest device, or sharded across its devices."""
-    from dnet.partition.shard import layer_times_sharded
-
-    if len(node.devices) > 1:
-        return layer_times_sharded(chain, node, table)
-    per_op = op_times(table, node.devices[0])
-    return np.array([per_op[l.nodes].sum() for l in chain.layers])
-
-
-def build_problem(chain: LayerChain, topology: Topology) -> PipelineProblem:
+def build_problem(chain: LayerChain, topology: Topology, groups: bool = True, group_bandwidth: float = 1e9,
+                  group_latency: float = 1e-3, max_groups: int | None = None) -> PipelineProblem:
+    """The problem for `chain` on `topology`. With `groups`, pairs of nodes joined both ways by links of
+    at least `group_bandwidth` and at most `group_latency` also become units that split ops between
+    them, where that makes them faster than either alone (at most `max_groups`, default one per node)."""
     table = OpTable.of(chain.graph, chain.env)
-    names = topology.names
-    n = len(names)
+    teams = [node_team(node, table) for node in topology.nodes]
+    names, n = topology.names, len(topology.nodes)
     bandwidth, latency = np.zeros((n, n)), np.zeros((n, n))
     for (a, b), link in topology.links.items():
         i, j = names.index(a), names.index(b)
         bandwidth[i, j], latency[i, j] = link.bandwidth, link.latency
-    return PipelineProblem(
-        names=names, layer_names=chain.names,
-        time=np.stack([node_layer_times(chain, node, table) for node in topology.nodes]),
+    p = PipelineProblem(
+        names=list(names), layer_names=chain.names,
+        time=np.stack([team.layer_times(chain) for team in teams]),
         weight=np.array([l.weight_bytes for l in chain.layers], dtype=np.float64),
         activation=np.array([l.activation_bytes for l in chain.layers], dtype=np.float64),
         boundary=np.array(chain.boundary, dtype=np.float64),
         capacity=np.array([node.memory for node in topology.nodes], dtype=np.float64),
         bandwidth=bandwidth, latency=latency)
+    if groups:
+        _add_groups(p, chain, topology, table, group_bandwidth, group_latency, max_groups or n)
+    return p
+
+
+def _add_groups(p: PipelineProblem, chain: LayerChain, topology: Topology, table: OpTable,
+                min_bandwidth: float, max_latency: float, limit: int) -> None:
+    n = p.n_nodes
+    found = []
+    for a in range(n):
+        for b in range(a + 1, n):
+            bw = min(p.bandwidth[a, b], p.bandwidth[b, a])
+            lat = max(p.latency[a, b], p.latency[b, a])
+            if bw < min_bandwidth or lat > max_latency:
+                continue
+            team = group_team([topology.nodes[a], topology.nodes[b]], table, bw, lat)
+            times = team.layer_times(chain)
+            alone = min(p.time[a].sum(), p.time[b].sum())
+            if times.sum() < 0.9 * alone:
+                found.append((times.sum() / alone, (a, b), times))
+    if not found:
+        return
+    p.members = [(k,) for k in range(n)]
+    for _, (a, b), times in sorted(found)[:limit]:
+        speed = 1.0 / p.time[[a, b]].sum(axis=1)
+        share = speed / speed.sum()            # each holds the share of the weights it computes
+        lead = a if speed[0] >= speed[1] else b
+        p.names.append(f"{p.names[a]}+{p.names[b]}")
+        p.members.append((a, b))
+        p.time = np.vstack([p.time, times])
+        p.capacity = np.append(p.capacity, min(p.capacity[a] / share[0], p.capacity[b] / share[1]))
+        p.bandwidth = _grow(p.bandwidth, lead)
+        p.latency = _grow(p.latency, lead)
+
+
+def _grow(matrix: np.ndarray, lead: int) -> np.ndarray:
+    """Add a unit that talks to everyone through its lead node's links."""
+    row = np.append(matrix[lead], 0.0)
+    col = matrix[:, lead]
+    return np.vstack([np.column_stack([matrix, col]), row])
