@@ -392,6 +392,8 @@ class Coordinator:
 
     def close(self, shutdown_workers: bool = False) -> None:
         self._closing.set()
+        if self._feed is not None:
+            self._feed.close(timeout=1.0)
         for w in self.workers:
             if w.alive and shutdown_workers:
                 try:

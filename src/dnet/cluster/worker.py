@@ -76,7 +76,7 @@ class Worker:
         self.store = WeightStore(self.config.cache_dir)
         self.stages: dict[str, _Stage] = {}
         self._pending: dict[str, _PendingLoad] = {}
-        self._replies: dict[int, Outbox] = {}        # per control channel
+        self._replies: dict[tuple, Outbox] = {}       # per (control channel, link shape)
         self._links: dict[tuple, Outbox] = {}         # per (host, port, shape) of a next worker
         self._work: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -125,8 +125,8 @@ class Worker:
             self._read_loop(chan)
         finally:
             with self._lock:
-                outbox = self._replies.pop(id(chan), None)
-            if outbox is not None:
+                outboxes = [self._replies.pop(k) for k in list(self._replies) if k[0] == id(chan)]
+            for outbox in outboxes:
                 outbox.close(timeout=0.5)
             chan.close()
 
@@ -156,11 +156,13 @@ class Worker:
         except OSError:
             pass
 
-    def _reply_outbox(self, chan: Channel) -> Outbox:
+    def _reply_outbox(self, chan: Channel, shape: LinkShape | None = None) -> Outbox:
+        """The outbox back to a coordinator (shaped where the link back is)."""
         with self._lock:
-            if id(chan) not in self._replies:
-                self._replies[id(chan)] = Outbox(chan)
-            return self._replies[id(chan)]
+            key = (id(chan), shape)
+            if key not in self._replies:
+                self._replies[key] = Outbox(chan, shape)
+            return self._replies[key]
 
     # -- control messages -------------------------------------------------------------
     def _dispatch(self, chan: Channel, msg: Message) -> None:
@@ -233,7 +235,7 @@ class Worker:
             stage.next_link = self._link(_str(nxt, "host"), int(nxt["port"]), shape)
             stage.next_key = _str(nxt, "key")
         elif shape is not None:
-            stage.reply = Outbox(stage.reply.channel, shape)  # the last stage's link back is shaped too
+            stage.reply = self._reply_outbox(stage.reply.channel, shape)  # the last stage's link back
         chan.send(Message(MsgType.ROUTED, {"key": stage.key}))
 
     def _link(self, host: str, port: int, shape: LinkShape | None) -> Outbox:

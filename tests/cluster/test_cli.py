@@ -1,0 +1,51 @@
+"""`dnet worker` and `dnet cluster up` from the command line."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from dnet.cli.cluster_commands import _cores
+from dnet.cli.main import cli
+from dnet.errors import DnetError
+
+
+def test_a_worker_without_the_secret_refuses_to_start(monkeypatch):
+    monkeypatch.delenv("DNET_CLUSTER_SECRET", raising=False)
+    result = CliRunner().invoke(cli, ["worker", "--listen", "127.0.0.1:0"])
+    assert isinstance(result.exception, DnetError) and "no cluster secret" in str(result.exception)
+
+
+def test_core_lists_read_like_taskset():
+    assert _cores("0,2-3") == [0, 2, 3]
+    assert _cores(None) is None
+    with pytest.raises(DnetError, match="bad core list 'x'"):
+        _cores("x")
+
+
+def test_cluster_up_starts_workers_and_stops_them_on_interrupt(tmp_path):
+    secret_file = tmp_path / "secret"
+    dnet = os.path.join(os.path.dirname(sys.executable), "dnet")
+    proc = subprocess.Popen([dnet, "cluster", "up", "2", "--secret-file", str(secret_file)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # every line, as it comes
+    try:
+        deadline = time.monotonic() + 30
+        while not any("secret in" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [line for line in lines if line.startswith("w")]
+        assert len(workers) == 2 and all("127.0.0.1:" in line for line in workers), lines
+        assert oct(secret_file.stat().st_mode & 0o777) == "0o600" and len(secret_file.read_text()) == 64
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too: they share its session
+            proc.wait(timeout=5)
+    assert proc.returncode == 0
