@@ -158,10 +158,11 @@ def test_well_linked_nodes_split_ops_between_them_where_it_pays():
         t.add_link("a", "b", bandwidth, latency)
         return t
 
-    fast = plan_pipeline(g, pair(1e12, 1e-7), objective="latency")
+    assert [s.node for s in plan_pipeline(g, pair(1e12, 1e-7)).stages] != ["a+b"]   # off unless asked for
+    fast = plan_pipeline(g, pair(1e12, 1e-7), objective="latency", groups=True)
     assert [s.node for s in fast.stages] == ["a+b"] and fast.stages[0].members == ["a", "b"]
     shards = fast.stages[0].shards
     assert shards and all(s.devices == ("a/0", "b/0") and s.shares == pytest.approx((0.5, 0.5)) for s in shards)
-    slow = plan_pipeline(g, pair(1e6, 1e-2), objective="latency")   # splitting would cost more than it saves
+    slow = plan_pipeline(g, pair(1e6, 1e-2), objective="latency", groups=True)   # splitting would cost more than it saves
     assert all(not s.members and not s.shards for s in slow.stages)
     assert fast.latency < 0.75 * slow.latency

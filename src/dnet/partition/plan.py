@@ -71,10 +71,12 @@ class Plan:
 
 
 def plan_pipeline(graph: Graph, topology: Topology, objective: str = "throughput", method: str = "auto",
-                  env: dict[str, int] | None = None, model: str = "", chain: LayerChain | None = None) -> Plan:
-    """Partition `graph` into pipeline stages over `topology`; a PlanError says why when nothing fits."""
+                  env: dict[str, int] | None = None, model: str = "", chain: LayerChain | None = None,
+                  groups: bool = False) -> Plan:
+    """Partition `graph` into pipeline stages over `topology`; a PlanError says why when nothing fits.
+    With `groups`, pairs of well-linked nodes may also run a stage together, splitting its ops."""
     chain = chain or layer_chain(graph, env)
-    problem = build_problem(chain, topology)
+    problem = build_problem(chain, topology, groups=groups)
     try:
         solution = solve(problem, objective, method)
     except PlanError:

@@ -161,11 +161,12 @@ def evaluate(p: PipelineProblem, stages: list[Stage]) -> Metrics:
 
 
 # -- building a problem from a graph and a topology ---------------------------------------------------
-def build_problem(chain: LayerChain, topology: Topology, groups: bool = True, group_bandwidth: float = 1e9,
+def build_problem(chain: LayerChain, topology: Topology, groups: bool = False, group_bandwidth: float = 1e9,
                   group_latency: float = 1e-3, max_groups: int | None = None) -> PipelineProblem:
     """The problem for `chain` on `topology`. With `groups`, pairs of nodes joined both ways by links of
     at least `group_bandwidth` and at most `group_latency` also become units that split ops between
-    them, where that makes them faster than either alone (at most `max_groups`, default one per node)."""
+    them, where that makes them faster than either alone (at most `max_groups`, default one per node).
+    Groups are off by default: the distributed runtime runs whole stages, one node each, for now."""
     table = OpTable.of(chain.graph, chain.env)
     teams = [node_team(node, table) for node in topology.nodes]
     names, n = topology.names, len(topology.nodes)
