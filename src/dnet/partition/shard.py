@@ -18,7 +18,7 @@ from dnet.graph.analysis import evaluate, value_bytes
 from dnet.graph.ops import ELEMENTWISE, OpClass
 from dnet.partition.cost import OpTable, op_times
 from dnet.partition.layers import LayerChain
-from dnet.topology.model import Device, Node
+from dnet.topology.model import Node
 
 SPLITTABLE = {OpClass.MATMUL: "columns", OpClass.CONV: "channels", **{c: "rows" for c in ELEMENTWISE}}
 
@@ -87,7 +87,3 @@ def group_team(nodes: list[Node], table: OpTable, bandwidth: float, latency: flo
     times = np.stack([t.times[0] for t in leads])
     order = np.argsort(times.sum(axis=1), kind="stable")
     return Team([leads[i].labels[0] for i in order], times[order], bandwidth, latency)
-
-
-def lead_device(node: Node, table: OpTable) -> Device:
-    return node.devices[int(node_team(node, table).labels[0].rsplit("/", 1)[1])]

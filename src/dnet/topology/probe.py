@@ -193,6 +193,18 @@ def probe_elementwise(runs: int) -> Measurement:
     return _rate(float(a.size * reps), time_runs(body, runs))
 
 
+def probe_reduce(runs: int) -> Measurement:
+    """FLOP/s (one add per element) of a cache-resident sum over the last axis."""
+    a = np.ones((64, 512), dtype=np.float32)
+    reps = 64
+
+    def body() -> None:
+        for _ in range(reps):
+            a.sum(axis=-1)
+
+    return _rate(float(a.size * reps), time_runs(body, runs))
+
+
 def run_probe(backend: str = "numpy", kernel: MatmulKernel | None = None, quick: bool = False,
               dtypes: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16)) -> ProbeReport:
     """Measure this node now (no cache). `quick` uses fewer, smaller runs (well under a second)."""
@@ -211,8 +223,11 @@ def run_probe(backend: str = "numpy", kernel: MatmulKernel | None = None, quick:
     report.device.memory_bandwidth = bw.median
     ew = probe_elementwise(runs)
     report.measurements["elementwise"] = ew
-    for cls in ("unary", "binary", "ternary", "cast", "reduce", "movement"):
+    for cls in ("unary", "binary", "ternary", "cast", "movement"):
         report.device.op_rates[cls] = ew.median
+    red = probe_reduce(runs)
+    report.measurements["reduce"] = red
+    report.device.op_rates["reduce"] = red.median
     return report
 
 
