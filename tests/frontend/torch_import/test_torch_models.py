@@ -83,8 +83,18 @@ def test_weights_keep_their_pytorch_names_and_values():
     model, exe, module = imported("bert")
     name = "encoder.layer.0.attention.self.query.weight"
     expected = model.state_dict()[name].numpy()
-    assert (module.root.parameters[name].value == expected).all()
+    assert (dict(module.root.named_parameters())[name].value == expected).all()
     assert (exe.graph.weights[name] == expected).all()
+
+
+def test_the_module_tree_becomes_objects_with_their_torch_classes():
+    _, exe, module = imported("bert")
+    assert list(module.root.children) == ["embeddings", "encoder", "pooler"]
+    attention = module.root.children["encoder"].children["layer"].children["1"].children["attention"]
+    assert attention.class_name == "BertAttention"
+    assert set(attention.children["self"].children["query"].parameters) == {"weight", "bias"}
+    assert "forward" in attention.functions
+    assert any(node.name.endswith("encoder.layer.1.attention.self.forward") for node in exe.graph)
 
 
 class SmallCNN(nn.Module):

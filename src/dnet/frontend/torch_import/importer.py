@@ -1,199 +1,175 @@
-"""An exported program, run through dnet's tracer, becomes object IR.
+"""An exported program becomes object IR, one object per torch module that runs.
 
-The program's weights become parameters of one root object, under the names torch
-gives them (`encoder.layer.0.attention.self.query.weight`); its user inputs become
-the typed arguments of the root's `forward`, with torch's dynamic dims as named
-symbols. Each FX node is built by its rule in `aten.RULES`; what torch inferred
-for the node (shape, dtype) is checked against what dnet built, so a rule that
-drifts from torch's semantics fails at the node, not in the numbers.
+`torch.export.unflatten` gives back the module tree, each module with the FX graph
+of its own call. Each graph is run through dnet's tracer as the `forward` function
+of the module's object: a `get_attr` is a parameter of that object, under torch's
+name; a `call_module` is a call of a child object; every other node is built by its
+rule (`nodes.convert`). The root's arguments are the program's user inputs, typed
+with torch's dynamic dims as named symbols.
 """
 from __future__ import annotations
 
-import os
-import re
+from operator import attrgetter
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind, OutputKind
-from torch.fx import Node
+from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
+from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
-from dnet.errors import DnetError, DTypeError, Location, ShapeError, UnsupportedOpError
-from dnet.core.shapes import shape_str
-from dnet.frontend.torch_import.aten import RULES, Missing, NodeInfo
+from dnet.frontend.torch_import.export import TorchExportError
+from dnet.frontend.torch_import.nodes import check_available, check_supported, convert
 from dnet.frontend.torch_import.symbolic import to_dtype, to_shape
-from dnet.frontend.trace import Tensor, new_trace, recording, to_expr
-from dnet.objects.ir import Argument, Function, Object, ObjectModule, Ref
+from dnet.frontend.trace import SymInt, Tensor, new_trace, recording, state, to_expr
+from dnet.graph.builder import GraphBuilder
+from dnet.objects.ir import Argument, Call, Expr, Function, GetItem, Let, Object, ObjectModule, Ref
 from dnet.objects.symbols import SymbolFlag, SymbolKind
-
-_TORCH_DIR = os.path.dirname(torch.__file__)
-# Keyword arguments about placement and layout, which mean nothing to dnet.
-_IGNORED_KWARGS = {"device", "layout", "pin_memory", "memory_format", "non_blocking", "requires_grad"}
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)')
 
 
 def import_program(program: ExportedProgram, dim_names: Mapping[str, str], class_name: str) -> ObjectModule:
-    """Object IR for `program`: one root object `class_name` whose `forward` is the program."""
-    _check_supported(program)
+    """Object IR for `program`: a root object `class_name`, a child object per submodule called."""
+    check_supported(program.graph.nodes)
+    try:
+        tree = torch.export.unflatten(program)
+    except Exception as err:  # noqa: BLE001 - torch's own failure, reported with its message
+        raise TorchExportError(f"torch.export.unflatten failed: {type(err).__name__}: {err}") from err
     root = Object(class_name)
-    fn = Function("forward")
-    values: dict[Node, Any] = {}
-    with new_trace() as state, recording(fn):
-        placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
-        for spec, node in zip(program.graph_signature.input_specs, placeholders):
-            values[node] = _input(program, spec, node, root, fn, state.shadow, dim_names)
-        for node in program.graph.nodes:
-            if node.op == "call_function":
-                values[node] = _convert(node, values, dim_names)
-        fn.result = to_expr(_user_outputs(program, values))
-    root.add_function(fn)
+    with new_trace() as trace:
+        importer = _Importer(trace.shadow, dim_names, _module_classes(program))
+        inputs = [importer.user_input(node) for node in tree.graph.nodes if node.op == "placeholder"]
+        with recording(Function("<caller>")):
+            entry, _ = importer.record(tree, root, "", inputs)
     module = ObjectModule(root)
-    module.entry = "forward"  # type: ignore[attr-defined]
-    module.shadow = state.shadow.graph  # type: ignore[attr-defined]
+    module.entry = entry  # type: ignore[attr-defined]
+    module.shadow = trace.shadow.graph  # type: ignore[attr-defined]
     return module
 
 
-# -- inputs and outputs ------------------------------------------------------------------------------
-def _input(program, spec, node: Node, root: Object, fn: Function, shadow, dim_names) -> Any:
-    """A weight becomes a root parameter; a user input a typed argument of forward."""
-    if spec.kind is InputKind.USER_INPUT:
+def _module_classes(program: ExportedProgram) -> dict[str, str]:
+    """Module path -> class name ('encoder.layer.0' -> 'BertLayer'), from the nodes' module stacks."""
+    out: dict[str, str] = {}
+    for node in program.graph.nodes:
+        for path, qualified in (node.meta.get("nn_module_stack") or {}).values():
+            if isinstance(path, str) and isinstance(qualified, str):
+                out.setdefault(path, qualified.rsplit(".", 1)[-1])
+    return out
+
+
+class _Importer:
+    """Records the functions of the module tree into objects, sharing one shadow graph and the weights."""
+
+    def __init__(self, shadow: GraphBuilder, dim_names: Mapping[str, str], classes: Mapping[str, str]):
+        self.shadow, self.dim_names, self.classes = shadow, dim_names, classes
+        self.arrays: dict[int, np.ndarray] = {}  # one numpy copy per torch tensor, tied weights included
+
+    def user_input(self, node: Node) -> Any:
         value = node.meta.get("val")
         if not isinstance(value, torch.Tensor):
             return value  # a Python constant torch.export specialised on (use_cache=False)
-        type_ = TensorType(to_shape(value.shape, dim_names), to_dtype(value.dtype, f"input '{node.name}'"))
-        fn.args.append(Argument(node.name, SymbolKind.TENSOR, SymbolFlag.EXTERNAL, type_))
-        return Tensor(Ref(node.name), shadow.input(node.name, type_))
-    if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-        raise UnsupportedOpError(f"program input '{node.name}' of kind {spec.kind.name} has no dnet form")
-    name = spec.target
-    tensor = program.state_dict[name] if name in program.state_dict else program.constants[name]
-    data = to_numpy(tensor, name)
-    root.add_parameter(name, TensorType(data.shape, to_dtype(tensor.dtype, f"weight '{name}'")), data)
-    return Tensor(Ref(name), shadow.const(name, data))
+        type_ = TensorType(to_shape(value.shape, self.dim_names), to_dtype(value.dtype, f"input '{node.name}'"))
+        return Tensor(Ref(node.name), self.shadow.input(node.name, type_))
+
+    def record(self, module: GraphModule, obj: Object, path: str, inputs: list) -> tuple[str, Any]:
+        """Trace one call of `module` into a function of `obj`; returns its name and the traced outputs."""
+        placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+        values: dict[Node, Any] = {n: _rebind(Ref(n.name), v) for n, v in zip(placeholders, inputs)}
+        fn = Function("forward", [_argument(n.name, v) for n, v in zip(placeholders, inputs) if _traced(v)])
+        outputs = None
+        with recording(fn, path), self.shadow.scope(path or obj.class_name):
+            for node in module.graph.nodes:
+                if node.op == "get_attr":
+                    values[node] = self._weight(module, obj, path, node.target)
+                elif node.op == "call_function":
+                    values[node] = convert(node, values, self.dim_names)
+                elif node.op == "call_module":
+                    values[node] = self._call(module, obj, path, node, values)
+                elif node.op == "output":
+                    outputs = map_arg(node.args[0], values.__getitem__)
+            if path == "" and isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+                outputs = outputs[0]  # the root returns one tensor as itself
+            fn.result = to_expr(outputs)
+        return _add_function(obj, fn), outputs
+
+    def _call(self, module: GraphModule, obj: Object, path: str, node: Node, values: dict[Node, Any]) -> Any:
+        args = list(map_arg(node.args, values.__getitem__))
+        check_available(f"module '{node.target}'", args, node)
+        child = _child_object(obj, node.target, f"{path}.{node.target}" if path else node.target, self.classes)
+        name, outputs = self.record(module.get_submodule(node.target), child, child.name, args)
+        call = Call(f"{node.target}.{name}", tuple(to_expr(a) for a in args if _traced(a)))
+        return _bind_call(call, outputs)
+
+    def _weight(self, module: GraphModule, obj: Object, path: str, target: str) -> Tensor:
+        tensor = attrgetter(target)(module)
+        if target not in obj.parameters:
+            if id(tensor) not in self.arrays:
+                self.arrays[id(tensor)] = to_numpy(tensor, target)
+            data = self.arrays[id(tensor)]
+            obj.add_parameter(target, TensorType(data.shape, DType.from_numpy(data.dtype)), data)
+        data = obj.parameters[target].value
+        return Tensor(Ref(target), self.shadow.const(f"{path}.{target}" if path else target, data))
 
 
 def to_numpy(tensor: torch.Tensor, name: str = "") -> np.ndarray:
     tensor = tensor.detach().cpu().contiguous()
     if tensor.dtype is torch.bfloat16:  # numpy has no bf16: reinterpret the bits
-        from dnet.core.dtypes import DType
-
         return tensor.view(torch.int16).numpy().view(DType.BF16.np).copy()
     to_dtype(tensor.dtype, f"weight '{name}'")
     return tensor.numpy().copy()
 
 
-def _user_outputs(program: ExportedProgram, values: dict[Node, Any]) -> Any:
-    output = next(n for n in program.graph.nodes if n.op == "output")
-    specs = program.graph_signature.output_specs
-    results = [map_arg(arg, values.__getitem__) for spec, arg in zip(specs, output.args[0])
-               if spec.kind is OutputKind.USER_OUTPUT]
-    return results[0] if len(results) == 1 else tuple(results)
+def _child_object(obj: Object, target: str, path: str, classes: Mapping[str, str]) -> Object:
+    """The object of submodule `target` ('h.0'), made on first use along with the ones between."""
+    prefix = obj.name
+    for part in target.split("."):
+        prefix = f"{prefix}.{part}" if prefix else part
+        if part not in obj.children:
+            obj.add_child(part, Object(classes.get(prefix, "Module"), prefix))
+        obj = obj.children[part]
+    return obj
 
 
-# -- nodes -------------------------------------------------------------------------------------------
-def target_name(target: Any) -> str:
-    """The rule key of a node's target: 'aten.add.Tensor', 'operator.mul', ..."""
-    if isinstance(target, torch._ops.OpOverload):
-        return str(target)
-    module = getattr(target, "__module__", "") or ""
-    name = getattr(target, "__name__", repr(target))
-    return f"operator.{name}" if module in ("_operator", "operator") else f"{module}.{name}".lstrip(".")
+def _traced(value: Any) -> bool:
+    """Traced values are passed as arguments; Python constants are baked into the callee."""
+    return isinstance(value, (Tensor, SymInt))
 
 
-def _check_supported(program: ExportedProgram) -> None:
-    """Every op without a rule, found before any is built; the error names the first and counts the rest."""
-    missing: dict[str, Node] = {}
-    for node in program.graph.nodes:
-        if node.op == "call_function" and target_name(node.target) not in RULES:
-            missing.setdefault(target_name(node.target), node)
-    if not missing:
-        return
-    target, node = next(iter(missing.items()))
-    others = [t for t in missing if t != target]
-    op = getattr(getattr(node.target, "overloadpacket", None), "__name__", target)
-    code = source_line(node)
-    raise UnsupportedOpError(
-        f"torch op '{op}' ({target}) has no dnet rule" + (f": `{code}`" if code else ""), node_location(node),
-        f"also unsupported: {', '.join(others)}" if others else None)
+def _argument(name: str, value: Tensor | SymInt) -> Argument:
+    if isinstance(value, Tensor):
+        return Argument(name, SymbolKind.TENSOR, SymbolFlag.EXTERNAL, value.type)
+    return Argument(name, SymbolKind.SCALAR, SymbolFlag.EXTERNAL)
 
 
-def _convert(node: Node, values: dict[Node, Any], dim_names: Mapping[str, str]) -> Any:
-    target = target_name(node.target)
-    args = map_arg(node.args, values.__getitem__)
-    kwargs = {k: v for k, v in map_arg(node.kwargs, values.__getitem__).items() if k not in _IGNORED_KWARGS}
-    for value in _flat(list(args) + list(kwargs.values())) if target != "operator.getitem" else ():
-        if isinstance(value, Missing):
-            raise _located(UnsupportedOpError(f"{target} uses {value.what}, which dnet does not compute"), node)
-    info = _info(target, node, dim_names)
-    try:
-        out = RULES[target](info, *args, **kwargs)
-        _check_matches_torch(out, node.meta.get("val"), dim_names, target)
-    except DnetError as err:
-        raise _located(err, node) from None
-    except (TypeError, ValueError, IndexError, KeyError) as err:  # arguments a rule does not expect
-        raise _located(UnsupportedOpError(f"{target} with these arguments is not supported "
-                                          f"({type(err).__name__}: {err})"), node) from err
-    return out
+def _rebind(expr: Expr, value: Any) -> Any:
+    """`value` as seen through `expr`: traced values get the new expression, constants stay."""
+    if isinstance(value, Tensor):
+        return Tensor(expr, value.value)
+    if isinstance(value, SymInt):
+        return SymInt(expr, value.value)
+    return value
 
 
-def _info(target: str, node: Node, dim_names: Mapping[str, str]) -> NodeInfo:
-    value = node.meta.get("val")
-    if isinstance(value, (list, tuple)):
-        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
-    if not isinstance(value, torch.Tensor):
-        return NodeInfo(target, None, None)
-    return NodeInfo(target, to_dtype(value.dtype, f"the output of {target}"), to_shape(value.shape, dim_names))
+def _bind_call(call: Call, outputs: Any) -> Any:
+    """Bind a child call in the caller; its outputs (tensors, sizes, tuples of them) keep their shadows."""
+    recording_ = state().current
+    name = recording_.fresh("r")
+    recording_.fn.body.append(Let(name, call))
+    if isinstance(outputs, (list, tuple)):
+        return tuple(_rebind(GetItem(Ref(name), i), v) for i, v in enumerate(outputs))
+    return _rebind(Ref(name), outputs)
 
 
-def _flat(values: Any) -> list:
-    if isinstance(values, (list, tuple)):
-        return [v for item in values for v in _flat(item)]
-    return [values]
-
-
-def _check_matches_torch(out: Any, expected: Any, dim_names: Mapping[str, str], target: str) -> None:
-    """dnet's type of every tensor output must be torch's: a rule that drifts is a bug caught here."""
-    if isinstance(out, (list, tuple)) and isinstance(expected, (list, tuple)):
-        for o, e in zip(out, expected):
-            _check_matches_torch(o, e, dim_names, target)
-        return
-    if not isinstance(out, Tensor) or not isinstance(expected, torch.Tensor):
-        return
-    shape, dtype = to_shape(expected.shape, dim_names), to_dtype(expected.dtype)
-    if tuple(out.type.shape) != shape:
-        raise ShapeError(f"{target}: dnet built shape {shape_str(out.type.shape)}, torch says {shape_str(shape)}")
-    if out.dtype != dtype:
-        raise DTypeError(f"{target}: dnet built dtype {out.dtype}, torch says {dtype}")
-
-
-# -- where a node came from ------------------------------------------------------------------------------
-def node_location(node: Node) -> Location:
-    """The innermost frame of the node's stack trace outside torch, and its module path."""
-    frames = _frames(node)
-    file, line = (frames[-1][0], frames[-1][1]) if frames else (None, None)
-    stack = node.meta.get("nn_module_stack") or {}
-    paths = [path for path, _ in stack.values() if isinstance(path, str) and path]
-    return Location(file, line, symbol=paths[-1] if paths else None)
-
-
-def source_line(node: Node) -> str:
-    frames = _frames(node)
-    return frames[-1][2].strip() if frames else ""
-
-
-def _frames(node: Node) -> list[tuple[str, int, str]]:
-    trace = node.meta.get("stack_trace") or ""
-    frames = [(f, int(line), code) for f, line, code in _FRAME.findall(trace)]
-    outside = [fr for fr in frames if not fr[0].startswith(_TORCH_DIR)]
-    return outside or frames
-
-
-def _located(err: DnetError, node: Node) -> DnetError:
-    """The error, re-pointed at the user's code that made `node`."""
-    err.where = node_location(node)
-    err.message = f"{err.message} (node '{node.name}')"
-    err.args = (err._render(),)
-    return err.with_traceback(None)
+def _add_function(obj: Object, fn: Function) -> str:
+    """A call recorded like an earlier one reuses it; a different one becomes forward_1, forward_2, ..."""
+    for name, old in obj.functions.items():
+        if (old.args, old.body, old.result) == (fn.args, fn.body, fn.result):
+            return name
+    k, name = 0, "forward"
+    while name in obj.functions:
+        k += 1
+        name = f"forward_{k}"
+    fn.name = name
+    obj.add_function(fn)
+    return name
