@@ -179,3 +179,15 @@ def test_real_minilm_layers_come_from_its_frontend_call_paths():
     per_layer = 4 * (4 * (384 * 384 + 384) + (384 * 1536 + 1536) + (1536 * 384 + 384) + 4 * 384)
     assert [l.weight_bytes for l in chain.layers[1:7]] == [per_layer] * 6
     assert chain.boundary[-1] == 4 * 384   # one sentence embedding leaves the last stage
+
+
+def test_missing_links_between_nodes_that_must_talk_are_named():
+    g = bert(CFG)
+    need = build_problem(layer_chain(g), _two_nodes()).weight.sum()
+    t = Topology(nodes=[Node("a", [_device(memory=int(need * 0.6))]), Node("b", [_device(memory=int(need * 0.6))])],
+                 source="cluster.toml")
+    t.add_link("b", "a", 1e9)   # only the wrong direction
+    with pytest.raises(PlanError, match=r"cluster.toml.*no \[\[link\]\] from '(a' to 'b|b' to 'a)'"):
+        plan_pipeline(g, Topology(nodes=t.nodes, source="cluster.toml"))
+    plan = plan_pipeline(g, t)   # b -> a is enough: b runs the first layers
+    assert [s.node for s in plan.stages] == ["b", "a"]

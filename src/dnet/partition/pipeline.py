@@ -332,4 +332,19 @@ def explain_infeasible(p: PipelineProblem) -> str:
         if one > p.capacity.max():
             return (f"layer '{p.layer_names[l]}' needs {one / 2**20:.1f} MiB, the largest node "
                     f"'{p.names[int(p.capacity.argmax())]}' has {p.capacity.max() / 2**20:.1f} MiB")
-    return "the nodes that could hold the model together are not linked to each other"
+    return _missing_links(p)
+
+
+def _missing_links(p: PipelineProblem) -> str:
+    """Plan as if every pair of nodes were linked, and name the links that plan needs and lacks."""
+    import dataclasses
+
+    linked = dataclasses.replace(p, bandwidth=np.where(p.bandwidth > 0, p.bandwidth, 1e-300), _memo={})
+    try:
+        stages = solve_exact(linked).stages if p.n_physical <= 12 else solve_heuristic(linked).stages
+    except PlanError:
+        return "no assignment of the layers fits in the nodes' memory"
+    missing = [(p.names[a.node], p.names[b.node]) for a, b in zip(stages, stages[1:])
+               if p.bandwidth[a.node, b.node] <= 0]
+    return ("the nodes that can hold the model together are not all linked: "
+            + ", ".join(f"no [[link]] from '{a}' to '{b}'" for a, b in missing))
