@@ -21,12 +21,17 @@ SCRATCH = -2   # the parameter id of a Gemm's packing workspace
 
 
 def choose_tile(host: Host) -> GemmTile:
-    """Register and cache blocking from the host's vector width, register count and caches."""
+    """Register and cache blocking from the host's vector width, register count and caches.
+
+    mr x nr accumulators use most vector registers (two vectors per row; with 32 registers,
+    12 rows; with 16, 6), a kc x nr panel of b takes about two thirds of L1, and an mc x kc
+    block of a about an eighth of L2.
+    """
     lanes = host.f32_lanes
     nr = 2 * lanes if lanes > 1 else 4
-    mr = max(1, min(8 if host.vector_registers >= 32 else 6, (host.vector_registers - 3) // 2))
-    kc = max(64, min(512, (host.l1d // 2) // (4 * nr) // 16 * 16))
-    mc = max(mr, min(480, (host.l2 // 2) // (4 * kc) // mr * mr))
+    mr = 12 if host.vector_registers >= 32 else 6
+    kc = max(64, min(512, (host.l1d * 2 // 3) // (4 * nr) // 16 * 16))
+    mc = max(mr, min(480, (host.l2 // 8) // (4 * kc) // mr * mr))
     return GemmTile(mr=mr, nr=nr, lanes=lanes, kc=kc, mc=mc)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,6 +43,34 @@ def _accepts(cc: str, flags: list[str], source: str = "int main(void) { return 0
         return r.returncode == 0
 
 
+# A loop every vectorising compiler should vectorise; some -march=native choices stop it
+# (GCC 12 tuned for a CPU it guesses wrongly in a VM leaves float loops scalar).
+_VECTOR_PROBE = """
+#include <math.h>
+void probe(const float* restrict x, float* restrict y, long n) {
+    for (long i = 0; i < n; ++i) y[i] = copysignf(floorf(x[i]) * x[i] + 1.0f, x[i]);
+}
+"""
+_PACKED = re.compile(r"^\s+(v?[a-z0-9]+ps\s|[a-z0-9]+\s+v\d+\.4s)", re.M)   # x86 packed-single, NEON .4s
+
+
+def _vectorizes(cc: str, flags: list[str]) -> bool:
+    with tempfile.TemporaryDirectory(prefix="dnet-probe-") as tmp:
+        src, asm = Path(tmp) / "probe.c", Path(tmp) / "probe.s"
+        src.write_text(_VECTOR_PROBE)
+        flags = [f for f in flags if f not in ("-shared", "-fPIC")]
+        r = subprocess.run([cc, *flags, "-S", str(src), "-o", str(asm)], capture_output=True, text=True)
+        return r.returncode == 0 and len(_PACKED.findall(asm.read_text())) > 4
+
+
+def _arch_flags(cc: str, base: list[str]) -> list[str]:
+    """The first of -march=native, the same with generic tuning, or nothing, that vectorises the probe."""
+    for extra in (["-march=native"], ["-march=native", "-mtune=generic"]):
+        if _accepts(cc, base + extra) and _vectorizes(cc, base + extra):
+            return extra
+    return ["-march=native"] if _accepts(cc, base + ["-march=native"]) else []
+
+
 _OMP_PROBE = "#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n"
 
 
@@ -50,11 +79,10 @@ def find_compiler() -> Compiler:
     """The first working C compiler ($CC, cc, gcc, clang) with the best flags it accepts."""
     tried = _candidates()
     for cc in tried:
-        base = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=fast"]
+        base = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
         if not _accepts(cc, base):
             continue
-        if _accepts(cc, base + ["-march=native"]):
-            base.append("-march=native")
+        base += _arch_flags(cc, base)
         openmp = _accepts(cc, base + ["-fopenmp"], _OMP_PROBE)
         base.append("-fopenmp" if openmp else "-fopenmp-simd")
         if not _accepts(cc, base):

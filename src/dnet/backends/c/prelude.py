@@ -71,7 +71,8 @@ static inline float dn_round_bf16(float x) { return dn_bf16_to_f32(dn_f32_to_bf1
 
 /* -- vectorisable math ---------------------------------------------------------------- */
 static inline float dn_exp(float x) {
-    float xc = fminf(fmaxf(x, -87.3365f), 88.37f);
+    float xc = x < -87.3365f ? -87.3365f : x;   /* ternaries, not fminf: they vectorise */
+    xc = xc > 88.37f ? 88.37f : xc;
     float n = floorf(xc * 1.44269504088896341f + 0.5f);
     float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
