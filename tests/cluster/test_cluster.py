@@ -131,7 +131,10 @@ def test_a_hostile_frame_is_refused_with_a_logged_reason_and_the_worker_keeps_se
     with caplog.at_level(logging.WARNING, logger="dnet.worker"):
         sock = _raw_session(workers[1])
         sock.sendall(junk)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.shutdown(socket.SHUT_WR)  # a truncated frame is only known to be one at the close
+        except OSError:
+            pass  # the worker was quicker and has closed the connection already
         assert _closed_by_peer(sock)
         sock.close()
     deadline = time.monotonic() + 5
