@@ -9,12 +9,16 @@ transfer times. Nodes may be left out. Solvers:
 - `solve_exact`: exact over every order and subset of nodes, by dynamic programming
   over (set of nodes used, last node, layers covered), pruned by the best plan found
   so far: O(2^N N^2 L^2) at worst, fast for up to ~10 nodes.
-- `solve_heuristic`: `solve_order` on a few promising orders, improved by local
-  search (swaps and moves of nodes in the order); for large node counts.
-- `solve`: exact where the instance is small enough, else the heuristic.
+- `solve_heuristic`: iterated local search over node orders, each solved by
+  `solve_order`; for large node counts.
+- `solve`: exact where the instance is small enough; else the heuristic, then the
+  exact solver within a time limit, pruned by the heuristic's plan.
+
+A unit may be a group of nodes (`PipelineProblem.members`); no plan uses a node twice.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -146,7 +150,7 @@ def candidate_orders(p: PipelineProblem) -> list[list[int]]:
     fill, and chains that follow the widest links from each start; then each with every group of
     nodes standing in for its members. No order holds two units that share a node."""
     singles = [k for k in range(p.n_nodes) if len(p.unit(k)) == 1]
-    speed = p.time.sum(axis=1)
+    speed = p.time.sum(axis=1)  # seconds for the whole model: smaller is faster
     orders = [sorted(singles, key=lambda k: speed[k]), sorted(singles, key=lambda k: -p.capacity[k]),
               _fill_order(p, singles), _fill_order(p, singles, backward=True)]
     for start in singles:
@@ -185,17 +189,12 @@ def _fill_order(p: PipelineProblem, units: list[int], backward: bool = False) ->
 
     while left and held < L:
         reach = {k: max((c for c in range(1, L - held + 1) if fits(k, c)), default=0) for k in left}
-        k = max(left, key=lambda k: (reach[k], -speed_of(p, k)))
+        k = max(left, key=lambda k: (reach[k], -p.time[k].sum()))
         chosen.append(k)
         left.remove(k)
         held += reach[k]
     order = chosen[::-1] if backward else chosen
-    return order + sorted(left, key=lambda k: speed_of(p, k))
-
-
-def speed_of(p: PipelineProblem, k: int) -> float:
-    """Seconds node k would take for the whole model: smaller is faster."""
-    return float(p.time[k].sum())
+    return order + sorted(left, key=lambda k: p.time[k].sum())
 
 
 def solve_heuristic(p: PipelineProblem, objective: str = "throughput", time_limit: float = 0.5,
@@ -323,7 +322,7 @@ def _exact_work(p: PipelineProblem) -> float:
 def explain_infeasible(p: PipelineProblem) -> str:
     """Why no plan exists: the memory short-fall in total, or the layer no node can hold."""
     need = float(p.weight.sum() + p.activation.max(initial=0))
-    have = float(p.capacity.sum())
+    have = float(p.capacity[: p.n_physical].sum())
     if need > have:
         return (f"the model needs {need / 2**20:.1f} MiB of memory, the nodes have {have / 2**20:.1f} MiB "
                 f"({(need - have) / 2**20:.1f} MiB short)")
@@ -336,15 +335,16 @@ def explain_infeasible(p: PipelineProblem) -> str:
 
 
 def _missing_links(p: PipelineProblem) -> str:
-    """Plan as if every pair of nodes were linked, and name the links that plan needs and lacks."""
-    import dataclasses
-
-    linked = dataclasses.replace(p, bandwidth=np.where(p.bandwidth > 0, p.bandwidth, 1e-300), _memo={})
+    """Plan as if every pair of nodes were linked (a missing link costing more than any real one),
+    and name the links that plan needs and lacks."""
+    linked = dataclasses.replace(p, bandwidth=np.where(p.bandwidth > 0, p.bandwidth, 1e-100), _memo={})
     try:
         stages = solve_exact(linked).stages if p.n_physical <= 12 else solve_heuristic(linked).stages
     except PlanError:
         return "no assignment of the layers fits in the nodes' memory"
     missing = [(p.names[a.node], p.names[b.node]) for a, b in zip(stages, stages[1:])
                if p.bandwidth[a.node, b.node] <= 0]
+    if not missing:
+        return "no order of the nodes lets their contiguous shares of the layers fit in memory"
     return ("the nodes that can hold the model together are not all linked: "
             + ", ".join(f"no [[link]] from '{a}' to '{b}'" for a, b in missing))
