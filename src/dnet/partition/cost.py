@@ -1,4 +1,4 @@
-"""The cost model: each graph op's time on each device, each tensor's time on each link.
+"""The cost model: each graph op's time on each device (a tensor's time on a link is `Link.time`).
 
 An op's time is a roofline: the larger of its arithmetic over the device's rate for
 that op class and dtype, and its memory traffic over the device's memory bandwidth.
@@ -14,7 +14,7 @@ from dnet.core.dtypes import DType
 from dnet.graph.analysis import Env, node_cost
 from dnet.graph.ir import Graph
 from dnet.graph.ops import OpClass
-from dnet.topology.model import Device, Link
+from dnet.topology.model import Device
 
 # (op class, dtype) pairs in a fixed order, so that per-op rates can be gathered with one index array.
 _KEYS = [(c, d) for c in OpClass for d in DType]
@@ -48,19 +48,3 @@ def op_times(table: OpTable, device: Device) -> np.ndarray:
     compute = np.divide(table.flops, rates, out=np.zeros_like(table.flops), where=table.flops > 0)
     bw = device.memory_bandwidth or np.inf
     return np.maximum(compute, table.bytes / bw)
-
-
-def op_time(graph: Graph, node: int, device: Device, env: Env) -> float:
-    """Seconds for one node on one device."""
-    cost = node_cost(graph, node, env)
-    n = graph.nodes[node]
-    rate = device.rate(n.op.cls, n.dtype)
-    compute = cost.flops / rate if cost.flops and rate else 0.0
-    return max(compute, cost.bytes / device.memory_bandwidth if device.memory_bandwidth else 0.0)
-
-
-def transfer_time(nbytes: float, link: Link | None) -> float:
-    """Seconds to send `nbytes` over `link`; inf where there is no link."""
-    if nbytes <= 0:
-        return 0.0
-    return np.inf if link is None else link.time(nbytes)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dnet.partition.problem import PipelineProblem, PlanError, Stage, evaluate
+from dnet.partition.problem import PipelineProblem, PlanError, Stage
 
 OBJECTIVES = ("throughput", "latency")
 _EXACT_BUDGET = 4e8   # element operations the exact solver may spend at worst

@@ -6,7 +6,6 @@ from html import escape
 from rich.table import Table
 
 from dnet.partition.plan import Plan
-from dnet.topology.model import Topology
 from dnet.topology.units import format_quantity
 
 
@@ -44,10 +43,9 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def plan_svg(plan: Plan, topology: Topology | None = None) -> str:
+def plan_svg(plan: Plan) -> str:
     """The stages as boxes left to right, unused nodes greyed below, links labelled with bytes and time."""
     box_w, box_h, gap, pad = 190, 110, 80, 20
-    names = [s.node for s in plan.stages] + list(plan.unused)
     width = pad * 2 + len(plan.stages) * (box_w + gap) - gap
     height = pad * 2 + box_h + (box_h + 40 if plan.unused else 0) + 40
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(width, 420)}" height="{height}" '

@@ -12,7 +12,7 @@ from typing import Any
 from dnet.core.dtypes import DType
 from dnet.errors import Location, ParseError, did_you_mean
 from dnet.graph.ops import OpClass
-from dnet.topology.model import Device, Link, Node, Topology
+from dnet.topology.model import Device, Node, Topology
 from dnet.topology.units import UnitError, format_quantity, parse_quantity
 
 _TOP_KEYS = {"node", "link"}
