@@ -8,12 +8,13 @@ from dnet.frontend import functional, tensor_methods  # noqa: F401 - attaches Te
 from dnet.frontend import nn
 from dnet.frontend.module import Module, ModuleList, Parameter, Sequential
 from dnet.objects.ir import ObjectModule
+from dnet.topology import Topology
 from dnet import models  # noqa: E402 - models are written with the names above
 
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",
     "i8", "i32", "i64", "boolean", "DnetError", "functional", "Module", "ModuleList", "Parameter", "Sequential",
-    "nn", "models", "from_torch", "load_dsl",
+    "nn", "models", "from_torch", "load_dsl", "Topology",
 ]
 
 
