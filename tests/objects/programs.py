@@ -1,8 +1,9 @@
 """Random small object programs for property tests of the object-level passes.
 
 A program is a root object with constants, a weight, two `Leaf` children, a second
-function `helper` and a module-level function `mix`; every function takes a tensor
-`x` and an optional tensor, and its body is a list of random lets (some dead) over:
+function `helper` and module-level functions `mix` and `route` (which calls the child
+object it is given); every function takes a tensor `x` and an optional tensor, and
+its body is a list of random lets (some dead) over:
 element-wise arithmetic, matmul with a weight, scalar arithmetic on constants, lets
 and literals, `if` on constant conditions and on `present(...)`, and calls to the
 children and the functions that pass the optional argument on, pass `absent`, leave
@@ -66,6 +67,14 @@ def condition_exprs(scope: Scope) -> st.SearchStrategy[Expr]:
     ), max_leaves=3)
 
 
+CHILDREN = ("a", "b")
+
+
+def _call(target: str, x: Expr, rest: tuple[Expr, ...], child: str) -> Call:
+    """A call of `target` on (x, rest...); `route` also takes the child object to call through."""
+    return Call(target, (Ref(child), x, *rest) if target == "route" else (x, *rest))
+
+
 @lru_cache(maxsize=None)
 def _passed(scope: Scope, names: tuple[str, ...]) -> st.SearchStrategy[tuple[Expr, ...]]:
     """What a call gives for its callee's optional argument: ours, `absent`, nothing, or a tensor."""
@@ -89,15 +98,16 @@ def tensor_exprs(scope: Scope, names: tuple[str, ...]) -> st.SearchStrategy[Expr
         if scope.weight:
             options.append(inner.map(lambda a: Apply("matmul", (a, Ref(scope.weight)))))
         if scope.callees:
-            options.append(st.builds(lambda target, a, rest: Call(target, (a, *rest)),
-                                     st.sampled_from(scope.callees), inner, _passed(scope, names)))
+            options.append(st.builds(_call, st.sampled_from(scope.callees), inner, _passed(scope, names),
+                                     st.sampled_from(CHILDREN)))
         return st.one_of(options)
 
     return st.recursive(st.sampled_from(names).map(Ref), extend, max_leaves=5)
 
 
 @st.composite
-def function_bodies(draw, scope: Scope, name: str) -> Function:
+def function_bodies(draw, scope: Scope, name: str, objects: tuple[str, ...] = ()) -> Function:
+    """A function of (objects..., x, optional) whose body is random lets and a result."""
     names: tuple[str, ...] = ("x",)
     body = []
     for i in range(draw(st.integers(0, 4))):
@@ -108,13 +118,15 @@ def function_bodies(draw, scope: Scope, name: str) -> Function:
             continue
         value = draw(tensor_exprs(scope, names))
         if kind == "call":  # calls get a let of their own: nested in expressions they would be rare
-            value = Call(draw(st.sampled_from(scope.callees)), (value, *draw(_passed(scope, names))))
+            value = _call(draw(st.sampled_from(scope.callees)), value, draw(_passed(scope, names)),
+                          draw(st.sampled_from(CHILDREN)))
         body.append(Let(f"t{i}", value))
         names += (f"t{i}",)
     result = draw(tensor_exprs(scope, names))
     if len(names) > 1 and draw(st.booleans()):  # else most lets would be dead
         result = Apply("add", (result, Ref(names[-1])))
-    args = [Argument("x", SymbolKind.TENSOR, SymbolFlag.EXTERNAL, TYPE),
+    args = [*(Argument(o, SymbolKind.OBJECT_ARG) for o in objects),
+            Argument("x", SymbolKind.TENSOR, SymbolFlag.EXTERNAL, TYPE),
             Argument(scope.optional, SymbolKind.TENSOR, OPTIONAL, TYPE)]
     return Function(name, args, body, result)
 
@@ -126,7 +138,8 @@ def _weight(rng: np.random.Generator) -> np.ndarray:
 @st.composite
 def programs(draw) -> ObjectModule:
     """Root(c0, c1, flag, k, on, w) with children a, b: Leaf(k, on, w); root functions forward and
-    helper; a module-level function mix. Call graph: forward -> helper, mix, a, b; helper -> a, b."""
+    helper; module-level functions mix and route(p: object, ...). Call graph: forward -> helper, mix,
+    route, a, b; helper -> a, b; route -> p (a or b, as forward passes)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     root = Object("Root")
     for name in ("c0", "c1", "k"):
@@ -141,9 +154,10 @@ def programs(draw) -> ObjectModule:
         leaf.add_parameter("w", TensorType((3, 3), DType.F32), _weight(rng))
         leaf.add_function(draw(function_bodies(Scope("m", ("k",), ("on",), "w"), "forward")))
         root.add_child(child, leaf)
-    root_scope = Scope("m", ("c0", "c1"), ("flag",), "w", ("a", "b.forward", "helper", "mix"))
+    root_scope = Scope("m", ("c0", "c1"), ("flag",), "w", ("a", "b.forward", "helper", "mix", "route"))
     root.add_function(draw(function_bodies(root_scope, "forward")))
     root.add_function(draw(function_bodies(Scope("y", ("k",), ("on",), "w", ("a", "b.forward")), "helper")))
     module = ObjectModule(root)
     module.add_function(draw(function_bodies(Scope("y"), "mix")))
+    module.add_function(draw(function_bodies(Scope("y", callees=("p", "p.forward")), "route", ("p",))))
     return module

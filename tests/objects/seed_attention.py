@@ -24,7 +24,7 @@ def tensor(name: str, flags: SymbolFlag = EXTERNAL, type: TensorType | None = No
 
 
 def project_and_format() -> Function:
-    """proj(x) split into heads, (batch, heads, seq, head_dim); plus the cache where one is given."""
+    """proj(x) split into heads, (batch, heads, seq, head_dim), then proj's own `position` step."""
     y, x, heads = Ref("y"), Ref("x"), Ref("heads")
     shape = TupleExpr((Apply("dim", (x, Lit(0))), Apply("dim", (x, Lit(1))), heads,
                        Apply("idiv", (Apply("dim", (y, Lit(2))), heads))))
@@ -34,7 +34,7 @@ def project_and_format() -> Function:
         [Argument("proj", SymbolKind.OBJECT_ARG), tensor("x"), Argument("heads", SymbolKind.SCALAR),
          tensor("cache", OPTIONAL)],
         [Let("y", Call("proj", (x,))), Let("split", split)],
-        If(Present("cache"), Apply("add", (Ref("split"), Ref("cache"))), Ref("split")),
+        Call("proj.position", (Ref("split"), Ref("cache"))),
     )
 
 
@@ -56,6 +56,9 @@ def linear(rng: np.random.Generator, path: str, n: int) -> Object:
     obj.add_parameter("bias", TensorType((n,), DType.F32), rng.standard_normal(n).astype(np.float32))
     obj.add_function(Function("forward", [tensor("x")], [],
                               Apply("linear", (Ref("x"), Ref("weight"), Ref("bias")))))
+    # Where a rotary embedding would go; here: add the cache where one is given.
+    obj.add_function(Function("position", [tensor("h"), tensor("cache", OPTIONAL)], [],
+                              If(Present("cache"), Apply("add", (Ref("h"), Ref("cache"))), Ref("h"))))
     return obj
 
 

@@ -28,9 +28,12 @@ def call_targets(fn: Function) -> set[str]:
 
 def test_seed_attention_loses_its_cache_and_mask_paths_when_the_caller_omits_them(rng):
     module = remove_branches(attention_module(rng))
-    helpers = ["project_and_format[cache=absent]", "scaled_dot_product_attention[cache=absent,mask=absent]"]
-    assert call_targets(module.root.functions["forward"]) == set(helpers)
-    for fn in [module.root.functions["forward"], *(module.symbols.symbols[name].value for name in helpers)]:
+    projections = [f"project_and_format[proj={child},cache=absent]" for child in ("q_proj", "k_proj", "v_proj")]
+    sdpa = "scaled_dot_product_attention[cache=absent,mask=absent]"
+    assert call_targets(module.root.functions["forward"]) == {*projections, sdpa}
+    helpers = [module.symbols.symbols[name].value for name in [*projections, sdpa]]
+    positions = [child.functions["position[cache=absent]"] for child in module.root.children.values()]
+    for fn in [module.root.functions["forward"], *helpers, *positions]:
         assert not names_used(fn) & {"cache", "mask"}, fn.name
         assert not any(isinstance(n, If) for root in [fn.result, *(let.value for let in fn.body)] for n in walk(root))
 
@@ -43,10 +46,12 @@ def test_a_present_optional_argument_becomes_required_and_present_folds_to_true(
     assert sdpa.locals()["masked"].value == Apply("add", (Ref("scores"), Ref("mask")))
 
 
-def test_one_specialisation_serves_every_call_site_that_knows_the_same(rng):
-    module = remove_branches(attention_module(rng))
-    assert [name for name in module.symbols.symbols if name.startswith("project_and_format")] == [
-        "project_and_format", "project_and_format[cache=absent]"]
+def test_a_call_through_an_object_argument_reaches_the_object_it_holds(rng):
+    module = remove_branches_for(present={"cache"})(attention_module(rng))
+    helper = module.symbols.symbols["project_and_format[proj=k_proj,cache=present]"].value
+    assert helper.result == Call("proj.position[cache=present]", (Ref("split"), Ref("cache")))
+    position = module.root.children["k_proj"].functions["position[cache=present]"]
+    assert position.result == Apply("add", (Ref("h"), Ref("cache")))
 
 
 def test_an_unknown_optional_argument_is_named_with_a_suggestion(rng):
@@ -57,6 +62,14 @@ def test_an_unknown_optional_argument_is_named_with_a_suggestion(rng):
 def test_a_missing_entry_is_named_with_a_suggestion(rng):
     with pytest.raises(SymbolError, match="no function 'froward'.*did you mean 'forward'"):
         remove_branches_for(entry="froward")(attention_module(rng))
+
+
+def test_one_specialisation_serves_every_call_site_that_knows_the_same():
+    twice = Apply("add", (Call("child", (Ref("x"),)), Call("child.forward", (Ref("x"), Ref("m")))))
+    module = remove_branches(caller_and_child(result=twice))
+    assert module.root.functions["forward"].result == Apply("add", (
+        Call("child.forward[mask=absent]", (Ref("x"),)), Call("child.forward[mask=absent]", (Ref("x"),))))
+    assert list(child_functions(module)) == ["forward", "forward[mask=absent]"]
 
 
 def test_branch_removal_leaves_its_input_unchanged(rng):

@@ -64,9 +64,19 @@ def test_what_is_kept_still_computes_the_entry():
     np.testing.assert_array_equal(run_graph(graph, {"x": x})["output"], x * 1.0 * 3 * 2)  # x * w * scale, twice
 
 
-def test_an_object_passed_as_a_value_keeps_its_functions(rng):
-    module = eliminate_dead_code(attention_module(rng))  # q_proj, k_proj, v_proj go to project_and_format
-    assert all("forward" in module.root.children[c].functions for c in ("q_proj", "k_proj", "v_proj"))
+def test_an_object_passed_to_a_known_callee_keeps_only_what_that_callee_calls(rng):
+    module = default_pipeline()(attention_module(rng))  # q_proj, k_proj, v_proj go to project_and_format
+    for child in ("q_proj", "k_proj", "v_proj"):
+        assert list(module.root.children[child].functions) == ["forward", "position[cache=absent]"]
+
+
+def test_an_object_used_as_a_plain_value_keeps_all_its_functions():
+    module = model()
+    forward = module.root.functions["forward"]
+    forward.body.append(Let("alias", Ref("idle")))  # only lowering can tell what a call through it reaches
+    forward.result = Apply("add", (Call("twice", (Ref("z"),)), Call("alias", (Ref("x"),))))
+    pruned = eliminate_dead_code(module)
+    assert list(pruned.root.children["idle"].functions) == ["forward", "other"]
 
 
 def test_a_constant_named_by_an_argument_type_is_kept_and_still_checked(rng):

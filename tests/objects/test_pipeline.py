@@ -53,25 +53,27 @@ def test_seed_attention_computes_the_same_with_and_without_each_optional_argumen
     assert_every_pass_keeps_the_outputs(attention_module(rng), types, feeds)
 
 
-SEED_AFTER_PIPELINE = """\
-function project_and_format[cache=absent] {
+# What `dnet inspect --passes` shows at the end, for a caller giving neither mask nor cache.
+SEED_AFTER_PIPELINE = [
+    """\
+function project_and_format[proj=q_proj,cache=absent] {
   argument proj: S_OBJECT, SYM_EXTERNAL
   argument x: S_TENSOR, SYM_EXTERNAL
   argument heads: S_SCALAR, SYM_EXTERNAL
   let y = call(proj, x)
   let split = permute(reshape(y, shape=tuple(dim(x, 0), dim(x, 1), heads, idiv(dim(y, 2), heads))), \
 perm=tuple(0, 2, 1, 3))
-  capture(split)
-}
-
+  capture(call(proj.position[cache=absent], split))
+}""",
+    """\
 function scaled_dot_product_attention[cache=absent,mask=absent] {
   argument q: S_TENSOR, SYM_EXTERNAL
   argument k: S_TENSOR, SYM_EXTERNAL
   argument v: S_TENSOR, SYM_EXTERNAL
   let scores = matmul(q, permute(k, perm=tuple(0, 1, 3, 2)))
   capture(matmul(softmax(scores, -1), v))
-}
-
+}""",
+    """\
 object Attention '<root>' {
   constant hidden_size = 384
   child q_proj: Linear 'q_proj'
@@ -80,16 +82,33 @@ object Attention '<root>' {
   function forward {
     argument x: S_TENSOR, SYM_EXTERNAL, f32(WILDCARD, WILDCARD, hidden_size)
     capture(call(scaled_dot_product_attention[cache=absent,mask=absent], \
-mul(32, call(project_and_format[cache=absent], q_proj, x, 12)), \
-call(project_and_format[cache=absent], k_proj, x, 12), call(project_and_format[cache=absent], v_proj, x, 12)))
+mul(32, call(project_and_format[proj=q_proj,cache=absent], q_proj, x, 12)), \
+call(project_and_format[proj=k_proj,cache=absent], k_proj, x, 12), \
+call(project_and_format[proj=v_proj,cache=absent], v_proj, x, 12)))
   }
-}
-"""
+}""",
+    """\
+object Linear 'q_proj' {
+  parameter weight: f32(384, 384), SYM_EXTERNAL, loaded
+  parameter bias: f32(384), SYM_EXTERNAL, loaded
+  function forward {
+    argument x: S_TENSOR, SYM_EXTERNAL
+    capture(linear(x, weight, bias))
+  }
+  function position[cache=absent] {
+    argument h: S_TENSOR, SYM_EXTERNAL
+    capture(h)
+  }
+}""",
+]
 
 
 def test_seed_attention_after_the_pipeline_reads_as_expected(rng):
-    text = print_module(default_pipeline()(attention_module(rng)))
-    assert text.split("\nobject Linear")[0] == SEED_AFTER_PIPELINE
+    blocks = print_module(default_pipeline()(attention_module(rng))).rstrip("\n").split("\n\n")
+    q_helper, sdpa, root, q_proj = SEED_AFTER_PIPELINE
+    k_helper, v_helper = (q_helper.replace("proj=q_proj", f"proj={c}") for c in ("k_proj", "v_proj"))
+    k_proj, v_proj = (q_proj.replace("'q_proj'", f"'{c}'") for c in ("k_proj", "v_proj"))
+    assert blocks == [q_helper, k_helper, v_helper, sdpa, root, q_proj, k_proj, v_proj]
 
 
 def test_run_with_trace_gives_a_new_module_after_each_pass_of_the_pipeline(rng):

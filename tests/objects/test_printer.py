@@ -51,7 +51,7 @@ object Block '<root>' {
     argument heads: S_SCALAR, SYM_EXTERNAL
     let h = call(proj, x)
     let pair = tuple(h, 0.5)
-    capture(if(present(mask), add(getitem(pair, 0), mask), mul(h, idiv(hidden, heads))))
+    capture(if(present(mask), add(item(pair, 0), mask), mul(h, idiv(hidden, heads))))
   }
 }
 
@@ -76,7 +76,7 @@ def test_object_dump_is_the_objects_block_of_the_module_dump():
 
 
 @pytest.mark.parametrize("value, text", [
-    (ABSENT, "absent"), (None, "none"), (True, "true"), (False, "false"), (3, "3"), (-0.25, "-0.25"),
+    (ABSENT, "none"), (True, "true"), (False, "false"), (3, "3"), (-0.25, "-0.25"),
     (1e-06, "1e-06"), ("tanh", '"tanh"'), (DType.BF16, "D_BF16"), (Sym("batch") * 2, "2*batch"),
     ((1, (2, True)), "tuple(1, tuple(2, true))"), (WILDCARD, "WILDCARD"),
 ])

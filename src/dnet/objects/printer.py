@@ -38,10 +38,9 @@ ARGUMENT_KINDS = {SymbolKind.TENSOR: "S_TENSOR", SymbolKind.SCALAR: "S_SCALAR", 
 
 
 def format_value(value: Any) -> str:
-    """A literal value: numbers as Python writes them, `true`/`false`, quoted strings, `absent`."""
+    """A literal value: numbers as Python writes them, `true`/`false`, quoted strings, and
+    `none` for an optional argument left out (ABSENT), as the DSL spells them."""
     if value is ABSENT:
-        return "absent"
-    if value is None:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -67,7 +66,7 @@ def format_expr(expr: Expr) -> str:
     if isinstance(expr, TupleExpr):
         return _form("tuple", expr.items)
     if isinstance(expr, GetItem):
-        return f"getitem({format_expr(expr.value)}, {expr.index})"
+        return f"item({format_expr(expr.value)}, {expr.index})"
     if isinstance(expr, If):
         return _form("if", (expr.cond, expr.then, expr.orelse))
     if isinstance(expr, Call):

@@ -7,12 +7,12 @@
 - `default_pipeline(entry, present)`: the three in order, folding twice; `run_with_trace` runs it
   and returns the module after each pass, for `dnet inspect --passes`.
 """
-from dnet.objects.passes.branches import remove_branches, remove_branches_for, specialization_name
+from dnet.objects.passes.branches import Knowledge, remove_branches, remove_branches_for
 from dnet.objects.passes.dce import eliminate_dead_code, eliminate_dead_code_for
 from dnet.objects.passes.fold import fold_constants
 from dnet.objects.passes.pipeline import default_pipeline, run_with_trace
 
 __all__ = [
     "default_pipeline", "eliminate_dead_code", "eliminate_dead_code_for", "fold_constants", "remove_branches",
-    "remove_branches_for", "run_with_trace", "specialization_name",
+    "remove_branches_for", "run_with_trace", "Knowledge",
 ]

@@ -1,27 +1,29 @@
-"""Branch removal: specialise functions on which optional arguments are present.
+"""Branch removal: specialise functions on what their arguments hold.
 
-What is known about an optional argument of one function instance is whether it is
-present: the entry function learns it from the caller (`present`: the optional
-arguments the caller gives; every other one is absent), every other function from its
-call sites, where an argument is `absent` (a `Lit(ABSENT)`, an argument left off the
-end, a name known to hold nothing) or surely present (a literal, a parameter, the
-result of an operation, ...).
+What a function instance knows about an argument: whether an optional one is
+present, and which object an object argument (S_OBJECT) holds. The entry function
+learns it from the caller (`present`: the optional arguments the caller gives; every
+other one is absent), every other function from its call sites, where an argument is
+absent (a `Lit(ABSENT)`, an argument left off the end, a name known to hold nothing,
+a call known to return nothing), surely present (a literal, a parameter, the result
+of an operation or of a function that returns one), or a child object named directly.
 
-A call site that knows something about an optional argument of its callee calls a
-specialised copy instead, defined beside the original and named for what it assumes,
-arguments in declaration order:
+A call site that knows something its callee does not calls a specialised copy,
+defined beside the original and named for what it assumes, in argument order (an
+object by its instance path, '/' for '.', since a call target splits on '.'):
 
-    forward[cache=absent,mask=absent]      project_and_format[cache=present]
+    forward[cache=absent,mask=absent]     project_and_format[proj=q_proj,cache=present]
 
 In a specialised copy (and in the entry, which keeps its name) `present(x)` is a
 literal, an absent argument is dropped from the signature (its uses become
-`Lit(ABSENT)`, the call sites stop passing it) and a present one becomes required.
-Then every `if` whose condition is a literal keeps only the branch taken, in all
+`Lit(ABSENT)`, the call sites stop passing it), a present one becomes required, and a
+call through an object argument (`proj.position`) is resolved, so it specialises in
+turn. Every `if` whose condition is a literal keeps only the branch taken, in all
 functions. Originals nobody calls any more are left for dead-code elimination.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Collection
 
@@ -33,15 +35,46 @@ from dnet.objects.ir import (
 from dnet.objects.passes.fold import LITERAL_RULES
 from dnet.objects.passes.rewrite import Rule, rewrite_function
 from dnet.objects.passes.walk import (
-    Callee, clone_function, clone_module, entry_function, module_functions, resolve_call, scope_of,
+    Callee, clone_function, clone_module, entry_function, module_functions, object_held, resolve_call, scope_of,
 )
 from dnet.objects.symbols import Symbol, SymbolFlag, SymbolKind, SymbolTable
 
 
-def specialization_name(fn: Function, known: dict[str, bool]) -> str:
-    """`forward[cache=absent,mask=present]`: `fn`'s name and what is known, in argument order."""
-    parts = [f"{a.name}={'present' if known[a.name] else 'absent'}" for a in fn.args if a.name in known]
-    return f"{fn.name}[{','.join(parts)}]"
+@dataclass(frozen=True)
+class Knowledge:
+    """What a function instance knows about its arguments."""
+    present: dict[str, bool] = field(default_factory=dict)    # optional argument -> given?
+    objects: dict[str, Object] = field(default_factory=dict)  # object argument -> the object it holds
+
+    def __bool__(self) -> bool:
+        return bool(self.present or self.objects)
+
+    def merged(self, more: "Knowledge") -> "Knowledge":
+        return Knowledge({**self.present, **more.present}, {**self.objects, **more.objects})
+
+    def name(self, fn: Function) -> str:
+        """`fn`'s name and what is known, in argument order (see the module docstring)."""
+        parts = []
+        for a in fn.args:
+            if a.name in self.objects:
+                parts.append(f"{a.name}={object_label(self.objects[a.name])}")
+            elif a.name in self.present:
+                parts.append(f"{a.name}={'present' if self.present[a.name] else 'absent'}")
+        return f"{fn.name}[{','.join(parts)}]"
+
+    def signature(self, fn: Function) -> list[Argument]:
+        """`fn`'s arguments without the absent ones; those known present become required."""
+        args = []
+        for a in fn.args:
+            given = self.present.get(a.name)
+            if given is not False:
+                args.append(replace(a, flags=a.flags & ~SymbolFlag.OPTIONAL) if given else replace(a))
+        return args
+
+
+def object_label(obj: Object) -> str:
+    """An object's instance path as one word of a function name (a call target splits on '.')."""
+    return obj.name.replace(".", "/") or "<root>"
 
 
 def select_branch(expr: Expr) -> Expr | None:
@@ -57,7 +90,7 @@ class _Instance:
     owner: Object | None
     scope: SymbolTable
     original: Function
-    known: dict[str, bool]  # optional argument -> present?
+    known: Knowledge
     callee: Callable[["_Instance", str], "_Instance | None"]  # what a call target names, where that is static
 
     def __post_init__(self) -> None:
@@ -86,17 +119,20 @@ class _Instance:
 
     def _name_presence(self, name: str, seen: frozenset) -> bool | None:
         if name in self.args:
-            return self.known.get(name) if self.args[name].optional else True
+            return self.known.present.get(name) if self.args[name].optional else True
         if name in self.lets:
             key = (id(self.original), name)
             return None if key in seen else self.presence(self.lets[name].value, seen | {key})
         return True if self.scope.lookup(name) is not None else None  # members hold values
 
+    def object_value(self, expr: Expr) -> Object | None:
+        return object_held(expr, self.scope, self.bound, self.known.objects)
+
     def argument_rule(self, expr: Expr) -> Expr | None:
         """present(x) and uses of an absent x, where what x holds is known."""
-        if isinstance(expr, Present) and expr.name in self.known:
-            return Lit(self.known[expr.name])
-        if isinstance(expr, Ref) and self.known.get(expr.name) is False:
+        if isinstance(expr, Present) and expr.name in self.known.present:
+            return Lit(self.known.present[expr.name])
+        if isinstance(expr, Ref) and self.known.present.get(expr.name) is False:
             return Lit(ABSENT)
         return None
 
@@ -106,8 +142,8 @@ class _Specializer:
         self.module = module
         # Every function of `module` (by id) -> itself, its form in `source` and what that form was
         # specialised for. Holding the function keeps it alive, so no id is reused while this runs.
-        self.origin: dict[int, tuple[Function, Function, dict[str, bool]]] = {
-            id(copy): (copy, original, {})
+        self.origin: dict[int, tuple[Function, Function, Knowledge]] = {
+            id(copy): (copy, original, Knowledge())
             for (_, copy), (_, original) in zip(module_functions(module), module_functions(source))
         }
         self.specialized: set[int] = set()
@@ -117,21 +153,20 @@ class _Specializer:
         self._instantiate(self.module.root, original, self._entry_knowledge(original, present), entry)
         for owner, fn in module_functions(self.module):
             if id(fn) not in self.specialized:  # nothing known about its arguments: constant conditions only
-                self._rewrite(fn, self._instance(owner, fn, {}))
+                self._rewrite(fn, self._instance(owner, fn, Knowledge()))
 
-    def _entry_knowledge(self, entry: Function, present: Collection[str]) -> dict[str, bool]:
+    def _entry_knowledge(self, entry: Function, present: Collection[str]) -> Knowledge:
         optional = [a.name for a in entry.args if a.optional]
         for name in present:
             if name not in optional:
                 raise SymbolError(f"'{name}' is not an optional argument of '{entry.name}'", entry.loc,
                                   did_you_mean(name, optional))
-        return {name: name in present for name in optional}
+        return Knowledge({name: name in present for name in optional})
 
-    def _instantiate(self, owner: Object | None, original: Function, known: dict[str, bool], name: str) -> Function:
+    def _instantiate(self, owner: Object | None, original: Function, known: Knowledge, name: str) -> Function:
         """Define (or replace) `name` in the owner's table as `original` specialised for `known`."""
         fn = clone_function(original)
-        fn.name = name
-        fn.args = [_assume(a, known) for a in fn.args if known.get(a.name) is not False]
+        fn.name, fn.args = name, known.signature(original)
         table = scope_of(self.module, owner)
         if name in table:
             table.symbols[name].value = fn
@@ -142,12 +177,16 @@ class _Specializer:
         self._rewrite(fn, self._instance(owner, original, known))
         return fn
 
-    def _instance(self, owner: Object | None, original: Function, known: dict[str, bool]) -> _Instance:
+    def _instance(self, owner: Object | None, original: Function, known: Knowledge) -> _Instance:
         return _Instance(owner, scope_of(self.module, owner), original, known, self._callee)
 
+    def _resolve(self, caller: _Instance, target: str) -> Callee | None:
+        callee = resolve_call(self.module, caller.owner, caller.bound, target, caller.known.objects)
+        return callee if callee is not None and id(callee.fn) in self.origin else None
+
     def _callee(self, caller: _Instance, target: str) -> _Instance | None:
-        callee = resolve_call(self.module, caller.owner, caller.bound, target)
-        if callee is None or id(callee.fn) not in self.origin:
+        callee = self._resolve(caller, target)
+        if callee is None:
             return None
         _, original, known = self.origin[id(callee.fn)]
         return self._instance(callee.owner, original, known)
@@ -158,39 +197,40 @@ class _Specializer:
         rewrite_function(fn, rules)
 
     def _specialize_call(self, caller: _Instance, expr: Expr) -> Expr | None:
-        """A call that knows about an optional argument of its callee calls a specialised copy."""
+        """A call that knows about an optional or object argument of its callee calls a specialised copy."""
         if not isinstance(expr, Call):
             return None
-        callee = resolve_call(self.module, caller.owner, caller.bound, expr.target)
-        if callee is None or len(expr.args) > len(callee.fn.args) or id(callee.fn) not in self.origin:
+        callee = self._resolve(caller, expr.target)
+        if callee is None or len(expr.args) > len(callee.fn.args):
             return None  # only lowering can tell, or lowering will report the mistake
-        learned = {}
-        for i, param in enumerate(callee.fn.args):
-            if param.optional:
-                state = caller.presence(expr.args[i]) if i < len(expr.args) else False
-                if state is not None:
-                    learned[param.name] = state
+        _, original, assumed = self.origin[id(callee.fn)]
+        learned = _learn(caller, callee.fn.args, expr.args, assumed)
         if not learned:
             return None
-        spec = self._specialization(callee, learned)
-        args = tuple(a for a, p in zip(expr.args, callee.fn.args) if learned.get(p.name) is not False)
-        return replace(expr, target=callee.target(spec.name), args=args)
-
-    def _specialization(self, callee: Callee, learned: dict[str, bool]) -> Function:
-        _, original, assumed = self.origin[id(callee.fn)]
-        known = {**assumed, **learned}
-        name = specialization_name(original, known)
+        known = assumed.merged(learned)
+        name = known.name(original)
         table = scope_of(self.module, callee.owner)
-        if name in table:
-            return table.symbols[name].value  # made earlier, for another call site (or another run)
-        return self._instantiate(callee.owner, original, known, name)
+        if name not in table:  # else made earlier, for another call site (or by an earlier run)
+            self._instantiate(callee.owner, original, known, name)
+        args = tuple(a for a, p in zip(expr.args, callee.fn.args) if learned.present.get(p.name) is not False)
+        return replace(expr, target=callee.target(name), args=args)
 
 
-def _assume(arg: Argument, known: dict[str, bool]) -> Argument:
-    """A copy of `arg`; an optional argument known to be present becomes required."""
-    if known.get(arg.name):
-        return replace(arg, flags=arg.flags & ~SymbolFlag.OPTIONAL)
-    return replace(arg)
+def _learn(caller: _Instance, params: list[Argument], args: tuple[Expr, ...], assumed: Knowledge) -> Knowledge:
+    """What a call's arguments tell about the callee's optional and object arguments, beyond what
+    the callee already assumes."""
+    learned = Knowledge()
+    for i, param in enumerate(params):
+        arg = args[i] if i < len(args) else Lit(ABSENT)
+        if param.kind is SymbolKind.OBJECT_ARG and param.name not in assumed.objects:
+            obj = caller.object_value(arg)
+            if obj is not None:
+                learned.objects[param.name] = obj
+        if param.optional:  # (an argument assumed present or absent is not optional any more)
+            state = caller.presence(arg)
+            if state is not None:
+                learned.present[param.name] = state
+    return learned
 
 
 def specialize(module: ObjectModule, entry: str = "forward", present: Collection[str] | None = None) -> ObjectModule:

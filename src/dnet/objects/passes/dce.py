@@ -1,11 +1,13 @@
 """Dead-code elimination over the object IR.
 
 What is kept: the entry function of the root object, every function it calls
-(directly, through child objects, or through an object it passes as a value: then
-all that object's functions, since only lowering knows which it calls), the
-let-bindings a kept function's result depends on, and the constants, parameters
-and child objects that a kept function names (by a reference, a call target, or a
-dimension of an argument's type). Everything else goes: other functions of the root
+(directly, through child objects, or through an object argument that surely holds
+one object: a child passed to a callee known statically), the let-bindings a kept
+function's result depends on, and the constants, parameters and child objects that
+a kept function names (by a reference, a call target, or a dimension of an
+argument's type). An object used any other way (bound to a let, passed where the
+callee is known only to lowering) keeps all its functions: only lowering can tell
+which it calls. Everything else goes: other functions of the root
 and of the module, dead lets, unused members, and children none of whose functions
 is kept. The root object always stays.
 """
@@ -17,7 +19,7 @@ from dnet.core.passes import Pass
 from dnet.core.shapes import Dim
 from dnet.core.types import TensorType
 from dnet.objects.ir import Call, Expr, Function, Object, ObjectModule, Ref, walk
-from dnet.objects.passes.walk import clone_module, entry_function, resolve_call, scope_of
+from dnet.objects.passes.walk import clone_module, entry_function, object_held, resolve_call, scope_of
 from dnet.objects.symbols import Symbol, SymbolKind, SymbolTable
 
 
@@ -51,49 +53,45 @@ def _type_names(t: TensorType | None) -> set[str]:
     return {name for d in t.shape if isinstance(d, Dim) for name in d.free_symbols()}
 
 
+Bindings = dict  # object argument -> the object it surely holds (see branches.Knowledge.objects)
+
+
 class _Liveness:
     """Functions reached from the entry, and the member symbols they use."""
 
     def __init__(self, module: ObjectModule):
         self.module = module
         self.functions: set[int] = set()
+        self.visited: set[tuple] = set()          # (function, its object bindings), by id
         self.used: set[tuple[int, str]] = set()  # (id of the symbol table, name)
-        self.escaped: set[int] = set()           # objects passed around as values
-        self.work: list[tuple[Object | None, Function]] = []
+        self.escaped: set[int] = set()           # objects used as plain values
+        self.work: list[tuple[Object | None, Function, Bindings]] = []
 
     def run(self, entry: Function) -> None:
-        self._reach(self.module.root, entry)
+        self.reach(self.module.root, entry, {})
         while self.work:
             self._visit(*self.work.pop())
 
-    def _reach(self, owner: Object | None, fn: Function) -> None:
-        if id(fn) not in self.functions:
+    def reach(self, owner: Object | None, fn: Function, objects: Bindings) -> None:
+        key = (id(fn), frozenset((name, id(obj)) for name, obj in objects.items()))
+        if key not in self.visited:
+            self.visited.add(key)
             self.functions.add(id(fn))
-            self.work.append((owner, fn))
+            self.work.append((owner, fn, objects))
 
-    def _visit(self, owner: Object | None, fn: Function) -> None:
+    def _visit(self, owner: Object | None, fn: Function, objects: Bindings) -> None:
         lets = set(live_lets(fn))
-        bound = {a.name for a in fn.args} | lets
-        scope = scope_of(self.module, owner)
+        scan = _Scan(self, owner, {a.name for a in fn.args} | lets, objects)
         for arg in fn.args:
             for name in _type_names(arg.type):
-                self._use(scope, name)
-        roots = [let.value for let in fn.body if let.name in lets] + [fn.result]
-        for node in (n for root in roots if root is not None for n in walk(root)):
-            if isinstance(node, Call) and node.target.split(".")[0] not in bound:
-                self._use(scope, node.target.split(".")[0])
-                callee = resolve_call(self.module, owner, bound, node.target)
-                if callee is not None:
-                    self._reach(callee.owner, callee.fn)
-            elif isinstance(node, Ref) and node.name not in bound:
-                sym = self._use(scope, node.name)
-                if sym is not None and sym.kind is SymbolKind.OBJECT:
-                    self._escape(sym.value)
-                elif sym is not None and sym.kind is SymbolKind.FUNCTION:  # a function passed as a value
-                    is_member = owner is not None and node.name in owner.symbols
-                    self._reach(owner if is_member else None, sym.value)
+                self.use(scan.scope, name)
+        for let in fn.body:
+            if let.name in lets:
+                scan.expr(let.value)
+        if fn.result is not None:
+            scan.expr(fn.result)
 
-    def _use(self, scope: SymbolTable, name: str) -> Symbol | None:
+    def use(self, scope: SymbolTable, name: str) -> Symbol | None:
         """Mark the symbol `name` resolves to from `scope` as used (and what its type names)."""
         table: SymbolTable | None = scope
         while table is not None and name not in table:
@@ -104,16 +102,16 @@ class _Liveness:
         sym = table.symbols[name]
         if sym.kind is SymbolKind.PARAMETER:
             for dim_name in _type_names(sym.type):
-                self._use(table, dim_name)
+                self.use(table, dim_name)
         return sym
 
-    def _escape(self, obj: Object) -> None:
+    def escape(self, obj: Object) -> None:
         """`obj` is used as a value: lowering may call any function of it or of its children."""
         for o in obj.walk():
             if id(o) not in self.escaped:
                 self.escaped.add(id(o))
                 for fn in o.functions.values():
-                    self._reach(o, fn)
+                    self.reach(o, fn, {})
 
     def keeps(self, table: SymbolTable, sym: Symbol) -> bool:
         if sym.kind is SymbolKind.FUNCTION:
@@ -125,6 +123,57 @@ class _Liveness:
     def _holds_live_code(self, obj: Object) -> bool:
         return any(id(o) in self.escaped or any(id(f) in self.functions for f in o.functions.values())
                    for o in obj.walk())
+
+
+class _Scan:
+    """Walks one function's live expressions: marks what they use, reaches what they call.
+    An object passed to an object argument of a known callee is followed into that callee;
+    an object used any other way escapes (see `_Liveness.escape`)."""
+
+    def __init__(self, liveness: _Liveness, owner: Object | None, bound: set[str], objects: Bindings):
+        self.liveness, self.owner, self.bound, self.objects = liveness, owner, bound, objects
+        self.scope = scope_of(liveness.module, owner)
+
+    def expr(self, expr: Expr) -> None:
+        if isinstance(expr, Call):
+            self.call(expr)
+        elif isinstance(expr, Ref):
+            self.ref(expr.name)
+        else:
+            for child in expr.children():
+                self.expr(child)
+
+    def call(self, call: Call) -> None:
+        live = self.liveness
+        head = call.target.split(".")[0]
+        if head not in self.bound:
+            live.use(self.scope, head)
+        callee = resolve_call(live.module, self.owner, self.bound, call.target, self.objects)
+        params = callee.fn.args if callee is not None else []
+        passed: Bindings = {}
+        for i, arg in enumerate(call.args):
+            is_object = i < len(params) and params[i].kind is SymbolKind.OBJECT_ARG
+            obj = object_held(arg, self.scope, self.bound, self.objects) if is_object else None
+            if obj is not None:
+                passed[params[i].name] = obj
+                if arg.name not in self.objects:
+                    live.use(self.scope, arg.name)
+            else:
+                self.expr(arg)
+        if callee is not None:
+            live.reach(callee.owner, callee.fn, passed)
+
+    def ref(self, name: str) -> None:
+        live = self.liveness
+        if name in self.objects:
+            live.escape(self.objects[name])
+        elif name not in self.bound:
+            sym = live.use(self.scope, name)
+            if sym is not None and sym.kind is SymbolKind.OBJECT:
+                live.escape(sym.value)
+            elif sym is not None and sym.kind is SymbolKind.FUNCTION:  # a function passed as a value
+                is_member = self.owner is not None and name in self.owner.symbols
+                live.reach(self.owner if is_member else None, sym.value, {})
 
 
 def _prune(table: SymbolTable, liveness: _Liveness) -> None:

@@ -4,9 +4,10 @@ and resolving a call target the way lowering will.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 from dnet.errors import SymbolError, did_you_mean
-from dnet.objects.ir import Function, Object, ObjectModule
+from dnet.objects.ir import Expr, Function, Object, ObjectModule, Ref
 from dnet.objects.symbols import SymbolKind, SymbolTable
 
 
@@ -68,6 +69,17 @@ def scope_of(module: ObjectModule, owner: Object | None) -> SymbolTable:
     return owner.symbols if owner is not None else module.symbols
 
 
+def object_held(expr: Expr, scope: SymbolTable, bound: set[str], objects: Mapping[str, Object]) -> Object | None:
+    """The object `expr` surely holds in a function whose arguments and lets are `bound` and whose
+    object arguments `objects` are known: a child named directly, or such an argument."""
+    if not isinstance(expr, Ref):
+        return None
+    if expr.name in objects:
+        return objects[expr.name]
+    sym = None if expr.name in bound else scope.lookup(expr.name)
+    return sym.value if sym is not None and sym.kind is SymbolKind.OBJECT else None
+
+
 @dataclass(frozen=True)
 class Callee:
     """What a call target names: a function, its owner (None at module scope), and the
@@ -81,11 +93,15 @@ class Callee:
         return f"{self.prefix}.{name}" if self.prefix else name
 
 
-def resolve_call(module: ObjectModule, owner: Object | None, bound: set[str], target: str) -> Callee | None:
+def resolve_call(module: ObjectModule, owner: Object | None, bound: set[str], target: str,
+                 objects: Mapping[str, Object] | None = None) -> Callee | None:
     """The function `target` calls from a function of `owner` whose arguments and lets are `bound`,
-    following the rules of `Lowering._resolve_callee`; None where only lowering can tell (the target
-    is an argument or a local holding an object) or where lowering would fail."""
+    following the rules of `Lowering._resolve_callee`; `objects` are the object arguments known to
+    hold one object. None where only lowering can tell (the target starts at another argument or a
+    local holding an object) or where lowering would fail."""
     head, *rest = target.split(".")
+    if objects and head in objects:
+        return _method(objects[head], head, rest)
     if head in bound:
         return None
     sym = scope_of(module, owner).lookup(head)
@@ -94,9 +110,11 @@ def resolve_call(module: ObjectModule, owner: Object | None, bound: set[str], ta
     if sym.kind is SymbolKind.FUNCTION:
         is_member = owner is not None and head in owner.symbols
         return None if rest else Callee(owner if is_member else None, sym.value, "")
-    if sym.kind is not SymbolKind.OBJECT:
-        return None
-    obj: Object = sym.value
+    return _method(sym.value, head, rest) if sym.kind is SymbolKind.OBJECT else None
+
+
+def _method(obj: Object, head: str, rest: list[str]) -> Callee | None:
+    """`head.rest...`, starting at object `obj`: child objects, then a function (`forward` if none is named)."""
     for i, part in enumerate(rest):
         if part in obj.children:
             obj = obj.children[part]
@@ -106,4 +124,4 @@ def resolve_call(module: ObjectModule, owner: Object | None, bound: set[str], ta
         else:
             return None
     fn = obj.functions.get("forward")
-    return Callee(obj, fn, target) if fn else None
+    return Callee(obj, fn, ".".join([head, *rest])) if fn else None
