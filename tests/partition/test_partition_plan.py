@@ -59,8 +59,9 @@ def test_cost_model_predicts_measured_matmul_layer_time():
     w2 = b.const("w2", rng.standard_normal((512, 1024)).astype(np.float32))
     b.output("y", C.linear(b, C.relu(b, C.linear(b, x, w1)), w2))
     g = b.finish()
-    # Probe and layer are timed in alternation, so that both see the same load on a shared box
-    # (a busy core slows a multithreaded BLAS many times over), and the median error is kept.
+    # Probe and layer are timed in alternation, in CPU time on one BLAS thread, so that other
+    # processes on a shared box change neither (a busy core slows a multithreaded BLAS many
+    # times over), and the median error is kept.
     matmul = backend_matmul()(512, DType.F32)
     bandwidth = probe_memory_bandwidth(32 << 20, 5).median
     feed = {"x": rng.standard_normal((256, 512)).astype(np.float32)}
@@ -74,8 +75,8 @@ def test_cost_model_predicts_measured_matmul_layer_time():
             errors.append(op_times(table, device).sum() / measured - 1)
     error = float(np.median(errors))
     print(f"cost model error on a matmul-heavy block: {error:+.1%}")
-    # quiet machine: within 20%; the bound leaves room for other processes sharing its 2 cores
-    assert 1 / 3 < 1 + error < 3
+    # within 20% on a quiet machine, +45% at worst seen with other test suites sharing its 2 cores
+    assert 0.5 < 1 + error < 2
 
 
 def _one_blas_thread():
@@ -87,9 +88,10 @@ def _one_blas_thread():
 
 
 def _timed(fn) -> float:
-    t0 = time.perf_counter()
+    """CPU seconds of this process: with one BLAS thread, what other processes on the box do not change."""
+    t0 = time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def _two_nodes(fast_memory=2**30):
