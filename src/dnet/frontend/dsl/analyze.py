@@ -15,7 +15,7 @@ from dnet.frontend.dsl.expressions import expect_args, expect_name, to_expr
 from dnet.frontend.dsl.program import (
     ArgumentDecl, ChildDecl, ConstantDecl, FunctionDecl, ModelDecl, ObjectClass, ParameterDecl, Program, TensorDecl,
 )
-from dnet.frontend.dsl.syntax import Block, Form, Keyword, Name, Node, Number, Source, Union_, describe
+from dnet.frontend.dsl.syntax import Block, Form, Keyword, Name, Node, Number, Source, String, Union_, describe
 from dnet.objects.ir import Let
 from dnet.objects.symbols import VALID_FLAGS, SymbolFlag, SymbolKind
 
@@ -59,8 +59,8 @@ class Analyzer:
 
     def _import(self, stmt: Form) -> None:
         (path,) = expect_args(stmt, 1, 1)
-        if not hasattr(path, "value") or not isinstance(path.value, str):
-            raise ParseError(f'import needs a file name in quotes, got \'{describe(path)}\'', stmt.loc)
+        if not isinstance(path, String):
+            raise ParseError(f"import needs a file name in quotes, got '{describe(path)}'", stmt.loc)
         self.importer(path.value, path.loc)
 
     def _dims(self, stmt: Form) -> None:

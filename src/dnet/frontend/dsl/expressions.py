@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from dnet.core.dtypes import DType
 from dnet.core.shapes import WILDCARD
-from dnet.errors import Location, ParseError, SymbolError, did_you_mean
+from dnet.errors import ParseError, SymbolError, did_you_mean
 from dnet.frontend.dsl.syntax import Block, Form, Keyword, Name, Node, Number, String, Union_, describe
 from dnet.graph.composites import COMPOSITES
 from dnet.graph.opset import OP_NAMES
@@ -171,7 +171,3 @@ def _apply(form: Form) -> Expr:
         seen.add(kw.name)
     return Apply(form.head, tuple(to_expr(a) for a in args),
                  tuple((kw.name, to_expr(kw.value)) for kw in form.keywords), form.loc)
-
-
-def location(node: Node | Keyword) -> Location | None:
-    return getattr(node, "loc", None)

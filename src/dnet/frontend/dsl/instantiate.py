@@ -22,7 +22,7 @@ from dnet.objects.ir import (
     Apply, Argument, Call, Expr, Function, GetItem, If, Let, Lit, Object, ObjectModule, Ref, TupleExpr,
 )
 from dnet.objects.lower import SCALAR_OPS
-from dnet.objects.symbols import SymbolFlag, SymbolKind
+from dnet.objects.symbols import SymbolFlag
 
 SEQUENCE_CLASS = "Sequence"
 

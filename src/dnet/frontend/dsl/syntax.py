@@ -248,9 +248,11 @@ def _syntax_error(err: UnexpectedInput, text: str, file: str) -> ParseError:
 
 
 def _hint_for_char(char: str) -> str | None:
+    if not char:
+        return None
     if char in "[]":
         return "lists are written tuple(a, b, ...)"
-    if char in "+-*/" :
+    if char in "+-*/":
         return "arithmetic is written add(a, b), sub(a, b), mul(a, b), div(a, b)"
     if char == "'":
         return 'strings use double quotes: "text"'
