@@ -9,6 +9,7 @@ import click
 from dnet.cli.main import cli
 from dnet.errors import DnetError
 
+NOISY = 0.5  # a probe whose runs spread wider than this is reported as unreliable
 SYNTHETIC_HELP = "or a planning stand-in: llama-1b, cnn, bert (layer graphs with no real weights)"
 
 
@@ -43,11 +44,19 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
     for key, m in report.measurements.items():
         kind = "bandwidth" if key == "memory_bandwidth" else "rate"
         click.echo(f"  {key:<18} {format_quantity(m.median, kind):>16}  spread {m.spread:.1%} over {m.runs} runs")
+    noisy = [k for k, m in report.measurements.items() if m.spread > NOISY]
+    if noisy:
+        click.secho(f"  warning: {', '.join(noisy)} varied by more than {NOISY:.0%} between runs: something else "
+                    "may be using this machine; measure again with --refresh when it is idle", fg="yellow")
     d = report.device
     click.echo(f"  cores {d.cores}, memory {format_quantity(d.memory, 'bytes')}, vector width {d.vector_width} bits, "
                + ", ".join(f"{k} {format_quantity(v, 'bytes')}" for k, v in d.cache.items()))
     topo = Topology.load(str(output)) if output and output.exists() else Topology()
-    topo.nodes = [n for n in topo.nodes if n.name != name] + [Node(name, [d])]
+    here = Node(name, [d])
+    if name in topo.names:  # keep its place in the file's order
+        topo.nodes[topo.names.index(name)] = here
+    else:
+        topo.nodes.append(here)
     for spec in links:
         peer, _, address = spec.partition("=")
         if not peer or not address:
@@ -97,7 +106,7 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
     from rich.console import Console
 
     from dnet.cli.model_commands import _parse_dims
-    from dnet.partition import build_problem, layer_chain, plan_from_stages, plan_pipeline
+    from dnet.partition import build_problem, evaluate, layer_chain, plan_from_stages, plan_pipeline
     from dnet.partition.baselines import BASELINES
     from dnet.partition.render import plan_svg, plan_table
     from dnet.topology.model import Topology
@@ -116,9 +125,12 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
             if stages is None:
                 console.print(f"{name}: no assignment fits")
                 continue
+            problems = evaluate(problem, stages).problems
+            if problems:
+                console.print(f"{name}: not feasible: {'; '.join(problems)}")
+                continue
             base = plan_from_stages(chain, topology, problem, stages, objective, name, model=model)
-            fits = "" if base.throughput else " (does not fit in memory)"
-            console.print(f"{name}: throughput {base.throughput:.2f}/s, latency {base.latency * 1e3:.2f} ms{fits}")
+            console.print(f"{name}: throughput {base.throughput:.2f}/s, latency {base.latency * 1e3:.2f} ms")
     if json_path:
         json_path.write_text(json.dumps(plan.to_json(), indent=1))
         console.print(f"wrote {json_path}")

@@ -209,7 +209,7 @@ def run_probe(backend: str = "numpy", kernel: MatmulKernel | None = None, quick:
               dtypes: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16)) -> ProbeReport:
     """Measure this node now (no cache). `quick` uses fewer, smaller runs (well under a second)."""
     kernel = kernel or backend_matmul(backend)
-    runs = 3 if quick else 7
+    runs = 5 if quick else 9
     report = ProbeReport(Device(kind=backend, cores=core_count(), memory=available_memory(),
                                 cache=cache_sizes(), vector_width=vector_width()),
                          fingerprint=fingerprint(backend))
