@@ -56,3 +56,16 @@ def test_one_dim_shared_by_two_inputs_is_one_symbol():
                              example_kwargs={"memory": torch.randn(2, 5, 4), "tokens": torch.randint(0, 9, (2, 3))})
     types = {a.name: str(a.type) for a in module.root.functions["forward"].args}
     assert types == {"memory": "f32(batch, length, 4)", "tokens": "i64(batch, 3)"}
+
+
+class Flagged(nn.Module):
+    def forward(self, double, x):
+        return x * 2 if double else x
+
+
+def test_a_python_constant_input_is_baked_in_and_later_inputs_keep_their_dim_names():
+    model = Flagged()
+    module = dnet.from_torch(model, (True, torch.randn(2, 3)), (None, {1: Dim("width")}))
+    assert [(a.name, str(a.type)) for a in module.root.functions["forward"].args] == [("x", "f32(2, width)")]
+    x = torch.randn(2, 7)
+    assert_matches(torch_outputs(model, True, x), dnet_outputs(dnet.compile(module), x), tolerance=0.0)

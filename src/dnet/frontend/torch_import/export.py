@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import torch
 from torch.export import Dim, ExportedProgram
+from torch.export.graph_signature import InputKind, TensorArgument
 from torch.utils._pytree import tree_leaves
 
 from dnet.errors import DnetError
@@ -40,12 +41,13 @@ def dim_names(program: ExportedProgram, module: torch.nn.Module, args: tuple, kw
     named = _named_axes(module, args, kwargs, dynamic_shapes)
     leaves = tree_leaves((args, dict(kwargs)))
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    user_inputs = [s.arg for s in program.graph_signature.input_specs if s.kind is InputKind.USER_INPUT]
     out: dict[str, str] = {}
-    for position, input_name in enumerate(program.graph_signature.user_inputs):
-        if position >= len(leaves):
-            break
-        value = placeholders[input_name].meta.get("val")
-        for axis, name in named.get(id(leaves[position]), {}).items():
+    for leaf, arg in zip(leaves, user_inputs):  # the user inputs are the leaves, in order
+        value = placeholders[arg.name].meta.get("val") if isinstance(arg, TensorArgument) else None
+        if not isinstance(value, torch.Tensor):
+            continue
+        for axis, name in named.get(id(leaf), {}).items():
             symbols = getattr(_expr(value.shape[axis]), "free_symbols", set())
             if len(symbols) == 1:
                 out[next(iter(symbols)).name] = name
