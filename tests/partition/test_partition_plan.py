@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from dnet.errors import DnetError
 from dnet.partition import Plan, PlanError, build_problem, layer_chain, plan_pipeline
 from dnet.partition.cost import OpTable, op_times
 from dnet.partition.synthetic import BertConfig, CnnConfig, bert, cnn
@@ -41,6 +42,10 @@ def test_graph_without_layer_names_is_cut_where_one_tensor_crosses():
     folded = constant_values(g)   # weights and what is computed from them alone run nowhere
     assert sum(len(l.nodes) for l in chain.layers) == sum(1 for n in g.nodes if n.id not in folded
                                                           and n.op.cls.value != "source")
+    for values, size in zip(chain.crossing[1:-1], chain.boundary[1:-1]):   # one tensor at each cut
+        assert len(values) == 1 and size == 4 * int(np.prod(g.nodes[values[0]].shape))
+    with pytest.raises(DnetError, match="no node names mark layers"):
+        layer_chain(g, by="names")
 
 
 def test_cost_model_predicts_measured_matmul_layer_time():
@@ -193,3 +198,22 @@ def test_missing_links_between_nodes_that_must_talk_are_named():
         plan_pipeline(g, Topology(nodes=t.nodes, source="cluster.toml"))
     plan = plan_pipeline(g, t)   # b -> a is enough: b runs the first layers
     assert [s.node for s in plan.stages] == ["b", "a"]
+
+
+def test_tied_embedding_is_held_once_by_a_stage_with_both_ends():
+    from dnet.partition.synthetic import LlamaConfig, llama
+
+    cfg = LlamaConfig(layers=2, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=500, seq=8)
+    g = llama(cfg)
+    p = build_problem(layer_chain(g), _two_nodes())
+    embed = 500 * 64 * 2                           # f16, read by the first layer and the LM head
+    assert p.weight[0] >= embed and p.weight[-1] >= embed
+    assert p.memory(0, p.n_layers) == pytest.approx(g.weight_bytes() + p.activation.max())
+    assert p.memory(1, p.n_layers) == pytest.approx(p.weight[1:].sum() + p.activation[1:].max())
+
+
+def test_llama_stand_in_has_llama_3_2_1b_parameter_count():
+    from dnet.partition.synthetic import llama
+
+    params = sum(int(np.prod(w.shape)) for w in llama().weights.values())
+    assert 1.23e9 < params < 1.24e9   # 1,235,814,400 by the published config

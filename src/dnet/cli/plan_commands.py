@@ -95,12 +95,14 @@ def _plan_graph(model: str, dims: dict[str, int]):
 @click.option("--objective", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True)
 @click.option("--method", type=click.Choice(["auto", "exact", "heuristic"]), default="auto", show_default=True)
 @click.option("--dims", default="", help="sizes of symbolic dims, e.g. batch=1,seq=128 (those two by default)")
+@click.option("--layers", "layers_by", type=click.Choice(["auto", "names", "cuts"]), default="auto",
+              show_default=True, help="find layers by node names, or by single-tensor cut points")
 @click.option("--split-across-nodes", "groups", is_flag=True,
               help="let pairs of well-linked nodes run a stage together, splitting its ops (planning only)")
 @click.option("--baselines", is_flag=True, help="also show the equal, memory-proportional and Halda assignments")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="write the plan as JSON")
 @click.option("--svg", "svg_path", type=click.Path(path_type=Path), help="draw the plan as SVG")
-def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims: str, groups: bool,
+def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims: str, layers_by: str, groups: bool,
              baselines: bool, json_path: Path | None, svg_path: Path | None) -> None:
     """Partition MODEL (a model reference as for `dnet run`, """ + SYNTHETIC_HELP + """) over a topology."""
     from rich.console import Console
@@ -114,7 +116,7 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
     spec = str(topology_path)
     topology = Topology.local(int(spec[6:])) if spec.startswith("local:") else Topology.load(spec)
     graph, env = _plan_graph(model, _parse_dims(dims))
-    chain = layer_chain(graph, env)
+    chain = layer_chain(graph, env, by=layers_by)
     plan = plan_pipeline(graph, topology, objective, method, env, model, chain, groups)
     console = Console()
     console.print(plan_table(plan))

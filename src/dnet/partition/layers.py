@@ -54,10 +54,16 @@ class LayerChain:
         return [l.name for l in self.layers]
 
 
-def layer_chain(graph: Graph, env: Env | None = None, max_layers: int = 128) -> LayerChain:
-    """The graph as a chain of layers, by node names where it has them, else by cut points."""
+def layer_chain(graph: Graph, env: Env | None = None, max_layers: int = 128, by: str = "auto") -> LayerChain:
+    """The graph as a chain of layers: `by` "names", "cuts" (at most `max_layers` segments), or
+    "auto" (names where they mark at least two layers, else cuts)."""
+    if by not in ("auto", "names", "cuts"):
+        raise DnetError(f"layers are found by 'names', 'cuts' or 'auto', not {by!r}")
     env = dict(env or {})
-    group = _groups_by_name(graph)
+    group = _groups_by_name(graph) if by != "cuts" else None
+    if group is None and by == "names":
+        raise DnetError("no node names mark layers (such as 'layers.3' or 'encoder.layer.3')",
+                        hint="find layers by cut points instead")
     if group is None:
         group = _groups_by_cuts(graph, env, max_layers)
     return _build(graph, env, group)

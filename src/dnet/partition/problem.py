@@ -45,6 +45,7 @@ class PipelineProblem:
     bandwidth: np.ndarray       # (N, N) bytes/s of each directed link; 0 where there is none
     latency: np.ndarray         # (N, N) seconds
     members: list[tuple[int, ...]] = field(default_factory=list)  # nodes in each unit; empty: one each
+    shared: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)  # (bytes, layers) of shared weights
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -64,8 +65,24 @@ class PipelineProblem:
         return len(self.layer_names)
 
     def memory(self, start: int, stop: int) -> float:
-        """Bytes a stage holding layers [start, stop) needs: its weights and its largest layer's activations."""
-        return float(self.weight[start:stop].sum() + self.activation[start:stop].max(initial=0))
+        """Bytes a stage holding layers [start, stop) needs: its weights (a weight several of its layers
+        share, once) and its largest layer's activations."""
+        return float(self.memory_matrix()[start, stop]) if stop > start else 0.0
+
+    def memory_matrix(self) -> np.ndarray:
+        """(L+1, L+1): memory of a stage [a, b), for every a < b. Computed once."""
+        if "memory" not in self._memo:
+            L = self.n_layers
+            wprefix = np.concatenate([[0.0], np.cumsum(self.weight)])
+            mem = wprefix[None, :] - wprefix[:, None]
+            for a in range(L):  # running max of activations over [a, b)
+                mem[a, a + 1:] += np.maximum.accumulate(self.activation[a:])
+            for size, layers in self.shared:  # counted once per layer above: take off the repeats
+                uses = np.zeros(L + 1)
+                uses[1:] = np.cumsum(np.isin(np.arange(L), layers))
+                mem -= size * np.maximum(uses[None, :] - uses[:, None] - 1, 0)
+            self._memo["memory"] = mem
+        return self._memo["memory"]
 
     def transfer(self, src: int, dst: int, cut: int) -> float:
         """Seconds to send what crosses `cut` from node src to node dst; inf without a link."""
@@ -87,11 +104,7 @@ class PipelineProblem:
         L = self.n_layers
         prefix = np.concatenate([[0.0], np.cumsum(self.time[node])])
         out = prefix[None, :] - prefix[:, None]
-        wprefix = np.concatenate([[0.0], np.cumsum(self.weight)])
-        mem = wprefix[None, :] - wprefix[:, None]
-        for a in range(L):  # running max of activations over [a, b)
-            mem[a, a + 1:] += np.maximum.accumulate(self.activation[a:])
-        bad = (np.arange(L + 1)[None, :] <= np.arange(L + 1)[:, None]) | (mem > self.capacity[node])
+        bad = (np.arange(L + 1)[None, :] <= np.arange(L + 1)[:, None]) | (self.memory_matrix() > self.capacity[node])
         out[bad] = np.inf
         return out
 
@@ -181,10 +194,19 @@ def build_problem(chain: LayerChain, topology: Topology, groups: bool = False, g
         activation=np.array([l.activation_bytes for l in chain.layers], dtype=np.float64),
         boundary=np.array(chain.boundary, dtype=np.float64),
         capacity=np.array([node.memory for node in topology.nodes], dtype=np.float64),
-        bandwidth=bandwidth, latency=latency)
+        bandwidth=bandwidth, latency=latency, shared=_shared_weights(chain))
     if groups:
         _add_groups(p, chain, topology, table, group_bandwidth, group_latency, max_groups or n)
     return p
+
+
+def _shared_weights(chain: LayerChain) -> list[tuple[float, tuple[int, ...]]]:
+    """Weights read by more than one layer (tied embeddings): their size and the layers."""
+    users: dict[str, list[int]] = {}
+    for i, layer in enumerate(chain.layers):
+        for w in layer.weights:
+            users.setdefault(w, []).append(i)
+    return [(float(chain.graph.weights[w].nbytes), tuple(ls)) for w, ls in sorted(users.items()) if len(ls) > 1]
 
 
 def _add_groups(p: PipelineProblem, chain: LayerChain, topology: Topology, table: OpTable,

@@ -82,7 +82,7 @@ def _norm(b: GraphBuilder, x: Value, name: str, t: DType) -> Value:
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    """Llama 3.2 1B's shape by default (1.24B parameters)."""
+    """Llama 3.2 1B's shape by default (1.24B parameters, the LM head tied to the embedding)."""
 
     layers: int = 16
     hidden: int = 2048
@@ -93,6 +93,7 @@ class LlamaConfig:
     seq: int = 128
     batch: int = 1
     dtype: DType = DType.F16
+    tie_embeddings: bool = True
 
 
 def llama(cfg: LlamaConfig = LlamaConfig()) -> Graph:
@@ -100,7 +101,8 @@ def llama(cfg: LlamaConfig = LlamaConfig()) -> Graph:
     b, t = GraphBuilder(), cfg.dtype
     ids = b.input("input_ids", TensorType((cfg.batch, cfg.seq), DType.I64))
     with b.scope("embed"):
-        x = b.node(Op.GATHER, [stand_in(b, "embed.weight", (cfg.vocab, cfg.hidden), t), ids], axis=0)
+        embed = stand_in(b, "embed.weight", (cfg.vocab, cfg.hidden), t)
+        x = b.node(Op.GATHER, [embed, ids], axis=0)
     dim, group = cfg.hidden // cfg.heads, cfg.heads // cfg.kv_heads
     for i in range(cfg.layers):
         with b.scope(f"layers.{i}"):
@@ -119,7 +121,9 @@ def llama(cfg: LlamaConfig = LlamaConfig()) -> Graph:
                                                  cfg.hidden, False, t))
     with b.scope("head"):
         h = C.rms_norm(b, x, stand_in(b, "head.norm", (cfg.hidden,), t))
-        b.output("logits", _linear(b, h, "lm_head", cfg.hidden, cfg.vocab, False, t))
+        logits = (C.linear(b, h, embed) if cfg.tie_embeddings
+                  else _linear(b, h, "lm_head", cfg.hidden, cfg.vocab, False, t))
+        b.output("logits", logits)
     return b.finish()
 
 
