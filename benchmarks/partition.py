@@ -72,14 +72,15 @@ def throughput(problem, stages) -> float:
     return evaluate(problem, stages).throughput if stages else 0.0
 
 
-def run(topologies: int, seed: int, exhaustive_up_to: int) -> list[dict]:
+def run(topologies: int, seed: int, exhaustive_up_to: int, memory: tuple[float, float] = (1.2, 2.0)) -> list[dict]:
     rows = []
     chains = {name: layer_chain(graph, env) for name, (graph, env) in models().items()}
     for t in range(topologies):
         rng = np.random.default_rng(seed + t)
         nodes = int(rng.integers(2, 9))
         for name, chain in chains.items():
-            problem = build_problem(chain, random_topology(np.random.default_rng([seed, t]), nodes, **_sizes(chain)))
+            topology = random_topology(np.random.default_rng([seed, t]), nodes, memory=memory, **_sizes(chain))
+            problem = build_problem(chain, topology)
             try:
                 plan = solve(problem)
             except PlanError:
@@ -133,9 +134,11 @@ def main() -> None:
     ap.add_argument("--topologies", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--exhaustive", type=int, default=6, help="exhaustive search up to this many nodes")
+    ap.add_argument("--memory", default="1.2,2.0", help="the nodes' memory together, as LOW,HIGH times the model's")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = run(args.topologies, args.seed, args.exhaustive)
+    low, high = (float(x) for x in args.memory.split(","))
+    rows = run(args.topologies, args.seed, args.exhaustive, (low, high))
     console = Console(width=160)
     console.print(table(rows))
     exh = sum(1 for r in rows if r.get("exhaustive"))

@@ -1,6 +1,7 @@
 """Probing: the backend seam, the cache per hardware fingerprint, link probes over loopback."""
 import time
 
+import numpy as np
 import pytest
 
 from dnet.core.dtypes import DType
@@ -20,10 +21,22 @@ def test_matmul_rate_is_flops_over_the_kernels_median_time():
     assert m.median == pytest.approx(2 * 100**3 / 0.002, rel=0.5) and m.runs == 3
 
 
-def test_numpy_backend_matmul_runs_through_the_registry():
-    run = P.backend_matmul("numpy")(8, DType.F32)
-    out = run()
-    assert out["c"].shape == (8, 8)
+def _registered_backends() -> list[str]:
+    from dnet.backends import registry
+
+    return registry.names()
+
+
+@pytest.mark.parametrize("backend", _registered_backends())
+def test_every_registered_backend_is_probed_through_the_registry(backend):
+    from dnet.errors import BackendError
+
+    try:
+        run = P.backend_matmul(backend)(8, DType.F32)
+    except BackendError as err:   # e.g. no C compiler on this machine
+        pytest.skip(str(err))
+    reference = P.backend_matmul("numpy")(8, DType.F32)()["c"]   # same seeded operands
+    np.testing.assert_allclose(run()["c"], reference, rtol=1e-5, atol=1e-5)
 
 
 def test_vector_width_from_cpu_flags():
