@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from dnet.core.dtypes import DType
 from dnet.errors import UnsupportedOpError
 from dnet.frontend import functional as F
-from dnet.frontend.trace import SymInt, Tensor, record
+from dnet.frontend.trace import Tensor, record
 
 
 @dataclass(frozen=True)
@@ -387,7 +387,7 @@ def _gather(n, x, dim, index, sparse_grad=False):
     """torch.gather: out[i][j] = x[i][index[i][j]] (dim=1), as a take from the flattened x."""
     dim %= x.ndim
     strides = [_product(x.shape[k + 1:]) for k in range(x.ndim)]
-    flat = F.mul(_wrap(index, x.shape[dim]), strides[dim])
+    flat = F.mul(index, strides[dim])  # torch.gather rejects negative indices: no wrapping
     for k in range(x.ndim):
         if k != dim:
             size = index.shape[k]

@@ -85,18 +85,18 @@ class _Importer:
                 elif node.op == "call_function":
                     values[node] = convert(node, values, self.dim_names)
                 elif node.op == "call_module":
-                    values[node] = self._call(module, obj, path, node, values)
+                    values[node] = self._call(module, obj, node, values)
                 elif node.op == "output":
                     outputs = map_arg(node.args[0], values.__getitem__)
-            if path == "" and isinstance(outputs, (list, tuple)) and len(outputs) == 1:
-                outputs = outputs[0]  # the root returns one tensor as itself
+            if not path and isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+                outputs = outputs[0]  # the program's one output: the root returns it as itself, not a 1-tuple
             fn.result = to_expr(outputs)
         return _add_function(obj, fn), outputs
 
-    def _call(self, module: GraphModule, obj: Object, path: str, node: Node, values: dict[Node, Any]) -> Any:
+    def _call(self, module: GraphModule, obj: Object, node: Node, values: dict[Node, Any]) -> Any:
         args = list(map_arg(node.args, values.__getitem__))
         check_available(f"module '{node.target}'", args, node)
-        child = _child_object(obj, node.target, f"{path}.{node.target}" if path else node.target, self.classes)
+        child = _child_object(obj, node.target, self.classes)
         name, outputs = self.record(module.get_submodule(node.target), child, child.name, args)
         call = Call(f"{node.target}.{name}", tuple(to_expr(a) for a in args if _traced(a)))
         return _bind_call(call, outputs)
@@ -120,7 +120,7 @@ def to_numpy(tensor: torch.Tensor, name: str = "") -> np.ndarray:
     return tensor.numpy().copy()
 
 
-def _child_object(obj: Object, target: str, path: str, classes: Mapping[str, str]) -> Object:
+def _child_object(obj: Object, target: str, classes: Mapping[str, str]) -> Object:
     """The object of submodule `target` ('h.0'), made on first use along with the ones between."""
     prefix = obj.name
     for part in target.split("."):
