@@ -26,9 +26,10 @@ def from_torch(module: Any, example_args: Any, dynamic_shapes: Any = None, **opt
 
 
 def load_dsl(path: Any, object: str | None = None, constants: Any = None, weights: Any = None,  # noqa: A002
-             strict: bool = True) -> ObjectModule:
+             strict: bool = True, entry: str = "forward") -> ObjectModule:
     """A DSL file as object IR: an instance of `object` (default: the file's `model(...)`) configured by
-    `constants`, with `weights` (a mapping or a .safetensors path) bound to its parameters. See docs/dsl.md."""
+    `constants`, with `weights` (a mapping or a .safetensors path) bound to its parameters; `entry` is the
+    function `dnet.compile` lowers. See docs/dsl.md."""
     from dnet.frontend.dsl import load_dsl as load
 
-    return load(path, object, constants, weights, strict)
+    return load(path, object, constants, weights, strict, entry)

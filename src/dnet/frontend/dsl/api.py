@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from dnet.errors import SymbolError, did_you_mean
 from dnet.frontend.dsl.instantiate import instantiate
 from dnet.frontend.dsl.loader import load_program
 from dnet.frontend.dsl.weights import load_weights
@@ -11,10 +12,16 @@ from dnet.objects.ir import ObjectModule
 
 
 def load_dsl(path: str | Path, object: str | None = None,  # noqa: A002
-             constants: Mapping[str, Any] | None = None, weights: Any = None, strict: bool = True) -> ObjectModule:
+             constants: Mapping[str, Any] | None = None, weights: Any = None, strict: bool = True,
+             entry: str = "forward") -> ObjectModule:
     """The object IR of a DSL file: an instance of `object` (default: its `model(...)`), configured
-    by `constants`, with `weights` (a mapping or a .safetensors path) bound to its parameters."""
+    by `constants`, with `weights` (a mapping or a .safetensors path) bound to its parameters.
+    `entry` is the root function `dnet.compile` lowers."""
     module = instantiate(load_program(path), object, constants)
+    if entry not in module.root.functions:
+        raise SymbolError(f"object {module.root.class_name} has no function '{entry}'", module.root.loc,
+                          did_you_mean(entry, module.root.functions))
+    module.entry = entry
     if weights is not None:
         load_weights(module, weights, strict)
     return module

@@ -9,7 +9,7 @@ they use into numbers.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from dnet.objects.symbols import SymbolFlag
 SEQUENCE_CLASS = "Sequence"
 
 
-def evaluate(expr: Expr, env: Mapping[str, Any], dims: Mapping[str, Any] = {}) -> Any:  # noqa: B006
+def evaluate(expr: Expr, env: Mapping[str, Any], dims: Collection[str] = ()) -> Any:
     """The compile-time value of `expr` over constants `env` (and dimension names `dims`)."""
     if isinstance(expr, Lit):
         return expr.value
