@@ -160,3 +160,21 @@ def test_evaluate_rejects_a_node_used_alone_and_in_a_group():
     p.bandwidth = np.ones((3, 3))
     p.latency = np.zeros((3, 3))
     assert "'n0' is in two stages' units" in evaluate(p, [Stage(0, 0, 2), Stage(2, 2, 4)]).problems[0]
+
+
+def test_halda_windows_are_the_integer_optimum():
+    """The ILP's windows against every integer vector with w >= 1 summing to the window total."""
+    from dnet.partition.baselines import _windows
+
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        n, k, total = 3, int(rng.integers(1, 3)), int(rng.integers(3, 9))
+        per_layer, capacity = rng.uniform(1, 5, n), rng.uniform(2, 12, n)
+        w = _windows(per_layer, 1.0, 0.5, capacity, k, total)
+        fits = [np.array(v) for v in itertools.product(range(1, total + 1), repeat=n)
+                if sum(v) == total and all(k * x + 0.5 <= c for x, c in zip(v, capacity))]
+        if not fits:
+            assert w is None
+            continue
+        assert w.sum() == total and np.all(k * w + 0.5 <= capacity)
+        assert per_layer @ w == pytest.approx(min(per_layer @ v for v in fits))

@@ -79,3 +79,31 @@ def test_unreachable_peer_is_a_clear_error():
 
     with pytest.raises(DnetError, match="cannot reach probe peer 127.0.0.1:1"):
         probe_link("127.0.0.1:1", timeout=1.0)
+
+
+def test_probe_cli_writes_this_node_and_its_link_into_the_topology_file(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dnet.cli.main import _load_commands, cli
+    from dnet.topology import Topology
+
+    monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path / "cache"))
+    _load_commands()
+    path = tmp_path / "cluster.toml"
+    runner = CliRunner()
+    for name in ("peer", "here"):
+        result = runner.invoke(cli, ["probe", "--quick", "-o", str(path), "--name", name])
+        assert result.exit_code == 0, result.output
+    server = serve_probe("127.0.0.1", 0, background=True)
+    try:
+        host, port = server.server_address
+        result = runner.invoke(cli, ["probe", "--quick", "-o", str(path), "--name", "here",
+                                     "--link", f"peer={host}:{port}"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "link here -> peer" in result.output and "matmul.f32" in result.output
+    topo = Topology.load(str(path))
+    assert topo.names == ["peer", "here"]                 # a re-probed node keeps its place
+    assert topo.link("here", "peer").bandwidth > 0 and topo.link("peer", "here") is None
+    assert topo.node("here").devices[0].compute["f32"] > 0
