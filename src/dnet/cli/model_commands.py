@@ -75,15 +75,28 @@ def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarra
 @click.option("--dims", default="", help="sizes of symbolic dims for random inputs, e.g. batch=2,seq=16")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write outputs to this .npz")
-def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed: int, output: Path | None) -> None:
+@click.option("--topology", type=click.Path(exists=True, path_type=Path),
+              help="run across the workers of this topology file (docs/cluster.md)")
+def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed: int, output: Path | None,
+            topology: Path | None) -> None:
     """Run MODEL on inputs from --data, or on seeded random inputs."""
     import dnet
     from dnet.api import load_artifact
 
     path = Path(model)
-    exe = load_artifact(path) if path.is_dir() else dnet.compile(_graph(model, inputs), target=target)
+    if topology is not None:
+        from dnet.topology import Topology
+
+        exe = dnet.compile(_graph(model, inputs), target=target, topology=Topology.load(str(topology)),
+                           env=_parse_dims(dims) or None)
+    else:
+        exe = load_artifact(path) if path.is_dir() else dnet.compile(_graph(model, inputs), target=target)
     feeds = dict(np.load(data)) if data else _random_inputs(exe.graph, _parse_dims(dims), seed)
-    results = exe.run(feeds)
+    try:
+        results = exe.run(feeds)
+    finally:
+        if topology is not None:
+            exe.close()
     for name, value in results.items():
         click.echo(f"{name}: {value.dtype}{list(value.shape)}  mean={float(np.mean(value)):.6g} "
                    f"std={float(np.std(value)):.6g}")
