@@ -164,3 +164,26 @@ def test_a_well_formed_request_for_something_wrong_gets_an_error_reply(workers):
     reply = chan.request(Message(MsgType.ROUTE, {"key": "nope"}))
     assert reply.type is MsgType.ERROR and "no such stage" in reply.meta["reason"]
     chan.close()
+
+
+def test_workers_with_different_backends_agree(rng, tmp_path):
+    """Each worker compiles its own stage with its own backend: numpy on one, generated C on the other."""
+    from dnet.backends import registry
+
+    if "c" not in registry.names():
+        pytest.skip("the C backend is not registered in this build")
+    mixed = [Worker(SECRET, WorkerConfig(backend=b, cache_dir=str(tmp_path / b))) for b in ("numpy", "c")]
+    for w in mixed:
+        w.start()
+    coord = Coordinator([w.address for w in mixed], SECRET, call_timeout_s=60)
+    try:
+        net, graph = residual_graph(rng)
+        coord.load(_stages(graph, 2))
+        req = request(rng)
+        out = coord.run(req)["output"]
+        assert coord.workers[1].caps["backend"] == "c"
+    finally:
+        coord.close()
+        for w in mixed:
+            w.stop()
+    np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
