@@ -6,7 +6,9 @@ come back as a `TorchExportError` that carries torch's message.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch.export import Dim, ExportedProgram
@@ -24,13 +26,29 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: Mapping[str, An
                    dynamic_shapes: Any, strict: bool) -> ExportedProgram:
     """torch.export, then decomposition to core ATen, the op set the rules cover."""
     try:
-        program = torch.export.export(module, args, dict(kwargs), dynamic_shapes=dynamic_shapes, strict=strict)
-        return program.run_decompositions()
-    except DnetError:
-        raise
+        with _quiet():
+            program = torch.export.export(module, args, dict(kwargs), dynamic_shapes=dynamic_shapes, strict=strict)
+            return program.run_decompositions()
     except Exception as err:  # torch raises many types here; all mean "could not export"
         raise TorchExportError(f"torch.export failed for {type(module).__name__}: {type(err).__name__}: {err}",
                                hint="see torch.export's documentation on dynamic shapes and graph breaks") from err
+
+
+def unflatten_program(program: ExportedProgram) -> torch.nn.Module:
+    """The module tree back, each module with the graph of its own call (`torch.export.unflatten`)."""
+    try:
+        with _quiet():
+            return torch.export.unflatten(program)
+    except Exception as err:  # torch's own failure, reported with its message
+        raise TorchExportError(f"torch.export.unflatten failed: {type(err).__name__}: {err}") from err
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences torch.export's own use of a pytree API that torch deprecated: nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        yield
 
 
 def dim_names(program: ExportedProgram, module: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any],

@@ -20,7 +20,7 @@ from torch.fx.node import map_arg
 
 from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
-from dnet.frontend.torch_import.export import TorchExportError
+from dnet.frontend.torch_import.export import unflatten_program
 from dnet.frontend.torch_import.nodes import check_available, check_supported, convert
 from dnet.frontend.torch_import.symbolic import to_dtype, to_shape
 from dnet.frontend.trace import SymInt, Tensor, new_trace, recording, state, to_expr
@@ -32,10 +32,7 @@ from dnet.objects.symbols import SymbolFlag, SymbolKind
 def import_program(program: ExportedProgram, dim_names: Mapping[str, str], class_name: str) -> ObjectModule:
     """Object IR for `program`: a root object `class_name`, a child object per submodule called."""
     check_supported(program.graph.nodes)
-    try:
-        tree = torch.export.unflatten(program)
-    except Exception as err:  # noqa: BLE001 - torch's own failure, reported with its message
-        raise TorchExportError(f"torch.export.unflatten failed: {type(err).__name__}: {err}") from err
+    tree = unflatten_program(program)
     root = Object(class_name)
     with new_trace() as trace:
         importer = _Importer(trace.shadow, dim_names, _module_classes(program))
