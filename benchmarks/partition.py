@@ -135,13 +135,52 @@ def time_large(nodes: int = 8, layers: int = 100, seed: int = 0) -> tuple[float,
     return t1 - t0, time.perf_counter() - t1, len(chain)
 
 
+def cost_model_check(runs: int = 9) -> Table:
+    """Predicted against measured seconds for each layer of the real MiniLM on the numpy backend,
+    each layer cut out as a pipeline stage (`dnet.runtime.pipeline.split_pipeline`) and timed alone.
+    Probe and layers are timed in CPU time on one BLAS thread, which other processes on a shared
+    machine do not change (wall-clock figures there vary several-fold from run to run)."""
+    from threadpoolctl import threadpool_limits
+
+    from dnet.backends.numpy import run_graph
+    from dnet.partition.cost import OpTable, op_times
+    from dnet.runtime.pipeline import split_pipeline
+    from dnet.topology.probe import cpu_clock, run_probe, time_runs
+
+    graph, env = models()["minilm"]
+    chain = layer_chain(graph, env)
+    stage_of = [0] * len(graph.nodes)
+    for k, layer in enumerate(chain.layers):
+        for n in layer.nodes:
+            stage_of[n] = k
+    stages = split_pipeline(graph, stage_of, len(chain))
+    rng = np.random.default_rng(0)
+    values = {"input_ids": rng.integers(0, 30522, (1, 128)), "attention_mask": np.ones((1, 128), np.int64)}
+    out = Table(title=f"cost model: MiniLM layers on the numpy backend, one thread, CPU time, median of {runs}")
+    for col in ("layer", "predicted ms", "measured ms", "error"):
+        out.add_column(col, justify="right")
+    with threadpool_limits(1), cpu_clock():
+        per_op = op_times(OpTable.of(graph, env), run_probe("numpy").device)   # measured now, not cached
+        for layer, stage in zip(chain.layers, stages):
+            feed = {name: values[name] for name in stage.input_names}
+            measured = time_runs(lambda: run_graph(stage, feed), runs).median
+            values.update(run_graph(stage, feed))
+            predicted = float(per_op[layer.nodes].sum())
+            out.add_row(layer.name, f"{predicted * 1e3:.2f}", f"{measured * 1e3:.2f}", f"{predicted / measured - 1:+.1%}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--topologies", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--exhaustive", type=int, default=6, help="exhaustive search up to this many nodes")
     ap.add_argument("--memory", default="1.2,2.0", help="the nodes' memory together, as LOW,HIGH times the model's")
+    ap.add_argument("--cost-model", action="store_true", help="only compare predicted and measured layer times")
     args = ap.parse_args()
+    if args.cost_model:
+        Console(width=120).print(cost_model_check())
+        return
     t0 = time.perf_counter()
     low, high = (float(x) for x in args.memory.split(","))
     rows = run(args.topologies, args.seed, args.exhaustive, (low, high))

@@ -59,12 +59,13 @@ def schedule(graph: Graph, host: Host | None = None) -> Schedule:
     unfused: set[int] = set()
     for _ in range(2 * len(graph.nodes) + 1):
         _settle(graph, users, materialized)
-        try:
-            return _lower_all(graph, users, materialized, unfused, tile)
-        except Materialize as m:
-            if m.node in materialized:
-                unfused.add(m.node)   # a matmul whose epilogue could not be fused
-            materialized.add(m.node)
+        sched, wanted = _lower_all(graph, users, materialized, unfused, tile)
+        if not wanted:
+            return sched
+        for node in wanted:
+            if node in materialized:
+                unfused.add(node)   # a matmul whose epilogue could not be fused
+            materialized.add(node)
     raise AssertionError("scheduling did not converge")  # each retry adds a buffer: unreachable
 
 
@@ -121,12 +122,12 @@ def _owners(graph: Graph, mat: set[int]) -> dict[int, set[int]]:
     return owners
 
 
-def _fusable_epilogue(graph: Graph, users, mat: set[int], mm: int) -> int | None:
+def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int) -> int | None:
     """The root whose kernel could run matmul `mm` with its ops as an epilogue."""
     if not gm.is_fast_matmul(graph, mm) or mm in graph.outputs or len(users[mm]) != 1:
         return None
-    owners = _owners(graph, mat - {mm})
-    roots = owners.get(mm, set())
+    user = users[mm][0]
+    roots = {user} if user in mat else owners.get(user, set())
     if len(roots) != 1:
         return None
     (root,) = roots
@@ -135,22 +136,29 @@ def _fusable_epilogue(graph: Graph, users, mat: set[int], mm: int) -> int | None
     return root if same and pointwise else None
 
 
-def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> Schedule:
+def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> tuple[Schedule, set[int]]:
+    """Lower every root; also returns the nodes lowering asked to materialize (then we retry)."""
     sched = Schedule(graph, set(mat))
+    owners = _owners(graph, mat)
     epilogues = {}
     for mm in sorted(mat - unfused):
-        root = _fusable_epilogue(graph, users, mat, mm)
+        root = _fusable_epilogue(graph, users, mat, owners, mm)
         if root is not None:
             epilogues[root] = mm
     computed = {n.id for n in graph.nodes if n.op not in (Op.INPUT, Op.CONST)}
-    by_source: dict[Kernel, str] = {}
+    by_source: dict = {}
+    wanted: set[int] = set()
     for root in sorted(mat & computed):
         if root in epilogues.values():
             continue
-        kernel = _lower_one(graph, users, mat, root, epilogues, tile)
+        try:
+            kernel = _lower_one(graph, users, mat, root, epilogues, tile)
+        except Materialize as m:
+            wanted.add(m.node)
+            continue
         _add(sched, by_source, kernel, root)
     sched.materialized = mat - set(epilogues.values())
-    return sched
+    return sched, wanted
 
 
 def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile) -> Kernel:

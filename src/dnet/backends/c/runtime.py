@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -12,6 +13,11 @@ from dnet.core.shapes import bind_shape, evaluate_shape, shape_str
 from dnet.errors import BackendError, ShapeError
 from dnet.program.instructions import INPUT, OUTPUT, WEIGHT, Launch, Program, segments
 from dnet.program.memory import ALIGN, ArenaPlan, plan_arena
+
+# OpenMP threads that spin between kernels steal the cores they wait for whenever the
+# machine is shared (other processes, other workers of a cluster); sleeping waits keep
+# latency within a few microseconds per parallel region. An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
 

@@ -1,0 +1,141 @@
+"""all-MiniLM-L6-v2 sentence embeddings: dnet (C backend) vs ONNX Runtime vs PyTorch eager.
+
+    .venv/bin/python benchmarks/minilm.py [--threads N] [--batches 1 8] [--seq 128]
+
+All three compute the same thing from the same real weights (BERT encoder, mean pooling,
+L2 normalisation) with the same thread count; latencies are medians of interleaved runs.
+Also reported: dnet's compile time (cold, in an empty cache, and cached) and the peak
+resident memory of a process that loads the compiled model and runs it, against the
+size of the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import interleaved_medians, pin_threads, table  # noqa: E402
+
+
+def torch_model():
+    import torch
+    from transformers import AutoModel
+
+    from dnet.models.minilm import model_dir
+
+    bert = AutoModel.from_pretrained(str(model_dir())).eval()
+
+    class Embed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids, mask, types):
+            h = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+            w = mask.unsqueeze(-1).to(h.dtype)
+            e = (h * w).sum(1) / w.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(e, dim=-1)
+
+    return Embed().eval()
+
+
+def onnx_session(model, path: Path, threads: int):
+    import onnxruntime as ort
+    import torch
+
+    ids = torch.zeros((1, 8), dtype=torch.int64)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model, (ids, torch.ones_like(ids), ids), str(path), input_names=names, output_names=["out"],
+                      dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, dynamo=False, opset_version=17)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def compile_dnet(cache: Path, threads: int):
+    import dnet
+    from dnet.models.minilm import minilm_model
+
+    module, types = minilm_model()
+    graph = dnet.to_graph(module, types)
+    start = time.perf_counter()
+    exe = dnet.compile(graph, target="c", cache_dir=cache, threads=threads)
+    return exe, time.perf_counter() - start
+
+
+def rss_probe(artifact: Path, threads: int, batch: int, seq: int) -> dict:
+    """Peak RSS of a fresh process that loads the artefact and runs it (run in a subprocess)."""
+    code = f"""
+import json, resource, numpy as np
+from dnet.api import load_artifact
+exe = load_artifact({str(artifact)!r})
+exe.runner.module.set_threads({threads})
+ids = np.random.default_rng(0).integers(1000, 2000, ({batch}, {seq}))
+exe.run(dict(zip(exe.graph.input_names, [ids, np.ones_like(ids), np.zeros_like(ids)])))
+print(json.dumps({{"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "weights": exe.graph.weight_bytes()}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    from dnet.hardware import detect
+
+    threads = args.threads or detect().cores
+    pin_threads(threads)
+    import numpy as np
+    import torch
+
+    from dnet.api import save_artifact
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="dnet-bench-") as tmp:
+        tmp = Path(tmp)
+        exe, cold = compile_dnet(tmp / "cache", threads)
+        _, cached = compile_dnet(tmp / "cache", threads)
+        model = torch_model()
+        session = onnx_session(model, tmp / "minilm.onnx", threads)
+        save_artifact(exe, tmp / "artifact")
+        rss = rss_probe(tmp / "artifact", threads, max(args.batches), args.seq)
+        rows = [["batch x seq", "dnet-c ms", "onnxruntime ms", "torch eager ms", "dnet / ort", "cos(dnet, torch)"]]
+        rng = np.random.default_rng(0)
+        for batch in args.batches:
+            ids = rng.integers(1000, 20000, (batch, args.seq))
+            mask, types = np.ones_like(ids), np.zeros_like(ids)
+            feeds = dict(zip(exe.graph.input_names, [ids, mask, types]))
+            ort_feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            t_ids, t_mask, t_types = (torch.from_numpy(a) for a in (ids, mask, types))
+
+            def run_torch():
+                with torch.inference_mode():
+                    return model(t_ids, t_mask, t_types)
+
+            ours = exe.run(feeds)[exe.graph.output_names[0]]
+            cos = float(np.min(np.sum(ours * run_torch().numpy(), -1)))
+            t = interleaved_medians({"dnet": lambda: exe.run(feeds), "ort": lambda: session.run(None, ort_feeds),
+                                     "torch": run_torch}, args.repeats)
+            rows.append([f"{batch} x {args.seq}", f"{t['dnet'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
+                         f"{t['torch'] * 1e3:.1f}", f"{t['dnet'] / t['ort']:.2f}", f"{cos:.6f}"])
+    print(f"all-MiniLM-L6-v2, {threads} threads, {detect().summary()}")
+    print(table(rows))
+    mib = 1024 * 1024
+    limit = 1.5 * rss["weights"] + 64 * mib
+    print(f"compile: {cold:.2f} s cold, {cached:.2f} s cached")
+    print(f"peak RSS running batch {max(args.batches)}: {rss['peak'] / mib:.0f} MiB; weights {rss['weights'] / mib:.0f} MiB; "
+          f"limit 1.5 x weights + 64 MiB = {limit / mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
