@@ -187,3 +187,15 @@ def test_workers_with_different_backends_agree(rng, tmp_path):
         for w in mixed:
             w.stop()
     np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+
+
+def test_fields_of_the_wrong_type_are_refused_and_the_connection_keeps_serving(workers):
+    chan = connect(workers[0].host, workers[0].port, SECRET, DEFAULT_LIMITS)
+    chan.sock.settimeout(5)
+    for meta in [{"key": 7}, {"key": "k", "weights": "x"}, {"key": "k", "weights": [1]}]:
+        reply = chan.request(Message(MsgType.LOAD, meta, {"graph": np.zeros(3, np.uint8)}))
+        assert reply.type is MsgType.ERROR
+    reply = chan.request(Message(MsgType.LOAD, {"key": "k", "weights": []}, {"graph": np.frombuffer(b"{", np.uint8)}))
+    assert reply.type is MsgType.ERROR and "not valid JSON" in reply.meta["reason"]
+    assert chan.request(Message(MsgType.PING)).type is MsgType.PONG
+    chan.close()

@@ -105,3 +105,10 @@ def test_a_local_cluster_leaves_no_worker_process_behind(tmp_path):
         procs = list(local.procs)
         assert all(p.poll() is None for p in procs)
     assert all(p.poll() is not None for p in procs)
+
+
+def test_workers_asked_to_shut_down_exit_cleanly(tmp_path):
+    with LocalCluster(2, cache_dir=str(tmp_path)) as local:
+        local.coordinator().close(shutdown_workers=True)
+        codes = [p.wait(timeout=5) for p in local.procs]
+    assert codes == [0, 0]

@@ -126,7 +126,13 @@ class Coordinator:
         self._window = threading.BoundedSemaphore(max_in_flight)
         self._ready = threading.Event()
         self._closing = threading.Event()
-        self.workers = [self._connect(i, a) for i, a in enumerate(addresses)]
+        self.workers: list[WorkerHandle] = []
+        try:
+            for i, address in enumerate(addresses):
+                self.workers.append(self._connect(i, address))
+        except BaseException:
+            self.close()
+            raise
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
     # -- connections -------------------------------------------------------------------

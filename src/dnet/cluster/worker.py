@@ -107,9 +107,10 @@ class Worker:
         self._stopped.set()
         self._work.put(None)
         try:
-            self.listener.close()
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in serve_forever; close() alone does not
         except OSError:
             pass
+        self.listener.close()
 
     # -- connections ----------------------------------------------------------------
     def _serve(self, sock: socket.socket, addr: tuple) -> None:
@@ -145,9 +146,13 @@ class Worker:
                 return
             try:
                 self._dispatch(chan, msg)
-            except DnetError as err:  # a well-formed frame asking for something wrong: refuse it, keep serving
-                log.warning("%s from %s refused: %s", msg.type.name, chan.peer, err)
-                self._try_send(chan, Message(MsgType.ERROR, {"reason": str(err), **_ids(msg.meta)}))
+            except OSError as err:
+                log.info("connection from %s ended: %s", chan.peer, err)
+                return
+            except Exception as err:  # noqa: BLE001 - a well-formed frame asking for something wrong
+                reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
+                log.warning("%s from %s refused: %s", msg.type.name, chan.peer, reason)
+                self._try_send(chan, Message(MsgType.ERROR, {"reason": reason, **_ids(msg.meta)}))
 
     @staticmethod
     def _try_send(chan: Channel, msg: Message) -> None:
@@ -201,7 +206,7 @@ class Worker:
         if missing:
             chan.send(Message(MsgType.NEED, {"key": key, "hashes": missing}))
         else:
-            self._finish_load(key)
+            self._compile_in_background(key)
 
     def _on_weights(self, chan: Channel, msg: Message) -> None:
         key = _str(msg.meta, "key")
@@ -214,11 +219,23 @@ class Worker:
             missing = self.store.missing(pending.meta["weights"])
             if missing:
                 raise DnetError(f"still missing {len(missing)} weight(s), e.g. {missing[0][:12]}", where=key)
-            self._finish_load(key)
+            self._compile_in_background(key)
 
-    def _finish_load(self, key: str) -> None:
+    def _compile_in_background(self, key: str) -> None:
+        """Compiling can take a while (a C compiler): the connection keeps answering pings meanwhile."""
         with self._lock:
             pending = self._pending.pop(key)
+        threading.Thread(target=self._finish_load, args=(key, pending), name=f"compile-{key}", daemon=True).start()
+
+    def _finish_load(self, key: str, pending: _PendingLoad) -> None:
+        try:
+            self._install(key, pending)
+        except Exception as err:  # noqa: BLE001 - reported to the coordinator, never fatal
+            reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
+            log.warning("stage %s failed to load: %s", key, reason)
+            self._try_send(pending.reply, Message(MsgType.ERROR, {"reason": reason, "key": key}))
+
+    def _install(self, key: str, pending: _PendingLoad) -> None:
         graph = unpack(pending.doc, pending.meta["weights"], self.store.get)
         options = {"threads": self.config.threads} if self.config.threads and self.config.backend != "numpy" else {}
         runner = StageRunner(graph, self.config.backend, **options)
