@@ -78,7 +78,8 @@ def test_object_dump_is_the_objects_block_of_the_module_dump():
 @pytest.mark.parametrize("value, text", [
     (ABSENT, "none"), (True, "true"), (False, "false"), (3, "3"), (-0.25, "-0.25"),
     (1e-06, "1e-06"), ("tanh", '"tanh"'), (DType.BF16, "D_BF16"), (Sym("batch") * 2, "2*batch"),
-    ((1, (2, True)), "tuple(1, tuple(2, true))"), (WILDCARD, "WILDCARD"),
+    ((1, (2, True)), "tuple(1, tuple(2, true))"), (WILDCARD, "WILDCARD"), (np.float64(0.5), "0.5"),
+    (np.int32(7), "7"),
 ])
 def test_literals_print_in_the_dsl_spelling(value, text):
     assert format_expr(Lit(value)) == text

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from dnet.core.dtypes import DType
 from dnet.core.shapes import WILDCARD, Dim
 from dnet.objects.ir import (
@@ -42,14 +44,18 @@ def format_value(value: Any) -> str:
     `none` for an optional argument left out (ABSENT), as the DSL spells them."""
     if value is ABSENT:
         return "none"
+    if isinstance(value, np.generic):  # a numpy scalar prints as the Python number it holds
+        value = value.item()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, DType):
         return f"D_{value.value.upper()}"
-    if value is WILDCARD or isinstance(value, (int, float, Dim)):
-        return str(value) if not isinstance(value, float) else repr(value)
+    if isinstance(value, float):
+        return repr(float(value))
+    if value is WILDCARD or isinstance(value, (int, Dim)):
+        return str(value)
     if isinstance(value, (tuple, list)):
         return "tuple(" + ", ".join(format_value(v) for v in value) + ")"
     return repr(value)

@@ -40,7 +40,7 @@ from dnet.objects.passes.walk import (
 from dnet.objects.symbols import Symbol, SymbolFlag, SymbolKind, SymbolTable
 
 
-@dataclass(frozen=True)
+@dataclass
 class Knowledge:
     """What a function instance knows about its arguments."""
     present: dict[str, bool] = field(default_factory=dict)    # optional argument -> given?
