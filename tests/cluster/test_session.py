@@ -48,3 +48,22 @@ def test_the_plans_stages_become_stage_graphs_on_the_nodes_it_names(rng):
 def test_topology_links_become_transport_shapes():
     shapes = link_shapes(_topology(2))
     assert shapes[(0, 1)].bandwidth == 1e8 and shapes[(1, 0)].latency == 1e-4
+
+
+def test_a_batch_cut_into_micro_batches_gives_the_same_outputs(rng):
+    net = ResidualNet(rng)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    req = request(rng, batch=7, seq=3)
+    with dnet.compile(net, {"x": t, "mask": t}, topology=_topology(2), env={"batch": 2, "seq": 3}) as exe:
+        out = exe.run(req, micro_batches=3)["output"]
+        runs = [timing.runs for timing in exe.timings.values()]
+    np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+    assert runs and all(r == 3 for r in runs)  # three pieces went through each stage
+
+
+def test_micro_batches_need_a_shared_symbolic_batch_dim(rng):
+    net = ResidualNet(rng)
+    t = dnet.TensorType((2, 3, 8), dnet.f32)
+    with dnet.compile(net, {"x": t, "mask": t}, topology=_topology(2)) as exe:
+        with pytest.raises(DnetError, match="cannot cut this model's requests into micro-batches"):
+            exe.run(request(rng), micro_batches=2)

@@ -67,8 +67,25 @@ class DistributedExecutable:
     def timings(self) -> dict[int, StageTiming]:
         return self.coordinator.timings
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.coordinator.run(inputs)
+    def run(self, inputs: Mapping[str, np.ndarray], micro_batches: int = 1) -> dict[str, np.ndarray]:
+        """One request; with `micro_batches` > 1 it is cut along the batch dim into that many
+        pieces, which pipeline through the stages so every node works at once."""
+        if micro_batches <= 1:
+            return self.coordinator.run(inputs)
+        self._check_batch_dim()
+        size = len(next(iter(inputs.values())))
+        bounds = np.linspace(0, size, min(micro_batches, size) + 1).astype(int)
+        pieces = [{k: v[a:b] for k, v in inputs.items()} for a, b in zip(bounds, bounds[1:])]
+        outs = self.coordinator.run_many(pieces)
+        return {name: np.concatenate([o[name] for o in outs]) for name in outs[0]}
+
+    def _check_batch_dim(self) -> None:
+        """Cutting along axis 0 is sound only where every input and output leads with the same symbolic dim."""
+        types = [*self.graph.input_types().values(), *self.graph.output_types().values()]
+        leading = {t.shape[0] if t.shape else None for t in types}
+        if len(leading) != 1 or isinstance(next(iter(leading)), int) or None in leading:
+            raise DnetError("cannot cut this model's requests into micro-batches",
+                            hint="every input and output must lead with the same symbolic batch dim")
 
     def run_many(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         return self.coordinator.run_many(requests)
