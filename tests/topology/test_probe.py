@@ -55,9 +55,9 @@ def test_probe_is_cached_per_fingerprint(tmp_path, monkeypatch):
     first = P.probe(kernel=kernel, quick=True)
     second = P.probe(kernel=kernel, quick=True)
     assert not first.cached and second.cached
-    assert len(slow) == 3                                   # one per dtype, measured once
+    assert len(slow) == 4              # one size per dtype and a second for f32, measured once
     assert second.device.compute == first.device.compute
-    assert set(first.measurements) >= {"matmul.f32", "memory_bandwidth"}
+    assert set(first.measurements) >= {"matmul.f32", "memory_bandwidth", "op_overhead", "erf", "sum"}
     assert all(m.spread >= 0 for m in first.measurements.values())
     (next(tmp_path.rglob("*.json"))).write_text("{not json")   # a corrupt entry is measured again
     assert not P.probe(kernel=kernel, quick=True).cached
@@ -107,3 +107,18 @@ def test_probe_cli_writes_this_node_and_its_link_into_the_topology_file(tmp_path
     assert topo.names == ["peer", "here"]                 # a re-probed node keeps its place
     assert topo.link("here", "peer").bandwidth > 0 and topo.link("peer", "here") is None
     assert topo.node("here").devices[0].compute["f32"] > 0
+
+
+def test_rate_from_two_sizes_takes_off_the_fixed_cost():
+    fixed, rate = 1e-3, 1e9                                 # a made-up device: 1 ms per call, 1 GFLOP/s
+    flops = [1e6, 1e8]
+    seen = [P.Measurement(f / (fixed + f / rate), 0.0, 1) for f in flops]
+    assert P.fit_rate(flops, seen) == pytest.approx(rate)
+    assert seen[1].median < rate                            # the large size alone underestimates it
+
+
+def test_op_rates_are_measured_per_op_through_the_backend():
+    rates = P.probe_op_rates("numpy", 1 << 14, runs=2)
+    assert set(rates) == {op.name.lower() for op in P.RATED_OPS}
+    assert all(m.median > 0 for m in rates.values())
+    assert rates["erf"].median < rates["add"].median      # scipy's erf is far slower than an add

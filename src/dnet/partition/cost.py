@@ -1,7 +1,8 @@
 """The cost model: each graph op's time on each device (a tensor's time on a link is `Link.time`).
 
-An op's time is a roofline: the larger of its arithmetic over the device's rate for
-that op class and dtype, and its memory traffic over the device's memory bandwidth.
+An op's time is the device's fixed cost per op plus a roofline: the larger of its
+arithmetic over the device's rate for that op class and dtype, and its memory
+traffic over the device's memory bandwidth.
 Flops and bytes per node come from `dnet.graph.analysis.node_cost`.
 """
 from __future__ import annotations
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from dnet.core.dtypes import DType
-from dnet.graph.analysis import Env, node_cost
-from dnet.graph.ir import Graph
-from dnet.graph.ops import OpClass
+from dnet.graph.analysis import Env, evaluate, node_cost, value_bytes
+from dnet.graph.ir import Graph, Node
+from dnet.graph.ops import Op, OpClass
 from dnet.topology.model import Device
 
-# (op class, dtype) pairs in a fixed order, so that per-op rates can be gathered with one index array.
-_KEYS = [(c, d) for c in OpClass for d in DType]
+# (op, dtype) pairs in a fixed order, so that per-op rates can be gathered with one index array.
+_KEYS = [(op, d) for op in Op for d in DType]
 _KEY_INDEX = {k: i for i, k in enumerate(_KEYS)}
 
 
@@ -28,23 +29,36 @@ class OpTable:
     flops: np.ndarray
     bytes: np.ndarray
     key: np.ndarray       # index into _KEYS: which device rate applies
+    runs: np.ndarray      # whether the node runs at all (sources do not)
 
     @staticmethod
     def of(graph: Graph, env: Env) -> "OpTable":
         costs = [node_cost(graph, n, env) for n in graph.nodes]
         return OpTable(np.array([c.flops for c in costs], dtype=np.float64),
-                       np.array([c.bytes for c in costs], dtype=np.float64),
-                       np.array([_KEY_INDEX[(n.op.cls, n.dtype)] for n in graph.nodes], dtype=np.int64))
+                       np.array([_bytes(graph, n, c.bytes, env) for n, c in zip(graph.nodes, costs)],
+                                dtype=np.float64),
+                       np.array([_KEY_INDEX[(n.op, n.dtype)] for n in graph.nodes], dtype=np.int64),
+                       np.array([n.op.cls is not OpClass.SOURCE for n in graph.nodes]))
+
+
+def _bytes(graph: Graph, node: Node, counted: int, env: Env) -> float:
+    """Memory traffic of a node. A gather reads only the rows it takes, not its whole table
+    (an embedding lookup touches a few KiB of a 50 MB table)."""
+    if node.op is not Op.GATHER:
+        return float(counted)
+    out = evaluate(value_bytes(node.type), env)
+    indices = evaluate(value_bytes(graph.nodes[node.inputs[1]].type), env)
+    return float(2 * out + indices)
 
 
 def rate_vector(device: Device) -> np.ndarray:
-    """The device's FLOP/s for each (op class, dtype) key; inf for ops that do no arithmetic."""
-    return np.array([device.rate(c, d) or np.inf for c, d in _KEYS], dtype=np.float64)
+    """The device's FLOP/s for each (op, dtype) key; inf for ops that do no arithmetic."""
+    return np.array([device.rate(op, d) or np.inf for op, d in _KEYS], dtype=np.float64)
 
 
 def op_times(table: OpTable, device: Device) -> np.ndarray:
-    """Seconds for each node of the table on `device` (roofline)."""
+    """Seconds for each node of the table on `device`: its fixed cost per op plus the roofline."""
     rates = rate_vector(device)[table.key]
     compute = np.divide(table.flops, rates, out=np.zeros_like(table.flops), where=table.flops > 0)
     bw = device.memory_bandwidth or np.inf
-    return np.maximum(compute, table.bytes / bw)
+    return np.maximum(compute, table.bytes / bw) + np.where(table.runs, device.op_overhead, 0.0)

@@ -2,7 +2,7 @@
 
 All quantities are in base units (bytes, seconds, bytes/s, FLOP/s). A device's
 `compute` gives its matmul rate per dtype; `op_rates` optionally gives a rate per
-op class (`"unary"`, `"reduce"`, ...) where it differs. Links are directed:
+op (`"erf"`, `"add"`, ...) or per op class (`"unary"`, `"reduce"`, ...) where it differs. Links are directed:
 a symmetric link is two entries.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from dnet.core.dtypes import DType
 from dnet.errors import DnetError, did_you_mean
-from dnet.graph.ops import OpClass
+from dnet.graph.ops import Op
 
 
 @dataclass
@@ -21,14 +21,17 @@ class Device:
     compute: dict[str, float] = field(default_factory=dict)   # dtype name -> matmul FLOP/s
     memory: float = 0.0                    # capacity, bytes
     memory_bandwidth: float = 0.0          # bytes/s
-    op_rates: dict[str, float] = field(default_factory=dict)  # op class name -> FLOP/s
+    op_rates: dict[str, float] = field(default_factory=dict)  # op name or op class name -> FLOP/s
     cache: dict[str, float] = field(default_factory=dict)     # "l1", "l2", "l3" -> bytes
     vector_width: int = 0                  # bits; 0 where unknown
+    op_overhead: float = 0.0               # seconds every op costs whatever its size (dispatch, launch)
 
-    def rate(self, cls: OpClass, dtype: DType) -> float:
-        """FLOP/s for an op of class `cls` on `dtype`; matmul rates stand in where nothing finer is known."""
-        if cls.value in self.op_rates:
-            return self.op_rates[cls.value]
+    def rate(self, op: Op, dtype: DType) -> float:
+        """FLOP/s of `op` on `dtype`: its own measured rate, else its op class's, else the matmul
+        rate for that dtype (then for f32)."""
+        for key in (op.name.lower(), op.cls.value):
+            if key in self.op_rates:
+                return self.op_rates[key]
         if dtype.value in self.compute:
             return self.compute[dtype.value]
         return self.compute.get("f32", max(self.compute.values(), default=0.0))

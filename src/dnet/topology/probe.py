@@ -7,6 +7,8 @@ kept beside it. Results are cached on disk per hardware fingerprint, so a second
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -15,12 +17,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
+from dnet.graph.builder import GraphBuilder
+from dnet.graph.ir import Graph
+from dnet.graph.ops import ELEMENTWISE, LOGICAL, Op, OpClass
 from dnet.topology.model import Device
 
 # The seam to the backends: given (n, dtype), return a callable that runs one n x n x n
@@ -32,7 +37,6 @@ MatmulKernel = Callable[[int, DType], Callable[[], object]]
 def backend_matmul(backend: str = "numpy") -> MatmulKernel:
     """A MatmulKernel that runs a one-op graph through the named backend."""
     from dnet.backends import registry
-    from dnet.graph.builder import GraphBuilder
 
     def make(n: int, dtype: DType) -> Callable[[], object]:
         b = GraphBuilder()
@@ -73,15 +77,30 @@ class ProbeReport:
                            obj["fingerprint"])
 
 
+_CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar("clock", default=time.perf_counter)
+
+
+@contextlib.contextmanager
+def cpu_clock() -> Iterator[None]:
+    """Inside, probes time with this process's CPU time instead of the wall clock: on one BLAS
+    thread, that is what other processes sharing the machine do not change."""
+    token = _CLOCK.set(time.process_time)
+    try:
+        yield
+    finally:
+        _CLOCK.reset(token)
+
+
 def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> Measurement:
     """Median seconds of `runs` calls of fn, after `warmup` untimed ones."""
+    clock = _CLOCK.get()
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     med = statistics.median(times)
     return Measurement(med, (max(times) - min(times)) / med if med > 0 else 0.0, runs)
 
@@ -179,35 +198,83 @@ def probe_memory_bandwidth(nbytes: int, runs: int) -> Measurement:
     return _rate(2.0 * src.nbytes, time_runs(lambda: np.copyto(dst, src), runs))
 
 
-def probe_elementwise(runs: int) -> Measurement:
-    """FLOP/s of a cache-resident element-wise add: the compute side of the roofline for element-wise ops."""
-    a = np.ones(1 << 15, dtype=np.float32)
-    b = np.ones_like(a)
-    out = np.empty_like(a)
-    reps = 64
+def _one_op(op: Op, elements: int) -> tuple[Graph, dict[str, np.ndarray]]:
+    """A graph of one element-wise or reduce op over `elements` values, and inputs for it."""
+    b = GraphBuilder()
+    logical = op in LOGICAL
+    shape = (elements // 512, 512)
+    dtype = DType.BOOL if logical else DType.F32
+    arity = 3 if op is Op.WHERE else max(op.arity, 1)
+    names = [f"x{i}" for i in range(arity)]
+    types = [DType.BOOL if (logical or (op is Op.WHERE and i == 0)) else dtype for i in range(arity)]
+    xs = [b.input(n, TensorType(shape, t)) for n, t in zip(names, types)]
+    attrs = {"dtype": DType.F16} if op is Op.CAST else {}
+    if op.cls is OpClass.REDUCE:
+        attrs = {"axis": 1, "keepdim": False} if op is Op.ARGMAX else {"axes": (1,), "keepdim": False}
+    b.output("y", b.node(op, xs, **attrs))
+    rng = np.random.default_rng(0)
+    feeds = {n: (rng.random(shape) > 0.5 if t is DType.BOOL else rng.uniform(0.5, 1.5, shape).astype(np.float32))
+             for n, t in zip(names, types)}
+    return b.finish(), feeds
 
-    def body() -> None:
-        for _ in range(reps):
-            np.add(a, b, out=out)
 
-    return _rate(float(a.size * reps), time_runs(body, runs))
+RATED_OPS = [op for op in Op if op.cls in (*ELEMENTWISE, OpClass.REDUCE)]
 
 
-def probe_reduce(runs: int) -> Measurement:
-    """FLOP/s (one add per element) of a cache-resident sum over the last axis."""
-    a = np.ones((64, 512), dtype=np.float32)
-    reps = 64
+def probe_op_rates(backend: str, elements: int, runs: int) -> dict[str, Measurement]:
+    """Elements per second of each element-wise and reduce op through the backend, on arrays of
+    `elements` values (a one-op graph's time, less that of a one-op graph on 8 values: the fixed
+    cost of a call and of an op is charged apart, as `op_overhead`)."""
+    from dnet.backends import registry
 
-    def body() -> None:
-        for _ in range(reps):
-            a.sum(axis=-1)
+    def timed(op: Op, n: int) -> Measurement:
+        graph, feeds = _one_op(op, n)
+        runner = registry.get(backend).prepare(graph)
+        return time_runs(lambda: runner.run(feeds), runs)
 
-    return _rate(float(a.size * reps), time_runs(body, runs))
+    base = timed(Op.ADD, 512).median
+    out = {}
+    for op in RATED_OPS:
+        m = timed(op, elements)
+        # the fixed costs come off, but never more than half: noise must not make an op look free
+        out[op.name.lower()] = Measurement(elements / max(m.median - base, m.median / 2), m.spread, runs)
+    return out
+
+
+def fit_rate(flops: list[float], rates: list[Measurement]) -> float:
+    """The rate of the slope through two sizes' times (time = fixed cost + flops / rate): what a large
+    op runs at once the fixed costs of a call are paid. The large size's own rate where noise breaks it."""
+    (f1, f2), (t1, t2) = flops, [f / m.median for f, m in zip(flops, rates)]
+    if t2 > t1 and f2 > f1 and t1 - f1 * (t2 - t1) / (f2 - f1) >= 0:
+        return (f2 - f1) / (t2 - t1)
+    return f2 / t2
+
+
+def probe_op_overhead(backend: str, runs: int, ops: int = 64) -> Measurement:
+    """Seconds each op costs whatever its size: a chain of `ops` tiny adds through the backend,
+    less a chain of one, divided by ops - 1 (the call's own fixed cost cancels)."""
+    from dnet.backends import registry
+
+    def chain(n: int) -> Callable[[], object]:
+        b = GraphBuilder()
+        x = y = b.input("x", TensorType((8,), DType.F32))
+        for _ in range(n):
+            y = b.elementwise(Op.ADD, y, x)
+        b.output("y", y)
+        runner = registry.get(backend).prepare(b.finish())
+        feed = {"x": np.ones(8, np.float32)}
+        return lambda: runner.run(feed)
+
+    long, short = time_runs(chain(ops), runs), time_runs(chain(1), runs)
+    per_op = max(long.median - short.median, 0.0) / (ops - 1)
+    return Measurement(per_op, long.spread, runs)
 
 
 def run_probe(backend: str = "numpy", kernel: MatmulKernel | None = None, quick: bool = False,
-              dtypes: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16)) -> ProbeReport:
-    """Measure this node now (no cache). `quick` uses fewer, smaller runs (well under a second)."""
+              dtypes: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16), backend_ops: bool = True
+              ) -> ProbeReport:
+    """Measure this node now (no cache). `quick` uses fewer, smaller runs (well under a second).
+    `backend_ops`: also time a chain of tiny ops through the backend for its cost per op."""
     kernel = kernel or backend_matmul(backend)
     runs = 5 if quick else 9
     report = ProbeReport(Device(kind=backend, cores=core_count(), memory=available_memory(),
@@ -218,16 +285,21 @@ def run_probe(backend: str = "numpy", kernel: MatmulKernel | None = None, quick:
         m = probe_matmul(kernel, dtype, n, runs)
         report.measurements[f"matmul.{dtype.value}"] = m
         report.device.compute[dtype.value] = m.median
+        if dtype is DType.F32:  # the slope through two sizes: the rate without fixed costs
+            small = probe_matmul(kernel, dtype, n // 4, runs)
+            report.measurements[f"matmul.{dtype.value}.small"] = small
+            report.device.compute[dtype.value] = fit_rate([(n // 4) ** 3 * 2.0, n**3 * 2.0], [small, m])
+    if backend_ops:
+        overhead = probe_op_overhead(backend, runs)
+        report.measurements["op_overhead"] = overhead
+        report.device.op_overhead = overhead.median
     bw = probe_memory_bandwidth((16 if quick else 64) << 20, runs)
     report.measurements["memory_bandwidth"] = bw
     report.device.memory_bandwidth = bw.median
-    ew = probe_elementwise(runs)
-    report.measurements["elementwise"] = ew
-    for cls in ("unary", "binary", "ternary", "cast", "movement"):
-        report.device.op_rates[cls] = ew.median
-    red = probe_reduce(runs)
-    report.measurements["reduce"] = red
-    report.device.op_rates["reduce"] = red.median
+    if backend_ops:
+        for name, m in probe_op_rates(backend, 1 << 18, runs).items():
+            report.measurements[name] = m
+            report.device.op_rates[name] = m.median
     return report
 
 

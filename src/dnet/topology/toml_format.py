@@ -11,7 +11,7 @@ from typing import Any
 
 from dnet.core.dtypes import DType
 from dnet.errors import Location, ParseError, did_you_mean
-from dnet.graph.ops import OpClass
+from dnet.graph.ops import Op, OpClass
 from dnet.topology.model import Device, Node, Topology
 from dnet.topology.units import UnitError, format_quantity, parse_quantity
 
@@ -20,9 +20,11 @@ _NODE_KEYS = {"name", "address", "device", "interconnect"}
 _LINK_KEYS = {"between", "from", "to", "bandwidth", "latency"}
 # device key -> unit kind (None: not a quantity)
 _DEVICE_KEYS = {"kind": None, "cores": None, "compute": "rate", "memory": "bytes",
-                "memory_bandwidth": "bandwidth", "op_rates": "rate", "cache": "bytes", "vector_width": None}
+                "memory_bandwidth": "bandwidth", "op_rates": "rate", "cache": "bytes", "vector_width": None,
+                "op_overhead": "time"}
 _DTYPES = [d.value for d in DType]
-_OP_CLASSES = [c.value for c in OpClass if c is not OpClass.SOURCE]
+_OP_RATE_KEYS = ([c.value for c in OpClass if c is not OpClass.SOURCE]
+                 + [op.name.lower() for op in Op if op.cls is not OpClass.SOURCE])
 
 
 def load_topology(path: str) -> Topology:
@@ -132,10 +134,17 @@ def _device(r: _Reader, raw: dict, key: str) -> Device:
     d.memory = r.quantity(raw["memory"], "bytes", f"{key}.memory")
     if "memory_bandwidth" in raw:
         d.memory_bandwidth = r.quantity(raw["memory_bandwidth"], "bandwidth", f"{key}.memory_bandwidth")
+    if "op_overhead" in raw:
+        try:
+            d.op_overhead = parse_quantity(raw["op_overhead"], "time")
+        except UnitError as err:
+            raise r.fail(f"{key}.op_overhead", str(err)) from None
+        if d.op_overhead < 0:
+            raise r.fail(f"{key}.op_overhead", f"op_overhead cannot be negative, got {raw['op_overhead']!r}")
     d.compute = _rates(r, raw.get("compute"), _DTYPES, f"{key}.compute")
     if not d.compute:
         raise r.fail(f"{key}.compute", "every device needs a compute rate, such as compute = { f32 = \"100GFLOP/s\" }")
-    d.op_rates = _rates(r, raw.get("op_rates", {}), _OP_CLASSES, f"{key}.op_rates")
+    d.op_rates = _rates(r, raw.get("op_rates", {}), _OP_RATE_KEYS, f"{key}.op_rates")
     cache = r.table(raw.get("cache", {}), f"{key}.cache")
     d.cache = {k: r.quantity(v, "bytes", f"{key}.cache.{k}") for k, v in cache.items()}
     return d
@@ -207,6 +216,8 @@ def _device_lines(d: Device) -> list[str]:
         lines.append(f"  memory_bandwidth = {_str(format_quantity(d.memory_bandwidth, 'bandwidth', 12))}")
     if d.vector_width:
         lines.append(f"  vector_width = {d.vector_width}")
+    if d.op_overhead:
+        lines.append(f"  op_overhead = {_str(format_quantity(d.op_overhead, 'time', 12))}")
     for name, table, kind in (("compute", d.compute, "rate"), ("op_rates", d.op_rates, "rate"),
                               ("cache", d.cache, "bytes")):
         if table:
