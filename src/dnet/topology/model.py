@@ -7,7 +7,7 @@ a symmetric link is two entries.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from dnet.core.dtypes import DType
 from dnet.errors import DnetError, did_you_mean
@@ -114,8 +114,8 @@ class Topology:
         scales = scales or [1.0] * n
         topo = Topology()
         for i in range(n):
-            d = Device(**{**asdict(device), "compute": {k: v * scales[i] for k, v in device.compute.items()},
-                          "op_rates": {k: v * scales[i] for k, v in device.op_rates.items()}})
+            d = replace(device, compute={k: v * scales[i] for k, v in device.compute.items()},
+                        op_rates={k: v * scales[i] for k, v in device.op_rates.items()}, cache=dict(device.cache))
             topo.nodes.append(Node(f"local{i}", [d], address=None))
         for a in topo.names:
             for b in topo.names:
@@ -159,8 +159,6 @@ class Topology:
 
 def share_of(device: Device, n: int) -> Device:
     """One n-th of a device: its cores, memory and rates divided among n local nodes."""
-    return Device(kind=device.kind, cores=max(1, device.cores // n),
-                  compute={k: v / n for k, v in device.compute.items()},
-                  memory=device.memory / n, memory_bandwidth=device.memory_bandwidth / n,
-                  op_rates={k: v / n for k, v in device.op_rates.items()},
-                  cache=dict(device.cache), vector_width=device.vector_width)
+    return replace(device, cores=max(1, device.cores // n), compute={k: v / n for k, v in device.compute.items()},
+                   memory=device.memory / n, memory_bandwidth=device.memory_bandwidth / n,
+                   op_rates={k: v / n for k, v in device.op_rates.items()}, cache=dict(device.cache))
