@@ -11,7 +11,7 @@ from residual_nets import ResidualNet, oracle, request
 
 
 def _topology(n: int) -> Topology:
-    device = Device(kind="numpy", cores=1, compute={"f32": 1e9}, memory=1e9, memory_bandwidth=1e9)
+    device = Device(kind="numpy", cores=1, compute={"f32": 1e6}, memory=1e9, memory_bandwidth=1e9)
     return Topology.local(n, device=device, bandwidth=1e8, latency=1e-4)
 
 
@@ -27,7 +27,7 @@ def test_compile_with_a_local_topology_runs_the_model_across_its_workers(rng):
     for req, out in zip(reqs, outs):
         np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(single, outs[0]["output"], rtol=0, atol=0)
-    assert len(placement) == len(exe.plan.stages) and sorted(set(placement)) == sorted(placement)
+    assert sorted(placement) == [0, 1]  # slow nodes, fast links: the plan uses both
     assert all(t.runs == 7 for t in timings.values())
 
 
@@ -58,7 +58,7 @@ def test_a_batch_cut_into_micro_batches_gives_the_same_outputs(rng):
         out = exe.run(req, micro_batches=3)["output"]
         runs = [timing.runs for timing in exe.timings.values()]
     np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
-    assert runs and all(r == 3 for r in runs)  # three pieces went through each stage
+    assert runs == [3, 3]  # three pieces went through each of the two stages
 
 
 def test_micro_batches_need_a_shared_symbolic_batch_dim(rng):
