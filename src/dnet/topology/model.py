@@ -115,7 +115,8 @@ class Topology:
         topo = Topology()
         for i in range(n):
             d = replace(device, compute={k: v * scales[i] for k, v in device.compute.items()},
-                        op_rates={k: v * scales[i] for k, v in device.op_rates.items()}, cache=dict(device.cache))
+                        op_rates={k: v * scales[i] for k, v in device.op_rates.items()}, cache=dict(device.cache),
+                        op_overhead=device.op_overhead / scales[i])
             topo.nodes.append(Node(f"local{i}", [d], address=None))
         for a in topo.names:
             for b in topo.names:
