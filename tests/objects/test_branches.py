@@ -64,14 +64,6 @@ def test_a_missing_entry_is_named_with_a_suggestion(rng):
         remove_branches_for(entry="froward")(attention_module(rng))
 
 
-def test_one_specialisation_serves_every_call_site_that_knows_the_same():
-    twice = Apply("add", (Call("child", (Ref("x"),)), Call("child.forward", (Ref("x"), Ref("m")))))
-    module = remove_branches(caller_and_child(result=twice))
-    assert module.root.functions["forward"].result == Apply("add", (
-        Call("child.forward[mask=absent]", (Ref("x"),)), Call("child.forward[mask=absent]", (Ref("x"),))))
-    assert list(child_functions(module)) == ["forward", "forward[mask=absent]"]
-
-
 def test_branch_removal_leaves_its_input_unchanged(rng):
     module = attention_module(rng)
     before = print_module(module)
@@ -92,6 +84,14 @@ def caller_and_child(*lets: Let, result) -> ObjectModule:
 
 def child_functions(module: ObjectModule) -> dict[str, Function]:
     return module.root.children["child"].functions
+
+
+def test_one_specialisation_serves_every_call_site_that_knows_the_same():
+    twice = Apply("add", (Call("child", (Ref("x"),)), Call("child.forward", (Ref("x"), Ref("m")))))
+    module = remove_branches(caller_and_child(result=twice))
+    assert module.root.functions["forward"].result == Apply("add", (
+        Call("child.forward[mask=absent]", (Ref("x"),)), Call("child.forward[mask=absent]", (Ref("x"),))))
+    assert list(child_functions(module)) == ["forward", "forward[mask=absent]"]
 
 
 @pytest.mark.parametrize("passed", [(Lit(ABSENT),), (), (Ref("m"),), (Ref("alias"),)],

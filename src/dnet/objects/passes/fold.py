@@ -4,8 +4,8 @@ Within each function: a name that lowering would resolve to a constant member
 becomes its literal; a let bound to a literal or to another name is propagated into
 its uses; scalar arithmetic (`SCALAR_OPS`) on literals, tuples of literals and
 items of known tuples fold to literals. Every rule computes exactly what lowering
-would, so the lowered graph does not change; an operation that would fail (a
-division by zero) is left for lowering to report where it stands.
+would, so the lowered graph computes the same outputs; an operation that would fail
+(a division by zero) is left for lowering to report where it stands.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def fold_tuple(expr: Expr) -> Expr | None:
 
 
 def fold_getitem(expr: Expr) -> Expr | None:
-    """getitem(tuple(a, b), 1) -> b, for a tuple expression or a tuple literal."""
+    """item(tuple(a, b), 1) -> b, for a tuple expression or a tuple literal."""
     if not isinstance(expr, GetItem):
         return None
     value, i = expr.value, expr.index
@@ -85,7 +85,7 @@ class _Names:
         return Lit(sym.value) if sym is not None and sym.kind is SymbolKind.CONSTANT else None
 
     def item_of_let(self, expr: Expr) -> Expr | None:
-        """getitem(p, i) -> the item, where let p = tuple(...) and the item is a literal or a name."""
+        """item(p, i) -> the item, where let p = tuple(...) and the item is a literal or a name."""
         if not (isinstance(expr, GetItem) and isinstance(expr.value, Ref)):
             return None
         name = expr.value.name
