@@ -112,6 +112,8 @@ class Topology:
 
             device = share_of(probe_device(quick=True), n)
         scales = scales or [1.0] * n
+        if len(scales) != n or not all(x > 0 for x in scales):
+            raise DnetError(f"scales must be {n} positive numbers, one per node, got {scales}")
         topo = Topology()
         for i in range(n):
             d = replace(device, compute={k: v * scales[i] for k, v in device.compute.items()},
