@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -76,8 +77,55 @@ _OMP_PROBE = "#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n"
 
 @functools.cache
 def find_compiler() -> Compiler:
-    """The first working C compiler ($CC, cc, gcc, clang) with the best flags it accepts."""
+    """The first working C compiler ($CC, cc, gcc, clang) with the best flags it accepts.
+
+    Probing runs the compiler a few times; the result is remembered on disk (keyed by the
+    compiler binary's path, size and modification time) so later processes start at once.
+    """
     tried = _candidates()
+    memo = _probe_memo(tried)
+    if memo is not None:
+        known = _read_memo(memo)
+        if known is not None:
+            return known
+    found = _probe(tried)
+    if memo is not None:
+        _write_memo(memo, found)
+    return found
+
+
+def _probe_memo(tried: list[str]) -> Path | None:
+    from dnet.backends.c.cache import cache_dir
+
+    if not tried:
+        return None
+    st = os.stat(os.path.realpath(tried[0]))
+    key = f"{tried[0]}|{os.path.realpath(tried[0])}|{st.st_size}|{st.st_mtime_ns}|{os.environ.get('CC', '')}"
+    import hashlib
+
+    return cache_dir() / "c" / f"compiler-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read_memo(path: Path) -> Compiler | None:
+    try:
+        obj = json.loads(path.read_text())
+        return Compiler(obj["path"], obj["version"], tuple(obj["flags"]), obj["openmp"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_memo(path: Path, compiler: Compiler) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": compiler.path, "version": compiler.version,
+                                   "flags": list(compiler.flags), "openmp": compiler.openmp}))
+        os.replace(tmp, path)
+    except OSError:
+        pass   # a read-only cache: probe again next time
+
+
+def _probe(tried: list[str]) -> Compiler:
     for cc in tried:
         base = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
         if not _accepts(cc, base):
