@@ -112,8 +112,16 @@ def test_plan_round_trips_through_json_and_draws():
     assert sorted(covered) == sorted(set(covered)) and plan.throughput > 0
     from dnet.partition.render import plan_svg, plan_table
 
-    root = ET.fromstring(plan_svg(plan))
-    assert root.tag.endswith("svg") and any("stage 0" in (t.text or "") for t in root.iter() if t.tag.endswith("text"))
+    topo = _two_nodes()
+    topo.nodes.append(Node("spare", [_device(1e6)]))   # too slow to use, linked to one node
+    topo.add_link("spare", "fast", 1e6)
+    plan = plan_pipeline(bert(CFG), topo, model="bert")
+    root = ET.fromstring(plan_svg(plan, topo))
+    texts = [t.text or "" for t in root.iter() if t.tag.endswith("text")]
+    lines = [e for e in root.iter() if e.tag.endswith("line")]
+    assert any(t.startswith("stage 0") for t in texts) and "unused" in texts and "spare" in texts
+    assert sum(1 for e in lines if e.get("stroke-dasharray")) == 2            # every linked pair, faint
+    assert sum(1 for e in lines if e.get("marker-end")) == len(plan.links)     # the links the plan uses
     assert plan_table(plan).row_count == len(plan.stages)
 
 

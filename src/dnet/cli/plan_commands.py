@@ -137,5 +137,5 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
         json_path.write_text(json.dumps(plan.to_json(), indent=1))
         console.print(f"wrote {json_path}")
     if svg_path:
-        svg_path.write_text(plan_svg(plan))
+        svg_path.write_text(plan_svg(plan, topology))
         console.print(f"wrote {svg_path}")
