@@ -8,6 +8,10 @@ import pytest
 
 from dnet.errors import DnetError
 from dnet.partition import Plan, PlanError, build_problem, layer_chain, plan_pipeline
+from dnet.core.dtypes import DType
+from dnet.core.types import TensorType
+from dnet.graph.builder import GraphBuilder
+from dnet.graph.ops import Op
 from dnet.partition.cost import OpTable, op_times
 from dnet.partition.synthetic import BertConfig, CnnConfig, bert, cnn
 from dnet.topology.model import Device, Node, Topology
@@ -225,3 +229,25 @@ def test_llama_stand_in_has_llama_3_2_1b_parameter_count():
 
     params = sum(int(np.prod(w.shape)) for w in llama().weights.values())
     assert 1.23e9 < params < 1.24e9   # 1,235,814,400 by the published config
+
+
+def test_split_costs_count_inputs_sent_and_outputs_gathered():
+    """Hand-derived: two equal devices, 1 s for the op whole, 10 B/s between them."""
+    from dnet.partition.shard import Team
+
+    b_ = GraphBuilder()
+    x = b_.input("x", TensorType((2, 4), DType.F32))                       # 32 bytes
+    w = b_.const("w", np.ones((4, 3), np.float32))
+    y = b_.matmul(x, w)                                                       # 24 bytes out
+    b_.output("y", b_.unary(Op.EXP, y))
+    chain = layer_chain(b_.finish(), by="cuts")
+    ops = [n for l in chain.layers for n in l.nodes]
+    times = np.ones((2, len(chain.graph.nodes)))                              # every op: 1 s on either
+    matmul = ops.index(int(y))
+    split, shards = Team(["a/0", "b/0"], times, bandwidth=1e3, latency=0.0).split(chain, ops)
+    # columns: 0.5 s each, the whole x (32 B) out, half of y (12 B) back
+    assert split[matmul] == pytest.approx(0.5 + (32 + 12) / 1e3)
+    rows = Team(["a/0", "b/0"], times, 1e3, 0.0, shared_memory=True).split(chain, ops)[1]
+    assert {s.axis for s in rows if s.op == int(y)} == {"rows"}              # half of x out, half of y back
+    slow, none = Team(["a/0", "b/0"], times, bandwidth=10.0, latency=0.0).split(chain, ops)
+    assert not none and np.array_equal(slow, times[0, ops])                  # not worth it: run whole

@@ -45,6 +45,7 @@ class LayerChain:
     boundary: list[int]
     env: dict[str, int]
     crossing: list[list[int]] = field(default_factory=list)  # graph values crossing each cut
+    constants: set[int] = field(default_factory=set)         # values from weights alone: folded, never sent
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -163,7 +164,7 @@ def _build(graph: Graph, env: Env, group: list[tuple[int, str]]) -> LayerChain:
     crossing = _crossing(graph, owner, const, len(layers_kept))
     boundary = [sum(evaluate(value_bytes(graph.nodes[v].type), env) for v in values) for values in crossing]
     _activation_peaks(graph, env, layers_kept, const)
-    return LayerChain(graph, layers_kept, boundary, dict(env), crossing)
+    return LayerChain(graph, layers_kept, boundary, dict(env), crossing, const)
 
 
 def _weights_behind(graph: Graph, const: set[int]) -> dict[int, frozenset[str]]:
