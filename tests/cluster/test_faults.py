@@ -112,3 +112,24 @@ def test_workers_asked_to_shut_down_exit_cleanly(tmp_path):
         local.coordinator().close(shutdown_workers=True)
         codes = [p.wait(timeout=5) for p in local.procs]
     assert codes == [0, 0]
+
+
+def test_two_workers_lost_at_once_move_to_two_spares(rng, tmp_path):
+    net, graph = residual_graph(rng)
+    stages = split_pipeline(graph, contiguous_assignment(graph, [1, 1, 1]))
+    with LocalCluster(5, cache_dir=str(tmp_path)) as local:
+        coord = local.coordinator(max_in_flight=64, heartbeat_s=0.2, dead_after_s=2.0, call_timeout_s=15)
+        try:
+            coord.load(stages, placement=[0, 1, 2], links=SLOW_LINKS)
+            reqs = [_request(rng) for _ in range(16)]
+            futures = [coord.submit(r) for r in reqs]
+            _first_done(futures, timeout=10)
+            local.kill(0)
+            local.kill(2)
+            results = [f.result(timeout=20) for f in futures]
+        finally:
+            coord.close()
+    for req, out in zip(reqs, results):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+    assert sorted(coord.placement) == [1, 3, 4] and coord.placement[1] == 1
+    assert len(coord.latencies) == len(reqs)

@@ -16,6 +16,7 @@ is answered exactly once. Without a spare, every waiting request fails with
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import logging
 import queue
 import secrets
@@ -120,9 +121,10 @@ class Coordinator:
         self.broken: str | None = None
         self._pending: dict[int, _Request] = {}
         self._feed: Outbox | None = None   # inputs into the first stage, shaped like the link there
-        self.latencies: list[float] = []
+        self.latencies: deque[float] = deque(maxlen=100_000)   # seconds from submit to answer
         self._ids = itertools.count()
         self._lock = threading.RLock()
+        self._recovery_lock = threading.Lock()
         self._window = threading.BoundedSemaphore(max_in_flight)
         self._ready = threading.Event()
         self._closing = threading.Event()
@@ -346,31 +348,47 @@ class Coordinator:
         log.warning(message)
         if not stages or self._closing.is_set():
             return
-        threading.Thread(target=self._recover, args=(stages, message), name="recover", daemon=True).start()
+        threading.Thread(target=self._recover, args=(message,), name="recover", daemon=True).start()
 
-    def _spare(self) -> WorkerHandle | None:
-        used = set(self.placement)
-        return next((w for w in self.workers if w.alive and w.index not in used), None)
+    def _recover(self, message: str) -> None:
+        """Move the stages of every lost worker to spares, one spare per lost worker, and resend."""
+        with self._recovery_lock:  # two workers lost at once: one re-plan after the other
+            for _ in range(len(self.workers)):  # every failed attempt has lost one more worker
+                moves = self._move_lost_stages(message)
+                if not moves:
+                    return
+                log.warning("re-planning (epoch %d): %s", self.epoch, ", ".join(
+                    f"{self.workers[a].name} -> {self.workers[b].name}" for a, b in moves.items()))
+                try:
+                    self._replan()  # outside the lock: the readers need it to deliver the replies
+                    return
+                except WorkerLost as err:  # another worker died meanwhile: plan again without it
+                    message = f"{message}; then {err}"
+                except DnetError as err:
+                    self._fail_all(f"{message}; re-plan failed: {err}")
+                    return
 
-    def _recover(self, stages: list[int], message: str) -> None:
+    def _move_lost_stages(self, message: str) -> dict[int, int]:
+        """Reassign the stages of lost workers to spares (a new epoch); {} if none is lost or none can move."""
         with self._lock:
-            spare = self._spare()
-            if spare is None:
+            lost = sorted({p for p in self.placement if not self.workers[p].alive})
+            if not lost:
+                return {}
+            spares = [w.index for w in self.workers if w.alive and w.index not in self.placement]
+            if len(spares) < len(lost):
                 self._fail_all(f"{message}; no spare worker to re-plan onto")
-                return
+                return {}
             self._ready.clear()
             self.epoch += 1
-            for s in stages:
-                self.placement[s] = spare.index
-        log.warning("re-planning: stage(s) %s move to %s (epoch %d)", stages, spare.name, self.epoch)
-        try:
-            for w in self.workers:
-                if w.alive:
-                    self._call(w, Message(MsgType.RESET, {"session": self.session}), MsgType.RESET)
-            self._install()
-        except DnetError as err:
-            self._fail_all(f"{message}; re-plan failed: {err}")
-            return
+            moves = dict(zip(lost, spares))
+            self.placement = [moves.get(p, p) for p in self.placement]
+            return moves
+
+    def _replan(self) -> None:
+        for w in self.workers:
+            if w.alive:
+                self._call(w, Message(MsgType.RESET, {"session": self.session}), MsgType.RESET)
+        self._install()
         with self._lock:
             waiting = sorted(self._pending.values(), key=lambda r: r.rid)
         for req in waiting:
@@ -389,12 +407,6 @@ class Coordinator:
         """Each live worker's own counters per stage."""
         return {w.name: self._call(w, Message(MsgType.STATS), MsgType.STATS).meta["stages"]
                 for w in self.workers if w.alive}
-
-    def ping(self, w: WorkerHandle, payload: np.ndarray | None = None) -> float:
-        """Round-trip seconds of one PING (with an optional payload) to a worker."""
-        start = time.perf_counter()
-        self._call(w, Message(MsgType.PING, {}, {"data": payload} if payload is not None else {}), MsgType.PONG)
-        return time.perf_counter() - start
 
     def close(self, shutdown_workers: bool = False) -> None:
         self._closing.set()
