@@ -30,14 +30,9 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, roun
 
 
 def pin_threads(n: int) -> None:
-    """Set the thread count for every library before they start their pools.
-
-    OpenMP reads its wait policy once, when the first library using it loads (torch may
-    load it before dnet does): sleeping waits are dnet's default, so set them here too.
-    """
+    """Set the thread count for every library before they start their pools."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def table(rows: list[list[str]]) -> str:

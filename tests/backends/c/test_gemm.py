@@ -62,3 +62,20 @@ def test_constant_weights_are_packed_once_at_load_time(compile_c, rng):
     assert any(b.name == f"w@packed{kernel.body[0].tile.nr}" for b in runner.program.buffers)
     feeds = {"x": rng.standard_normal((19, 40)).astype(np.float32)}
     assert_matches_reference(runner, graph, feeds, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_results_do_not_depend_on_the_thread_count(matmuls, threads):
+    graph, runner = matmuls
+    rng = np.random.default_rng(threads)
+    feeds = {"a": rng.standard_normal((67, 129)), "bt": rng.standard_normal((45, 129)),
+             "x": rng.standard_normal((2, 67, 129)), "h": rng.standard_normal((67, 129)) / 4}
+    feeds = {name: v.astype(DType.F16.np if name == "h" else np.float32) for name, v in feeds.items()}
+    module = runner.module
+    before = module.threads
+    try:
+        module.set_threads(threads)
+        assert module.threads == threads
+        assert_matches_reference(runner, graph, feeds, rtol=2e-4, atol=1e-3)
+    finally:
+        module.set_threads(before)

@@ -14,12 +14,14 @@ from pathlib import Path
 from dnet.errors import BackendError
 
 
+PROBE_VERSION = 2   # bump when the probing below changes: remembered results are then ignored
+
+
 @dataclass(frozen=True)
 class Compiler:
     path: str
     version: str
     flags: tuple[str, ...]
-    openmp: bool
 
     def key(self) -> str:
         """What the compile cache keys on besides the source and the CPU."""
@@ -72,9 +74,6 @@ def _arch_flags(cc: str, base: list[str]) -> list[str]:
     return ["-march=native"] if _accepts(cc, base + ["-march=native"]) else []
 
 
-_OMP_PROBE = "#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n"
-
-
 @functools.cache
 def find_compiler() -> Compiler:
     """The first working C compiler ($CC, cc, gcc, clang) with the best flags it accepts.
@@ -100,7 +99,7 @@ def _probe_memo(tried: list[str]) -> Path | None:
     if not tried:
         return None
     st = os.stat(os.path.realpath(tried[0]))
-    key = f"{tried[0]}|{os.path.realpath(tried[0])}|{st.st_size}|{st.st_mtime_ns}|{os.environ.get('CC', '')}"
+    key = f"{PROBE_VERSION}|{tried[0]}|{os.path.realpath(tried[0])}|{st.st_size}|{st.st_mtime_ns}|{os.environ.get('CC', '')}"
     import hashlib
 
     return cache_dir() / "c" / f"compiler-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
@@ -109,7 +108,7 @@ def _probe_memo(tried: list[str]) -> Path | None:
 def _read_memo(path: Path) -> Compiler | None:
     try:
         obj = json.loads(path.read_text())
-        return Compiler(obj["path"], obj["version"], tuple(obj["flags"]), obj["openmp"])
+        return Compiler(obj["path"], obj["version"], tuple(obj["flags"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -119,7 +118,7 @@ def _write_memo(path: Path, compiler: Compiler) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"path": compiler.path, "version": compiler.version,
-                                   "flags": list(compiler.flags), "openmp": compiler.openmp}))
+                                   "flags": list(compiler.flags)}))
         os.replace(tmp, path)
     except OSError:
         pass   # a read-only cache: probe again next time
@@ -131,12 +130,12 @@ def _probe(tried: list[str]) -> Compiler:
         if not _accepts(cc, base):
             continue
         base += _arch_flags(cc, base)
-        openmp = _accepts(cc, base + ["-fopenmp"], _OMP_PROBE)
-        base.append("-fopenmp" if openmp else "-fopenmp-simd")
-        if not _accepts(cc, base):
-            base.pop()
+        # threads come from dnet's own pool (pthreads); OpenMP only marks loops as SIMD
+        for extra in (["-pthread"], ["-fopenmp-simd"]):
+            if _accepts(cc, base + extra):
+                base += extra
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()
-        return Compiler(cc, version[0] if version else "unknown", tuple(base), openmp)
+        return Compiler(cc, version[0] if version else "unknown", tuple(base))
     raise BackendError("no working C compiler found",
                        hint=f"tried {', '.join(tried) or 'cc, gcc, clang (none on PATH)'}; set $CC")
 

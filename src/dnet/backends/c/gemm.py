@@ -89,7 +89,7 @@ static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const f
 
 
 def render_gemm(r, g: Gemm, pad: str) -> list[str]:
-    """The body of a Gemm kernel (`r` is the CRenderer of the kernel)."""
+    """The body of a Gemm kernel (`r` is the CRenderer of the kernel): sizes, then two pool loops."""
     t = g.tile
     sfx = f"{t.mr}x{t.nr}"
     ix = r.index
@@ -97,56 +97,58 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     lines = [
         f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)}, g_NB = {nbatch};",
         f"const int64_t g_panels = (g_N + {t.nr - 1}) / {t.nr};",
-        f"const int64_t g_nt = dn_threads();",
+        "const int64_t g_nt = dn_threads();",
         f"int64_t g_mc = {t.mc};",
-        f"if ((g_M + g_mc - 1) / g_mc * g_NB < g_nt) {{ g_mc = (g_M + g_nt - 1) / g_nt; g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr}; }}",
-        f"const int64_t g_mblocks = (g_M + g_mc - 1) / g_mc;",
-        "int64_t g_chunks = 1;",
-        "if (g_mblocks * g_NB < 2 * g_nt) { g_chunks = (2 * g_nt + g_mblocks * g_NB - 1) / (g_mblocks * g_NB); }",
+        f"if ((g_M + g_mc - 1) / g_mc * g_NB < g_nt) {{ g_mc = (g_M + g_nt - 1) / g_nt; "
+        f"g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr}; }}",
+        "const int64_t g_mblocks = (g_M + g_mc - 1) / g_mc;",
+        "int64_t g_chunks = 1;   /* split the columns too until there are 4 tasks per thread */",
+        "if (g_nt > 1 && g_mblocks * g_NB < 4 * g_nt) g_chunks = (4 * g_nt + g_mblocks * g_NB - 1) / (g_mblocks * g_NB);",
         "if (g_chunks > g_panels) g_chunks = g_panels;",
         "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
     ]
+    r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_panels", "g_mc", "g_mblocks",
+                                                "g_chunks", "g_per_chunk", "g_tasks")]
+    out = [pad + x for x in lines]
     if not g.b.packed:
-        lines += [
-            f"#pragma omp parallel for collapse(2) schedule(static) if(g_NB * g_N * g_K >= {4 * 16384})",
-            "for (int64_t g_bb = 0; g_bb < g_NB; ++g_bb) {",
-            "    for (int64_t g_p = 0; g_p < g_panels; ++g_p) {",
-            *[f"        {x}" for x in _batch_decl("g_bb", g, r)],
-            f"        dn_pack_b_panel_{sfx}(g_K, g_N, g_p, {g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, {ix(g.b.col_stride)}, "
-            f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
-            "    }",
-            "}",
-        ]
-    lines += [
-        f"#pragma omp parallel for collapse(2) schedule(static) if(g_NB * g_M * g_N * g_K >= {16 * 16384})",
-        "for (int64_t g_bb = 0; g_bb < g_NB; ++g_bb) {",
-        "    for (int64_t g_task = 0; g_task < g_tasks; ++g_task) {",
-        *[f"        {x}" for x in _batch_decl("g_bb", g, r)],
-        "        const int64_t g_i0 = g_task / g_chunks * g_mc, g_mcur = g_M - g_i0 < g_mc ? g_M - g_i0 : g_mc;",
-        "        const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
-        "        const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
-        f"        const float* g_bpan = {g.b.buffer if g.b.packed else g.scratch + ' + g_bb * g_panels * ' + str(t.nr) + ' * g_K'};",
-        f"        float* g_apack = dn_apack_{sfx}(g_mc * {t.kc});",
-        f"        float* g_cblock = out + g_bb * g_M * g_N;",
-        f"        for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += {t.kc}) {{  /* once with g_kc = 0 when g_K = 0 */",
-        f"            const int64_t g_kc = g_K - g_pc < {t.kc} ? g_K - g_pc : {t.kc};",
-        f"            dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + g_pc * {ix(g.a.col_stride)}, "
-        f"{ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);",
-        "            for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
-        f"                const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
-        f"                for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
-        f"                    const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
-        "                    float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
-        f"                    dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc, g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, g_c, g_N, g_pc > 0, g_mr, g_nr);",
+        pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+                "    const int64_t g_bb = g_flat / g_panels, g_p = g_flat % g_panels;",
+                *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
+                f"    dn_pack_b_panel_{sfx}(g_K, g_N, g_p, {g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, "
+                f"{ix(g.b.col_stride)}, {g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
+                "}"]
+        out += r.outline(pack, "g_NB * g_panels", f"(g_K * {t.nr} >= 8192 ? 1 : 8192 / (g_K * {t.nr}))", pad)
+    bpan = g.b.buffer if g.b.packed else f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K"
+    task = [
+        "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+        "    const int64_t g_bb = g_flat / g_tasks, g_task = g_flat % g_tasks;",
+        *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
+        "    const int64_t g_i0 = g_task / g_chunks * g_mc, g_mcur = g_M - g_i0 < g_mc ? g_M - g_i0 : g_mc;",
+        "    const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
+        "    const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
+        f"    const float* g_bpan = {bpan};",
+        f"    float* g_apack = dn_apack_{sfx}(g_mc * {t.kc});",
+        "    float* g_cblock = out + g_bb * g_M * g_N;",
+        f"    for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += {t.kc}) {{  /* once, with kc = 0, when K = 0 */",
+        f"        const int64_t g_kc = g_K - g_pc < {t.kc} ? g_K - g_pc : {t.kc};",
+        f"        dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
+        f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);",
+        "        for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
+        f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
+        f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
+        f"                const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
+        "                float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
+        f"                dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc, g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, "
+        "g_c, g_N, g_pc > 0, g_mr, g_nr);",
     ]
     epilogue = _epilogue(r, g, "g_c", "(g_i0 + g_ir)", "g_j0")
     if epilogue:
-        lines.append("                    if (g_pc + g_kc >= g_K) {")
-        lines += [f"                        {x}" for x in epilogue]
-        lines.append("                    }")
-    lines += ["                }", "            }", "        }", "    }", "}"]
-    return [pad + x for x in lines]
+        task.append("                if (g_pc + g_kc >= g_K) {")
+        task += [f"                    {x}" for x in epilogue]
+        task.append("                }")
+    task += ["            }", "        }", "    }", "}"]
+    return out + r.outline(task, "g_NB * g_tasks", "1", pad)
 
 
 def _batch_decl(var: str, g: Gemm, r) -> list[str]:

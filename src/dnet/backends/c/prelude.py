@@ -10,27 +10,96 @@ PRELUDE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 
-static inline int dn_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
+/* -- the thread pool ------------------------------------------------------------------
+ * dn_parallel(fn, ctx, n) runs fn(ctx, begin, end) over chunks of [0, n). The caller
+ * works too, and it returns once every chunk is done, not once every worker has woken:
+ * on a busy machine a worker the OS has not scheduled yet finds no work left, instead
+ * of holding everyone at a barrier (what a static OpenMP loop does). */
+typedef void (*dn_body)(void* ctx, int64_t begin, int64_t end);
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    int threads, started;
+    uint32_t gen;
+    dn_body fn; void* ctx; int64_t n, chunk, chunks;
+    _Atomic uint64_t next;      /* generation << 32 | next chunk */
+    _Atomic int64_t done;
+} dn_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+
+static void dn_run_chunks(uint32_t gen, dn_body fn, void* ctx, int64_t n, int64_t chunk, int64_t chunks) {
+    for (;;) {
+        uint64_t s = atomic_load(&dn_pool.next);
+        if ((uint32_t)(s >> 32) != gen || (int64_t)(s & 0xffffffffu) >= chunks) return;
+        if (!atomic_compare_exchange_weak(&dn_pool.next, &s, s + 1)) continue;
+        int64_t c = (int64_t)(s & 0xffffffffu), begin = c * chunk, end = begin + chunk < n ? begin + chunk : n;
+        fn(ctx, begin, end);
+        atomic_fetch_add(&dn_pool.done, 1);
+    }
 }
+
+static void* dn_worker(void* arg) {
+    const int id = (int)(intptr_t)arg;      /* workers 0.. ; the caller is the last thread */
+    uint32_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&dn_pool.mu);
+        while (dn_pool.gen == seen) pthread_cond_wait(&dn_pool.wake, &dn_pool.mu);
+        seen = dn_pool.gen;
+        dn_body fn = dn_pool.fn; void* ctx = dn_pool.ctx;
+        int64_t n = dn_pool.n, chunk = dn_pool.chunk, chunks = dn_pool.chunks;
+        const int active = id + 1 < dn_pool.threads;
+        pthread_mutex_unlock(&dn_pool.mu);
+        if (active) dn_run_chunks(seen, fn, ctx, n, chunk, chunks);
+    }
+    return 0;
+}
+
+static void dn_start_workers(void) {       /* with dn_pool.mu held */
+    while (dn_pool.started < dn_pool.threads - 1) {
+        pthread_t t;
+        if (pthread_create(&t, 0, dn_worker, (void*)(intptr_t)dn_pool.started) != 0) {
+            dn_pool.threads = dn_pool.started + 1;
+            break;
+        }
+        pthread_detach(t);
+        dn_pool.started++;
+    }
+}
+
+static void dn_parallel(dn_body fn, void* ctx, int64_t n, int64_t min_per_chunk) {
+    int64_t threads = dn_pool.threads;
+    if (n <= 0) return;
+    if (threads <= 1 || n < 2 * min_per_chunk) { fn(ctx, 0, n); return; }
+    int64_t chunks = 4 * threads, chunk;
+    if (chunks > n / min_per_chunk) chunks = n / min_per_chunk;
+    chunk = (n + chunks - 1) / chunks;
+    chunks = (n + chunk - 1) / chunk;
+    pthread_mutex_lock(&dn_pool.mu);
+    dn_start_workers();
+    uint32_t gen = ++dn_pool.gen;
+    dn_pool.fn = fn; dn_pool.ctx = ctx; dn_pool.n = n; dn_pool.chunk = chunk; dn_pool.chunks = chunks;
+    atomic_store(&dn_pool.done, 0);
+    atomic_store(&dn_pool.next, (uint64_t)gen << 32);
+    pthread_cond_broadcast(&dn_pool.wake);
+    pthread_mutex_unlock(&dn_pool.mu);
+    dn_run_chunks(gen, fn, ctx, n, chunk, chunks);
+    for (int spins = 0; atomic_load(&dn_pool.done) < chunks; ++spins)
+        if (spins > 64) sched_yield();
+}
+
+static inline int dn_threads(void) { return dn_pool.threads; }
 
 void dnet_set_threads(int n) {
-#ifdef _OPENMP
-    if (n > 0) omp_set_num_threads(n);
-#else
-    (void)n;
-#endif
+    pthread_mutex_lock(&dn_pool.mu);
+    dn_pool.threads = n > 0 ? n : 1;
+    pthread_mutex_unlock(&dn_pool.mu);
 }
 
-int dnet_get_threads(void) { return dn_threads(); }
+int dnet_get_threads(void) { return dn_pool.threads; }
 
 /* -- half types: stored as 16 bits, computed as float ------------------------------ */
 static inline float dn_bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }

@@ -20,7 +20,7 @@ STORAGE = {DType.F32: "float", DType.F16: "uint16_t", DType.BF16: "uint16_t", DT
            DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "uint8_t"}
 COMPUTE = {**STORAGE, DType.F16: "float", DType.BF16: "float"}
 _HALF = {DType.F16: "f16", DType.BF16: "bf16"}
-PARALLEL_MIN_WORK = 16384   # below this many elements a kernel runs on one thread
+PARALLEL_MIN_WORK = 16384   # elements of work per chunk of a parallel loop, at least
 
 _UNARY_F = {Op.NEG: "(-{})", Op.EXP: "dn_exp({})", Op.LOG: "logf({})", Op.SQRT: "sqrtf({})",
             Op.RECIP: "(1.0f / {})", Op.TANH: "dn_tanh({})", Op.ERF: "dn_erf({})", Op.SIN: "sinf({})",
@@ -43,6 +43,8 @@ class CRenderer:
     def __init__(self, kernel: Kernel):
         self.kernel = kernel
         self.dims = set(kernel.dims)
+        self.helpers: list[str] = []                 # outlined parallel bodies, emitted before the kernel
+        self.locals: list[tuple[str, str]] = []      # top-level values declared so far (captured by bodies)
 
     # -- indices -----------------------------------------------------------------------
     def index(self, x) -> str:
@@ -148,28 +150,61 @@ class CRenderer:
         return next(p.dtype for p in self.kernel.params if p.name == buffer)
 
     def loop(self, s: Loop, pad: str) -> list[str]:
-        out = []
-        simple = not any(isinstance(b, (Loop, Reduce, Gemm)) for b in s.body)
         if s.parallel:
-            work = self._work(s, s.parallel)
-            clause = f" collapse({s.parallel})" if s.parallel > 1 else ""
-            simd = " simd" if s.vector and simple and s.parallel == 1 else ""
-            out.append(f"{pad}#pragma omp parallel for{simd}{clause} schedule(static) if({work} >= {PARALLEL_MIN_WORK})")
-        elif s.vector and simple:
+            return self.parallel_loop(s, pad)
+        out = []
+        if s.vector and _simple(s.body):
             out.append(f"{pad}#pragma omp simd")
         out.append(f"{pad}for (int64_t {s.var} = 0; {s.var} < {self.index(s.extent)}; ++{s.var}) {{")
         out += self.stmts(s.body, pad + "    ")
         out.append(f"{pad}}}")
         return out
 
-    def _work(self, s: Loop, depth: int) -> str:
-        """Elements written under the parallel loops (a cheap estimate of the kernel's work)."""
-        extents = []
-        node = s
-        while isinstance(node, Loop):
-            extents.append(self.index(node.extent))
-            node = node.body[-1] if node.body else None
-        return "(" + "*".join(extents) + ")"
+    def parallel_loop(self, s: Loop, pad: str) -> list[str]:
+        """The first `s.parallel` loops, flattened and run in chunks on the thread pool."""
+        loops = [s]
+        while len(loops) < s.parallel:
+            loops.append(loops[-1].body[-1])
+        extents = [self.index(l.extent) for l in loops]
+        inner, body = loops[-1], loops[-1].body
+        lines = []
+        if len(loops) == 1 and inner.vector and _simple(body):   # one flat vector loop: chunks of it
+            lines += ["#pragma omp simd", f"for (int64_t {inner.var} = g_begin; {inner.var} < g_end; ++{inner.var}) {{"]
+        else:
+            lines.append("for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {")
+            stride = "1"
+            for l, e in reversed(list(zip(loops, extents))):
+                lines.append(f"    const int64_t {l.var} = (g_flat / ({stride})) % ({e});")
+                stride = f"{stride}*{e}"
+        lines += self.stmts(body, "    ")
+        lines.append("}")
+        work = "*".join(["1"] + [self.index(l.extent) for l in _inner_loops(inner)])
+        grain = f"({work} >= {PARALLEL_MIN_WORK} ? 1 : {PARALLEL_MIN_WORK} / ({work}))"
+        return self.outline(lines, "*".join(extents), grain, pad)
+
+    def outline(self, body: list[str], count: str, grain: str, pad: str) -> list[str]:
+        """Move `body` (over g_begin..g_end) into a function the pool calls; capture what it reads."""
+        name = f"{self.kernel.name}_body{len(self.helpers)}"
+        fields = self.captures()
+        struct = [f"struct {name}_ctx {{"] + [f"    {t} {n};" for t, n in fields] + ["};"]
+        fn = [f"static void {name}(void* g_ctx, int64_t g_begin, int64_t g_end) {{",
+              f"    const struct {name}_ctx* g_c = (const struct {name}_ctx*)g_ctx;"]
+        fn += [f"    {t} {n} = g_c->{n}; (void){n};" for t, n in fields]
+        fn += ["    " + x for x in body] + ["}"]
+        self.helpers.append("\n".join(struct + fn))
+        values = ", ".join(n for _, n in fields)
+        return [f"{pad}{{ struct {name}_ctx g_c = {{{values}}};",
+                f"{pad}  dn_parallel({name}, &g_c, {count}, {grain}); }}"]
+
+    def captures(self) -> list[tuple[str, str]]:
+        """Everything a kernel's outlined body may read: parameters, dims, top-level values."""
+        out = [(self._param_type(p), p.name) for p in self.kernel.params]
+        out += [("int64_t", c_name(d)) for d in self.kernel.dims]
+        out += self.locals
+        return out
+
+    def _param_type(self, p) -> str:
+        return f"{'' if p.output else 'const '}{STORAGE[p.dtype]}* restrict"
 
     def reduce(self, s: Reduce, pad: str) -> list[str]:
         ctype = COMPUTE[s.dtype]
@@ -178,7 +213,7 @@ class CRenderer:
             out.append(f"{pad}int64_t {s.acc} = 0; {ctype} {s.acc}_v = {_init(Op.REDUCE_MAX, s.dtype)};")
         else:
             out.append(f"{pad}{ctype} {s.acc} = {_init(s.op, s.dtype)};")
-        simple = not any(isinstance(b, (Loop, Reduce, Gemm)) for b in s.body) and s.op is not Op.ARGMAX
+        simple = _simple(s.body) and s.op is not Op.ARGMAX
         if simple and s.dtype is not DType.BOOL:
             red = {Op.SUM: "+", Op.REDUCE_MAX: "max", Op.REDUCE_MIN: "min"}[s.op]
             clause = f" collapse({len(s.loops)})" if len(s.loops) > 1 else ""
@@ -197,18 +232,41 @@ class CRenderer:
 
     # -- whole kernels -----------------------------------------------------------------
     def signature(self) -> str:
-        params = []
-        for p in self.kernel.params:
-            const_ = "" if p.output else "const "
-            params.append(f"{const_}{STORAGE[p.dtype]}* restrict {p.name}")
+        params = [f"{self._param_type(p)} {p.name}" for p in self.kernel.params]
         params += [f"int64_t {c_name(d)}" for d in self.kernel.dims]
         return f"static void {self.kernel.name}({', '.join(params)})"
 
     def render(self) -> str:
-        lines = [self.signature() + " {"]
-        lines += self.stmts(self.kernel.body, "    ")
-        lines.append("}")
-        return "\n".join(lines)
+        body = []
+        for stmt in self.kernel.body:         # top-level values are visible to outlined loops
+            body += self.stmt(stmt, "    ")
+            self.locals += _declared(stmt)
+        return "\n\n".join(self.helpers + ["\n".join([self.signature() + " {"] + body + ["}"])])
+
+
+def _simple(body) -> bool:
+    """A loop body with no nested loops: a candidate for SIMD."""
+    return not any(isinstance(b, (Loop, Reduce, Gemm)) for b in body)
+
+
+def _inner_loops(loop: Loop) -> list[Loop]:
+    """The loops nested (last statement first) under `loop`, which together make one row of work."""
+    out, node = [], loop.body[-1] if loop.body else None
+    while isinstance(node, Loop):
+        out.append(node)
+        node = node.body[-1] if node.body else None
+    return out
+
+
+def _declared(stmt) -> list[tuple[str, str]]:
+    if isinstance(stmt, Let):
+        return [(f"const {COMPUTE[stmt.value.dtype]}", stmt.name)]
+    if isinstance(stmt, IndexLet):
+        return [("const int64_t", stmt.name)]
+    if isinstance(stmt, Reduce):
+        acc = [(COMPUTE[stmt.dtype] if stmt.op is not Op.ARGMAX else "int64_t", stmt.acc)]
+        return acc + ([(COMPUTE[stmt.dtype], f"{stmt.acc}_v")] if stmt.op is Op.ARGMAX else [])
+    return []
 
 
 def _bool_binary(op: Op, a: str, b: str) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -11,13 +10,9 @@ import numpy as np
 
 from dnet.core.shapes import bind_shape, evaluate_shape, shape_str
 from dnet.errors import BackendError, ShapeError
+from dnet.hardware import detect
 from dnet.program.instructions import INPUT, OUTPUT, WEIGHT, Launch, Program, segments
 from dnet.program.memory import ALIGN, ArenaPlan, plan_arena
-
-# OpenMP threads that spin between kernels steal the cores they wait for whenever the
-# machine is shared (other processes, other workers of a cluster); sleeping waits keep
-# latency within a few microseconds per parallel region. An explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
 
@@ -41,8 +36,7 @@ class CModule:
             fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
             self._entries[i] = fn
         self.lib.dnet_set_threads.argtypes = [ctypes.c_int]
-        if threads:
-            self.set_threads(threads)
+        self.set_threads(threads or detect().cores)
         self._plans: dict[tuple, ArenaPlan] = {}
         self._arena = np.empty(0, np.uint8)
         self._table = np.zeros(len(program.buffers), np.uint64)
