@@ -67,3 +67,12 @@ def test_micro_batches_need_a_shared_symbolic_batch_dim(rng):
     with dnet.compile(net, {"x": t, "mask": t}, topology=_topology(2)) as exe:
         with pytest.raises(DnetError, match="cannot cut this model's requests into micro-batches"):
             exe.run(request(rng), micro_batches=2)
+
+
+def test_symbolic_dims_the_caller_does_not_size_are_planned_at_one(rng):
+    net = ResidualNet(rng)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    with dnet.compile(net, {"x": t, "mask": t}, topology=_topology(2)) as exe:
+        req = request(rng, batch=3, seq=4)
+        out = exe.run(req)["output"]
+    np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)

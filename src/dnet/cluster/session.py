@@ -17,6 +17,7 @@ from dnet.cluster.auth import secret_from_env
 from dnet.cluster.coordinator import Coordinator, StageTiming
 from dnet.cluster.link import LinkShape
 from dnet.cluster.local import LocalCluster, WorkerSpec
+from dnet.core.shapes import shape_symbols
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
 from dnet.runtime.pipeline import split_pipeline
@@ -112,10 +113,15 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
                         backend: str | Sequence[str] = "numpy", shape_links: bool | None = None,
                         slowdowns: Sequence[float] | None = None, secret: str | None = None,
                         **coordinator_options: Any) -> DistributedExecutable:
-    """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages."""
+    """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
+
+    `env` gives the sizes of symbolic dims the plan is made for (`{"batch": 8, "seq": 128}`);
+    dims it does not name are planned at 1.
+    """
     from dnet.partition import plan_pipeline
 
-    plan = plan or plan_pipeline(graph, topology, env=env)
+    symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
+    plan = plan or plan_pipeline(graph, topology, env={**{s: 1 for s in symbols}, **(env or {})})
     pipeline = pipeline_from_plan(graph, plan, topology.names)
     addresses = [node.address for node in topology.nodes]
     local = None
