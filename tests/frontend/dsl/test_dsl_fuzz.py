@@ -75,3 +75,38 @@ def test_the_unmutated_seed_model_lowers():
 @given(mutated(SEED_MODEL))
 def test_mutations_of_the_seed_model(text):
     run_everything(text)
+
+
+def nested(depth: int) -> str:
+    """A model whose forward is neg(neg(...neg(x)...)), the capture `depth` forms deep in all."""
+    inner = "neg(" * (depth - 3) + "x" + ")" * (depth - 3)
+    return ("object(A, {});\nforward(A, { fn_argument(forward, x, S_TENSOR, SYM_EXTERNAL, Tensor(shape(2), D_F32, 0));"
+            f"\n  capture(forward, {inner}); }});\nmodel(A);\n")
+
+
+def test_deep_nesting_up_to_the_limit_formats_and_lowers():
+    import numpy as np
+
+    from dnet.backends.numpy import run_graph
+    from dnet.frontend.dsl.syntax import MAX_DEPTH
+
+    text = nested(MAX_DEPTH)
+    assert parse_program(format_source(text))  # linear layout: the wide nest breaks line by line
+    graph = lower(instantiate(parse_program(text)))
+    out = run_graph(graph, {"x": np.ones(2, np.float32)})["output"]
+    np.testing.assert_array_equal(out, np.full(2, (-1.0) ** (MAX_DEPTH - 3), np.float32))
+
+
+def test_nesting_beyond_the_limit_is_an_error_at_the_deepest_form():
+    from dnet.errors import ParseError
+    from dnet.frontend.dsl.syntax import MAX_DEPTH
+
+    for depth in (MAX_DEPTH + 1, 5000):
+        text = nested(depth)
+        try:
+            parse_program(text, "deep.dnet")
+        except ParseError as err:
+            assert f"nested more than {MAX_DEPTH} deep" in err.message
+            assert (err.where.line, err.where.column) == (3, len("  capture(forward, ") + 4 * (MAX_DEPTH - 3) + 1)
+        else:
+            raise AssertionError("no error")

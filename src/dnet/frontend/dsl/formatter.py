@@ -26,12 +26,13 @@ def format_source(text: str, file: str = "<string>") -> str:
 
 
 def format_tree(source: Source) -> str:
+    printer = _Printer()
     lines: list[str] = []
     previous: str | None = None
     for stmt in source.stmts:
         if previous is not None and not (previous in _HEADER_FORMS and stmt.head in _HEADER_FORMS):
             lines.append("")
-        lines.extend(_statement(stmt, ""))
+        lines.extend(printer.statement(stmt, ""))
         previous = stmt.head
     if source.trailing:
         if lines:
@@ -40,54 +41,73 @@ def format_tree(source: Source) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _statement(form: Form, indent: str) -> list[str]:
-    return [indent + c for c in form.comments] + (indent + _node(form, indent) + ";").split("\n")
+class _Printer:
+    """Lays out one file. The one-line text of each node is computed once, so layout is linear."""
 
+    def __init__(self) -> None:
+        self._flat: dict[int, str] = {}
 
-def _node(node: Node | Keyword, indent: str) -> str:
-    """`node` as text starting at column len(indent) (later lines carry their own indentation)."""
-    if isinstance(node, Name):
-        return node.text
-    if isinstance(node, Number):
-        return repr(node.value)
-    if isinstance(node, String):
-        return json.dumps(node.value)
-    if isinstance(node, Union_):
-        return " | ".join(_node(i, indent) for i in node.items)
-    if isinstance(node, Keyword):
-        return f"{node.name} = {_node(node.value, indent)}"
-    if isinstance(node, Block):
-        return _block(node, indent)
-    return _form(node, indent)
+    def statement(self, form: Form, indent: str) -> list[str]:
+        return [indent + c for c in form.comments] + (indent + self.node(form, indent) + ";").split("\n")
 
+    def flat(self, node: Node | Keyword) -> str:
+        """`node` on one line (a block, which never fits on one, gets a newline)."""
+        key = id(node)
+        if key not in self._flat:
+            self._flat[key] = self._flat_text(node)
+        return self._flat[key]
 
-def _block(block: Block, indent: str) -> str:
-    inner = indent + INDENT
-    lines = ["{"]
-    for stmt in block.stmts:
-        lines.extend(_statement(stmt, inner))
-    lines.extend(inner + c for c in block.trailing)
-    lines.append(indent + "}")
-    return "\n".join(lines)[len(indent):]
+    def _flat_text(self, node: Node | Keyword) -> str:
+        if isinstance(node, Name):
+            return node.text
+        if isinstance(node, Number):
+            return repr(node.value)
+        if isinstance(node, String):
+            return json.dumps(node.value)
+        if isinstance(node, Union_):
+            return " | ".join(self.flat(i) for i in node.items)
+        if isinstance(node, Keyword):
+            return f"{node.name} = {self.flat(node.value)}"
+        if isinstance(node, Block):
+            return "{\n}"
+        return f"{node.head}(" + ", ".join(self.flat(a) for a in node.args) + ")"
 
+    def node(self, node: Node | Keyword, indent: str) -> str:
+        """`node` laid out from column len(indent) (later lines carry their own indentation)."""
+        if isinstance(node, Block):
+            return self.block(node, indent)
+        if isinstance(node, Keyword):
+            return f"{node.name} = {self.node(node.value, indent)}"
+        if isinstance(node, Form):
+            return self.form(node, indent)
+        return self.flat(node)
 
-def _form(form: Form, indent: str) -> str:
-    if any(isinstance(a, Block) for a in form.args):
-        # `head(a, b, {` ... `})`: the block's statements indent one level from the form.
-        return f"{form.head}(" + ", ".join(_node(a, indent) for a in form.args) + ")"
-    flat = f"{form.head}(" + ", ".join(_node(a, indent) for a in form.args) + ")"
-    if len(indent) + len(flat) <= WIDTH and "\n" not in flat:
-        return flat
-    # Too wide: arguments aligned under the first, packed while a line has room.
-    column = indent + " " * (len(form.head) + 1)
-    lines = [f"{indent}{form.head}("]
-    for i, arg in enumerate(form.args):
-        text = _node(arg, column) + ("," if i < len(form.args) - 1 else ")")
-        fits = len(lines[-1]) + 1 + len(text) <= WIDTH and "\n" not in text
-        if i == 0:
-            lines[-1] += text
-        elif fits and "\n" not in lines[-1]:
-            lines[-1] += " " + text
-        else:
-            lines.append(column + text)
-    return "\n".join(lines)[len(indent):]
+    def block(self, block: Block, indent: str) -> str:
+        inner = indent + INDENT
+        lines = ["{"]
+        for stmt in block.stmts:
+            lines.extend(self.statement(stmt, inner))
+        lines.extend(inner + c for c in block.trailing)
+        lines.append(indent + "}")
+        return "\n".join(lines)
+
+    def form(self, form: Form, indent: str) -> str:
+        if any(isinstance(a, Block) for a in form.args):
+            # `head(a, b, {` ... `})`: the block's statements indent one level from the form.
+            return f"{form.head}(" + ", ".join(self.node(a, indent) for a in form.args) + ")"
+        flat = self.flat(form)
+        if len(indent) + len(flat) <= WIDTH:
+            return flat
+        # Too wide: arguments aligned under the first, packed while a line has room.
+        column = indent + " " * (len(form.head) + 1)
+        lines = [f"{indent}{form.head}("]
+        for i, arg in enumerate(form.args):
+            text = self.node(arg, column) + ("," if i < len(form.args) - 1 else ")")
+            fits = len(lines[-1]) + 1 + len(text) <= WIDTH and "\n" not in text
+            if i == 0:
+                lines[-1] += text
+            elif fits and "\n" not in lines[-1]:
+                lines[-1] += " " + text
+            else:
+                lines.append(column + text)
+        return "\n".join(lines)[len(indent):]

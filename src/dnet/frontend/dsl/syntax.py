@@ -14,7 +14,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Union
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from dnet.errors import Location, ParseError
@@ -106,6 +106,7 @@ def describe(node: Node | Keyword) -> str:
 
 
 # -- parsing ---------------------------------------------------------------------------------
+MAX_DEPTH = 64  # forms within forms; real programs stay far below, every later pass recurses on them
 _COMMENTS: contextvars.ContextVar[list[Token]] = contextvars.ContextVar("dnet_dsl_comments")
 
 
@@ -200,6 +201,7 @@ def parse_source(text: str, file: str = "<string>") -> Source:
     token = _COMMENTS.set(comments)
     try:
         tree = _parser().parse(text)
+        _check_depth(tree, file)
         stmts = _Builder(file).transform(tree)
     except UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
@@ -211,6 +213,19 @@ def parse_source(text: str, file: str = "<string>") -> Source:
         _COMMENTS.reset(token)
     stmts, trailing = _attach(stmts, comments, None)
     return Source(file, stmts, trailing)
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Refuse forms nested deeper than MAX_DEPTH, before anything recursive walks them."""
+    stack: list[tuple[Tree, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in ("form", "block"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ParseError(f"forms nested more than {MAX_DEPTH} deep", Location(file, node.meta.line,
+                                 node.meta.column), "bind inner results to names with let(...)")
+        stack.extend((c, depth) for c in node.children if isinstance(c, Tree))
 
 
 # -- syntax errors ---------------------------------------------------------------------------
