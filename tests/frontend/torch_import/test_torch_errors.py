@@ -68,6 +68,16 @@ def test_a_torch_export_failure_is_a_dnet_error_carrying_torchs_message():
     assert str(torch_info.value).splitlines()[0] in info.value.message
 
 
+def test_a_module_left_in_training_mode_is_told_to_call_eval():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.BatchNorm1d(4))
+    with pytest.raises(UnsupportedOpError, match=r"call module.eval\(\) first") as info:
+        dnet.from_torch(model, (torch.randn(3, 4),))
+    assert "aten.native_dropout.default" in info.value.message
+    assert info.value.where.symbol == "1"  # the Dropout, by its path in the Sequential
+    model.eval()
+    dnet.from_torch(model, (torch.randn(3, 4),))  # the same module in eval mode imports
+
+
 class PoolWithIndices(nn.Module):
     def forward(self, x):
         values, indices = nn.functional.max_pool2d(x, 2, return_indices=True)

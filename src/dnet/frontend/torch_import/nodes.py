@@ -22,6 +22,8 @@ from dnet.frontend.trace import Tensor
 _TORCH_DIR = os.path.dirname(torch.__file__)
 # Keyword arguments about placement and layout, which mean nothing to dnet.
 _IGNORED_KWARGS = {"device", "layout", "pin_memory", "memory_format", "non_blocking", "requires_grad"}
+# Ops a module exports only in training mode: dnet compiles for inference.
+_TRAINING_OPS = {"aten.native_dropout.default", "aten._native_batch_norm_legit_functional.default"}
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)')
 
 
@@ -46,9 +48,12 @@ def check_supported(nodes: Iterable[Node]) -> None:
     others = [t for t in missing if t != target]
     op = getattr(getattr(node.target, "overloadpacket", None), "__name__", target)
     code = source_line(node)
+    hints = [f"also unsupported: {', '.join(others)}"] if others else []
+    if _TRAINING_OPS & missing.keys():
+        hints.append("the module was exported in training mode: call module.eval() first")
     raise UnsupportedOpError(
         f"torch op '{op}' ({target}) has no dnet rule" + (f": `{code}`" if code else ""), node_location(node),
-        f"also unsupported: {', '.join(others)}" if others else None)
+        "; ".join(hints) or None)
 
 
 def convert(node: Node, values: Mapping[Node, Any], dim_names: Mapping[str, str]) -> Any:
