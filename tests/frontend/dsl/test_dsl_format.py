@@ -45,7 +45,7 @@ def expression(draw, names: list[str], depth: int = 0) -> str:
     if kind == "attr":
         return f"softmax({sub[0]},{draw(SPACE)}axis{draw(SPACE)}={draw(expression(names, depth + 1))})"
     if kind == "call":
-        return f"call(helper, {sub[0]})"
+        return f"call({draw(st.sampled_from(['helper', 'c', 'c.forward', 'cs']))}, {sub[0]})"
     if kind == "if":
         return f"if(present(opt), {sub[0]}, {(sub * 2)[1]})"
     if kind == "tuple":
@@ -56,10 +56,14 @@ def expression(draw, names: list[str], depth: int = 0) -> str:
 @st.composite
 def program_text(draw) -> str:
     constants = draw(st.lists(NAME, unique=True, max_size=3))
-    lines = ['function(helper, { fn_argument(helper, v, S_TENSOR, SYM_EXTERNAL); capture(helper, v); });']
+    lines = ['function(helper, { fn_argument(helper, v, S_TENSOR, SYM_EXTERNAL); capture(helper, v); });',
+             'object(Sub, { constant(k, SYM_EXTERNAL, 1); });',
+             'forward(Sub, { fn_argument(forward, v, S_TENSOR, SYM_EXTERNAL); capture(forward, mul(v, k)); });']
     members = [f"constant({c}, {draw(st.sampled_from(['SYM_EXTERNAL, ', '']))}{draw(NUMBER)});" for c in constants]
     members.append(f"parameter(w, SYM_EXTERNAL | SYM_OPTIONAL, Tensor(shape({draw(st.integers(1, 4))}), D_F32, "
                    f"{draw(st.sampled_from(['0', '1.5', 'true']))}));")
+    members.append(f"child(c, Sub, k = {draw(NUMBER)});")
+    members.append(f"children(cs, Sub, {draw(st.integers(0, 2))}, k = {draw(NUMBER)});")
     lines.append(f"object(Gen, {{{draw(SPACE)}{draw(SPACE).join(members)}}});")
     names = ["x", "opt", "w", *constants]
     body = ["fn_argument(forward, x, S_TENSOR, SYM_EXTERNAL, Tensor(shape(WILDCARD, 4), D_F32, 0));",
@@ -69,6 +73,8 @@ def program_text(draw) -> str:
         names.append(f"l{i}")
     body.append(f"capture(forward, {draw(expression(names))});")
     lines.append("forward(Gen, {" + draw(SPACE).join(body) + "});")
+    if draw(st.booleans()):
+        lines.append("model(Gen);")
     return draw(SPACE).join(lines)
 
 
