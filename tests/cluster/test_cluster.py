@@ -199,3 +199,12 @@ def test_fields_of_the_wrong_type_are_refused_and_the_connection_keeps_serving(w
     assert reply.type is MsgType.ERROR and "not valid JSON" in reply.meta["reason"]
     assert chan.request(Message(MsgType.PING)).type is MsgType.PONG
     chan.close()
+
+
+def test_timings_can_start_afresh_after_a_warm_up(rng, coordinator):
+    _, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 2))
+    coordinator.run_many([request(rng) for _ in range(3)])
+    coordinator.reset_timings()
+    coordinator.run(request(rng))
+    assert [t.runs for t in coordinator.timings.values()] == [1, 1] and len(coordinator.latencies) == 1

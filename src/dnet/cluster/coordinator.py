@@ -403,6 +403,12 @@ class Coordinator:
             req.future.set_exception(WorkerLost(message))
 
     # -- reports and teardown ------------------------------------------------------------
+    def reset_timings(self) -> None:
+        """Start the per-stage timings afresh (after a warm-up, say)."""
+        with self._lock:
+            self.timings = {s: StageTiming(s, t.worker) for s, t in self.timings.items()}
+            self.latencies.clear()
+
     def worker_stats(self) -> dict[str, dict]:
         """Each live worker's own counters per stage."""
         return {w.name: self._call(w, Message(MsgType.STATS), MsgType.STATS).meta["stages"]
