@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,7 @@ class LocalCluster:
                         hint=f"its log: {self.log(i)[-500:]!r}")
 
     def log(self, i: int) -> str:
+        """What worker i has logged so far (its stderr); gone once the cluster is closed."""
         path = self.log_dir / f"worker{i}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
@@ -129,6 +131,7 @@ class LocalCluster:
                 proc.wait(timeout=5)
             if proc.stdout:
                 proc.stdout.close()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
