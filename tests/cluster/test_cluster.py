@@ -208,3 +208,10 @@ def test_timings_can_start_afresh_after_a_warm_up(rng, coordinator):
     coordinator.reset_timings()
     coordinator.run(request(rng))
     assert [t.runs for t in coordinator.timings.values()] == [1, 1] and len(coordinator.latencies) == 1
+
+
+def test_workers_report_their_probed_device(coordinator):
+    caps = coordinator.capabilities(probe=True)
+    assert [c["name"] for c in caps] == ["w0", "w1", "w2"]
+    device = caps[0]["device"]
+    assert device["kind"] == "numpy" and device["compute"]["f32"] > 0 and device["memory"] > 0

@@ -409,6 +409,12 @@ class Coordinator:
             self.timings = {s: StageTiming(s, t.worker) for s, t in self.timings.items()}
             self.latencies.clear()
 
+    def capabilities(self, probe: bool = False) -> list[dict[str, Any]]:
+        """What each live worker reports of itself; with `probe`, its measured device too
+        (a `dnet.topology.Device` as a dict: compute rates, memory, caches), as topologies use."""
+        return [self._call(w, Message(MsgType.CAPS, {"probe": probe}), MsgType.CAPS).meta
+                for w in self.workers if w.alive]
+
     def worker_stats(self) -> dict[str, dict]:
         """Each live worker's own counters per stage."""
         return {w.name: self._call(w, Message(MsgType.STATS), MsgType.STATS).meta["stages"]
