@@ -133,3 +133,24 @@ def test_two_workers_lost_at_once_move_to_two_spares(rng, tmp_path):
         np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
     assert sorted(coord.placement) == [1, 3, 4] and coord.placement[1] == 1
     assert len(coord.latencies) == len(reqs)
+
+
+def test_a_hung_worker_mid_stream_is_replaced_and_the_streams_into_it_are_dropped(rng, cluster4):
+    """The stage before a hung worker blocks on sending to it; the re-plan cuts that link loose."""
+    net, graph = residual_graph(rng)
+    stages = split_pipeline(graph, contiguous_assignment(graph, [1, 1, 1]))
+    coord = cluster4.coordinator(max_in_flight=64, heartbeat_s=0.1, dead_after_s=1.0, call_timeout_s=15)
+    pid = cluster4.procs[1].pid
+    try:
+        coord.load(stages, placement=[0, 1, 2])
+        reqs = [request(rng, batch=64, seq=64) for _ in range(80)]  # ~20 MB for stage 1: more than sockets and queues hold
+        coord.run(reqs[0], timeout=10)
+        os.kill(pid, signal.SIGSTOP)
+        futures = [coord.submit(r) for r in reqs]
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        coord.close()
+    for req, out in zip(reqs, results):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+    assert coord.placement == [0, 3, 2]

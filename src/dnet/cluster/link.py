@@ -72,6 +72,10 @@ class Outbox:
             pass
         self._thread.join(timeout)
 
+    def abort(self) -> None:
+        """Drop the link now: a send blocked on a peer that stopped reading fails, queued messages go."""
+        self.channel.close()
+
     def _drain(self) -> None:
         while (item := self._queue.get()) is not _STOP:
             queued_at, msg = item

@@ -77,7 +77,7 @@ class Worker:
         self.stages: dict[str, _Stage] = {}
         self._pending: dict[str, _PendingLoad] = {}
         self._replies: dict[tuple, Outbox] = {}       # per (control channel, link shape)
-        self._links: dict[tuple, Outbox] = {}         # per (host, port, shape) of a next worker
+        self._links: dict[tuple, Outbox] = {}         # per (session, host, port, shape) of a next worker
         self._work: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -249,14 +249,15 @@ class Worker:
         stage = self._stage(_str(msg.meta, "key"))
         nxt, shape = msg.meta.get("next"), LinkShape.from_json(msg.meta.get("shape"))
         if nxt:
-            stage.next_link = self._link(_str(nxt, "host"), int(nxt["port"]), shape)
+            session = stage.key.split("/")[0]
+            stage.next_link = self._link(session, _str(nxt, "host"), int(nxt["port"]), shape)
             stage.next_key = _str(nxt, "key")
         elif shape is not None:
             stage.reply = self._reply_outbox(stage.reply.channel, shape)  # the last stage's link back
         chan.send(Message(MsgType.ROUTED, {"key": stage.key}))
 
-    def _link(self, host: str, port: int, shape: LinkShape | None) -> Outbox:
-        ident = (host, port, shape)
+    def _link(self, session: str, host: str, port: int, shape: LinkShape | None) -> Outbox:
+        ident = (session, host, port, shape)
         with self._lock:
             link = self._links.get(ident)
             if link is not None and link.error is None:
@@ -277,6 +278,9 @@ class Worker:
                 del self.stages[key]
             for key in [k for k in self._pending if k.startswith(prefix)]:
                 del self._pending[key]
+            links = [self._links.pop(k) for k in list(self._links) if k[0] == prefix]
+        for link in links:  # a send stuck on a next worker that hangs must not hold up the re-plan
+            link.abort()
         chan.send(Message(MsgType.RESET, {"session": prefix}))
 
     def _on_stats(self, chan: Channel, msg: Message) -> None:
