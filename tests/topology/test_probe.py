@@ -1,6 +1,4 @@
 """Probing: the backend seam, the cache per hardware fingerprint, link probes over loopback."""
-import time
-
 import numpy as np
 import pytest
 
@@ -10,15 +8,18 @@ from dnet.topology.linkprobe import probe_link, serve_probe
 
 
 def test_matmul_rate_is_flops_over_the_kernels_median_time():
-    calls = []
+    calls, now = [], [0.0]
+    durations = iter([9.0, 0.002, 0.004, 0.003])   # the warm-up run is not timed
 
-    def kernel(n, dtype):  # a stand-in backend whose "matmul" takes 2 ms
+    def kernel(n, dtype):  # a stand-in backend whose "matmul" takes the next duration on a fake clock
         calls.append((n, dtype))
-        return lambda: time.sleep(0.002)
+        return lambda: now.__setitem__(0, now[0] + next(durations))
 
-    m = P.probe_matmul(kernel, DType.F32, 100, runs=3)
+    with P.timed_by(lambda: now[0]):
+        m = P.probe_matmul(kernel, DType.F32, 100, runs=3)
     assert calls == [(100, DType.F32)]
-    assert m.median == pytest.approx(2 * 100**3 / 0.002, rel=0.5) and m.runs == 3
+    assert m.median == pytest.approx(2 * 100**3 / 0.003) and m.runs == 3
+    assert m.spread == pytest.approx((0.004 - 0.002) / 0.003)
 
 
 def _registered_backends() -> list[str]:

@@ -81,14 +81,19 @@ _CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar("cl
 
 
 @contextlib.contextmanager
-def cpu_clock() -> Iterator[None]:
-    """Inside, probes time with this process's CPU time instead of the wall clock: on one BLAS
-    thread, that is what other processes sharing the machine do not change."""
-    token = _CLOCK.set(time.process_time)
+def timed_by(clock: Callable[[], float]) -> Iterator[None]:
+    """Inside, probes read `clock` (seconds) instead of the wall clock."""
+    token = _CLOCK.set(clock)
     try:
         yield
     finally:
         _CLOCK.reset(token)
+
+
+def cpu_clock():
+    """Probes timed by this process's CPU time: on one BLAS thread, what other processes sharing
+    the machine change least."""
+    return timed_by(time.process_time)
 
 
 def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> Measurement:
