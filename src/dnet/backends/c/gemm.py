@@ -98,18 +98,19 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)}, g_NB = {nbatch};",
         f"const int64_t g_panels = (g_N + {t.nr - 1}) / {t.nr};",
         "const int64_t g_nt = dn_threads();",
-        f"int64_t g_mc = {t.mc};",
-        f"if ((g_M + g_mc - 1) / g_mc * g_NB < g_nt) {{ g_mc = (g_M + g_nt - 1) / g_nt; "
-        f"g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr}; }}",
+        f"int64_t g_mc = {t.mc};   /* fewer rows per block until there are 4 blocks per thread */",
+        f"if (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB < 4 * g_nt) {{ g_mc = (g_M * g_NB + 4 * g_nt - 1) / (4 * g_nt); "
+        f"g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr}; if (g_mc > {t.mc}) g_mc = {t.mc}; }}",
         "const int64_t g_mblocks = (g_M + g_mc - 1) / g_mc;",
         "int64_t g_chunks = 1;   /* split the columns too until there are 4 tasks per thread */",
         "if (g_nt > 1 && g_mblocks * g_NB < 4 * g_nt) g_chunks = (4 * g_nt + g_mblocks * g_NB - 1) / (g_mblocks * g_NB);",
         "if (g_chunks > g_panels) g_chunks = g_panels;",
         "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
+        f"const int64_t g_kcb = g_K <= {t.kc * 3 // 2} ? g_K : {t.kc};   /* one k block when K is a little over kc */",
     ]
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_panels", "g_mc", "g_mblocks",
-                                                "g_chunks", "g_per_chunk", "g_tasks")]
+                                                "g_chunks", "g_per_chunk", "g_tasks", "g_kcb")]
     out = [pad + x for x in lines]
     if not g.b.packed:
         pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
@@ -128,10 +129,10 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "    const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
         "    const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
         f"    const float* g_bpan = {bpan};",
-        f"    float* g_apack = dn_apack_{sfx}(g_mc * {t.kc});",
+        f"    float* g_apack = dn_apack_{sfx}(g_mc * g_kcb);",
         "    float* g_cblock = out + g_bb * g_M * g_N;",
-        f"    for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += {t.kc}) {{  /* once, with kc = 0, when K = 0 */",
-        f"        const int64_t g_kc = g_K - g_pc < {t.kc} ? g_K - g_pc : {t.kc};",
+        "    for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += g_kcb) {  /* once, with kc = 0, when K = 0 */",
+        "        const int64_t g_kc = g_K - g_pc < g_kcb ? g_K - g_pc : g_kcb;",
         f"        dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
         f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);",
         "        for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
