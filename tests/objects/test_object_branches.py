@@ -8,7 +8,7 @@ from dnet.objects import (
 from dnet.objects.ir import walk
 from dnet.objects.passes import remove_branches, remove_branches_for
 from dnet.objects.printer import print_module
-from seed_attention import attention_module
+from seed_attention_objects import attention_module
 
 OPTIONAL = SymbolFlag.EXTERNAL | SymbolFlag.OPTIONAL
 

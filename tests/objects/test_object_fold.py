@@ -11,7 +11,7 @@ from dnet.objects import (
 from dnet.objects.lower import lower
 from dnet.objects.passes import fold_constants
 from dnet.objects.printer import print_module
-from seed_attention import HEADS, HIDDEN, attention_module
+from seed_attention_objects import HEADS, HIDDEN, attention_module
 
 
 def one_function(*lets: Let, result, args=(Argument("x"),), **constants) -> ObjectModule:

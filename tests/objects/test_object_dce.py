@@ -10,7 +10,7 @@ from dnet.backends.numpy import run_graph
 from dnet.objects.lower import lower
 from dnet.objects.passes import default_pipeline, eliminate_dead_code, eliminate_dead_code_for
 from dnet.objects.printer import print_module
-from seed_attention import HIDDEN, attention_module
+from seed_attention_objects import HIDDEN, attention_module
 
 F32 = DType.F32
 

@@ -15,8 +15,8 @@ from dnet.objects.lower import lower
 from dnet.objects.passes import default_pipeline, run_with_trace
 from dnet.objects.passes.walk import module_functions
 from dnet.objects.printer import print_module
-from programs import SHAPE, TYPE, programs
-from seed_attention import HEADS, HIDDEN, attention_module
+from object_programs import SHAPE, TYPE, programs
+from seed_attention_objects import HEADS, HIDDEN, attention_module
 
 F32 = DType.F32
 
