@@ -215,7 +215,7 @@ def _record_forward(module: Module, info: _TraceInfo, params: list[tuple[str, An
     fn = Function("forward", [_argument(n, v) for n, v in params])
     local_args = [tr.Tensor(Ref(n), v.value) if isinstance(v, tr.Tensor) else v for n, v in params]
     st = tr.state()
-    with tr.recording(fn, info.path), st.shadow.scope(info.path or type(module).__name__):
+    with tr.recording(fn, info.path), st.shadow.at(info.path or type(module).__name__):
         out = module.forward(*local_args)
         fn.result = tr.to_expr(out)
     name = _function_name(info.obj, fn)

@@ -43,6 +43,15 @@ class GraphBuilder:
         finally:
             self._scope.pop()
 
+    @contextmanager
+    def at(self, path: str) -> Iterator[None]:
+        """Like `scope`, but `path` is absolute: it replaces the enclosing scopes instead of extending them."""
+        saved, self._scope = self._scope, [path] if path else []
+        try:
+            yield
+        finally:
+            self._scope = saved
+
     @property
     def where(self) -> str:
         return ".".join(self._scope)

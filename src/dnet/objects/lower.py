@@ -153,8 +153,13 @@ class Lowering:
             env[param.name] = value
         owner_scope = callee.owner.obj.symbols if callee.owner else self.module.symbols
         frame = _Frame(fn, callee.owner, owner_scope, env, fn.locals())
-        path = callee.owner.path if callee.owner else ""
-        with self.b.scope(f"{path}.{fn.name}" if path else fn.name):
+        # Nodes are named by the object path and function (`bert.layers.3.attention.forward`); a free
+        # function's nodes keep the caller's path (`...attention.forward/softmax_attention`).
+        if callee.owner is None:
+            scope = f"{self.b.where}/{fn.name}" if self.b.where else fn.name
+        else:
+            scope = f"{callee.owner.path}.{fn.name}" if callee.owner.path else fn.name
+        with self.b.at(scope):
             if fn.result is None:
                 raise SymbolError(f"function '{fn.name}' captures no result", fn.loc)
             return self.eval(fn.result, frame)
