@@ -45,7 +45,6 @@ class Schedule:
     materialized: set[int]
     steps: list[Step] = field(default_factory=list)
     kernels: dict[str, Kernel] = field(default_factory=dict)
-    fused: dict[int, list[int]] = field(default_factory=dict)   # root -> graph nodes it computes
 
     def kernel_of(self, step: Step) -> Kernel:
         return self.kernels[step.kernel]
