@@ -37,7 +37,6 @@ class StageCut:
     nodes: list[list[int]]
     receives: list[list[int]]
     sends: list[list[int]]
-    constants: set[int]
 
 
 def plan_cut(graph: Graph, stage_of: Sequence[int], n_stages: int) -> StageCut:
@@ -68,16 +67,17 @@ def plan_cut(graph: Graph, stage_of: Sequence[int], n_stages: int) -> StageCut:
     live = [i for i in range(len(graph.nodes)) if i not in constants and last_use[i] > produced[i]]
     receives = [[i for i in live if produced[i] < s <= last_use[i]] for s in range(n_stages)]
     sends = [[i for i in live if produced[i] <= s < last_use[i]] for s in range(n_stages)]
-    return StageCut(nodes, receives, sends, constants)
+    return StageCut(nodes, receives, sends)
 
 
 def _plain_symbols(shape: tuple) -> set[str]:
-    """Dims that are a bare symbol: the ones an input binds when it arrives."""
+    """Dims that are a bare symbol (`seq`, not `seq*12`): the ones an input binds when it arrives."""
     out = set()
     for d in shape:
-        if isinstance(d, Dim) and len(d.terms) == 1 and d.terms[0][1] == 1 and len(d.terms[0][0]) == 1 \
-                and isinstance(d.terms[0][0][0], str):
-            out.add(d.terms[0][0][0])
+        if isinstance(d, Dim) and len(d.terms) == 1:
+            (monomial, coefficient), = d.terms
+            if coefficient == 1 and len(monomial) == 1 and isinstance(monomial[0], str):
+                out.add(monomial[0])
     return out
 
 
@@ -96,7 +96,8 @@ def _inputs_binding_dims(graph: Graph, nodes: list[list[int]], produced: list[in
     for s, ids in enumerate(nodes):
         received = {i for i in range(len(graph.nodes)) if produced[i] < s <= last_use[i] and i not in constants}
         bound = set().union(*(_plain_symbols(graph.nodes[i].shape) for i in received))
-        used = set().union(*(_symbols(graph.nodes[i].shape) for i in ids), set())
+        read = {j for i in ids for j in graph.nodes[i].inputs if j in constants}  # copied in: a fill may be symbolic
+        used = set().union(*(_symbols(graph.nodes[i].shape) for i in [*ids, *read]), set())
         out.append({binders[sym] for sym in used - bound if sym in binders})
     return out
 
