@@ -42,10 +42,24 @@ static void dn_run_chunks(uint32_t gen, dn_body fn, void* ctx, int64_t n, int64_
     }
 }
 
+static inline void dn_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Kernels come back to back: a worker that has just finished watches for the next job
+ * for a short while (about 100 microseconds) before it sleeps, so the next kernel does
+ * not wait for the OS to wake it. Bounded, so an idle process costs nothing. */
+#define DN_SPIN 2000
+
 static void* dn_worker(void* arg) {
     const int id = (int)(intptr_t)arg;      /* workers 0.. ; the caller is the last thread */
     uint32_t seen = 0;
     for (;;) {
+        for (int i = 0; i < DN_SPIN && __atomic_load_n(&dn_pool.gen, __ATOMIC_ACQUIRE) == seen; ++i) dn_pause();
         pthread_mutex_lock(&dn_pool.mu);
         while (dn_pool.gen == seen) pthread_cond_wait(&dn_pool.wake, &dn_pool.mu);
         seen = dn_pool.gen;
@@ -80,10 +94,11 @@ static void dn_parallel(dn_body fn, void* ctx, int64_t n, int64_t min_per_chunk)
     chunks = (n + chunk - 1) / chunk;
     pthread_mutex_lock(&dn_pool.mu);
     dn_start_workers();
-    uint32_t gen = ++dn_pool.gen;
+    uint32_t gen = dn_pool.gen + 1;
     dn_pool.fn = fn; dn_pool.ctx = ctx; dn_pool.n = n; dn_pool.chunk = chunk; dn_pool.chunks = chunks;
     atomic_store(&dn_pool.done, 0);
     atomic_store(&dn_pool.next, (uint64_t)gen << 32);
+    __atomic_store_n(&dn_pool.gen, gen, __ATOMIC_RELEASE);   /* publishes the job to spinning workers */
     pthread_cond_broadcast(&dn_pool.wake);
     pthread_mutex_unlock(&dn_pool.mu);
     dn_run_chunks(gen, fn, ctx, n, chunk, chunks);
