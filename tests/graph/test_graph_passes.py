@@ -13,6 +13,8 @@ from dnet.graph.builder import GraphBuilder
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op
 from dnet.graph.passes import RULES, cse, dce, default_graph_pipeline, simplify
+from dnet.graph.passes.cse import unshare_views
+from dnet.core.dtypes import boolean
 
 f32 = DType.F32
 fast = settings(max_examples=40, deadline=None)
@@ -211,8 +213,26 @@ def test_default_pipeline_on_an_attention_block_with_repeated_work():
     g = b.finish()
     trace: list = []
     after = default_graph_pipeline()(g, trace)
-    assert [name for name, _ in trace] == ["simplify", "cse", "dce"]
+    assert [name for name, _ in trace] == ["simplify", "cse", "unshare_views", "dce"]
     assert count(g, Op.SUM) == 5 and count(after, Op.SUM) == 3   # one layer norm (2 sums) + softmax
     assert count(g, Op.RESHAPE) > count(after, Op.RESHAPE)
     assert len(after.weights) == 2
     assert_same_results(g, after, {"x": rng.standard_normal((2, 5, 8)).astype(np.float32)})
+
+
+def test_unshare_views_gives_each_reader_its_own_broadcast():
+    b = GraphBuilder()
+    mask = b.input("mask", TensorType((Sym("batch"), 1, 4), boolean))
+    x = b.input("x", TensorType((Sym("batch"), 3, 4), f32))
+    wide = b.expand(mask, (Sym("batch"), 3, 4))
+    first = b.elementwise(Op.WHERE, wide, x, 0.0)
+    b.output("y", b.elementwise(Op.WHERE, wide, first, 1.0))
+    g = b.finish()
+    after = unshare_views(g)
+    readers = [n for n in after.nodes if n.op is Op.WHERE]
+    views = [after.nodes[n.inputs[0]] for n in readers]
+    assert all(v.op is Op.EXPAND and v.inputs == (after.inputs[0],) for v in views)
+    assert len({v.id for v in views}) == 2
+    rng = np.random.default_rng(0)
+    assert_same_results(g, after, {"mask": rng.random((2, 1, 4)) > 0.5,
+                                   "x": rng.standard_normal((2, 3, 4)).astype(np.float32)})

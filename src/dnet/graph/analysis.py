@@ -165,6 +165,8 @@ def _flops(node: Node, ins: list[TensorType]) -> Size:
 def _bytes(node: Node, ins: list[TensorType]) -> Size:
     if node.op in (Op.INPUT, Op.CONST, Op.RESHAPE):   # already in memory; a reshape is a view
         return 0
+    if node.op is Op.GATHER:  # reads only the rows it takes: a few KiB of a 50 MB embedding table
+        return 2 * value_bytes(node.type) + value_bytes(ins[1])
     return sum((value_bytes(t) for t in ins), value_bytes(node.type))
 
 

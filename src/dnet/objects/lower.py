@@ -172,18 +172,19 @@ class Lowering:
             if param.type is None:
                 return
             actual = self.b.type(value)
-            self._check_shape(fn, param, actual, callee)
+            self._check_shape(fn, param, actual, callee, where)
         elif param.kind is SymbolKind.SCALAR and not _is_scalar(value):
             raise DTypeError(f"argument '{param.name}' of '{fn.name}' must be a scalar, got {value!r}", where)
         elif param.kind is SymbolKind.OBJECT_ARG and not isinstance(value, ObjectRef):
             raise DTypeError(f"argument '{param.name}' of '{fn.name}' must be an object, got {value!r}", where)
 
-    def _check_shape(self, fn: Function, param: Argument, actual: TensorType, callee: FunctionRef) -> None:
+    def _check_shape(self, fn: Function, param: Argument, actual: TensorType, callee: FunctionRef,
+                     where: Location | None) -> None:
         declared = param.type
         scope = callee.owner.obj.symbols if callee.owner else self.module.symbols
         if declared.dtype is not None and declared.dtype != actual.dtype:
             raise DTypeError(f"argument '{param.name}' of '{fn.name}' has dtype {actual.dtype}, declared "
-                             f"{declared.dtype}", param.loc)
+                             f"{declared.dtype}", where)
         if declared.shape == (WILDCARD,):  # the lone WILDCARD: any shape, of any rank
             return
         mismatch = len(declared.shape) != len(actual.shape)
@@ -202,21 +203,18 @@ class Lowering:
                 mismatch = True
         if mismatch:
             raise ShapeError(f"argument '{param.name}' of '{fn.name}' has shape {shape_str(actual.shape)}, "
-                             f"declared {shape_str(declared.shape)}", param.loc)
+                             f"declared {shape_str(declared.shape)}", where)
 
     # -- names ------------------------------------------------------------------------
     def _lookup(self, name: str, frame: _Frame, loc: Location | None) -> Any:
         if name in frame.env:
             return frame.env[name]
         if name in frame.lets:
-            if name in frame.evaluating:
-                raise SymbolError(f"'{name}' is defined in terms of itself", loc or frame.lets[name].loc)
-            frame.evaluating.add(name)
-            let = frame.lets[name]
-            value = self.eval(let.value, frame)
-            frame.evaluating.discard(name)
-            frame.env[name] = value
-            return value
+            # What this let needs unconditionally is evaluated first, oldest first, so a long chain of
+            # lets costs no Python recursion; lets used only inside an untaken branch are never built.
+            for dep in self._needed_lets(name, frame):
+                self._force(dep, frame, loc)
+            return self._force(name, frame, loc)
         sym = frame.scope.lookup(name)
         if sym is None:
             visible = list(frame.env) + list(frame.lets) + frame.scope.visible()
@@ -232,6 +230,37 @@ class Lowering:
             is_member = frame.owner is not None and name in frame.owner.obj.symbols
             return FunctionRef(sym.value, frame.owner if is_member else None)
         raise SymbolError(f"'{name}' ({sym.kind.value}) cannot be used as a value here", loc)
+
+    def _force(self, name: str, frame: _Frame, loc: Location | None) -> Any:
+        if name in frame.env:
+            return frame.env[name]
+        let = frame.lets[name]
+        if name in frame.evaluating:
+            raise SymbolError(f"'{name}' is defined in terms of itself", loc or let.loc)
+        frame.evaluating.add(name)
+        value = self.eval(let.value, frame)
+        frame.evaluating.discard(name)
+        frame.env[name] = value
+        return value
+
+    @staticmethod
+    def _needed_lets(name: str, frame: _Frame) -> list[str]:
+        """The unevaluated lets that `name` needs whatever branches are taken, in body order."""
+        order = {let: i for i, let in enumerate(frame.lets)}
+        needed: set[str] = set()
+        stack = [frame.lets[name].value]
+        while stack:
+            expr = stack.pop()
+            if isinstance(expr, Ref):
+                if expr.name in frame.lets and expr.name not in frame.env and expr.name not in needed \
+                        and expr.name != name:
+                    needed.add(expr.name)
+                    stack.append(frame.lets[expr.name].value)
+            elif isinstance(expr, If):
+                stack.append(expr.cond)  # branches stay lazy
+            else:
+                stack.extend(expr.children())
+        return sorted(needed, key=order.__getitem__)
 
     def _parameter(self, sym, path: str, loc) -> Value:
         data = sym.value

@@ -35,20 +35,10 @@ class OpTable:
     def of(graph: Graph, env: Env) -> "OpTable":
         costs = [node_cost(graph, n, env) for n in graph.nodes]
         return OpTable(np.array([c.flops for c in costs], dtype=np.float64),
-                       np.array([_bytes(graph, n, c.bytes, env) for n, c in zip(graph.nodes, costs)],
+                       np.array([c.bytes for c in costs],
                                 dtype=np.float64),
                        np.array([_KEY_INDEX[(n.op, n.dtype)] for n in graph.nodes], dtype=np.int64),
                        np.array([n.op.cls is not OpClass.SOURCE for n in graph.nodes]))
-
-
-def _bytes(graph: Graph, node: Node, counted: int, env: Env) -> float:
-    """Memory traffic of a node. A gather reads only the rows it takes, not its whole table
-    (an embedding lookup touches a few KiB of a 50 MB table)."""
-    if node.op is not Op.GATHER:
-        return float(counted)
-    out = evaluate(value_bytes(node.type), env)
-    indices = evaluate(value_bytes(graph.nodes[node.inputs[1]].type), env)
-    return float(2 * out + indices)
 
 
 def rate_vector(device: Device) -> np.ndarray:

@@ -34,3 +34,34 @@ def _key(graph: Graph, node: Node, inputs: tuple[int, ...]) -> tuple:
 
 
 CSE = Pass("cse", "graph", cse, "merge nodes that compute the same value (weights by content)")
+
+
+def unshare_views(graph: Graph) -> Graph:
+    """Give every reader of a broadcast its own copy of it.
+
+    A broadcast is a free view, so copying it costs nothing; shared, it turns a small tensor
+    into a large one that crosses every pipeline cut between its readers (one (batch, heads,
+    seq, seq) attention mask read by every layer, where the (batch, seq) mask would do).
+    """
+    rebuilder = GraphRebuilder(graph)
+    views = {n.id: n for n in graph.nodes if n.op is Op.EXPAND}
+    for node in graph.nodes:
+        if node.id in views:
+            continue
+        inputs = [_fresh_view(rebuilder, views, i) for i in node.inputs]
+        rebuilder.value[node.id] = rebuilder.add(node.op, inputs, node.attrs, node.type, node.name)
+    for out in graph.outputs:
+        if out in views:
+            rebuilder.value[out] = _fresh_view(rebuilder, views, out)
+    return rebuilder.finish()
+
+
+def _fresh_view(rebuilder: GraphRebuilder, views: dict[int, Node], i: int) -> int:
+    view = views.get(i)
+    if view is None:
+        return rebuilder.value[i]
+    source = _fresh_view(rebuilder, views, view.inputs[0])
+    return rebuilder.add(view.op, [source], view.attrs, view.type, view.name)
+
+
+UNSHARE_VIEWS = Pass("unshare_views", "graph", unshare_views, "one copy of each broadcast per reader")
