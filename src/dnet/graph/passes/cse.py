@@ -48,20 +48,21 @@ def unshare_views(graph: Graph) -> Graph:
     for node in graph.nodes:
         if node.id in views:
             continue
-        inputs = [_fresh_view(rebuilder, views, i) for i in node.inputs]
+        inputs = [_fresh_view(rebuilder, views, i, node.name) for i in node.inputs]
         rebuilder.value[node.id] = rebuilder.add(node.op, inputs, node.attrs, node.type, node.name)
     for out in graph.outputs:
         if out in views:
-            rebuilder.value[out] = _fresh_view(rebuilder, views, out)
+            rebuilder.value[out] = _fresh_view(rebuilder, views, out, views[out].name)
     return rebuilder.finish()
 
 
-def _fresh_view(rebuilder: GraphRebuilder, views: dict[int, Node], i: int) -> int:
+def _fresh_view(rebuilder: GraphRebuilder, views: dict[int, Node], i: int, reader: str) -> int:
+    """A new copy of view `i` (and of views it reads), named for its reader: it runs where the reader does."""
     view = views.get(i)
     if view is None:
         return rebuilder.value[i]
-    source = _fresh_view(rebuilder, views, view.inputs[0])
-    return rebuilder.add(view.op, [source], view.attrs, view.type, view.name)
+    source = _fresh_view(rebuilder, views, view.inputs[0], reader)
+    return rebuilder.add(view.op, [source], view.attrs, view.type, reader)
 
 
 UNSHARE_VIEWS = Pass("unshare_views", "graph", unshare_views, "one copy of each broadcast per reader")
