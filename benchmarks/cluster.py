@@ -5,11 +5,12 @@
    socket (a process receiving the same bytes with recv_into, answering each), and
    the small-message round trip of both.
 2. Pipeline: the real all-MiniLM-L6-v2 on three local workers made unequal (each
-   simulates a device 2x, 4x or 8x slower) and joined by shaped links. Each layer's
-   time is measured once on this machine and fed to the partitioner in place of its
-   cost model's estimate (what the JIT's feedback loop will do by itself); then dnet's
-   plan and the equal split each run the same requests, and the measured throughput
-   is printed beside the plan's prediction.
+   simulates a device 2x, 4x or 8x slower) and joined by shaped links. The cost model
+   is fed measurements, as the JIT's feedback loop will do by itself: each layer's time
+   measured on this machine, then each worker's factor (measured over predicted stage
+   time) from one calibration run of the equal split, which captures what sharing the
+   cores costs. Then dnet's plan and the equal split each run the same requests, and
+   the measured throughput is printed beside the plan's prediction.
 
     .venv/bin/python benchmarks/cluster.py [--mib 64] [--repeats 5] [--requests 24]
 """
@@ -129,7 +130,8 @@ def layer_times(graph, chain, inputs, repeats: int = 5) -> np.ndarray:
     return np.median(np.array(runs[1:]), axis=0)
 
 
-def _measure(graph, topology, plan, slowdowns, requests) -> tuple[float, dict]:
+def _measure(graph, topology, plan, slowdowns, requests) -> tuple[float, dict[int, float]]:
+    """Requests per second at steady state, and each stage's mean compute seconds (slowdown included)."""
     from dnet.cluster.session import compile_distributed
 
     with compile_distributed(graph, topology, plan=plan, slowdowns=slowdowns, max_in_flight=6) as exe:
@@ -138,12 +140,23 @@ def _measure(graph, topology, plan, slowdowns, requests) -> tuple[float, dict]:
         start = time.perf_counter()
         exe.run_many(requests)
         elapsed = time.perf_counter() - start
-        timings = {s: (t.worker, t.mean_ms) for s, t in exe.timings.items()}
-    return len(requests) / elapsed, timings
+        stage_seconds = {s: t.mean_ms / 1e3 for s, t in exe.timings.items()}
+    return len(requests) / elapsed, stage_seconds
+
+
+def _node_factors(problem, plan, stage_seconds: dict[int, float]) -> np.ndarray:
+    """Per node, measured over predicted stage time: what sharing this machine's cores costs each worker."""
+    measured, predicted = np.zeros(problem.n_nodes), np.zeros(problem.n_nodes)
+    for k, stage in enumerate(plan.stages):
+        node = problem.names.index(stage.node)
+        measured[node] += stage_seconds[k]
+        predicted[node] += stage.compute_seconds
+    return np.where(predicted > 0, measured / np.maximum(predicted, 1e-12), 1.0)
 
 
 def pipeline(n_requests: int, slowdowns: list[float], bandwidth: float, latency: float) -> list[dict]:
-    """The plan from measured layer times (the JIT's feedback, done once by hand) against the equal split."""
+    """dnet's plan against the equal split, on a cost model fed by measurements (the JIT's loop, run once by hand):
+    layer times measured on this machine, then each worker's factor from one calibration run of the pipeline."""
     from dnet.models import load_minilm
     from dnet.partition import build_problem, layer_chain, plan_from_stages, solve
     from dnet.partition.baselines import equal_split
@@ -157,19 +170,32 @@ def pipeline(n_requests: int, slowdowns: list[float], bandwidth: float, latency:
     env = {"batch": inputs["input_ids"].shape[0], "seq": inputs["input_ids"].shape[1]}
     topology = Topology.local(3, bandwidth=bandwidth, latency=latency, scales=[1.0 / s for s in slowdowns])
     chain = layer_chain(graph, env)
-    problem = build_problem(chain, topology)
     measured = layer_times(graph, chain, inputs)
-    problem.time = np.outer(slowdowns, measured)  # the cost model's layer times replaced by measured ones
-    solution = solve(problem)
-    plans = {"dnet plan": plan_from_stages(chain, topology, problem, solution.stages, "throughput", solution.solver),
-             "equal split": plan_from_stages(chain, topology, problem, equal_split(problem), "throughput", "equal")}
     requests = [inputs] * n_requests
+
+    def problem_with(times: np.ndarray):
+        problem = build_problem(chain, topology)
+        problem.time = times  # the cost model's layer times replaced by measured ones
+        return problem
+
+    def plans(problem) -> dict:
+        solution = solve(problem)
+        return {"dnet plan": plan_from_stages(chain, topology, problem, solution.stages, "throughput",
+                                              solution.solver),
+                "equal split": plan_from_stages(chain, topology, problem, equal_split(problem), "throughput",
+                                                "equal")}
+
+    first = problem_with(np.outer(slowdowns, measured))
+    calibration = plans(first)["equal split"]
+    _, stage_seconds = _measure(graph, topology, calibration, slowdowns, requests[:12])
+    factors = _node_factors(first, calibration, stage_seconds)
     rows = []
-    for name, plan in plans.items():
-        measured_rate, timings = _measure(graph, topology, plan, slowdowns, requests)
-        rows.append({"name": name, "predicted": plan.throughput, "measured": measured_rate,
+    for name, plan in plans(problem_with(first.time * factors[:, None])).items():
+        rate, stage_seconds = _measure(graph, topology, plan, slowdowns, requests)
+        rows.append({"name": name, "predicted": plan.throughput, "measured": rate,
                      "one_node": 1 / measured.sum(), "stages": [(s.node, len(s.layers)) for s in plan.stages],
-                     "timings": timings})
+                     "stage_ms": [1e3 * stage_seconds[k] for k in sorted(stage_seconds)],
+                     "factors": factors})
     return rows
 
 
@@ -207,11 +233,13 @@ def main() -> None:
     for r in rows:
         out.add_row(r["name"], " ".join(f"{n}:{k}" for n, k in r["stages"]), f"{r['predicted']:.2f}",
                     f"{r['measured']:.2f}", f"{r['measured'] / r['predicted']:.0%}",
-                    " ".join(f"{ms:.0f}" for _, ms in r["timings"].values()))
+                    " ".join(f"{ms:.0f}" for ms in r["stage_ms"]))
     console.print(out)
     console.print(f"one node at full speed, no pipeline (sum of measured layer times): "
                   f"{rows[0]['one_node']:.2f} requests/s; "
                   f"dnet plan / equal split measured: {rows[0]['measured'] / rows[1]['measured']:.2f}x")
+    console.print("calibration: measured / predicted stage time per worker, from one run of the equal split: "
+                  + ", ".join(f"{f:.2f}" for f in rows[0]["factors"]))
     console.print(f"{os.cpu_count()} cores; load average at the end: {os.getloadavg()[0]:.1f} "
                   "(other processes on this machine share the cores the workers run on)")
 
