@@ -12,6 +12,7 @@ from dnet.errors import DnetError
 COMMAND_MODULES = (
     "dnet.cli.dsl_commands",
     "dnet.cli.model_commands",
+    "dnet.cli.demo_commands",
     "dnet.cli.cluster_commands",
     "dnet.cli.plan_commands",
     "dnet.cli.bench_commands",
