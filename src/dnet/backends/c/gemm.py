@@ -38,17 +38,19 @@ static float* dn_apack_{sfx}(int64_t n) {{
     return buf;
 }}
 
-/* b (k x n, strides rs/cs) -> panels of {nr} columns: panel p holds k rows of {nr} floats */
-static void dn_pack_b_panel_{sfx}(int64_t k, int64_t n, int64_t p, const float* b, int64_t rs, int64_t cs, float* dst) {{
-    const int64_t j0 = p * {nr}, nn = n - j0 < {nr} ? n - j0 : {nr};
-    float* d = dst + p * {nr} * k;
-    if (cs == 1 && nn == {nr}) {{
-        for (int64_t kk = 0; kk < k; ++kk) memcpy(d + kk * {nr}, b + kk * rs + j0, {nr} * sizeof(float));
-        return;
+/* b (k x n, strides rs/cs) -> panels of {nr} columns: panel p holds k rows of {nr} floats.
+   Panels [p0, p1) are packed row by row, so b is read along its rows (pages, not strides). */
+static void dn_pack_b_panels_{sfx}(int64_t k, int64_t n, int64_t p0, int64_t p1, const float* b, int64_t rs,
+                                   int64_t cs, float* dst) {{
+    for (int64_t kk = 0; kk < k; ++kk) {{
+        const float* row = b + kk * rs;
+        for (int64_t p = p0; p < p1; ++p) {{
+            const int64_t j0 = p * {nr}, nn = n - j0 < {nr} ? n - j0 : {nr};
+            float* d = dst + p * {nr} * k + kk * {nr};
+            if (cs == 1 && nn == {nr}) {{ memcpy(d, row + j0, {nr} * sizeof(float)); continue; }}
+            for (int64_t jj = 0; jj < {nr}; ++jj) d[jj] = jj < nn ? row[(j0 + jj) * cs] : 0.0f;
+        }}
     }}
-    for (int64_t kk = 0; kk < k; ++kk)
-        for (int64_t jj = 0; jj < {nr}; ++jj)
-            d[kk * {nr} + jj] = jj < nn ? b[kk * rs + (j0 + jj) * cs] : 0.0f;
 }}
 
 /* rows [0, mc) x depth [0, kc) of a -> slivers of {mr} rows: sliver s holds kc columns of {mr} floats */
@@ -98,13 +100,16 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)}, g_NB = {nbatch};",
         f"const int64_t g_panels = (g_N + {t.nr - 1}) / {t.nr};",
         "const int64_t g_nt = dn_threads();",
-        f"int64_t g_mc = {t.mc};   /* fewer rows per block until there are 4 blocks per thread */",
-        f"if (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB < 4 * g_nt) {{ g_mc = (g_M * g_NB + 4 * g_nt - 1) / (4 * g_nt); "
-        f"g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr}; if (g_mc > {t.mc}) g_mc = {t.mc}; }}",
+        f"int64_t g_mc = (g_M + {t.mc - 1}) / {t.mc};   /* blocks of at most mc rows, all about equal */",
+        f"g_mc = ((g_M + g_mc - 1) / g_mc + {t.mr - 1}) / {t.mr} * {t.mr};",
+        "if (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB < 4 * g_nt) {   /* fewer rows: 4 blocks per thread */",
+        f"    g_mc = (g_M * g_NB + 4 * g_nt - 1) / (4 * g_nt); g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr};",
+        f"    if (g_mc > {t.mc}) g_mc = {t.mc};",
+        "}",
         "const int64_t g_mblocks = (g_M + g_mc - 1) / g_mc;",
-        "int64_t g_chunks = 1;   /* split the columns too until there are 4 tasks per thread */",
-        "if (g_nt > 1 && g_mblocks * g_NB < 4 * g_nt) g_chunks = (4 * g_nt + g_mblocks * g_NB - 1) / (g_mblocks * g_NB);",
-        "if (g_chunks > g_panels) g_chunks = g_panels;",
+        "int64_t g_chunks = 1;   /* split the columns too (each split packs a again) until the threads balance */",
+        "while (g_chunks < g_panels && (g_mblocks * g_NB * g_chunks < g_nt",
+        "       || ((g_mblocks * g_NB * g_chunks) % g_nt && g_mblocks * g_NB * g_chunks < 8 * g_nt))) g_chunks++;",
         "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
         f"const int64_t g_kcb = g_K <= {t.kc * 3 // 2} ? g_K : {t.kc};   /* one k block when K is a little over kc */",
@@ -113,13 +118,14 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
                                                 "g_chunks", "g_per_chunk", "g_tasks", "g_kcb")]
     out = [pad + x for x in lines]
     if not g.b.packed:
-        pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
-                "    const int64_t g_bb = g_flat / g_panels, g_p = g_flat % g_panels;",
+        pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {   /* groups of 8 panels */",
+                "    const int64_t g_groups = (g_panels + 7) / 8, g_bb = g_flat / g_groups, g_p = g_flat % g_groups * 8;",
                 *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
-                f"    dn_pack_b_panel_{sfx}(g_K, g_N, g_p, {g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, "
-                f"{ix(g.b.col_stride)}, {g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
+                f"    dn_pack_b_panels_{sfx}(g_K, g_N, g_p, g_p + 8 < g_panels ? g_p + 8 : g_panels, "
+                f"{g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, {ix(g.b.col_stride)}, "
+                f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
                 "}"]
-        out += r.outline(pack, "g_NB * g_panels", f"(g_K * {t.nr} >= 8192 ? 1 : 8192 / (g_K * {t.nr}))", pad)
+        out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
     bpan = g.b.buffer if g.b.packed else f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K"
     task = [
         "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
