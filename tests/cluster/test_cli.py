@@ -49,3 +49,10 @@ def test_cluster_up_starts_workers_and_stops_them_on_interrupt(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the workers too: they share its session
             proc.wait(timeout=5)
     assert proc.returncode == 0
+
+
+def test_local_workers_get_disjoint_cores_only_where_there_are_enough():
+    from dnet.cluster.local import core_sets
+
+    assert core_sets([1, 2, None], available=8) == [[0], [1, 2], [3]]
+    assert core_sets([2, 2], available=3) == [None, None]

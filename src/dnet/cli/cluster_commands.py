@@ -82,17 +82,13 @@ def cluster() -> None:
 def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> None:
     """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
     from dnet.cluster.auth import SECRET_ENV, new_secret
-    from dnet.cluster.local import LocalCluster, WorkerSpec
+    from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
 
     names = backends.split(",")
     counts = [int(t) for t in threads.split(",") if t] or [0]
-    ncpu = os.cpu_count() or 1
-    specs, next_core = [], 0
-    for i in range(n):
-        t = counts[i % len(counts)] or None
-        cores = [(next_core + k) % ncpu for k in range(t or 1)]
-        next_core += t or 1
-        specs.append(WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}"))
+    per_worker = [counts[i % len(counts)] or None for i in range(n)]
+    specs = [WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}")
+             for i, (t, cores) in enumerate(zip(per_worker, core_sets(per_worker)))]
     secret = new_secret()
     path = Path(secret_file or Path.home() / ".cache" / "dnet" / "cluster.secret")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,17 @@ class WorkerSpec:
         return env
 
 
+def core_sets(threads: Sequence[int | None], available: int | None = None) -> list[list[int] | None]:
+    """Disjoint cores for workers with these thread counts, where the machine has enough;
+    otherwise none are pinned (pinning two busy workers to one core is worse than letting them roam)."""
+    available = available or os.cpu_count() or 1
+    counts = [t or 1 for t in threads]
+    if sum(counts) > available:
+        return [None] * len(counts)
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [list(range(start, start + count)) for start, count in zip(starts, counts)]
+
+
 class LocalCluster:
     def __init__(self, workers: int | Sequence[WorkerSpec], secret: str | None = None,
                  cache_dir: str | None = None, start_timeout_s: float = 30.0):

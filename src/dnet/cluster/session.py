@@ -16,7 +16,7 @@ import numpy as np
 from dnet.cluster.auth import secret_from_env
 from dnet.cluster.coordinator import Coordinator, StageTiming
 from dnet.cluster.link import LinkShape
-from dnet.cluster.local import LocalCluster, WorkerSpec
+from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
 from dnet.core.shapes import shape_symbols
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
@@ -128,8 +128,9 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     if all(a is None for a in addresses):
         backends = [backend] * len(addresses) if isinstance(backend, str) else list(backend)
         slow = list(slowdowns) if slowdowns is not None else [1.0] * len(addresses)
-        specs = [WorkerSpec(backend=b, threads=node.devices[0].cores if node.devices else None, slowdown=s,
-                            name=node.name) for node, b, s in zip(topology.nodes, backends, slow)]
+        threads = [node.devices[0].cores if node.devices else None for node in topology.nodes]
+        specs = [WorkerSpec(backend=b, threads=t, cores=c, slowdown=s, name=node.name)
+                 for node, b, t, c, s in zip(topology.nodes, backends, threads, core_sets(threads), slow)]
         local = LocalCluster(specs, secret).start()
         addresses, secret = local.addresses, local.secret
         shape_links = True if shape_links is None else shape_links
