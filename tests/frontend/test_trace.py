@@ -58,3 +58,27 @@ def test_lowering_reproduces_the_traced_shadow_graph(rng):
     x = rng.standard_normal((3, 4, 8)).astype(np.float32)
     np.testing.assert_allclose(run_graph(g, {"x": x})["output"], _oracle(m, x), rtol=1e-5, atol=1e-6)
     assert len(g) == len(om.shadow)
+
+
+class Twice(dnet.Module):
+    """Calls one child on two inputs: equal shapes record one function, a new shape a second."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.lin = Linear(rng, 8, 8)
+
+    def forward(self, x, y):
+        return self.lin(x), self.lin(y)
+
+
+def test_a_child_called_again_with_the_same_types_reuses_its_function(rng):
+    m = Twice(rng)
+    t = dnet.TensorType((2, 8), dnet.f32)
+    om = m.trace(t, t)
+    assert list(om.root.children["lin"].functions) == ["forward"]
+
+
+def test_a_child_called_with_new_types_gets_a_second_function(rng):
+    m = Twice(rng)
+    om = m.trace(dnet.TensorType((2, 8), dnet.f32), dnet.TensorType((3, 8), dnet.f32))
+    assert list(om.root.children["lin"].functions) == ["forward", "forward_1"]

@@ -218,24 +218,7 @@ def _record_forward(module: Module, info: _TraceInfo, params: list[tuple[str, An
     with tr.recording(fn, info.path), st.shadow.at(info.path or type(module).__name__):
         out = module.forward(*local_args)
         fn.result = tr.to_expr(out)
-    name = _function_name(info.obj, fn)
-    return name, out
-
-
-def _function_name(obj: Object, fn: Function) -> str:
-    """Reuse an identical earlier trace; else add this one as forward, forward_1, ..."""
-    existing = obj.functions
-    for name, old in existing.items():
-        if (old.args, old.body, old.result) == (fn.args, fn.body, fn.result):
-            return name
-    k = 0
-    name = "forward"
-    while name in existing:
-        k += 1
-        name = f"forward_{k}"
-    fn.name = name
-    obj.add_function(fn)
-    return name
+    return info.obj.add_or_reuse_function(fn), out
 
 
 def _traced_call(module: Module, args: tuple, kwargs: dict) -> Any:

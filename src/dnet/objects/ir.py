@@ -180,6 +180,22 @@ class Object:
     def add_function(self, fn: Function) -> Symbol:
         return self.symbols.define(Symbol(fn.name, SymbolKind.FUNCTION, value=fn, loc=fn.loc))
 
+    def add_or_reuse_function(self, fn: Function, stem: str = "forward") -> str:
+        """The name of an existing function identical to `fn` (same arguments, body and result);
+        else `fn` is added under the first free name of stem, stem_1, stem_2, ... A traced call
+        recorded again with the same shapes thus reuses one function."""
+        existing = self.functions
+        for name, old in existing.items():
+            if (old.args, old.body, old.result) == (fn.args, fn.body, fn.result):
+                return name
+        k, name = 0, stem
+        while name in existing:
+            k += 1
+            name = f"{stem}_{k}"
+        fn.name = name
+        self.add_function(fn)
+        return name
+
     @property
     def constants(self) -> dict[str, Any]:
         return {s.name: s.value for s in self.symbols.of_kind(SymbolKind.CONSTANT)}

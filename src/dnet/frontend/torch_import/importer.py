@@ -88,7 +88,7 @@ class _Importer:
             if not path and isinstance(outputs, (list, tuple)) and len(outputs) == 1:
                 outputs = outputs[0]  # the program's one output: the root returns it as itself, not a 1-tuple
             fn.result = to_expr(outputs)
-        return _add_function(obj, fn), outputs
+        return obj.add_or_reuse_function(fn), outputs
 
     def _call(self, module: GraphModule, obj: Object, node: Node, values: dict[Node, Any]) -> Any:
         args = list(map_arg(node.args, values.__getitem__))
@@ -107,6 +107,55 @@ class _Importer:
             obj.add_parameter(target, TensorType(data.shape, DType.from_numpy(data.dtype)), data)
         data = obj.parameters[target].value
         return Tensor(Ref(target), self.shadow.const(f"{path}.{target}" if path else target, data))
+
+
+def to_numpy(tensor: torch.Tensor, name: str = "") -> np.ndarray:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype is torch.bfloat16:  # numpy has no bf16: reinterpret the bits
+        return tensor.view(torch.int16).numpy().view(DType.BF16.np).copy()
+    to_dtype(tensor.dtype, f"weight '{name}'")
+    return tensor.numpy().copy()
+
+
+def _child_object(obj: Object, target: str, classes: Mapping[str, str]) -> Object:
+    """The object of submodule `target` ('h.0'), made on first use along with the ones between."""
+    prefix = obj.name
+    for part in target.split("."):
+        prefix = f"{prefix}.{part}" if prefix else part
+        if part not in obj.children:
+            obj.add_child(part, Object(classes.get(prefix, "Module"), prefix))
+        obj = obj.children[part]
+    return obj
+
+
+def _traced(value: Any) -> bool:
+    """Traced values are passed as arguments; Python constants are baked into the callee."""
+    return isinstance(value, (Tensor, SymInt))
+
+
+def _argument(name: str, value: Tensor | SymInt) -> Argument:
+    if isinstance(value, Tensor):
+        return Argument(name, SymbolKind.TENSOR, SymbolFlag.EXTERNAL, value.type)
+    return Argument(name, SymbolKind.SCALAR, SymbolFlag.EXTERNAL)
+
+
+def _rebind(expr: Expr, value: Any) -> Any:
+    """`value` as seen through `expr`: traced values get the new expression, constants stay."""
+    if isinstance(value, Tensor):
+        return Tensor(expr, value.value)
+    if isinstance(value, SymInt):
+        return SymInt(expr, value.value)
+    return value
+
+
+def _bind_call(call: Call, outputs: Any) -> Any:
+    """Bind a child call in the caller; its outputs (tensors, sizes, tuples of them) keep their shadows."""
+    recording_ = state().current
+    name = recording_.fresh("r")
+    recording_.fn.body.append(Let(name, call))
+    if isinstance(outputs, (list, tuple)):
+        return tuple(_rebind(GetItem(Ref(name), i), v) for i, v in enumerate(outputs))
+    return _rebind(Ref(name), outputs)
 
 
 def to_numpy(tensor: torch.Tensor, name: str = "") -> np.ndarray:
