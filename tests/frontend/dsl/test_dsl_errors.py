@@ -118,6 +118,8 @@ CASES = [
          "'x' is a tensor argument; only S_OBJECT arguments can be called"),
     Case("calling a class", LIN + body("capture(forward, call(Lin, x));"), SymbolError, "Lin, x", "cannot call 'Lin'",
          "declare child(name, Lin, ...)"),
+    Case("child without a class", "object(A, { child(c, k = 1); });", ParseError, "child(",
+         "child(...) takes 2 positional argument(s) (name, Class, k = v, ...), got 1"),
     Case("child of unknown class", "object(A, { child(c, Linr); });", SymbolError, "Linr",
          "child 'c' of object A has unknown class 'Linr'"),
     Case("misspelt method of a child", LIN + "object(B, { child(lin, Lin); });\nforward(B, { fn_argument(forward, x, "

@@ -101,7 +101,7 @@ class Analyzer:
         if self.program.model is not None:
             raise SymbolError("a second model(...) declaration", stmt.loc,
                               f"the first is at {self.program.model.loc}")
-        (cls,) = _positional(stmt, 1, 1, " (Class, k = v, ...)")
+        (cls,) = expect_args(stmt, 1, 1, " (Class, k = v, ...)", keywords=True)
         cls = expect_name(cls, "an object class name")
         self.program.model = ModelDecl(cls.text, _config(stmt.keywords), cls.loc)
 
@@ -147,11 +147,11 @@ class Analyzer:
         cls.parameters[name.text] = decl
 
     def _child(self, cls: ObjectClass, stmt: Form) -> None:
-        name, class_name = _positional(stmt, 2, 2, " (name, Class, k = v, ...)")
+        name, class_name = expect_args(stmt, 2, 2, " (name, Class, k = v, ...)", keywords=True)
         self._add_child(cls, stmt, name, class_name, None)
 
     def _children(self, cls: ObjectClass, stmt: Form) -> None:
-        name, class_name, count = _positional(stmt, 3, 3, " (name, Class, count, k = v, ...)")
+        name, class_name, count = expect_args(stmt, 3, 3, " (name, Class, count, k = v, ...)", keywords=True)
         self._add_child(cls, stmt, name, class_name, to_expr(count))
 
     def _add_child(self, cls: ObjectClass, stmt: Form, name: Node, class_name: Node, count) -> None:
@@ -217,14 +217,6 @@ def _expect_block(node: Node) -> Block:
     if not isinstance(node, Block):
         raise ParseError(f"expected a block {{ ... }}, got '{describe(node)}'", _loc(node))
     return node
-
-
-def _positional(form: Form, lo: int, hi: int, what: str) -> tuple[Node, ...]:
-    args = form.positional
-    if not lo <= len(args) <= hi:
-        want = str(lo) if lo == hi else f"{lo} to {hi}"
-        raise ParseError(f"{form.head}(...) takes {want} positional argument(s){what}, got {len(args)}", form.loc)
-    return args
 
 
 def _config(keywords: tuple[Keyword, ...]) -> tuple[tuple[str, object], ...]:

@@ -103,15 +103,17 @@ def _form(form: Form) -> Expr:
                       did_you_mean(form.head, operation_names() + SPECIAL_FORMS))
 
 
-def expect_args(form: Form, lo: int, hi: int, what: str = "") -> tuple[Node, ...]:
-    """The positional arguments of `form`, when their count is within [lo, hi] and there are no keywords."""
-    if form.keywords:
+def expect_args(form: Form, lo: int, hi: int, what: str = "", keywords: bool = False) -> tuple[Node, ...]:
+    """The positional arguments of `form`, when their count is within [lo, hi]; keyword
+    arguments (`k = v`) are an error unless `keywords` says the caller reads them itself."""
+    if form.keywords and not keywords:
         kw = form.keywords[0]
         raise ParseError(f"{form.head}(...) takes no keyword arguments, got '{kw.name}'", kw.loc)
     args = form.positional
     if not lo <= len(args) <= hi:
         want = str(lo) if lo == hi else f"{lo} to {hi}"
-        raise ParseError(f"{form.head}(...) takes {want} argument(s){what}, got {len(args)}", form.loc)
+        noun = "positional argument(s)" if keywords else "argument(s)"
+        raise ParseError(f"{form.head}(...) takes {want} {noun}{what}, got {len(args)}", form.loc)
     return args
 
 
