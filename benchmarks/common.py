@@ -18,7 +18,18 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 3) -> dict[str, float]:
+def cpu_median(fn: Callable[[], object], repeats: int) -> float:
+    """Median CPU time of the process per call: with one thread, what a busy machine disturbs least."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 7) -> dict[str, float]:
     """Median over `rounds` x `repeats` runs of each, alternating between them round by round."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():

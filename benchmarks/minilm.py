@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved_medians, pin_threads, table  # noqa: E402
+from common import cpu_median, interleaved_medians, pin_threads, table  # noqa: E402
 
 
 def torch_model():
@@ -122,6 +122,8 @@ def main(argv=None) -> None:
         rss = rss_probe(tmp / "artifact", threads, max(args.batches), args.seq)
         rows = [["batch x seq", "dnet-c ms", "onnxruntime ms", "ort no-spin ms", "torch eager ms", "dnet / best ort",
                  "cos(dnet, torch)"]]
+        single = onnx_session(onnx, 1, False)
+        cpu_rows = [["batch x seq", "dnet-c cpu ms", "onnxruntime cpu ms", "dnet / ort"]]
         rng = np.random.default_rng(0)
         for batch in args.batches:
             ids = rng.integers(1000, 20000, (batch, args.seq))
@@ -143,8 +145,17 @@ def main(argv=None) -> None:
             rows.append([f"{batch} x {args.seq}", f"{t['dnet'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
                          f"{t['ort_sleep'] * 1e3:.1f}", f"{t['torch'] * 1e3:.1f}", f"{t['dnet'] / best_ort:.2f}",
                          f"{cos:.6f}"])
+            exe.runner.module.set_threads(1)
+            c = {"dnet": cpu_median(lambda: exe.run(feeds), args.repeats * 2),
+                 "ort": cpu_median(lambda: single.run(None, ort_feeds), args.repeats * 2)}
+            exe.runner.module.set_threads(threads)
+            cpu_rows.append([f"{batch} x {args.seq}", f"{c['dnet'] * 1e3:.1f}", f"{c['ort'] * 1e3:.1f}",
+                             f"{c['dnet'] / c['ort']:.2f}"])
     print(f"all-MiniLM-L6-v2, {threads} threads, {detect().summary()}")
+    print("wall-clock latency, medians of interleaved runs:")
     print(table(rows))
+    print("one thread each, CPU time per call (medians; what a loaded machine disturbs least):")
+    print(table(cpu_rows))
     mib = 1024 * 1024
     limit = 1.5 * rss["weights"] + 64 * mib
     print(f"compile: {cold:.2f} s cold, {cached:.2f} s cached")
