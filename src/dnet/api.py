@@ -1,6 +1,7 @@
 """The public entry points: compile a model for a target, run it, save and load it."""
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -8,8 +9,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from dnet.backends import registry
+from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, SerializationError
+from dnet.frontend.module import Module, set_eager_call
 from dnet.graph.ir import Graph
 from dnet.objects.ir import Object, ObjectModule
 from dnet.objects.lower import lower
@@ -42,8 +45,6 @@ class Executable:
 def to_graph(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,
              optimize: bool = True) -> Graph:
     """Lower any model form (Module, ObjectModule, Object, Graph) to graph IR, then run the graph passes."""
-    from dnet.frontend.module import Module
-
     if isinstance(model, Graph):
         graph = model
     elif isinstance(model, Module):
@@ -78,6 +79,20 @@ def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] 
 
         return compile_distributed(graph, topology, backend=target, **options)
     return Executable(graph, target, **options)
+
+
+def _run_eagerly(module: Module, args: tuple, kwargs: dict) -> Any:
+    """A Module called on arrays: compiled for these arrays' types, then run on them."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except TypeError as err:
+        raise DnetError(f"cannot call {type(module).__name__}.forward with these inputs: {err}") from None
+    arrays = {name: np.asarray(v) for name, v in bound.arguments.items() if v is not None}
+    exe = compile(module, {name: TensorType(a.shape, DType.from_numpy(a.dtype)) for name, a in arrays.items()})
+    return exe(**arrays)
+
+
+set_eager_call(_run_eagerly)
 
 
 def save_artifact(exe: Executable, directory: Path | str) -> None:

@@ -82,3 +82,28 @@ def test_a_child_called_with_new_types_gets_a_second_function(rng):
     m = Twice(rng)
     om = m.trace(dnet.TensorType((2, 8), dnet.f32), dnet.TensorType((3, 8), dnet.f32))
     assert list(om.root.children["lin"].functions) == ["forward", "forward_1"]
+
+
+class Shifted(dnet.Module):
+    def __init__(self, rng):
+        super().__init__()
+        self.lin = Linear(rng, 8, 4)
+
+    def forward(self, x, shift=None):
+        y = self.lin(x)
+        return y if shift is None else y + shift
+
+
+def test_a_module_called_on_arrays_compiles_and_runs(rng):
+    m = Shifted(rng)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    want = x @ m.lin.weight.data.T + m.lin.bias.data
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_module_called_on_arrays_takes_keyword_arguments(rng):
+    m = Shifted(rng)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    shift = rng.standard_normal((3, 4)).astype(np.float32)
+    want = x @ m.lin.weight.data.T + m.lin.bias.data + shift
+    np.testing.assert_allclose(m(x, shift=shift), want, rtol=1e-5, atol=1e-5)

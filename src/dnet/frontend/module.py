@@ -7,7 +7,7 @@ constants. `trace` runs `forward` on symbolic tensors and records object IR.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +17,17 @@ from dnet.errors import DnetError, WeightError
 from dnet.frontend import trace as tr
 from dnet.objects.ir import ABSENT, Argument, Call, Function, Object, ObjectModule, Ref
 from dnet.objects.symbols import SymbolFlag, SymbolKind
+
+
+# How a Module called on arrays (not while tracing) runs. The API layer above sets it (compile
+# for these inputs, then run), so that this layer need not import the one above it.
+EagerCall = Callable[["Module", tuple, dict], Any]
+_eager_call: EagerCall | None = None
+
+
+def set_eager_call(run: EagerCall) -> None:
+    global _eager_call
+    _eager_call = run
 
 
 class Parameter:
@@ -87,11 +98,10 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if tr.tracing():
             return _traced_call(self, args, kwargs)
-        from dnet.api import compile as dnet_compile  # eager use: compile for these inputs and run
-
-        arrays = [np.asarray(a) for a in args]
-        exe = dnet_compile(self, [TensorType(a.shape, DType.from_numpy(a.dtype)) for a in arrays])
-        return exe(*arrays)
+        if _eager_call is None:
+            raise DnetError(f"{type(self).__name__} is called on arrays outside tracing; compile it with "
+                            "dnet.compile (importing dnet makes such a call compile and run it)")
+        return _eager_call(self, args, kwargs)
 
     # -- structure -----------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
