@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dnet.kernel.ir import Gemm, GemmTile, Ref
 
+DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at batch 1 and 8); False packs it
+
 
 def support(tile: GemmTile) -> str:
     """Packing routines and the micro-kernel for one tile shape (emitted once per library)."""
@@ -27,6 +29,18 @@ def support(tile: GemmTile) -> str:
         f"        {{ dn_vfu{sfx}* r = (dn_vfu{sfx}*)(c + {i} * ldc + {v * lanes}); *r = add ? *r + {acc[i][v]} : {acc[i][v]}; }}"
         for i in range(mr) for v in range(nv))
     tmp_store = "\n".join(f"        *(dn_vfu{sfx}*)(t + {i * nr + v * lanes}) = {acc[i][v]};" for i in range(mr) for v in range(nv))
+    store = f"""    if (mr == {mr} && nr == {nr}) {{
+{full_store}
+    }} else {{
+        float t[{mr * nr}];
+{tmp_store}
+        for (int64_t i = 0; i < mr; ++i)
+            for (int64_t j = 0; j < nr; ++j)
+                c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
+    }}"""
+    rows = "\n".join(f"    const float* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(mr))
+    direct_fmas = "\n".join(f"        {{ const float x{i} = a{i}[k]; " + " ".join(f"{acc[i][v]} += x{i} * b{v};" for v in range(nv))
+                             + " }" for i in range(mr))
     return f"""
 typedef float dn_vf{sfx} __attribute__((vector_size({lanes * 4})));
 typedef float dn_vfu{sfx} __attribute__((vector_size({lanes * 4}), aligned(4)));
@@ -77,15 +91,19 @@ static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const f
 {loads}
 {fmas}
     }}
-    if (mr == {mr} && nr == {nr}) {{
-{full_store}
-    }} else {{
-        float t[{mr * nr}];
-{tmp_store}
-        for (int64_t i = 0; i < mr; ++i)
-            for (int64_t j = 0; j < nr; ++j)
-                c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
+{store}
+}}
+
+/* the same, reading a where it lies: mr rows at stride lda, contiguous along k (no packing) */
+static inline void dn_ukernel_direct_{sfx}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
+                                           float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr) {{
+{decl}
+{rows}
+    for (int64_t k = 0; k < kc; ++k, b += {nr}) {{
+{loads}
+{direct_fmas}
     }}
+{store}
 }}
 """
 
@@ -126,6 +144,13 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
                 f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
                 "}"]
         out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
+    # a with unit column stride (row-major activations) is read in place; otherwise packed per block
+    direct = g.a.col_stride == 1 and DIRECT_A
+    if direct:
+        ukernel = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
+                   f"+ g_pc, {ix(g.a.row_stride)}")
+    else:
+        ukernel = f"dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc"
     bpan = g.b.buffer if g.b.packed else f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K"
     task = [
         "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
@@ -135,19 +160,19 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "    const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
         "    const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
         f"    const float* g_bpan = {bpan};",
-        f"    float* g_apack = dn_apack_{sfx}(g_mc * g_kcb);",
+        f"    float* g_apack = {'0' if direct else f'dn_apack_{sfx}(g_mc * g_kcb)'}; (void)g_apack;",
         "    float* g_cblock = out + g_bb * g_M * g_N;",
         "    for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += g_kcb) {  /* once, with kc = 0, when K = 0 */",
         "        const int64_t g_kc = g_K - g_pc < g_kcb ? g_K - g_pc : g_kcb;",
-        f"        dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
-        f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);",
+        *([] if direct else [
+            f"        dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
+            f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);"]),
         "        for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
         f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
         f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
         f"                const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
         "                float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
-        f"                dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc, g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, "
-        "g_c, g_N, g_pc > 0, g_mr, g_nr);",
+        f"                {ukernel}, g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, g_c, g_N, g_pc > 0, g_mr, g_nr);",
     ]
     epilogue = _epilogue(r, g, "g_c", "(g_i0 + g_ir)", "g_j0")
     if epilogue:
