@@ -144,13 +144,14 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
                 f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
                 "}"]
         out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
-    # a with unit column stride (row-major activations) is read in place; otherwise packed per block
+    # a with unit column stride (row-major activations) is read in place, unless its rows lie a
+    # multiple of 4 KiB apart (all in one L1 set); otherwise it is packed block by block
     direct = g.a.col_stride == 1 and DIRECT_A
-    if direct:
-        ukernel = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
+    out.append(pad + f"const int g_direct = {'1' if direct else '0'} && ({ix(g.a.row_stride)} * 4) % 4096 != 0;")
+    r.locals.append(("const int", "g_direct"))
+    packed_call = f"dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc"
+    direct_call = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
                    f"+ g_pc, {ix(g.a.row_stride)}")
-    else:
-        ukernel = f"dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc"
     bpan = g.b.buffer if g.b.packed else f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K"
     task = [
         "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
@@ -160,19 +161,19 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "    const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
         "    const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
         f"    const float* g_bpan = {bpan};",
-        f"    float* g_apack = {'0' if direct else f'dn_apack_{sfx}(g_mc * g_kcb)'}; (void)g_apack;",
+        f"    float* g_apack = g_direct ? 0 : dn_apack_{sfx}(g_mc * g_kcb); (void)g_apack;",
         "    float* g_cblock = out + g_bb * g_M * g_N;",
         "    for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += g_kcb) {  /* once, with kc = 0, when K = 0 */",
         "        const int64_t g_kc = g_K - g_pc < g_kcb ? g_K - g_pc : g_kcb;",
-        *([] if direct else [
-            f"        dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
+        *([f"        if (!g_direct) dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
             f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);"]),
         "        for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
         f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
         f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
         f"                const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
         "                float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
-        f"                {ukernel}, g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, g_c, g_N, g_pc > 0, g_mr, g_nr);",
+        *_ukernel_calls(direct, direct_call, packed_call,
+                        f", g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, g_c, g_N, g_pc > 0, g_mr, g_nr);"),
     ]
     epilogue = _epilogue(r, g, "g_c", "(g_i0 + g_ir)", "g_j0")
     if epilogue:
@@ -181,6 +182,13 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         task.append("                }")
     task += ["            }", "        }", "    }", "}"]
     return out + r.outline(task, "g_NB * g_tasks", "1", pad)
+
+
+def _ukernel_calls(direct: bool, direct_call: str, packed_call: str, rest: str) -> list[str]:
+    pad = "                "
+    if not direct:
+        return [pad + packed_call + rest]
+    return [f"{pad}if (g_direct) {direct_call}{rest}", f"{pad}else {packed_call}{rest}"]
 
 
 def _batch_decl(var: str, g: Gemm, r) -> list[str]:
