@@ -1,4 +1,9 @@
+import pytest
+
+from dnet.core.dtypes import DType
+from dnet.core.types import TensorType
 from dnet.core.shapes import Sym, bind_shape, dim_from_json, dim_to_json, exact_div, render_dim, substitute
+from dnet.errors import DTypeError, ShapeError
 
 
 def test_canonical_form_makes_algebraic_equality_structural():
@@ -34,3 +39,18 @@ def test_bind_shape_binds_symbols_and_checks_compound_dims():
     assert bind_shape((b, s, s * 2), (2, 5, 10), env) and env == {"batch": 2, "seq": 5}
     assert not bind_shape((b, s, s * 2), (2, 5, 9), {})
     assert not bind_shape((b, b), (2, 3), {})
+
+
+def test_a_bad_dimension_is_a_shape_error_naming_it():
+    with pytest.raises(ShapeError, match=r"not a dimension: 1\.5"):
+        TensorType(("batch", 1.5), DType.F32)
+    with pytest.raises(ShapeError, match="needs a name"):
+        Sym("")
+
+
+def test_a_tensor_type_reads_a_dtype_name_and_rejects_an_unknown_one():
+    assert TensorType((2,), "float16") == TensorType((2,), DType.F16)
+    with pytest.raises(DTypeError, match="unknown dtype 'f33'"):
+        TensorType((2,), "f33")
+    with pytest.raises(DTypeError, match="needs a DType, got 3"):
+        TensorType((2,), 3)

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 
 import dnet
 from dnet import functional as F
 from dnet.backends.numpy import run_graph
+from dnet.errors import ShapeError
 
 
 class Linear(dnet.Module):
@@ -107,3 +109,17 @@ def test_a_module_called_on_arrays_takes_keyword_arguments(rng):
     shift = rng.standard_normal((3, 4)).astype(np.float32)
     want = x @ m.lin.weight.data.T + m.lin.bias.data + shift
     np.testing.assert_allclose(m(x, shift=shift), want, rtol=1e-5, atol=1e-5)
+
+
+class SplitBySize(dnet.Module):
+    def forward(self, x, y):
+        b, t = x.shape
+        _, d = y.shape
+        return F.reshape(x, (b, t // d, d))
+
+
+def test_symbolic_division_with_no_exact_result_is_a_located_shape_error():
+    types = [dnet.TensorType(("b", "t"), dnet.f32), dnet.TensorType(("c", "d"), dnet.f32)]
+    with pytest.raises(ShapeError, match=r"idiv\(t, d\): cannot divide t by symbolic d") as err:
+        dnet.compile(SplitBySize(), types)
+    assert err.value.where.file == __file__

@@ -6,6 +6,8 @@ from enum import Enum
 import ml_dtypes
 import numpy as np
 
+from dnet.errors import DTypeError
+
 
 class DType(Enum):
     F32 = "f32"
@@ -45,8 +47,6 @@ class DType(Enum):
         try:
             return DType(key)
         except ValueError:
-            from dnet.errors import DTypeError
-
             raise DTypeError(f"unknown dtype '{name}'", hint="one of " + ", ".join(d.value for d in DType)) from None
 
     @staticmethod
@@ -55,8 +55,6 @@ class DType(Enum):
         for d, nd in _NUMPY.items():
             if nd == dtype:
                 return d
-        from dnet.errors import DTypeError
-
         raise DTypeError(f"numpy dtype {dtype} has no dnet dtype")
 
 

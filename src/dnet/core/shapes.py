@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Union
 
+from dnet.errors import ShapeError
+
 # An atom is a symbol name, or ("//" | "%", Dim, int).
 Atom = Union[str, tuple]
 Monomial = tuple  # sorted tuple of atoms; () is the constant monomial
@@ -182,7 +184,7 @@ def dim_from_json(obj) -> "int | Dim":
 def Sym(name: str) -> Dim:  # noqa: N802 - reads like a constructor
     """A named symbolic dimension."""
     if not name or not isinstance(name, str):
-        raise ValueError(f"bad symbol name {name!r}")
+        raise ShapeError(f"a symbolic dimension needs a name (a non-empty string), got {name!r}")
     return Dim({(name,): 1})
 
 
@@ -194,7 +196,7 @@ def dim(x: "int | str | Dim") -> "int | Dim":
         return Sym(x)
     if hasattr(x, "__index__") and not isinstance(x, bool):
         return int(x)
-    raise TypeError(f"not a dimension: {x!r}")
+    raise ShapeError(f"not a dimension: {x!r}", hint="a dimension is an int, a symbol name or a Dim")
 
 
 def exact_div(a: "int | Dim", b: "int | Dim") -> "int | Dim | None":

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Dim
 from dnet.core.types import TensorType
-from dnet.errors import DnetError, Location
+from dnet.errors import DnetError, Location, ShapeError
 from dnet.graph.builder import GraphBuilder, Value
 from dnet.graph.opset import emit
 from dnet.objects.lower import SCALAR_OPS
@@ -97,7 +97,10 @@ class SymInt:
     def _op(self, op: str, other: Any, reverse: bool = False) -> "SymInt | int":
         ov = other.value if isinstance(other, SymInt) else other
         a, b = (ov, self.value) if reverse else (self.value, ov)
-        value = SCALAR_OPS[op](a, b)
+        try:
+            value = SCALAR_OPS[op](a, b)
+        except (ArithmeticError, TypeError) as err:  # e.g. seq // heads, which no Dim can express
+            raise ShapeError(f"{op}({a}, {b}): {err}", user_location()) from None
         exprs = (to_expr(other), self.expr) if reverse else (self.expr, to_expr(other))
         return SymInt(Apply(op, exprs), value) if isinstance(value, Dim) else value
 
