@@ -123,3 +123,11 @@ def test_symbolic_division_with_no_exact_result_is_a_located_shape_error():
     with pytest.raises(ShapeError, match=r"idiv\(t, d\): cannot divide t by symbolic d") as err:
         dnet.compile(SplitBySize(), types)
     assert err.value.where.file == __file__
+
+
+def test_a_module_without_forward_is_a_dnet_error():
+    class NoForward(dnet.Module):
+        pass
+
+    with pytest.raises(dnet.DnetError, match="NoForward defines no forward"):
+        dnet.compile(NoForward(), [dnet.TensorType((2,), dnet.f32)])

@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
+from dnet.errors import DnetError
 from dnet.partition import PipelineProblem, PlanError, Stage, evaluate, solve, solve_exact, solve_heuristic, solve_order
 from dnet.partition.baselines import equal_split, halda, memory_proportional
 
@@ -178,3 +179,11 @@ def test_halda_windows_are_the_integer_optimum():
             continue
         assert w.sum() == total and np.all(k * w + 0.5 <= capacity)
         assert per_layer @ w == pytest.approx(min(per_layer @ v for v in fits))
+
+
+def test_an_unknown_objective_or_method_is_a_dnet_error_with_a_suggestion():
+    p = random_problem(np.random.default_rng(0), 2, 3)
+    with pytest.raises(DnetError, match="unknown objective 'latncy'.*did you mean 'latency'"):
+        solve(p, objective="latncy", method="exact")
+    with pytest.raises(DnetError, match="unknown planning method 'exakt'.*did you mean 'exact'"):
+        solve(p, method="exakt")

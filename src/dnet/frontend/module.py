@@ -93,7 +93,8 @@ class Module:
         raise AttributeError(f"'{type(self).__name__}' has no attribute '{name}'")
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} defines no forward")
+        raise DnetError(f"{type(self).__name__} defines no forward", tr.user_location(),
+                        "define forward(self, ...) to say what the module computes")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if tr.tracing():

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dnet.errors import DnetError, did_you_mean
 from dnet.partition.problem import PipelineProblem, PlanError, Stage
 
 OBJECTIVES = ("throughput", "latency")
+METHODS = ("auto", "exact", "heuristic")
 _EXACT_BUDGET = 4e8   # element operations the exact solver may spend at worst
 
 
@@ -41,7 +43,8 @@ class Solution:
 
 def _combine(objective: str):
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise DnetError(f"unknown objective '{objective}'",
+                        hint=did_you_mean(objective, OBJECTIVES) or "one of " + ", ".join(OBJECTIVES))
     return np.maximum if objective == "throughput" else np.add
 
 
@@ -290,8 +293,9 @@ def solve(p: PipelineProblem, objective: str = "throughput", method: str = "auto
     """Plan with the named method: "exact", "heuristic", or "auto": exact where the instance is small;
     else the heuristic for half of `time_limit`, then the exact solver, pruned by the heuristic's
     plan, for the other half (pruning often makes it finish), keeping the heuristic's plan if not."""
-    if method not in ("auto", "exact", "heuristic"):
-        raise ValueError(f"method must be auto, exact or heuristic, got {method!r}")
+    if method not in METHODS:
+        raise DnetError(f"unknown planning method '{method}'",
+                        hint=did_you_mean(method, METHODS) or "one of " + ", ".join(METHODS))
     t0 = time.perf_counter()
     if method == "heuristic":
         return solve_heuristic(p, objective, time_limit)
