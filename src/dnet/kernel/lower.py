@@ -46,7 +46,6 @@ class Scope:
 
 
 _TRIVIAL = (Const, Load, Ref, IndexValue)
-_REDUCE_INIT = {Op.SUM: 0, Op.REDUCE_MAX: "-inf", Op.REDUCE_MIN: "inf", Op.ARGMAX: "-inf"}
 
 
 class KernelBuilder:
@@ -166,7 +165,8 @@ class KernelBuilder:
         if self.flat:
             if node.op is Op.MATMUL:
                 raise Materialize(node.id, "a matmul read at another index than its epilogue's")
-            raise Materialize(self.computed_input(node), "a reduction's input ends a matmul epilogue")
+            raise Materialize(first_computed(self.graph, node.inputs[0], self.materialized),
+                              "a reduction's input ends a matmul epilogue")
         if self.guard:
             raise Materialize(node.id, "a reduction under a padding or concat guard")
         depth = max((self.index_depth(i) for i in out_idx), default=0)
@@ -185,13 +185,6 @@ class KernelBuilder:
         if result.dtype != node.dtype:
             result = Cast(result, node.dtype)
         return V(result, depth)
-
-    def computed_input(self, node: Node) -> int:
-        """The node's first input, below any views (reshape, permute, expand, slice)."""
-        x = self.graph.nodes[node.inputs[0]]
-        while x.op in (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE) and x.inputs[0] not in self.materialized:
-            x = self.graph.nodes[x.inputs[0]]
-        return x.id if x.op.cls is not OpClass.MOVEMENT or x.op in (Op.PAD, Op.CONCAT, Op.GATHER) else node.inputs[0]
 
     def reduce(self, node: Node, idx: tuple) -> V:
         (x,) = node.inputs
@@ -312,6 +305,18 @@ class KernelBuilder:
         dtype = self.graph.nodes[x].dtype
         depth = max([v.depth] + [self.index_depth(i) for _, i in checks])
         return V(Where(cond, v.expr, Const(fill, dtype), dtype), depth)
+
+
+_VIEWS = (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE)
+
+
+def first_computed(graph: Graph, x: int, materialized: set[int]) -> int:
+    """Below a chain of views (reshape, permute, expand, slice) of node x, the first node that
+    computes something: the one to give a buffer so that x becomes a view of it."""
+    node = graph.nodes[x]
+    while node.op in _VIEWS and node.inputs[0] not in materialized:
+        node = graph.nodes[node.inputs[0]]
+    return node.id if node.op.cls is not OpClass.MOVEMENT else x
 
 
 class _Anon:

@@ -24,7 +24,7 @@ from dnet.graph.ops import Op, OpClass
 from dnet.hardware import Host, detect
 from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Kernel
-from dnet.kernel.lower import Materialize, lower_elementwise
+from dnet.kernel.lower import Materialize, first_computed, lower_elementwise
 
 _ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL)
 _INLINE = (OpClass.MOVEMENT,)
@@ -45,9 +45,6 @@ class Schedule:
     materialized: set[int]
     steps: list[Step] = field(default_factory=list)
     kernels: dict[str, Kernel] = field(default_factory=dict)
-
-    def kernel_of(self, step: Step) -> Kernel:
-        return self.kernels[step.kernel]
 
 
 def schedule(graph: Graph, host: Host | None = None) -> Schedule:
@@ -83,7 +80,7 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
             if gm.is_fast_matmul(graph, n.id):
                 for x in n.inputs:
                     if x not in mat and gm.operand_view(graph, x, mat, users) is None:
-                        mat.add(_first_computed(graph, x, mat))
+                        mat.add(first_computed(graph, x, mat))
                         changed = True
         owners = _owners(graph, mat)
         for n in graph.nodes:
@@ -92,15 +89,6 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
             if len(owners.get(n.id, ())) > 1:
                 mat.add(n.id)
                 changed = True
-
-
-def _first_computed(graph: Graph, x: int, mat: set[int]) -> int:
-    """Below a chain of movement ops, the first node that computes something (or x itself)."""
-    node = graph.nodes[x]
-    while node.op.cls is OpClass.MOVEMENT and node.op not in (Op.CONCAT, Op.GATHER, Op.PAD) \
-            and node.inputs[0] not in mat:
-        node = graph.nodes[node.inputs[0]]
-    return node.id if node.op.cls is not OpClass.MOVEMENT else x
 
 
 def _owners(graph: Graph, mat: set[int]) -> dict[int, set[int]]:
