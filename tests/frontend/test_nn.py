@@ -290,15 +290,27 @@ def test_seeded_init_is_reproducible_and_leaves_loaded_weights_alone():
     np.testing.assert_array_equal(c.weight.data, np.ones((3, 4)))
 
 
-def test_layer_configuration_errors_are_clear():
-    with pytest.raises(ShapeError, match="num_heads 6 is not a multiple of num_kv_heads 4"):
-        nn.MultiHeadAttention(24, 6, num_kv_heads=4)
-    with pytest.raises(ShapeError, match="embed_dim 10 does not divide into 4 heads"):
-        nn.MultiHeadAttention(10, 4)
-    with pytest.raises(ShapeError, match="do not divide into 3 groups"):
-        nn.Conv2d(4, 6, 3, groups=3)
-    with pytest.raises(UnsupportedOpError, match="ceil_mode"):
-        nn.MaxPool2d(2, ceil_mode=True)
+def test_layer_configuration_errors_are_clear_and_point_at_the_caller():
+    cases = [(ShapeError, "num_heads 6 is not a multiple of num_kv_heads 4", lambda: nn.MultiHeadAttention(24, 6, 4)),
+             (ShapeError, "embed_dim 10 does not divide into 4 heads", lambda: nn.MultiHeadAttention(10, 4)),
+             (ShapeError, "do not divide into 3 groups", lambda: nn.Conv2d(4, 6, 3, groups=3)),
+             (ShapeError, "padding='same' needs stride 1", lambda: nn.Conv2d(4, 6, 3, stride=2, padding="same")),
+             (UnsupportedOpError, "ceil_mode", lambda: nn.MaxPool2d(2, ceil_mode=True)),
+             (UnsupportedOpError, "running statistics", lambda: nn.BatchNorm2d(4, track_running_stats=False))]
+    for error, message, make in cases:
+        with pytest.raises(error, match=message) as err:
+            make()
+        assert err.value.where.file == __file__, message
+
+
+def test_reshape_errors_point_at_the_line_that_reshapes():
+    class TwoFree(dnet.Module):
+        def forward(self, x):
+            return dnet.functional.reshape(x, (-1, -1))
+
+    with pytest.raises(ShapeError, match=r"reshape: more than one -1 in \[-1, -1\]") as err:
+        dnet.compile(TwoFree(), [dnet.TensorType((2, 3), dnet.f32)])
+    assert err.value.where.file == __file__
 
 
 def test_shape_mismatch_in_a_layer_names_both_shapes(rng):

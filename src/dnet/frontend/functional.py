@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from dnet.core.dtypes import DType
-from dnet.frontend.trace import SymInt, Tensor, record
+from dnet.core.shapes import exact_div
+from dnet.errors import ShapeError, UnsupportedOpError
+from dnet.frontend.trace import SymInt, Tensor, record, user_location
 
 
 def _ints(dims: Any) -> tuple:
@@ -149,8 +151,7 @@ def _pad4(p) -> tuple:
 def reshape(x: Tensor, shape: Sequence) -> Tensor:
     shape = list(_ints(shape))
     if shape.count(-1) > 1:
-        from dnet.errors import ShapeError
-        raise ShapeError(f"reshape: more than one -1 in {shape}")
+        raise ShapeError(f"reshape: more than one -1 in {shape}", user_location())
     if -1 in shape:
         known = 1
         for d in shape:
@@ -159,11 +160,9 @@ def reshape(x: Tensor, shape: Sequence) -> Tensor:
         total = 1
         for d in x.type.shape:
             total = total * d
-        from dnet.core.shapes import exact_div
         rest = exact_div(total, known)
         if rest is None:
-            from dnet.errors import ShapeError
-            raise ShapeError(f"reshape: cannot infer -1 in {shape} for shape {x.type.shape}")
+            raise ShapeError(f"reshape: cannot infer -1 in {shape} for shape {x.type.shape}", user_location())
         shape[shape.index(-1)] = rest
     return record("reshape", [x], {"shape": tuple(shape)})
 
@@ -258,8 +257,7 @@ def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
 def normalize(x: Tensor, p: float = 2.0, dim: int = -1, eps: float = 1e-12) -> Tensor:
     """x / max(||x||_2, eps) along `dim` (p=2 only)."""
     if p != 2.0:
-        from dnet.errors import UnsupportedOpError
-        raise UnsupportedOpError(f"normalize: only p=2 is supported, got p={p}")
+        raise UnsupportedOpError(f"normalize: only p=2 is supported, got p={p}", user_location())
     norm = sqrt(sum(mul(x, x), dim=dim, keepdim=True))
     return div(x, maximum(norm, eps))
 

@@ -8,6 +8,7 @@ from dnet.errors import ShapeError
 from dnet.frontend import functional as F
 from dnet.frontend.module import Module
 from dnet.frontend.nn.linear import Linear
+from dnet.frontend.trace import user_location
 
 
 class MultiHeadAttention(Module):
@@ -37,11 +38,11 @@ class MultiHeadAttention(Module):
         num_kv_heads = num_kv_heads or num_heads
         if num_heads % num_kv_heads:
             raise ShapeError(f"MultiHeadAttention: num_heads {num_heads} is not a multiple of "
-                             f"num_kv_heads {num_kv_heads}")
+                             f"num_kv_heads {num_kv_heads}", user_location())
         if head_dim is None:
             if embed_dim % num_heads:
                 raise ShapeError(f"MultiHeadAttention: embed_dim {embed_dim} does not divide into "
-                                 f"{num_heads} heads", hint="give head_dim")
+                                 f"{num_heads} heads", user_location(), "give head_dim")
             head_dim = embed_dim // num_heads
         self.num_heads, self.num_kv_heads, self.head_dim, self.causal = num_heads, num_kv_heads, head_dim, causal
         self.q_proj = Linear(embed_dim, num_heads * head_dim, bias, dtype)

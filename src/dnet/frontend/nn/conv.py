@@ -5,6 +5,7 @@ from dnet.core.dtypes import DType
 from dnet.errors import ShapeError, UnsupportedOpError
 from dnet.frontend import functional as F
 from dnet.frontend.module import Module, Parameter
+from dnet.frontend.trace import user_location
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -29,14 +30,16 @@ class Conv2d(Module):
                  padding_mode: str = "zeros", dtype: DType = DType.F32) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ShapeError(f"Conv2d: channels {in_channels} -> {out_channels} do not divide into {groups} groups")
+            raise ShapeError(f"Conv2d: channels {in_channels} -> {out_channels} do not divide into {groups} groups",
+                             user_location())
         if padding_mode != "zeros":
-            raise UnsupportedOpError(f"Conv2d: padding_mode '{padding_mode}' is not supported", hint="use 'zeros'")
+            raise UnsupportedOpError(f"Conv2d: padding_mode '{padding_mode}' is not supported", user_location(),
+                                     "use 'zeros'")
         kernel = _pair(kernel_size)
         self.stride, self.dilation, self.groups = _pair(stride), _pair(dilation), groups
         if padding == "same":
             if self.stride != (1, 1):
-                raise ShapeError("Conv2d: padding='same' needs stride 1, as in PyTorch")
+                raise ShapeError("Conv2d: padding='same' needs stride 1, as in PyTorch", user_location())
             self.padding = _same_padding(kernel, self.dilation)
         else:
             self.padding = (0, 0) if padding == "valid" else _pair(padding)
@@ -56,7 +59,7 @@ class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> None:
         super().__init__()
         if _pair(dilation) != (1, 1) or ceil_mode:
-            raise UnsupportedOpError("MaxPool2d: dilation and ceil_mode are not supported")
+            raise UnsupportedOpError("MaxPool2d: dilation and ceil_mode are not supported", user_location())
         self.kernel, self.stride, self.padding = _pool_args(kernel_size, stride, padding)
 
     def forward(self, x):
@@ -68,7 +71,7 @@ class AvgPool2d(Module):
                  divisor_override: int | None = None) -> None:
         super().__init__()
         if ceil_mode or divisor_override is not None:
-            raise UnsupportedOpError("AvgPool2d: ceil_mode and divisor_override are not supported")
+            raise UnsupportedOpError("AvgPool2d: ceil_mode and divisor_override are not supported", user_location())
         self.kernel, self.stride, self.padding = _pool_args(kernel_size, stride, padding)
         self.count_include_pad = count_include_pad
 
@@ -91,6 +94,6 @@ class AdaptiveAvgPool2d(Module):
         oh, ow = self.output_size
         if not (isinstance(h, int) and isinstance(w, int) and h % oh == 0 and w % ow == 0):
             raise UnsupportedOpError(f"AdaptiveAvgPool2d{self.output_size} needs static input sizes that divide "
-                                     f"by it, got ({h}, {w})")
+                                     f"by it, got ({h}, {w})", user_location())
         kernel = (h // oh, w // ow)
         return F.avg_pool2d(x, kernel, kernel)

@@ -6,8 +6,10 @@ from typing import Sequence
 import ml_dtypes
 
 from dnet.core.dtypes import DType
+from dnet.errors import UnsupportedOpError
 from dnet.frontend import functional as F
 from dnet.frontend.module import Module, Parameter
+from dnet.frontend.trace import user_location
 
 
 def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -60,9 +62,8 @@ class BatchNorm2d(Module):
                  track_running_stats: bool = True, dtype: DType = DType.F32) -> None:
         super().__init__()
         if not track_running_stats:
-            from dnet.errors import UnsupportedOpError
             raise UnsupportedOpError("BatchNorm2d without running statistics normalises by batch statistics, "
-                                     "which inference does not do", hint="use track_running_stats=True")
+                                     "which inference does not do", user_location(), "use track_running_stats=True")
         self.num_features, self.eps = num_features, float(eps)
         self.weight = Parameter(shape=(num_features,), dtype=dtype) if affine else None
         self.bias = Parameter(shape=(num_features,), dtype=dtype) if affine else None
