@@ -4,7 +4,7 @@ import pytest
 import dnet
 from dnet import functional as F
 from dnet.backends.numpy import run_graph
-from dnet.errors import ShapeError
+from dnet.errors import ShapeError, WeightError
 
 
 class Linear(dnet.Module):
@@ -131,3 +131,45 @@ def test_a_module_without_forward_is_a_dnet_error():
 
     with pytest.raises(dnet.DnetError, match="NoForward defines no forward"):
         dnet.compile(NoForward(), [dnet.TensorType((2,), dnet.f32)])
+
+
+def test_setting_an_attribute_before_super_init_is_a_located_error():
+    class Early(dnet.Module):
+        def __init__(self):
+            self.k = 1
+
+    with pytest.raises(dnet.DnetError, match=r"Early.__init__ must call super\(\).__init__\(\) before setting 'k'") \
+            as err:
+        Early()
+    assert err.value.where.file == __file__
+
+
+def test_a_child_returning_a_dict_is_a_located_error(rng):
+    class Dict(dnet.Module):
+        def forward(self, x):
+            return {"y": x}
+
+    class Parent(dnet.Module):
+        def __init__(self):
+            super().__init__()
+            self.child = Dict()
+
+        def forward(self, x):
+            return self.child(x)["y"]
+
+    with pytest.raises(dnet.DnetError, match="forward returned dict") as err:
+        dnet.compile(Parent(), [dnet.TensorType((2,), dnet.f32)])
+    assert err.value.where.file == __file__
+
+
+def test_a_parameter_of_symbolic_shape_names_the_parameter():
+    class Symbolic(dnet.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = dnet.Parameter(shape=("n",))
+
+        def forward(self, x):
+            return x + self.w
+
+    with pytest.raises(WeightError, match="'w'.*parameter shapes must be static"):
+        dnet.compile(Symbolic(), [dnet.TensorType((2,), dnet.f32)])

@@ -13,7 +13,7 @@ import numpy as np
 
 from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
-from dnet.errors import DnetError, WeightError
+from dnet.errors import DnetError, Location, WeightError
 from dnet.frontend import trace as tr
 from dnet.objects.ir import ABSENT, Argument, Call, Function, Object, ObjectModule, Ref
 from dnet.objects.symbols import SymbolFlag, SymbolKind
@@ -70,7 +70,8 @@ class Module:
     # -- attributes --------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameters" not in self.__dict__:
-            raise DnetError(f"{type(self).__name__}.__init__ must call super().__init__() before setting '{name}'")
+            raise DnetError(f"{type(self).__name__}.__init__ must call super().__init__() before setting '{name}'",
+                            tr.user_location())
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -203,13 +204,13 @@ def _parameter_tensor(module: Module, name: str, info: _TraceInfo) -> tr.Tensor:
     st = tr.state()
     path = f"{info.path}.{name}" if info.path else name
     # The shadow graph only needs types: a zero-stride stand-in costs no memory.
-    data = p.data if p.data is not None else np.broadcast_to(np.zeros((), p.type.dtype.np), _static(p.type))
+    data = p.data if p.data is not None else np.broadcast_to(np.zeros((), p.type.dtype.np), _static(p.type, path))
     return tr.Tensor(Ref(name), st.shadow.const(path, data))
 
 
-def _static(t: TensorType) -> tuple[int, ...]:
+def _static(t: TensorType, path: str) -> tuple[int, ...]:
     if not all(isinstance(d, int) for d in t.shape):
-        raise WeightError(f"parameter shapes must be static, got {t}")
+        raise WeightError(f"parameter shapes must be static, got {t}", Location(symbol=path))
     return tuple(t.shape)
 
 
@@ -251,7 +252,8 @@ def _traced_call(module: Module, args: tuple, kwargs: dict) -> Any:
 def _relative(path: str, caller_path: str) -> str:
     if caller_path:
         if not path.startswith(caller_path + "."):
-            raise DnetError(f"module '{path}' is called from '{caller_path}', which does not own it")
+            raise DnetError(f"module '{path}' is called from '{caller_path}', which does not own it",
+                            tr.user_location())
         return path[len(caller_path) + 1:]
     return path
 
@@ -265,7 +267,8 @@ def _rebind(call: Call, out: Any) -> Any:
         return tr.bind(call, out.value, "r")
     if out is None or isinstance(out, (int, float, bool)):
         return out
-    raise DnetError(f"forward returned {type(out).__name__}; return a tensor or a tuple of tensors")
+    raise DnetError(f"forward returned {type(out).__name__}; return a tensor or a tuple of tensors",
+                    tr.user_location())
 
 
 def trace_module(module: Module, *inputs: TensorType, **named: TensorType) -> ObjectModule:
