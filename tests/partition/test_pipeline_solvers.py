@@ -70,6 +70,7 @@ def test_order_dp_is_exact_for_its_order():
 
 def test_heuristic_is_feasible_and_never_better_than_exact():
     rng = np.random.default_rng(11)
+    checked = 0
     for _ in range(10):
         p = random_problem(rng, 6, 12, memory=1.5)
         try:
@@ -79,6 +80,8 @@ def test_heuristic_is_feasible_and_never_better_than_exact():
         heur = solve_heuristic(p, time_limit=0.1)
         assert evaluate(p, heur.stages).feasible
         assert heur.cost >= exact.cost * (1 - 1e-9)
+        checked += 1
+    assert checked >= 5  # infeasible instances check nothing: most must be feasible
 
 
 def test_evaluate_hand_computed_two_stage_pipeline():
