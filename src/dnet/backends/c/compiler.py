@@ -14,7 +14,7 @@ from pathlib import Path
 from dnet.errors import BackendError
 
 
-PROBE_VERSION = 2   # bump when the probing below changes: remembered results are then ignored
+PROBE_VERSION = 3   # bump when the probing below changes: remembered results are then ignored
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,19 @@ def _vectorizes(cc: str, flags: list[str]) -> bool:
 
 
 def _arch_flags(cc: str, base: list[str]) -> list[str]:
-    """The first of -march=native, the same with generic tuning, or nothing, that vectorises the probe."""
+    """The first of -march=native, the same with generic tuning, or nothing, that vectorises the probe;
+    on AVX-512 hosts, full-width vectors for auto-vectorised loops (compilers default to 256 bits)."""
+    from dnet.hardware import detect
+
+    chosen = ["-march=native"] if _accepts(cc, base + ["-march=native"]) else []
     for extra in (["-march=native"], ["-march=native", "-mtune=generic"]):
         if _accepts(cc, base + extra) and _vectorizes(cc, base + extra):
-            return extra
-    return ["-march=native"] if _accepts(cc, base + ["-march=native"]) else []
+            chosen = extra
+            break
+    wide = ["-mprefer-vector-width=512"]
+    if "avx512f" in detect().isa and chosen and _accepts(cc, base + chosen + wide):
+        chosen = chosen + wide
+    return chosen
 
 
 @functools.cache
