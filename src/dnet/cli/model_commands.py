@@ -14,11 +14,12 @@ from dnet.errors import DnetError
 MODEL_HELP = "a built-in name (minilm), FILE.py:NAME, FILE.dnet[:Object] or a directory from `dnet compile -o`"
 
 
-def _graph(ref: str, specs: tuple[str, ...]):
+def _compile(ref: str, specs: tuple[str, ...], target: str, **options):
+    """Load MODEL and compile it for the input types of `specs` (or the model's own defaults)."""
     import dnet
 
     model, default_inputs = load_model(ref)
-    return dnet.to_graph(model, parse_inputs(specs) or default_inputs)
+    return dnet.compile(model, parse_inputs(specs) or default_inputs, target=target, **options)
 
 
 @cli.command("compile")
@@ -28,11 +29,10 @@ def _graph(ref: str, specs: tuple[str, ...]):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write a standalone artefact here")
 def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None) -> None:
     """Compile MODEL (""" + MODEL_HELP + """) for TARGET."""
-    import dnet
     from dnet.api import save_artifact
 
-    graph = _graph(model, inputs)
-    exe = dnet.compile(graph, target=target)
+    exe = _compile(model, inputs, target)
+    graph = exe.graph
     click.echo(f"compiled {model}: {len(graph)} graph nodes, {graph.weight_bytes() / 2**20:.1f} MiB of weights, "
                f"target {target}")
     if output:
@@ -80,17 +80,15 @@ def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarra
 def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed: int, output: Path | None,
             topology: Path | None) -> None:
     """Run MODEL on inputs from --data, or on seeded random inputs."""
-    import dnet
     from dnet.api import load_artifact
 
     path = Path(model)
     if topology is not None:
         from dnet.topology import Topology
 
-        exe = dnet.compile(_graph(model, inputs), target=target, topology=Topology.load(str(topology)),
-                           env=_parse_dims(dims) or None)
+        exe = _compile(model, inputs, target, topology=Topology.load(str(topology)), env=_parse_dims(dims) or None)
     else:
-        exe = load_artifact(path) if path.is_dir() else dnet.compile(_graph(model, inputs), target=target)
+        exe = load_artifact(path) if path.is_dir() else _compile(model, inputs, target)
     feeds = dict(np.load(data)) if data else _random_inputs(exe.graph, _parse_dims(dims), seed)
     try:
         results = exe.run(feeds)
