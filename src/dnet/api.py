@@ -49,9 +49,7 @@ def to_graph(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType]
         graph = model
     elif isinstance(model, Module):
         traced = model.trace(**inputs) if isinstance(inputs, Mapping) else model.trace(*(inputs or ()))
-        entry = getattr(traced, "entry", "forward")
-        named = {a.name: a.type for a in traced.root.functions[entry].args if a.type is not None}
-        graph = lower(traced, entry, named)
+        graph = lower(traced, traced.entry)  # the traced arguments carry the input types
     elif isinstance(model, (ObjectModule, Object)):
         if inputs is not None and not isinstance(inputs, Mapping):
             raise DnetError("give an object model's inputs by name")
