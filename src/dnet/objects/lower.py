@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dnet.core.dtypes import DType
-from dnet.core.shapes import WILDCARD, Dim, Sym, shape_str
+from dnet.core.shapes import WILDCARD, Dim, Sym, shape_str, substitute
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, DTypeError, Location, ShapeError, SymbolError, WeightError, did_you_mean
 from dnet.graph.builder import GraphBuilder, Value
@@ -187,21 +187,8 @@ class Lowering:
                              f"{declared.dtype}", where)
         if declared.shape == (WILDCARD,):  # the lone WILDCARD: any shape, of any rank
             return
-        mismatch = len(declared.shape) != len(actual.shape)
-        for want, got in zip(declared.shape, actual.shape):
-            if want is WILDCARD or mismatch:
-                continue
-            if isinstance(want, Dim) and len(want.free_symbols()) == 1:
-                name = next(iter(want.free_symbols()))
-                sym = scope.lookup(name)
-                if sym is not None and sym.kind is SymbolKind.CONSTANT:
-                    from dnet.core.shapes import substitute
-                    want = substitute(want, {name: sym.value})
-                else:
-                    continue  # a free dim name: any size
-            if want != got:
-                mismatch = True
-        if mismatch:
+        if len(declared.shape) != len(actual.shape) or not all(
+                _dim_fits(want, got, scope) for want, got in zip(declared.shape, actual.shape)):
             raise ShapeError(f"argument '{param.name}' of '{fn.name}' has shape {shape_str(actual.shape)}, "
                              f"declared {shape_str(declared.shape)}", where)
 
@@ -354,6 +341,19 @@ class Lowering:
         if op == "idiv" and any(isinstance(a, Value) and self.b.dtype(a).is_float for a in args):
             return emit(self.b, "floor", [emit(self.b, "div", args)])
         return emit(self.b, _TENSOR_ALIASES.get(op, op), args, attrs)
+
+
+def _dim_fits(want: Any, got: Any, scope: SymbolTable) -> bool:
+    """WILDCARD and a free dim name fit any size; a dim over one constant of `scope` fits its value."""
+    if want is WILDCARD:
+        return True
+    if isinstance(want, Dim) and len(want.free_symbols()) == 1:
+        name = next(iter(want.free_symbols()))
+        sym = scope.lookup(name)
+        if sym is None or sym.kind is not SymbolKind.CONSTANT:
+            return True
+        want = substitute(want, {name: sym.value})
+    return want == got
 
 
 def lower(module: ObjectModule | Object, function: str = "forward",
