@@ -7,7 +7,7 @@ import click
 import numpy as np
 
 from dnet.cli.main import cli
-from dnet.cli.model_loading import load_model, parse_inputs
+from dnet.cli.model_loading import load_model, parse_dims, parse_inputs
 from dnet.core.shapes import Dim, evaluate_shape
 from dnet.errors import DnetError
 
@@ -38,16 +38,6 @@ def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path |
     if output:
         save_artifact(exe, output)
         click.echo(f"wrote {output}")
-
-
-def _parse_dims(text: str) -> dict[str, int]:
-    env = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        if not value.isdigit():
-            raise DnetError(f"bad --dims entry '{part}'", hint="write NAME=INT,NAME=INT")
-        env[name] = int(value)
-    return env
 
 
 def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
@@ -86,10 +76,10 @@ def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed:
     if topology is not None:
         from dnet.topology import Topology
 
-        exe = _compile(model, inputs, target, topology=Topology.load(str(topology)), env=_parse_dims(dims) or None)
+        exe = _compile(model, inputs, target, topology=Topology.load(str(topology)), env=parse_dims(dims) or None)
     else:
         exe = load_artifact(path) if path.is_dir() else _compile(model, inputs, target)
-    feeds = dict(np.load(data)) if data else _random_inputs(exe.graph, _parse_dims(dims), seed)
+    feeds = dict(np.load(data)) if data else _random_inputs(exe.graph, parse_dims(dims), seed)
     try:
         results = exe.run(feeds)
     finally:
@@ -114,4 +104,4 @@ def inspect_cmd(model: str, inputs, level: str, object_name: str | None, passes:
     """Print MODEL's object IR, graph IR and data-flow summary."""
     from dnet.cli.inspect_views import render
 
-    click.echo(render(model, inputs, level, object_name, passes, _parse_dims(dims)))
+    click.echo(render(model, inputs, level, object_name, passes, parse_dims(dims)))

@@ -35,6 +35,17 @@ def parse_inputs(specs: tuple[str, ...]) -> dict[str, TensorType] | None:
     return dict(parse_input(s) for s in specs) if specs else None
 
 
+def parse_dims(text: str) -> dict[str, int]:
+    """`batch=2,seq=16` -> {"batch": 2, "seq": 16}: sizes of symbolic dims (--dims)."""
+    env = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if not value.isdigit():
+            raise DnetError(f"bad --dims entry '{part}'", hint="write NAME=INT,NAME=INT")
+        env[name] = int(value)
+    return env
+
+
 def builtin_models() -> dict[str, Any]:
     """Name -> callable returning (model, input types)."""
     from dnet import models

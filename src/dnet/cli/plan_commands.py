@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from dnet.cli.main import cli
+from dnet.cli.model_loading import load_model, parse_dims
 from dnet.errors import DnetError
+from dnet.partition.pipeline import METHODS, OBJECTIVES
 
 NOISY = 0.5  # a probe whose runs spread wider than this is reported as unreliable
 SYNTHETIC_HELP = "or a planning stand-in: llama-1b, cnn, bert (layer graphs with no real weights)"
@@ -81,7 +83,6 @@ def _plan_graph(model: str, dims: dict[str, int]):
     if model in stand_ins:
         return stand_ins[model](), dims
     import dnet
-    from dnet.cli.model_loading import load_model
 
     loaded, inputs = load_model(model)
     graph = dnet.to_graph(loaded, inputs)
@@ -92,8 +93,8 @@ def _plan_graph(model: str, dims: dict[str, int]):
 @click.argument("model")
 @click.option("-T", "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
               help="topology file (TOML), or local:N for N equal nodes on this machine")
-@click.option("--objective", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True)
-@click.option("--method", type=click.Choice(["auto", "exact", "heuristic"]), default="auto", show_default=True)
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
 @click.option("--dims", default="", help="sizes of symbolic dims, e.g. batch=1,seq=128 (those two by default)")
 @click.option("--layers", "layers_by", type=click.Choice(["auto", "names", "cuts"]), default="auto",
               show_default=True, help="find layers by node names, or by single-tensor cut points")
@@ -107,7 +108,6 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
     """Partition MODEL (a model reference as for `dnet run`, """ + SYNTHETIC_HELP + """) over a topology."""
     from rich.console import Console
 
-    from dnet.cli.model_commands import _parse_dims
     from dnet.partition import build_problem, evaluate, layer_chain, plan_from_stages, plan_pipeline
     from dnet.partition.baselines import BASELINES
     from dnet.partition.render import plan_svg, plan_table
@@ -115,7 +115,7 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
 
     spec = str(topology_path)
     topology = Topology.local(int(spec[6:])) if spec.startswith("local:") else Topology.load(spec)
-    graph, env = _plan_graph(model, _parse_dims(dims))
+    graph, env = _plan_graph(model, parse_dims(dims))
     chain = layer_chain(graph, env, by=layers_by)
     plan = plan_pipeline(graph, topology, objective, method, env, model, chain, groups)
     console = Console()
