@@ -49,7 +49,7 @@ _TRIVIAL = (Const, Load, Ref, IndexValue)
 
 
 class KernelBuilder:
-    """Builds the loop nest of one kernel. `buffers` maps materialized node ids to buffers."""
+    """Builds the loop nest of one kernel. Nodes in `materialized` have buffers: they are loaded."""
 
     def __init__(self, graph: Graph, materialized: set[int], users: list[list[int]]):
         self.graph = graph

@@ -1,12 +1,21 @@
+import os
+
 import pytest
 
 from dnet.backends.c import CBackend
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def c_cache(tmp_path_factory):
-    """One compile cache for the C tests, in a temporary directory."""
-    return tmp_path_factory.mktemp("dnet-cache")
+    """One compile cache for the C tests (libraries and the compiler probe), in a temporary directory."""
+    path = tmp_path_factory.mktemp("dnet-cache")
+    saved = os.environ.get("DNET_CACHE_DIR")
+    os.environ["DNET_CACHE_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("DNET_CACHE_DIR", None)
+    else:
+        os.environ["DNET_CACHE_DIR"] = saved
 
 
 @pytest.fixture(scope="session")
