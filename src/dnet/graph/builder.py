@@ -84,8 +84,8 @@ class GraphBuilder:
         array = np.ascontiguousarray(array)
         known = self.graph.weights.get(name)
         if known is not None:
-            if known is not array and (known.shape != array.shape or not np.array_equal(known, array)):
-                raise WeightError(f"weight '{name}' defined twice with different values")
+            if known is not array and (known.dtype != array.dtype or not np.array_equal(known, array)):
+                raise WeightError(f"weight '{name}' defined twice with different values", self.where)
             for n in self.graph.nodes:
                 if n.op is Op.CONST and n.attrs["name"] == name:
                     return Value(n.id)
