@@ -28,8 +28,9 @@ DTYPE_NAMES = {f"D_{d.name}": d for d in DType}
 
 
 @lru_cache(maxsize=None)
-def op_signature(op: str) -> tuple[int, int, frozenset[str] | None]:
-    """(min positional args, max positional args, attribute names or None for any) of an operation."""
+def op_signature(op: str) -> tuple[int, int, frozenset[str] | None] | None:
+    """(min positional args, max positional args, attribute names or None for any) of an operation;
+    None where `op` names no operation."""
     if op in SHAPE_QUERIES:
         lo, hi = SHAPE_QUERIES[op]
         return lo, hi, frozenset()
@@ -43,7 +44,7 @@ def op_signature(op: str) -> tuple[int, int, frozenset[str] | None]:
         return (1, 1 << 30, frozenset(spec.attr_names)) if n < 0 else (n, n, frozenset(spec.attr_names))
     if op in SCALAR_OPS:  # idiv, gt, ge: binary
         return 2, 2, frozenset()
-    raise KeyError(op)
+    return None
 
 
 def operation_names() -> tuple[str, ...]:
@@ -51,11 +52,7 @@ def operation_names() -> tuple[str, ...]:
 
 
 def is_operation(name: str) -> bool:
-    try:
-        op_signature(name)
-        return True
-    except KeyError:
-        return False
+    return op_signature(name) is not None
 
 
 def literal(name: Name) -> Lit | None:
@@ -157,7 +154,7 @@ _SPECIAL = {"call": _call, "if": _if, "present": _present, "tuple": _tuple, "ite
 
 
 def _apply(form: Form) -> Expr:
-    lo, hi, attrs = op_signature(form.head)
+    lo, hi, attrs = op_signature(form.head)  # type: ignore[misc]  # _form checked is_operation
     args = form.positional
     if not lo <= len(args) <= hi:
         want = str(lo) if lo == hi else f"{lo} to {hi}" if hi < 1 << 30 else f"at least {lo}"
