@@ -79,3 +79,41 @@ def test_results_do_not_depend_on_the_thread_count(matmuls, threads):
         assert_matches_reference(runner, graph, feeds, rtol=2e-4, atol=1e-3)
     finally:
         module.set_threads(before)
+
+
+def test_concurrent_calls_from_python_threads_agree(matmuls):
+    """Calls from several threads take turns on the arena and the thread pool: no mixed results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    graph, runner = matmuls
+    rng = np.random.default_rng(7)
+    feeds = [{"a": rng.standard_normal((40, 64)), "bt": rng.standard_normal((50, 64)),
+              "x": rng.standard_normal((2, 40, 64)), "h": rng.standard_normal((40, 64))} for _ in range(4)]
+    feeds = [{k: v.astype(DType.F16.np if k == "h" else np.float32) for k, v in f.items()} for f in feeds]
+    alone = [runner.run(f)["a_bt"] for f in feeds]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda f: runner.run(f)["a_bt"], feeds * 3))
+    for i, out in enumerate(together):
+        np.testing.assert_array_equal(out, alone[i % 4])
+
+
+def _run_in_child(runner, feeds, queue):
+    queue.put(runner.run(feeds)["a_bt"])
+
+
+def test_a_forked_child_runs_without_the_parents_workers(matmuls):
+    import multiprocessing
+
+    graph, runner = matmuls
+    rng = np.random.default_rng(8)
+    feeds = {"a": rng.standard_normal((60, 96)), "bt": rng.standard_normal((70, 96)),
+             "x": rng.standard_normal((1, 60, 96)), "h": rng.standard_normal((60, 96))}
+    feeds = {k: v.astype(DType.F16.np if k == "h" else np.float32) for k, v in feeds.items()}
+    want = runner.run(feeds)["a_bt"]                     # the parent's workers are running now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_run_in_child, args=(runner, feeds, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(10)
+    np.testing.assert_array_equal(got, want)

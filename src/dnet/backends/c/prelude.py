@@ -84,10 +84,24 @@ static void dn_start_workers(void) {       /* with dn_pool.mu held */
     }
 }
 
+static pthread_mutex_t dn_busy = PTHREAD_MUTEX_INITIALIZER;   /* one job on the pool at a time */
+static void dn_after_fork(void);
+static void dn_register_fork_handler(void) { pthread_atfork(0, 0, dn_after_fork); }
+
+static void dn_after_fork(void) {    /* the child has none of the workers: start afresh */
+    pthread_mutex_init(&dn_pool.mu, 0);
+    pthread_cond_init(&dn_pool.wake, 0);
+    pthread_mutex_init(&dn_busy, 0);
+    dn_pool.started = 0;
+}
+
 static void dn_parallel(dn_body fn, void* ctx, int64_t n, int64_t min_per_chunk) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
     int64_t threads = dn_pool.threads;
     if (n <= 0) return;
     if (threads <= 1 || n < 2 * min_per_chunk) { fn(ctx, 0, n); return; }
+    pthread_once(&once, dn_register_fork_handler);
+    if (pthread_mutex_trylock(&dn_busy) != 0) { fn(ctx, 0, n); return; }   /* another caller has the pool */
     int64_t chunks = 4 * threads, chunk;
     if (chunks > n / min_per_chunk) chunks = n / min_per_chunk;
     chunk = (n + chunks - 1) / chunks;
@@ -104,6 +118,7 @@ static void dn_parallel(dn_body fn, void* ctx, int64_t n, int64_t min_per_chunk)
     dn_run_chunks(gen, fn, ctx, n, chunk, chunks);
     for (int spins = 0; atomic_load(&dn_pool.done) < chunks; ++spins)
         if (spins > 64) sched_yield();
+    pthread_mutex_unlock(&dn_busy);
 }
 
 static inline int dn_threads(void) { return dn_pool.threads; }

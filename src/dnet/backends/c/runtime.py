@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -38,6 +39,7 @@ class CModule:
         self.lib.dnet_set_threads.argtypes = [ctypes.c_int]
         self.set_threads(threads or detect().cores)
         self._plans: dict[tuple, ArenaPlan] = {}
+        self._lock = threading.Lock()
         self._arena = np.empty(0, np.uint8)
         self._table = np.zeros(len(program.buffers), np.uint64)
         for buf, array in self.weights.items():
@@ -93,6 +95,10 @@ class CModule:
         return times
 
     def _execute(self, inputs, transfer, times) -> dict[str, np.ndarray]:
+        with self._lock:   # one arena per module: calls from several threads take turns
+            return self._execute_locked(inputs, transfer, times)
+
+    def _execute_locked(self, inputs, transfer, times) -> dict[str, np.ndarray]:
         env, arrays = self.bind(inputs)
         plan = self.plan(env)
         if self._arena.nbytes < plan.size + ALIGN:
