@@ -41,6 +41,11 @@ def test_units_parse_to_base_units(text, kind, value):
     assert parse_quantity(text, kind) == pytest.approx(value)
 
 
+def test_a_quantity_that_does_not_parse_is_a_parse_error():
+    with pytest.raises(ParseError, match="unknown unit 'Gib'"):
+        parse_quantity("16Gib", "bytes")
+
+
 def test_units_format_back_to_what_they_parse():
     for value, kind in ((16 * 2**30, "bytes"), (1.25e8, "bandwidth"), (3e-3, "time"), (2.5e12, "rate")):
         assert parse_quantity(format_quantity(value, kind), kind) == pytest.approx(value)
@@ -82,6 +87,7 @@ def _broken(old: str, new: str) -> str:
     (_broken('memory = "16GiB"', 'memory = "16GB/"'), "node.laptop.device[0].memory", ["16GB/"]),
     (_broken('memory = "16GiB"', 'memory = "16Gib"'), "node.laptop.device[0].memory", ["unknown unit", "Gib"]),
     (_broken('latency = "2ms"', 'latency = "2 fortnights"'), "link[0].latency", ["2 fortnights"]),
+    (_broken('latency = "2ms"', 'latency = -0.002'), "link[0].latency", ["latency cannot be negative", "-0.002"]),
     (_broken('bandwidth = "100MB/s"', 'bandwidth = "-5MB/s"'), "link[0].bandwidth", ["-5MB/s"]),
     (_broken('bandwidth = "100MB/s"', 'bandwidth = 0'), "link[0].bandwidth", ["positive", "0"]),
     (_broken('compute = "10GFLOP/s"', 'compute = "0GFLOP/s"'), "node.board.device[0].compute.f32", ["positive"]),

@@ -64,12 +64,15 @@ class _Reader:
             if k not in allowed:
                 raise self.fail(f"{key}.{k}" if key else k, f"unknown key '{k}'", did_you_mean(k, allowed))
 
-    def quantity(self, value: Any, kind: str, key: str) -> float:
+    def quantity(self, value: Any, kind: str, key: str, zero_ok: bool = False) -> float:
+        """A quantity with a unit, positive (or, with `zero_ok`, not negative)."""
         try:
             x = parse_quantity(value, kind)
         except UnitError as err:
-            raise self.fail(key, str(err)) from None
-        if not x > 0:
+            raise self.fail(key, err.message) from None
+        if zero_ok and x < 0:
+            raise self.fail(key, f"{key.rsplit('.', 1)[-1]} cannot be negative, got {value!r}")
+        if not zero_ok and not x > 0:
             raise self.fail(key, f"{kind} must be positive, got {value!r}")
         return x
 
@@ -135,12 +138,7 @@ def _device(r: _Reader, raw: dict, key: str) -> Device:
     if "memory_bandwidth" in raw:
         d.memory_bandwidth = r.quantity(raw["memory_bandwidth"], "bandwidth", f"{key}.memory_bandwidth")
     if "op_overhead" in raw:
-        try:
-            d.op_overhead = parse_quantity(raw["op_overhead"], "time")
-        except UnitError as err:
-            raise r.fail(f"{key}.op_overhead", str(err)) from None
-        if d.op_overhead < 0:
-            raise r.fail(f"{key}.op_overhead", f"op_overhead cannot be negative, got {raw['op_overhead']!r}")
+        d.op_overhead = r.quantity(raw["op_overhead"], "time", f"{key}.op_overhead", zero_ok=True)
     d.compute = _rates(r, raw.get("compute"), _DTYPES, f"{key}.compute")
     if not d.compute:
         raise r.fail(f"{key}.compute", "every device needs a compute rate, such as compute = { f32 = \"100GFLOP/s\" }")
@@ -178,14 +176,7 @@ def _link(r: _Reader, raw: dict, key: str, topo: Topology) -> None:
     if "bandwidth" not in raw:
         raise r.fail(f"{key}.bandwidth", "every link needs a bandwidth, such as \"1GB/s\"")
     bandwidth = r.quantity(raw["bandwidth"], "bandwidth", f"{key}.bandwidth")
-    latency = 0.0
-    if "latency" in raw:
-        try:
-            latency = parse_quantity(raw["latency"], "time")
-        except UnitError as err:
-            raise r.fail(f"{key}.latency", str(err)) from None
-        if latency < 0:
-            raise r.fail(f"{key}.latency", f"latency cannot be negative, got {raw['latency']!r}")
+    latency = r.quantity(raw.get("latency", 0.0), "time", f"{key}.latency", zero_ok=True)
     topo.add_link(ends[0], ends[1], bandwidth, latency, symmetric)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from dnet.errors import ParseError
+
 _PREFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
            "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -24,7 +26,7 @@ _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ/]*
 UNIT_EXAMPLES = {"bytes": '"16GiB"', "bandwidth": '"100MB/s"', "rate": '"2.5TFLOP/s"', "time": '"2ms"'}
 
 
-class UnitError(ValueError):
+class UnitError(ParseError):
     """A quantity that does not parse; the topology loader adds the file and key."""
 
 
