@@ -53,7 +53,7 @@ def to_graph(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType]
     elif isinstance(model, (ObjectModule, Object)):
         if inputs is not None and not isinstance(inputs, Mapping):
             raise DnetError("give an object model's inputs by name")
-        graph = lower(model, getattr(model, "entry", "forward"), inputs)
+        graph = lower(model, model.entry if isinstance(model, ObjectModule) else "forward", inputs)
     else:
         raise DnetError(f"cannot compile a {type(model).__name__}")
     return _optimize(graph) if optimize else graph

@@ -31,7 +31,7 @@ def object_views(module: ObjectModule, object_name: str | None, passes: bool) ->
     if not passes:
         return _rule("object IR") + show(module)
     out = [_rule("object IR, as written") + show(module)]
-    for name, after in run_with_trace(module, entry=getattr(module, "entry", "forward")):
+    for name, after in run_with_trace(module, entry=module.entry):
         out.append(_rule(f"after {name}") + show(after))
     return "".join(out)
 
@@ -61,5 +61,5 @@ def render(ref: str, specs: tuple[str, ...], level: str, object_name: str | None
 
 
 def _entry_args(module: ObjectModule):
-    fn = module.root.functions.get(getattr(module, "entry", "forward"))
+    fn = module.root.functions.get(module.entry)
     return [a for a in (fn.args if fn else []) if a.type is not None]

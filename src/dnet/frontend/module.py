@@ -288,8 +288,7 @@ def trace_module(module: Module, *inputs: TensorType, **named: TensorType) -> Ob
                     params.append((name, t))
             with tr.recording(Function("<caller>")):
                 entry, _ = _record_forward(module, module._trace_info, params)
-        result = ObjectModule(root)
-        result.entry = entry  # type: ignore[attr-defined]
+        result = ObjectModule(root, entry=entry)
         result.shadow = st.shadow.graph  # type: ignore[attr-defined]
         return result
     finally:

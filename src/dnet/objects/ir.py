@@ -228,9 +228,11 @@ class Object:
 
 @dataclass
 class ObjectModule:
-    """The outermost scope: free functions (a standard library, helpers) and the root object."""
+    """The outermost scope: free functions (a standard library, helpers) and the root object.
+    `entry` names the root function that lowering starts from."""
     root: Object
     symbols: SymbolTable = field(default_factory=lambda: SymbolTable("module"))
+    entry: str = "forward"
 
     def __post_init__(self) -> None:
         for obj in self.root.walk():

@@ -159,6 +159,17 @@ def test_imports_resolve_beside_the_file_then_in_the_library(tmp_path):
     assert len(program.files) == 3  # std/nn.dnet is read once
 
 
+def test_load_dsl_records_the_entry_function_and_rejects_an_unknown_one(tmp_path):
+    import dnet
+    from dnet.errors import SymbolError
+
+    (tmp_path / "m.dnet").write_text("object(A, {});\nforward(A, { fn_argument(forward, x, S_TENSOR, SYM_EXTERNAL, "
+                                     "Tensor(shape(2), D_F32, 0)); capture(forward, neg(x)); });\nmodel(A);\n")
+    assert dnet.load_dsl(tmp_path / "m.dnet").entry == "forward"
+    with pytest.raises(SymbolError, match="object A has no function 'froward'.*did you mean 'forward'"):
+        dnet.load_dsl(tmp_path / "m.dnet", entry="froward")
+
+
 @pytest.mark.parametrize("name", ["Linear", "LinearNoBias", "LayerNorm", "RMSNorm", "MLP", "GatedMLP"])
 def test_library_layers_match_numpy(program, name):
     p = program('import("std/nn.dnet");')

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from dnet.errors import SymbolError, did_you_mean
 from dnet.frontend.dsl.instantiate import instantiate
 from dnet.frontend.dsl.loader import load_program
 from dnet.frontend.dsl.weights import load_weights
 from dnet.objects.ir import ObjectModule
+from dnet.objects.passes.walk import entry_function
 
 
 def load_dsl(path: str | Path, object: str | None = None,  # noqa: A002
@@ -18,9 +18,7 @@ def load_dsl(path: str | Path, object: str | None = None,  # noqa: A002
     by `constants`, with `weights` (a mapping or a .safetensors path) bound to its parameters.
     `entry` is the root function `dnet.compile` lowers."""
     module = instantiate(load_program(path), object, constants)
-    if entry not in module.root.functions:
-        raise SymbolError(f"object {module.root.class_name} has no function '{entry}'", module.root.loc,
-                          did_you_mean(entry, module.root.functions))
+    entry_function(module, entry)  # a SymbolError naming the closest function when there is none
     module.entry = entry
     if weights is not None:
         load_weights(module, weights, strict)

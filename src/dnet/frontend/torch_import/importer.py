@@ -39,8 +39,7 @@ def import_program(program: ExportedProgram, dim_names: Mapping[str, str], class
         inputs = [importer.user_input(node) for node in tree.graph.nodes if node.op == "placeholder"]
         with recording(Function("<caller>")):
             entry, _ = importer.record(tree, root, "", inputs)
-    module = ObjectModule(root)
-    module.entry = entry  # type: ignore[attr-defined]
+    module = ObjectModule(root, entry=entry)
     module.shadow = trace.shadow.graph  # type: ignore[attr-defined]
     return module
 
