@@ -188,3 +188,20 @@ def test_functional_stack_and_normalize_match_numpy(x):
     np.testing.assert_array_equal(run(lambda t: F.stack([t, t * 2], -1), x), np.stack([x, x * 2], -1))
     want = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     np.testing.assert_allclose(run(lambda t: F.normalize(t, dim=1), x), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda t: t.sum(3), "sum: axis 3 out of range for rank 3"),
+    (lambda t: t.mean(-4), "mean: axis -4 out of range for rank 3"),
+    (lambda t: t.softmax(5), "axis 5 out of range for rank 3"),
+    (lambda t: t.transpose(0, 3), "transpose: axis 3 out of range for rank 3"),
+    (lambda t: t.permute(0, 1, 3), "permute: axis 3 out of range for rank 3"),
+    (lambda t: t.unsqueeze(4), "unsqueeze: axis 4 out of range for rank 4"),
+    (lambda t: t.flatten(1, 3), "flatten: axis 3 out of range for rank 3"),
+    (lambda t: dnet.functional.narrow(t, 3, 0, 1), "slice: axis 3 out of range for rank 3"),
+], ids=["sum", "mean", "softmax", "transpose", "permute", "unsqueeze", "flatten", "narrow"])
+def test_an_axis_out_of_range_is_a_shape_error_not_a_wrapped_axis(fn, message, x):
+    """PyTorch raises for these; wrapping the axis around would compute something else."""
+    with pytest.raises(ShapeError, match=message) as err:
+        run(fn, x)
+    assert err.value.where.file == __file__

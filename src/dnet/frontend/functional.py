@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from dnet.core.dtypes import DType
 from dnet.core.shapes import exact_div
 from dnet.errors import ShapeError, UnsupportedOpError
+from dnet.graph.infer import norm_axis
 from dnet.frontend.trace import SymInt, Tensor, record, user_location
 
 
@@ -167,19 +168,25 @@ def reshape(x: Tensor, shape: Sequence) -> Tensor:
     return record("reshape", [x], {"shape": tuple(shape)})
 
 
+def _axis(dim: int, rank: int, what: str) -> int:
+    """PyTorch's `dim` (negative from the end) as an index; out of range, a ShapeError at the user's line."""
+    return norm_axis(dim, rank, what, user_location())
+
+
 def permute(x: Tensor, *dims) -> Tensor:
-    return record("permute", [x], {"perm": tuple(d % x.ndim for d in _ints(dims))})
+    return record("permute", [x], {"perm": tuple(_axis(d, x.ndim, "permute") for d in _ints(dims))})
 
 
 def transpose(x: Tensor, a: int, b: int) -> Tensor:
     perm = list(range(x.ndim))
+    a, b = _axis(a, x.ndim, "transpose"), _axis(b, x.ndim, "transpose")
     perm[a], perm[b] = perm[b], perm[a]
     return permute(x, perm)
 
 
 def unsqueeze(x: Tensor, dim: int) -> Tensor:
     shape = list(x.shape)
-    shape.insert(dim % (x.ndim + 1), 1)
+    shape.insert(_axis(dim, x.ndim + 1, "unsqueeze"), 1)
     return reshape(x, shape)
 
 
@@ -187,14 +194,16 @@ def squeeze(x: Tensor, dim: int | None = None) -> Tensor:
     shape = list(x.shape)
     if dim is None:
         shape = [d for d in shape if not (isinstance(d, int) and d == 1)]
-    elif isinstance(shape[dim], int) and shape[dim] == 1:
-        del shape[dim]
+    else:
+        dim = _axis(dim, x.ndim, "squeeze")
+        if isinstance(shape[dim], int) and shape[dim] == 1:
+            del shape[dim]
     return reshape(x, shape)
 
 
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     shape = list(x.shape)
-    start, end = start_dim % x.ndim, end_dim % x.ndim
+    start, end = _axis(start_dim, x.ndim, "flatten"), _axis(end_dim, x.ndim, "flatten")
     merged = 1
     for d in shape[start:end + 1]:
         merged = merged * d
@@ -219,7 +228,7 @@ def narrow(x: Tensor, dim: int, start, length) -> Tensor:
 
 def slice_axis(x: Tensor, dim: int, start=0, stop=None, step: int = 1) -> Tensor:
     shape = list(x.shape)
-    dim %= x.ndim
+    dim = _axis(dim, x.ndim, "slice")
     starts, stops, steps = [0] * x.ndim, list(shape), [1] * x.ndim
     size = shape[dim]
     if stop is None or (isinstance(stop, int) and isinstance(size, int) and stop > size):

@@ -15,7 +15,7 @@ from dnet.core.dtypes import DType, promote
 from dnet.core.shapes import Dim, shape_str
 from dnet.core.types import TensorType
 from dnet.errors import ShapeError, WeightError
-from dnet.graph.infer import infer
+from dnet.graph.infer import infer, norm_axis
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op, OpClass
 
@@ -116,13 +116,15 @@ class GraphBuilder:
         return self.node(Op.RESHAPE, [x], shape=shape)
 
     def permute(self, x: Value, perm: Sequence[int]) -> Value:
-        perm = tuple(p % max(len(perm), 1) for p in perm)
+        rank = len(self.shape(x))
+        perm = tuple(norm_axis(p, rank, "permute", self.where) for p in perm)
         if perm == tuple(range(len(perm))):
             return x
         return self.node(Op.PERMUTE, [x], perm=perm)
 
     def transpose(self, x: Value, a: int = -2, b: int = -1) -> Value:
         perm = list(range(len(self.shape(x))))
+        a, b = (norm_axis(i, len(perm), "transpose", self.where) for i in (a, b))
         perm[a], perm[b] = perm[b], perm[a]
         return self.permute(x, perm)
 
@@ -140,7 +142,7 @@ class GraphBuilder:
 
     def slice(self, x: Value, axis: int, start, stop, step: int = 1) -> Value:
         shape = self.shape(x)
-        axis %= len(shape)
+        axis = norm_axis(axis, len(shape), "slice", self.where)
         starts = [0] * len(shape)
         stops = list(shape)
         steps = [1] * len(shape)
@@ -203,7 +205,7 @@ class GraphBuilder:
             axes = range(rank)
         elif isinstance(axes, int):
             axes = [axes]
-        axes = tuple(sorted({a % rank for a in axes})) if rank else ()
+        axes = tuple(sorted({norm_axis(a, rank, op, self.where) for a in axes})) if rank else ()
         return self.node(op, [x], axes=axes, keepdim=keepdim)
 
     def matmul(self, a: Value, b: Value) -> Value:

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from dnet.core.dtypes import DType
 from dnet.core.shapes import numel
 from dnet.graph.builder import GraphBuilder, Value
+from dnet.graph.infer import norm_axis
 from dnet.graph.ops import Op
 
 
@@ -20,24 +21,24 @@ def _count(b: GraphBuilder, x: Value, axes: Sequence[int]):
     return numel(shape[a] for a in axes)
 
 
-def _axes(b: GraphBuilder, x: Value, axes) -> tuple[int, ...]:
+def _axes(b: GraphBuilder, x: Value, axes, what: str) -> tuple[int, ...]:
     rank = len(b.shape(x))
     if axes is None:
         return tuple(range(rank))
     if isinstance(axes, int):
         axes = (axes,)
-    return tuple(sorted(a % rank for a in axes))
+    return tuple(sorted(norm_axis(a, rank, what, b.where) for a in axes))
 
 
 def mean(b: GraphBuilder, x: Value, axes=None, keepdim: bool = False) -> Value:
-    axes = _axes(b, x, axes)
+    axes = _axes(b, x, axes, "mean")
     total = b.reduce(Op.SUM, x, axes, keepdim)
     n = _count(b, x, axes)
     return b.elementwise(Op.DIV, total, b.scalar(n, b.dtype(x)))
 
 
 def var(b: GraphBuilder, x: Value, axes=None, keepdim: bool = False, correction: int = 0) -> Value:
-    axes = _axes(b, x, axes)
+    axes = _axes(b, x, axes, "var")
     d = b.elementwise(Op.SUB, x, mean(b, x, axes, keepdim=True))
     sq = b.reduce(Op.SUM, b.elementwise(Op.MUL, d, d), axes, keepdim)
     return b.elementwise(Op.DIV, sq, b.scalar(_count(b, x, axes) - correction, b.dtype(x)))

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Dim, numel, shape_str
 from dnet.core.types import TensorType
-from dnet.errors import DTypeError, ShapeError
+from dnet.errors import DTypeError, Location, ShapeError
 from dnet.graph.ops import COMPARISONS, LOGICAL, Op, OpClass
 
 Rule = Callable[[Op, list[TensorType], dict[str, Any], str], TensorType]
@@ -30,9 +30,11 @@ def _shapes(inputs: list[TensorType]) -> str:
     return " and ".join(shape_str(t.shape) for t in inputs)
 
 
-def _norm_axis(axis: int, rank: int, op: Op, where: str) -> int:
+def norm_axis(axis: int, rank: int, what: object, where: str | Location | None = None) -> int:
+    """`axis` as an index in [0, rank), counting a negative one from the end (PyTorch's and
+    numpy's spelling); outside [-rank, rank) it is a ShapeError naming `what` (an op)."""
     if not -rank <= axis < max(rank, 1):
-        raise ShapeError(f"{op}: axis {axis} out of range for rank {rank}", where)
+        raise ShapeError(f"{what}: axis {axis} out of range for rank {rank}", where)
     return axis % rank if rank else 0
 
 
@@ -92,9 +94,9 @@ def _cast(op, inputs, attrs, where):
 def _reduce(op, inputs, attrs, where):
     (t,) = inputs
     if op is Op.ARGMAX:
-        axes = {_norm_axis(attrs["axis"], t.rank, op, where)}
+        axes = {norm_axis(attrs["axis"], t.rank, op, where)}
     else:
-        axes = {_norm_axis(a, t.rank, op, where) for a in attrs["axes"]}
+        axes = {norm_axis(a, t.rank, op, where) for a in attrs["axes"]}
     if attrs["keepdim"]:
         shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
     else:
@@ -202,7 +204,7 @@ def _concat(op, inputs, attrs, where):
     if not inputs:
         raise ShapeError("concat: no inputs", where)
     rank = inputs[0].rank
-    axis = _norm_axis(attrs["axis"], rank, op, where)
+    axis = norm_axis(attrs["axis"], rank, op, where)
     total = 0
     for t in inputs:
         if t.rank != rank or any(d != e for i, (d, e) in enumerate(zip(t.shape, inputs[0].shape)) if i != axis):
@@ -219,7 +221,7 @@ def _gather(op, inputs, attrs, where):
     x, idx = inputs
     if not idx.dtype.is_int:
         raise DTypeError(f"gather: indices must be integers, got {idx.dtype}", where)
-    axis = _norm_axis(attrs["axis"], x.rank, op, where)
+    axis = norm_axis(attrs["axis"], x.rank, op, where)
     return TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)
 
 
