@@ -284,3 +284,11 @@ def test_random_graphs_split_anywhere_compose_to_the_whole(case, fractions):
 def test_a_subgraph_of_unknown_nodes_is_rejected():
     with pytest.raises(SerializationError, match=r"subgraph: \[12\] are not node ids of a graph of 12 nodes"):
         subgraph(_residual(), [3, 12])
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    save(_residual(), tmp_path)
+    data = (tmp_path / WEIGHTS_FILE).read_bytes()
+    (tmp_path / WEIGHTS_FILE).write_bytes(data[:-4])
+    with pytest.raises(SerializationError, match="does not fit its byte range"):
+        load(tmp_path)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file as save_tensors
 
 from dnet.core.dtypes import DType
@@ -229,18 +230,48 @@ def load(directory: str | os.PathLike) -> Graph:
         doc = (path / GRAPH_FILE).read_bytes()
     except OSError as e:
         raise SerializationError(f"cannot read {path / GRAPH_FILE}: {e.strerror}") from None
-    return loads(doc, _read_weights(path / WEIGHTS_FILE))
+    weights, mapped = _read_weights(path / WEIGHTS_FILE)
+    graph = loads(doc, weights)
+    if hasattr(mapped, "madvise"):
+        # hashing paged every weight in; nothing has written to them, so the pages can go back to
+        # the page cache and return when read (a backend that packs a weight never reads it again)
+        mapped.madvise(mmap.MADV_DONTNEED)
+    return graph
 
 
-def _read_weights(file: Path) -> dict[str, np.ndarray]:
-    if not file.exists():
-        raise SerializationError(f"cannot read {file}: no such file")
+def _read_weights(file: Path) -> tuple[dict[str, np.ndarray], mmap.mmap]:
+    """The tensors of a safetensors file as copy-on-write views of one memory map (returned too).
+
+    Nothing is copied: a weight costs resident memory only while its pages are in use.
+    (safetensors' own reader maps the file and copies each tensor out of it, which briefly
+    holds every weight twice.)
+    """
     try:
-        with safe_open(str(file), framework="np") as f:
-            bf16 = f.metadata() or {}
-            return {h: _from_stored(f.get_tensor(h), bf16.get(h)) for h in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for a damaged file
+        with open(file, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        (size,) = struct.unpack("<Q", mapped[:8])
+        header = json.loads(mapped[8:8 + size])
+        bf16 = header.pop("__metadata__", None) or {}
+        return {h: _from_stored(_tensor(mapped, 8 + size, entry), bf16.get(h)) for h, entry in header.items()}, mapped
+    except FileNotFoundError:
+        raise SerializationError(f"cannot read {file}: no such file") from None
+    except (OSError, ValueError, struct.error, KeyError, TypeError) as e:
         raise SerializationError(f"cannot read {file}: {e}") from None
+
+
+_STORED = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+           "U64": np.uint64, "BOOL": np.bool_}
+
+
+def _tensor(mapped: mmap.mmap, start: int, entry: dict) -> np.ndarray:
+    dtype = np.dtype(_STORED[entry["dtype"]])
+    begin, end = entry["data_offsets"]
+    shape = tuple(int(d) for d in entry["shape"])
+    count = math.prod(shape)
+    if end - begin != count * dtype.itemsize or start + end > len(mapped):
+        raise ValueError(f"tensor of shape {list(shape)} does not fit its byte range [{begin}, {end})")
+    return np.frombuffer(mapped, dtype, count, start + begin).reshape(shape)
 
 
 def _from_stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
