@@ -173,3 +173,15 @@ def test_a_parameter_of_symbolic_shape_names_the_parameter():
 
     with pytest.raises(WeightError, match="'w'.*parameter shapes must be static"):
         dnet.compile(Symbolic(), [dnet.TensorType((2,), dnet.f32)])
+
+
+def test_compiling_for_arrays_instead_of_types_says_which_type_to_give(rng):
+    with pytest.raises(dnet.DnetError, match=r"input 'x' is an array.*dnet.TensorType\(\(2, 8\), dnet.f32\)") as err:
+        dnet.compile(Linear(rng, 8, 4), [np.zeros((2, 8), np.float32)])
+    assert err.value.where.file == __file__
+
+
+def test_compiling_for_the_wrong_number_of_inputs_points_at_the_call(rng):
+    with pytest.raises(dnet.DnetError, match="cannot call Linear.forward with these inputs") as err:
+        dnet.compile(Linear(rng, 8, 4), [dnet.TensorType((2, 8), dnet.f32)] * 2)
+    assert err.value.where.file == __file__

@@ -276,7 +276,8 @@ def trace_module(module: Module, *inputs: TensorType, **named: TensorType) -> Ob
     try:
         bound = inspect.signature(module.forward).bind(*inputs, **named)
     except TypeError as err:
-        raise DnetError(f"cannot call {type(module).__name__}.forward with these inputs: {err}") from None
+        raise DnetError(f"cannot call {type(module).__name__}.forward with these inputs: {err}",
+                        tr.user_location()) from None
     root = _build_objects(module, "")
     try:
         with tr.new_trace() as st:
@@ -284,6 +285,10 @@ def trace_module(module: Module, *inputs: TensorType, **named: TensorType) -> Ob
             for name, t in bound.arguments.items():
                 if isinstance(t, TensorType):
                     params.append((name, tr.Tensor(Ref(name), st.shadow.input(name, t))))
+                elif isinstance(t, np.ndarray):
+                    raise DnetError(f"input '{name}' is an array; compiling takes the types of the inputs",
+                                    tr.user_location(), f"give dnet.TensorType({tuple(t.shape)}, "
+                                    f"dnet.{DType.from_numpy(t.dtype).name.lower()})")
                 else:
                     params.append((name, t))
             with tr.recording(Function("<caller>")):

@@ -8,6 +8,7 @@ and so a shape error points at the line of user code that caused it.
 from __future__ import annotations
 
 import contextvars
+import os
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,10 +81,16 @@ def recording(fn: Function, owner_path: str = "") -> Iterator[Recording]:
         st.stack.pop()
 
 
+# The parts of dnet a user's call passes through on its way to an error (models are user code).
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INTERNAL = tuple(os.path.join(_PACKAGE, part) for part in ("frontend" + os.sep, "graph" + os.sep,
+                                                            "objects" + os.sep, "api.py"))
+
+
 def user_location() -> Location:
-    """The innermost frame of user code (outside dnet's own frontend), for error messages."""
+    """The innermost frame of user code (outside dnet's frontend, IR layers and API), for error messages."""
     for frame in reversed(traceback.extract_stack()):
-        if "/dnet/frontend/" not in frame.filename and "/dnet/graph/" not in frame.filename:
+        if not os.path.abspath(frame.filename).startswith(_INTERNAL):
             return Location(frame.filename, frame.lineno)
     return Location()
 
