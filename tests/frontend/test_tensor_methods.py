@@ -205,3 +205,16 @@ def test_an_axis_out_of_range_is_a_shape_error_not_a_wrapped_axis(fn, message, x
     with pytest.raises(ShapeError, match=message) as err:
         run(fn, x)
     assert err.value.where.file == __file__
+
+
+@pytest.mark.parametrize("fn", [lambda t: t * t.sum().item(), lambda t: t * float(t.sum()), lambda t: t.numpy()],
+                         ids=["item", "float", "numpy"])
+def test_reading_a_traced_tensor_s_data_is_a_located_error(fn, x):
+    with pytest.raises(dnet.DnetError, match="a traced tensor has no data while the model compiles") as err:
+        run(fn, x)
+    assert err.value.where.file == __file__
+
+
+def test_pad_needs_lo_hi_pairs(x):
+    with pytest.raises(ShapeError, match=r"pad: \(1,\) is not \(lo, hi\) pairs for at most 3 axes"):
+        run(lambda t: dnet.functional.pad(t, (1,)), x)

@@ -185,3 +185,10 @@ def test_compiling_for_the_wrong_number_of_inputs_points_at_the_call(rng):
     with pytest.raises(dnet.DnetError, match="cannot call Linear.forward with these inputs") as err:
         dnet.compile(Linear(rng, 8, 4), [dnet.TensorType((2, 8), dnet.f32)] * 2)
     assert err.value.where.file == __file__
+
+
+def test_a_module_list_index_out_of_range_is_an_index_error(rng):
+    layers = dnet.ModuleList([Linear(rng, 2, 2), Linear(rng, 2, 2)])
+    assert layers[-1] is layers[1]
+    with pytest.raises(IndexError, match="index 2 is out of range for a ModuleList of 2 modules"):
+        layers[2]

@@ -1,7 +1,7 @@
 """Topology files: units, the TOML format, and errors that name the file, the key and the value."""
 import pytest
 
-from dnet.errors import ParseError
+from dnet.errors import DnetError, ParseError
 from dnet.topology import Topology, format_quantity, parse_quantity
 
 GOOD = """
@@ -130,3 +130,11 @@ def test_local_topology_has_n_linked_nodes_with_scaled_rates():
     assert t.names == ["local0", "local1", "local2"]
     assert [n.devices[0].compute["f32"] for n in t.nodes] == [1e9, 2e9, 4e9]
     assert all(t.link(a, b) for a in t.names for b in t.names if a != b)
+
+
+def test_a_link_to_an_unknown_node_or_to_itself_is_an_error():
+    topo = Topology.loads(GOOD, "cluster.toml")
+    with pytest.raises(DnetError, match="cannot link unknown node 'bord'.*did you mean 'board'"):
+        topo.add_link("laptop", "bord", 1e9)
+    with pytest.raises(DnetError, match="a link joins two different nodes"):
+        topo.add_link("laptop", "laptop", 1e9)

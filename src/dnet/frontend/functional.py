@@ -243,6 +243,8 @@ def slice_axis(x: Tensor, dim: int, start=0, stop=None, step: int = 1) -> Tensor
 
 def pad(x: Tensor, pads: Sequence[int], value: float = 0.0) -> Tensor:
     """PyTorch order: (last_lo, last_hi, second_last_lo, ...)."""
+    if len(pads) % 2 or len(pads) > 2 * x.ndim:
+        raise ShapeError(f"pad: {tuple(pads)} is not (lo, hi) pairs for at most {x.ndim} axes", user_location())
     pairs = [(0, 0)] * x.ndim
     for i in range(len(pads) // 2):
         pairs[x.ndim - 1 - i] = (pads[2 * i], pads[2 * i + 1])

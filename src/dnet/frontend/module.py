@@ -154,6 +154,8 @@ class ModuleList(Module):
             setattr(self, str(i), m)
 
     def __getitem__(self, i: int) -> Module:
+        if not -len(self) <= i < len(self):  # IndexError, as for any Python sequence (and torch's ModuleList)
+            raise IndexError(f"index {i} is out of range for a {type(self).__name__} of {len(self)} modules")
         return self._modules[str(i % len(self))]
 
     def __len__(self) -> int:

@@ -197,6 +197,12 @@ class Tensor:
         raise DnetError("a traced tensor has no truth value: data-dependent Python control flow cannot be "
                         "compiled", user_location(), "use dnet.functional.where")
 
+    def _no_data(self, *_: Any) -> Any:
+        raise DnetError("a traced tensor has no data while the model compiles: its values exist only when "
+                        "the compiled model runs", user_location(), "keep the computation in dnet ops")
+
+    item = numpy = tolist = __float__ = __int__ = _no_data
+
 
 def record(op: str, args: Sequence[Any], attrs: dict[str, Any] | None = None, hint: str = "t") -> Any:
     """Record `op` on traced values: a let-binding in the current function and a node in the shadow."""

@@ -91,6 +91,14 @@ class Topology:
         return self.links.get((src, dst))
 
     def add_link(self, a: str, b: str, bandwidth: float, latency: float = 0.0, symmetric: bool = True) -> None:
+        """A link from node `a` to node `b` (and back, when `symmetric`); both must be nodes already."""
+        names = self.names
+        for end in (a, b):
+            if end not in names:
+                raise DnetError(f"cannot link unknown node '{end}'",
+                                hint=did_you_mean(end, names) or "add the node first")
+        if a == b:
+            raise DnetError(f"a link joins two different nodes, got '{a}' twice")
         self.links[(a, b)] = Link(a, b, bandwidth, latency)
         if symmetric:
             self.links[(b, a)] = Link(b, a, bandwidth, latency)
