@@ -13,6 +13,7 @@ from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, SerializationError
 from dnet.frontend.module import Module, set_eager_call
+from dnet.frontend.trace import user_location
 from dnet.graph.ir import Graph
 from dnet.objects.ir import Object, ObjectModule
 from dnet.objects.lower import lower
@@ -84,7 +85,8 @@ def _run_eagerly(module: Module, args: tuple, kwargs: dict) -> Any:
     try:
         bound = inspect.signature(module.forward).bind(*args, **kwargs)
     except TypeError as err:
-        raise DnetError(f"cannot call {type(module).__name__}.forward with these inputs: {err}") from None
+        raise DnetError(f"cannot call {type(module).__name__}.forward with these inputs: {err}",
+                        user_location()) from None
     arrays = {name: np.asarray(v) for name, v in bound.arguments.items() if v is not None}
     exe = compile(module, {name: TensorType(a.shape, DType.from_numpy(a.dtype)) for name, a in arrays.items()})
     return exe(**arrays)

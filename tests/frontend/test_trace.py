@@ -192,3 +192,11 @@ def test_a_module_list_index_out_of_range_is_an_index_error(rng):
     assert layers[-1] is layers[1]
     with pytest.raises(IndexError, match="index 2 is out of range for a ModuleList of 2 modules"):
         layers[2]
+
+
+def test_a_module_called_on_too_many_arrays_points_at_the_call(rng):
+    m = Shifted(rng)
+    x = np.zeros((3, 8), np.float32)
+    with pytest.raises(dnet.DnetError, match="cannot call Shifted.forward with these inputs") as err:
+        m(x, x, x)
+    assert err.value.where.file == __file__
