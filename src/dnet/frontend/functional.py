@@ -10,8 +10,8 @@ from typing import Any, Sequence
 from dnet.core.dtypes import DType
 from dnet.core.shapes import exact_div
 from dnet.errors import ShapeError, UnsupportedOpError
-from dnet.graph.infer import norm_axis
 from dnet.frontend.trace import SymInt, Tensor, record, user_location
+from dnet.graph.infer import norm_axis
 
 
 def _ints(dims: Any) -> tuple:
