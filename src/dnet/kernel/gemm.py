@@ -32,7 +32,8 @@ def choose_tile(host: Host) -> GemmTile:
     mr = 12 if host.vector_registers >= 32 else 6
     kc = max(64, min(512, (host.l1d * 2 // 3) // (4 * nr) // 16 * 16))
     mc = max(mr, min(480, (host.l2 // 8) // (4 * kc) // mr * mr))
-    return GemmTile(mr=mr, nr=nr, lanes=lanes, kc=kc, mc=mc)
+    nc = max(nr, (host.l2 // 2) // (4 * kc) // nr * nr)
+    return GemmTile(mr=mr, nr=nr, lanes=lanes, kc=kc, mc=mc, nc=nc)
 
 
 def is_fast_matmul(graph: Graph, nid: int) -> bool:

@@ -176,6 +176,7 @@ class GemmTile:
     lanes: int               # f32 lanes per vector
     kc: int                  # depth of one packed block
     mc: int                  # rows of a packed block of a
+    nc: int = 1 << 30        # columns of b streamed through L2 while a sliver of a stays in L1
 
 
 Stmt = Union[Let, IndexLet, Store, Loop, Reduce, Gemm]

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dnet.kernel.ir import Gemm, GemmTile, Ref
 
+A_IN_L1 = True
+PREFETCH = 1
+ALIAS_CHECK = 1
 DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at batch 1 and 8); False packs it
 
 
@@ -38,6 +41,8 @@ def support(tile: GemmTile) -> str:
             for (int64_t j = 0; j < nr; ++j)
                 c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
     }}"""
+    # pf runs over the b sliver the next call will read, so it is in L2 before that call asks
+    prefetch = "\n".join(f"        __builtin_prefetch(pf + {o}, 0, 2);" for o in range(0, nr, 16) if PREFETCH)
     rows = "\n".join(f"    const float* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(mr))
     direct_fmas = "\n".join(f"        {{ const float x{i} = a{i}[k]; " + " ".join(f"{acc[i][v]} += x{i} * b{v};" for v in range(nv))
                              + " }" for i in range(mr))
@@ -85,9 +90,11 @@ static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, 
 
 /* c[0:mr, 0:nr] (+)= a_sliver . b_panel over kc */
 static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const float* restrict b,
-                                    float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr) {{
+                                    float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
+                                    const float* pf) {{
 {decl}
-    for (int64_t k = 0; k < kc; ++k, a += {mr}, b += {nr}) {{
+    for (int64_t k = 0; k < kc; ++k, a += {mr}, b += {nr}, pf += {nr}) {{
+{prefetch}
 {loads}
 {fmas}
     }}
@@ -96,10 +103,12 @@ static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const f
 
 /* the same, reading a where it lies: mr rows at stride lda, contiguous along k (no packing) */
 static inline void dn_ukernel_direct_{sfx}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
-                                           float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr) {{
+                                           float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
+                                           const float* pf) {{
 {decl}
 {rows}
-    for (int64_t k = 0; k < kc; ++k, b += {nr}) {{
+    for (int64_t k = 0; k < kc; ++k, b += {nr}, pf += {nr}) {{
+{prefetch}
 {loads}
 {direct_fmas}
     }}
@@ -147,7 +156,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     # a with unit column stride (row-major activations) is read in place, unless its rows lie a
     # multiple of 4 KiB apart (all in one L1 set); otherwise it is packed block by block
     direct = g.a.col_stride == 1 and DIRECT_A
-    out.append(pad + f"const int g_direct = {'1' if direct else '0'} && ({ix(g.a.row_stride)} * 4) % 4096 != 0;")
+    out.append(pad + f"const int g_direct = {'1' if direct else '0'} && (!ALIAS_CHECK || ({ix(g.a.row_stride)} * 4) % 4096 != 0);".replace("ALIAS_CHECK", str(ALIAS_CHECK)))
     r.locals.append(("const int", "g_direct"))
     packed_call = f"dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc"
     direct_call = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
@@ -167,20 +176,27 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "        const int64_t g_kc = g_K - g_pc < g_kcb ? g_K - g_pc : g_kcb;",
         *([f"        if (!g_direct) dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
             f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);"]),
-        "        for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
-        f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
-        f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
-        f"                const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
+        f"        for (int64_t g_jc = g_p0; g_jc < g_p1; g_jc += {max(1, t.nc // t.nr)}) {{",
+        f"        const int64_t g_jc1 = g_jc + {max(1, t.nc // t.nr)} < g_p1 ? g_jc + {max(1, t.nc // t.nr)} : g_p1;",
+        *(["        for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
+           f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
+           f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
+           f"                const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};"] if not A_IN_L1 else
+          [f"        for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
+           f"            const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
+           "            for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
+           f"                const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};"]),
         "                float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
-        *_ukernel_calls(direct, direct_call, packed_call,
-                        f", g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr}, g_c, g_N, g_pc > 0, g_mr, g_nr);"),
+        f"                const float* g_bcur = g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr};",
+        f"                const float* g_pf = g_ir == 0 && g_p + 1 < g_jc1 ? g_bcur + {t.nr} * g_K : g_bcur;",
+        *_ukernel_calls(direct, direct_call, packed_call, ", g_bcur, g_c, g_N, g_pc > 0, g_mr, g_nr, g_pf);"),
     ]
     epilogue = _epilogue(r, g, "g_c", "(g_i0 + g_ir)", "g_j0")
     if epilogue:
         task.append("                if (g_pc + g_kc >= g_K) {")
         task += [f"                    {x}" for x in epilogue]
         task.append("                }")
-    task += ["            }", "        }", "    }", "}"]
+    task += ["            }", "        }", "        }", "    }", "}"]
     return out + r.outline(task, "g_NB * g_tasks", "1", pad)
 
 
