@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from dnet.core.types import TensorType
-from dnet.errors import DnetError, WeightError
+from dnet.errors import DnetError
+from dnet.frontend.weight_files import read_safetensors
 from dnet.models.bert import BertConfig, load_hf_weights
 from dnet.models.sentence import INPUT_TYPES, SentenceEmbedder, SentenceEncoder
 from dnet.models.tokenizer import Tokenizer
@@ -34,15 +35,6 @@ def model_dir(package: str = PACKAGE) -> Path:
     return path
 
 
-def load_weights(path: Path) -> dict:
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise WeightError(f"cannot read weights from {path}: {err}") from None
-
-
 def max_seq_length(path: Path, config: BertConfig) -> int:
     """sentence-transformers' length limit (256 for MiniLM), never beyond the position table."""
     st_config = path / "sentence_bert_config.json"
@@ -55,7 +47,7 @@ def minilm_module(path: Path | None = None) -> SentenceEmbedder:
     path = path or model_dir()
     config = BertConfig.from_dict(json.loads((path / "config.json").read_text()))
     module = SentenceEmbedder(config)
-    load_hf_weights(module.bert, load_weights(path / "model.safetensors"), source=str(path / "model.safetensors"))
+    load_hf_weights(module.bert, read_safetensors(path / "model.safetensors"), source=str(path / "model.safetensors"))
     return module
 
 

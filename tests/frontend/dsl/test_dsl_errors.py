@@ -218,3 +218,16 @@ def test_weights_that_do_not_fit_name_the_weight():
         load_weights(module, {})
     with pytest.raises(WeightError, match="unexpected weight.*bias"):
         load_weights(module, {"weight": np.zeros((4, 4), np.float32), "bias": np.zeros(4, np.float32)})
+
+
+@pytest.mark.parametrize("content", [None, b"not a safetensors file"], ids=["missing", "damaged"])
+def test_a_weights_file_that_cannot_be_read_is_named(tmp_path, content):
+    from dnet.errors import WeightError
+    from dnet.frontend.dsl import load_weights
+
+    path = tmp_path / "w.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    module = instantiate(parse_program(LIN + "model(Lin);", "test.dnet"))
+    with pytest.raises(WeightError, match=f"cannot read weights from {path}"):
+        load_weights(module, path)

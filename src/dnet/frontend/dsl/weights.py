@@ -9,17 +9,9 @@ import numpy as np
 from dnet.core.dtypes import DType
 from dnet.core.shapes import shape_str
 from dnet.errors import WeightError, did_you_mean
+from dnet.frontend.weight_files import read_safetensors
 from dnet.objects.ir import ObjectModule
 from dnet.objects.symbols import SymbolFlag
-
-
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except (OSError, ValueError) as err:
-        raise WeightError(f"cannot read weights '{path}': {err}") from None
 
 
 def load_weights(module: ObjectModule, weights: Mapping[str, np.ndarray] | str | Path, strict: bool = True) -> None:
