@@ -10,6 +10,7 @@ import numpy as np
 
 from dnet.backends import registry
 from dnet.core.dtypes import DType
+from dnet.core.files import write_text_atomic
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, SerializationError
 from dnet.frontend.module import Module, set_eager_call
@@ -107,9 +108,7 @@ def save_artifact(exe: Executable, directory: Path | str) -> None:
     manifest = {"format": ARTIFACT_FORMAT, "target": exe.target,
                 "inputs": {n: t.to_json() for n, t in exe.graph.input_types().items()},
                 "outputs": {n: t.to_json() for n, t in exe.graph.output_types().items()}}
-    tmp = directory / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(directory / "manifest.json")
+    write_text_atomic(directory / "manifest.json", json.dumps(manifest, indent=2))
 
 
 def load_artifact(directory: Path | str) -> Executable:

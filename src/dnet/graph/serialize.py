@@ -16,14 +16,14 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from safetensors.numpy import save_file as save_tensors
 
 from dnet.core.dtypes import DType
+from dnet.core.files import write_atomic
 from dnet.core.shapes import Dim, dim_from_json, dim_to_json
 from dnet.core.types import TensorType
 from dnet.errors import SerializationError, did_you_mean
@@ -219,8 +219,8 @@ def save(graph: Graph, directory: str | os.PathLike) -> Path:
     bf16 = {h: "bf16" for h, a in blobs.items() if a.dtype == DType.BF16.np}
     tensors = {h: np.ascontiguousarray(a.view(np.uint16) if h in bf16 else a) for h, a in blobs.items()}
     # weights first: a document on disk never refers to weights that are not there yet
-    _write_atomic(path / WEIGHTS_FILE, lambda tmp: save_tensors(tensors, tmp, metadata=bf16 or None))
-    _write_atomic(path / GRAPH_FILE, lambda tmp: Path(tmp).write_bytes(doc))
+    write_atomic(path / WEIGHTS_FILE, lambda tmp: save_tensors(tensors, tmp, metadata=bf16 or None))
+    write_atomic(path / GRAPH_FILE, lambda tmp: Path(tmp).write_bytes(doc))
     return path
 
 
@@ -276,23 +276,6 @@ def _tensor(mapped: mmap.mmap, start: int, entry: dict) -> np.ndarray:
 
 def _from_stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
     return array.view(DType.BF16.np) if dtype == "bf16" else array
-
-
-def _write_atomic(file: Path, write: Callable[[str], object]) -> None:
-    """`write` a temporary file, then rename it: readers see the old file or the new, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the bytes are on disk before the name points at them
-        finally:
-            os.close(fd)
-        os.replace(tmp, file)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # -- pieces ---------------------------------------------------------------------------------------

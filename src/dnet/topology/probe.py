@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dnet.core.dtypes import DType
+from dnet.core.files import write_text_atomic
 from dnet.core.types import TensorType
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ir import Graph
@@ -328,9 +329,7 @@ def probe(backend: str = "numpy", quick: bool = False, refresh: bool = False,
             pass  # a corrupt entry is measured again and overwritten
     report = run_probe(backend, kernel, quick)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=1))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    write_text_atomic(path, json.dumps(report.to_json(), indent=1))  # a reader never sees half a file
     return report
 
 
