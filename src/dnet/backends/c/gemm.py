@@ -19,33 +19,19 @@ DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at bat
 
 
 def support(tile: GemmTile) -> str:
-    """Packing routines and the micro-kernel for one tile shape (emitted once per library)."""
+    """Packing routines and the micro-kernels for one tile shape (emitted once per library).
+
+    Besides the full mr-row micro-kernel there are ones for a third and two thirds of mr
+    rows, so the last sliver of a block (128 rows = 10 x 12 + 8) does not compute rows
+    that are thrown away; `dn_ukernel[_direct]_{mr}x{nr}` picks the smallest that covers.
+    """
     mr, nr, lanes = tile.mr, tile.nr, tile.lanes
     sfx = f"{mr}x{nr}"
-    nv = nr // lanes
-    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
-    decl = "\n".join(f"    dn_vf{sfx} " + ", ".join(f"{a} = {{0}}" for a in row) + ";" for row in acc)
-    loads = "\n".join(f"        const dn_vf{sfx} b{v} = *(const dn_vfu{sfx}*)(b + {v * lanes});" for v in range(nv))
-    fmas = "\n".join(f"        {{ const float a{i} = a[{i}]; " + " ".join(f"{acc[i][v]} += a{i} * b{v};" for v in range(nv)) + " }"
-                     for i in range(mr))
-    full_store = "\n".join(
-        f"        {{ dn_vfu{sfx}* r = (dn_vfu{sfx}*)(c + {i} * ldc + {v * lanes}); *r = add ? *r + {acc[i][v]} : {acc[i][v]}; }}"
-        for i in range(mr) for v in range(nv))
-    tmp_store = "\n".join(f"        *(dn_vfu{sfx}*)(t + {i * nr + v * lanes}) = {acc[i][v]};" for i in range(mr) for v in range(nv))
-    store = f"""    if (mr == {mr} && nr == {nr}) {{
-{full_store}
-    }} else {{
-        float t[{mr * nr}];
-{tmp_store}
-        for (int64_t i = 0; i < mr; ++i)
-            for (int64_t j = 0; j < nr; ++j)
-                c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
-    }}"""
-    # pf runs over the b sliver the next call will read, so it is in L2 before that call asks
-    prefetch = "\n".join(f"        __builtin_prefetch(pf + {o}, 0, 2);" for o in range(0, nr, 16) if PREFETCH)
-    rows = "\n".join(f"    const float* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(mr))
-    direct_fmas = "\n".join(f"        {{ const float x{i} = a{i}[k]; " + " ".join(f"{acc[i][v]} += x{i} * b{v};" for v in range(nv))
-                             + " }" for i in range(mr))
+    counts = sorted({mr} | {mr * i // 3 for i in (1, 2) if mr * i // 3 > 0})
+    kernels = "".join(_ukernels(tile, rows) for rows in counts)
+    rest = "b, c, ldc, add, mr, nr, pf"
+    packed = " ".join(f"if (mr <= {n}) {{ dn_ukernel_{sfx}_r{n}(kc, a, {rest}); return; }}" for n in counts)
+    direct = " ".join(f"if (mr <= {n}) {{ dn_ukernel_direct_{sfx}_r{n}(kc, a, lda, {rest}); return; }}" for n in counts)
     return f"""
 typedef float dn_vf{sfx} __attribute__((vector_size({lanes * 4})));
 typedef float dn_vfu{sfx} __attribute__((vector_size({lanes * 4}), aligned(4)));
@@ -88,8 +74,53 @@ static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, 
     }}
 }}
 
-/* c[0:mr, 0:nr] (+)= a_sliver . b_panel over kc */
+{kernels}
 static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const float* restrict b,
+                                    float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
+                                    const float* pf) {{
+    {packed}
+}}
+
+static inline void dn_ukernel_direct_{sfx}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
+                                           float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
+                                           const float* pf) {{
+    {direct}
+}}
+"""
+
+
+def _ukernels(tile: GemmTile, count: int) -> str:
+    """The packed and the direct micro-kernel computing `count` rows of an mr x nr tile."""
+    mr, nr, lanes = tile.mr, tile.nr, tile.lanes
+    sfx = f"{mr}x{nr}"
+    name = f"{sfx}_r{count}"
+    nv = nr // lanes
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(count)]
+    decl = "\n".join(f"    dn_vf{sfx} " + ", ".join(f"{a} = {{0}}" for a in row) + ";" for row in acc)
+    loads = "\n".join(f"        const dn_vf{sfx} b{v} = *(const dn_vfu{sfx}*)(b + {v * lanes});" for v in range(nv))
+    fmas = "\n".join(f"        {{ const float a{i} = a[{i}]; " + " ".join(f"{acc[i][v]} += a{i} * b{v};" for v in range(nv)) + " }"
+                     for i in range(count))
+    full_store = "\n".join(
+        f"        {{ dn_vfu{sfx}* r = (dn_vfu{sfx}*)(c + {i} * ldc + {v * lanes}); *r = add ? *r + {acc[i][v]} : {acc[i][v]}; }}"
+        for i in range(count) for v in range(nv))
+    tmp_store = "\n".join(f"        *(dn_vfu{sfx}*)(t + {i * nr + v * lanes}) = {acc[i][v]};" for i in range(count) for v in range(nv))
+    store = f"""    if (mr == {count} && nr == {nr}) {{
+{full_store}
+    }} else {{
+        float t[{count * nr}];
+{tmp_store}
+        for (int64_t i = 0; i < mr; ++i)
+            for (int64_t j = 0; j < nr; ++j)
+                c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
+    }}"""
+    # pf runs over the b sliver the next call will read, so it is in L2 before that call asks
+    prefetch = "\n".join(f"        __builtin_prefetch(pf + {o}, 0, 2);" for o in range(0, nr, 16) if PREFETCH)
+    rows = "\n".join(f"    const float* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(count))
+    direct_fmas = "\n".join(f"        {{ const float x{i} = a{i}[k]; " + " ".join(f"{acc[i][v]} += x{i} * b{v};" for v in range(nv))
+                             + " }" for i in range(count))
+    return f"""
+/* c[0:mr, 0:nr] (+)= a_sliver . b_panel over kc, for mr <= {count} (a slivers hold {mr} rows) */
+static inline void dn_ukernel_{name}(int64_t kc, const float* restrict a, const float* restrict b,
                                     float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
                                     const float* pf) {{
 {decl}
@@ -102,7 +133,7 @@ static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const f
 }}
 
 /* the same, reading a where it lies: mr rows at stride lda, contiguous along k (no packing) */
-static inline void dn_ukernel_direct_{sfx}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
+static inline void dn_ukernel_direct_{name}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
                                            float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
                                            const float* pf) {{
 {decl}
@@ -140,9 +171,11 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
         f"const int64_t g_kcb = g_K <= {t.kc * 3 // 2} ? g_K : {t.kc};   /* one k block when K is a little over kc */",
+        # panels of b per block kept in L2 (kc x nc floats; the actual k block may be up to 1.5 kc)
+        f"const int64_t g_ncp = g_kcb * {t.nr} >= {t.nc * t.kc} || g_kcb == 0 ? 1 : {t.nc * t.kc} / (g_kcb * {t.nr});",
     ]
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_panels", "g_mc", "g_mblocks",
-                                                "g_chunks", "g_per_chunk", "g_tasks", "g_kcb")]
+                                                "g_chunks", "g_per_chunk", "g_tasks", "g_kcb", "g_ncp")]
     out = [pad + x for x in lines]
     if not g.b.packed:
         pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {   /* groups of 8 panels */",
@@ -176,8 +209,8 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "        const int64_t g_kc = g_K - g_pc < g_kcb ? g_K - g_pc : g_kcb;",
         *([f"        if (!g_direct) dn_pack_a_{sfx}(g_mcur, g_kc, {g.a.buffer} + g_off_a + g_i0 * {ix(g.a.row_stride)} + "
             f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);"]),
-        f"        for (int64_t g_jc = g_p0; g_jc < g_p1; g_jc += {max(1, t.nc // t.nr)}) {{",
-        f"        const int64_t g_jc1 = g_jc + {max(1, t.nc // t.nr)} < g_p1 ? g_jc + {max(1, t.nc // t.nr)} : g_p1;",
+        "        for (int64_t g_jc = g_p0; g_jc < g_p1; g_jc += g_ncp) {",
+        "        const int64_t g_jc1 = g_jc + g_ncp < g_p1 ? g_jc + g_ncp : g_p1;",
         *(["        for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
            f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
            f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
