@@ -13,6 +13,7 @@ from __future__ import annotations
 from dnet.kernel.ir import Gemm, GemmTile, Ref
 
 A_IN_L1 = True
+COLS_FIRST = 1
 PREFETCH = 1
 ALIAS_CHECK = 1
 DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at batch 1 and 8); False packs it
@@ -160,15 +161,22 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "const int64_t g_nt = dn_threads();",
         f"int64_t g_mc = (g_M + {t.mc - 1}) / {t.mc};   /* blocks of at most mc rows, all about equal */",
         f"g_mc = ((g_M + g_mc - 1) / g_mc + {t.mr - 1}) / {t.mr} * {t.mr};",
-        "if (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB < 4 * g_nt) {   /* fewer rows: 4 blocks per thread */",
-        f"    g_mc = (g_M * g_NB + 4 * g_nt - 1) / (4 * g_nt); g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr};",
+        "int64_t g_chunks = 1;",
+        "/* too few row blocks for 4 tasks a thread: split the columns first, into chunks of 2 panels or more",
+        "   (a thread then streams only its part of b, through its own L2), then the rows */",
+        "while (" + str(COLS_FIRST) + " && g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB * g_chunks < 4 * g_nt && 2 * g_chunks + 2 <= g_panels)",
+        "    g_chunks++;",
+        "if (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB * g_chunks < 4 * g_nt) {",
+        "    g_mc = (g_M * g_NB * g_chunks + 4 * g_nt - 1) / (4 * g_nt);",
+        f"    g_mc = (g_mc + {t.mr - 1}) / {t.mr} * {t.mr};",
         f"    if (g_mc > {t.mc}) g_mc = {t.mc};",
         "}",
         "const int64_t g_mblocks = (g_M + g_mc - 1) / g_mc;",
-        "int64_t g_chunks = 1;   /* split the columns too (each split packs a again) until the threads balance */",
+        "/* split the columns further (each split reads a again) until the threads balance */",
         "while (g_chunks < g_panels && (g_mblocks * g_NB * g_chunks < g_nt",
         "       || ((g_mblocks * g_NB * g_chunks) % g_nt && g_mblocks * g_NB * g_chunks < 8 * g_nt))) g_chunks++;",
         "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
+        "g_chunks = (g_panels + g_per_chunk - 1) / g_per_chunk;   /* no empty chunks */",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
         f"const int64_t g_kcb = g_K <= {t.kc * 3 // 2} ? g_K : {t.kc};   /* one k block when K is a little over kc */",
         # panels of b per block kept in L2 (kc x nc floats; the actual k block may be up to 1.5 kc)
