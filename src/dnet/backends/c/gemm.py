@@ -3,19 +3,18 @@
 The micro-kernel keeps an mr x nr block of the result in vector registers (GCC/Clang
 vector extensions, so one source serves AVX2, AVX-512 and NEON) and streams packed
 slivers of a (mr floats per k) and b (nr floats per k) through them. Around it, the
-classic loops: b packed once into nr-wide panels (or pre-packed weights), a packed per
-(mc x kc) block into a thread-local buffer, and (batch, row block, panel chunk) tasks
-spread across threads. Each tile gets its epilogue the moment its last k block is
-written, while it is still in L1.
+classic loops: b packed once into nr-wide panels (or pre-packed weights); a read in
+place or packed per (mc x kc) block into a thread-local buffer; per k block, the b
+panels of one L2-sized block (kc x nc) stream past each mr x kc sliver of a, which
+stays in L1, and the first sliver's pass prefetches the next b sliver into L2 (weights
+come from memory at batch 1). Tasks are (batch, row block, column chunk); with few
+rows the columns are split first, so each thread streams only its own part of b. Each
+tile gets its epilogue the moment its last k block is written, while it is in L1.
 """
 from __future__ import annotations
 
 from dnet.kernel.ir import Gemm, GemmTile, Ref
 
-A_IN_L1 = True
-COLS_FIRST = 1
-PREFETCH = 1
-ALIAS_CHECK = 1
 DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at batch 1 and 8); False packs it
 
 
@@ -115,7 +114,7 @@ def _ukernels(tile: GemmTile, count: int) -> str:
                 c[i * ldc + j] = add ? c[i * ldc + j] + t[i * {nr} + j] : t[i * {nr} + j];
     }}"""
     # pf runs over the b sliver the next call will read, so it is in L2 before that call asks
-    prefetch = "\n".join(f"        __builtin_prefetch(pf + {o}, 0, 2);" for o in range(0, nr, 16) if PREFETCH)
+    prefetch = "\n".join(f"        __builtin_prefetch(pf + {o}, 0, 2);" for o in range(0, nr, 16))
     rows = "\n".join(f"    const float* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(count))
     direct_fmas = "\n".join(f"        {{ const float x{i} = a{i}[k]; " + " ".join(f"{acc[i][v]} += x{i} * b{v};" for v in range(nv))
                              + " }" for i in range(count))
@@ -164,7 +163,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "int64_t g_chunks = 1;",
         "/* too few row blocks for 4 tasks a thread: split the columns first, into chunks of 2 panels or more",
         "   (a thread then streams only its part of b, through its own L2), then the rows */",
-        "while (" + str(COLS_FIRST) + " && g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB * g_chunks < 4 * g_nt && 2 * g_chunks + 2 <= g_panels)",
+        "while (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB * g_chunks < 4 * g_nt && 2 * g_chunks + 2 <= g_panels)",
         "    g_chunks++;",
         "if (g_nt > 1 && (g_M + g_mc - 1) / g_mc * g_NB * g_chunks < 4 * g_nt) {",
         "    g_mc = (g_M * g_NB * g_chunks + 4 * g_nt - 1) / (4 * g_nt);",
@@ -197,7 +196,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     # a with unit column stride (row-major activations) is read in place, unless its rows lie a
     # multiple of 4 KiB apart (all in one L1 set); otherwise it is packed block by block
     direct = g.a.col_stride == 1 and DIRECT_A
-    out.append(pad + f"const int g_direct = {'1' if direct else '0'} && (!ALIAS_CHECK || ({ix(g.a.row_stride)} * 4) % 4096 != 0);".replace("ALIAS_CHECK", str(ALIAS_CHECK)))
+    out.append(pad + f"const int g_direct = {'1' if direct else '0'} && ({ix(g.a.row_stride)} * 4) % 4096 != 0;")
     r.locals.append(("const int", "g_direct"))
     packed_call = f"dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc"
     direct_call = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
@@ -219,14 +218,11 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
             f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);"]),
         "        for (int64_t g_jc = g_p0; g_jc < g_p1; g_jc += g_ncp) {",
         "        const int64_t g_jc1 = g_jc + g_ncp < g_p1 ? g_jc + g_ncp : g_p1;",
-        *(["        for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
-           f"            const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
-           f"            for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
-           f"                const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};"] if not A_IN_L1 else
-          [f"        for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
-           f"            const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
-           "            for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
-           f"                const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};"]),
+        # an mr x kc sliver of a stays in L1 while the b panels of one L2 block stream past it
+        f"        for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
+        f"            const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
+        "            for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
+        f"                const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
         "                float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
         f"                const float* g_bcur = g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr};",
         f"                const float* g_pf = g_ir == 0 && g_p + 1 < g_jc1 ? g_bcur + {t.nr} * g_K : g_bcur;",
