@@ -117,3 +117,26 @@ def test_a_forked_child_runs_without_the_parents_workers(matmuls):
     got = queue.get(timeout=60)
     child.join(10)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("rows_over", [1, 2])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_every_cache_block_edge_matches_the_reference(compile_c, rng, rows_over, threads):
+    """Sizes from the host's tile: several k blocks, several L2 blocks of b with a ragged last
+    panel, a last row sliver of a third or two thirds of mr rows, and (with three threads and
+    few rows) the columns split between threads. A bias and a ReLU ride as the epilogue."""
+    from dnet.hardware import detect
+    from dnet.kernel.gemm import choose_tile
+
+    t = choose_tile(detect())
+    m, k, n = 3 * t.mr + rows_over * t.mr // 3, 2 * t.kc + 37, 2 * t.nc + t.nr + 5
+    g = GraphBuilder()
+    x = g.input("x", TensorType((m, k), DType.F32))
+    w = g.const("w", rng.standard_normal((k, n)).astype(np.float32))
+    bias = g.const("bias", rng.standard_normal(n).astype(np.float32))
+    y = g.elementwise(Op.ADD, g.matmul(x, w), g.expand(bias, (m, n)))
+    g.output("y", g.elementwise(Op.MAX, y, 0.0))
+    graph = g.finish()
+    runner = compile_c(graph, threads=threads)
+    assert_matches_reference(runner, graph, {"x": rng.standard_normal((m, k)).astype(np.float32)},
+                             rtol=2e-4, atol=1e-3)
