@@ -26,15 +26,15 @@ def choose_tile(host: Host) -> GemmTile:
     mr x nr accumulators use most vector registers (two vectors per row; with 32 registers,
     12 rows; with 16, 6), a kc x nr panel of b takes about two thirds of L1, and an mc x kc
     block of a about an eighth of L2. A kc x nc block of b, streamed past an mr x kc sliver
-    of a that stays in L1, takes another eighth of L2 (measured: a quarter or a half of L2
-    is slower for MiniLM, where the result and a share L2 with it).
+    of a that stays in L1, takes a quarter of L2 (measured on MiniLM, where the result and
+    a share L2 with it: half of L2 is slower at batch 1, an eighth at batch 8).
     """
     lanes = host.f32_lanes
     nr = 2 * lanes if lanes > 1 else 4
     mr = 12 if host.vector_registers >= 32 else 6
     kc = max(64, min(512, (host.l1d * 2 // 3) // (4 * nr) // 16 * 16))
     mc = max(mr, min(480, (host.l2 // 8) // (4 * kc) // mr * mr))
-    nc = max(nr, (host.l2 // 8) // (4 * kc) // nr * nr)
+    nc = max(nr, (host.l2 // 4) // (4 * kc) // nr * nr)
     return GemmTile(mr=mr, nr=nr, lanes=lanes, kc=kc, mc=mc, nc=nc)
 
 
