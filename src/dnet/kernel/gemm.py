@@ -24,10 +24,11 @@ def choose_tile(host: Host) -> GemmTile:
     """Register and cache blocking from the host's vector width, register count and caches.
 
     mr x nr accumulators use most vector registers (two vectors per row; with 32 registers,
-    12 rows; with 16, 6), a kc x nr panel of b takes about two thirds of L1, and an mc x kc
-    block of a about an eighth of L2. A kc x nc block of b, streamed past an mr x kc sliver
-    of a that stays in L1, takes a quarter of L2 (measured on MiniLM, where the result and
-    a share L2 with it: half of L2 is slower at batch 1, an eighth at batch 8).
+    12 rows; with 16, 6). A kc x nr sliver of b takes about two thirds of L1 (the mr x kc
+    sliver of a it meets, most of the rest), an mc x kc block of a about an eighth of L2,
+    and a kc x nc block of b, streamed past each sliver of a, a quarter of L2 (measured on
+    MiniLM, where the result and a share L2 with it: half of L2 is slower at batch 1, an
+    eighth at batch 8).
     """
     lanes = host.f32_lanes
     nr = 2 * lanes if lanes > 1 else 4
