@@ -35,6 +35,8 @@ def demo_cmd(target: str | None, repeats: int) -> None:
     from dnet.models import load_minilm
 
     console = Console()
+    if not console.is_terminal:  # a log or CI: wide enough that the report lines do not wrap
+        console = Console(width=120)
     target = target or _best_target()
     start = time.perf_counter()
     encoder = load_minilm(target=target)
