@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dnet.cluster.protocol import WIRE_DTYPES, wire_dtype
+from dnet.core.files import write_atomic
 from dnet.errors import WeightError
 from dnet.graph.serialize import weight_hash as content_hash
 
@@ -53,11 +54,13 @@ class WeightStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         header = json.dumps({"dtype": wire_dtype(array), "shape": list(array.shape)}).encode()
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(array)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(header.ljust(_HEADER_BYTES))
-            f.write(memoryview(np.asarray(array, order="C").reshape(-1).view(np.uint8)))
-        os.replace(tmp, path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                f.write(header.ljust(_HEADER_BYTES))
+                f.write(memoryview(np.asarray(array, order="C").reshape(-1).view(np.uint8)))
+
+        write_atomic(path, write)
 
     def get(self, digest: str) -> np.ndarray:
         path = self._path(digest)

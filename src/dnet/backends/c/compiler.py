@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnet.core.files import write_text_atomic
 from dnet.errors import BackendError
 
 
@@ -124,10 +125,8 @@ def _read_memo(path: Path) -> Compiler | None:
 def _write_memo(path: Path, compiler: Compiler) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": compiler.path, "version": compiler.version,
-                                   "flags": list(compiler.flags)}))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"path": compiler.path, "version": compiler.version,
+                                            "flags": list(compiler.flags)}))
     except OSError:
         pass   # a read-only cache: probe again next time
 
