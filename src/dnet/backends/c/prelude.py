@@ -102,7 +102,9 @@ static void dn_parallel(dn_body fn, void* ctx, int64_t n, int64_t min_per_chunk)
     if (threads <= 1 || n < 2 * min_per_chunk) { fn(ctx, 0, n); return; }
     pthread_once(&once, dn_register_fork_handler);
     if (pthread_mutex_trylock(&dn_busy) != 0) { fn(ctx, 0, n); return; }   /* another caller has the pool */
-    int64_t chunks = 4 * threads, chunk;
+    /* about 4 chunks a thread; a few coarse tasks (a matmul's blocks) are handed out one by one,
+       since grouping them (10 in 5 pairs, over 2 threads) would unbalance the threads */
+    int64_t chunks = min_per_chunk <= 1 && n <= 8 * threads ? n : 4 * threads, chunk;
     if (chunks > n / min_per_chunk) chunks = n / min_per_chunk;
     chunk = (n + chunks - 1) / chunks;
     chunks = (n + chunk - 1) / chunk;
