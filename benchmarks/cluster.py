@@ -5,14 +5,16 @@
    socket (a process receiving the same bytes with recv_into, answering each), and
    the small-message round trip of both.
 2. Pipeline: the real all-MiniLM-L6-v2 on three local workers made unequal (each
-   simulates a device 2x, 4x or 8x slower) and joined by shaped links. The cost model
-   is fed measurements, as the JIT's feedback loop will do by itself: each layer's time
-   measured on this machine, then each worker's factor (measured over predicted stage
-   time) from one calibration run of the equal split, which captures what sharing the
-   cores costs. Then dnet's plan and the equal split each run the same requests, and
-   the measured throughput is printed beside the plan's prediction.
+   simulates a device 2x, 4x or 8x slower) and joined by shaped links. The plan starts
+   from the probed cost model; the JIT's feedback loop (`exe.retune`) measures it,
+   corrects each worker's times by measured over modelled (which holds what sharing
+   this machine's cores costs), re-plans and moves the stages until the plan stays
+   put, printing each round. The equal split is calibrated the same way, by one round
+   on itself. Then each is measured afresh in timed windows, beside its prediction.
+   Every measurement is the median of several windows at steady state
+   (`dnet.cluster.measure`), so a window another process disturbs does not count.
 
-    .venv/bin/python benchmarks/cluster.py [--mib 64] [--repeats 5] [--requests 24]
+    .venv/bin/python benchmarks/cluster.py [--mib 64] [--rounds 4] [--windows 5] [--window 8]
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from rich.table import Table  # noqa: E402
 from dnet.cluster import LocalCluster  # noqa: E402
 from dnet.cluster.auth import connect  # noqa: E402
 from dnet.cluster.protocol import DEFAULT_LIMITS, Message, MsgType  # noqa: E402
+from dnet.partition.feedback import factor_line, layout  # noqa: E402
 
 # A raw-socket peer: reads each message of the announced size into one buffer, answers one byte.
 RAW_SERVER = r"""
@@ -109,56 +112,13 @@ def transport(mib: int, repeats: int, round_trips: int) -> dict[str, float]:
 
 # -- the pipeline -------------------------------------------------------------------------------
 
-def layer_times(graph, chain, inputs, repeats: int = 5) -> np.ndarray:
-    """Each layer's measured seconds on this machine: the chain's layers run one by one, chained."""
-    from dnet.backends.numpy import run_graph
-    from dnet.runtime import split_pipeline
-
-    stage_of = [0] * len(graph.nodes)
-    for k, layer in enumerate(chain.layers):
-        for i in layer.nodes:
-            stage_of[i] = k
-    stages = split_pipeline(graph, stage_of, len(chain.layers))
-    runs = []
-    for _ in range(repeats + 1):  # the first run is a warm-up
-        values, times = dict(inputs), []
-        for stage in stages:
-            start = time.perf_counter()
-            values.update(run_graph(stage, {n: values[n] for n in stage.input_names}))
-            times.append(time.perf_counter() - start)
-        runs.append(times)
-    return np.median(np.array(runs[1:]), axis=0)
-
-
-def _measure(graph, topology, plan, slowdowns, requests) -> tuple[float, dict[int, float]]:
-    """Requests per second at steady state, and each stage's mean compute seconds (slowdown included)."""
+def pipeline(slowdowns: list[float], bandwidth: float, latency: float, rounds: int, windows: int,
+             window: int) -> dict:
+    """dnet's plan, found by the JIT's feedback loop (`exe.retune`) from the probed cost model, against the equal
+    split calibrated the same way (one round on itself); each then measured afresh in timed windows."""
     from dnet.cluster.session import compile_distributed
-
-    with compile_distributed(graph, topology, plan=plan, slowdowns=slowdowns, max_in_flight=6) as exe:
-        exe.run_many(requests[:4])  # warm-up: first touches of weights and code
-        exe.coordinator.reset_timings()
-        start = time.perf_counter()
-        exe.run_many(requests)
-        elapsed = time.perf_counter() - start
-        stage_seconds = {s: t.mean_ms / 1e3 for s, t in exe.timings.items()}
-    return len(requests) / elapsed, stage_seconds
-
-
-def _node_factors(problem, plan, stage_seconds: dict[int, float]) -> np.ndarray:
-    """Per node, measured over predicted stage time: what sharing this machine's cores costs each worker."""
-    measured, predicted = np.zeros(problem.n_nodes), np.zeros(problem.n_nodes)
-    for k, stage in enumerate(plan.stages):
-        node = problem.names.index(stage.node)
-        measured[node] += stage_seconds[k]
-        predicted[node] += stage.compute_seconds
-    return np.where(predicted > 0, measured / np.maximum(predicted, 1e-12), 1.0)
-
-
-def pipeline(n_requests: int, slowdowns: list[float], bandwidth: float, latency: float) -> list[dict]:
-    """dnet's plan against the equal split, on a cost model fed by measurements (the JIT's loop, run once by hand):
-    layer times measured on this machine, then each worker's factor from one calibration run of the pipeline."""
     from dnet.models import load_minilm
-    from dnet.partition import build_problem, layer_chain, plan_from_stages, solve
+    from dnet.partition import plan_from_stages
     from dnet.partition.baselines import equal_split
     from dnet.topology import Topology
 
@@ -169,34 +129,15 @@ def pipeline(n_requests: int, slowdowns: list[float], bandwidth: float, latency:
     inputs = encoder.tokenize(texts)
     env = {"batch": inputs["input_ids"].shape[0], "seq": inputs["input_ids"].shape[1]}
     topology = Topology.local(3, bandwidth=bandwidth, latency=latency, scales=[1.0 / s for s in slowdowns])
-    chain = layer_chain(graph, env)
-    measured = layer_times(graph, chain, inputs)
-    requests = [inputs] * n_requests
-
-    def problem_with(times: np.ndarray):
-        problem = build_problem(chain, topology)
-        problem.time = times  # the cost model's layer times replaced by measured ones
-        return problem
-
-    def plans(problem) -> dict:
-        solution = solve(problem)
-        return {"dnet plan": plan_from_stages(chain, topology, problem, solution.stages, "throughput",
-                                              solution.solver),
-                "equal split": plan_from_stages(chain, topology, problem, equal_split(problem), "throughput",
-                                                "equal")}
-
-    first = problem_with(np.outer(slowdowns, measured))
-    calibration = plans(first)["equal split"]
-    _, stage_seconds = _measure(graph, topology, calibration, slowdowns, requests[:12])
-    factors = _node_factors(first, calibration, stage_seconds)
-    rows = []
-    for name, plan in plans(problem_with(first.time * factors[:, None])).items():
-        rate, stage_seconds = _measure(graph, topology, plan, slowdowns, requests)
-        rows.append({"name": name, "predicted": plan.throughput, "measured": rate,
-                     "one_node": 1 / measured.sum(), "stages": [(s.node, len(s.layers)) for s in plan.stages],
-                     "stage_ms": [1e3 * stage_seconds[k] for k in sorted(stage_seconds)],
-                     "factors": factors})
-    return rows
+    with compile_distributed(graph, topology, env=env, slowdowns=slowdowns) as exe:
+        history = exe.retune(inputs, rounds=rounds, windows=windows, window=window)
+        plan = exe.plan
+        timed = {"dnet plan": (plan, exe.measure(inputs, windows, window))}
+        problem = exe.problem
+        exe.deploy(plan_from_stages(exe.chain, topology, problem, equal_split(problem), "throughput", "equal"))
+        calibration = exe.retune(inputs, rounds=1, windows=windows, window=window)
+        timed["equal split"] = (exe.plan, exe.measure(inputs, windows, window))
+    return {"problem": problem, "rounds": history, "equal_calibration": calibration[0], "timed": timed}
 
 
 def main() -> None:
@@ -204,13 +145,22 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64, help="size of the large message")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--round-trips", type=int, default=2000)
-    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=4, help="feedback rounds at most")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows per measurement")
+    parser.add_argument("--window", type=int, default=8, help="requests per window")
     parser.add_argument("--slowdowns", default="2,4,8", help="how many times slower each worker is simulated")
     parser.add_argument("--bandwidth", type=float, default=50e6, help="link bytes/s")
     parser.add_argument("--latency", type=float, default=1e-3, help="link seconds")
+    parser.add_argument("--parts", default="transport,pipeline", help="which parts to run")
     args = parser.parse_args()
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=150)  # a log: tables unwrapped
+    if "transport" in args.parts:
+        print_transport(console, args)
+    if "pipeline" in args.parts:
+        print_pipeline(console, args)
 
+
+def print_transport(console: Console, args: argparse.Namespace) -> None:
     t = transport(args.mib, args.repeats, args.round_trips)
     out = Table(title=f"transport on loopback: {args.mib} MiB messages ({args.repeats} each, interleaved), "
                       f"{args.round_trips} small round trips")
@@ -224,22 +174,39 @@ def main() -> None:
                 f"{t['dnet_rtt_us'] / t['raw_rtt_us']:.1f}x")
     console.print(out)
 
+
+def print_pipeline(console: Console, args: argparse.Namespace) -> None:
     slowdowns = [float(s) for s in args.slowdowns.split(",")]
-    rows = pipeline(args.requests, slowdowns, args.bandwidth, args.latency)
-    out = Table(title=f"MiniLM on 3 local workers (simulated {args.slowdowns}x slower; links "
-                      f"{args.bandwidth / 1e6:.0f} MB/s, {args.latency * 1e3:.1f} ms); requests/s")
-    for col in ("split", "stages (node: layers)", "predicted", "measured", "measured / predicted", "stage ms"):
+    result = pipeline(slowdowns, args.bandwidth, args.latency, args.rounds, args.windows, args.window)
+    problem = result["problem"]
+    setting = (f"MiniLM on 3 local workers (simulated "
+               f"{args.slowdowns}x slower; links {args.bandwidth / 1e6:.0f} MB/s, {args.latency * 1e3:.1f} ms); "
+               f"medians of {args.windows} windows of {args.window} requests")
+    out = Table(title=f"feedback rounds (exe.retune): {setting}")
+    for col in ("round", "plan (node:layers)", "factors measured/model", "predicted req/s", "measured req/s",
+                "measured / predicted", "next"):
         out.add_column(col, justify="right")
-    for r in rows:
-        out.add_row(r["name"], " ".join(f"{n}:{k}" for n, k in r["stages"]), f"{r['predicted']:.2f}",
-                    f"{r['measured']:.2f}", f"{r['measured'] / r['predicted']:.0%}",
-                    " ".join(f"{ms:.0f}" for ms in r["stage_ms"]))
+    for r in [*result["rounds"], result["equal_calibration"]]:
+        out.add_row(str(r.index) if r is not result["equal_calibration"] else "equal split",
+                    layout(problem, r.stages), factor_line(problem, r.factors),
+                    f"{r.predicted:.2f}", f"{r.measured.throughput:.2f}", f"{r.error:.0%}",
+                    "moves" if r.moved else "stays")
     console.print(out)
-    console.print(f"one node at full speed, no pipeline (sum of measured layer times): "
-                  f"{rows[0]['one_node']:.2f} requests/s; "
-                  f"dnet plan / equal split measured: {rows[0]['measured'] / rows[1]['measured']:.2f}x")
-    console.print("calibration: measured / predicted stage time per worker, from one run of the equal split: "
-                  + ", ".join(f"{f:.2f}" for f in rows[0]["factors"]))
+
+    out = Table(title="timed afresh after calibration, requests/s")
+    for col in ("split", "plan (node:layers)", "predicted", "measured", "measured / predicted",
+                "windows", "stage ms measured (predicted)"):
+        out.add_column(col, justify="right")
+    rates = {}
+    for name, (plan, m) in result["timed"].items():
+        rates[name] = m.throughput
+        out.add_row(name, " ".join(f"{s.node}:{len(s.layers)}" for s in plan.stages), f"{plan.throughput:.2f}",
+                    f"{m.throughput:.2f}", f"{m.throughput / plan.throughput:.0%}",
+                    " ".join(f"{w:.1f}" for w in m.window_throughputs),
+                    " ".join(f"{1e3 * t:.0f} ({1e3 * s.compute_seconds:.0f})"
+                             for t, s in zip(m.stage_seconds, plan.stages)))
+    console.print(out)
+    console.print(f"dnet plan / equal split, measured: {rates['dnet plan'] / rates['equal split']:.2f}x")
     console.print(f"{os.cpu_count()} cores; load average at the end: {os.getloadavg()[0]:.1f} "
                   "(other processes on this machine share the cores the workers run on)")
 

@@ -6,8 +6,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 
 from dnet.cli.main import cli
 from dnet.errors import DnetError
@@ -114,11 +116,11 @@ DEMO_TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The
 @click.option("--slowdowns", default="1,2,4", show_default=True,
               help="Three workers, each simulating a device this many times slower.")
 @click.option("--requests", "n_requests", default=8, show_default=True, help="Batches sent through the pipeline.")
-def cluster_demo(slowdowns: str, n_requests: int) -> None:
-    """The real all-MiniLM-L6-v2 across three unequal local workers: plan, agreement, per-stage timings."""
-    import numpy as np
+@click.option("--rounds", default=2, show_default=True, help="Feedback rounds after the first run (0: none).")
+def cluster_demo(slowdowns: str, n_requests: int, rounds: int) -> None:
+    """The real all-MiniLM-L6-v2 across three unequal local workers: plan, agreement, per-stage timings,
+    then the JIT's feedback rounds and the calibrated plan's stage times against measured ones."""
     from rich.console import Console
-    from rich.table import Table
 
     from dnet.cluster.session import compile_distributed
     from dnet.models import load_minilm
@@ -140,23 +142,45 @@ def cluster_demo(slowdowns: str, n_requests: int) -> None:
         start = time.perf_counter()
         outputs = exe.run_many([inputs] * n_requests)
         elapsed = time.perf_counter() - start
-        timings = list(exe.timings.values())
-        planned = {k: st.compute_seconds for k, st in enumerate(exe.plan.stages)}
-        predicted = exe.plan.throughput
+        rate = n_requests / elapsed
+        title = f"per-stage timings ({n_requests} requests of {len(DEMO_TEXTS)} sentences, {rate:.2f} requests/s)"
+        console.print(_stage_table(title, exe.plan, [t.mean_ms / 1e3 for t in exe.timings.values()]))
+        console.print(f"throughput: measured {rate:.2f} requests/s (the pipeline filling included), planned "
+                      f"{exe.plan.throughput:.2f} requests/s from this machine's probed rates, uncalibrated: "
+                      "here the workers share its cores")
+        if rounds > 0:
+            _feedback(console, exe, inputs, rounds)
+            outputs += exe.run_many([inputs] * 2)
     worst = max(float(np.abs(out[graph.output_names[0]] - one_node).max()) for out in outputs)
     cosine = min(float(np.min(np.sum(out[graph.output_names[0]] * one_node, axis=1))) for out in outputs)
-    console.print(f"agreement with one node over {n_requests} requests: max |difference| {worst:.2e}, "
-                  f"lowest cosine similarity {cosine:.8f}")
-    table = Table(title=f"per-stage timings ({n_requests} requests of {len(DEMO_TEXTS)} sentences, "
-                        f"{n_requests / elapsed:.2f} requests/s)")
-    for col in ("stage", "worker", "runs", "mean compute ms", "planned ms", "measured / planned"):
+    when = " (before and after retuning)" if rounds > 0 else ""
+    console.print(f"agreement with one node over {len(outputs)} requests{when}: "
+                  f"max |difference| {worst:.2e}, lowest cosine similarity {cosine:.8f}")
+
+
+def _feedback(console: Any, exe: Any, inputs: dict[str, np.ndarray], rounds: int) -> None:
+    """The JIT's feedback rounds, then a fresh measurement of the plan they leave against its calibrated plan."""
+    from dnet.partition.feedback import factor_line, layout
+
+    history = exe.retune(inputs, rounds=rounds, windows=3, window=4)
+    for r in history:
+        then = "moves to " + layout(exe.problem, r.proposal) if r.moved else "stays"
+        console.print(f"feedback round {r.index}: {layout(exe.problem, r.stages)}; measured / modelled "
+                      f"{factor_line(exe.problem, r.factors)}; predicted {r.predicted:.2f}, measured "
+                      f"{r.measured.throughput:.2f} requests/s; {then}")
+    fresh = exe.measure(inputs, windows=3, window=4)
+    console.print(_stage_table("after calibration: the deployed plan measured afresh", exe.plan, fresh.stage_seconds))
+    console.print(f"throughput: measured {fresh.throughput:.2f} requests/s, planned {exe.plan.throughput:.2f} "
+                  f"requests/s ({fresh.throughput / exe.plan.throughput:.0%})")
+
+
+def _stage_table(title: str, plan: Any, measured_seconds: list[float]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("stage", "node", "layers", "measured ms", "planned ms", "measured / planned"):
         table.add_column(col, justify="right")
-    for t in timings:
-        plan_ms = 1e3 * planned.get(t.stage, float("nan"))
-        table.add_row(str(t.stage), t.worker, str(t.runs), f"{t.mean_ms:.1f}", f"{plan_ms:.1f}",
-                      f"{t.mean_ms / plan_ms:.2f}x")
-    console.print(table)
-    console.print(f"throughput: measured {n_requests / elapsed:.2f} requests/s, planned {predicted:.2f} requests/s. "
-                  "The plan uses this machine's probed rates, uncalibrated: here the three workers share its "
-                  "cores, so each runs slower than the probe (benchmarks/cluster.py calibrates from one run "
-                  "and then predicts within its stated error).")
+    for k, (stage, seconds) in enumerate(zip(plan.stages, measured_seconds)):
+        table.add_row(str(k), stage.node, str(len(stage.layers)), f"{1e3 * seconds:.1f}",
+                      f"{1e3 * stage.compute_seconds:.1f}", f"{seconds / stage.compute_seconds:.2f}x")
+    return table

@@ -80,6 +80,14 @@ class _Request:
     submitted: float
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One answered request: when its result arrived (time.monotonic()) and each stage's compute seconds."""
+
+    at: float
+    stage_seconds: dict[int, float]
+
+
 @dataclass
 class StageTiming:
     stage: int
@@ -122,6 +130,7 @@ class Coordinator:
         self._pending: dict[int, _Request] = {}
         self._feed: Outbox | None = None   # inputs into the first stage, shaped like the link there
         self.latencies: deque[float] = deque(maxlen=100_000)   # seconds from submit to answer
+        self.answers: deque[Answer] = deque(maxlen=100_000)    # in the order they arrived
         self._ids = itertools.count()
         self._lock = threading.RLock()
         self._recovery_lock = threading.Lock()
@@ -201,13 +210,25 @@ class Coordinator:
     # -- plans ----------------------------------------------------------------------------
     def load(self, stages: Sequence[Graph], placement: Sequence[int] | None = None,
              links: Mapping[tuple[int, int], LinkShape] | None = None) -> None:
-        """Ship `stages` (a pipeline, in order) to workers: stage k runs on `placement[k]`."""
+        """Ship `stages` (a pipeline, in order) to workers: stage k runs on `placement[k]`.
+
+        Loading again moves the cluster to the new pipeline the way a re-plan after a fault does: a
+        new epoch, the old stages dropped, requests still travelling sent again, their old answers dropped."""
         placement = list(placement) if placement is not None else list(range(len(stages)))
         if len(placement) != len(stages) or not all(0 <= p < len(self.workers) for p in placement):
             raise DnetError(f"placement {placement} does not fit {len(stages)} stages on "
                             f"{len(self.workers)} workers")
-        self.stages, self.placement, self.links = list(stages), placement, dict(links or {})
-        self._install()
+        with self._recovery_lock:
+            with self._lock:
+                again = bool(self.stages)
+                if again:
+                    self._ready.clear()
+                    self.epoch += 1
+                self.stages, self.placement, self.links = list(stages), placement, dict(links or {})
+            if again:
+                self._replan()
+            else:
+                self._install()
 
     def _key(self, stage: int) -> str:
         return f"{self.session}/{self.epoch}/{stage}"
@@ -318,8 +339,11 @@ class Coordinator:
                 self.dropped_results += 1  # a stale copy from before a re-plan
                 return
             del self._pending[req.rid]
-            self.latencies.append(time.monotonic() - req.submitted)
-            for stage, _worker, seconds in msg.meta.get("trace", []):
+            now = time.monotonic()
+            self.latencies.append(now - req.submitted)
+            trace = {stage: seconds for stage, _worker, seconds in msg.meta.get("trace", [])}
+            self.answers.append(Answer(now, trace))
+            for stage, seconds in trace.items():
                 if stage in self.timings:
                     self.timings[stage].runs += 1
                     self.timings[stage].compute_s += seconds
@@ -408,6 +432,7 @@ class Coordinator:
         with self._lock:
             self.timings = {s: StageTiming(s, t.worker) for s, t in self.timings.items()}
             self.latencies.clear()
+            self.answers.clear()
 
     def capabilities(self, probe: bool = False) -> list[dict[str, Any]]:
         """What each live worker reports of itself; with `probe`, its measured device too

@@ -5,6 +5,10 @@ does. Nodes with an `address` are existing workers (the cluster secret comes fro
 DNET_CLUSTER_SECRET); a topology without addresses (`Topology.local(n)`) starts its
 own workers on loopback, and their links are shaped to the topology's bandwidth and
 latency, so a local run behaves like the network the plan was made for.
+
+`exe.retune(requests)` is the JIT's feedback loop (`dnet.partition.feedback`) on the
+live cluster: it measures the running plan, corrects the cost model with what the
+workers measured, re-plans, and moves the stages when that pays.
 """
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ from dnet.cluster.auth import secret_from_env
 from dnet.cluster.coordinator import Coordinator, StageTiming
 from dnet.cluster.link import LinkShape
 from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
+from dnet.cluster.measure import measure
 from dnet.core.shapes import shape_symbols
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
+from dnet.partition import feedback
+from dnet.partition.feedback import Measurement, Round
 from dnet.runtime.pipeline import split_pipeline
 
 
@@ -57,8 +64,11 @@ class DistributedExecutable:
     """Call it like `dnet.Executable`; requests pipeline through the workers."""
 
     def __init__(self, graph: Graph, pipeline: PipelinePlan, coordinator: Coordinator,
-                 local: LocalCluster | None = None):
+                 local: LocalCluster | None = None, topology: Any = None, env: dict[str, int] | None = None,
+                 links: dict[tuple[int, int], LinkShape] | None = None):
         self.graph, self.pipeline, self.coordinator, self.local = graph, pipeline, coordinator, local
+        self.topology, self.env, self.links = topology, dict(env or {}), links
+        self._problem: Any = None
 
     @property
     def plan(self) -> Any:
@@ -67,6 +77,63 @@ class DistributedExecutable:
     @property
     def timings(self) -> dict[int, StageTiming]:
         return self.coordinator.timings
+
+    # -- the JIT's feedback loop ----------------------------------------------------------------
+    def deploy(self, plan: Any) -> None:
+        """Run `plan` (a partitioner Plan over this topology) from now on: its stages are shipped and wired
+        under a new epoch, as a re-plan after a fault is; requests still travelling are sent again."""
+        pipeline = pipeline_from_plan(self.graph, plan, self.topology.names)
+        self.coordinator.load(pipeline.stages, pipeline.placement, self.links)
+        self.pipeline = pipeline
+
+    def measure(self, requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                windows: int = 5, window: int = 8) -> Measurement:
+        """Throughput and per-stage compute seconds at steady state: medians of `windows` windows of
+        `window` answers each (see `dnet.cluster.measure`)."""
+        return measure(self.coordinator, _request_list(requests), windows, window)
+
+    def retune(self, requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], rounds: int = 4,
+               windows: int = 5, window: int = 8, threshold: float = 0.05, weight: float = 0.5) -> list[Round]:
+        """Feedback rounds: measure the running plan, correct the cost model per node with the measured stage
+        times, re-plan, and deploy the new plan when it is predicted more than `threshold` faster; until the
+        plan stays put or `rounds` ran. Afterwards `plan` is the deployed plan, its predictions made from the
+        factors measured on it. Returns each round (`dnet.partition.feedback.Round`)."""
+        from dnet.partition import plan_from_stages
+
+        chain, problem = self.chain, self.problem
+        objective = self.plan.objective
+
+        def run(stages: list) -> Measurement:
+            if stages != feedback.stages_of(self.plan, problem):
+                self.deploy(plan_from_stages(chain, self.topology, problem, stages, objective, "retune"))
+            return self.measure(requests, windows, window)
+
+        history = feedback.retune(problem, feedback.stages_of(self.plan, problem), run, rounds, threshold,
+                                  weight, objective)
+        last = history[-1]
+        own = np.where(np.isnan(last.factors), last.smoothed, last.factors)
+        self.pipeline.plan = plan_from_stages(chain, self.topology, feedback.corrected(problem, own), last.stages,
+                                              objective, "retune")
+        self.pipeline.predicted_throughput = self.pipeline.plan.throughput
+        return history
+
+    @property
+    def chain(self) -> Any:
+        """The model as a chain of layers, for the dims the plan is made for."""
+        return self._planning()[0]
+
+    @property
+    def problem(self) -> Any:
+        """The cost model the plans are made over, uncorrected: a `dnet.partition.PipelineProblem`."""
+        return self._planning()[1]
+
+    def _planning(self) -> tuple[Any, Any]:
+        if self._problem is None:
+            from dnet.partition import build_problem, layer_chain
+
+            chain = layer_chain(self.graph, self.env)
+            self._problem = chain, build_problem(chain, self.topology)
+        return self._problem
 
     def run(self, inputs: Mapping[str, np.ndarray], micro_batches: int = 1) -> dict[str, np.ndarray]:
         """One request; with `micro_batches` > 1 it is cut along the batch dim into that many
@@ -121,7 +188,8 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     from dnet.partition import plan_pipeline
 
     symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
-    plan = plan or plan_pipeline(graph, topology, env={**{s: 1 for s in symbols}, **(env or {})})
+    env = {**{s: 1 for s in symbols}, **(env or {})}
+    plan = plan or plan_pipeline(graph, topology, env=env)
     pipeline = pipeline_from_plan(graph, plan, topology.names)
     addresses = [node.address for node in topology.nodes]
     local = None
@@ -140,11 +208,16 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     secret = secret or secret_from_env()
     if not secret:
         raise DnetError("no cluster secret", hint="set DNET_CLUSTER_SECRET to the workers' secret")
+    links = link_shapes(topology) if shape_links else None
     try:
         coordinator = Coordinator(addresses, secret, **coordinator_options)
-        coordinator.load(pipeline.stages, pipeline.placement, link_shapes(topology) if shape_links else None)
+        coordinator.load(pipeline.stages, pipeline.placement, links)
     except BaseException:
         if local is not None:
             local.close()
         raise
-    return DistributedExecutable(graph, pipeline, coordinator, local)
+    return DistributedExecutable(graph, pipeline, coordinator, local, topology, env, links)
+
+
+def _request_list(requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]) -> list:
+    return [requests] if isinstance(requests, Mapping) else list(requests)

@@ -161,3 +161,8 @@ def stages_of(plan: Plan, p: PipelineProblem) -> list[Stage]:
 def layout(p: PipelineProblem, stages: list[Stage]) -> str:
     """A plan in one line: each stage's node and its number of layers ("local2:3 local0:5")."""
     return " ".join(f"{p.names[s.node]}:{s.stop - s.start}" for s in stages)
+
+
+def factor_line(p: PipelineProblem, factors: np.ndarray) -> str:
+    """Each node's factor in one line ("local0 1.75, local1 -"): '-' for a node not measured."""
+    return ", ".join(f"{name} {'-' if np.isnan(f) else f'{f:.2f}'}" for name, f in zip(p.names, factors))
