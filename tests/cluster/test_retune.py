@@ -6,7 +6,7 @@ import dnet
 from dnet.cluster.coordinator import Answer
 from dnet.cluster.measure import summarize
 from dnet.cluster.session import compile_distributed
-from dnet.partition import build_problem, layer_chain, plan_from_stages
+from dnet.partition import Stage, build_problem, layer_chain, plan_from_stages
 from dnet.partition.baselines import equal_split
 from dnet.partition.feedback import stages_of
 from dnet.topology import Device, Topology
@@ -44,3 +44,23 @@ def test_windows_leave_out_the_fill_and_take_medians():
     m = summarize(answers, n_stages=2, windows=3, window=4, warmup=1)
     assert m.window_throughputs == pytest.approx([4 / 0.4, 4 / 0.4, 4 / 2.0])
     assert m.throughput == pytest.approx(10.0) and m.stage_seconds == pytest.approx([0.1, 0.05])
+
+
+def test_deploying_another_plan_with_requests_in_flight_answers_each_once_and_exactly(rng):
+    net, graph = residual_graph(rng, d=16, depth=6)
+    device = Device(kind="numpy", cores=1, compute={"f32": 1e6}, memory=1e9, memory_bandwidth=1e9)
+    topology = Topology.local(2, device=device, bandwidth=1e8, latency=1e-4)
+    reqs = [request(rng, d=16) for _ in range(8)]
+    with compile_distributed(graph, topology, env={"batch": 2, "seq": 3}, slowdowns=[20.0, 20.0]) as exe:
+        first = exe.plan
+        moved = plan_from_stages(exe.chain, topology, exe.problem, [Stage(1, 0, exe.problem.n_layers)],
+                                 "throughput", "one node")
+        futures = [exe.coordinator.submit(r) for r in reqs]
+        assert not all(f.done() for f in futures)  # still travelling when the plan moves
+        exe.deploy(moved)
+        outs = [f.result(30) for f in futures]
+        assert exe.pipeline.placement == [1] and exe.coordinator.epoch == 1
+        assert len(exe.coordinator.answers) == len(reqs)
+    assert [s.node for s in first.stages] != ["local1"]
+    for req, out in zip(reqs, outs):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
