@@ -25,6 +25,7 @@ from dnet.hardware import Host, detect
 from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Kernel
 from dnet.kernel.lower import Materialize, first_computed, lower_elementwise
+from dnet.kernel.reuse import reuse_reduced_values
 
 _ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL)
 _INLINE = (OpClass.MOVEMENT,)
@@ -154,7 +155,7 @@ def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, t
         return gm.lower_gemm(graph, root, mm, mat - {mm}, users, tile)
     if gm.is_fast_matmul(graph, root):
         return gm.lower_gemm(graph, root, root, mat, users, tile)
-    return lower_elementwise(graph, root, mat, users)
+    return reuse_reduced_values(lower_elementwise(graph, root, mat, users))
 
 
 def _add(sched: Schedule, by_source: dict, kernel: Kernel, root: int) -> None:
