@@ -60,7 +60,9 @@ class WorkerConfig:
     cache_dir: str | None = None
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     # > 1 simulates a slower device on a shared machine: after each stage run the worker idles
-    # (slowdown - 1) x its compute time, like link shaping does for the network
+    # (slowdown - 1) x the work it did (its CPU seconds per thread, at most the wall time), like link
+    # shaping does for the network. CPU time, not wall time: a slow device of its own does not feel the
+    # other processes sharing this machine, so their delays must not be multiplied by the slowdown
     slowdown: float = 1.0
 
 
@@ -323,10 +325,12 @@ class Worker:
                     pass
 
     def _run(self, stage: _Stage, msg: Message) -> None:
+        cpu = time.process_time()
         outputs, seconds = stage.runner(msg.tensors)
         if self.config.slowdown > 1.0:
-            time.sleep((self.config.slowdown - 1.0) * seconds)
-            seconds *= self.config.slowdown
+            work = min(seconds, (time.process_time() - cpu) / (self.config.threads or 1))
+            time.sleep((self.config.slowdown - 1.0) * work)
+            seconds += (self.config.slowdown - 1.0) * work
         trace = list(msg.meta.get("trace", [])) + [[stage.index, self.name, seconds]]
         meta = {"rid": msg.meta.get("rid"), "epoch": msg.meta.get("epoch"), "trace": trace}
         if stage.next_link is not None:
