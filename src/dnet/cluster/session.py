@@ -25,7 +25,8 @@ from dnet.cluster.measure import measure
 from dnet.core.shapes import shape_symbols
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
-from dnet.partition import feedback
+from dnet.partition import (LayerChain, PipelineProblem, Plan, build_problem, feedback, layer_chain,
+                            plan_from_stages, plan_pipeline)
 from dnet.partition.feedback import Measurement, Round
 from dnet.runtime.pipeline import split_pipeline
 
@@ -68,7 +69,7 @@ class DistributedExecutable:
                  links: dict[tuple[int, int], LinkShape] | None = None):
         self.graph, self.pipeline, self.coordinator, self.local = graph, pipeline, coordinator, local
         self.topology, self.env, self.links = topology, dict(env or {}), links
-        self._problem: Any = None
+        self._problem: tuple[LayerChain, PipelineProblem] | None = None
 
     @property
     def plan(self) -> Any:
@@ -79,7 +80,7 @@ class DistributedExecutable:
         return self.coordinator.timings
 
     # -- the JIT's feedback loop ----------------------------------------------------------------
-    def deploy(self, plan: Any) -> None:
+    def deploy(self, plan: Plan) -> None:
         """Run `plan` (a partitioner Plan over this topology) from now on: its stages are shipped and wired
         under a new epoch, as a re-plan after a fault is; requests still travelling are sent again."""
         pipeline = pipeline_from_plan(self.graph, plan, self.topology.names)
@@ -98,8 +99,6 @@ class DistributedExecutable:
         times, re-plan, and deploy the new plan when it is predicted more than `threshold` faster; until the
         plan stays put or `rounds` ran. Afterwards `plan` is the deployed plan, its predictions made from the
         factors measured on it. Returns each round (`dnet.partition.feedback.Round`)."""
-        from dnet.partition import plan_from_stages
-
         chain, problem = self.chain, self.problem
         objective = self.plan.objective
 
@@ -111,26 +110,23 @@ class DistributedExecutable:
         history = feedback.retune(problem, feedback.stages_of(self.plan, problem), run, rounds, threshold,
                                   weight, objective)
         last = history[-1]
-        own = np.where(np.isnan(last.factors), last.smoothed, last.factors)
-        self.pipeline.plan = plan_from_stages(chain, self.topology, feedback.corrected(problem, own), last.stages,
-                                              objective, "retune")
+        self.pipeline.plan = plan_from_stages(chain, self.topology, feedback.corrected(problem, last.factors),
+                                              last.stages, objective, "retune")
         self.pipeline.predicted_throughput = self.pipeline.plan.throughput
         return history
 
     @property
-    def chain(self) -> Any:
+    def chain(self) -> LayerChain:
         """The model as a chain of layers, for the dims the plan is made for."""
         return self._planning()[0]
 
     @property
-    def problem(self) -> Any:
+    def problem(self) -> PipelineProblem:
         """The cost model the plans are made over, uncorrected: a `dnet.partition.PipelineProblem`."""
         return self._planning()[1]
 
-    def _planning(self) -> tuple[Any, Any]:
+    def _planning(self) -> tuple[LayerChain, PipelineProblem]:
         if self._problem is None:
-            from dnet.partition import build_problem, layer_chain
-
             chain = layer_chain(self.graph, self.env)
             self._problem = chain, build_problem(chain, self.topology)
         return self._problem
@@ -185,8 +181,6 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     `env` gives the sizes of symbolic dims the plan is made for (`{"batch": 8, "seq": 128}`);
     dims it does not name are planned at 1.
     """
-    from dnet.partition import plan_pipeline
-
     symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
     env = {**{s: 1 for s in symbols}, **(env or {})}
     plan = plan or plan_pipeline(graph, topology, env=env)

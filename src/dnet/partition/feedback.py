@@ -131,11 +131,10 @@ def retune(p: PipelineProblem, stages: list[Stage], measure: Callable[[list[Stag
         measured = measure(stages)
         factors = node_factors(p, stages, measured.stage_seconds)
         smoothed = smooth(smoothed, factors, weight)
-        own = np.where(np.isnan(factors), smoothed, factors)
         proposal = propose(p, stages, smoothed, threshold, objective)
         moved = proposal.move and index + 1 < rounds
         history.append(Round(index, list(stages), measured, factors, smoothed,
-                             evaluate(corrected(p, own), stages).throughput,
+                             evaluate(corrected(p, factors), stages).throughput,
                              proposal.stages, proposal.best.throughput, moved))
         if not moved:
             break
