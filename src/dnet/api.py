@@ -70,15 +70,26 @@ def _optimize(graph: Graph) -> Graph:
 
 
 def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,  # noqa: A001
-            target: str = "numpy", topology: Any = None, **options: Any) -> Any:
+            target: str = "numpy", topology: Any = None, quantize: str | None = None, **options: Any) -> Any:
     """An Executable for `target`; with a `topology`, a distributed one over its nodes' workers
-    (see `dnet.cluster.session.compile_distributed` for the options)."""
+    (see `dnet.cluster.session.compile_distributed` for the options). `quantize="int8"` stores
+    matmul weights as int8 with a scale per output channel (`dnet.graph.passes.quantize`)."""
     graph = to_graph(model, inputs)
+    if quantize is not None:
+        graph = _quantized(graph, quantize)
     if topology is not None:
         from dnet.cluster.session import compile_distributed
 
         return compile_distributed(graph, topology, backend=target, **options)
     return Executable(graph, target, **options)
+
+
+def _quantized(graph: Graph, scheme: str) -> Graph:
+    from dnet.graph.passes.quantize import quantize_weights
+
+    if scheme != "int8":
+        raise DnetError(f"unknown quantization '{scheme}'", hint="the one scheme is 'int8' (weight-only, per channel)")
+    return quantize_weights(graph)
 
 
 def _run_eagerly(module: Module, args: tuple, kwargs: dict) -> Any:

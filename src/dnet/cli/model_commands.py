@@ -27,11 +27,13 @@ def _compile(ref: str, specs: tuple[str, ...], target: str, **options):
 @click.option("-i", "--input", "inputs", multiple=True, help="input type, NAME:DTYPE[dims], e.g. x:f32[batch,384]")
 @click.option("-t", "--target", default="numpy", show_default=True, help="backend to compile for")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write a standalone artefact here")
-def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="store matmul weights as int8 with one scale per output channel")
+def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None, quantize: str | None) -> None:
     """Compile MODEL (""" + MODEL_HELP + """) for TARGET."""
     from dnet.api import save_artifact
 
-    exe = _compile(model, inputs, target)
+    exe = _compile(model, inputs, target, quantize=quantize)
     graph = exe.graph
     click.echo(f"compiled {model}: {len(graph)} graph nodes, {graph.weight_bytes() / 2**20:.1f} MiB of weights, "
                f"target {target}")

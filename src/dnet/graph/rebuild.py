@@ -21,13 +21,15 @@ class GraphRebuilder:
         self.new = Graph()
         self.value: dict[int, int] = {}
 
-    def add(self, op: Op, inputs: Sequence[int], attrs: dict[str, Any], type: TensorType, name: str = "") -> int:
+    def add(self, op: Op, inputs: Sequence[int], attrs: dict[str, Any], type: TensorType, name: str = "",
+            weight: Any = None) -> int:
+        """Append a node; a CONST brings its old weight of that name, or the new `weight` given."""
         node = Node(len(self.new.nodes), op, tuple(inputs), attrs, type, name)
         self.new.nodes.append(node)
         if op is Op.INPUT:
             self.new.inputs.append(node.id)
         if op is Op.CONST:
-            self.new.weights[attrs["name"]] = self.old.weights[attrs["name"]]
+            self.new.weights[attrs["name"]] = self.old.weights[attrs["name"]] if weight is None else weight
         return node.id
 
     def copy(self, node: Node) -> int:

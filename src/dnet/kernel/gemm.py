@@ -8,13 +8,15 @@ at load time, into the panel layout of the micro-kernel.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Dim, Sym, numel
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op
 from dnet.hardware import Host
 from dnet.kernel import index as ix
-from dnet.kernel.ir import Gemm, GemmTile, Kernel, Load, Operand, Ref
+from dnet.kernel.ir import Binary, Cast, Gemm, GemmTile, Kernel, Load, Operand, Ref
 from dnet.kernel.lower import KernelBuilder, Materialize, V, _finish
 
 SCRATCH = -2   # the parameter id of a Gemm's packing workspace
@@ -63,8 +65,8 @@ def affine(index, names: list[str]):
     return offset, [strides[n] for n in names]
 
 
-def operand_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple[int, object, list] | None:
-    """(buffer node, offset, strides per axis) when node `nid` is a strided view of one buffer."""
+def _element(graph: Graph, nid: int, materialized: set[int], users):
+    """(builder, axis variable names, expression) for element (v0, v1, ...) of node `nid`, or None."""
     b = KernelBuilder(graph, materialized, users)
     b.flat = True
     shape = graph.nodes[nid].shape
@@ -72,16 +74,42 @@ def operand_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple
     for n, d in zip(names, shape):
         b.var_depth[n], b.bounds[n] = 0, d
     try:
-        v = b.value(nid, tuple(Sym(n) for n in names))
+        return b, names, b.value(nid, tuple(Sym(n) for n in names)).expr
     except Materialize:
         return None
-    if not isinstance(v.expr, Load) or len(b.params) != 1:
-        return None
-    found = affine(v.expr.index, names)
+
+
+def _view(b: KernelBuilder, names: list[str], load: Load):
+    """(buffer node, offset, strides per axis) of a load affine in the axis variables, or None."""
+    found = affine(load.index, names)
     if found is None:
         return None
-    (base,) = b.params
+    base = next(nid for nid, name in b.params.items() if name == load.buffer)
     return base, found[0], found[1]
+
+
+def operand_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple[int, object, list] | None:
+    """(buffer node, offset, strides per axis) when node `nid` is a strided view of one buffer."""
+    got = _element(graph, nid, materialized, users)
+    if got is None or not isinstance(got[2], Load) or len(got[0].params) != 1:
+        return None
+    return _view(got[0], got[1], got[2])
+
+
+def dequant_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple | None:
+    """(int8 view, scale view) when node `nid` is f32(q) * s, q int8 and s the same down each
+    column (the form `graph.passes.quantize` gives a matmul weight), else None."""
+    got = _element(graph, nid, materialized, users)
+    if got is None or not isinstance(got[2], Binary) or got[2].op is not Op.MUL or len(got[0].params) != 2:
+        return None
+    b, names, e = got
+    for q, s in ((e.a, e.b), (e.b, e.a)):
+        if (isinstance(q, Cast) and isinstance(q.x, Load) and q.x.dtype is DType.I8 and isinstance(s, Load)
+                and s.dtype is DType.F32):
+            qv, sv = _view(b, names, q.x), _view(b, names, s)
+            if qv is not None and sv is not None and sv[2][-2] == 0:
+                return qv, sv
+    return None
 
 
 def _operand(view, batch_rank: int, shape: tuple, name: str, packed: bool = False) -> Operand:
@@ -99,11 +127,31 @@ def packable(graph: Graph, view, shape: tuple) -> bool:
             and all(isinstance(s, int) for s in view[2]))
 
 
+def int8_weight(graph: Graph, nid: int, materialized: set[int], users) -> tuple | None:
+    """(int8 view, scale view) when the right operand `nid` is a constant int8 weight with
+    constant per-column scales, which a Gemm keeps packed as int8; else None."""
+    quant = dequant_view(graph, nid, materialized, users)
+    if quant is None or not packable(graph, quant[0], graph.nodes[nid].shape):
+        return None
+    scale = quant[1]
+    static = isinstance(scale[1], int) and all(isinstance(x, int) for x in scale[2])
+    return quant if graph.nodes[scale[0]].op is Op.CONST and static else None
+
+
+def readable(graph: Graph, nid: int, right: bool, materialized: set[int], users) -> bool:
+    """Whether a Gemm can read operand `nid` where it lies (else it gets a buffer first)."""
+    return (operand_view(graph, nid, materialized, users) is not None
+            or right and int8_weight(graph, nid, materialized, users) is not None)
+
+
 def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
     """The kernel computing `root`, an element-wise function of matmul `mm` (or `mm` itself)."""
     node = graph.nodes[mm]
     a_id, b_id = node.inputs
     views = [operand_view(graph, x, materialized, users) for x in (a_id, b_id)]
+    quant = int8_weight(graph, b_id, materialized, users) if views[1] is None else None
+    if quant is not None:
+        views[1] = quant[0]
     for x, view in zip((a_id, b_id), views):
         if view is None:
             raise Materialize(x, "a matmul operand must be a strided view of a buffer")
@@ -117,12 +165,16 @@ def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, 
     batch_rank = len(node.shape) - 2
     a = _operand(views[0], batch_rank, graph.nodes[a_id].shape, pa)
     b = _operand(views[1], batch_rank, b_shape, pb, packed)
+    if quant is not None:   # scales: ('scales', node, nr, offset, stride along the columns)
+        scale_node, offset, strides = quant[1]
+        ps = builder.param(("scales", scale_node, tile.nr, offset, strides[-1]))
+        b = replace(b, dtype=DType.I8, scale=ps)
     batch, m = list(node.shape[:-2]), node.shape[-2]
     # fold batch axes into the rows where b is shared and a's rows run on into the next batch
     while batch and b.batch_strides[len(batch) - 1] == 0 and a.batch_strides[len(batch) - 1] == m * a.row_stride:
         m = m * batch.pop()
     a = Operand(a.buffer, a.dtype, a.offset, a.batch_strides[:len(batch)], a.row_stride, a.col_stride)
-    b = Operand(b.buffer, b.dtype, b.offset, b.batch_strides[:len(batch)], b.row_stride, b.col_stride, b.packed)
+    b = replace(b, batch_strides=b.batch_strides[:len(batch)])
     names = [builder.fresh("b") for _ in batch] + [builder.fresh("i"), builder.fresh("j")]
     bounds = list(batch) + [m, node.shape[-1]]
     for n, d in zip(names, bounds):

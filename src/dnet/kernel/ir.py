@@ -149,6 +149,7 @@ class Operand:
     row_stride: Index
     col_stride: Index
     packed: bool = False     # a weight pre-packed at load time into the Gemm's panel layout
+    scale: str = ""          # int8 operands: f32 scales per column (packed, padded to whole panels)
 
 
 @dataclass(frozen=True)

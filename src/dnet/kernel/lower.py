@@ -463,8 +463,10 @@ def _finish(b: KernelBuilder, node: Node, body: tuple) -> Kernel:
 
 
 def _param_dtype(graph: Graph, nid) -> DType:
-    """Graph buffers have their node's dtype; workspaces and packed weights are f32."""
-    return graph.nodes[nid].dtype if isinstance(nid, int) and nid >= 0 else DType.F32
+    """Graph buffers and packed weights have their node's dtype; workspaces are f32."""
+    if isinstance(nid, tuple):   # ('packed' | 'scales', const node, ...)
+        return graph.nodes[nid[1]].dtype
+    return graph.nodes[nid].dtype if nid >= 0 else DType.F32
 
 
 def _free_dims(body, b: KernelBuilder) -> set[str]:

@@ -49,7 +49,7 @@ def _stmts(body, depth: int) -> list[str]:
             out.append(f"{pad}  {expr_str(s.value)}")
         elif isinstance(s, Gemm):
             out.append(f"{pad}gemm {s.out}[{', '.join(s.vars)}] = "
-                       f"{s.a.buffer} @ {s.b.buffer}{' (packed)' if s.b.packed else ''} "
+                       f"{s.a.buffer} @ {s.b.buffer}{' (packed)' if s.b.packed else ''}{f' x {s.b.scale} (int8, scaled)' if s.b.scale else ''} "
                        f"m={index_str(s.m)} n={index_str(s.n)} k={index_str(s.k)} "
                        f"tile {s.tile.mr}x{s.tile.nr}, epilogue:")
             out += _stmts(s.epilogue_lets, depth + 1)

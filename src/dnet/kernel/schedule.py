@@ -79,8 +79,8 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
         changed = False
         for n in graph.nodes:
             if gm.is_fast_matmul(graph, n.id):
-                for x in n.inputs:
-                    if x not in mat and gm.operand_view(graph, x, mat, users) is None:
+                for right, x in enumerate(n.inputs):
+                    if x not in mat and not gm.readable(graph, x, bool(right), mat, users):
                         mat.add(first_computed(graph, x, mat))
                         changed = True
         owners = _owners(graph, mat)

@@ -96,8 +96,10 @@ class _Builder:
     def _arg(self, a, kernel: Kernel) -> int:
         if a in self.by_arg:
             return self.by_arg[a]
-        if isinstance(a, tuple):                    # ('packed', const node, nr)
+        if isinstance(a, tuple) and a[0] == "packed":      # ('packed', const node, nr)
             self.by_arg[a] = self._packed(a[1], kernel)
+        elif isinstance(a, tuple):                          # ('scales', const node, nr, offset, stride)
+            self.by_arg[a] = self._scales(*a[1:], kernel)
         else:
             self.by_arg[a] = self._weight(a)
         return self.by_arg[a]
@@ -111,14 +113,24 @@ class _Builder:
 
     def _packed(self, nid: int, kernel: Kernel) -> int:
         gemm = next(s for s in kernel.body if isinstance(s, Gemm))
-        name = self.graph.nodes[nid].attrs["name"]
-        flat = np.ascontiguousarray(self.graph.weights[name], dtype=np.float32).reshape(-1)
-        k, n, nr = gemm.k, gemm.n, gemm.tile.nr
+        name, dtype = self.graph.nodes[nid].attrs["name"], self.graph.nodes[nid].dtype
+        flat = np.ascontiguousarray(self.graph.weights[name], dtype=dtype.np).reshape(-1)
+        k, n, nr, size = gemm.k, gemm.n, gemm.tile.nr, flat.itemsize
         view = np.lib.stride_tricks.as_strided(flat[gemm.b.offset:], (k, n),
-                                               (gemm.b.row_stride * 4, gemm.b.col_stride * 4))
+                                               (gemm.b.row_stride * size, gemm.b.col_stride * size))
         packed = pack_panels(view, nr)
         buf = self.buffer(WEIGHT, self.graph.nodes[nid].dtype, packed.shape, f"{name}@packed{nr}")
         self.weights[buf] = packed
+        return buf
+
+    def _scales(self, nid: int, nr: int, offset: int, stride: int, kernel: Kernel) -> int:
+        """An int8 weight's per-column scales, zero-padded to whole panels like the weight."""
+        gemm = next(s for s in kernel.body if isinstance(s, Gemm))
+        name = self.graph.nodes[nid].attrs["name"]
+        flat = np.ascontiguousarray(self.graph.weights[name], dtype=np.float32).reshape(-1)
+        padded = pack_panels(flat[offset + stride * np.arange(gemm.n)][None, :], nr).reshape(-1)
+        buf = self.buffer(WEIGHT, DType.F32, padded.shape, f"{name}@panels{nr}")
+        self.weights[buf] = padded
         return buf
 
     def _scratch(self, kernel: Kernel) -> int:
@@ -133,6 +145,6 @@ def pack_panels(b: np.ndarray, nr: int) -> np.ndarray:
     """(k, n) -> (panels, k, nr): the micro-kernel's layout, zero-padded to whole panels."""
     k, n = b.shape
     panels = -(-n // nr)
-    padded = np.zeros((k, panels * nr), np.float32)
+    padded = np.zeros((k, panels * nr), b.dtype)
     padded[:, :n] = b
     return np.ascontiguousarray(padded.reshape(k, panels, nr).transpose(1, 0, 2))

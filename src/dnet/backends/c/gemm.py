@@ -37,11 +37,22 @@ def support(tile: GemmTile) -> str:
 typedef float dn_vf{sfx} __attribute__((vector_size({lanes * 4})));
 typedef float dn_vfu{sfx} __attribute__((vector_size({lanes * 4}), aligned(4)));
 
-static float* dn_apack_{sfx}(int64_t n) {{
-    static _Thread_local float* buf = 0;
-    static _Thread_local int64_t cap = 0;
-    if (cap < n) {{ free(buf); buf = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64)); cap = n; }}
-    return buf;
+/* a thread's own workspace: slot 0 packs a, slot 1 widens int8 b */
+static float* dn_workspace_{sfx}(int slot, int64_t n) {{
+    static _Thread_local float* buf[2] = {{0, 0}};
+    static _Thread_local int64_t cap[2] = {{0, 0}};
+    if (cap[slot] < n) {{
+        free(buf[slot]);
+        buf[slot] = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+        cap[slot] = n;
+    }}
+    return buf[slot];
+}}
+
+/* kc rows of one int8 panel -> f32, each column times its scale (the weight the int8 one stands for) */
+static void dn_widen_{sfx}(int64_t kc, const int8_t* restrict q, const float* restrict scale, float* restrict dst) {{
+    for (int64_t kk = 0; kk < kc; ++kk)
+        for (int64_t jj = 0; jj < {nr}; ++jj) dst[kk * {nr} + jj] = (float)q[kk * {nr} + jj] * scale[jj];
 }}
 
 /* b (k x n, strides rs/cs) -> panels of {nr} columns: panel p holds k rows of {nr} floats.
@@ -221,6 +232,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     direct_call = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
                    f"+ g_pc, {ix(g.a.row_stride)}")
     bpan = g.b.buffer if g.b.packed else f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K"
+    int8 = bool(g.b.scale)
     task = [
         "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
         "    const int64_t g_bb = g_flat / g_tasks, g_task = g_flat % g_tasks;",
@@ -229,8 +241,9 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "    const int64_t g_i1 = (g_blk + 1) * g_S / g_mblocks * %d, g_mcur = (g_i1 < g_M ? g_i1 : g_M) - g_i0;" % t.mr,
         "    const int64_t g_p0 = g_task % g_chunks * g_per_chunk;",
         "    const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
-        f"    const float* g_bpan = {bpan};",
-        f"    float* g_apack = g_direct ? 0 : dn_apack_{sfx}(g_mc * g_kcb); (void)g_apack;",
+        f"    const {'int8_t' if int8 else 'float'}* g_bpan = {bpan};",
+        f"    float* g_apack = g_direct ? 0 : dn_workspace_{sfx}(0, g_mc * g_kcb); (void)g_apack;",
+        *([f"    float* g_bwide = dn_workspace_{sfx}(1, g_ncp * {t.nr} * g_kcb);"] if int8 else []),
         "    float* g_cblock = out + g_bb * g_M * g_N;",
         "    for (int64_t g_pc = 0; g_pc == 0 || g_pc < g_K; g_pc += g_kcb) {  /* once, with kc = 0, when K = 0 */",
         "        const int64_t g_kc = g_K - g_pc < g_kcb ? g_K - g_pc : g_kcb;",
@@ -238,14 +251,18 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
             f"g_pc * {ix(g.a.col_stride)}, {ix(g.a.row_stride)}, {ix(g.a.col_stride)}, g_apack);"]),
         "        for (int64_t g_jc = g_p0; g_jc < g_p1; g_jc += g_ncp) {",
         "        const int64_t g_jc1 = g_jc + g_ncp < g_p1 ? g_jc + g_ncp : g_p1;",
+        # int8 weights: this L2 block widened (and scaled) to f32 once, for every sliver of a
+        *([f"        for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) dn_widen_{sfx}(g_kc, g_bpan + g_p * {t.nr} * g_K "
+           f"+ g_pc * {t.nr}, {g.b.scale} + g_p * {t.nr}, g_bwide + (g_p - g_jc) * {t.nr} * g_kc);"] if int8 else []),
         # an mr x kc sliver of a stays in L1 while the b panels of one L2 block stream past it
         f"        for (int64_t g_ir = 0; g_ir < g_mcur; g_ir += {t.mr}) {{",
         f"            const int64_t g_mr = g_mcur - g_ir < {t.mr} ? g_mcur - g_ir : {t.mr};",
         "            for (int64_t g_p = g_jc; g_p < g_jc1; ++g_p) {",
         f"                const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
         "                float* g_c = g_cblock + (g_i0 + g_ir) * g_N + g_j0;",
-        f"                const float* g_bcur = g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr};",
-        f"                const float* g_pf = g_ir == 0 && g_p + 1 < g_jc1 ? g_bcur + {t.nr} * g_K : g_bcur;",
+        *([f"                const float* g_bcur = g_bwide + (g_p - g_jc) * {t.nr} * g_kc, * g_pf = g_bcur;"] if int8 else [
+            f"                const float* g_bcur = g_bpan + g_p * {t.nr} * g_K + g_pc * {t.nr};",
+            f"                const float* g_pf = g_ir == 0 && g_p + 1 < g_jc1 ? g_bcur + {t.nr} * g_K : g_bcur;"]),
         *_ukernel_calls(direct, direct_call, packed_call, ", g_bcur, g_c, g_N, g_pc > 0, g_mr, g_nr, g_pf);"),
     ]
     epilogue = _epilogue(r, g, "g_c", "(g_i0 + g_ir)", "g_j0")
