@@ -4,9 +4,11 @@
 
 All three compute the same thing from the same real weights (BERT encoder, mean pooling,
 L2 normalisation) with the same thread count; latencies are medians of interleaved runs.
-Also reported: dnet's compile time (cold, in an empty cache, and cached) and the peak
+Also reported: dnet's compile time (cold, in an empty cache, and cached), the peak
 resident memory of a process that loads the compiled model and runs it, against the
-size of the weights.
+size of the weights, and int8 weights: dnet's weight-only int8 (`quantize="int8"`)
+beside ONNX Runtime's dynamic int8 quantization of the same model, with each one's
+cosine similarity to the f32 PyTorch embeddings.
 """
 from __future__ import annotations
 
@@ -64,15 +66,30 @@ def onnx_session(path: Path, threads: int, spinning: bool):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def compile_dnet(cache: Path, threads: int):
+def compile_dnet(cache: Path, threads: int, quantize: str | None = None):
     import dnet
     from dnet.models.minilm import minilm_model
 
     module, types = minilm_model()
     graph = dnet.to_graph(module, types)
     start = time.perf_counter()
-    exe = dnet.compile(graph, target="c", cache_dir=cache, threads=threads)
+    exe = dnet.compile(graph, target="c", cache_dir=cache, threads=threads, quantize=quantize)
     return exe, time.perf_counter() - start
+
+
+def ort_int8(path: Path) -> Path:
+    """ONNX Runtime's own dynamic int8 quantization of the exported model (what a user would pick)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path.with_name("minilm-int8.onnx")
+    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def cosine(a, b) -> float:
+    import numpy as np
+
+    return float(np.min(np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)))
 
 
 def rss_probe(artifact: Path, threads: int, batch: int, seq: int) -> dict:
@@ -115,11 +132,17 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         exe, cold = compile_dnet(tmp / "cache", threads)
         _, cached = compile_dnet(tmp / "cache", threads)
+        exe8, _ = compile_dnet(tmp / "cache", threads, "int8")
         model = torch_model()
         onnx = export_onnx(model, tmp / "minilm.onnx")
         sessions = {"ort": onnx_session(onnx, threads, True), "ort_sleep": onnx_session(onnx, threads, False)}
+        ort8 = onnx_session(ort_int8(onnx), threads, True)
         save_artifact(exe, tmp / "artifact")
+        save_artifact(exe8, tmp / "artifact-int8")
         rss = rss_probe(tmp / "artifact", threads, max(args.batches), args.seq)
+        rss8 = rss_probe(tmp / "artifact-int8", threads, max(args.batches), args.seq)
+        int8_rows = [["batch x seq", "dnet-c int8 ms", "ort int8 ms", "dnet int8 / ort int8", "dnet int8 / dnet f32",
+                      "cos(dnet int8, torch)", "cos(ort int8, torch)"]]
         rows = [["batch x seq", "dnet-c ms", "onnxruntime ms", "ort no-spin ms", "torch eager ms", "dnet / best ort",
                  "cos(dnet, torch)"]]
         single = onnx_session(onnx, 1, False)
@@ -136,11 +159,16 @@ def main(argv=None) -> None:
                 with torch.inference_mode():
                     return model(t_ids, t_mask, t_types)
 
-            ours = exe.run(feeds)[exe.graph.output_names[0]]
-            cos = float(np.min(np.sum(ours * run_torch().numpy(), -1)))
-            fns = {"dnet": lambda: exe.run(feeds), "torch": run_torch}
+            reference = run_torch().numpy()
+            cos = cosine(exe.run(feeds)[exe.graph.output_names[0]], reference)
+            fns = {"dnet": lambda: exe.run(feeds), "torch": run_torch, "dnet_int8": lambda: exe8.run(feeds),
+                   "ort_int8": lambda: ort8.run(None, ort_feeds)}
             fns.update({name: (lambda s=s: s.run(None, ort_feeds)) for name, s in sessions.items()})
             t = interleaved_medians(fns, args.repeats)
+            int8_rows.append([f"{batch} x {args.seq}", f"{t['dnet_int8'] * 1e3:.1f}", f"{t['ort_int8'] * 1e3:.1f}",
+                              f"{t['dnet_int8'] / t['ort_int8']:.2f}", f"{t['dnet_int8'] / t['dnet']:.2f}",
+                              f"{cosine(exe8.run(feeds)[exe8.graph.output_names[0]], reference):.6f}",
+                              f"{cosine(ort8.run(None, ort_feeds)[0], reference):.6f}"])
             best_ort = min(t["ort"], t["ort_sleep"])
             rows.append([f"{batch} x {args.seq}", f"{t['dnet'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
                          f"{t['ort_sleep'] * 1e3:.1f}", f"{t['torch'] * 1e3:.1f}", f"{t['dnet'] / best_ort:.2f}",
@@ -156,12 +184,16 @@ def main(argv=None) -> None:
     print(table(rows))
     print("one thread each, CPU time per call (medians; what a loaded machine disturbs least):")
     print(table(cpu_rows))
-    mib = 1024 * 1024
-    limit = 1.5 * rss["weights"] + 64 * mib
+    print("int8 weights (dnet: weight-only, per output channel; onnxruntime: dynamic quantization), same threads:")
+    print(table(int8_rows))
     print(f"compile: {cold:.2f} s cold, {cached:.2f} s cached")
-    print(f"memory of a process loading the artefact and running batch {max(args.batches)}: peak {rss['peak'] / mib:.0f} "
-          f"MiB (loading alone {rss['loaded'] / mib:.0f} MiB), resident after the run {rss['after_run'] / mib:.0f} MiB; "
-          f"weights {rss['weights'] / mib:.0f} MiB, so 1.5 x weights + 64 MiB = {limit / mib:.0f} MiB")
+    for name, r in (("f32", rss), ("int8", rss8)):
+        mib = 1024 * 1024
+        limit = 1.5 * r["weights"] + 64 * mib
+        print(f"memory ({name}) of a process loading the artefact and running batch {max(args.batches)}: peak "
+              f"{r['peak'] / mib:.0f} MiB (loading alone {r['loaded'] / mib:.0f} MiB), resident after the run "
+              f"{r['after_run'] / mib:.0f} MiB; weights {r['weights'] / mib:.0f} MiB, so 1.5 x weights + 64 MiB = "
+              f"{limit / mib:.0f} MiB")
 
 
 if __name__ == "__main__":

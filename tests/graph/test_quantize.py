@@ -30,20 +30,21 @@ def _model(rng, n_out=48, shared=False):
     w1 = b.const("w1", rng.standard_normal((n_out, 64)).astype(np.float32))      # torch layout: transposed use
     w2 = b.const("w2", rng.standard_normal((n_out, 40)).astype(np.float32))      # direct use: x @ w2
     bias = b.const("bias", rng.standard_normal((n_out,)).astype(np.float32))
-    emb = b.const("emb", rng.standard_normal((100, 40)).astype(np.float32))     # read by a gather: stays f32
+    emb = b.const("emb", rng.standard_normal((100, 40)).astype(np.float32))     # rows read by a gather
+    ids = b.input("ids", TensorType(("m",), DType.I64))
     h = C.gelu(b, C.linear(b, x, w1, bias))
-    y = b.matmul(h, w2)
-    b.output("y", b.elementwise(Op.ADD, y, b.gather(emb, b.const("ids", np.arange(40)), 0)[0:1] if False else y))
+    b.output("y", b.elementwise(Op.ADD, b.matmul(h, w2), b.node(Op.GATHER, [emb, ids], axis=0)))
     if shared:
         b.output("z", b.elementwise(Op.ADD, w1, 1.0))                         # w1 also read by an add
     return b.finish()
 
 
-def test_only_matmul_weights_are_quantized_along_their_output_channels(rng):
+def test_matmul_weights_per_output_channel_and_embeddings_per_row(rng):
     g = quantize_weights(_model(rng), min_elements=16)
     assert g.weights["w1@int8"].dtype == np.int8 and g.weights["w1@scale"].shape == (48, 1)
     assert g.weights["w2@int8"].shape == (48, 40) and g.weights["w2@scale"].shape == (1, 40)
-    assert {"bias", "emb"} <= set(g.weights) and "w1" not in g.weights
+    assert g.weights["emb@scale"].shape == (100, 1)
+    assert "bias" in g.weights and not {"w1", "w2", "emb"} & set(g.weights)
     shared = quantize_weights(_model(rng, shared=True), min_elements=16)
     assert "w1" in shared.weights and "w1@int8" not in shared.weights   # not only a matmul reads it
     small = quantize_weights(_model(rng), min_elements=48 * 64 + 1)

@@ -5,11 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnet.api import load_artifact, save_artifact, Executable
+from dnet.api import Executable, load_artifact, save_artifact
 from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
 from dnet.graph import composites as C
 from dnet.graph.builder import GraphBuilder
+from dnet.graph.ops import Op
 from dnet.graph.passes.quantize import quantize_weights
 from dnet.kernel.ir import Gemm
 from dnet.program.instructions import TEMP
@@ -18,9 +19,12 @@ from c_support import assert_matches_reference
 
 
 def _mlp(rng, k: int, hidden: int, n: int):
-    """x @ w1.T + bias, GELU, @ w2 (direct), 3-D activations: both weight layouts, an epilogue, batch folding."""
+    """An int8 embedding table's rows, then x @ w1.T + bias, GELU, @ w2 (direct), on 3-D activations:
+    both weight layouts, an epilogue, batch folding, and a gather that widens only its rows."""
     b = GraphBuilder()
-    x = b.input("x", TensorType(("batch", "seq", k), DType.F32))
+    ids = b.input("ids", TensorType(("batch", "seq"), DType.I64))
+    table = b.const("table", rng.standard_normal((50, k)).astype(np.float32))
+    x = b.node(Op.GATHER, [table, ids], axis=0)
     w1 = b.const("w1", (rng.standard_normal((hidden, k)) / np.sqrt(k)).astype(np.float32))
     bias = b.const("bias", rng.standard_normal((hidden,)).astype(np.float32))
     w2 = b.const("w2", (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32))
@@ -40,9 +44,9 @@ def shapes(compile_c):
 @given(batch=st.integers(1, 3), seq=st.integers(1, 40), seed=st.integers(0, 1000))
 def test_int8_gemm_matches_the_reference(shapes, batch, seq, seed):
     graph, one, two = shapes
-    x = np.random.default_rng(seed).standard_normal((batch, seq, 700)).astype(np.float32)
+    ids = np.random.default_rng(seed).integers(0, 50, (batch, seq))
     for runner in (one, two):
-        assert_matches_reference(runner, graph, {"x": x}, rtol=1e-4, atol=1e-4)
+        assert_matches_reference(runner, graph, {"ids": ids}, rtol=1e-4, atol=1e-4)
 
 
 def test_int8_weights_stay_int8_in_memory(shapes):
@@ -53,11 +57,12 @@ def test_int8_weights_stay_int8_in_memory(shapes):
     program = runner.compiled.program
     weights = [program.buffers[i] for i in runner.compiled.weights]
     assert [b.dtype for b in weights if len(b.shape) == 3] == [DType.I8, DType.I8]   # the packed panels
-    assert not any(b.kind == TEMP and b.shape in ((45, 700), (700, 45), (45, 70)) for b in program.buffers)
+    assert not any(b.kind == TEMP and b.shape in ((45, 700), (700, 45), (45, 70), (50, 700)) for b in program.buffers)
+    assert [b.dtype for b in weights if b.shape == (50, 700)] == [DType.I8]   # the table, as it was stored
 
 
 def test_int8_artifacts_load_and_agree(shapes, tmp_path):
     graph, runner, _ = shapes
     save_artifact(Executable(graph, "c", runner), tmp_path / "art")
-    x = np.random.default_rng(3).standard_normal((2, 5, 700)).astype(np.float32)
-    np.testing.assert_array_equal(load_artifact(tmp_path / "art").run({"x": x})["y"], runner.run({"x": x})["y"])
+    ids = np.random.default_rng(3).integers(0, 50, (2, 5))
+    np.testing.assert_array_equal(load_artifact(tmp_path / "art").run({"ids": ids})["y"], runner.run({"ids": ids})["y"])

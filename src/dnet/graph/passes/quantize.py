@@ -4,9 +4,11 @@ output channel (symmetric, rounded to nearest, so |error| <= scale / 2 per weigh
 Each such weight W becomes cast(Q, f32) * S, with S broadcast along the input axis: an
 ordinary graph that every backend runs as written (the numpy reference is the oracle).
 The C backend recognises the pattern and keeps Q packed as int8, a quarter of the
-memory, widening one cache block at a time next to its micro-kernel. Only weights that
-matmuls read as their right operand, directly or transposed, are quantized; embedding
-tables, biases and norm weights stay f32.
+memory, widening one cache block at a time next to its micro-kernel. Quantized are
+the weights that matmuls read as their right operand (directly or transposed; one
+scale per output channel) and embedding tables read by gathers along their rows (one
+scale per row: a gather then widens only the rows it reads). Biases and norm weights
+stay f32.
 """
 from __future__ import annotations
 
@@ -51,13 +53,15 @@ def _candidate(node: Node, min_elements: int) -> bool:
 
 
 def _channel_axis(graph: Graph, users, node: Node) -> int | None:
-    """The weight's output-channel axis when every reader is a matmul taking it (or its
-    transpose) as the right operand; None otherwise."""
+    """The axis to keep one scale along, when every reader is a matmul taking the weight (or its
+    transpose) as the right operand (its output channels) or a gather of its rows; else None."""
     axes = set()
     for u in users[node.id]:
         user = graph.nodes[u]
         if user.op is Op.MATMUL and user.inputs == (user.inputs[0], node.id) and user.inputs[0] != node.id:
             axes.add(1)
+        elif user.op is Op.GATHER and user.inputs[0] == node.id and user.attrs["axis"] % 2 == 0:
+            axes.add(0)
         elif user.op is Op.PERMUTE and tuple(user.attrs["perm"]) == (1, 0) and users[u] and all(
                 graph.nodes[m].op is Op.MATMUL and graph.nodes[m].inputs[1] == u and graph.nodes[m].inputs[0] != u
                 for m in users[u]):
