@@ -190,7 +190,7 @@ def print_pipeline(console: Console, args: argparse.Namespace) -> None:
         out.add_row(str(r.index) if r is not result["equal_calibration"] else "equal split",
                     layout(problem, r.stages), factor_line(problem, r.factors),
                     f"{r.predicted:.2f}", f"{r.measured.throughput:.2f}", f"{r.error:.0%}",
-                    "moves" if r.moved else "stays")
+                    f"moves (predicted {r.proposal_predicted:.2f} before it runs)" if r.moved else "stays")
     console.print(out)
 
     out = Table(title="timed afresh after calibration, requests/s")
