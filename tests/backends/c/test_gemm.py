@@ -9,6 +9,7 @@ from dnet.core.shapes import Sym
 from dnet.core.types import TensorType
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ops import Op
+from dnet.hardware import Host
 from dnet.kernel.ir import Gemm
 
 from c_support import assert_matches_reference
@@ -140,3 +141,34 @@ def test_every_cache_block_edge_matches_the_reference(compile_c, rng, rows_over,
     runner = compile_c(graph, threads=threads)
     assert_matches_reference(runner, graph, {"x": rng.standard_normal((m, k)).astype(np.float32)},
                              rtol=2e-4, atol=1e-3)
+
+
+OTHER_HOSTS = {   # tiles of other machines, run here (x86 with AVX-512 runs their narrower vectors)
+    "avx2": Host("x86_64", "avx2 test", 4, frozenset({"avx2", "fma"}), l1d=32 * 1024, l2=1 << 20),
+    "neon-like": Host("aarch64", "neon test", 4, frozenset({"neon", "asimd"}), l1d=64 * 1024, l2=1 << 19),
+}
+
+
+@pytest.mark.parametrize("host", sorted(OTHER_HOSTS))
+@pytest.mark.parametrize("int8", [False, True])
+def test_other_hosts_tiles_match_the_reference(compile_c, rng, host, int8):
+    """The generated gemm for another machine's tile (mr 6, nr 16 or 8, its own kc/mc/nc): f32 and int8
+    weights, an a that must be packed (rows 4 KiB apart) and one read in place, one thread and three."""
+    from dnet.graph.passes.quantize import quantize_weights
+    from dnet.kernel.gemm import choose_tile
+
+    t = choose_tile(OTHER_HOSTS[host])
+    m, n = 5 * t.mr + 2, 3 * t.nc // 2 + 3
+    g = GraphBuilder()
+    for name, k in (("x", 2 * t.kc + 9), ("p", 1024)):
+        x = g.input(name, TensorType((m, k), DType.F32))
+        w = g.const(f"w_{name}", rng.standard_normal((n, k)).astype(np.float32))
+        g.output(f"y_{name}", g.matmul(x, g.transpose(w)))
+    graph = quantize_weights(g.finish(), min_elements=1) if int8 else g.finish()
+    feeds = {"x": rng.standard_normal((m, 2 * t.kc + 9)).astype(np.float32),
+             "p": rng.standard_normal((m, 1024)).astype(np.float32)}
+    for threads in (1, 3):
+        runner = compile_c(graph, threads=threads, host=OTHER_HOSTS[host])
+        gemms = [s for kern in runner.compiled.kernels.values() for s in kern.body if isinstance(s, Gemm)]
+        assert {(s.tile.mr, s.tile.nr, s.b.dtype) for s in gemms} == {(t.mr, t.nr, DType.I8 if int8 else DType.F32)}
+        assert_matches_reference(runner, graph, feeds, rtol=2e-4, atol=1e-3)
