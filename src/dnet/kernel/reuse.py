@@ -50,6 +50,8 @@ def _share(red: Reduce, loop: Loop, dtype: DType) -> tuple[Reduce, Loop] | None:
     if len(stores) != 1:
         return None
     rvar, index = red.loops[0][0], stores[0].index
+    if not (isinstance(index, Dim) and loop.var in index.free_symbols()):
+        return None   # each iteration must write its own element, or one would overwrite a value another reads
     lets = {s.name: s.value for s in red.body if isinstance(s, Let)}
     candidates = [(s.name, s.value) for s in red.body if isinstance(s, Let)] + [(None, red.value)]
     for name, value in candidates:
