@@ -14,7 +14,7 @@ from dnet import models  # noqa: E402 - models are written with the names above
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",
     "i8", "i32", "i64", "boolean", "DnetError", "functional", "Module", "ModuleList", "Parameter", "Sequential",
-    "nn", "models", "from_torch", "load_dsl", "Topology",
+    "nn", "models", "from_torch", "from_onnx", "load_dsl", "Topology",
 ]
 
 
@@ -23,6 +23,14 @@ def from_torch(module: Any, example_args: Any, dynamic_shapes: Any = None, **opt
     from dnet.frontend.torch_import import from_torch as import_torch
 
     return import_torch(module, example_args, dynamic_shapes, **options)
+
+
+def from_onnx(model: Any, input_types: Any = None) -> Any:
+    """Import an ONNX model (a file path or an onnx.ModelProto) as a graph (needs onnx; imported only here).
+    Inputs' `dim_param` names become symbolic dims; see docs/onnx.md."""
+    from dnet.frontend.onnx_import import from_onnx as import_onnx
+
+    return import_onnx(model, input_types)
 
 
 def load_dsl(path: Any, object: str | None = None, constants: Any = None, weights: Any = None,  # noqa: A002
