@@ -11,7 +11,8 @@ from dnet.cli.model_loading import load_model, parse_dims, parse_inputs
 from dnet.core.shapes import Dim, evaluate_shape
 from dnet.errors import DnetError
 
-MODEL_HELP = "a built-in name (minilm), FILE.py:NAME, FILE.dnet[:Object] or a directory from `dnet compile -o`"
+MODEL_HELP = ("a built-in name (minilm), FILE.py:NAME, FILE.dnet[:Object], FILE.onnx or a directory from "
+              "`dnet compile -o`")
 
 
 def _compile(ref: str, specs: tuple[str, ...], target: str, **options):

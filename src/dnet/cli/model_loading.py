@@ -4,6 +4,7 @@ A reference is one of:
   a built-in name      `minilm`                      (dnet.models)
   a Python file        `path/model.py:NAME`          (a Module, or a callable returning one)
   a DSL file           `path/model.dnet[:Object]`     (dnet.load_dsl)
+  an ONNX file         `path/model.onnx`              (dnet.from_onnx; its inputs' types come with it)
   a compiled artefact  a directory written by `dnet compile -o DIR`
 Input types are given as `NAME:DTYPE[d0,d1,...]` with symbolic dims by name: `x:f32[batch,seq,384]`.
 """
@@ -66,13 +67,17 @@ def load_model(ref: str) -> tuple[Any, dict[str, TensorType] | None]:
         import dnet
 
         return dnet.load_dsl(path, object=attr or None), None
+    if path.suffix == ".onnx":
+        import dnet
+
+        return dnet.from_onnx(path), None
     if path.is_dir():
         from dnet.graph.serialize import load
 
         return load(path), None
     known = ", ".join(sorted(builtins)) or "none yet"
     raise DnetError(f"cannot load model '{ref}'",
-                    hint=f"give a built-in name ({known}), FILE.py:NAME, FILE.dnet or a compiled directory")
+                    hint=f"give a built-in name ({known}), FILE.py:NAME, FILE.dnet, FILE.onnx or a compiled directory")
 
 
 def _load_python(path: Path, attr: str) -> Any:

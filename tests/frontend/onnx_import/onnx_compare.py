@@ -51,8 +51,13 @@ def assert_matches_ort(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], 
 
 
 def declare_output_shapes(proto: onnx.ModelProto, shapes: Sequence[tuple]) -> None:
-    """Fill in the outputs' shapes (the checker wants them; ORT ran without), as dnet then checks them."""
+    """Fill in the outputs' shapes (the checker wants them; ORT runs without), which dnet then checks;
+    a str is a named dim."""
     for out, shape in zip(proto.graph.output, shapes):
         out.type.tensor_type.shape.SetInParent()
         for size in shape:
-            out.type.tensor_type.shape.dim.add().dim_value = size
+            dim = out.type.tensor_type.shape.dim.add()
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size

@@ -90,8 +90,10 @@ def cnn(tmp_path_factory):
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
-    torch.onnx.export(module.eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}}, dynamo=False, opset_version=17)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}}, dynamo=False, opset_version=17)
     return str(path)
 
 

@@ -26,21 +26,21 @@ class Context:
     def tensor(self, x: Input, what: str = "input") -> Value:
         """`x` as a graph node (a static value is materialised once)."""
         if x is None:
-            raise UnsupportedOpError(f"{self.op_type}: {what} is required")
+            raise UnsupportedOpError(f"its {what} is required")
         if isinstance(x, Missing):
-            raise UnsupportedOpError(f"{self.op_type} uses {x.what}, which dnet does not compute")
+            raise UnsupportedOpError(f"it uses {x.what}, which dnet does not compute")
         return materialize(self.b, x) if isinstance(x, Static) else x
 
     def static(self, x: Input, what: str) -> Static:
         """`x`, which must be known at import time (a shape, axes, pads)."""
         if isinstance(x, Static):
             return x
-        raise UnsupportedOpError(f"{self.op_type}: {what} is computed from tensor data",
-                                 hint="dnet needs it known at import time (from shapes and constants)")
+        raise UnsupportedOpError(f"its {what} is computed from tensor data",
+                                 hint="dnet needs it known at import time, from shapes and constants")
 
     def ints(self, x: Input, what: str) -> list:
         """A static integer input as a list of ints and dims."""
-        return dims_of(self.static(x, what), f"{self.op_type} {what}")
+        return dims_of(self.static(x, what), f"its {what}")
 
     def axes(self, x: Input = None, default: Any = None) -> list | None:
         """Axes given as the `axes` attribute (older opsets) or as an input (newer ones)."""

@@ -13,7 +13,7 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def read_model(path: Path) -> onnx.ModelProto:
-    """The model in `path` (external weight files next to it are read too), checked by onnx's checker."""
+    """The model in `path` (external weight files next to it are read too)."""
     if not path.is_file():
         raise DnetError(f"no such ONNX file: {path}")
     try:
@@ -25,13 +25,10 @@ def read_model(path: Path) -> onnx.ModelProto:
 
 
 def check_model(model: onnx.ModelProto, source: str) -> None:
+    """A graph is there. (onnx.checker is stricter than ONNX Runtime, e.g. on outputs without a shape; the
+    importer finds what matters to it: names nothing defines, attributes a rule cannot read.)"""
     if not model.graph.node and not model.graph.output:
         raise DnetError(f"{source} holds no ONNX graph")
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid model"
-        raise DnetError(f"{source} is not a valid ONNX model: {first}") from None
 
 
 def opset_of(model: onnx.ModelProto, source: str) -> int:

@@ -69,7 +69,7 @@ def gather(ctx: Context, data: Input, indices: Input) -> Input:
     size = ctx.shape(data)[axis]
     if isinstance(indices, Static) and not indices.symbolic and indices.array.size and indices.array.min() < 0:
         if isinstance(size, Dim):
-            raise UnsupportedOpError("Gather: negative indices into a symbolic axis")
+            raise UnsupportedOpError("negative indices into a symbolic axis")
         indices = Static(np.where(indices.array < 0, indices.array + size, indices.array), indices.name)
     if isinstance(data, Static) and isinstance(indices, Static) and not indices.symbolic:
         return ctx.static_out(simplify(np.take(data.array, indices.array, axis=axis)))
@@ -92,7 +92,7 @@ def squeeze(ctx: Context, x: Input, axes: Input = None) -> Input:
     else:
         drop = {norm_axis(a, len(dims), "Squeeze", ctx.b.where) for a in picked}
     if any(dims[i] != 1 for i in drop):
-        raise ShapeError(f"Squeeze: axes {sorted(drop)} of {shape_str(dims)} are not all of size 1")
+        raise ShapeError(f"axes {sorted(drop)} of {shape_str(dims)} are not all of size 1")
     return _reshaped(ctx, x, [d for i, d in enumerate(dims) if i not in drop])
 
 
@@ -105,7 +105,7 @@ def reshape(ctx: Context, x: Input, target: Input) -> Input:
         known = numel(d for d in dims if not (isinstance(d, int) and d == -1))
         rest = exact_div(numel(src), known)
         if rest is None:
-            raise ShapeError(f"Reshape: cannot reshape {shape_str(src)} to {shape_str(dims)}")
+            raise ShapeError(f"cannot reshape {shape_str(src)} to {shape_str(dims)}")
         dims = [rest if isinstance(d, int) and d == -1 else d for d in dims]
     return _reshaped(ctx, x, dims)
 
@@ -168,7 +168,7 @@ def slice_(ctx: Context, data: Input, starts: Input, ends: Input, axes: Input = 
     lo_all, hi_all, st_all = [0] * rank, list(dims), [1] * rank
     for a, lo, hi, st in zip(picked, los, his, strides):
         if not isinstance(st, int) or st <= 0:
-            raise UnsupportedOpError(f"Slice: step {st} on a tensor (dnet slices with positive steps)")
+            raise UnsupportedOpError(f"step {st} on a tensor (dnet slices with positive steps)")
         lo_all[a], hi_all[a], st_all[a] = _bound(lo, dims[a]), _bound(hi, dims[a]), st
     return ctx.b.node(Op.SLICE, [ctx.tensor(data)], starts=tuple(lo_all), stops=tuple(hi_all), steps=tuple(st_all))
 
@@ -199,7 +199,7 @@ def range_(ctx: Context, start: Input, limit: Input, delta: Input) -> Input:
         return ctx.static_out(np.arange(*(a.item() for a in arrays), dtype=arrays[0].dtype))
     lo, hi, step = (a.reshape(-1)[0] for a in arrays)
     if isinstance(lo, Dim) or isinstance(step, Dim):
-        raise UnsupportedOpError("Range: a symbolic start or delta", hint="dnet's arange has a symbolic stop only")
+        raise UnsupportedOpError("a symbolic start or delta", hint="dnet's arange has a symbolic stop only")
     dtype = DType.I64 if arrays[0].dtype == object else DType.from_numpy(arrays[0].dtype)
     return ctx.b.arange(hi, int(lo), int(step), dtype)
 
@@ -215,7 +215,7 @@ def pad(ctx: Context, x: Input, pads: Input = None, value: Input = None, axes: I
     for i, a in enumerate(picked):
         per_axis[norm_axis(a, rank, "Pad", ctx.b.where)] = (amounts[i], amounts[i + len(picked)])
     if any(isinstance(p, int) and p < 0 for pair in per_axis for p in pair):
-        raise UnsupportedOpError("Pad: negative pads (cropping)")
+        raise UnsupportedOpError("negative pads (cropping)")
     fill = ctx.static(value, "value").array.reshape(-1)[0].item() if value is not None else ctx.attr("value", 0.0)
     return ctx.b.node(Op.PAD, [ctx.tensor(x)], pads=tuple(per_axis), value=fill)
 
