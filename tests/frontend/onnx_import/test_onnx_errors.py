@@ -102,3 +102,13 @@ def test_a_weight_of_a_dtype_dnet_lacks_is_named_when_used():
                   {"w": np.zeros(2, np.float64)})
     with pytest.raises(DTypeError, match="Add node 'add' .*value 'w' has dtype float64, which dnet does not compute"):
         dnet.from_onnx(proto)
+
+
+def test_without_the_onnx_package_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("dnet.frontend.onnx_import")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets when it is not installed
+    with pytest.raises(DnetError, match=r"dnet.from_onnx needs the onnx package \(pip install 'dnet\[onnx\]'\)"):
+        dnet.from_onnx("model.onnx")

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto  # noqa: E402
+from onnx import TensorProto, numpy_helper  # noqa: E402
 from onnx.helper import make_node as node  # noqa: E402
 from onnx_compare import assert_matches_ort, model  # noqa: E402
 
@@ -20,12 +20,12 @@ def f32(*shape, positive=False):
     return np.abs(x) + 0.1 if positive else x
 
 
-def _case(op, inputs: dict, attrs=None, n_in=None, out=TensorProto.FLOAT, opset=17, inits=None, outputs=1):
+def _case(op, inputs: dict, attrs=None, out=TensorProto.FLOAT, opset=17, inits=None, outputs=1):
     """One node `op` over graph inputs (name -> array) and initializers, read in that order."""
     inits = inits or {}
     names = list(inputs) + list(inits)
     outs = [f"y{i}" for i in range(outputs)]
-    nodes = [node(op, names[:n_in] if n_in else names, outs, **(attrs or {}))]
+    nodes = [node(op, names, outs, **(attrs or {}))]
     types = {n: (a.dtype, list(a.shape)) for n, a in inputs.items()}
     return model(nodes, types, {o: out for o in outs}, inits, opset), inputs
 
@@ -162,7 +162,7 @@ def test_cast_pad_range_and_constant_of_shape():
     rng_model, _ = _case("Range", {}, inits={"a": np.array(2, I64), "b": np.array(11, I64), "c": np.array(3, I64)},
                          out=TensorProto.INT64)
     assert_matches_ort(rng_model, {})
-    fill = {"value": __import__("onnx").numpy_helper.from_array(np.array([7], I64))}
+    fill = {"value": numpy_helper.from_array(np.array([7], I64))}
     assert_matches_ort(*_case("ConstantOfShape", {}, fill, inits={"s": np.array([2, 3], I64)},
                               out=TensorProto.INT64))
 
@@ -192,3 +192,11 @@ def test_batch_normalization_with_static_and_tensor_statistics():
     stats = {"s": f32(3), "b": f32(3), "m": f32(3), "v": f32(3, positive=True)}
     assert_matches_ort(*_case("BatchNormalization", {"x": f32(2, 3, 4, 5)}, {"epsilon": 1e-3}, inits=stats))
     assert_matches_ort(*_case("BatchNormalization", {"x": f32(2, 3, 4, 5), **stats}))
+
+
+def test_split_by_sizes_and_into_equal_parts_and_variadic_sum():
+    assert_matches_ort(*_case("Split", {"x": f32(2, 7)}, {"axis": -1}, inits={"s": np.array([2, 5], I64)},
+                              outputs=2))
+    assert_matches_ort(*_case("Split", {"x": f32(6, 3)}, outputs=3))
+    assert_matches_ort(*_case("Split", {"x": f32(7, 3)}, {"num_outputs": 3}, opset=18, outputs=3))
+    assert_matches_ort(*_case("Sum", {"a": f32(2, 3), "b": f32(3), "c": f32(2, 1)}))

@@ -19,6 +19,7 @@ class Context:
     opset: int
     attrs: dict[str, Any]
     output: str  # the node's first output name: folded values are materialised under it
+    n_outputs: int = 1
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)

@@ -81,7 +81,7 @@ def _build(b: GraphBuilder, node: onnx.NodeProto, env: dict, opset: int, source:
     while inputs and inputs[-1] is None:
         inputs.pop()
     attrs = {a.name: _attribute(a) for a in node.attribute}
-    ctx = Context(b, node.op_type, opset, attrs, node.output[0] if node.output else node.name)
+    ctx = Context(b, node.op_type, opset, attrs, node.output[0] if node.output else node.name, len(node.output))
     try:
         with b.at(_path(node.name)):
             out = RULES[node.op_type](ctx, *inputs)

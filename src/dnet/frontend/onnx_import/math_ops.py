@@ -224,7 +224,7 @@ def gemm(ctx: Context, a: Input, w: Input, c: Input = None) -> Input:
 
 
 RULES: dict[str, Rule] = {
-    "Add": elementwise(Op.ADD), "Sub": elementwise(Op.SUB), "Mul": elementwise(Op.MUL),
+    "Add": elementwise(Op.ADD), "Sum": elementwise(Op.ADD), "Sub": elementwise(Op.SUB), "Mul": elementwise(Op.MUL),
     "Div": elementwise(Op.DIV), "Pow": elementwise(Op.POW), "Max": elementwise(Op.MAX),
     "Min": elementwise(Op.MIN), "Equal": elementwise(Op.EQ), "Less": elementwise(Op.LT),
     "LessOrEqual": elementwise(Op.LE), "Greater": elementwise(Op.LT, swap=True),

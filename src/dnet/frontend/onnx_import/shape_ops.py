@@ -77,9 +77,9 @@ def gather(ctx: Context, data: Input, indices: Input) -> Input:
 
 
 def unsqueeze(ctx: Context, x: Input, axes: Input = None) -> Input:
-    dims = list(ctx.shape(x))
-    rank = len(dims) + len(ctx.axes(axes))
-    for a in sorted(norm_axis(a, rank, "Unsqueeze", ctx.b.where) for a in ctx.axes(axes)):
+    dims, picked = list(ctx.shape(x)), ctx.axes(axes)
+    rank = len(dims) + len(picked)
+    for a in sorted(norm_axis(a, rank, "Unsqueeze", ctx.b.where) for a in picked):
         dims.insert(a, 1)
     return _reshaped(ctx, x, dims)
 
@@ -173,6 +173,33 @@ def slice_(ctx: Context, data: Input, starts: Input, ends: Input, axes: Input = 
     return ctx.b.node(Op.SLICE, [ctx.tensor(data)], starts=tuple(lo_all), stops=tuple(hi_all), steps=tuple(st_all))
 
 
+def split(ctx: Context, x: Input, sizes: Input = None) -> tuple:
+    """Parts along an axis: sizes given (an input, or an attribute before opset 13) or equal parts, the last
+    one smaller when they do not divide evenly (opset 18's rule)."""
+    rank = ctx.rank(x)
+    axis = norm_axis(ctx.attr("axis", 0), rank, "Split", ctx.b.where)
+    total = ctx.shape(x)[axis]
+    parts = ctx.ints(sizes, "split") if sizes is not None else ctx.attr("split")
+    if parts is None:
+        n = ctx.attr("num_outputs", ctx.n_outputs)
+        size = exact_div(total, n)
+        if size is None and isinstance(total, Dim):
+            raise UnsupportedOpError(f"splitting a symbolic axis of size {total} into {n} parts")
+        size = size if size is not None else -(-total // n)
+        parts = [size] * (n - 1) + [total - size * (n - 1)]
+    outs, start = [], 0
+    for part in parts:
+        outs.append(_slice_axis(ctx, x, axis, start, start + part))
+        start = start + part
+    return tuple(outs)
+
+
+def _slice_axis(ctx: Context, x: Input, axis: int, lo: Any, hi: Any) -> Input:
+    if isinstance(x, Static) and isinstance(lo, int) and isinstance(hi, int):
+        return ctx.static_out(x.array[(slice(None),) * axis + (slice(lo, hi),)])
+    return ctx.b.slice(ctx.tensor(x), axis, lo, hi)
+
+
 def _bound(v: Any, size: Any) -> Any:
     """A slice bound in [0, size]: negative counts from the end, an open end is the size."""
     if isinstance(v, Dim):
@@ -209,14 +236,14 @@ def pad(ctx: Context, x: Input, pads: Input = None, value: Input = None, axes: I
     if mode != "constant":
         raise UnsupportedOpError(f"Pad mode '{mode}'", hint="dnet pads with a constant")
     rank = ctx.rank(x)
-    amounts = ctx.ints(pads, "pads") if pads is not None else list(ctx.attr("pads"))
+    amounts = ctx.ints(pads, "pads")
     picked = ctx.axes(axes) if axes is not None else list(range(rank))
     per_axis = [(0, 0)] * rank
     for i, a in enumerate(picked):
         per_axis[norm_axis(a, rank, "Pad", ctx.b.where)] = (amounts[i], amounts[i + len(picked)])
     if any(isinstance(p, int) and p < 0 for pair in per_axis for p in pair):
         raise UnsupportedOpError("negative pads (cropping)")
-    fill = ctx.static(value, "value").array.reshape(-1)[0].item() if value is not None else ctx.attr("value", 0.0)
+    fill = ctx.static(value, "value").array.reshape(-1)[0].item() if value is not None else 0
     return ctx.b.node(Op.PAD, [ctx.tensor(x)], pads=tuple(per_axis), value=fill)
 
 
@@ -224,5 +251,5 @@ RULES = {
     "Constant": constant, "Shape": shape, "Size": size, "Identity": identity, "Dropout": dropout, "Cast": cast,
     "Gather": gather, "Unsqueeze": unsqueeze, "Squeeze": squeeze, "Reshape": reshape, "Flatten": flatten,
     "Transpose": transpose, "Expand": expand, "Concat": concat, "Slice": slice_,
-    "ConstantOfShape": constant_of_shape, "Range": range_, "Pad": pad,
+    "ConstantOfShape": constant_of_shape, "Range": range_, "Pad": pad, "Split": split,
 }
