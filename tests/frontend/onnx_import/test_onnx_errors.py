@@ -74,6 +74,10 @@ def test_a_declared_output_shape_dnet_disagrees_with_is_an_error():
     declare_output_shapes(proto, [(2, 4)])  # Flatten(axis=0) is (1, 8)
     with pytest.raises(ShapeError, match=r"output 'y': dnet built \(1, 8\), the model declares \(2, 4\)"):
         dnet.from_onnx(proto)
+    proto = model([node("Relu", ["x"], ["y"])], X, ["y"])
+    declare_output_shapes(proto, [("batch", 5)])
+    with pytest.raises(ShapeError, match=r"dnet built \(batch, 4\), the model declares \(batch, 5\)"):
+        dnet.from_onnx(proto)
 
 
 def test_bad_files_are_named(tmp_path):

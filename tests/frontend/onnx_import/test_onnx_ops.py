@@ -139,6 +139,8 @@ def test_movement_ops():
     assert_matches_ort(*_case("Squeeze", {"x": f32(2, 1, 4, 1)}))
     assert_matches_ort(*_case("Concat", {"a": f32(2, 3), "b": f32(2, 1)}, {"axis": -1}))
     assert_matches_ort(*_case("Expand", {"x": f32(3, 1)}, inits={"s": np.array([2, 1, 4], I64)}))
+    assert_matches_ort(*_case("Shape", x, {"start": -2}, out=TensorProto.INT64))
+    assert_matches_ort(*_case("Size", x, out=TensorProto.INT64))
 
 
 def test_slice_with_negative_bounds_axes_and_steps():

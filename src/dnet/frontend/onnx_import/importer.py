@@ -119,15 +119,15 @@ def _located(err: DnetError, node: onnx.NodeProto, opset: int, source: str) -> D
 
 
 def _check_declared(b: GraphBuilder, out: onnx.ValueInfoProto, v: int, source: str) -> None:
-    """The output's declared dtype and fixed sizes must be what dnet built (named sizes are exporters' own)."""
-    tensor = out.type.tensor_type
-    built = b.graph.nodes[v].type
+    """The output's declared dtype and fixed sizes must be what dnet built (named sizes are the exporter's own)."""
+    tensor, built = out.type.tensor_type, b.graph.nodes[v].type
     if tensor.elem_type and dtype_of(tensor.elem_type, f"output '{out.name}'") != built.dtype:
         raise DTypeError(f"output '{out.name}': dnet built {built.dtype}, the model declares "
                          f"{dtype_of(tensor.elem_type, out.name)}", Location(source))
-    declared = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    if tensor.HasField("shape") and (len(declared) != len(built.shape) or any(
-            want is not None and isinstance(got, int) and not isinstance(got, Dim) and want != got
-            for want, got in zip(declared, built.shape))):
+    if not tensor.HasField("shape"):
+        return
+    declared = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tensor.shape.dim]
+    if len(declared) != len(built.shape) or any(
+            isinstance(want, int) and isinstance(got, int) and want != got for want, got in zip(declared, built.shape)):
         raise ShapeError(f"output '{out.name}': dnet built {shape_str(built.shape)}, the model declares "
-                         f"{shape_str(d if d is not None else '?' for d in declared)}", Location(source))
+                         f"({', '.join(map(str, declared))})", Location(source))

@@ -61,13 +61,13 @@ def _numeric_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _FOLDS: dict[Op, Callable] = {
-    Op.ADD: operator.add, Op.SUB: operator.sub, Op.MUL: operator.mul, Op.MOD: operator.mod,
+    Op.ADD: operator.add, Op.SUB: operator.sub, Op.MUL: operator.mul,
     Op.MAX: max, Op.MIN: min, Op.LT: operator.lt, Op.LE: operator.le,
     Op.AND: operator.and_, Op.OR: operator.or_,
 }
 _NUMPY_FOLDS: dict[Op, Callable] = {
     Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.DIV: _numeric_div, Op.POW: np.power,
-    Op.MOD: np.mod, Op.MAX: np.maximum, Op.MIN: np.minimum, Op.EQ: np.equal, Op.LT: np.less,
+    Op.MAX: np.maximum, Op.MIN: np.minimum, Op.EQ: np.equal, Op.LT: np.less,
     Op.LE: np.less_equal, Op.AND: np.logical_and, Op.OR: np.logical_or,
 }
 

@@ -42,7 +42,7 @@ def shape(ctx: Context, x: Input) -> Static:
 
 
 def size(ctx: Context, x: Input) -> Static:
-    return ctx.static_out(simplify(np.array(numel(ctx.shape(x)), dtype=object)))
+    return ctx.static_out(simplify(numel(ctx.shape(x))))
 
 
 def identity(ctx: Context, x: Input) -> Input:
