@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dnet.errors import UnsupportedOpError
+from dnet.frontend.onnx_import.values import Missing, Static, dims_of, materialize
 from dnet.graph.builder import GraphBuilder, Value
 from dnet.graph.ops import Op
-from dnet.frontend.onnx_import.values import Missing, Static, dims_of, materialize
 
-Input = Static | Value | None  # None: an optional input left out ('')
+Input = Static | Value | Missing | None  # None: an optional input left out ('')
 
 
 @dataclass
@@ -24,10 +24,10 @@ class Context:
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
 
-    def tensor(self, x: Input, what: str = "input") -> Value:
+    def tensor(self, x: Input) -> Value:
         """`x` as a graph node (a static value is materialised once)."""
         if x is None:
-            raise UnsupportedOpError(f"its {what} is required")
+            raise UnsupportedOpError("an input it needs is left out")
         if isinstance(x, Missing):
             raise UnsupportedOpError(f"it uses {x.what}, which dnet does not compute")
         return materialize(self.b, x) if isinstance(x, Static) else x
@@ -43,11 +43,11 @@ class Context:
         """A static integer input as a list of ints and dims."""
         return dims_of(self.static(x, what), f"its {what}")
 
-    def axes(self, x: Input = None, default: Any = None) -> list | None:
-        """Axes given as the `axes` attribute (older opsets) or as an input (newer ones)."""
+    def axes(self, x: Input = None) -> list | None:
+        """Axes given as the `axes` attribute (older opsets) or as an input (newer ones); None if neither."""
         if x is not None:
             return [int(a) for a in self.ints(x, "axes")]
-        axes = self.attr("axes", default)
+        axes = self.attr("axes")
         return None if axes is None else [int(a) for a in axes]
 
     def shape(self, x: Input) -> tuple:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import onnx
 from onnx import helper, numpy_helper
 
-from dnet.core.shapes import Dim, Sym, shape_str
+from dnet.core.shapes import Sym, shape_str
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, DTypeError, Location, ShapeError, UnsupportedOpError, did_you_mean
 from dnet.frontend.onnx_import.context import Context
