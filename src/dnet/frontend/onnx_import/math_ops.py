@@ -44,12 +44,11 @@ def _int_div(a, b):
     return q if (a >= 0) == (b >= 0) else -q
 
 
-def _fold(fn: Callable, *arrays: np.ndarray) -> np.ndarray | None:
-    """fn over static arrays (element by element for dims); None when it cannot be decided now."""
-    if all(a.dtype != object for a in arrays):
-        return fn(*arrays)
+def _fold_dims(fn: Callable, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """fn element by element over arrays holding dims (numpy hands it Python ints and `Dim`s);
+    None when the answer depends on a symbol's value (or `Dim` has no such operation)."""
     try:
-        return simplify(np.asarray(np.vectorize(fn, otypes=[object])(*arrays)))
+        return simplify(np.vectorize(fn, otypes=[object])(a, b))
     except (_Undecided, TypeError):
         return None
 
@@ -95,7 +94,7 @@ def _fold_binary(op: Op, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     if a.dtype != object and b.dtype != object:
         return np.asarray(_NUMPY_FOLDS[op](a, b)) if op in _NUMPY_FOLDS else None
     fn = {Op.EQ: _equal, Op.DIV: _int_div, **_FOLDS}.get(op)
-    return None if fn is None else _fold(fn, a, b)
+    return None if fn is None else _fold_dims(fn, a, b)
 
 
 def unary(op: Op) -> Rule:
