@@ -111,3 +111,45 @@ def test_cnn_matches_onnx_runtime_at_two_batch_sizes(cnn, target, tmp_path):
         (want,), (got,) = ort_run(cnn, {"x": x}), dnet_run(exe, {"x": x})
         assert got.shape == want.shape == (batch, 5)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _decoder(kind: str):
+    """A 2-layer decoder from a transformers config with seeded random weights (no download)."""
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0))
+    else:  # grouped-query attention, rotary positions, RMS norm, SiLU
+        model = LlamaModel(LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                       num_key_value_heads=2, intermediate_size=128, vocab_size=100,
+                                       max_position_embeddings=64, bos_token_id=0, eos_token_id=0))
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, mask):
+            return self.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    return Hidden().eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_causal_decoders_exported_by_torch_match_onnx_runtime(kind, tmp_path):
+    path = str(tmp_path / f"{kind}.onnx")
+    ids = torch.zeros((1, 8), dtype=torch.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_decoder(kind), (ids, torch.ones_like(ids)), path, input_names=["ids", "mask"],
+                          output_names=["h"], dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("ids", "mask")},
+                          dynamo=False, opset_version=17)
+    exe = dnet.compile(dnet.from_onnx(path))
+    for batch, seq in ((1, 5), (2, 9)):
+        rng = np.random.default_rng(seq)
+        feeds = {"ids": rng.integers(0, 100, (batch, seq)), "mask": np.ones((batch, seq), np.int64)}
+        feeds["mask"][-1, seq // 2:] = 0
+        (want,), (got,) = ort_run(path, feeds), dnet_run(exe, feeds)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
