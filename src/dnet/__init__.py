@@ -7,6 +7,7 @@ from dnet.errors import DnetError
 from dnet.frontend import functional, tensor_methods  # noqa: F401 - attaches Tensor's methods
 from dnet.frontend import nn
 from dnet.frontend.module import Module, ModuleList, Parameter, Sequential
+from dnet.graph.ir import Graph
 from dnet.objects.ir import ObjectModule
 from dnet.topology import Topology
 from dnet import models  # noqa: E402 - models are written with the names above
@@ -25,7 +26,7 @@ def from_torch(module: Any, example_args: Any, dynamic_shapes: Any = None, **opt
     return import_torch(module, example_args, dynamic_shapes, **options)
 
 
-def from_onnx(model: Any, input_types: Any = None) -> Any:
+def from_onnx(model: Any, input_types: Any = None) -> Graph:
     """Import an ONNX model (a file path or an onnx.ModelProto) as a graph (needs onnx; imported only here).
     Inputs' `dim_param` names become symbolic dims; see docs/onnx.md."""
     from dnet.frontend.onnx_import import from_onnx as import_onnx
