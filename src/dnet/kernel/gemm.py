@@ -16,7 +16,7 @@ from dnet.graph.ir import Graph
 from dnet.graph.ops import Op
 from dnet.hardware import Host
 from dnet.kernel import index as ix
-from dnet.kernel.ir import Binary, Cast, Gemm, GemmTile, Kernel, Load, Operand, Ref
+from dnet.kernel.ir import Binary, Cast, Gemm, GemmTile, Im2col, Kernel, Load, Operand, Ref
 from dnet.kernel.lower import KernelBuilder, Materialize, V, _finish
 
 SCRATCH = -2   # the parameter id of a Gemm's packing workspace
@@ -145,7 +145,9 @@ def readable(graph: Graph, nid: int, right: bool, materialized: set[int], users)
 
 
 def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
-    """The kernel computing `root`, an element-wise function of matmul `mm` (or `mm` itself)."""
+    """The kernel computing `root`, an element-wise function of matmul or convolution `mm` (or `mm` itself)."""
+    if graph.nodes[mm].op is Op.CONV2D:
+        return _lower_conv(graph, root, mm, materialized, users, tile)
     node = graph.nodes[mm]
     a_id, b_id = node.inputs
     views = [operand_view(graph, x, materialized, users) for x in (a_id, b_id)]
@@ -155,9 +157,7 @@ def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, 
     for x, view in zip((a_id, b_id), views):
         if view is None:
             raise Materialize(x, "a matmul operand must be a strided view of a buffer")
-    builder = KernelBuilder(graph, materialized - {root}, users)
-    builder.flat = True
-    builder.params[root] = "out"
+    builder = _builder(graph, root, materialized, users)
     pa = builder.param(views[0][0])
     b_shape = graph.nodes[b_id].shape
     packed = packable(graph, views[1], b_shape)
@@ -173,24 +173,93 @@ def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, 
     # fold batch axes into the rows where b is shared and a's rows run on into the next batch
     while batch and b.batch_strides[len(batch) - 1] == 0 and a.batch_strides[len(batch) - 1] == m * a.row_stride:
         m = m * batch.pop()
-    a = Operand(a.buffer, a.dtype, a.offset, a.batch_strides[:len(batch)], a.row_stride, a.col_stride)
+    a = replace(a, batch_strides=a.batch_strides[:len(batch)])
     b = replace(b, batch_strides=b.batch_strides[:len(batch)])
-    names = [builder.fresh("b") for _ in batch] + [builder.fresh("i"), builder.fresh("j")]
-    bounds = list(batch) + [m, node.shape[-1]]
-    for n, d in zip(names, bounds):
-        builder.var_depth[n], builder.bounds[n] = 0, d
+    names = _axes(builder, list(batch) + [m, node.shape[-1]])
     row = Sym(names[-2])
     folded = node.shape[len(batch):-2]
     rows = ix.delinearize(row, tuple(folded) + (node.shape[-2],), builder.bounds) if folded else (row,)
     idx = tuple(Sym(n) for n in names[:-2]) + tuple(rows) + (Sym(names[-1]),)
+    return _gemm_kernel(builder, mm, root, Gemm(tuple(batch), m, node.shape[-1], graph.nodes[a_id].shape[-1],
+                                                a, b, "out", graph.nodes[root].dtype, tuple(names), None, (),
+                                                "", tile), idx)
+
+
+def is_fast_conv(graph: Graph, nid: int) -> bool:
+    """An f32 convolution without groups: a Gemm of its weight and its input's im2col matrix."""
+    node = graph.nodes[nid]
+    return node.op is Op.CONV2D and node.dtype is DType.F32 and node.attrs["groups"] == 1
+
+
+def is_gemm(graph: Graph, nid: int) -> bool:
+    return is_fast_matmul(graph, nid) or is_fast_conv(graph, nid)
+
+
+def conv_weight_ok(graph: Graph, nid: int, materialized: set[int], users) -> bool:
+    """A convolution's weight must lie contiguous (OIHW): it is read as an O x (I*H*W) matrix."""
+    view = operand_view(graph, nid, materialized, users)
+    shape = graph.nodes[nid].shape
+    return view is not None and list(view[2]) == list(_contiguous(shape))
+
+
+def _contiguous(shape: tuple) -> tuple:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step = step * d
+    return tuple(reversed(strides))
+
+
+def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
+    """out[n, o, (oh, ow)] = sum over k = (c, y, z) of w[o, k] * im2col(x[n])[k, (oh, ow)]: one Gemm per
+    batch item, the im2col gather done while b is packed into panels (no im2col matrix in memory)."""
+    node = graph.nodes[conv]
+    x_id, w_id = node.inputs
+    xv = operand_view(graph, x_id, materialized, users)
+    if xv is None:
+        raise Materialize(x_id, "a convolution's input must be a strided view of a buffer")
+    if not conv_weight_ok(graph, w_id, materialized, users):
+        raise Materialize(w_id, "a convolution's weight must be contiguous")
+    builder = _builder(graph, root, materialized, users)
+    wv = operand_view(graph, w_id, materialized, users)
+    n_, o, oh, ow = node.shape
+    _, c, kh, kw = graph.nodes[w_id].shape
+    _, _, h, w = graph.nodes[x_id].shape
+    top, left, _, _ = node.attrs["padding"]
+    geometry = Im2col(h, w, (kh, kw), tuple(node.attrs["stride"]), tuple(node.attrs["dilation"]), (top, left), ow,
+                      tuple(xv[2][1:]))
+    a = Operand(builder.param(wv[0]), DType.F32, wv[1], (0,), c * kh * kw, 1)
+    b = Operand(builder.param(xv[0]), DType.F32, xv[1], (xv[2][0],), 0, 0, im2col=geometry)
+    names = _axes(builder, [n_, o, oh * ow])
+    pixel = ix.delinearize(Sym(names[2]), (oh, ow), builder.bounds)
+    idx = (Sym(names[0]), Sym(names[1])) + tuple(pixel)
+    return _gemm_kernel(builder, conv, root, Gemm((n_,), o, oh * ow, c * kh * kw, a, b, "out",
+                                                  graph.nodes[root].dtype, tuple(names), None, (), "", tile), idx)
+
+
+def _builder(graph: Graph, root: int, materialized: set[int], users) -> KernelBuilder:
+    builder = KernelBuilder(graph, materialized - {root}, users)
+    builder.flat = True
+    builder.params[root] = "out"
+    return builder
+
+
+def _axes(builder: KernelBuilder, bounds: list) -> list[str]:
+    """Fresh names for the Gemm's batch, row and column variables, with their bounds."""
+    names = [builder.fresh("b") for _ in bounds[:-2]] + [builder.fresh("i"), builder.fresh("j")]
+    for n, d in zip(names, bounds):
+        builder.var_depth[n], builder.bounds[n] = 0, d
+    return names
+
+
+def _gemm_kernel(builder: KernelBuilder, mm: int, root: int, gemm: Gemm, idx: tuple) -> Kernel:
+    """`gemm` (its epilogue still to fill) as the kernel computing `root`; `idx` is where element
+    (batch..., i, j) of the product lies in node `mm`'s own index space."""
     builder.cache[(mm, idx)] = V(Ref("acc", DType.F32), 0)
     epilogue = builder.value(root, idx).expr
-    if not packed:
-        builder.param(SCRATCH)
-    gemm = Gemm(tuple(batch), m, node.shape[-1], graph.nodes[a_id].shape[-1],
-                a, b, "out", graph.nodes[root].dtype, tuple(names), epilogue,
-                tuple(builder.scopes[0].stmts), "" if packed else builder.params[SCRATCH], tile)
-    return _finish(builder, graph.nodes[root], (gemm,))
+    scratch = "" if gemm.b.packed else builder.param(SCRATCH)
+    gemm = replace(gemm, epilogue=epilogue, epilogue_lets=tuple(builder.scopes[0].stmts), scratch=scratch)
+    return _finish(builder, builder.graph.nodes[root], (gemm,))
 
 
 def scratch_elements(gemm: Gemm):

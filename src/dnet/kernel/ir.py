@@ -140,6 +140,21 @@ class Reduce:
 
 
 @dataclass(frozen=True)
+class Im2col:
+    """A convolution's input read as a Gemm's right operand: row k = (c, y, z) (channel, kernel row and
+    column), column j = (oh, ow) (output pixel); the element is x[c, oh*sh + y*dh - top, ow*sw + z*dw - left],
+    0 outside the image. `strides` are x's along c, h and w."""
+    height: Index
+    width: Index
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int]           # top, left
+    out_width: Index
+    strides: tuple[Index, Index, Index]
+
+
+@dataclass(frozen=True)
 class Operand:
     """A strided matrix operand of a Gemm: element (b..., i, j) at offset + sum(strides * idx)."""
     buffer: str
@@ -150,6 +165,7 @@ class Operand:
     col_stride: Index
     packed: bool = False     # a weight pre-packed at load time into the Gemm's panel layout
     scale: str = ""          # int8 operands: f32 scales per column (packed, padded to whole panels)
+    im2col: Im2col | None = None   # a convolution's input, gathered into the panels as it is packed
 
 
 @dataclass(frozen=True)

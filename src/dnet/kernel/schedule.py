@@ -5,14 +5,15 @@ The rules, in order:
    pools are computed by kernels of their own (the kernel's *root*).
 2. Movement ops never get a buffer of their own: they are index arithmetic in
    whichever kernel reads them. A matmul operand that is not a strided view of a
-   buffer gets one.
+   buffer gets one (so does a convolution's input; its weight must be contiguous).
 3. Every other op is inlined into each kernel that reads it, unless two kernels read
    it (it would be computed twice): then it gets a buffer and a kernel of its own.
 4. A reduction inlined into a kernel runs once per output row, before the element-wise
    loop that uses it: softmax and layer norm become one kernel each. Where inlining
    would recompute a reduction, lowering says so and it gets a buffer (and we retry).
-5. A matmul read by one element-wise kernel and nothing else becomes that kernel: the
-   element-wise ops run as its epilogue (bias + GELU, residual adds).
+5. A matmul or an f32 convolution (without groups: a Gemm over its im2col matrix) read
+   by one element-wise kernel and nothing else becomes that kernel: the element-wise ops
+   run as its epilogue (bias + GELU, residual adds, bias + ReLU).
 """
 from __future__ import annotations
 
@@ -83,6 +84,14 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
                     if x not in mat and not gm.readable(graph, x, bool(right), mat, users):
                         mat.add(first_computed(graph, x, mat))
                         changed = True
+            elif gm.is_fast_conv(graph, n.id):
+                x, w = n.inputs
+                if x not in mat and gm.operand_view(graph, x, mat, users) is None:
+                    mat.add(first_computed(graph, x, mat))
+                    changed = True
+                if w not in mat and not gm.conv_weight_ok(graph, w, mat, users):
+                    mat.add(w)   # a buffer of its own is contiguous
+                    changed = True
         owners = _owners(graph, mat)
         for n in graph.nodes:
             if n.id in mat or n.op.cls in _INLINE or n.op in _FREE:
@@ -112,7 +121,7 @@ def _owners(graph: Graph, mat: set[int]) -> dict[int, set[int]]:
 
 def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int) -> int | None:
     """The root whose kernel could run matmul `mm` with its ops as an epilogue."""
-    if not gm.is_fast_matmul(graph, mm) or mm in graph.outputs or len(users[mm]) != 1:
+    if not gm.is_gemm(graph, mm) or mm in graph.outputs or len(users[mm]) != 1:
         return None
     user = users[mm][0]
     roots = {user} if user in mat else owners.get(user, set())
@@ -153,7 +162,7 @@ def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, t
     mm = epilogues.get(root)
     if mm is not None:
         return gm.lower_gemm(graph, root, mm, mat - {mm}, users, tile)
-    if gm.is_fast_matmul(graph, root):
+    if gm.is_gemm(graph, root):
         return gm.lower_gemm(graph, root, root, mat, users, tile)
     return reuse_reduced_values(lower_elementwise(graph, root, mat, users))
 

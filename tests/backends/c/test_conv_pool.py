@@ -1,11 +1,14 @@
 """Convolution and pooling (padding, stride, dilation, groups) against the reference backend."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ops import Op
+from dnet.kernel.ir import Gemm
 
 from c_support import assert_matches_reference
 
@@ -34,3 +37,45 @@ def test_conv_and_pools_match_reference(cnn, seed):
     graph, runner = cnn
     x = np.random.default_rng(seed).standard_normal((2, 4, 11, 9)).astype(np.float32)
     assert_matches_reference(runner, graph, {"x": x}, rtol=1e-5, atol=1e-5)
+
+
+def _conv_graph(rng, c, o, k, stride, dilation, padding, hw, epilogue=True):
+    g = GraphBuilder()
+    x = g.input("x", TensorType(("n", c, *hw), DType.F32))
+    w = g.const("w", rng.standard_normal((o, c, *k)).astype(np.float32))
+    y = g.node(Op.CONV2D, [x, w], stride=stride, padding=padding, dilation=dilation, groups=1)
+    if epilogue:   # bias + ReLU: the gemm's epilogue
+        bias = g.const("bias", rng.standard_normal((1, o, 1, 1)).astype(np.float32))
+        y = g.elementwise(Op.MAX, g.elementwise(Op.ADD, y, bias), 0.0)
+    g.output("y", y)
+    return g.finish()
+
+
+@settings(max_examples=12, deadline=None)
+@given(c=st.integers(1, 9), o=st.integers(1, 40), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       padding=st.tuples(*[st.integers(0, 2)] * 4), n=st.integers(1, 3), seed=st.integers(0, 99))
+def test_convolutions_run_as_a_gemm_and_match_the_reference(compile_c, c, o, kh, kw, stride, dilation, padding, n,
+                                                            seed):
+    rng = np.random.default_rng(seed)
+    h, w = 9 + kh * dilation[0], 8 + kw * dilation[1]
+    graph = _conv_graph(rng, c, o, (kh, kw), stride, dilation, padding, (h, w))
+    runner = compile_c(graph, threads=2)
+    (kernel,) = runner.compiled.kernels.values()     # conv, bias and ReLU: one gemm kernel
+    assert isinstance(kernel.body[0], Gemm) and kernel.body[0].b.im2col is not None
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    assert_matches_reference(runner, graph, {"x": x}, rtol=1e-4, atol=1e-4)
+
+
+def test_a_strided_input_view_and_symbolic_image_sizes(compile_c, rng):
+    """The input a transposed view (NHWC buffer read as NCHW), height and width symbolic."""
+    g = GraphBuilder()
+    nhwc = g.input("x", TensorType(("n", "h", "w", 5), DType.F32))
+    w = g.const("w", rng.standard_normal((7, 5, 3, 3)).astype(np.float32))
+    g.output("y", g.node(Op.CONV2D, [g.permute(nhwc, (0, 3, 1, 2)), w], stride=(1, 2), padding=(1, 1, 1, 1),
+                         dilation=(1, 1), groups=1))
+    graph = g.finish()
+    runner = compile_c(graph, threads=3)
+    for shape in ((1, 6, 7, 5), (2, 13, 4, 5)):
+        assert_matches_reference(runner, graph, {"x": rng.standard_normal(shape).astype(np.float32)},
+                                 rtol=1e-4, atol=1e-4)

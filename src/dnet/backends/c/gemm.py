@@ -70,6 +70,42 @@ static void dn_pack_b_panels_{sfx}(int64_t k, int64_t n, int64_t p0, int64_t p1,
     }}
 }}
 
+/* a convolution's input x (one image) read as its im2col matrix (row k = (c, y, z), column j = (oh, ow)),
+   panels [p0, p1) packed like dn_pack_b_panels; pixels outside the image are 0. Per row k, the columns
+   run along output rows: each output row reads one input row, from column q * sw + z * dw - left,
+   which is inside the image for q in [qlo, qhi) (so the copy loop has no test per element). */
+static void dn_pack_im2col_{sfx}(int64_t k, int64_t n, int64_t p0, int64_t p1, const float* x, int64_t h,
+                                 int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                                 int64_t top, int64_t left, int64_t ow, int64_t xc, int64_t xh, int64_t xw,
+                                 float* dst) {{
+    const int64_t j1 = p1 * {nr} < n ? p1 * {nr} : n, step = sw * xw;
+    for (int64_t kk = 0; kk < k; ++kk) {{
+        const int64_t c = kk / (kh * kw), y = kk / kw % kh, off = kk % kw * dw - left;
+        const int64_t qlo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+        int64_t qhi = w - off <= 0 ? 0 : (w - off + sw - 1) / sw;
+        qhi = qhi < ow ? qhi : ow;
+        int64_t j = p0 * {nr}, r = j / ow, q = j % ow;
+        while (j < j1) {{   /* one output row (or the part of it in these panels) */
+            const int64_t hh = r * sh + y * dh - top, end = j + (ow - q) < j1 ? j + (ow - q) : j1;
+            const float* row = hh >= 0 && hh < h ? x + c * xc + hh * xh + off * xw : 0;
+            while (j < end) {{   /* to the end of the row or of the panel */
+                const int64_t stop = end - j < {nr} - j % {nr} ? end : j + {nr} - j % {nr}, q1 = q + stop - j;
+                float* d = dst + j / {nr} * {nr} * k + kk * {nr} + j % {nr};
+                const int64_t a = row ? (qlo > q ? (qlo < q1 ? qlo : q1) : q) : q1;
+                const int64_t b = row ? (qhi < q1 ? (qhi > a ? qhi : a) : q1) : q1;
+                for (; q < a; ++q) *d++ = 0.0f;
+                if (step == 1) for (; q < b; ++q) *d++ = row[q];
+                else for (; q < b; ++q) *d++ = row[q * step];
+                for (; q < q1; ++q) *d++ = 0.0f;
+                j = stop;
+            }}
+            q = 0;
+            ++r;
+        }}
+        for (; j < p1 * {nr}; ++j) dst[j / {nr} * {nr} * k + kk * {nr} + j % {nr}] = 0.0f;   /* past the last pixel */
+    }}
+}}
+
 /* rows [0, mc) x depth [0, kc) of a -> slivers of {mr} rows: sliver s holds kc columns of {mr} floats */
 static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, int64_t cs, float* dst) {{
     if (cs == 1) {{   /* row-major a: {mr} rows read side by side, each sliver written in order */
@@ -218,8 +254,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {   /* groups of 8 panels */",
                 "    const int64_t g_groups = (g_panels + 7) / 8, g_bb = g_flat / g_groups, g_p = g_flat % g_groups * 8;",
                 *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
-                f"    dn_pack_b_panels_{sfx}(g_K, g_N, g_p, g_p + 8 < g_panels ? g_p + 8 : g_panels, "
-                f"{g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, {ix(g.b.col_stride)}, "
+                f"    {_pack_b_call(g, sfx, ix)}"
                 f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
                 "}"]
         out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
@@ -272,6 +307,17 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         task.append("                }")
     task += ["            }", "        }", "        }", "    }", "}"]
     return out + r.outline(task, "g_NB * g_tasks", "1", pad)
+
+
+def _pack_b_call(g: Gemm, sfx: str, ix) -> str:
+    """The call packing panels [g_p, g_p + 8) of b (all but the destination argument)."""
+    panels = "g_K, g_N, g_p, g_p + 8 < g_panels ? g_p + 8 : g_panels"
+    c = g.b.im2col
+    if c is None:
+        return f"dn_pack_b_panels_{sfx}({panels}, {g.b.buffer} + g_off_b, {ix(g.b.row_stride)}, {ix(g.b.col_stride)}, "
+    geometry = ", ".join(ix(v) for v in (c.height, c.width, *c.kernel, *c.stride, *c.dilation, *c.pad, c.out_width,
+                                          *c.strides))
+    return f"dn_pack_im2col_{sfx}({panels}, {g.b.buffer} + g_off_b, {geometry}, "
 
 
 def _ukernel_calls(direct: bool, direct_call: str, packed_call: str, rest: str) -> list[str]:
