@@ -15,7 +15,7 @@ import click
 from dnet.cli.main import cli
 from dnet.errors import DnetError
 
-BENCHMARKS = {"minilm": "minilm.py", "matmul": "matmul.py"}
+BENCHMARKS = {"minilm": "minilm.py", "matmul": "matmul.py", "conv": "conv.py"}
 
 
 def _benchmarks_dir() -> Path:
@@ -32,7 +32,7 @@ def _benchmarks_dir() -> Path:
 @click.option("--threads", type=int, default=None, help="threads for every framework (default: all cores)")
 @click.option("--repeats", type=int, default=5, show_default=True, help="runs per round; medians are reported")
 def bench(which: str, threads: int | None, repeats: int) -> None:
-    """Benchmark dnet's C backend: MiniLM latency vs ONNX Runtime and PyTorch, or matmul GFLOP/s."""
+    """Benchmark dnet's C backend: MiniLM latency vs ONNX Runtime and PyTorch, or matmul or conv GFLOP/s."""
     script = _benchmarks_dir() / BENCHMARKS[which]
     argv = [str(script), "--repeats", str(repeats)] + (["--threads", str(threads)] if threads else [])
     saved = sys.argv
