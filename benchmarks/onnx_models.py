@@ -1,0 +1,102 @@
+"""Models that arrive as ONNX files: dnet (`dnet.from_onnx`, C backend) vs ONNX Runtime on the same file.
+
+    .venv/bin/python benchmarks/onnx_models.py [--threads N] [--batches 1 8]
+
+all-MiniLM-L6-v2 exported from PyTorch (as benchmarks/minilm.py does, sequence 128) and a
+ResNet-style CNN (stem, four stages of residual 3x3 blocks, global pooling, a classifier;
+random weights, batch-norm folded by the exporter) at 224 x 224. Both runtimes read the
+same .onnx file, use the same thread count, and get the same inputs; latencies are
+medians of interleaved runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import interleaved_medians, pin_threads, table  # noqa: E402
+
+
+def resnet_like():
+    import torch
+    from torch import nn
+
+    def block(c_in, c_out, stride):
+        body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                             nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out))
+        skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride)
+        return body, skip
+
+    class Block(nn.Module):
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.body, self.skip = block(c_in, c_out, stride)
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          Block(64, 64, 1), Block(64, 128, 2), Block(128, 256, 2), Block(256, 512, 2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+    return model.eval()
+
+
+def export(model, args, path: Path, names: list[str], dynamic: dict) -> Path:
+    import torch
+
+    with torch.inference_mode():
+        torch.onnx.export(model, args, str(path), input_names=names, output_names=["out"], dynamic_axes=dynamic,
+                          opset_version=17, dynamo=False)
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    from dnet.hardware import detect
+
+    threads = args.threads or detect().cores
+    pin_threads(threads)
+    import numpy as np
+    import torch
+
+    import dnet
+    from minilm import export_onnx, onnx_session, torch_model
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = [["model", "batch", "dnet-c ms", "onnxruntime ms", "dnet / ort", "max |dnet - ort|"]]
+    with tempfile.TemporaryDirectory(prefix="dnet-onnx-") as tmp:
+        tmp = Path(tmp)
+        cnn = export(resnet_like(), (torch.zeros(1, 3, 224, 224),), tmp / "cnn.onnx", ["image"],
+                     {"image": {0: "batch"}, "out": {0: "batch"}})
+        models = {"all-MiniLM-L6-v2": export_onnx(torch_model(), tmp / "minilm.onnx"), "resnet-like CNN": cnn}
+        for name, path in models.items():
+            exe = dnet.compile(dnet.from_onnx(path), target="c", threads=threads)
+            ort = onnx_session(path, threads, True)
+            for batch in args.batches:
+                if name == "resnet-like CNN":
+                    feeds = {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+                else:
+                    ids = rng.integers(1000, 20000, (batch, 128))
+                    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+                    feeds = {k: v for k, v in feeds.items() if k in exe.graph.input_names}
+                ort_feeds = {i.name: feeds[i.name] for i in ort.get_inputs()}
+                err = float(np.abs(exe.run(feeds)[exe.graph.output_names[0]] - ort.run(None, ort_feeds)[0]).max())
+                t = interleaved_medians({"dnet": lambda: exe.run(feeds), "ort": lambda: ort.run(None, ort_feeds)},
+                                        args.repeats)
+                rows.append([name, str(batch), f"{t['dnet'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
+                             f"{t['dnet'] / t['ort']:.2f}", f"{err:.1e}"])
+    print(f"the same .onnx file in dnet (from_onnx, C backend) and ONNX Runtime, {threads} threads, "
+          f"{detect().summary()}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
