@@ -10,6 +10,10 @@ stays in L1, and the first sliver's pass prefetches the next b sliver into L2 (w
 come from memory at batch 1). Tasks are (batch, row block, column chunk); with few
 rows the columns are split first, so each thread streams only its own part of b. Each
 tile gets its epilogue the moment its last k block is written, while it is in L1.
+
+Two kinds of b besides a strided matrix: int8 weights, kept packed as int8 and widened
+(times their per-column scales) one L2 block at a time into a thread's workspace; and a
+convolution's input, whose im2col matrix is gathered straight into the panels.
 """
 from __future__ import annotations
 
