@@ -1,10 +1,12 @@
-"""Matmul kernels: strided operands, register/cache tiles for the host, fused epilogues.
+"""Matmul and convolution kernels: strided operands, register/cache tiles for the host, fused epilogues.
 
 An f32 matmul whose operands are strided views of buffers (transposes and batch
 broadcasts included) becomes one `Gemm` statement. The element-wise ops that consume
 only its result (bias, GELU, a residual add, a cast) become its epilogue, applied to
 each register tile as it is written. A constant right-hand operand is packed once,
-at load time, into the panel layout of the micro-kernel.
+at load time, into the panel layout of the micro-kernel; an int8 one (`f32(q) * s`,
+from `graph.passes.quantize`) stays int8 with its per-column scales. An f32
+convolution without groups is a Gemm of its weight and its input's im2col matrix.
 """
 from __future__ import annotations
 
