@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import dnet
 from dnet.cluster.coordinator import Answer
 from dnet.cluster.measure import summarize
 from dnet.cluster.session import compile_distributed

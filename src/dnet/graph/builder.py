@@ -17,7 +17,7 @@ from dnet.core.types import TensorType
 from dnet.errors import ShapeError, WeightError
 from dnet.graph.infer import infer, norm_axis
 from dnet.graph.ir import Graph, Node
-from dnet.graph.ops import Op, OpClass
+from dnet.graph.ops import Op
 
 
 

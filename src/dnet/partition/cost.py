@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dnet.core.dtypes import DType
-from dnet.graph.analysis import Env, evaluate, node_cost, value_bytes
-from dnet.graph.ir import Graph, Node
+from dnet.graph.analysis import Env, node_cost
+from dnet.graph.ir import Graph
 from dnet.graph.ops import Op, OpClass
 from dnet.topology.model import Device
 
