@@ -31,6 +31,7 @@ from dnet.kernel.reuse import reuse_reduced_values
 _ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL)
 _INLINE = (OpClass.MOVEMENT,)
 _FREE = (Op.FULL, Op.ARANGE)
+_ELEMENTWISE = (OpClass.UNARY, OpClass.BINARY, OpClass.TERNARY, OpClass.CAST)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ def schedule(graph: Graph, host: Host | None = None) -> Schedule:
 def _initial(graph: Graph, users) -> set[int]:
     mat = {n.id for n in graph.nodes if n.op in (Op.INPUT, Op.CONST) or n.op.cls in _ALWAYS}
     mat |= set(graph.outputs)
+    # a pool reads each input element once per window that covers it: an element-wise op feeding it
+    # (a convolution's bias and ReLU) gets a buffer, computed once, rather than inlined into every window
+    mat |= {n.inputs[0] for n in graph.nodes if n.op.cls is OpClass.POOL
+            and graph.nodes[n.inputs[0]].op.cls in _ELEMENTWISE}
     return mat
 
 
@@ -129,7 +134,7 @@ def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int)
         return None
     (root,) = roots
     same = graph.nodes[root].shape == graph.nodes[mm].shape and graph.nodes[root].dtype is DType.F32
-    pointwise = graph.nodes[root].op.cls in (OpClass.UNARY, OpClass.BINARY, OpClass.TERNARY, OpClass.CAST)
+    pointwise = graph.nodes[root].op.cls in _ELEMENTWISE
     return root if same and pointwise else None
 
 

@@ -79,3 +79,24 @@ def test_a_strided_input_view_and_symbolic_image_sizes(compile_c, rng):
     for shape in ((1, 6, 7, 5), (2, 13, 4, 5)):
         assert_matches_reference(runner, graph, {"x": rng.standard_normal(shape).astype(np.float32)},
                                  rtol=1e-4, atol=1e-4)
+
+
+def test_bias_and_relu_before_a_pool_run_once_in_the_convolutions_epilogue(compile_c, rng):
+    """Inlined into the pool, bias and ReLU would run once per window covering an element (2.25 times
+    for 3x3/2); they get a buffer instead, which makes them the convolution's epilogue."""
+    from dnet.kernel.ir import Ref
+
+    g = GraphBuilder()
+    x = g.input("x", TensorType(("n", 3, 20, 18), DType.F32))
+    w = g.const("w", rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    y = g.node(Op.CONV2D, [x, w], stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    bias = g.const("b", rng.standard_normal((1, 8, 1, 1)).astype(np.float32))
+    y = g.elementwise(Op.MAX, g.elementwise(Op.ADD, y, bias), 0.0)
+    g.output("y", g.node(Op.MAXPOOL2D, [y], kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1)))
+    graph = g.finish()
+    runner = compile_c(graph, threads=2)
+    conv, pool = runner.compiled.kernels.values()
+    assert not isinstance(conv.body[0].epilogue, Ref)          # the epilogue is bias + ReLU, not the bare acc
+    assert "add(" not in str(pool) and len(pool.params) == 2    # the pool reads one buffer, adds nothing
+    assert_matches_reference(runner, graph, {"x": rng.standard_normal((2, 3, 20, 18)).astype(np.float32)},
+                             rtol=1e-4, atol=1e-4)

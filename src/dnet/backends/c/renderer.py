@@ -12,10 +12,12 @@ import re
 import numpy as np
 
 from dnet.core.dtypes import DType
+from dnet.core.shapes import numel
 from dnet.graph.ops import Op
 from dnet.kernel.ir import (Binary, Cast, Const, Gemm, InBounds, IndexLet, IndexValue, Kernel, Let, Load, Loop,
                             Reduce, Ref, Store, Unary, Where)
 
+TINY_REDUCTION = 16   # static trip counts up to this: no SIMD pragma on the reduction (see `reduce`)
 STORAGE = {DType.F32: "float", DType.F16: "uint16_t", DType.BF16: "uint16_t", DType.I8: "int8_t",
            DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "uint8_t"}
 COMPUTE = {**STORAGE, DType.F16: "float", DType.BF16: "float"}
@@ -214,7 +216,10 @@ class CRenderer:
         else:
             out.append(f"{pad}{ctype} {s.acc} = {_init(s.op, s.dtype)};")
         simple = _simple(s.body) and s.op is not Op.ARGMAX
-        if simple and s.dtype is not DType.BOOL:
+        # a few iterations known here (a 3x3 pooling window): the compiler unrolls them, and the loop
+        # around (the output's) is the one to vectorise; a SIMD reduction over 9 would only add masks
+        tiny = all(isinstance(e, int) for _, e in s.loops) and numel([e for _, e in s.loops]) <= TINY_REDUCTION
+        if simple and not tiny and s.dtype is not DType.BOOL:
             red = {Op.SUM: "+", Op.REDUCE_MAX: "max", Op.REDUCE_MIN: "min"}[s.op]
             clause = f" collapse({len(s.loops)})" if len(s.loops) > 1 else ""
             out.append(f"{pad}#pragma omp simd reduction({red}:{s.acc}){clause}")
