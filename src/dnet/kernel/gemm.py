@@ -187,10 +187,18 @@ def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, 
                                                 "", tile), idx)
 
 
+MIN_GROUP_ROWS = 8   # output channels per group below which a grouped convolution stays a loop nest
+
+
 def is_fast_conv(graph: Graph, nid: int) -> bool:
-    """An f32 convolution without groups: a Gemm of its weight and its input's im2col matrix."""
+    """An f32 convolution that is a Gemm of its weight and its input's im2col matrix (one per group):
+    without groups, or with enough output channels per group to fill the micro-kernel's rows
+    (a depthwise convolution, one channel per group, would use one row of twelve)."""
     node = graph.nodes[nid]
-    return node.op is Op.CONV2D and node.dtype is DType.F32 and node.attrs["groups"] == 1
+    if node.op is not Op.CONV2D or node.dtype is not DType.F32:
+        return False
+    groups = node.attrs["groups"]
+    return groups == 1 or graph.nodes[node.inputs[1]].shape[0] // groups >= MIN_GROUP_ROWS
 
 
 def is_gemm(graph: Graph, nid: int) -> bool:
@@ -213,8 +221,9 @@ def _contiguous(shape: tuple) -> tuple:
 
 
 def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
-    """out[n, o, (oh, ow)] = sum over k = (c, y, z) of w[o, k] * im2col(x[n])[k, (oh, ow)]: one Gemm per
-    batch item, the im2col gather done while b is packed into panels (no im2col matrix in memory)."""
+    """out[n, g, o, (oh, ow)] = sum over k = (c, y, z) of w[g, o, k] * im2col(x[n, g])[k, (oh, ow)]: one Gemm
+    per batch item and group (g: the group's slice of the channels), the im2col gather done while b is
+    packed into panels (no im2col matrix in memory)."""
     node = graph.nodes[conv]
     x_id, w_id = node.inputs
     xv = operand_view(graph, x_id, materialized, users)
@@ -225,17 +234,19 @@ def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], user
     builder = _builder(graph, root, materialized, users)
     wv = operand_view(graph, w_id, materialized, users)
     n_, o, oh, ow = node.shape
-    _, c, kh, kw = graph.nodes[w_id].shape
+    _, c, kh, kw = graph.nodes[w_id].shape          # c: input channels per group
     _, _, h, w = graph.nodes[x_id].shape
+    groups, k = node.attrs["groups"], c * kh * kw
+    rows = o // groups                               # output channels per group
     top, left, _, _ = node.attrs["padding"]
     geometry = Im2col(h, w, (kh, kw), tuple(node.attrs["stride"]), tuple(node.attrs["dilation"]), (top, left), ow,
                       tuple(xv[2][1:]))
-    a = Operand(builder.param(wv[0]), DType.F32, wv[1], (0,), c * kh * kw, 1)
-    b = Operand(builder.param(xv[0]), DType.F32, xv[1], (xv[2][0],), 0, 0, im2col=geometry)
-    names = _axes(builder, [n_, o, oh * ow])
-    pixel = ix.delinearize(Sym(names[2]), (oh, ow), builder.bounds)
-    idx = (Sym(names[0]), Sym(names[1])) + tuple(pixel)
-    return _gemm_kernel(builder, conv, root, Gemm((n_,), o, oh * ow, c * kh * kw, a, b, "out",
+    a = Operand(builder.param(wv[0]), DType.F32, wv[1], (0, rows * k), k, 1)
+    b = Operand(builder.param(xv[0]), DType.F32, xv[1], (xv[2][0], c * xv[2][1]), 0, 0, im2col=geometry)
+    names = _axes(builder, [n_, groups, rows, oh * ow])
+    pixel = ix.delinearize(Sym(names[3]), (oh, ow), builder.bounds)
+    idx = (Sym(names[0]), Sym(names[1]) * rows + Sym(names[2])) + tuple(pixel)
+    return _gemm_kernel(builder, conv, root, Gemm((n_, groups), rows, oh * ow, k, a, b, "out",
                                                   graph.nodes[root].dtype, tuple(names), None, (), "", tile), idx)
 
 

@@ -100,3 +100,23 @@ def test_bias_and_relu_before_a_pool_run_once_in_the_convolutions_epilogue(compi
     assert "add(" not in str(pool) and len(pool.params) == 2    # the pool reads one buffer, adds nothing
     assert_matches_reference(runner, graph, {"x": rng.standard_normal((2, 3, 20, 18)).astype(np.float32)},
                              rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups, per_group, gemm", [(2, 8, True), (4, 9, True), (3, 2, False)])
+def test_grouped_convolutions_run_one_gemm_per_group(compile_c, rng, groups, per_group, gemm):
+    """Enough output channels per group: a Gemm batched over (image, group); fewer: the loop nest."""
+    g = GraphBuilder()
+    c = 5 * groups
+    x = g.input("x", TensorType(("n", c, 13, 11), DType.F32))
+    w = g.const("w", rng.standard_normal((groups * per_group, 5, 3, 2)).astype(np.float32))
+    y = g.node(Op.CONV2D, [x, w], stride=(2, 1), padding=(1, 0, 1, 1), dilation=(1, 2), groups=groups)
+    g.output("y", g.elementwise(Op.ADD, y, 1.0))
+    graph = g.finish()
+    runner = compile_c(graph, threads=2)
+    gemms = [k.body[0] for k in runner.compiled.kernels.values() if isinstance(k.body[0], Gemm)]
+    if gemm:   # the add rides as its epilogue: one kernel
+        assert len(runner.compiled.kernels) == 1 and len(gemms[0].batch) == 2 and gemms[0].m == per_group
+    else:
+        assert not gemms
+    assert_matches_reference(runner, graph, {"x": rng.standard_normal((2, c, 13, 11)).astype(np.float32)},
+                             rtol=1e-4, atol=1e-4)
