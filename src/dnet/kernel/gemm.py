@@ -209,15 +209,7 @@ def conv_weight_ok(graph: Graph, nid: int, materialized: set[int], users) -> boo
     """A convolution's weight must lie contiguous (OIHW): it is read as an O x (I*H*W) matrix."""
     view = operand_view(graph, nid, materialized, users)
     shape = graph.nodes[nid].shape
-    return view is not None and list(view[2]) == list(_contiguous(shape))
-
-
-def _contiguous(shape: tuple) -> tuple:
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step = step * d
-    return tuple(reversed(strides))
+    return view is not None and list(view[2]) == list(ix.contiguous_strides(shape))
 
 
 def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
