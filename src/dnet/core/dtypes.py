@@ -1,4 +1,10 @@
-"""Element types. Each maps to a numpy dtype (bf16 through ml_dtypes)."""
+"""Element types. Each maps to a numpy dtype (bf16 through ml_dtypes).
+
+Block dtypes (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) hold a row's elements in
+fixed-size blocks of packed integers and scales. A tensor of such a dtype has its
+logical shape (rows, k) in the graph, and its storage is uint8 of shape
+(rows, k // block * block_bytes): rows stay independent, blocks run along the last axis.
+"""
 from __future__ import annotations
 
 from enum import Enum
@@ -17,14 +23,40 @@ class DType(Enum):
     I32 = "i32"
     I64 = "i64"
     BOOL = "bool"
+    Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
+    Q4_1 = "q4_1"
+    Q4_K = "q4_k"
+    Q5_K = "q5_k"
+    Q6_K = "q6_k"
 
     @property
     def np(self) -> np.dtype:
         return _NUMPY[self]
 
     @property
-    def itemsize(self) -> int:
+    def itemsize(self) -> float:
+        """Bytes per element (a fraction for block dtypes)."""
+        if self.is_block:
+            return self.block_bytes / self.block
         return self.np.itemsize
+
+    @property
+    def is_block(self) -> bool:
+        return self in _BLOCKS
+
+    @property
+    def block(self) -> int:
+        """Elements per block (1 for plain dtypes)."""
+        return _BLOCKS[self][0] if self.is_block else 1
+
+    @property
+    def block_bytes(self) -> int:
+        return _BLOCKS[self][1] if self.is_block else self.np.itemsize
+
+    def storage_bytes(self, count: int) -> int:
+        """Bytes that `count` elements take (a whole number of blocks)."""
+        return -(-count // self.block) * self.block_bytes
 
     @property
     def is_float(self) -> bool:
@@ -53,7 +85,7 @@ class DType(Enum):
     def from_numpy(dtype: np.dtype) -> "DType":
         dtype = np.dtype(dtype)
         for d, nd in _NUMPY.items():
-            if nd == dtype:
+            if nd == dtype and not d.is_block:
                 return d
         raise DTypeError(f"numpy dtype {dtype} has no dnet dtype")
 
@@ -66,7 +98,11 @@ _NUMPY = {
     DType.I32: np.dtype(np.int32),
     DType.I64: np.dtype(np.int64),
     DType.BOOL: np.dtype(np.bool_),
+    **{d: np.dtype(np.uint8) for d in (DType.Q8_0, DType.Q4_0, DType.Q4_1, DType.Q4_K, DType.Q5_K, DType.Q6_K)},
 }
+# elements per block, bytes per block (GGUF's layouts: see dnet.core.quant)
+_BLOCKS = {DType.Q8_0: (32, 34), DType.Q4_0: (32, 18), DType.Q4_1: (32, 20),
+           DType.Q4_K: (256, 144), DType.Q5_K: (256, 176), DType.Q6_K: (256, 210)}
 _ALIASES = {
     "float32": "f32", "float": "f32", "float16": "f16", "half": "f16", "bfloat16": "bf16",
     "int8": "i8", "int32": "i32", "int64": "i64", "long": "i64", "int": "i64", "bool_": "bool",
