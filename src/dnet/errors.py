@@ -79,6 +79,18 @@ class ParseError(DnetError):
     """Malformed source text (the DSL, topology files)."""
 
 
+class ModelFileError(DnetError):
+    """A model file or folder that cannot be read: unknown architecture or tensor type, truncated, missing parts."""
+
+
+class TokenizerError(DnetError):
+    """A tokenizer or chat template that is missing or cannot be built or rendered."""
+
+
+class GenerationError(DnetError):
+    """Bad generation input: a prompt longer than the context, an unknown or out-of-range sampling option."""
+
+
 class BackendError(DnetError):
     """A backend failed to compile or run a program."""
 
