@@ -14,7 +14,7 @@ from dnet.core.types import TensorType
 from dnet.errors import DnetError, GraphError, SymbolError, WeightError
 from dnet.graph.infer import infer
 from dnet.graph.ir import Graph, Node
-from dnet.graph.ops import Op, OpClass
+from dnet.graph.ops import INPUTS, Op, OpClass
 
 Env = Mapping[str, int]
 Size = int | Dim  # a count that may be symbolic
@@ -61,14 +61,19 @@ def _verify_weight(graph: Graph, node: Node) -> None:
     if name not in graph.weights:
         _fail(node, f"weight '{name}' is not in graph.weights", WeightError)
     array = graph.weights[name]
-    if tuple(array.shape) != node.shape or array.dtype != node.dtype.np:
+    stored = node.shape
+    if node.dtype.is_block:
+        from dnet.core.quant import storage_shape
+
+        stored = storage_shape(node.dtype, node.shape)
+    if tuple(array.shape) != stored or array.dtype != node.dtype.np:
         _fail(node, f"weight '{name}' is {array.dtype}{tuple(array.shape)}, the node says {node.type}", WeightError)
 
 
 def _verify_signature(graph: Graph) -> None:
-    declared = [n.id for n in graph.nodes if n.op is Op.INPUT]
+    declared = [n.id for n in graph.nodes if n.op in INPUTS]
     if sorted(graph.inputs) != declared:
-        raise GraphError(f"graph.inputs {graph.inputs} are not the INPUT nodes {declared}")
+        raise GraphError(f"graph.inputs {graph.inputs} are not the INPUT and STATE nodes {declared}")
     if len(set(graph.input_names)) != len(graph.inputs):
         raise GraphError(f"input names repeat: {graph.input_names}")
     bad = [i for i in graph.outputs if not 0 <= i < len(graph.nodes)]
@@ -107,7 +112,7 @@ def constant_values(graph: Graph) -> set[int]:
     """Nodes computed from weights and fills alone (no graph input): foldable, free to copy anywhere."""
     const: set[int] = set()
     for node in graph.nodes:
-        if node.op is not Op.INPUT and all(i in const for i in node.inputs):
+        if node.op not in INPUTS and all(i in const for i in node.inputs):
             const.add(node.id)
     return const
 

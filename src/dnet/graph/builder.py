@@ -79,6 +79,25 @@ class GraphBuilder:
         self.graph.inputs.append(int(v))
         return v
 
+    def state(self, name: str, type: TensorType) -> Value:
+        """An input the caller keeps across calls and SCATTER writes in place (a KV cache)."""
+        v = self.node(Op.STATE, name=name, shape=type.shape, dtype=type.dtype)
+        self.graph.inputs.append(int(v))
+        return v
+
+    def scatter(self, dest: Value, index: Value, values: Value, axis: int) -> Value:
+        return self.node(Op.SCATTER, [dest, index, values], axis=axis)
+
+    def block_const(self, name: str, storage: np.ndarray, dtype: DType, shape: Sequence[int]) -> Value:
+        """A weight kept in a block format (`dnet.core.quant`): uint8 `storage` of logical `shape`."""
+        from dnet.core.quant import storage_shape
+
+        if tuple(storage.shape) != storage_shape(dtype, tuple(shape)) or storage.dtype != np.uint8:
+            raise WeightError(f"weight '{name}': {dtype} storage {storage.dtype}{tuple(storage.shape)} does not "
+                              f"hold shape {tuple(shape)}", self.where)
+        self.graph.weights[name] = storage
+        return self.node(Op.CONST, name=name, shape=tuple(shape), dtype=dtype)
+
     def const(self, name: str, array: np.ndarray) -> Value:
         """A weight. The same name twice must be the same array (one node is reused)."""
         array = np.ascontiguousarray(array)

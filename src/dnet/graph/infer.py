@@ -88,6 +88,10 @@ def _where(op, inputs, attrs, where):
 
 
 def _cast(op, inputs, attrs, where):
+    if attrs["dtype"].is_block:
+        raise DTypeError(f"cast: {attrs['dtype']} is a storage format; quantize weights when they are made", where)
+    if inputs[0].dtype.is_block and not attrs["dtype"].is_float:
+        raise DTypeError(f"cast: a {inputs[0].dtype} tensor dequantizes to a float dtype, not {attrs['dtype']}", where)
     return TensorType(inputs[0].shape, attrs["dtype"])
 
 
@@ -233,10 +237,24 @@ def _pad(op, inputs, attrs, where):
     return TensorType(tuple(d + lo + hi for d, (lo, hi) in zip(t.shape, pads)), t.dtype)
 
 
+def _scatter(op, inputs, attrs, where):
+    dest, index, values = inputs
+    axis = norm_axis(attrs["axis"], dest.rank, op, where)
+    if not index.dtype.is_int:
+        raise DTypeError(f"scatter: indices must be integers, got {index.dtype}", where)
+    if values.dtype != dest.dtype:
+        raise DTypeError(f"scatter: values are {values.dtype}, the destination {dest.dtype}", where)
+    if (values.rank != dest.rank or index.shape != values.shape[:axis + 1]
+            or values.shape[:axis] != dest.shape[:axis] or values.shape[axis + 1:] != dest.shape[axis + 1:]):
+        raise ShapeError(f"scatter: destination, index and values {_shapes(inputs)} do not fit along axis {axis}",
+                         where)
+    return dest
+
+
 _CLASS_RULES: dict[OpClass, Rule] = {
     OpClass.SOURCE: _source, OpClass.UNARY: _unary, OpClass.BINARY: _binary,
     OpClass.TERNARY: _where, OpClass.CAST: _cast, OpClass.REDUCE: _reduce,
-    OpClass.MATMUL: _matmul, OpClass.CONV: _conv, OpClass.POOL: _pool,
+    OpClass.MATMUL: _matmul, OpClass.CONV: _conv, OpClass.POOL: _pool, OpClass.SCATTER: _scatter,
 }
 _RULES: dict[Op, Rule] = {
     Op.RESHAPE: _reshape, Op.PERMUTE: _permute, Op.EXPAND: _expand, Op.SLICE: _slice,

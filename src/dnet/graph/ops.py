@@ -21,6 +21,7 @@ class OpClass(Enum):
     CONV = "conv"
     POOL = "pool"
     MOVEMENT = "movement"    # views and copies: no arithmetic
+    SCATTER = "scatter"      # writes rows of a tensor at data-dependent positions
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class OpSpec:
 class Op(Enum):
     # sources
     INPUT = OpSpec(OpClass.SOURCE, 0, ("name", "shape", "dtype"), "a graph input")
+    STATE = OpSpec(OpClass.SOURCE, 0, ("name", "shape", "dtype"),
+                   "a graph input the caller keeps across calls (a KV cache); SCATTER writes it in place")
     CONST = OpSpec(OpClass.SOURCE, 0, ("name", "shape", "dtype"), "a weight, held in Graph.weights under `name`")
     FULL = OpSpec(OpClass.SOURCE, 0, ("shape", "value", "dtype"), "a tensor filled with one value")
     ARANGE = OpSpec(OpClass.SOURCE, 0, ("start", "stop", "step", "dtype"), "start, start+step, ... < stop")
@@ -87,6 +90,10 @@ class Op(Enum):
     CONCAT = OpSpec(OpClass.MOVEMENT, -1, ("axis",), "join along an axis")
     GATHER = OpSpec(OpClass.MOVEMENT, 2, ("axis",), "x.take(indices, axis): rows of an embedding table")
     PAD = OpSpec(OpClass.MOVEMENT, 1, ("pads", "value"), "constant padding, (lo, hi) per axis")
+    # writes
+    SCATTER = OpSpec(OpClass.SCATTER, 3, ("axis",),
+                     "(dest, index, values): dest with dest[i.., index[i.., j], ...] = values[i.., j, ...]; "
+                     "index has values' shape up to `axis`; done in place when dest is a STATE")
 
     @property
     def cls(self) -> OpClass:
@@ -108,6 +115,7 @@ class Op(Enum):
 
 OPS_BY_NAME: dict[str, Op] = {op.name.lower(): op for op in Op}
 
+INPUTS = (Op.INPUT, Op.STATE)   # what the caller binds by name: graph.inputs
 ELEMENTWISE = (OpClass.UNARY, OpClass.BINARY, OpClass.TERNARY, OpClass.CAST)
 COMPARISONS = (Op.EQ, Op.NE, Op.LT, Op.LE)
 LOGICAL = (Op.AND, Op.OR, Op.NOT)

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 from dnet.core.types import TensorType
 from dnet.graph.ir import Graph, Node
-from dnet.graph.ops import Op
+from dnet.graph.ops import INPUTS, Op
 
 
 class GraphRebuilder:
@@ -26,7 +26,7 @@ class GraphRebuilder:
         """Append a node; a CONST brings its old weight of that name, or the new `weight` given."""
         node = Node(len(self.new.nodes), op, tuple(inputs), attrs, type, name)
         self.new.nodes.append(node)
-        if op is Op.INPUT:
+        if op in INPUTS:
             self.new.inputs.append(node.id)
         if op is Op.CONST:
             self.new.weights[attrs["name"]] = self.old.weights[attrs["name"]] if weight is None else weight

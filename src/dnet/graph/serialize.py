@@ -39,7 +39,8 @@ GRAPH_FILE, WEIGHTS_FILE = "graph.json", "weights.safetensors"
 def weight_hash(array: np.ndarray) -> str:
     """sha256 of a weight's dtype, shape and bytes: its name in the blob store."""
     array = np.ascontiguousarray(array)
-    h = hashlib.sha256(f"{DType.from_numpy(array.dtype).value}{list(array.shape)}".encode())
+    kind = array.dtype.name if array.dtype == np.uint8 else DType.from_numpy(array.dtype).value  # u8: block storage
+    h = hashlib.sha256(f"{kind}{list(array.shape)}".encode())
     h.update(array.reshape(-1).view(np.uint8))
     return h.hexdigest()
 

@@ -142,8 +142,11 @@ def int8_weight(graph: Graph, nid: int, materialized: set[int], users) -> tuple 
 
 def readable(graph: Graph, nid: int, right: bool, materialized: set[int], users) -> bool:
     """Whether a Gemm can read operand `nid` where it lies (else it gets a buffer first)."""
+    from dnet.kernel.qgemm import quant_weight
+
     return (operand_view(graph, nid, materialized, users) is not None
-            or right and int8_weight(graph, nid, materialized, users) is not None)
+            or right and (int8_weight(graph, nid, materialized, users) is not None
+                          or quant_weight(graph, nid, materialized, users) is not None))
 
 
 def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, tile: GemmTile) -> Kernel:

@@ -196,7 +196,27 @@ class GemmTile:
     nc: int = 1 << 30        # columns of b streamed through L2 while a sliver of a stays in L1
 
 
-Stmt = Union[Let, IndexLet, Store, Loop, Reduce, Gemm]
+@dataclass(frozen=True)
+class QMatmul:
+    """out[i, j] = epilogue(acc = sum_k a[i, k] * w[j, k]) for i < m, j < n, out contiguous (m, n).
+
+    `w` is a constant (n, k) weight kept in a block dtype (GGUF's Q4_1, ...): a renderer calls its
+    backend's kernel for that format on the stored blocks, which dequantizes in registers (or
+    multiplies integers against activations quantized per block), then applies the epilogue.
+    """
+    m: Index
+    n: int
+    k: int
+    a: Operand               # rows along `row_stride`, elements contiguous (col_stride 1)
+    weight: str
+    weight_dtype: DType
+    out: str
+    vars: tuple[str, str]    # the row and column variables, as the epilogue uses them
+    epilogue: Expr
+    epilogue_lets: tuple["Stmt", ...]
+
+
+Stmt = Union[Let, IndexLet, Store, Loop, Reduce, Gemm, QMatmul]
 
 
 # -- kernels ---------------------------------------------------------------------------

@@ -116,7 +116,9 @@ class KernelBuilder:
                 self.cache[key] = self.load(node, idx)
             else:
                 v = self.compute(node, idx)
-                shared = len(self.users[nid]) > 1
+                # a value several nodes read is named once; a dequantized weight element is read, not shared
+                shared = len(self.users[nid]) > 1 and not (node.op is Op.CAST and isinstance(v.expr, Cast)
+                                                             and v.expr.x.dtype.is_block)
                 self.cache[key] = self.bind(v, force=shared)
         return self.cache[key]
 
@@ -431,6 +433,27 @@ def lower_elementwise(graph: Graph, root: int, materialized: set[int], users: li
     b.scopes[-1].stmts.append(Store("out", linear, v.expr))
     body = _assemble(b, loop_vars, shape)
     return _finish(b, node, body)
+
+
+def lower_scatter(graph: Graph, root: int, materialized: set[int], users: list[list[int]]) -> Kernel:
+    """The kernel writing SCATTER `root`'s values into its destination, whose buffer `out` it shares:
+    only the written rows are touched (a KV cache grows by the new tokens, it is not copied)."""
+    b = KernelBuilder(graph, materialized - {root}, users)
+    node = graph.nodes[root]
+    _, index, values = node.inputs
+    axis = node.attrs["axis"] % len(node.shape)
+    b.params[root] = "out"
+    shape = graph.nodes[values].shape
+    loop_vars = tuple(b.open_loop(d) for d in shape)
+    idx = tuple(Sym(v) if d != 1 else 0 for v, d in zip(loop_vars, shape))
+    where = b.value(index, idx[:axis + 1])
+    name = b.fresh("g")
+    b.scopes[where.depth].stmts.append(IndexLet(name, _as(where.expr, DType.I64), node.shape[axis]))
+    b.var_depth[name], b.bounds[name] = where.depth, node.shape[axis]
+    target = idx[:axis] + (Sym(name),) + idx[axis + 1:]
+    v = b.value(values, idx)
+    b.scopes[-1].stmts.append(Store("out", ix.linearize(target, ix.contiguous_strides(node.shape)), v.expr))
+    return _finish(b, node, _assemble(b, loop_vars, shape))
 
 
 def _assemble(b: KernelBuilder, loop_vars: tuple, shape: tuple) -> tuple:

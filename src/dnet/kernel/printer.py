@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dnet.kernel.ir import (Binary, Cast, Const, Gemm, InBounds, IndexLet, IndexValue, Kernel, Let, Load, Loop,
-                            Reduce, Ref, Store, Unary, Where, index_str)
+                            QMatmul, Reduce, Ref, Store, Unary, Where, index_str)
 
 
 def expr_str(e) -> str:
@@ -52,6 +52,11 @@ def _stmts(body, depth: int) -> list[str]:
                        f"{s.a.buffer} @ {s.b.buffer}{' (packed)' if s.b.packed else ''}{f' x {s.b.scale} (int8, scaled)' if s.b.scale else ''} "
                        f"m={index_str(s.m)} n={index_str(s.n)} k={index_str(s.k)} "
                        f"tile {s.tile.mr}x{s.tile.nr}, epilogue:")
+            out += _stmts(s.epilogue_lets, depth + 1)
+            out.append(f"{pad}  {expr_str(s.epilogue)}")
+        elif isinstance(s, QMatmul):
+            out.append(f"{pad}qmatmul {s.out}[{', '.join(s.vars)}] = {s.a.buffer} @ {s.weight}.T ({s.weight_dtype}) "
+                       f"m={index_str(s.m)} n={s.n} k={s.k}, epilogue:")
             out += _stmts(s.epilogue_lets, depth + 1)
             out.append(f"{pad}  {expr_str(s.epilogue)}")
     return out

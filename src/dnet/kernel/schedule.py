@@ -25,10 +25,12 @@ from dnet.graph.ops import Op, OpClass
 from dnet.hardware import Host, detect
 from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Kernel
-from dnet.kernel.lower import Materialize, first_computed, lower_elementwise
+from dnet.kernel import qgemm
+from dnet.kernel.lower import Materialize, first_computed, lower_elementwise, lower_scatter
 from dnet.kernel.reuse import reuse_reduced_values
 
-_ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL)
+_ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL, OpClass.SCATTER)
+_BOUND = (Op.INPUT, Op.STATE, Op.CONST)   # buffers the caller or the weights provide
 _INLINE = (OpClass.MOVEMENT,)
 _FREE = (Op.FULL, Op.ARANGE)
 _ELEMENTWISE = (OpClass.UNARY, OpClass.BINARY, OpClass.TERNARY, OpClass.CAST)
@@ -69,7 +71,7 @@ def schedule(graph: Graph, host: Host | None = None) -> Schedule:
 
 
 def _initial(graph: Graph, users) -> set[int]:
-    mat = {n.id for n in graph.nodes if n.op in (Op.INPUT, Op.CONST) or n.op.cls in _ALWAYS}
+    mat = {n.id for n in graph.nodes if n.op in _BOUND or n.op.cls in _ALWAYS}
     mat |= set(graph.outputs)
     # a pool reads each input element once per window that covers it: an element-wise op feeding it
     # (a convolution's bias and ReLU) gets a buffer, computed once, rather than inlined into every window
@@ -99,7 +101,7 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
                     changed = True
         owners = _owners(graph, mat)
         for n in graph.nodes:
-            if n.id in mat or n.op.cls in _INLINE or n.op in _FREE:
+            if n.id in mat or n.op.cls in _INLINE or n.op in _FREE or qgemm.is_dequant(graph, n.id):
                 continue
             if len(owners.get(n.id, ())) > 1:
                 mat.add(n.id)
@@ -110,7 +112,7 @@ def _owners(graph: Graph, mat: set[int]) -> dict[int, set[int]]:
     """For every inlined node, the kernels (roots) that read it."""
     owners: dict[int, set[int]] = {}
     for root in sorted(mat):
-        if graph.nodes[root].op in (Op.INPUT, Op.CONST):
+        if graph.nodes[root].op in _BOUND:
             continue
         stack = list(graph.nodes[root].inputs)
         seen: set[int] = set()
@@ -147,7 +149,7 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> t
         root = _fusable_epilogue(graph, users, mat, owners, mm)
         if root is not None:
             epilogues[root] = mm
-    computed = {n.id for n in graph.nodes if n.op not in (Op.INPUT, Op.CONST)}
+    computed = {n.id for n in graph.nodes if n.op not in _BOUND}
     by_source: dict = {}
     wanted: set[int] = set()
     for root in sorted(mat & computed):
@@ -166,10 +168,20 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> t
 def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile) -> Kernel:
     mm = epilogues.get(root)
     if mm is not None:
-        return gm.lower_gemm(graph, root, mm, mat - {mm}, users, tile)
+        return _lower_matmul(graph, users, mat - {mm}, root, mm, tile)
     if gm.is_gemm(graph, root):
-        return gm.lower_gemm(graph, root, root, mat, users, tile)
+        return _lower_matmul(graph, users, mat, root, root, tile)
+    if graph.nodes[root].op is Op.SCATTER:
+        return lower_scatter(graph, root, mat, users)
     return reuse_reduced_values(lower_elementwise(graph, root, mat, users))
+
+
+def _lower_matmul(graph: Graph, users, mat: set[int], root: int, mm: int, tile) -> Kernel:
+    node = graph.nodes[mm]
+    weight = qgemm.quant_weight(graph, node.inputs[1], mat, users) if node.op is Op.MATMUL else None
+    if weight is not None:
+        return qgemm.lower_qmatmul(graph, root, mm, weight, mat, users)
+    return gm.lower_gemm(graph, root, mm, mat, users, tile)
 
 
 def _add(sched: Schedule, by_source: dict, kernel: Kernel, root: int) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from dnet.core.shapes import Dim
-from dnet.kernel.ir import (Binary, Cast, Gemm, InBounds, IndexLet, IndexValue, Let, Load, Loop, Reduce, Store,
-                            Unary, Where)
+from dnet.kernel.ir import (Binary, Cast, Gemm, InBounds, IndexLet, IndexValue, Let, Load, Loop, QMatmul, Reduce,
+                            Store, Unary, Where)
 
 
 def indices(node) -> Iterator:
@@ -41,6 +41,9 @@ def indices(node) -> Iterator:
         yield from (*node.batch, node.m, node.n, node.k)
         for op in (node.a, node.b):
             yield from (op.offset, *op.batch_strides, op.row_stride, op.col_stride)
+        yield from indices((node.epilogue_lets, node.epilogue))
+    elif isinstance(node, QMatmul):
+        yield from (node.m, node.a.offset, node.a.row_stride)
         yield from indices((node.epilogue_lets, node.epilogue))
 
 

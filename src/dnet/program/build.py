@@ -13,7 +13,8 @@ from dnet.hardware import Host
 from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Gemm, Kernel
 from dnet.kernel.schedule import Schedule, schedule
-from dnet.program.instructions import (INPUT, OUTPUT, SCRATCH, TEMP, WEIGHT, Alloc, Buffer, Free, Launch,
+from dnet.errors import BackendError
+from dnet.program.instructions import (INPUT, OUTPUT, SCRATCH, STATE, TEMP, WEIGHT, Alloc, Buffer, Free, Launch,
                                        Program)
 
 
@@ -49,7 +50,8 @@ class _Builder:
         inputs = {}
         for i in g.inputs:
             node = g.nodes[i]
-            self.by_arg[i] = inputs[node.attrs["name"]] = self.buffer(INPUT, node.dtype, node.shape, node.attrs["name"])
+            kind = STATE if node.op is Op.STATE else INPUT
+            self.by_arg[i] = inputs[node.attrs["name"]] = self.buffer(kind, node.dtype, node.shape, node.attrs["name"])
         outputs = set(g.outputs)
         for i in g.outputs:
             node = g.nodes[i]
@@ -62,7 +64,9 @@ class _Builder:
         last_use = self._last_uses()
         for pos, step in enumerate(self.sched.steps):
             kernel = self.sched.kernels[step.kernel]
-            if step.root not in outputs:
+            if g.nodes[step.root].op is Op.SCATTER:
+                self.by_arg[step.root] = self._written_in_place(step.root)
+            elif step.root not in outputs:
                 node = g.nodes[step.root]
                 self.by_arg[step.root] = self.buffer(TEMP, node.dtype, node.shape)
                 self.instrs.append(Alloc(self.by_arg[step.root]))
@@ -84,6 +88,16 @@ class _Builder:
         out_list = [(name, self.by_arg[i]) for name, i in zip(g.output_names, g.outputs)]
         program = Program(self.buffers, self.instrs, symbols, inputs, out_list)
         return Compiled(program, dict(self.sched.kernels), self.weights, self.sched)
+
+    def _written_in_place(self, nid: int) -> int:
+        """A SCATTER writes its destination's buffer, which must be a state (the caller's array)."""
+        dest = self.graph.nodes[self.graph.nodes[nid].inputs[0]]
+        if dest.op is not Op.STATE:
+            raise BackendError(f"scatter %{nid} ({self.graph.nodes[nid].name}) writes in place: its destination "
+                               f"must be a state, not a {dest.op}")
+        if nid in self.graph.outputs:
+            raise BackendError(f"scatter %{nid} is a graph output: read its state instead")
+        return self.by_arg[dest.id]
 
     def _last_uses(self) -> dict[int, int]:
         last: dict[int, int] = {}

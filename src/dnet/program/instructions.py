@@ -14,12 +14,13 @@ from dnet.core.dtypes import DType
 from dnet.core.shapes import dim_from_json, dim_to_json, numel, shape_str
 
 INPUT, OUTPUT, WEIGHT, TEMP, SCRATCH = "input", "output", "weight", "temp", "scratch"
+STATE = "state"               # an input the caller keeps across calls, written in place (a KV cache)
 
 
 @dataclass(frozen=True)
 class Buffer:
     id: int
-    kind: str                 # input, output, weight, temp, scratch
+    kind: str                 # input, state, output, weight, temp, scratch
     dtype: DType
     shape: tuple              # of ints and Dims
     name: str = ""            # input/output/weight name

@@ -18,6 +18,11 @@ def render_library(kernels: dict[str, Kernel], program: Program) -> str:
     tiles = sorted({s.tile for k in kernels.values() for s in k.body if isinstance(s, Gemm)},
                    key=lambda t: (t.mr, t.nr, t.kc, t.mc))
     parts = [PRELUDE, *(support(t) for t in {(t.mr, t.nr): t for t in tiles}.values())]
+    blocks = sorted({p.dtype for k in kernels.values() for p in k.params if p.dtype.is_block}, key=lambda d: d.value)
+    if blocks:
+        from dnet.backends.c.quant import quant_support
+
+        parts.append(quant_support(blocks))
     parts += [render_kernel(k) for k in kernels.values()]
     parts += [_segment(f"segment_{i}", seg, kernels, program)
               for i, seg in enumerate(segments(program)) if i % 2 == 0]

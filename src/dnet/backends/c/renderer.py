@@ -15,12 +15,13 @@ from dnet.core.dtypes import DType
 from dnet.core.shapes import numel
 from dnet.graph.ops import Op
 from dnet.kernel.ir import (Binary, Cast, Const, Gemm, InBounds, IndexLet, IndexValue, Kernel, Let, Load, Loop,
-                            Reduce, Ref, Store, Unary, Where)
+                            QMatmul, Reduce, Ref, Store, Unary, Where)
 
 TINY_REDUCTION = 16   # static trip counts up to this: no SIMD pragma on the reduction (see `reduce`)
 STORAGE = {DType.F32: "float", DType.F16: "uint16_t", DType.BF16: "uint16_t", DType.I8: "int8_t",
-           DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "uint8_t"}
-COMPUTE = {**STORAGE, DType.F16: "float", DType.BF16: "float"}
+           DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "uint8_t",
+           **{d: "uint8_t" for d in DType if d.is_block}}     # block dtypes: their stored bytes
+COMPUTE = {**STORAGE, DType.F16: "float", DType.BF16: "float", **{d: "float" for d in DType if d.is_block}}
 _HALF = {DType.F16: "f16", DType.BF16: "bf16"}
 PARALLEL_MIN_WORK = 16384   # elements of work per chunk of a parallel loop, at least
 
@@ -118,7 +119,7 @@ class CRenderer:
         x, src, dst = self.expr(e.x), e.x.dtype, e.dtype
         if dst is DType.BOOL:
             return f"({x} != 0)"
-        if src in _HALF and dst is DType.F32:
+        if (src in _HALF or src.is_block) and dst is DType.F32:
             return x
         if dst in _HALF:
             return self._round(f"((float){x})", dst)
@@ -146,6 +147,10 @@ class CRenderer:
             from dnet.backends.c.gemm import render_gemm
 
             return render_gemm(self, s, pad)
+        if isinstance(s, QMatmul):
+            from dnet.backends.c.qmatmul import render_qmatmul
+
+            return render_qmatmul(self, s, pad)
         raise TypeError(f"cannot render {s!r}")
 
     def _dtype(self, buffer: str) -> DType:
@@ -251,7 +256,7 @@ class CRenderer:
 
 def _simple(body) -> bool:
     """A loop body with no nested loops: a candidate for SIMD."""
-    return not any(isinstance(b, (Loop, Reduce, Gemm)) for b in body)
+    return not any(isinstance(b, (Loop, Reduce, Gemm, QMatmul)) for b in body)
 
 
 def _inner_loops(loop: Loop) -> list[Loop]:
@@ -322,6 +327,8 @@ def const(value, dtype: DType) -> str:
 
 
 def load(buffer: str, index: str, dtype: DType) -> str:
+    if dtype.is_block:                  # one element dequantized (dnet.backends.c.quant)
+        return f"dn_dq_{dtype.value}({buffer}, {index})"
     if dtype in _HALF:
         return f"dn_{_HALF[dtype]}_to_f32({buffer}[{index}])"
     return f"{buffer}[{index}]"

@@ -12,7 +12,7 @@ import numpy as np
 from dnet.core.shapes import bind_shape, evaluate_shape, shape_str
 from dnet.errors import BackendError, ShapeError
 from dnet.hardware import detect
-from dnet.program.instructions import INPUT, OUTPUT, WEIGHT, Launch, Program, segments
+from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, segments
 from dnet.program.memory import ALIGN, ArenaPlan, plan_arena
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
@@ -61,7 +61,8 @@ class CModule:
             if name not in inputs:
                 raise ShapeError(f"missing input '{name}'", hint="inputs are " + ", ".join(names))
             b = self.program.buffers[buf]
-            array = np.ascontiguousarray(inputs[name], dtype=b.dtype.np)
+            array = _state_array(name, inputs[name], b) if b.kind == STATE else \
+                np.ascontiguousarray(inputs[name], dtype=b.dtype.np)
             if not bind_shape(b.shape, array.shape, env):
                 raise ShapeError(f"input '{name}' has shape {array.shape}, expected {shape_str(b.shape)}"
                                  + (f" with {env}" if env else ""))
@@ -148,7 +149,7 @@ class CModule:
         b = self.program.buffers[buf]
         if b.kind == OUTPUT:
             return outputs[buf]
-        if b.kind == INPUT:
+        if b.kind in (INPUT, STATE):
             return arrays[b.name].copy()
         if b.kind == WEIGHT:
             return self.weights[buf].copy()
@@ -156,3 +157,11 @@ class CModule:
 
 
 
+
+
+def _state_array(name: str, array, buffer) -> np.ndarray:
+    """A state is written in place, so it is bound as it is: never a converted copy."""
+    if not isinstance(array, np.ndarray) or array.dtype != buffer.dtype.np or not array.flags.c_contiguous \
+            or not array.flags.writeable:
+        raise ShapeError(f"state '{name}' must be a writeable C-contiguous {buffer.dtype} numpy array")
+    return array

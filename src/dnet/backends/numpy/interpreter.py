@@ -12,6 +12,7 @@ import numpy as np
 from scipy import special
 
 from dnet.core.dtypes import DType
+from dnet.core.quant import dequantize
 from dnet.core.shapes import Dim, bind_shape, evaluate_shape, shape_str, substitute
 from dnet.errors import ShapeError
 from dnet.graph.ir import Graph, Node
@@ -83,6 +84,10 @@ def _eval(node: Node, args: list, graph: Graph, inputs: Mapping[str, np.ndarray]
     op, a = node.op, {k: _v(v, env) for k, v in node.attrs.items()}
     if op is Op.INPUT:
         return np.asarray(inputs[a["name"]])
+    if op is Op.STATE:
+        return _state(inputs[a["name"]], node)
+    if op is Op.SCATTER:
+        return _scatter(*args, a["axis"], in_place=graph.nodes[node.inputs[0]].op is Op.STATE)
     if op is Op.CONST:
         return graph.weights[a["name"]]
     if op is Op.FULL:
@@ -99,6 +104,9 @@ def _eval(node: Node, args: list, graph: Graph, inputs: Mapping[str, np.ndarray]
         if op is Op.WHERE:
             return np.where(args[0], _compute(args[1]), _compute(args[2]))
         if op is Op.CAST:
+            source = graph.nodes[node.inputs[0]]
+            if source.dtype.is_block:
+                return dequantize(args[0], source.dtype, evaluate_shape(source.shape, env))
             return _cast(args[0], node.dtype)
         if op is Op.SUM:
             x = _compute(args[0])
@@ -116,6 +124,24 @@ def _eval(node: Node, args: list, graph: Graph, inputs: Mapping[str, np.ndarray]
         if op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             return _pool2d(op, _compute(args[0]), **a)
     return _movement(op, args, a)
+
+
+def _state(array: np.ndarray, node: Node) -> np.ndarray:
+    """The caller's own array, which SCATTER writes in place: never a copy."""
+    if not isinstance(array, np.ndarray) or array.dtype != node.dtype.np or not array.flags.c_contiguous \
+            or not array.flags.writeable:
+        raise ShapeError(f"state '{node.attrs['name']}' must be a writeable C-contiguous {node.dtype} numpy array")
+    return array
+
+
+def _scatter(dest: np.ndarray, index: np.ndarray, values: np.ndarray, axis: int, in_place: bool) -> np.ndarray:
+    out = dest if in_place else dest.copy()
+    size = dest.shape[axis]
+    if index.size and (index.min() < 0 or index.max() >= size):
+        raise ShapeError(f"scatter: index out of range [0, {size})")
+    lead = np.indices(index.shape, sparse=True)
+    out[(*lead[:axis], index)] = values
+    return out
 
 
 def _cast(x: np.ndarray, dtype: DType) -> np.ndarray:

@@ -26,8 +26,8 @@ def cse(graph: Graph) -> Graph:
 
 
 def _key(graph: Graph, node: Node, inputs: tuple[int, ...]) -> tuple:
-    if node.op is Op.INPUT:
-        return (Op.INPUT, node.id)  # each input is its own value
+    if node.op in (Op.INPUT, Op.STATE, Op.SCATTER):
+        return (node.op, node.id)  # each input is its own value; each write happens once
     if node.op is Op.CONST:
         return (Op.CONST, node.type, weight_hash(graph.weights[node.attrs["name"]]))
     return (node.op, inputs, node.attr_key(), node.type)
