@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from dnet.core.dtypes import DType
+from dnet.core.quant import BLOCK_DTYPES, random_blocks
 from dnet.core.shapes import Sym, evaluate_shape, numel
 from dnet.core.types import TensorType
 from dnet.errors import ShapeError
@@ -188,11 +189,19 @@ def every_op_graph() -> tuple[Graph, dict[str, np.ndarray]]:
     fills = [b.full((1,), v, f32) for v in (math.nan, -0.0, math.inf, -math.inf, 1e-45, 3.4e38)]
     b.output("fills", b.node(Op.CONCAT, fills, axis=0))
     b.output("range", b.arange(batch, dtype=DType.I32))
-    for dtype in DType:
+    for dtype in (d for d in DType if not d.is_block):
         w = b.const(f"w.{dtype}", (rng.standard_normal((2, 3)) * 3).astype(dtype.np))
         doubled = b.elementwise(Op.ADD, b.cast(w, f32), b.cast(w, f32))
         b.output(f"as.{dtype}", b.cast(doubled, dtype))
+    for dtype in BLOCK_DTYPES:
+        q = b.block_const(f"q.{dtype}", random_blocks(dtype, (2, 256), rng), dtype, (2, 256))
+        b.output(f"dq.{dtype}", b.cast(q, f32))
+    cache = b.state("cache", TensorType((batch, 4, 5), f32))             # written in place by the scatter
+    where = b.input("where", TensorType((batch, 2), DType.I64))
+    written = b.scatter(cache, where, b.slice(both, 1, 0, 2), axis=1)
+    b.output("written", b.reduce(Op.SUM, written, 2))
     graph = b.finish()
     feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32),
-             "ids": np.array([[1, 9], [0, 3]], dtype=np.int64)}
+             "ids": np.array([[1, 9], [0, 3]], dtype=np.int64), "cache": np.zeros((2, 4, 5), np.float32),
+             "where": np.array([[3, 0], [1, 2]], dtype=np.int64)}
     return graph, feeds

@@ -87,7 +87,7 @@ def test_verify_checks_weights_against_their_nodes():
 
 def test_verify_checks_the_signature():
     g = _mlp_with_residual()
-    with pytest.raises(GraphError, match=r"graph.inputs \[\] are not the INPUT nodes \[0\]"):
+    with pytest.raises(GraphError, match=r"graph.inputs \[\] are not the INPUT and STATE nodes \[0\]"):
         A.verify(dataclasses.replace(g, inputs=[]))
     with pytest.raises(GraphError, match="output names"):
         A.verify(dataclasses.replace(g, output_names=["y", "z"]))

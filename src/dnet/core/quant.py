@@ -61,3 +61,19 @@ def quantize(values: np.ndarray, dtype: DType) -> np.ndarray:
     values = np.ascontiguousarray(values, dtype=np.float32)
     check_row(dtype, values.shape)
     return gguf_quantize(values, ggml_type(dtype))
+
+
+# where each block format keeps its f16 scales (byte offsets in a block): random bytes elsewhere are valid
+_F16_FIELDS = {DType.Q8_0: (0,), DType.Q4_0: (0,), DType.Q4_1: (0, 2), DType.Q4_K: (0, 2), DType.Q5_K: (0, 2),
+               DType.Q6_K: (208,)}
+
+
+def random_blocks(dtype: DType, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Valid storage of random values in any block format (gguf has no numpy quantizer for the
+    K-quants): random bytes, with each block's f16 scales set to small finite values."""
+    raw = rng.integers(0, 256, storage_shape(dtype, shape), dtype=np.uint8)
+    blocks = raw.reshape(-1, dtype.block_bytes)
+    for offset in _F16_FIELDS[dtype]:
+        scales = rng.uniform(0.001, 0.02, len(blocks)).astype(np.float16)
+        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return raw

@@ -1,0 +1,85 @@
+"""Running the model's one graph for prefill and decode steps over a KV cache.
+
+`Engine` knows the graph's inputs (`dnet.llm.model`) and the cache's slots; it knows
+nothing of text or sampling. A sequence is a slot and a length: `prefill` feeds it new
+tokens in chunks, `decode` advances several sequences by one token each in one batched
+step (their slots consecutive), and each returns the logits of the positions asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dnet.errors import GenerationError
+from dnet.llm.kv_cache import KVCache
+
+PREFILL_CHUNK = 512      # new tokens per prefill call: bounds the (chunk, ctx) attention scores in memory
+
+
+@dataclass
+class Sequence:
+    slot: int
+    length: int = 0          # positions in the cache
+
+
+class Engine:
+    def __init__(self, executable, cache: KVCache, vocab_size: int):
+        self.exe = executable
+        self.cache = cache
+        self.vocab_size = vocab_size
+
+    @property
+    def context(self) -> int:
+        return self.cache.context
+
+    def open(self) -> Sequence:
+        return Sequence(self.cache.acquire())
+
+    def close(self, seq: Sequence) -> None:
+        self.cache.release(seq.slot)
+
+    def prefill(self, seq: Sequence, tokens: list[int], all_logits: bool = False,
+                chunk: int = PREFILL_CHUNK) -> np.ndarray:
+        """Feed `tokens` after the sequence's cached ones: logits (1 or len(tokens), vocab)."""
+        self._check_room(seq, len(tokens))
+        out = []
+        for start in range(0, len(tokens), chunk):
+            piece = tokens[start:start + chunk]
+            last = start + chunk >= len(tokens)
+            rows = np.arange(len(piece)) if all_logits else np.array([len(piece) - 1])
+            logits = self._run(seq.slot, [seq.length], np.array([piece], np.int64), rows)
+            seq.length += len(piece)
+            self.cache.lengths[seq.slot] = seq.length
+            if all_logits or last:
+                out.append(logits)
+        return np.concatenate(out) if out else np.zeros((0, self.vocab_size), np.float32)
+
+    def decode(self, seqs: list[Sequence], tokens: list[int]) -> np.ndarray:
+        """One new token for each sequence (their slots consecutive, in order): logits (len(seqs), vocab)."""
+        if [s.slot for s in seqs] != list(range(seqs[0].slot, seqs[0].slot + len(seqs))):
+            raise GenerationError("a batched decode step needs sequences in consecutive cache slots")
+        for s in seqs:
+            self._check_room(s, 1)
+        logits = self._run(seqs[0].slot, [s.length for s in seqs], np.array(tokens, np.int64)[:, None],
+                           np.arange(len(seqs)))
+        for s in seqs:
+            s.length += 1
+            self.cache.lengths[s.slot] = s.length
+        return logits
+
+    def _check_room(self, seq: Sequence, count: int) -> None:
+        if seq.length + count > self.context:
+            raise GenerationError(f"{seq.length + count} tokens do not fit the context of {self.context}",
+                                  hint="load the model with a larger context=")
+
+    def _run(self, first_slot: int, starts: list[int], tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Tokens (batch, seq) of sequences whose caches hold `starts` positions; rows index batch*seq."""
+        batch, seq = tokens.shape
+        positions = np.asarray(starts, np.int64)[:, None] + np.arange(seq, dtype=np.int64)[None, :]
+        ctx = int(positions.max()) + 1
+        keys = np.arange(ctx, dtype=np.int64)
+        mask = np.where(keys[None, None, :] <= positions[:, :, None], np.float32(0), np.float32(-np.inf))
+        inputs = {"tokens": tokens, "positions": positions, "mask": mask.astype(np.float32),
+                  "rows": np.asarray(rows, np.int64), **self.cache.bind(first_slot, batch)}
+        return self.exe.run(inputs)["logits"]

@@ -1,0 +1,61 @@
+"""The KV cache: per layer, one key and one value array with a row (slot) per sequence.
+
+A slot holds one sequence's keys and values for up to `context` positions, written in
+place by the model's SCATTERs. The arrays are allocated zeroed, so the operating system
+commits memory only for the positions sequences actually reach. A batched step binds the
+slots [first, first + n) as one view per layer, so the sequences decoded together hold
+consecutive slots: `move` packs them when one finishes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dnet.errors import GenerationError
+from dnet.llm.model_file import ModelConfig
+
+
+class KVCache:
+    def __init__(self, config: ModelConfig, context: int, slots: int):
+        shape = (slots, context, config.num_kv_heads, config.head_dim)
+        self.context, self.slots = context, slots
+        self.layers = config.num_layers
+        self.keys = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
+        self.lengths = [0] * slots          # positions written, per slot
+        self.free = list(range(slots))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes reserved (committed only as positions are written)."""
+        return sum(a.nbytes for a in self.keys + self.values)
+
+    def bytes_per_position(self) -> int:
+        return 2 * self.layers * int(np.prod(self.keys[0].shape[2:])) * 4
+
+    def acquire(self) -> int:
+        if not self.free:
+            raise GenerationError(f"all {self.slots} sequence slots of the KV cache are in use")
+        slot = min(self.free)
+        self.free.remove(slot)
+        self.lengths[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0
+        self.free.append(slot)
+
+    def bind(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """The state arrays of slots [first, first + count), by the model's state names."""
+        out = {}
+        for i in range(self.layers):
+            out[f"k.{i}"] = self.keys[i][first:first + count]
+            out[f"v.{i}"] = self.values[i][first:first + count]
+        return out
+
+    def move(self, source: int, target: int) -> None:
+        """Copy a sequence's written positions from one slot to another (packing the slots in use)."""
+        n = self.lengths[source]
+        for arrays in (self.keys, self.values):
+            for a in arrays:
+                a[target, :n] = a[source, :n]
+        self.lengths[target] = n
