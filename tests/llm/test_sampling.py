@@ -177,6 +177,20 @@ def test_temperature_zero_is_argmax(seed):
     assert result.token == int(torch.argmax(torch.tensor(logits)))
 
 
+def test_greedy_distribution_is_one_hot():
+    logits = random_logits(3, vocab=500)
+    probs = Sampler(SamplingParams(temperature=0)).distribution(logits, [])
+    assert probs.sum() == 1 and probs[np.argmax(logits)] == 1
+
+
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_nan_logits_are_an_error_not_a_token(temperature):
+    logits = random_logits(0, vocab=100)
+    logits[17] = np.nan
+    with pytest.raises(GenerationError, match="nan"):
+        Sampler(SamplingParams(temperature=temperature)).sample(logits, [])
+
+
 def test_greedy_ties_go_to_the_lowest_id():
     logits = np.zeros(100, dtype=np.float32)
     logits[[70, 30, 55]] = 4.0
@@ -299,6 +313,12 @@ def test_stream_keeps_the_space_a_sentencepiece_decoder_strips_from_a_lone_token
     out = [stream.push(i) for i in ids]
     assert out == ["Hello", " world", "!", " again"]
     assert "".join(out) + stream.flush() == decode(ids)
+
+
+def test_stream_decodes_the_first_token_after_its_context():
+    pieces = {0: " Hello", 1: " world"}
+    stream = TextStream(lambda ids: "".join(pieces[i] for i in ids).removeprefix(" "), context=[0])
+    assert stream.push(1) == " world"
 
 
 def test_stream_holds_an_incomplete_character_until_it_is_complete():

@@ -172,6 +172,8 @@ class Sampler:
         self.rng = np.random.default_rng(self.params.seed)
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> SampleResult:
+        """A token from `logits` (vocab,); `history` is the sequence so far, prompt included (as
+        llama.cpp, whose penalties see the prompt's last tokens too)."""
         logits = _as_logits(logits)
         ids, weights = self._survivors(logits, history)
         token = int(ids[self._draw(weights)]) if len(ids) > 1 else int(ids[0])
@@ -195,12 +197,14 @@ class Sampler:
             penalised = logits.copy() if penalised is logits else penalised  # never the caller's
             penalised[list(self.eos_ids)] = -np.inf
         if p.greedy:  # argmax: the lowest id among equals
-            return np.array([int(np.argmax(penalised))]), np.ones(1)
-        candidates = top_k(penalised, p.top_k)
+            best = int(np.argmax(penalised))
+            _check_finite(penalised[best])
+            return np.array([best]), np.ones(1)
+        candidates = top_k(penalised, p.top_k)  # NaN counts as the largest: it is caught below
         candidates.logits /= p.temperature
-        if not np.isfinite(candidates.logits.max()):
-            raise GenerationError("no token left to sample: every logit is -inf or NaN")
-        weights = np.exp(candidates.logits - candidates.logits.max())  # 1 for the most likely
+        best = candidates.logits.max()
+        _check_finite(best)
+        weights = np.exp(candidates.logits - best)  # 1 for the most likely
         # top-p and min-p each keep a best-first run of tokens, so applying both keeps the shorter
         # run in either order; min-p first (one cheap comparison) leaves top-p less to sort, and
         # top-p measures its mass against all the candidates (`total`), not min-p's survivors.
@@ -212,6 +216,12 @@ class Sampler:
         cumulative = np.cumsum(weights)
         point = self.rng.random() * cumulative[-1]
         return min(int(np.searchsorted(cumulative, point, side="right")), len(weights) - 1)
+
+
+def _check_finite(best_logit: float) -> None:
+    if not np.isfinite(best_logit):
+        raise GenerationError(
+            f"cannot sample: the best logit is {best_logit} (NaNs, or every token banned)")
 
 
 def _as_logits(logits) -> np.ndarray:
