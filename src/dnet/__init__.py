@@ -11,11 +11,12 @@ from dnet.graph.ir import Graph
 from dnet.objects.ir import ObjectModule
 from dnet.topology import Topology
 from dnet import models  # noqa: E402 - models are written with the names above
+from dnet import llm  # noqa: E402 - LLM generation, above the compiler
 
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",
     "i8", "i32", "i64", "boolean", "DnetError", "functional", "Module", "ModuleList", "Parameter", "Sequential",
-    "nn", "models", "from_torch", "from_onnx", "load_dsl", "Topology",
+    "nn", "models", "llm", "from_torch", "from_onnx", "load_dsl", "Topology",
 ]
 
 

