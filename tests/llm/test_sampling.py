@@ -268,6 +268,16 @@ def test_stop_string_split_across_pushes():
     assert buffer.push("ld") == "" and buffer.flush() == ""
 
 
+def test_one_stop_string_is_not_a_list_of_characters():
+    buffer = StopBuffer("END")
+    assert buffer.push("a NEW day") == "a NEW day" and not buffer.stopped
+
+
+def test_no_stop_strings_hold_nothing_back():
+    buffer = StopBuffer(())
+    assert buffer.push("text") == "text" and buffer.flush() == ""
+
+
 def test_text_that_could_start_a_stop_string_is_held_then_released():
     buffer = StopBuffer(["</end>"])
     assert buffer.push("a </e") == "a "

@@ -322,8 +322,8 @@ class StopBuffer:
     (the one a stream completes first), and of those ending together the longer one.
     """
 
-    def __init__(self, stop: Sequence[str]):
-        self.stop = tuple(s for s in stop if s)
+    def __init__(self, stop: Sequence[str] | str):
+        self.stop = tuple(s for s in ((stop,) if isinstance(stop, str) else stop) if s)
         self.stopped = False
         self._held = ""
 
