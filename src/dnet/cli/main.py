@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "dnet.cli.cluster_commands",
     "dnet.cli.plan_commands",
     "dnet.cli.bench_commands",
+    "dnet.cli.llm_commands",
 )
 
 
