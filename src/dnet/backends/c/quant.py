@@ -1,0 +1,651 @@
+"""C kernels on GGUF block formats (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K), computing on the stored blocks.
+
+`quant_support(dtypes)` is C text appended after the PRELUDE. For each block dtype it defines
+
+    float dn_dq_<name>(const uint8_t* base, int64_t i)          one element, exactly gguf's value
+    void dn_qmatmul_<name>(m, n, k, x, ldx, w, y, ldy)          y = x @ W.T, W (n, k) in blocks
+
+How a matmul runs (integer paths, x86 AVX-512 VNNI, AVX-VNNI or AVX2):
+
+1. The rows of x are quantized per 32-element block to int8 with one f32 scale, plus the
+   block's sum (as llama.cpp's Q8_1): `dn_qx_quantize`, shared by every format.
+2. Every weight format is unpacked to one form: unsigned 8-bit values u, and per group of
+   32 (16 for Q6_K) a scale d and an offset o, so that w = d * u + o. Then
+       sum w * x = d * dx * sum(u * qx) + o * (dx * sum(qx))
+   and sum(u * qx) is an integer dot product (`vpdpbusd`, or `vpmaddubsw` on AVX2).
+   Signed formats take an offset: Q8_0's u is q + 128 with o = -128 d.
+3. Few rows (decode, m < DN_QPANEL_ROWS): each thread unpacks one weight row at a time
+   into L1 and takes its dot products with the m rows of x (a GEMV streaming the weights
+   once). Many rows (prefill): each thread unpacks 32 weight rows into a panel laid out
+   4 bytes of k x 32 columns, so that one vector load holds 16 columns, and a register
+   tile of rows x 32 columns runs over it with broadcast activations: each unpacked weight
+   byte is used by every row.
+
+`-DDN_QUANT_PORTABLE` forces the portable path (dequantize to f32, f32 dot products),
+`-DDN_QUANT_NO_VNNI` the AVX2 path, `-DDN_QUANT_NO_AVX512` the 256-bit path (AVX-VNNI
+where the host has it): tests build each path the host supports.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from dnet.core.dtypes import DType
+
+_COMMON = r"""
+/* ======== GGUF block formats: shared machinery (dnet.backends.c.quant) ======== */
+#if !defined(DN_QUANT_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) \
+    && !defined(DN_QUANT_NO_VNNI) && !defined(DN_QUANT_NO_AVX512)
+#define DN_Q_AVX512 1
+#define DN_Q_INT 1
+#include <immintrin.h>
+#elif !defined(DN_QUANT_PORTABLE) && defined(__AVX2__)
+#define DN_Q_AVX2 1
+#define DN_Q_INT 1
+#include <immintrin.h>
+#if !defined(DN_QUANT_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define DN_Q_DPBUSD(acc, u, x) _mm256_dpbusd_epi32(acc, u, x)
+#elif !defined(DN_QUANT_NO_VNNI) && defined(__AVXVNNI__)
+#define DN_Q_DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32(acc, u, x)
+#endif
+#endif
+
+/* the path this translation unit computes with, for tests and benchmarks */
+static const char* dn_quant_path(void) {
+#if defined(DN_Q_AVX512)
+    return "avx512-vnni";
+#elif defined(DN_Q_AVX2) && defined(DN_Q_DPBUSD)
+    return "avx-vnni";
+#elif defined(DN_Q_AVX2)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
+static inline float dn_q_f16(const uint8_t* p) { uint16_t h; memcpy(&h, p, 2); return dn_f16_to_f32(h); }
+
+/* A value the compiler may not fuse into a multiply-add: dn_dq_* round each step as numpy does. */
+static inline float dn_q_exact(float v) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__("" : "+x"(v));
+#elif defined(__aarch64__)
+    __asm__("" : "+w"(v));
+#else
+    volatile float t = v; v = t;
+#endif
+    return v;
+}
+
+/* K-quant scales: 8 sub-blocks' 6-bit scale and min packed in 12 bytes (gguf's Q4_K.get_scale_min) */
+static inline void dn_q_scale_min_k4(const uint8_t* s, int j, int* sc, int* mn) {
+    if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
+    else { *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
+}
+
+static void* dn_q_alloc(size_t bytes) {           /* 64-byte aligned scratch, padded for vector over-reads */
+    void* p = 0;
+    return posix_memalign(&p, 64, (bytes + 127) & ~(size_t)63) == 0 ? p : 0;
+}
+
+/* One weight format: unpack(row, k, u, d, o) writes a row's k values as u8 (w = d*u + o per group). */
+typedef void (*dn_q_unpack_fn)(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o);
+typedef void (*dn_q_dqrow_fn)(const uint8_t* row, int64_t k, float* out);
+typedef struct {
+    dn_q_unpack_fn unpack;
+    dn_q_dqrow_fn dqrow;
+    int64_t block, block_bytes;   /* elements and bytes per stored block */
+    int group;                    /* elements per scale: 32, or 16 (Q6_K) */
+    int offset128;                /* u = q + 128 for a signed 8-bit q (Q8_0): AVX2 uses sign tricks instead */
+} dn_qformat;
+
+/* -- activations: int8 per 32-block, like llama.cpp's Q8_1 ------------------------------------------------
+ * q (m x k int8), d (m x k/32 scales), s32 (m x k/32: d * sum of the block's q) and s16 (m x k/16: the same
+ * per half block, for Q6_K whose scales change every 16 elements). */
+typedef struct { int8_t* q; float* d; float* s32; float* s16; int64_t m, k; void* mem; } dn_qx;
+
+typedef struct { const float* x; int64_t ldx; dn_qx* qx; } dn_qx_job;
+
+static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
+    const dn_qx_job* job = (const dn_qx_job*)ctx;
+    const int64_t k = job->qx->k, nb = k / 32;
+    for (int64_t i = begin; i < end; ++i) {
+        const float* x = job->x + i * job->ldx;
+        int8_t* q = job->qx->q + i * k;
+        for (int64_t b = 0; b < nb; ++b) {
+            const float* xb = x + b * 32;
+            float amax = 0.0f;
+            for (int e = 0; e < 32; ++e) amax = fmaxf(amax, fabsf(xb[e]));
+            const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int sum_lo = 0, sum_hi = 0;
+            for (int e = 0; e < 32; ++e) {
+                int v = (int)nearbyintf(xb[e] * id);
+                q[b * 32 + e] = (int8_t)v;
+                if (e < 16) sum_lo += v; else sum_hi += v;
+            }
+            job->qx->d[i * nb + b] = d;
+            job->qx->s32[i * nb + b] = d * (float)(sum_lo + sum_hi);
+            job->qx->s16[i * 2 * nb + 2 * b] = d * (float)sum_lo;
+            job->qx->s16[i * 2 * nb + 2 * b + 1] = d * (float)sum_hi;
+        }
+    }
+}
+
+/* Quantizes the m rows of x (threaded over rows); 0 when out of memory. */
+static int dn_qx_quantize(dn_qx* qx, const float* x, int64_t ldx, int64_t m, int64_t k) {
+    const int64_t nb = k / 32, qbytes = (m * k + 63) & ~(int64_t)63;
+    char* mem = (char*)dn_q_alloc((size_t)qbytes + (size_t)(4 * m * nb) * sizeof(float));
+    if (!mem) return 0;
+    qx->mem = mem; qx->m = m; qx->k = k;
+    qx->q = (int8_t*)mem;
+    qx->d = (float*)(mem + qbytes);
+    qx->s32 = qx->d + m * nb;
+    qx->s16 = qx->s32 + m * nb;
+    dn_qx_job job = {x, ldx, qx};
+    dn_parallel(dn_qx_quantize_rows, &job, m, k >= 4096 ? 1 : 4096 / k);
+    return 1;
+}
+
+/* -- the portable path: dequantize 8 weight rows to f32, f32 dot products -------------------------------- */
+typedef struct {
+    const dn_qformat* f; int64_t m, n, k; const float* x; int64_t ldx; const uint8_t* w; float* y; int64_t ldy;
+} dn_qjob;
+
+#define DN_QP_COLS 8
+
+static void dn_q_portable_cols(void* ctx, int64_t begin, int64_t end) {
+    const dn_qjob* job = (const dn_qjob*)ctx;
+    const int64_t k = job->k, row_bytes = k / job->f->block * job->f->block_bytes;
+    float* wbuf = (float*)dn_q_alloc((size_t)(DN_QP_COLS * k) * sizeof(float));
+    if (!wbuf) abort();
+    for (int64_t j0 = begin * DN_QP_COLS; j0 < end * DN_QP_COLS && j0 < job->n; j0 += DN_QP_COLS) {
+        const int cols = (int)(job->n - j0 < DN_QP_COLS ? job->n - j0 : DN_QP_COLS);
+        for (int c = 0; c < cols; ++c) job->f->dqrow(job->w + (j0 + c) * row_bytes, k, wbuf + c * k);
+        for (int64_t i = 0; i < job->m; ++i) {
+            const float* x = job->x + i * job->ldx;
+            for (int c = 0; c < cols; ++c) {
+                const float* wr = wbuf + c * k;
+                float acc = 0.0f;
+                #pragma omp simd reduction(+:acc)
+                for (int64_t kk = 0; kk < k; ++kk) acc += x[kk] * wr[kk];
+                job->y[i * job->ldy + j0 + c] = acc;
+            }
+        }
+    }
+    free(wbuf);
+}
+
+static void dn_qmatmul_portable(const dn_qjob* job) {
+    const int64_t panels = (job->n + DN_QP_COLS - 1) / DN_QP_COLS;
+    dn_parallel(dn_q_portable_cols, (void*)job, panels, 1);
+}
+
+#if defined(DN_Q_INT)
+/* -- integer kernels, one set per ISA ----------------------------------------------------------------------
+ * dot(u, fac, q, k, G): sum over groups g of fac[g] * sum(u * q) over the group's G elements, fac a group's
+ * combined scale (weight d times activation d). The panel micro-kernels are below. */
+#if defined(DN_Q_AVX512)
+static float dn_q_dot(const uint8_t* u, const float* fac, const int8_t* q, int64_t k, int G, int offset128) {
+    (void)offset128;
+    const __m512i spread = G == 32 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                   : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 128 <= k; i += 128) {     /* two independent chains: the FMA latency is not the limit */
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(u + i), _mm512_loadu_si512(q + i));
+        __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(u + i + 64),
+                                         _mm512_loadu_si512(q + i + 64));
+        __m512 f0 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + i / G)));
+        __m512 f1 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + (i + 64) / G)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), f0, acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), f1, acc1);
+    }
+    for (; i + 64 <= k; i += 64) {
+        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(u + i), _mm512_loadu_si512(q + i));
+        __m512 f = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + i / G)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), f, acc0);
+    }
+    if (i < k) {                          /* a last 32: the upper half of the vector is zero */
+        __m512i uu = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(u + i)));
+        __m512i qq = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(q + i)));
+        __m512i p = _mm512_maskz_dpbusd_epi32(0x00ff, _mm512_setzero_si512(), uu, qq);
+        __m512 f = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + i / G)));
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), f, acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#else
+/* 32 products u * q summed in 8 lanes of 4 */
+static inline __m256i dn_q_dot32(__m256i u, __m256i q, int offset128) {
+#if defined(DN_Q_DPBUSD)
+    (void)offset128;
+    return DN_Q_DPBUSD(_mm256_setzero_si256(), u, q);
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (offset128) {                      /* u up to 255 would saturate vpmaddubsw: |w| times x with w's sign */
+        __m256i w = _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80));
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(q, w)), ones);
+    }
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones);
+#endif
+}
+
+static float dn_q_dot(const uint8_t* u, const float* fac, const int8_t* q, int64_t k, int G, int offset128) {
+    const __m256i spread = G == 32 ? _mm256_setzero_si256() : _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m256i p0 = dn_q_dot32(_mm256_loadu_si256((const __m256i*)(u + i)), _mm256_loadu_si256((const __m256i*)(q + i)),
+                                offset128);
+        __m256i p1 = dn_q_dot32(_mm256_loadu_si256((const __m256i*)(u + i + 32)),
+                                _mm256_loadu_si256((const __m256i*)(q + i + 32)), offset128);
+        __m256 f0 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(fac + i / G)), spread);
+        __m256 f1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(fac + (i + 32) / G)), spread);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), f0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), f1, acc1);
+    }
+    if (i < k) {
+        __m256i p = dn_q_dot32(_mm256_loadu_si256((const __m256i*)(u + i)), _mm256_loadu_si256((const __m256i*)(q + i)),
+                               offset128);
+        __m256 f = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(fac + i / G)), spread);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, acc0);
+    }
+    __m256 s = _mm256_add_ps(acc0, acc1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
+/* -- few rows: one weight row unpacked at a time, dotted with every row of x ----------------------------- */
+typedef struct { const dn_qformat* f; const dn_qx* qx; int64_t n; const uint8_t* w; float* y; int64_t ldy; } dn_qgemv_job;
+
+static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
+    const dn_qgemv_job* job = (const dn_qgemv_job*)ctx;
+    const dn_qformat* f = job->f;
+    const int64_t k = job->qx->k, G = f->group, ng = k / G, nb = k / 32, per_x = 32 / G;
+    const int64_t row_bytes = k / f->block * f->block_bytes;
+    uint8_t* u = (uint8_t*)dn_q_alloc((size_t)k + (size_t)(3 * ng + 8) * sizeof(float));
+    if (!u) abort();
+    float *d = (float*)(u + ((k + 63) & ~(int64_t)63)), *o = d + ng, *fac = o + ng;
+    for (int e = 0; e < 8; ++e) fac[ng + e] = 0.0f;    /* vector loads read past the last group */
+    for (int64_t j = begin; j < end; ++j) {
+        f->unpack(job->w + j * row_bytes, k, u, d, o);
+        for (int64_t i = 0; i < job->qx->m; ++i) {
+            const float* dx = job->qx->d + i * nb;
+            const float* sx = G == 32 ? job->qx->s32 + i * nb : job->qx->s16 + i * 2 * nb;
+            float off = 0.0f;
+            #pragma omp simd reduction(+:off)
+            for (int64_t g = 0; g < ng; ++g) { fac[g] = d[g] * dx[g / per_x]; off += o[g] * sx[g]; }
+#if defined(DN_Q_AVX2) && !defined(DN_Q_DPBUSD)
+            if (f->offset128) off = 0.0f;     /* the signed dot product has no offset */
+#endif
+            job->y[i * job->ldy + j] = dn_q_dot(u, fac, job->qx->q + i * k, k, (int)G, f->offset128) + off;
+        }
+    }
+    free(u);
+}
+
+/* -- many rows: 32 weight rows unpacked into a panel, a register tile of rows x 32 columns over it --------
+ * Panel layout: for each 4 elements of k (t), 32 columns x 4 bytes; then d and o as [group][32]. */
+#define DN_QP_N 32
+
+static void dn_q_pack_panel(const dn_qformat* f, const uint8_t* w, int64_t j0, int64_t n, int64_t k,
+                            uint8_t* panel, float* pd, float* po, uint8_t* u, float* d, float* o) {
+    const int64_t ng = k / f->group, row_bytes = k / f->block * f->block_bytes;
+    for (int c = 0; c < DN_QP_N; ++c) {
+        if (j0 + c < n) f->unpack(w + (j0 + c) * row_bytes, k, u, d, o);
+        else { memset(u, 0, (size_t)k); memset(d, 0, (size_t)ng * sizeof(float)); memset(o, 0, (size_t)ng * sizeof(float)); }
+        for (int64_t t = 0; t < k / 4; ++t) memcpy(panel + (t * DN_QP_N + c) * 4, u + 4 * t, 4);
+        for (int64_t g = 0; g < ng; ++g) { pd[g * DN_QP_N + c] = d[g]; po[g * DN_QP_N + c] = o[g]; }
+    }
+}
+
+#if defined(DN_Q_AVX512)
+#define DN_QP_ROWS 4
+/* R rows x 32 columns (two vectors of 16); G the group size, a constant after inlining */
+static inline __attribute__((always_inline)) void dn_q_tile(
+        const int R, const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+        int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
+    (void)offset128;
+    const int64_t k = qx->k, nb = k / 32;
+    const int8_t* q = qx->q + i0 * k;
+    const float* dx = qx->d + i0 * nb;
+    const float* sx = G == 32 ? qx->s32 + i0 * nb : qx->s16 + i0 * 2 * nb;
+    const int64_t lds = G == 32 ? nb : 2 * nb;
+    __m512 acc[4][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < k / G; ++g) {
+        __m512i s[4][2];
+        for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm512_setzero_si512();
+        const uint8_t* p = panel + g * G * DN_QP_N;
+        for (int t = 0; t < G / 4; ++t) {
+            const __m512i w0 = _mm512_load_si512(p + t * 4 * DN_QP_N), w1 = _mm512_load_si512(p + t * 4 * DN_QP_N + 64);
+            for (int r = 0; r < R; ++r) {
+                int32_t x4; memcpy(&x4, q + r * k + g * G + 4 * t, 4);
+                const __m512i xb = _mm512_set1_epi32(x4);
+                s[r][0] = _mm512_dpbusd_epi32(s[r][0], w0, xb);
+                s[r][1] = _mm512_dpbusd_epi32(s[r][1], w1, xb);
+            }
+        }
+        const __m512 d0 = _mm512_load_ps(pd + g * DN_QP_N), d1 = _mm512_load_ps(pd + g * DN_QP_N + 16);
+        const __m512 o0 = _mm512_load_ps(po + g * DN_QP_N), o1 = _mm512_load_ps(po + g * DN_QP_N + 16);
+        for (int r = 0; r < R; ++r) {
+            const __m512 fx = _mm512_set1_ps(dx[r * nb + g * G / 32]), sr = _mm512_set1_ps(sx[r * lds + g]);
+            acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][0]), _mm512_mul_ps(d0, fx), acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][1]), _mm512_mul_ps(d1, fx), acc[r][1]);
+            acc[r][0] = _mm512_fmadd_ps(o0, sr, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(o1, sr, acc[r][1]);
+        }
+    }
+    const __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+    const __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    for (int r = 0; r < R; ++r) {
+        _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
+    }
+}
+#else
+#define DN_QP_ROWS 4
+/* R rows x 16 columns (two vectors of 8), the half h of the panel */
+static inline __attribute__((always_inline)) void dn_q_tile_half(
+        const int R, const int G, const int h, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+        int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
+    const int64_t k = qx->k, nb = k / 32;
+    const int8_t* q = qx->q + i0 * k;
+    const float* dx = qx->d + i0 * nb;
+    const float* sx = G == 32 ? qx->s32 + i0 * nb : qx->s16 + i0 * 2 * nb;
+    const int64_t lds = G == 32 ? nb : 2 * nb;
+#if !defined(DN_Q_DPBUSD)
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+#else
+    (void)offset128;
+#endif
+    __m256 acc[4][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < k / G; ++g) {
+        __m256i s[4][2];
+        for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
+        const uint8_t* p = panel + g * G * DN_QP_N + 64 * h;
+        for (int t = 0; t < G / 4; ++t) {
+            __m256i w0 = _mm256_load_si256((const __m256i*)(p + t * 4 * DN_QP_N));
+            __m256i w1 = _mm256_load_si256((const __m256i*)(p + t * 4 * DN_QP_N + 32));
+#if defined(DN_Q_DPBUSD)
+            for (int r = 0; r < R; ++r) {
+                int32_t x4; memcpy(&x4, q + r * k + g * G + 4 * t, 4);
+                const __m256i xb = _mm256_set1_epi32(x4);
+                s[r][0] = DN_Q_DPBUSD(s[r][0], w0, xb);
+                s[r][1] = DN_Q_DPBUSD(s[r][1], w1, xb);
+            }
+#else
+            __m256i sg0 = w0, sg1 = w1;            /* signed weights: |w| times x with w's sign, no saturation */
+            if (offset128) {
+                sg0 = _mm256_xor_si256(w0, flip); sg1 = _mm256_xor_si256(w1, flip);
+                w0 = _mm256_abs_epi8(sg0); w1 = _mm256_abs_epi8(sg1);
+            }
+            for (int r = 0; r < R; ++r) {
+                int32_t x4; memcpy(&x4, q + r * k + g * G + 4 * t, 4);
+                __m256i xb0 = _mm256_set1_epi32(x4), xb1 = xb0;
+                if (offset128) { xb0 = _mm256_sign_epi8(xb0, sg0); xb1 = _mm256_sign_epi8(xb1, sg1); }
+                s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, xb0), ones));
+                s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, xb1), ones));
+            }
+#endif
+        }
+        const float* pdg = pd + g * DN_QP_N + 16 * h;
+        const float* pog = po + g * DN_QP_N + 16 * h;
+        const __m256 d0 = _mm256_load_ps(pdg), d1 = _mm256_load_ps(pdg + 8);
+        const __m256 o0 = _mm256_load_ps(pog), o1 = _mm256_load_ps(pog + 8);
+        for (int r = 0; r < R; ++r) {
+            const __m256 fx = _mm256_set1_ps(dx[r * nb + g * G / 32]), sr = _mm256_set1_ps(sx[r * lds + g]);
+            acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), _mm256_mul_ps(d0, fx), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][1]), _mm256_mul_ps(d1, fx), acc[r][1]);
+#if !defined(DN_Q_DPBUSD)
+            if (offset128) continue;           /* the signed dot product has no offset */
+#endif
+            acc[r][0] = _mm256_fmadd_ps(o0, sr, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(o1, sr, acc[r][1]);
+        }
+    }
+    const int c0 = cols - 16 * h;
+    for (int r = 0; r < R; ++r) {
+        if (c0 >= 16) {
+            _mm256_storeu_ps(y + r * ldy + 16 * h, acc[r][0]);
+            _mm256_storeu_ps(y + r * ldy + 16 * h + 8, acc[r][1]);
+        } else if (c0 > 0) {
+            float tmp[16];
+            _mm256_storeu_ps(tmp, acc[r][0]);
+            _mm256_storeu_ps(tmp + 8, acc[r][1]);
+            memcpy(y + r * ldy + 16 * h, tmp, (size_t)c0 * sizeof(float));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void dn_q_tile(
+        const int R, const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+        int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
+    dn_q_tile_half(R, G, 0, panel, pd, po, qx, i0, y, ldy, cols, offset128);
+    if (cols > 16) dn_q_tile_half(R, G, 1, panel, pd, po, qx, i0, y, ldy, cols, offset128);
+}
+#endif
+
+/* every row of x against one packed panel, R rows at a time (constants, so each tile is specialised) */
+static void dn_q_panel_rows(const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+                            float* y, int64_t ldy, int cols, int offset128) {
+    int64_t i = 0;
+    for (; i + DN_QP_ROWS <= qx->m; i += DN_QP_ROWS)
+        dn_q_tile(DN_QP_ROWS, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128);
+    switch (qx->m - i) {
+    case 3: dn_q_tile(3, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
+    case 2: dn_q_tile(2, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
+    case 1: dn_q_tile(1, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
+    default: break;
+    }
+}
+
+static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
+    const dn_qgemv_job* job = (const dn_qgemv_job*)ctx;
+    const dn_qformat* f = job->f;
+    const int64_t k = job->qx->k, ng = k / f->group;
+    const size_t panel_bytes = (size_t)(k * DN_QP_N), scale_bytes = (size_t)(ng * DN_QP_N) * sizeof(float);
+    const size_t row_bytes = ((size_t)k + 63) & ~(size_t)63;
+    uint8_t* mem = (uint8_t*)dn_q_alloc(panel_bytes + 2 * scale_bytes + row_bytes + 2 * (size_t)ng * sizeof(float));
+    if (!mem) abort();
+    float *pd = (float*)(mem + panel_bytes), *po = (float*)((uint8_t*)pd + scale_bytes);
+    uint8_t* u = (uint8_t*)po + scale_bytes;
+    float *d = (float*)(u + row_bytes), *o = d + ng;
+    for (int64_t p = begin; p < end; ++p) {
+        const int64_t j0 = p * DN_QP_N;
+        const int cols = (int)(job->n - j0 < DN_QP_N ? job->n - j0 : DN_QP_N);
+        dn_q_pack_panel(f, job->w, j0, job->n, k, mem, pd, po, u, d, o);
+        if (f->group == 32) dn_q_panel_rows(32, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
+        else dn_q_panel_rows(16, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
+    }
+    free(mem);
+}
+
+#ifndef DN_QPANEL_ROWS
+#define DN_QPANEL_ROWS 4      /* from this many rows of x, weights are packed into panels */
+#endif
+#endif /* DN_Q_INT */
+
+static void dn_qmatmul_run(const dn_qformat* f, int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx,
+                           const uint8_t* w, float* y, int64_t ldy) {
+    if (m <= 0 || n <= 0) return;
+    dn_qjob job = {f, m, n, k, x, ldx, w, y, ldy};
+#if defined(DN_Q_INT)
+    dn_qx qx;
+    if (!dn_qx_quantize(&qx, x, ldx, m, k)) abort();
+    dn_qgemv_job gj = {f, &qx, n, w, y, ldy};
+    if (m < DN_QPANEL_ROWS) {
+        /* chunks of at least ~8K weights each, so the pool's overhead stays small */
+        const int64_t min_cols = k >= 8192 ? 1 : 8192 / k;
+        dn_parallel(dn_q_gemv_cols, &gj, n, min_cols);
+    } else {
+        dn_parallel(dn_q_panels, &gj, (n + DN_QP_N - 1) / DN_QP_N, 1);
+    }
+    free(qx.mem);
+    (void)job;
+#else
+    dn_qmatmul_portable(&job);
+#endif
+}
+
+#define DN_QROW_FROM_ELEMENTS(name) \
+    static void dn_dqrow_##name(const uint8_t* row, int64_t k, float* out) { \
+        for (int64_t i = 0; i < k; ++i) out[i] = dn_dq_##name(row, i); }
+"""
+
+# Per format: dn_dq_<name> (exact), dn_unpack_<name> (u, d, o per group), and the entry point.
+_FORMATS = {
+    DType.Q8_0: r"""
+/* Q8_0: f16 d, 32 x int8 q; w = d * q */
+static inline float dn_dq_q8_0(const uint8_t* base, int64_t i) {
+    const uint8_t* b = base + (i / 32) * 34;
+    return dn_q_f16(b) * (float)(int8_t)b[2 + i % 32];
+}
+static void dn_unpack_q8_0(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+    for (int64_t b = 0; b < k / 32; ++b) {
+        const uint8_t* p = row + b * 34;
+        d[b] = dn_q_f16(p); o[b] = -128.0f * d[b];
+        for (int e = 0; e < 32; ++e) u[b * 32 + e] = (uint8_t)(p[2 + e] ^ 0x80);    /* q + 128 */
+    }
+}
+""",
+    DType.Q4_0: r"""
+/* Q4_0: f16 d, 16 bytes: element e < 16 the low nibble of byte e, e >= 16 the high nibble of e - 16; w = d (q - 8) */
+static inline float dn_dq_q4_0(const uint8_t* base, int64_t i) {
+    const uint8_t* b = base + (i / 32) * 18;
+    const int e = (int)(i % 32), q = e < 16 ? b[2 + e] & 15 : b[2 + e - 16] >> 4;
+    return dn_q_f16(b) * (float)(q - 8);
+}
+static void dn_unpack_q4_0(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+    for (int64_t b = 0; b < k / 32; ++b) {
+        const uint8_t* p = row + b * 18;
+        d[b] = dn_q_f16(p); o[b] = -8.0f * d[b];
+        for (int e = 0; e < 16; ++e) { u[b * 32 + e] = p[2 + e] & 15; u[b * 32 + 16 + e] = p[2 + e] >> 4; }
+    }
+}
+""",
+    DType.Q4_1: r"""
+/* Q4_1: f16 d, f16 m, 16 bytes of nibbles as Q4_0; w = d q + m */
+static inline float dn_dq_q4_1(const uint8_t* base, int64_t i) {
+    const uint8_t* b = base + (i / 32) * 20;
+    const int e = (int)(i % 32), q = e < 16 ? b[4 + e] & 15 : b[4 + e - 16] >> 4;
+    return dn_q_exact(dn_q_f16(b) * (float)q) + dn_q_f16(b + 2);
+}
+static void dn_unpack_q4_1(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+    for (int64_t b = 0; b < k / 32; ++b) {
+        const uint8_t* p = row + b * 20;
+        d[b] = dn_q_f16(p); o[b] = dn_q_f16(p + 2);
+        for (int e = 0; e < 16; ++e) { u[b * 32 + e] = p[4 + e] & 15; u[b * 32 + 16 + e] = p[4 + e] >> 4; }
+    }
+}
+""",
+    DType.Q4_K: r"""
+/* Q4_K: 256 elements: f16 d, f16 dmin, 12 bytes of scales, 128 bytes of nibbles: sub-block j (32 elements) is
+   the low (j even) or high (j odd) nibbles of bytes 32 (j / 2) ..; w = (d sc_j) q - (dmin m_j) */
+static inline float dn_dq_q4_k(const uint8_t* base, int64_t i) {
+    const uint8_t* b = base + (i / 256) * 144;
+    const int e = (int)(i % 256), j = e / 32;
+    int sc, mn;
+    dn_q_scale_min_k4(b + 4, j, &sc, &mn);
+    const int q = (b[16 + 32 * (j / 2) + e % 32] >> (4 * (j % 2))) & 15;
+    return dn_q_exact(dn_q_f16(b) * (float)sc * (float)q) - dn_q_exact(dn_q_f16(b + 2) * (float)mn);
+}
+static void dn_unpack_q4_k(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+    for (int64_t b = 0; b < k / 256; ++b) {
+        const uint8_t* p = row + b * 144;
+        const float dd = dn_q_f16(p), dmin = dn_q_f16(p + 2);
+        for (int j = 0; j < 8; ++j) {
+            int sc, mn;
+            dn_q_scale_min_k4(p + 4, j, &sc, &mn);
+            d[b * 8 + j] = dd * (float)sc; o[b * 8 + j] = -dmin * (float)mn;
+            const uint8_t* qs = p + 16 + 32 * (j / 2);
+            const int shift = 4 * (j % 2);
+            for (int e = 0; e < 32; ++e) u[b * 256 + j * 32 + e] = (qs[e] >> shift) & 15;
+        }
+    }
+}
+""",
+    DType.Q5_K: r"""
+/* Q5_K: 256 elements: f16 d, f16 dmin, 12 bytes of scales (as Q4_K), 32 bytes qh, 128 bytes of low nibbles (as
+   Q4_K); the fifth bit of sub-block j's element e is bit j of qh[e]; w = (d sc_j) q - (dmin m_j) */
+static inline float dn_dq_q5_k(const uint8_t* base, int64_t i) {
+    const uint8_t* b = base + (i / 256) * 176;
+    const int e = (int)(i % 256), j = e / 32;
+    int sc, mn;
+    dn_q_scale_min_k4(b + 4, j, &sc, &mn);
+    const int q = ((b[48 + 32 * (j / 2) + e % 32] >> (4 * (j % 2))) & 15) | (((b[16 + e % 32] >> j) & 1) << 4);
+    return dn_q_exact(dn_q_f16(b) * (float)sc * (float)q) - dn_q_exact(dn_q_f16(b + 2) * (float)mn);
+}
+static void dn_unpack_q5_k(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+    for (int64_t b = 0; b < k / 256; ++b) {
+        const uint8_t* p = row + b * 176;
+        const float dd = dn_q_f16(p), dmin = dn_q_f16(p + 2);
+        for (int j = 0; j < 8; ++j) {
+            int sc, mn;
+            dn_q_scale_min_k4(p + 4, j, &sc, &mn);
+            d[b * 8 + j] = dd * (float)sc; o[b * 8 + j] = -dmin * (float)mn;
+            const uint8_t* qs = p + 48 + 32 * (j / 2);
+            const int shift = 4 * (j % 2);
+            for (int e = 0; e < 32; ++e)
+                u[b * 256 + j * 32 + e] = (uint8_t)(((qs[e] >> shift) & 15) | (((p[16 + e] >> j) & 1) << 4));
+        }
+    }
+}
+""",
+    DType.Q6_K: r"""
+/* Q6_K: 256 elements: 128 bytes ql, 64 bytes qh, 16 int8 scales (one per 16 elements), f16 d at the end. In each
+   half (128 elements) h, element r: low 4 bits from ql[64 h + r % 64] (nibble r / 64), high 2 bits from
+   qh[32 h + r % 32] (bits 2 (r / 32)); w = (d sc) (q - 32) */
+static inline int dn_q6_k_q(const uint8_t* b, int e) {
+    const int h = e / 128, r = e % 128;
+    const int lo = (b[64 * h + r % 64] >> (4 * (r / 64))) & 15, hi = (b[128 + 32 * h + r % 32] >> (2 * (r / 32))) & 3;
+    return lo | (hi << 4);
+}
+static inline float dn_dq_q6_k(const uint8_t* base, int64_t i) {
+    const uint8_t* b = base + (i / 256) * 210;
+    const int e = (int)(i % 256);
+    return dn_q_f16(b + 208) * (float)(int8_t)b[192 + e / 16] * (float)(dn_q6_k_q(b, e) - 32);
+}
+static void dn_unpack_q6_k(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+    for (int64_t b = 0; b < k / 256; ++b) {
+        const uint8_t* p = row + b * 210;
+        const float dd = dn_q_f16(p + 208);
+        for (int j = 0; j < 16; ++j) { d[b * 16 + j] = dd * (float)(int8_t)p[192 + j]; o[b * 16 + j] = -32.0f * d[b * 16 + j]; }
+        for (int h = 0; h < 2; ++h)
+            for (int r = 0; r < 128; ++r) {
+                const int lo = (p[64 * h + r % 64] >> (4 * (r / 64))) & 15;
+                const int hi = (p[128 + 32 * h + r % 32] >> (2 * (r / 32))) & 3;
+                u[b * 256 + 128 * h + r] = (uint8_t)(lo | (hi << 4));
+            }
+    }
+}
+""",
+}
+
+# which formats store a signed 8-bit q as u = q + 128 (see dn_qformat.offset128)
+_OFFSET128 = {DType.Q8_0}
+
+_ENTRY = r"""
+DN_QROW_FROM_ELEMENTS({name})
+static void dn_qmatmul_{name}(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, const uint8_t* w,
+                              float* y, int64_t ldy) {{
+    static const dn_qformat format = {{dn_unpack_{name}, dn_dqrow_{name}, {block}, {block_bytes}, {group}, {offset128}}};
+    dn_qmatmul_run(&format, m, n, k, x, ldx, w, y, ldy);
+}}
+"""
+
+
+def quant_support(dtypes: Iterable[DType]) -> str:
+    """C for the block dtypes among `dtypes`: dn_dq_<name> and dn_qmatmul_<name> each (after the PRELUDE)."""
+    wanted = [d for d in _FORMATS if d in set(dtypes)]
+    if not wanted:
+        return ""
+    parts = [_COMMON]
+    for dtype in wanted:
+        parts.append(_FORMATS[dtype])
+        parts.append(_ENTRY.format(name=dtype.value, block=dtype.block, block_bytes=dtype.block_bytes,
+                                   group=16 if dtype is DType.Q6_K else 32, offset128=int(dtype in _OFFSET128)))
+    return "".join(parts)
