@@ -260,6 +260,114 @@ static float dn_q_dot(const uint8_t* u, const float* fac, const int8_t* q, int64
 /* -- few rows: one weight row unpacked at a time, dotted with every row of x ----------------------------- */
 typedef struct { const dn_qformat* f; const dn_qx* qx; int64_t n; const uint8_t* w; float* y; int64_t ldy; } dn_qgemv_job;
 
+#if defined(DN_Q_AVX512)
+/* Decode's formats straight from their blocks, no unpacked copy: two blocks per vector, two columns at a time
+ * (x's vector is loaded once for both), the scales of eight blocks at once.
+ * kind: 8 (Q8_0), 4 (Q4_0), 5 (Q4_1, which stores a min). */
+static inline __attribute__((always_inline)) __m512i dn_q_pair(const int kind, const uint8_t* p0, const uint8_t* p1) {
+    if (kind == 8) {                       /* 32 int8 each: u = q + 128 */
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(p0 + 2))),
+                                             _mm256_loadu_si256((const __m256i*)(p1 + 2)), 1);
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    }
+    /* 16 bytes of nibbles each, elements 0-15 low, 16-31 high: [q0, q0, q1, q1] masked to low, high, low, high
+       nibbles. The high ones stay 16 times their value (no shift): their scale carries the 1/16. */
+    const int at = kind == 5 ? 4 : 2;
+    const __m256i both = _mm256_loadu2_m128i((const __m128i*)(p1 + at), (const __m128i*)(p0 + at));
+    const __m512i z = _mm512_castsi256_si512(both);
+    const long long L = 0x0f0f0f0f0f0f0f0fLL, H = (long long)0xf0f0f0f0f0f0f0f0ULL;
+    const __m512i nibbles = _mm512_set_epi64(H, H, L, L, H, H, L, L);
+    return _mm512_and_si512(_mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0)), nibbles);
+}
+
+/* d and o (w = d u + o) of the `count` blocks at p */
+static inline __attribute__((always_inline)) void dn_q_scales8(
+        const int kind, const uint8_t* p, int64_t bb, int count, __m256* d, __m256* o) {
+    __m128i halves;
+    __m256i pairs = _mm256_setzero_si256();
+    if (count == 8 && kind == 5) {          /* d|m dwords at 0, 20, .. 140: two loads and one permute */
+        const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 80);
+        const __m512i at = _mm512_setr_epi32(0, 5, 10, 15, 16, 21, 26, 31, 0, 0, 0, 0, 0, 0, 0, 0);
+        pairs = _mm512_castsi512_si256(_mm512_permutex2var_epi32(a, at, b));
+        halves = _mm256_cvtepi32_epi16(pairs);
+    } else if (count == 8 && kind == 4) {   /* d at halfwords 0, 9, .. 63 */
+        const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 64);
+        const __m512i at = _mm512_setr_epi32(9 << 16 | 0, 27 << 16 | 18, 45 << 16 | 36, 63 << 16 | 54,
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);   /* halfword indices, two a dword */
+        halves = _mm512_castsi512_si128(_mm512_permutex2var_epi16(a, at, b));
+    } else {                                /* a gather (Q8_0's 34-byte blocks; the last blocks of a row) */
+        const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bb));
+        pairs = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << count) - 1), at, (const int*)p, 1);
+        halves = _mm256_cvtepi32_epi16(pairs);
+    }
+    *d = _mm256_cvtph_ps(halves);
+    *o = kind == 5 ? _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(pairs, 16)))
+                   : _mm256_mul_ps(*d, _mm256_set1_ps(kind == 8 ? -128.0f : -8.0f));
+}
+
+/* y[j] for C columns of W (rows at w + c * row_bytes) and one row i of x */
+static inline __attribute__((always_inline)) void dn_q_gemv_blocks(
+        const int kind, const int C, const uint8_t* w, int64_t row_bytes, int64_t bb, const dn_qx* qx, int64_t i,
+        float* out) {
+    const int64_t k = qx->k, nb = k / 32;
+    const int8_t* x = qx->q + i * k;
+    __m512 acc[2];
+    __m256 off[2];
+    for (int c = 0; c < C; ++c) { acc[c] = _mm512_setzero_ps(); off[c] = _mm256_setzero_ps(); }
+    for (int64_t b = 0; b < nb; b += 8) {
+        const int count = nb - b < 8 ? (int)(nb - b) : 8;
+        const __mmask8 live = (__mmask8)((1u << count) - 1);
+        const __m256 dx = _mm256_maskz_loadu_ps(live, qx->d + i * nb + b);
+        const __m256 sx = _mm256_maskz_loadu_ps(live, qx->s32 + i * nb + b);
+        __m512 fac[2];     /* per column: lanes 0-7 d * dx of the 8 blocks; 8-15 the same / 16 (high nibbles) */
+        for (int c = 0; c < C; ++c) {
+            __m256 d, o;
+            dn_q_scales8(kind, w + c * row_bytes + b * bb, bb, count, &d, &o);
+            const __m256 f = _mm256_mul_ps(d, dx);
+            fac[c] = _mm512_insertf32x8(_mm512_castps256_ps512(f),
+                                        kind == 8 ? f : _mm256_mul_ps(f, _mm256_set1_ps(1.0f / 16)), 1);
+            off[c] = _mm256_fmadd_ps(o, sx, off[c]);
+        }
+        for (int pair = 0; 2 * pair < count; ++pair) {
+            const int two = 2 * pair + 1 < count, lo = 2 * pair, hi = kind == 8 ? lo : lo + 8;
+            const __mmask16 lanes = two ? 0xffff : 0x00ff;
+            const __m512i xv = _mm512_maskz_loadu_epi32(lanes, x + (b + lo) * 32);
+            /* which scale each lane takes: block lo's low and high halves, then block lo + 1's */
+            const __m512i spread = kind == 8
+                ? _mm512_set_epi32(lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo, lo, lo, lo, lo, lo, lo, lo)
+                : _mm512_set_epi32(hi + 1, hi + 1, hi + 1, hi + 1, lo + 1, lo + 1, lo + 1, lo + 1, hi, hi, hi, hi, lo, lo, lo, lo);
+            for (int c = 0; c < C; ++c) {
+                const uint8_t* p0 = w + c * row_bytes + (b + lo) * bb;
+                const __m512i u = dn_q_pair(kind, p0, two ? p0 + bb : p0);
+                const __m512i s = _mm512_maskz_dpbusd_epi32(lanes, _mm512_setzero_si512(), u, xv);
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(spread, fac[c]), acc[c]);
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        out[c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[c], _mm512_castps256_ps512(off[c])));
+}
+
+/* columns [begin, end) of y, straight from Q8_0 / Q4_0 / Q4_1 blocks */
+static inline __attribute__((always_inline)) void dn_q_gemv_direct(
+        const int kind, const dn_qgemv_job* job, int64_t begin, int64_t end) {
+    const int64_t bb = job->f->block_bytes, row_bytes = job->qx->k / 32 * bb;
+    for (int64_t j = begin; j < end; j += 2) {
+        const int two = j + 1 < end;
+        for (int64_t i = 0; i < job->qx->m; ++i) {
+            float out[2];
+            if (two) dn_q_gemv_blocks(kind, 2, job->w + j * row_bytes, row_bytes, bb, job->qx, i, out);
+            else dn_q_gemv_blocks(kind, 1, job->w + j * row_bytes, row_bytes, bb, job->qx, i, out);
+            job->y[i * job->ldy + j] = out[0];
+            if (two) job->y[i * job->ldy + j + 1] = out[1];
+        }
+    }
+}
+static void dn_q_gemv_q8_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(8, (const dn_qgemv_job*)ctx, begin, end); }
+static void dn_q_gemv_q4_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(4, (const dn_qgemv_job*)ctx, begin, end); }
+static void dn_q_gemv_q4_1(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(5, (const dn_qgemv_job*)ctx, begin, end); }
+#endif
+
 static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
     const dn_qgemv_job* job = (const dn_qgemv_job*)ctx;
     const dn_qformat* f = job->f;
@@ -480,7 +588,11 @@ static void dn_qmatmul_run(const dn_qformat* f, int64_t m, int64_t n, int64_t k,
     if (m < DN_QPANEL_ROWS) {
         /* chunks of at least ~8K weights each, so the pool's overhead stays small */
         const int64_t min_cols = k >= 8192 ? 1 : 8192 / k;
-        dn_parallel(dn_q_gemv_cols, &gj, n, min_cols);
+        dn_body gemv = dn_q_gemv_cols;
+#if defined(DN_Q_AVX512)
+        if (f->block == 32) gemv = f->offset128 ? dn_q_gemv_q8_0 : f->block_bytes == 18 ? dn_q_gemv_q4_0 : dn_q_gemv_q4_1;
+#endif
+        dn_parallel(gemv, &gj, n, min_cols);
     } else {
         dn_parallel(dn_q_panels, &gj, (n + DN_QP_N - 1) / DN_QP_N, 1);
     }
