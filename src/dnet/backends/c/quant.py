@@ -551,6 +551,84 @@ static void dn_q_panel_rows(const int G, const uint8_t* panel, const float* pd, 
     }
 }
 
+#if defined(DN_Q_AVX512)
+/* 16 x 16 dwords transposed in registers: v[c] holds column c's 16 dwords on entry, v[t] the 16 columns' dword t
+ * on exit (4x4 transposes in each 128-bit lane, then the lanes gathered). */
+static inline void dn_q_transpose16(__m512i v[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 4; ++i) {
+        t[4 * i] = _mm512_unpacklo_epi32(v[4 * i], v[4 * i + 1]);
+        t[4 * i + 1] = _mm512_unpackhi_epi32(v[4 * i], v[4 * i + 1]);
+        t[4 * i + 2] = _mm512_unpacklo_epi32(v[4 * i + 2], v[4 * i + 3]);
+        t[4 * i + 3] = _mm512_unpackhi_epi32(v[4 * i + 2], v[4 * i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* u[4 i + j], lane L: rows 4 i .. 4 i + 3 of column 4 L + j */
+    for (int j = 0; j < 4; ++j) {
+        const __m512i a0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88), a1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);
+        const __m512i b0 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88), b1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
+        v[j] = _mm512_shuffle_i32x4(a0, b0, 0x88);
+        v[8 + j] = _mm512_shuffle_i32x4(a0, b0, 0xdd);
+        v[4 + j] = _mm512_shuffle_i32x4(a1, b1, 0x88);
+        v[12 + j] = _mm512_shuffle_i32x4(a1, b1, 0xdd);
+    }
+}
+
+/* the u values of two blocks (natural order, high nibbles shifted down) */
+static inline __attribute__((always_inline)) __m512i dn_q_pair_u(const int kind, const uint8_t* p0, const uint8_t* p1) {
+    if (kind == 8) return dn_q_pair(8, p0, p1);
+    const int at = kind == 5 ? 4 : 2;
+    const __m512i z = _mm512_castsi256_si512(_mm256_loadu2_m128i((const __m128i*)(p1 + at), (const __m128i*)(p0 + at)));
+    const __m512i twice = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
+    return _mm512_and_si512(_mm512_srlv_epi64(twice, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(15));
+}
+
+/* The panel of columns j0 .. j0 + 31 straight from Q8_0 / Q4_0 / Q4_1 blocks: 16 columns' two blocks unpacked,
+ * transposed in registers, stored as 16 rows of the panel. */
+static inline __attribute__((always_inline)) void dn_q_pack_direct(
+        const int kind, const uint8_t* w, int64_t bb, int64_t j0, int64_t n, int64_t k,
+        uint8_t* panel, float* pd, float* po) {
+    const int64_t nb = k / 32, row_bytes = nb * bb;
+    for (int h = 0; h < 2; ++h) {
+        const int64_t c0 = j0 + 16 * h;
+        const int cols = n - c0 <= 0 ? 0 : n - c0 < 16 ? (int)(n - c0) : 16;
+        for (int64_t b = 0; b < nb; b += 2) {
+            const int two = b + 1 < nb;
+            __m512i v[16];
+            for (int c = 0; c < 16; ++c) {
+                const uint8_t* p0 = w + (c0 + c) * row_bytes + b * bb;
+                v[c] = c < cols ? dn_q_pair_u(kind, p0, two ? p0 + bb : p0) : _mm512_setzero_si512();
+            }
+            dn_q_transpose16(v);
+            for (int t = 0; t < (two ? 16 : 8); ++t) _mm512_store_si512(panel + ((b * 8 + t) * DN_QP_N + 16 * h) * 4, v[t]);
+        }
+        for (int c = 0; c < 16; ++c) {
+            for (int64_t b = 0; b < nb; b += 8) {
+                const int count = nb - b < 8 ? (int)(nb - b) : 8;
+                float d[8], o[8];
+                if (c < cols) {
+                    __m256 dv, ov;
+                    dn_q_scales8(kind, w + (c0 + c) * row_bytes + b * bb, bb, count, &dv, &ov);
+                    _mm256_storeu_ps(d, dv);
+                    _mm256_storeu_ps(o, ov);
+                } else {
+                    memset(d, 0, sizeof d); memset(o, 0, sizeof o);
+                }
+                for (int g = 0; g < count; ++g) {
+                    pd[(b + g) * DN_QP_N + 16 * h + c] = d[g];
+                    po[(b + g) * DN_QP_N + 16 * h + c] = o[g];
+                }
+            }
+        }
+    }
+}
+#endif
+
 static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
     const dn_qgemv_job* job = (const dn_qgemv_job*)ctx;
     const dn_qformat* f = job->f;
@@ -565,6 +643,14 @@ static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
         const int64_t j0 = p * DN_QP_N;
         const int cols = (int)(job->n - j0 < DN_QP_N ? job->n - j0 : DN_QP_N);
+#if defined(DN_Q_AVX512)
+        if (f->block == 32) {
+            const int64_t bb = f->block_bytes;
+            if (f->offset128) dn_q_pack_direct(8, job->w, bb, j0, job->n, k, mem, pd, po);
+            else if (bb == 18) dn_q_pack_direct(4, job->w, bb, j0, job->n, k, mem, pd, po);
+            else dn_q_pack_direct(5, job->w, bb, j0, job->n, k, mem, pd, po);
+        } else
+#endif
         dn_q_pack_panel(f, job->w, j0, job->n, k, mem, pd, po, u, d, o);
         if (f->group == 32) dn_q_panel_rows(32, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
         else dn_q_panel_rows(16, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
@@ -573,7 +659,7 @@ static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
 }
 
 #ifndef DN_QPANEL_ROWS
-#define DN_QPANEL_ROWS 4      /* from this many rows of x, weights are packed into panels */
+#define DN_QPANEL_ROWS 3      /* from this many rows of x, weights are packed into panels */
 #endif
 #endif /* DN_Q_INT */
 
