@@ -111,6 +111,33 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
         const float* x = job->x + i * job->ldx;
         int8_t* q = job->qx->q + i * k;
+#if defined(DN_Q_INT)
+        for (int64_t b = 0; b < nb; ++b) {      /* 4 vectors of 8: rounding to nearest even, as nearbyintf */
+            const float* xb = x + b * 32;
+            const __m256 sign = _mm256_set1_ps(-0.0f);
+            __m256 v[4], amax = _mm256_setzero_ps();
+            for (int j = 0; j < 4; ++j) { v[j] = _mm256_loadu_ps(xb + 8 * j); amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j])); }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            const float a = _mm_cvtss_f32(m4), d = a / 127.0f, id = a > 0.0f ? 127.0f / a : 0.0f;
+            __m256i qi[4];
+            for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
+            /* int32 -> int8 with the lanes put back in order (the packs work within 128-bit lanes) */
+            const __m256i w01 = _mm256_packs_epi32(qi[0], qi[1]), w23 = _mm256_packs_epi32(qi[2], qi[3]);
+            const __m256i b8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i*)(q + b * 32), b8);
+            const __m256i lo = _mm256_add_epi32(qi[0], qi[1]), hi = _mm256_add_epi32(qi[2], qi[3]);
+            const __m256i both = _mm256_hadd_epi32(lo, hi);   /* [lo0+lo1, lo2+lo3, hi0+hi1, hi2+hi3 | same, upper lane] */
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
+            s4 = _mm_hadd_epi32(s4, s4);                       /* [lo, hi, lo, hi] */
+            const int sum_lo = _mm_cvtsi128_si32(s4), sum_hi = _mm_extract_epi32(s4, 1);
+            job->qx->d[i * nb + b] = d;
+            job->qx->s32[i * nb + b] = d * (float)(sum_lo + sum_hi);
+            job->qx->s16[i * 2 * nb + 2 * b] = d * (float)sum_lo;
+            job->qx->s16[i * 2 * nb + 2 * b + 1] = d * (float)sum_hi;
+        }
+#else
         for (int64_t b = 0; b < nb; ++b) {
             const float* xb = x + b * 32;
             float amax = 0.0f;
@@ -127,6 +154,7 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
             job->qx->s16[i * 2 * nb + 2 * b] = d * (float)sum_lo;
             job->qx->s16[i * 2 * nb + 2 * b + 1] = d * (float)sum_hi;
         }
+#endif
     }
 }
 
