@@ -301,36 +301,80 @@ static inline __attribute__((always_inline)) __m512i dn_q_pair(const int kind, c
     /* 16 bytes of nibbles each, elements 0-15 low, 16-31 high: [q0, q0, q1, q1] masked to low, high, low, high
        nibbles. The high ones stay 16 times their value (no shift): their scale carries the 1/16. */
     const int at = kind == 5 ? 4 : 2;
-    const __m256i both = _mm256_loadu2_m128i((const __m128i*)(p1 + at), (const __m128i*)(p0 + at));
-    const __m512i z = _mm512_castsi256_si512(both);
     const long long L = 0x0f0f0f0f0f0f0f0fLL, H = (long long)0xf0f0f0f0f0f0f0f0ULL;
     const __m512i nibbles = _mm512_set_epi64(H, H, L, L, H, H, L, L);
+    const __m256i both = _mm256_loadu2_m128i((const __m128i*)(p1 + at), (const __m128i*)(p0 + at));
+    const __m512i z = _mm512_castsi256_si512(both);
     return _mm512_and_si512(_mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0)), nibbles);
 }
 
-/* d and o (w = d u + o) of the `count` blocks at p */
+static inline __mmask64 dn_q_bytes(int64_t n) { return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : ((__mmask64)1 << n) - 1; }
+
+/* d and o (w = d u + o) of the `count` (<= 8) blocks at p: a few loads (masked: nothing past the last block is
+ * read) and permutes that pick the scales out; blocks past count give 0 */
 static inline __attribute__((always_inline)) void dn_q_scales8(
         const int kind, const uint8_t* p, int64_t bb, int count, __m256* d, __m256* o) {
+    const int64_t bytes = count * bb;
     __m128i halves;
     __m256i pairs = _mm256_setzero_si256();
-    if (count == 8 && kind == 5) {          /* d|m dwords at 0, 20, .. 140: two loads and one permute */
-        const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 80);
+    if (kind == 5) {                        /* d|m dwords at bytes 0, 20, .. 140 */
+        const __m512i a = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes), p);
+        const __m512i b = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes - 80), p + 80);
         const __m512i at = _mm512_setr_epi32(0, 5, 10, 15, 16, 21, 26, 31, 0, 0, 0, 0, 0, 0, 0, 0);
         pairs = _mm512_castsi512_si256(_mm512_permutex2var_epi32(a, at, b));
         halves = _mm256_cvtepi32_epi16(pairs);
-    } else if (count == 8 && kind == 4) {   /* d at halfwords 0, 9, .. 63 */
-        const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 64);
+    } else if (kind == 4) {                 /* d at halfwords 0, 9, .. 63 */
+        const __m512i a = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes), p);
+        const __m512i b = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes - 64), p + 64);
         const __m512i at = _mm512_setr_epi32(9 << 16 | 0, 27 << 16 | 18, 45 << 16 | 36, 63 << 16 | 54,
                                              0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);   /* halfword indices, two a dword */
         halves = _mm512_castsi512_si128(_mm512_permutex2var_epi16(a, at, b));
-    } else {                                /* a gather (Q8_0's 34-byte blocks; the last blocks of a row) */
-        const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bb));
-        pairs = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), (__mmask8)((1u << count) - 1), at, (const int*)p, 1);
-        halves = _mm256_cvtepi32_epi16(pairs);
+    } else {                                /* Q8_0: d at halfwords 0, 17, 34, 51 of the first 128 bytes, then 4, 21,
+                                               38, 55 of the next */
+        const __m512i a = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes), p);
+        const __m512i b = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes - 64), p + 64);
+        const __m512i c = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes - 128), p + 128);
+        const __m512i e = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes - 192), p + 192);
+        const __m512i at = _mm512_setr_epi32(17 << 16 | 0, 51 << 16 | 34, 21 << 16 | 4, 55 << 16 | 38,
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        const __m512i first = _mm512_permutex2var_epi16(a, at, b), second = _mm512_permutex2var_epi16(c, at, e);
+        halves = _mm512_castsi512_si128(_mm512_mask_mov_epi16(first, 0xf0, second));
     }
     *d = _mm256_cvtph_ps(halves);
     *o = kind == 5 ? _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(pairs, 16)))
                    : _mm256_mul_ps(*d, _mm256_set1_ps(kind == 8 ? -128.0f : -8.0f));
+}
+
+/* adds `count` (<= 8) blocks from b on, of C columns and one row of x, to acc and off: a constant count of 8
+ * unrolls the pairs with constant lane indices */
+static inline __attribute__((always_inline)) void dn_q_gemv_group(
+        const int kind, const int C, const int count, const uint8_t* w, int64_t row_bytes, int64_t bb,
+        const int8_t* x, const float* dxs, const float* sxs, int64_t b, __m512 acc[2], __m256 off[2]) {
+    const __mmask8 live = (__mmask8)((1u << count) - 1);
+    const __m256 dx = _mm256_maskz_loadu_ps(live, dxs + b), sx = _mm256_maskz_loadu_ps(live, sxs + b);
+    __m512 fac[2];     /* per column: lanes 0-7 d * dx of the 8 blocks; 8-15 the same / 16 (high nibbles) */
+    for (int c = 0; c < C; ++c) {
+        __m256 d, o;
+        dn_q_scales8(kind, w + c * row_bytes + b * bb, bb, count, &d, &o);
+        const __m256 f = _mm256_mul_ps(d, dx);
+        fac[c] = _mm512_insertf32x8(_mm512_castps256_ps512(f), kind == 8 ? f : _mm256_mul_ps(f, _mm256_set1_ps(1.0f / 16)), 1);
+        off[c] = _mm256_fmadd_ps(o, sx, off[c]);
+    }
+    for (int pair = 0; 2 * pair < count; ++pair) {
+        const int two = 2 * pair + 1 < count, lo = 2 * pair, hi = kind == 8 ? lo : lo + 8;
+        const __mmask16 lanes = two ? 0xffff : 0x00ff;
+        const __m512i xv = _mm512_maskz_loadu_epi32(lanes, x + (b + lo) * 32);
+        /* which scale each lane takes: block lo's low and high halves, then block lo + 1's */
+        const __m512i spread = kind == 8
+            ? _mm512_set_epi32(lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo, lo, lo, lo, lo, lo, lo, lo)
+            : _mm512_set_epi32(hi + 1, hi + 1, hi + 1, hi + 1, lo + 1, lo + 1, lo + 1, lo + 1, hi, hi, hi, hi, lo, lo, lo, lo);
+        for (int c = 0; c < C; ++c) {
+            const uint8_t* p0 = w + c * row_bytes + (b + lo) * bb;
+            const __m512i u = dn_q_pair(kind, p0, two ? p0 + bb : p0);
+            const __m512i s = _mm512_maskz_dpbusd_epi32(lanes, _mm512_setzero_si512(), u, xv);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(spread, fac[c]), acc[c]);
+        }
+    }
 }
 
 /* y[j] for C columns of W (rows at w + c * row_bytes) and one row i of x */
@@ -339,49 +383,29 @@ static inline __attribute__((always_inline)) void dn_q_gemv_blocks(
         float* out) {
     const int64_t k = qx->k, nb = k / 32;
     const int8_t* x = qx->q + i * k;
+    const float *dx = qx->d + i * nb, *sx = qx->s32 + i * nb;
     __m512 acc[2];
     __m256 off[2];
     for (int c = 0; c < C; ++c) { acc[c] = _mm512_setzero_ps(); off[c] = _mm256_setzero_ps(); }
-    for (int64_t b = 0; b < nb; b += 8) {
-        const int count = nb - b < 8 ? (int)(nb - b) : 8;
-        const __mmask8 live = (__mmask8)((1u << count) - 1);
-        const __m256 dx = _mm256_maskz_loadu_ps(live, qx->d + i * nb + b);
-        const __m256 sx = _mm256_maskz_loadu_ps(live, qx->s32 + i * nb + b);
-        __m512 fac[2];     /* per column: lanes 0-7 d * dx of the 8 blocks; 8-15 the same / 16 (high nibbles) */
-        for (int c = 0; c < C; ++c) {
-            __m256 d, o;
-            dn_q_scales8(kind, w + c * row_bytes + b * bb, bb, count, &d, &o);
-            const __m256 f = _mm256_mul_ps(d, dx);
-            fac[c] = _mm512_insertf32x8(_mm512_castps256_ps512(f),
-                                        kind == 8 ? f : _mm256_mul_ps(f, _mm256_set1_ps(1.0f / 16)), 1);
-            off[c] = _mm256_fmadd_ps(o, sx, off[c]);
-        }
-        for (int pair = 0; 2 * pair < count; ++pair) {
-            const int two = 2 * pair + 1 < count, lo = 2 * pair, hi = kind == 8 ? lo : lo + 8;
-            const __mmask16 lanes = two ? 0xffff : 0x00ff;
-            const __m512i xv = _mm512_maskz_loadu_epi32(lanes, x + (b + lo) * 32);
-            /* which scale each lane takes: block lo's low and high halves, then block lo + 1's */
-            const __m512i spread = kind == 8
-                ? _mm512_set_epi32(lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo + 1, lo, lo, lo, lo, lo, lo, lo, lo)
-                : _mm512_set_epi32(hi + 1, hi + 1, hi + 1, hi + 1, lo + 1, lo + 1, lo + 1, lo + 1, hi, hi, hi, hi, lo, lo, lo, lo);
-            for (int c = 0; c < C; ++c) {
-                const uint8_t* p0 = w + c * row_bytes + (b + lo) * bb;
-                const __m512i u = dn_q_pair(kind, p0, two ? p0 + bb : p0);
-                const __m512i s = _mm512_maskz_dpbusd_epi32(lanes, _mm512_setzero_si512(), u, xv);
-                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(spread, fac[c]), acc[c]);
-            }
-        }
-    }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) dn_q_gemv_group(kind, C, 8, w, row_bytes, bb, x, dx, sx, b, acc, off);
+    if (b < nb) dn_q_gemv_group(kind, C, (int)(nb - b), w, row_bytes, bb, x, dx, sx, b, acc, off);
     for (int c = 0; c < C; ++c)
         out[c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[c], _mm512_castps256_ps512(off[c])));
 }
 
+#ifndef DN_Q_AHEAD
+#define DN_Q_AHEAD 16
+#endif
 /* columns [begin, end) of y, straight from Q8_0 / Q4_0 / Q4_1 blocks */
 static inline __attribute__((always_inline)) void dn_q_gemv_direct(
         const int kind, const dn_qgemv_job* job, int64_t begin, int64_t end) {
     const int64_t bb = job->f->block_bytes, row_bytes = job->qx->k / 32 * bb;
     for (int64_t j = begin; j < end; j += 2) {
         const int two = j + 1 < end;
+        /* the weights come from memory once each (decode): ask for the columns DN_Q_AHEAD on now */
+        if (DN_Q_AHEAD > 0 && j + DN_Q_AHEAD + 2 <= end)
+            for (int64_t at = 0; at < 2 * row_bytes; at += 64) _mm_prefetch((const char*)job->w + (j + DN_Q_AHEAD) * row_bytes + at, _MM_HINT_T0);
         for (int64_t i = 0; i < job->qx->m; ++i) {
             float out[2];
             if (two) dn_q_gemv_blocks(kind, 2, job->w + j * row_bytes, row_bytes, bb, job->qx, i, out);
