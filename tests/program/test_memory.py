@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Sym
 from dnet.program.instructions import TEMP, Alloc, Buffer, Free, Launch, Program
-from dnet.program.memory import ALIGN, lifetimes, plan_arena
+from dnet.program.memory import ALIGN, bucket, grows_with_symbols, lifetimes, plan_arena
 
 
 @st.composite
@@ -50,3 +50,22 @@ def test_a_chain_reuses_memory():
         instrs += [Alloc(i), Launch("k", (i, i - 1), ()), Free(i - 1)]
     plan = plan_arena(Program(bufs, instrs + [Free(3)], []), {})
     assert plan.size == 2 * 4096 and plan.naive == 4 * 4096
+
+
+@settings(max_examples=40, deadline=None)
+@given(program=programs(), n=st.integers(1, 200))
+def test_a_plan_for_the_bucket_holds_every_smaller_binding(program, n):
+    """One plan per power-of-two bucket: every buffer of the actual binding fits its planned slot."""
+    assert grows_with_symbols(program)
+    planned = plan_arena(program, bucket({"n": n}))
+    exact = plan_arena(program, {"n": n})
+    for b in program.buffers:
+        assert b.shape[0] * n * 4 <= b.shape[0] * bucket({"n": n})["n"] * 4
+    assert exact.size <= planned.size <= 2 * max(exact.size, 16 * 300 * 4 * len(program.buffers))
+
+
+def test_a_size_that_shrinks_as_a_symbol_grows_gets_exact_plans():
+    grows = Program([Buffer(0, TEMP, DType.F32, (Sym("n") * 3 + 1,))], [Alloc(0), Free(0)], ["n"])
+    shrinks = Program([Buffer(0, TEMP, DType.F32, (Sym("ctx") - Sym("seq"),))], [Alloc(0), Free(0)], ["ctx", "seq"])
+    assert grows_with_symbols(grows) and not grows_with_symbols(shrinks)
+    assert bucket({"n": 17, "m": 1}) == {"n": 32, "m": 16}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from dnet.core.shapes import substitute
+from dnet.core.shapes import Dim, substitute
 from dnet.program.instructions import Alloc, Free, Program
 
 ALIGN = 64
@@ -35,6 +35,32 @@ def lifetimes(program: Program) -> dict[int, tuple[int, int]]:
     for buf, pos in start.items():      # never freed: alive to the end
         span[buf] = (pos, len(program.instrs))
     return span
+
+
+def grows_with_symbols(program: Program) -> bool:
+    """Whether every intermediate's size is non-decreasing in every symbol (a polynomial with
+    non-negative coefficients, floor-divided by constants at most): then a plan made for larger
+    symbol values holds any smaller binding, and one plan serves a range of lengths."""
+    return all(_monotone(b.elements) for b in program.temps())
+
+
+def _monotone(d) -> bool:
+    if not isinstance(d, Dim):
+        return True
+    for monomial, coefficient in d.terms:
+        if coefficient < 0:
+            return False
+        for atom in monomial:
+            if not isinstance(atom, str) and not (atom[0] == "//" and isinstance(atom[2], int) and atom[2] > 0
+                                                  and _monotone(atom[1])):
+                return False
+    return True
+
+
+def bucket(env: Mapping[str, int]) -> dict[str, int]:
+    """Each symbol rounded up to a power of two (at least 16): plans for at most 2x the memory,
+    made once per bucket instead of once per length (a decode step's context grows every token)."""
+    return {name: max(16, 1 << (int(v) - 1).bit_length()) for name, v in env.items()}
 
 
 def _aligned(n: int) -> int:

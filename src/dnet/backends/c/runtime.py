@@ -13,7 +13,7 @@ from dnet.core.shapes import bind_shape, evaluate_shape, shape_str
 from dnet.errors import BackendError, ShapeError
 from dnet.hardware import detect
 from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, segments
-from dnet.program.memory import ALIGN, ArenaPlan, plan_arena
+from dnet.program.memory import ALIGN, ArenaPlan, bucket, grows_with_symbols, plan_arena
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
 
@@ -39,6 +39,7 @@ class CModule:
         self.lib.dnet_set_threads.argtypes = [ctypes.c_int]
         self.set_threads(threads or detect().cores)
         self._plans: dict[tuple, ArenaPlan] = {}
+        self._grows: bool | None = None
         self._lock = threading.Lock()
         self._arena = np.empty(0, np.uint8)
         self._table = np.zeros(len(program.buffers), np.uint64)
@@ -76,6 +77,10 @@ class CModule:
         return env, arrays
 
     def plan(self, env: Mapping[str, int]) -> ArenaPlan:
+        if self._grows is None:
+            self._grows = grows_with_symbols(self.program)
+        if self._grows:
+            env = bucket(env)
         key = tuple(env[s] for s in self.program.symbols)
         if key not in self._plans:
             self._plans[key] = plan_arena(self.program, env)
