@@ -82,13 +82,25 @@ static inline void dn_q_scale_min_k4(const uint8_t* s, int j, int* sc, int* mn) 
     else { *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
 }
 
+/* 16 bytes of nibbles -> 32 values, the low nibbles first: one vector each way (GCC/Clang vector types; plain
+ * loops here were vectorised across blocks, byte by byte) */
+typedef uint8_t dn_q_v16 __attribute__((vector_size(16)));
+static inline void dn_q_nibbles(const uint8_t* restrict qs, uint8_t* restrict u) {
+    dn_q_v16 v, lo, hi;
+    memcpy(&v, qs, 16);
+    lo = v & 15; hi = v >> 4;
+    memcpy(u, &lo, 16);
+    memcpy(u + 16, &hi, 16);
+}
+
 static void* dn_q_alloc(size_t bytes) {           /* 64-byte aligned scratch, padded for vector over-reads */
     void* p = 0;
     return posix_memalign(&p, 64, (bytes + 127) & ~(size_t)63) == 0 ? p : 0;
 }
 
 /* One weight format: unpack(row, k, u, d, o) writes a row's k values as u8 (w = d*u + o per group). */
-typedef void (*dn_q_unpack_fn)(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o);
+typedef void (*dn_q_unpack_fn)(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d,
+                               float* restrict o);
 typedef void (*dn_q_dqrow_fn)(const uint8_t* row, int64_t k, float* out);
 typedef struct {
     dn_q_unpack_fn unpack;
@@ -436,7 +448,9 @@ static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
             const float* sx = G == 32 ? job->qx->s32 + i * nb : job->qx->s16 + i * 2 * nb;
             float off = 0.0f;
             #pragma omp simd reduction(+:off)
-            for (int64_t g = 0; g < ng; ++g) { fac[g] = d[g] * dx[g / per_x]; off += o[g] * sx[g]; }
+            for (int64_t g = 0; g < ng; ++g) off += o[g] * sx[g];
+            if (per_x == 1) for (int64_t g = 0; g < ng; ++g) fac[g] = d[g] * dx[g];
+            else for (int64_t g = 0; g < ng; ++g) fac[g] = d[g] * dx[g >> 1];     /* Q6_K: two groups an x block */
 #if defined(DN_Q_AVX2) && !defined(DN_Q_DPBUSD)
             if (f->offset128) off = 0.0f;     /* the signed dot product has no offset */
 #endif
@@ -754,7 +768,7 @@ static inline float dn_dq_q8_0(const uint8_t* base, int64_t i) {
     const uint8_t* b = base + (i / 32) * 34;
     return dn_q_f16(b) * (float)(int8_t)b[2 + i % 32];
 }
-static void dn_unpack_q8_0(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+static void dn_unpack_q8_0(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d, float* restrict o) {
     for (int64_t b = 0; b < k / 32; ++b) {
         const uint8_t* p = row + b * 34;
         d[b] = dn_q_f16(p); o[b] = -128.0f * d[b];
@@ -769,11 +783,11 @@ static inline float dn_dq_q4_0(const uint8_t* base, int64_t i) {
     const int e = (int)(i % 32), q = e < 16 ? b[2 + e] & 15 : b[2 + e - 16] >> 4;
     return dn_q_f16(b) * (float)(q - 8);
 }
-static void dn_unpack_q4_0(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+static void dn_unpack_q4_0(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d, float* restrict o) {
     for (int64_t b = 0; b < k / 32; ++b) {
         const uint8_t* p = row + b * 18;
         d[b] = dn_q_f16(p); o[b] = -8.0f * d[b];
-        for (int e = 0; e < 16; ++e) { u[b * 32 + e] = p[2 + e] & 15; u[b * 32 + 16 + e] = p[2 + e] >> 4; }
+        dn_q_nibbles(p + 2, u + b * 32);
     }
 }
 """,
@@ -784,11 +798,11 @@ static inline float dn_dq_q4_1(const uint8_t* base, int64_t i) {
     const int e = (int)(i % 32), q = e < 16 ? b[4 + e] & 15 : b[4 + e - 16] >> 4;
     return dn_q_exact(dn_q_f16(b) * (float)q) + dn_q_f16(b + 2);
 }
-static void dn_unpack_q4_1(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+static void dn_unpack_q4_1(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d, float* restrict o) {
     for (int64_t b = 0; b < k / 32; ++b) {
         const uint8_t* p = row + b * 20;
         d[b] = dn_q_f16(p); o[b] = dn_q_f16(p + 2);
-        for (int e = 0; e < 16; ++e) { u[b * 32 + e] = p[4 + e] & 15; u[b * 32 + 16 + e] = p[4 + e] >> 4; }
+        dn_q_nibbles(p + 4, u + b * 32);
     }
 }
 """,
@@ -803,7 +817,7 @@ static inline float dn_dq_q4_k(const uint8_t* base, int64_t i) {
     const int q = (b[16 + 32 * (j / 2) + e % 32] >> (4 * (j % 2))) & 15;
     return dn_q_exact(dn_q_f16(b) * (float)sc * (float)q) - dn_q_exact(dn_q_f16(b + 2) * (float)mn);
 }
-static void dn_unpack_q4_k(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+static void dn_unpack_q4_k(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d, float* restrict o) {
     for (int64_t b = 0; b < k / 256; ++b) {
         const uint8_t* p = row + b * 144;
         const float dd = dn_q_f16(p), dmin = dn_q_f16(p + 2);
@@ -829,7 +843,7 @@ static inline float dn_dq_q5_k(const uint8_t* base, int64_t i) {
     const int q = ((b[48 + 32 * (j / 2) + e % 32] >> (4 * (j % 2))) & 15) | (((b[16 + e % 32] >> j) & 1) << 4);
     return dn_q_exact(dn_q_f16(b) * (float)sc * (float)q) - dn_q_exact(dn_q_f16(b + 2) * (float)mn);
 }
-static void dn_unpack_q5_k(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+static void dn_unpack_q5_k(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d, float* restrict o) {
     for (int64_t b = 0; b < k / 256; ++b) {
         const uint8_t* p = row + b * 176;
         const float dd = dn_q_f16(p), dmin = dn_q_f16(p + 2);
@@ -859,7 +873,7 @@ static inline float dn_dq_q6_k(const uint8_t* base, int64_t i) {
     const int e = (int)(i % 256);
     return dn_q_f16(b + 208) * (float)(int8_t)b[192 + e / 16] * (float)(dn_q6_k_q(b, e) - 32);
 }
-static void dn_unpack_q6_k(const uint8_t* row, int64_t k, uint8_t* u, float* d, float* o) {
+static void dn_unpack_q6_k(const uint8_t* restrict row, int64_t k, uint8_t* restrict u, float* restrict d, float* restrict o) {
     for (int64_t b = 0; b < k / 256; ++b) {
         const uint8_t* p = row + b * 210;
         const float dd = dn_q_f16(p + 208);
