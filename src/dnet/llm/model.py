@@ -69,9 +69,8 @@ def _layer(b: GraphBuilder, w: "_Weights", config: ModelConfig, i: int, h: Value
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
     with b.scope("attn"):
         x = C.rms_norm(b, h, w.vector(p + "attn_norm.weight"), config.rms_norm_eps)
-        q = _heads(b, w.linear(x, p + "attn_q"), heads, head_dim)
-        k = _heads(b, w.linear(x, p + "attn_k"), kv_heads, head_dim)
-        v = _heads(b, w.linear(x, p + "attn_v"), kv_heads, head_dim)
+        q, k, v = w.linears(x, [p + "attn_q", p + "attn_k", p + "attn_v"])
+        q, k, v = _heads(b, q, heads, head_dim), _heads(b, k, kv_heads, head_dim), _heads(b, v, kv_heads, head_dim)
         if config.qk_norm:
             q = C.rms_norm(b, q, w.vector(p + "attn_q_norm.weight"), config.rms_norm_eps)
             k = C.rms_norm(b, k, w.vector(p + "attn_k_norm.weight"), config.rms_norm_eps)
@@ -158,7 +157,7 @@ class _Weights:
     """Graph constants for the model's tensors: block formats kept, float ones as f32."""
 
     def __init__(self, b: GraphBuilder, tensors: dict[str, Tensor]):
-        self.b, self.tensors = b, tensors
+        self.b, self.tensors = b, dict(tensors)
         self.made: dict[str, Value] = {}
 
     def matrix(self, name: str) -> Value:
@@ -174,6 +173,27 @@ class _Weights:
 
     def vector(self, name: str) -> Value:
         return self.b.const(name, np.asarray(self.tensors[name], dtype=np.float32))
+
+    def linears(self, x: Value, prefixes: list[str]) -> list[Value]:
+        """Several projections of one input. Block weights of one format are stacked into one matrix
+        (rows are independent, so stacking the stored rows is exact): one matmul reads `x` once and
+        a decode step launches one kernel instead of three small ones."""
+        weights = [self.tensors[p + ".weight"] for p in prefixes]
+        biases = [self.tensors.get(p + ".bias") for p in prefixes]
+        stackable = (all(isinstance(t, QuantTensor) and t.dtype is weights[0].dtype for t in weights)
+                     and len({t.shape[1] for t in weights}) == 1
+                     and (all(bias is None for bias in biases) or all(bias is not None for bias in biases)))
+        if not stackable:
+            return [self.linear(x, p) for p in prefixes]
+        name = "+".join(prefixes)
+        rows = [t.shape[0] for t in weights]
+        self.tensors[name + ".weight"] = QuantTensor(weights[0].dtype, (sum(rows), weights[0].shape[1]),
+                                                     np.concatenate([np.asarray(t.data) for t in weights]))
+        if biases[0] is not None:
+            self.tensors[name + ".bias"] = np.concatenate([np.asarray(bias, np.float32) for bias in biases])
+        y = self.linear(x, name)
+        starts = np.cumsum([0] + rows)
+        return [self.b.slice(y, -1, int(lo), int(hi)) for lo, hi in zip(starts[:-1], starts[1:])]
 
     def linear(self, x: Value, prefix: str) -> Value:
         bias = self.tensors.get(prefix + ".bias")
