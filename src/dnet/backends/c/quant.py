@@ -879,10 +879,16 @@ static void dn_unpack_q6_k(const uint8_t* restrict row, int64_t k, uint8_t* rest
         const float dd = dn_q_f16(p + 208);
         for (int j = 0; j < 16; ++j) { d[b * 16 + j] = dd * (float)(int8_t)p[192 + j]; o[b * 16 + j] = -32.0f * d[b * 16 + j]; }
         for (int h = 0; h < 2; ++h)
-            for (int r = 0; r < 128; ++r) {
-                const int lo = (p[64 * h + r % 64] >> (4 * (r / 64))) & 15;
-                const int hi = (p[128 + 32 * h + r % 32] >> (2 * (r / 32))) & 3;
-                u[b * 256 + 128 * h + r] = (uint8_t)(lo | (hi << 4));
+            for (int l = 0; l < 32; l += 16) {      /* 16 lanes of each of the half's four runs of 32 */
+                dn_q_v16 a, c, hb, q;
+                memcpy(&a, p + 64 * h + l, 16);
+                memcpy(&c, p + 64 * h + l + 32, 16);
+                memcpy(&hb, p + 128 + 32 * h + l, 16);
+                uint8_t* out = u + b * 256 + 128 * h + l;
+                q = (a & 15) | ((hb & 3) << 4);         memcpy(out, &q, 16);
+                q = (c & 15) | (((hb >> 2) & 3) << 4);  memcpy(out + 32, &q, 16);
+                q = (a >> 4) | (((hb >> 4) & 3) << 4);  memcpy(out + 64, &q, 16);
+                q = (c >> 4) | (((hb >> 6) & 3) << 4);  memcpy(out + 96, &q, 16);
             }
     }
 }
