@@ -172,3 +172,20 @@ def test_other_hosts_tiles_match_the_reference(compile_c, rng, host, int8):
         gemms = [s for kern in runner.compiled.kernels.values() for s in kern.body if isinstance(s, Gemm)]
         assert {(s.tile.mr, s.tile.nr, s.b.dtype) for s in gemms} == {(t.mr, t.nr, DType.I8 if int8 else DType.F32)}
         assert_matches_reference(runner, graph, feeds, rtol=2e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 5])
+def test_a_few_rows_against_an_unpacked_b_either_way_round_with_an_epilogue(compile_c, rng, m):
+    """At most SMALL_M rows skip packing b: dot products (b contiguous along k, as k^T of a KV cache) or row
+    updates (b contiguous along n, as v); sizes straddle the 64-column tasks; results as the reference."""
+    g = GraphBuilder()
+    q = g.input("q", TensorType((B, M, K), DType.F32))
+    cache = g.input("cache", TensorType((B, N, K), DType.F32))
+    scores = g.elementwise(Op.MUL, g.matmul(q, g.transpose(cache)), 0.125)       # b(k, j) = cache[j, k]
+    g.output("scores", scores)
+    g.output("mixed", g.elementwise(Op.ADD, g.matmul(scores, cache), 1.0))        # b(k, j) = cache[k, j]
+    graph = g.finish()
+    runner = compile_c(graph)
+    feeds = {"q": rng.standard_normal((2, m, 40)).astype(np.float32),
+             "cache": rng.standard_normal((2, 131, 40)).astype(np.float32)}
+    assert_matches_reference(runner, graph, feeds, rtol=1e-4, atol=1e-4)

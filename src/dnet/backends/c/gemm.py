@@ -254,6 +254,11 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_panels", "g_S", "g_mc", "g_mblocks",
                                                 "g_chunks", "g_per_chunk", "g_tasks", "g_kcb", "g_ncp")]
     out = [pad + x for x in lines]
+    small = _small_m(r, g) if not g.b.packed and g.b.im2col is None else None
+    if small is not None:
+        out += [pad + f"if (g_M <= {SMALL_M}) {{"] + r.outline(small, "g_NB * ((g_N + 63) / 64)", "1", pad + "    ")
+        out += [pad + "} else {"]
+        pad += "    "
     if not g.b.packed:
         pack = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {   /* groups of 8 panels */",
                 "    const int64_t g_groups = (g_panels + 7) / 8, g_bb = g_flat / g_groups, g_p = g_flat % g_groups * 8;",
@@ -310,7 +315,45 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         task += [f"                    {x}" for x in epilogue]
         task.append("                }")
     task += ["            }", "        }", "        }", "    }", "}"]
-    return out + r.outline(task, "g_NB * g_tasks", "1", pad)
+    out += r.outline(task, "g_NB * g_tasks", "1", pad)
+    return out + ([pad[:-4] + "}"] if small is not None else [])
+
+
+SMALL_M = 4   # rows of a at most for which a Gemm skips packing: a decode step's attention (a few query rows)
+
+
+def _small_m(r, g: Gemm) -> list[str]:
+    """A few rows of a against an unpacked b, read where it lies, 64 columns a task: packing b for
+    so few rows would cost more than the product. Dot products when b's rows are contiguous along k
+    (q @ k^T over a KV cache), row updates when they are contiguous along n (p @ v)."""
+    ix = r.index
+    a_at = f"{g.a.buffer}[g_off_a + g_i * {ix(g.a.row_stride)} + g_k * {ix(g.a.col_stride)}]"
+    b_at = f"{g.b.buffer}[g_off_b + g_k * {ix(g.b.row_stride)} + (g_j0 + g_jj) * {ix(g.b.col_stride)}]"
+    if g.b.col_stride == 1:
+        rows = ["    for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) g_c[g_i * g_N + g_jj] = 0;",
+                "    for (int64_t g_k = 0; g_k < g_K; ++g_k) {",
+                f"        const float g_av = {a_at};",
+                "        #pragma omp simd",
+                f"        for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) g_c[g_i * g_N + g_jj] += g_av * {b_at};",
+                "    }"]
+    else:
+        rows = ["    for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) {",
+                "        float g_acc = 0;",
+                "        #pragma omp simd reduction(+:g_acc)",
+                f"        for (int64_t g_k = 0; g_k < g_K; ++g_k) g_acc += {a_at} * {b_at};",
+                "        g_c[g_i * g_N + g_jj] = g_acc;",
+                "    }"]
+    body = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+            "    const int64_t g_chunks64 = (g_N + 63) / 64, g_bb = g_flat / g_chunks64;",
+            "    const int64_t g_j0 = g_flat % g_chunks64 * 64, g_nr = g_N - g_j0 < 64 ? g_N - g_j0 : 64, g_mr = g_M;",
+            *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
+            "    float* g_c = out + g_bb * g_M * g_N + g_j0;",
+            "    for (int64_t g_i = 0; g_i < g_M; ++g_i) {",
+            *[f"    {x}" for x in rows],
+            "    }",
+            *[f"    {x}" for x in _epilogue(r, g, "g_c", "0", "g_j0")],
+            "}"]
+    return body
 
 
 def _pack_b_call(g: Gemm, sfx: str, ix) -> str:
