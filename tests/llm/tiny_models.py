@@ -178,21 +178,26 @@ def hf_tokenizer(arch: str):
 
 # ---------------------------------------------------------------- GGUF
 
-def write_tiny_gguf(folder: str | Path, arch: str, fmt: str = "f32", seed: int = 0, name: str | None = None) -> Path:
-    """A GGUF of a tiny `arch` model with its 2-D weights in `fmt`, as llama.cpp's converter would write it."""
+def write_tiny_gguf(folder: str | Path, arch: str, fmt: str = "f32", seed: int = 0, name: str | None = None,
+                    edit=None, gguf_arch: str | None = None, tokenizer: bool = True) -> Path:
+    """A GGUF of a tiny `arch` model with its 2-D weights in `fmt`, as llama.cpp's converter would write it.
+
+    `edit(writer)` may add metadata or tensors before the file is written; `gguf_arch` overrides
+    the architecture the file states; `tokenizer=False` leaves the vocabulary out."""
     k_quant = fmt in K_QUANTS
     state = None if k_quant else {k: v.numpy() for k, v in tiny_hf_model(arch, seed=seed).state_dict().items()}
     path = Path(folder) / (name or f"tiny-{arch}-{fmt}.gguf")
-    write_gguf(path, arch, fmt, state, seed)
+    write_gguf(path, arch, fmt, state, seed, edit, gguf_arch, tokenizer)
     return path
 
 
-def write_gguf(path: Path, arch: str, fmt: str, state: dict | None, seed: int = 0) -> None:
+def write_gguf(path: Path, arch: str, fmt: str, state: dict | None, seed: int = 0, edit=None,
+               gguf_arch: str | None = None, tokenizer: bool = True) -> None:
     import gguf
 
     spec, size = SPECS[arch], sizes(fmt in K_QUANTS)
     data = tokenizer_data(arch)
-    writer = gguf.GGUFWriter(path, spec.gguf_arch)
+    writer = gguf.GGUFWriter(path, gguf_arch or spec.gguf_arch)
     writer.add_name(spec.name)
     writer.add_block_count(size["num_hidden_layers"])
     writer.add_context_length(size["max_position_embeddings"])
@@ -208,17 +213,20 @@ def write_gguf(path: Path, arch: str, fmt: str, state: dict | None, seed: int = 
     else:
         writer.add_key_length(size["head_dim"])
         writer.add_value_length(size["head_dim"])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(data.pre)
-    writer.add_token_list(list(data.tokens))
-    writer.add_token_types(list(data.token_types))
-    writer.add_token_merges(list(data.merges))
-    writer.add_bos_token_id(data.bos_token_id)
-    writer.add_eos_token_id(data.eos_token_ids[0])
-    writer.add_add_bos_token(data.add_bos)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if tokenizer:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(data.pre)
+        writer.add_token_list(list(data.tokens))
+        writer.add_token_types(list(data.token_types))
+        writer.add_token_merges(list(data.merges))
+        writer.add_bos_token_id(data.bos_token_id)
+        writer.add_eos_token_id(data.eos_token_ids[0])
+        writer.add_add_bos_token(data.add_bos)
+        writer.add_chat_template(CHAT_TEMPLATE)
     for name, values, raw_type in gguf_tensors(arch, fmt, state, seed):
         writer.add_tensor(name, values, raw_dtype=raw_type)
+    if edit is not None:
+        edit(writer)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
