@@ -163,8 +163,8 @@ def test_unexpected_tensor_is_named(folders, tmp_path):
 
     folder = copy_of(folders["llama"], tmp_path)
     tensors = {k: np.array(v) for k, v in read_hf_folder(folder).tensors.items()}
-    save_file({"model.embed_tokens.weight": tensors["token_embd.weight"], "model.vision.weight": np.zeros(3, np.float32)},
-              str(folder / "model.safetensors"))
+    extra = {"model.embed_tokens.weight": tensors["token_embd.weight"], "model.vision.weight": np.zeros(3, np.float32)}
+    save_file(extra, str(folder / "model.safetensors"))
     with pytest.raises(ModelFileError, match="unexpected tensor 'model.vision.weight'"):
         read_hf_folder(folder)
 

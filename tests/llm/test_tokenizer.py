@@ -122,8 +122,9 @@ def test_byte_alphabet_is_gpt2s():
     assert byte_alphabet()["Ġ"] == ord(" ") and byte_alphabet()["Ċ"] == ord("\n") and len(byte_alphabet()) == 256
 
 
-@pytest.mark.parametrize("pre, pieces", [("llama-bpe", ["123", "45", "Ġab"]), ("qwen2", ["1", "2", "3", "4", "5", "Ġab"]),
-                                         ("gpt2", ["12345", "Ġab"]), ("smollm", ["1", "2", "3", "4", "5", "Ġab"])])
+@pytest.mark.parametrize("pre, pieces", [("llama-bpe", ["123", "45", "Ġab"]), ("gpt2", ["12345", "Ġab"]),
+                                         ("qwen2", ["1", "2", "3", "4", "5", "Ġab"]),
+                                         ("smollm", ["1", "2", "3", "4", "5", "Ġab"])])
 def test_pre_tokenizers_split_as_llama_cpp_names_them(tiny, pre, pieces):
     backend = Tokenizer(replace(tiny["qwen2"][0].data, pre=pre))._tokenizer
     assert [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str("12345 ab")] == pieces

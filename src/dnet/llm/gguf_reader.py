@@ -11,6 +11,7 @@ and this reader puts them back in Hugging Face's order (see `unpermute_rows`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -24,7 +25,6 @@ from dnet.llm.model_file import ARCHITECTURES, ModelConfig, ModelFile, QuantTens
 # architectures whose q/k rows llama.cpp's converter permutes (Mistral's GGUF files say `llama`)
 PERMUTED_ARCHITECTURES = ("llama", "mistral")
 PLAIN_TYPES = {"F32": np.float32, "F16": np.float16}
-TOKEN_CONTROL, TOKEN_USER_DEFINED = 3, 4
 
 
 def read_gguf(path: str | Path) -> ModelFile:
@@ -42,6 +42,9 @@ def read_gguf(path: str | Path) -> ModelFile:
     except Exception as error:                 # gguf's parser raises many kinds on a damaged file
         raise ModelFileError(f"{name}: cannot be read ({first_line(error)})") from None
     config = with_rope_freqs(config, tensors, name)
+    rows = tensors["token_embd.weight"].shape[0]
+    if rows != config.vocab_size:              # the embedding is what the model computes with
+        config = dataclasses.replace(config, vocab_size=rows)
     return ModelFile(config, tensors, tokenizer, source=str(path), extra={"format": "gguf"})
 
 
@@ -88,7 +91,10 @@ def read_config(metadata: FieldReader, tensor_names: list[str]) -> ModelConfig:
         raise ModelFileError(f"{name}: unknown architecture '{arch}' (dnet reads {', '.join(ARCHITECTURES)})")
 
     def key(suffix: str, default=None):
-        return metadata.get(f"{arch}.{suffix}", default) if default is not None else metadata.require(f"{arch}.{suffix}")
+        """`{arch}.{suffix}`: required unless a default is given."""
+        if default is None:
+            return metadata.require(f"{arch}.{suffix}")
+        return metadata.get(f"{arch}.{suffix}", default)
 
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = metadata.get(f"{arch}.attention.key_length") or metadata.get(f"{arch}.rope.dimension_count")
@@ -138,7 +144,7 @@ def with_rope_freqs(config: ModelConfig, tensors: dict, file_name: str) -> Model
     for original in (8192, config.context_length):
         scaling = RopeScaling("llama3", factor, 1.0, 4.0, original)
         if np.allclose(llama3_divisors(scaling, config.rope_theta, config.head_dim), freqs, rtol=1e-3):
-            return _replace(config, rope_scaling=scaling)
+            return dataclasses.replace(config, rope_scaling=scaling)
     raise ModelFileError(f"{file_name}: 'rope_freqs.weight' is not Llama 3's rope scaling (dnet reads llama3 only)")
 
 
@@ -152,12 +158,6 @@ def llama3_divisors(scaling: RopeScaling, theta: float, head_dim: int) -> np.nda
         scaling.high_freq_factor - scaling.low_freq_factor)
     middle = 1.0 / ((1 - smooth) / scaling.factor + smooth)
     return np.where(wavelen < high_wavelen, 1.0, np.where(wavelen > low_wavelen, scaling.factor, middle))
-
-
-def _replace(config: ModelConfig, **changes) -> ModelConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def read_tensors(reader, config: ModelConfig, file_name: str) -> dict:

@@ -11,6 +11,7 @@ numpy view of one memory map of its file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -66,11 +67,12 @@ def read_hf_folder(path: str | Path) -> ModelFile:
     if config.tie_embeddings:
         tensors.pop("output.weight", None)
     elif "output.weight" not in tensors:
-        import dataclasses
-
         config = dataclasses.replace(config, tie_embeddings=True)
     if "token_embd.weight" not in tensors:
         raise ModelFileError(f"{folder.name}: tensor 'model.embed_tokens.weight' is missing")
+    rows = tensors["token_embd.weight"].shape[0]
+    if rows != config.vocab_size:              # the embedding is what the model computes with
+        config = dataclasses.replace(config, vocab_size=rows)
     tokenizer = read_tokenizer(folder, raw_config)
     return ModelFile(config, tensors, tokenizer, source=str(folder), extra={"format": "huggingface"})
 
