@@ -12,7 +12,11 @@ import dnet
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TEXT = (
+# prose, science and code (716 tokens): agreement varies from text to text (measured 96.7 %, 97.3 % and 98.8 % on
+# these three alone), so the threshold is checked over all of them
+SCIENCE = "Photosynthesis is the process by which green plants, algae and some bacteria convert light energy into chemical energy. During photosynthesis, light energy is captured by chlorophyll and used to convert water, carbon dioxide and minerals into oxygen and energy-rich organic compounds. The process takes place mainly in the leaves, inside cells that contain chloroplasts. It has two stages: the light-dependent reactions, which happen in the thylakoid membranes and produce ATP and NADPH, and the Calvin cycle, which happens in the stroma and uses that energy to fix carbon dioxide into sugars. Photosynthesis is essential for life on Earth because it provides the oxygen we breathe and the food that sustains nearly every ecosystem. Scientists study it closely because improving its efficiency could increase crop yields, and because artificial photosynthesis might one day provide clean fuels. The rate of photosynthesis depends on light intensity, carbon dioxide concentration and temperature, and each of these can become the limiting factor."
+CODE = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number using iteration.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n\ndef is_prime(n):\n    if n < 2:\n        return False\n    for i in range(2, int(n ** 0.5) + 1):\n        if n % i == 0:\n            return False\n    return True\n\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        if not self.items:\n            raise IndexError('pop from an empty stack')\n        return self.items.pop()\n\n    def peek(self):\n        return self.items[-1]\n\n    def __len__(self):\n        return len(self.items)\n\n\nif __name__ == '__main__':\n    print([fibonacci(i) for i in range(10)])\n    print([n for n in range(50) if is_prime(n)])\n"
+STORY = (
     "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small tin of oil and a "
     "cloth for the great lens. For thirty years he had watched the ships pass the rocky point, some heading north "
     "toward the fishing grounds and others turning south for the harbour town where his sister sold bread. In "
@@ -26,6 +30,7 @@ TEXT = (
     "from his kitchen window he could still see the light turning, steady and patient, over the dark water. "
     "Every evening he set a cup of tea on the sill and counted the flashes, as he always had, until he slept."
 )
+TEXT = STORY + "\n\n" + SCIENCE + "\n\n" + CODE
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +42,14 @@ def oracle():
 
 @pytest.fixture(scope="module")
 def quantized():
-    with dnet.llm.load(threads=2, context=512) as llm:
+    with dnet.llm.load(threads=2, context=1024) as llm:
         yield llm
 
 
 @pytest.fixture(scope="module")
 def text_ids(quantized):
     ids = quantized.tokenizer.encode(TEXT)
-    assert len(ids) >= 256
+    assert len(ids) >= 700
     return ids
 
 

@@ -67,7 +67,8 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     options = {"threads": threads} if target == "c" else {}
     executable = Executable(_optimize(graph), target, **options)
     return LLM(model.config, tokenizer, Engine(executable, KVCache(model.config, context, slots),
-                                               model.config.vocab_size), str(path), model.weight_bytes())
+                                               model.config.vocab_size), str(path),
+               sum(int(t.nbytes) for t in tensors.values()))
 
 
 def _context(config: ModelConfig, context: int | None) -> int:
