@@ -15,7 +15,7 @@ import click
 from dnet.cli.main import cli
 from dnet.errors import DnetError
 
-BENCHMARKS = {"minilm": "minilm.py", "matmul": "matmul.py", "conv": "conv.py"}
+BENCHMARKS = {"minilm": "minilm.py", "matmul": "matmul.py", "conv": "conv.py", "llm": "llm.py"}
 
 
 def _benchmarks_dir() -> Path:
@@ -29,12 +29,17 @@ def _benchmarks_dir() -> Path:
 
 @cli.command()
 @click.argument("which", type=click.Choice(sorted(BENCHMARKS)), default="minilm")
+@click.argument("model", required=False)
 @click.option("--threads", type=int, default=None, help="threads for every framework (default: all cores)")
 @click.option("--repeats", type=int, default=5, show_default=True, help="runs per round; medians are reported")
-def bench(which: str, threads: int | None, repeats: int) -> None:
-    """Benchmark dnet's C backend: MiniLM latency vs ONNX Runtime and PyTorch, or matmul or conv GFLOP/s."""
+def bench(which: str, model: str | None, threads: int | None, repeats: int) -> None:
+    """Benchmark dnet's C backend: MiniLM latency vs ONNX Runtime and PyTorch, matmul or conv GFLOP/s, or
+    LLM prefill and decode tokens/s vs llama.cpp and transformers (`dnet bench llm [MODEL.gguf]`)."""
+    if model is not None and which != "llm":
+        raise DnetError(f"`dnet bench {which}` takes no model argument", hint="only `dnet bench llm [MODEL]` does")
     script = _benchmarks_dir() / BENCHMARKS[which]
-    argv = [str(script), "--repeats", str(repeats)] + (["--threads", str(threads)] if threads else [])
+    argv = [str(script), *([model] if model else []), "--repeats", str(repeats)]
+    argv += ["--threads", str(threads)] if threads else []
     saved = sys.argv
     sys.argv = argv
     try:
