@@ -44,8 +44,12 @@ _COMMON = r"""
 #include <immintrin.h>
 #if !defined(DN_QUANT_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define DN_Q_DPBUSD(acc, u, x) _mm256_dpbusd_epi32(acc, u, x)
+#define DN_Q_DPWSSD(acc, w, x) _mm256_dpwssd_epi32(acc, w, x)
 #elif !defined(DN_QUANT_NO_VNNI) && defined(__AVXVNNI__)
 #define DN_Q_DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32(acc, u, x)
+#define DN_Q_DPWSSD(acc, w, x) _mm256_dpwssd_avx_epi32(acc, w, x)
+#else                  /* int16 pairs multiplied and added: vpmaddwd, one add */
+#define DN_Q_DPWSSD(acc, w, x) _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
 #endif
 #endif
 
@@ -110,10 +114,11 @@ typedef struct {
     int offset128;                /* u = q + 128 for a signed 8-bit q (Q8_0): AVX2 uses sign tricks instead */
 } dn_qformat;
 
-/* -- activations: int8 per 32-block, like llama.cpp's Q8_1 ------------------------------------------------
- * q (m x k int8), d (m x k/32 scales), s32 (m x k/32: d * sum of the block's q) and s16 (m x k/16: the same
- * per half block, for Q6_K whose scales change every 16 elements). */
-typedef struct { int8_t* q; float* d; float* s32; float* s16; int64_t m, k; void* mem; } dn_qx;
+/* -- activations: per 32-block, int8 (like llama.cpp's Q8_1) or int16 ----------------------------------------
+ * q (m x k int8) or q16 (m x k int16, when wide), d (m x k/32 scales), s32 (m x k/32: d * sum of the block's
+ * q) and s16 (m x k/16: the same per half block, for Q6_K whose scales change every 16 elements).
+ * wide: the precision, 0 int8 (steps of max|x| / 127), 1 int16 (steps of max|x| / 32767). */
+typedef struct { int8_t* q; int16_t* q16; float* d; float* s32; float* s16; int64_t m, k; int wide; void* mem; } dn_qx;
 
 typedef struct { const float* x; int64_t ldx; dn_qx* qx; } dn_qx_job;
 
@@ -122,7 +127,10 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
     const int64_t k = job->qx->k, nb = k / 32;
     for (int64_t i = begin; i < end; ++i) {
         const float* x = job->x + i * job->ldx;
-        int8_t* q = job->qx->q + i * k;
+        const int wide = job->qx->wide;
+        const float top = wide ? 32767.0f : 127.0f;      /* the largest step count */
+        int8_t* q = wide ? 0 : job->qx->q + i * k;
+        int16_t* q16 = wide ? job->qx->q16 + i * k : 0;
 #if defined(DN_Q_INT)
         for (int64_t b = 0; b < nb; ++b) {      /* 4 vectors of 8: rounding to nearest even, as nearbyintf */
             const float* xb = x + b * 32;
@@ -132,13 +140,18 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
             __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
             m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-            const float a = _mm_cvtss_f32(m4), d = a / 127.0f, id = a > 0.0f ? 127.0f / a : 0.0f;
+            const float a = _mm_cvtss_f32(m4), d = a / top, id = a > 0.0f ? top / a : 0.0f;
             __m256i qi[4];
             for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
-            /* int32 -> int8 with the lanes put back in order (the packs work within 128-bit lanes) */
+            /* int32 -> int16 (-> int8) with the lanes put back in order (the packs work within 128-bit lanes) */
             const __m256i w01 = _mm256_packs_epi32(qi[0], qi[1]), w23 = _mm256_packs_epi32(qi[2], qi[3]);
-            const __m256i b8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_storeu_si256((__m256i*)(q + b * 32), b8);
+            if (wide) {
+                _mm256_storeu_si256((__m256i*)(q16 + b * 32), _mm256_permute4x64_epi64(w01, _MM_SHUFFLE(3, 1, 2, 0)));
+                _mm256_storeu_si256((__m256i*)(q16 + b * 32 + 16), _mm256_permute4x64_epi64(w23, _MM_SHUFFLE(3, 1, 2, 0)));
+            } else {
+                const __m256i b8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256((__m256i*)(q + b * 32), b8);
+            }
             const __m256i lo = _mm256_add_epi32(qi[0], qi[1]), hi = _mm256_add_epi32(qi[2], qi[3]);
             const __m256i both = _mm256_hadd_epi32(lo, hi);   /* [lo0+lo1, lo2+lo3, hi0+hi1, hi2+hi3 | same, upper lane] */
             __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
@@ -154,11 +167,11 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
             const float* xb = x + b * 32;
             float amax = 0.0f;
             for (int e = 0; e < 32; ++e) amax = fmaxf(amax, fabsf(xb[e]));
-            const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            const float d = amax / top, id = amax > 0.0f ? top / amax : 0.0f;
             int sum_lo = 0, sum_hi = 0;
             for (int e = 0; e < 32; ++e) {
                 int v = (int)nearbyintf(xb[e] * id);
-                q[b * 32 + e] = (int8_t)v;
+                if (wide) q16[b * 32 + e] = (int16_t)v; else q[b * 32 + e] = (int8_t)v;
                 if (e < 16) sum_lo += v; else sum_hi += v;
             }
             job->qx->d[i * nb + b] = d;
@@ -170,13 +183,14 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
     }
 }
 
-/* Quantizes the m rows of x (threaded over rows); 0 when out of memory. */
-static int dn_qx_quantize(dn_qx* qx, const float* x, int64_t ldx, int64_t m, int64_t k) {
-    const int64_t nb = k / 32, qbytes = (m * k + 63) & ~(int64_t)63;
+/* Quantizes the m rows of x (threaded over rows) to int8, or int16 when wide; 0 when out of memory. */
+static int dn_qx_quantize(dn_qx* qx, const float* x, int64_t ldx, int64_t m, int64_t k, int wide) {
+    const int64_t nb = k / 32, qbytes = (m * k * (wide ? 2 : 1) + 63) & ~(int64_t)63;
     char* mem = (char*)dn_q_alloc((size_t)qbytes + (size_t)(4 * m * nb) * sizeof(float));
     if (!mem) return 0;
-    qx->mem = mem; qx->m = m; qx->k = k;
-    qx->q = (int8_t*)mem;
+    qx->mem = mem; qx->m = m; qx->k = k; qx->wide = wide;
+    qx->q = wide ? 0 : (int8_t*)mem;
+    qx->q16 = wide ? (int16_t*)mem : 0;
     qx->d = (float*)(mem + qbytes);
     qx->s32 = qx->d + m * nb;
     qx->s16 = qx->s32 + m * nb;
@@ -253,7 +267,43 @@ static float dn_q_dot(const uint8_t* u, const float* fac, const int8_t* q, int64
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
+
+/* 32 unpacked weights as int16: u, or u - 128 for a format stored signed (sgn: Q8_0, u = q + 128) */
+static inline __m512i dn_q_widen(__m256i u, int sgn) {
+    return sgn ? _mm512_cvtepi8_epi16(_mm256_xor_si256(u, _mm256_set1_epi8((char)0x80))) : _mm512_cvtepu8_epi16(u);
+}
+
+/* dn_q_dot with int16 activations: per 32 elements one vpdpwssd, lanes 0-7 the first 16, 8-15 the last 16 */
+static float dn_q_dot16(const uint8_t* u, const float* fac, const int16_t* q, int64_t k, int G, int sgn) {
+    const __m512i spread = G == 32 ? _mm512_setzero_si512() : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {        /* two independent chains */
+        const __m512i w0 = dn_q_widen(_mm256_loadu_si256((const __m256i*)(u + i)), sgn);
+        const __m512i w1 = dn_q_widen(_mm256_loadu_si256((const __m256i*)(u + i + 32)), sgn);
+        const __m512i p0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(q + i));
+        const __m512i p1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(q + i + 32));
+        const __m512 f0 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + i / G)));
+        const __m512 f1 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + (i + 32) / G)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), f0, acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), f1, acc1);
+    }
+    if (i < k) {
+        const __m512i w = dn_q_widen(_mm256_loadu_si256((const __m256i*)(u + i)), sgn);
+        const __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(q + i));
+        const __m512 f = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(fac + i / G)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), f, acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
 #else
+static inline float dn_q_sum8(__m256 s) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
 /* 32 products u * q summed in 8 lanes of 4 */
 static inline __m256i dn_q_dot32(__m256i u, __m256i q, int offset128) {
 #if defined(DN_Q_DPBUSD)
@@ -289,11 +339,26 @@ static float dn_q_dot(const uint8_t* u, const float* fac, const int8_t* q, int64
         __m256 f = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(fac + i / G)), spread);
         acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, acc0);
     }
-    __m256 s = _mm256_add_ps(acc0, acc1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return dn_q_sum8(_mm256_add_ps(acc0, acc1));
+}
+
+/* 16 unpacked weights as int16: u, or u - 128 for a format stored signed (sgn: Q8_0, u = q + 128) */
+static inline __m256i dn_q_widen(__m128i u, int sgn) {
+    return sgn ? _mm256_cvtepi8_epi16(_mm_xor_si128(u, _mm_set1_epi8((char)0x80))) : _mm256_cvtepu8_epi16(u);
+}
+
+/* dn_q_dot with int16 activations: 16 elements a vector, one group's scale each */
+static float dn_q_dot16(const uint8_t* u, const float* fac, const int16_t* q, int64_t k, int G, int sgn) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i += 32) {
+        const __m256i w0 = dn_q_widen(_mm_loadu_si128((const __m128i*)(u + i)), sgn);
+        const __m256i w1 = dn_q_widen(_mm_loadu_si128((const __m128i*)(u + i + 16)), sgn);
+        const __m256i p0 = DN_Q_DPWSSD(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i*)(q + i)));
+        const __m256i p1 = DN_Q_DPWSSD(_mm256_setzero_si256(), w1, _mm256_loadu_si256((const __m256i*)(q + i + 16)));
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(fac[i / G]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(fac[(i + 16) / G]), acc1);
+    }
+    return dn_q_sum8(_mm256_add_ps(acc0, acc1));
 }
 #endif
 
@@ -430,6 +495,94 @@ static inline __attribute__((always_inline)) void dn_q_gemv_direct(
 static void dn_q_gemv_q8_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(8, (const dn_qgemv_job*)ctx, begin, end); }
 static void dn_q_gemv_q4_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(4, (const dn_qgemv_job*)ctx, begin, end); }
 static void dn_q_gemv_q4_1(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(5, (const dn_qgemv_job*)ctx, begin, end); }
+
+/* -- the same with int16 activations: a block of 32 weights widened to one vector of int16 (Q8_0 sign-extended,
+ * nibbles zero-extended from a broadcast of their 16 bytes and masked: the high nibbles stay 16 times their
+ * value, in lanes 8-15 of every product, which the end divides by 16), one vpdpwssd per block and column. */
+static inline __attribute__((always_inline)) __m512i dn_q_words(const int kind, const uint8_t* p) {
+    if (kind == 8) return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(p + 2)));
+    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(p + (kind == 5 ? 4 : 2))));
+    const __m512i nibbles = _mm512_set_epi64(0x00f000f000f000f0LL, 0x00f000f000f000f0LL, 0x00f000f000f000f0LL,
+                                             0x00f000f000f000f0LL, 0x000f000f000f000fLL, 0x000f000f000f000fLL,
+                                             0x000f000f000f000fLL, 0x000f000f000f000fLL);
+    return _mm512_and_si512(_mm512_cvtepu8_epi16(both), nibbles);
+}
+
+/* adds `count` (<= 8) blocks from b on, of C columns and R rows of x, to acc (two chains each) and off */
+static inline __attribute__((always_inline)) void dn_q_gemv16_group(
+        const int kind, const int C, const int R, const int count, const uint8_t* w, int64_t row_bytes, int64_t bb,
+        const dn_qx* qx, int64_t i0, int64_t b, __m512 acc[2][2][2], __m256 off[2][2]) {
+    const int64_t k = qx->k, nb = k / 32;
+    const __mmask8 live = (__mmask8)((1u << count) - 1);
+    float fac[2][2][8] __attribute__((aligned(32)));       /* [column][row][block]: d * dx, read back broadcast */
+    for (int c = 0; c < C; ++c) {
+        __m256 d, o;
+        dn_q_scales8(kind, w + c * row_bytes + b * bb, bb, count, &d, &o);
+        for (int r = 0; r < R; ++r) {
+            const __m256 dx = _mm256_maskz_loadu_ps(live, qx->d + (i0 + r) * nb + b);
+            _mm256_store_ps(fac[c][r], _mm256_mul_ps(d, dx));
+            if (kind != 8) off[c][r] = _mm256_fmadd_ps(o, _mm256_maskz_loadu_ps(live, qx->s32 + (i0 + r) * nb + b), off[c][r]);
+        }
+    }
+    for (int e = 0; e < count; ++e) {
+        __m512i xv[2];
+        for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_si512(qx->q16 + (i0 + r) * k + (b + e) * 32);
+        for (int c = 0; c < C; ++c) {
+            const __m512i u = dn_q_words(kind, w + c * row_bytes + (b + e) * bb);
+            for (int r = 0; r < R; ++r) {
+                const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), u, xv[r]);
+                acc[c][r][e & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(fac[c][r][e]), acc[c][r][e & 1]);
+            }
+        }
+    }
+}
+
+/* y for C columns of W (rows at w + c * row_bytes) and R rows i0 .. of x */
+static inline __attribute__((always_inline)) void dn_q_gemv16_blocks(
+        const int kind, const int C, const int R, const uint8_t* w, int64_t row_bytes, int64_t bb, const dn_qx* qx,
+        int64_t i0, float* y, int64_t ldy) {
+    const int64_t nb = qx->k / 32;
+    __m512 acc[2][2][2];
+    __m256 off[2][2];
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) { acc[c][r][0] = acc[c][r][1] = _mm512_setzero_ps(); off[c][r] = _mm256_setzero_ps(); }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) dn_q_gemv16_group(kind, C, R, 8, w, row_bytes, bb, qx, i0, b, acc, off);
+    if (b < nb) dn_q_gemv16_group(kind, C, R, (int)(nb - b), w, row_bytes, bb, qx, i0, b, acc, off);
+    const float high = kind == 8 ? 1.0f : 1.0f / 16;      /* lanes 8-15: the high nibbles, 16 times too large */
+    const __m512 undo = _mm512_insertf32x8(_mm512_set1_ps(1.0f), _mm256_set1_ps(high), 1);
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) {
+            const __m512 sum = _mm512_mul_ps(_mm512_add_ps(acc[c][r][0], acc[c][r][1]), undo);
+            y[r * ldy + c] = _mm512_reduce_add_ps(_mm512_add_ps(sum, _mm512_castps256_ps512(off[c][r])));
+        }
+}
+
+/* columns [begin, end) of y with int16 activations, straight from Q8_0 / Q4_0 / Q4_1 blocks: two columns and
+ * every row of x (m < DN_QPANEL_ROWS, at most 2) at a time, each weight vector widened once */
+static inline __attribute__((always_inline)) void dn_q_gemv16_direct(
+        const int kind, const dn_qgemv_job* job, int64_t begin, int64_t end) {
+    const int64_t bb = job->f->block_bytes, row_bytes = job->qx->k / 32 * bb, m = job->qx->m;
+    for (int64_t j = begin; j < end; j += 2) {
+        const int two = j + 1 < end;
+        if (DN_Q_AHEAD > 0 && j + DN_Q_AHEAD + 2 <= end)
+            for (int64_t at = 0; at < 2 * row_bytes; at += 64) _mm_prefetch((const char*)job->w + (j + DN_Q_AHEAD) * row_bytes + at, _MM_HINT_T0);
+        const uint8_t* wj = job->w + j * row_bytes;
+        for (int64_t i = 0; i < m; i += 2) {
+            float* yi = job->y + i * job->ldy + j;
+            if (i + 1 < m) {
+                if (two) dn_q_gemv16_blocks(kind, 2, 2, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
+                else dn_q_gemv16_blocks(kind, 1, 2, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
+            } else {
+                if (two) dn_q_gemv16_blocks(kind, 2, 1, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
+                else dn_q_gemv16_blocks(kind, 1, 1, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
+            }
+        }
+    }
+}
+static void dn_q_gemv16_q8_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv16_direct(8, (const dn_qgemv_job*)ctx, begin, end); }
+static void dn_q_gemv16_q4_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv16_direct(4, (const dn_qgemv_job*)ctx, begin, end); }
+static void dn_q_gemv16_q4_1(void* ctx, int64_t begin, int64_t end) { dn_q_gemv16_direct(5, (const dn_qgemv_job*)ctx, begin, end); }
 #endif
 
 static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
@@ -451,6 +604,11 @@ static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
             for (int64_t g = 0; g < ng; ++g) off += o[g] * sx[g];
             if (per_x == 1) for (int64_t g = 0; g < ng; ++g) fac[g] = d[g] * dx[g];
             else for (int64_t g = 0; g < ng; ++g) fac[g] = d[g] * dx[g >> 1];     /* Q6_K: two groups an x block */
+            if (job->qx->wide) {
+                if (f->offset128) off = 0.0f; /* int16: the weights signed, no offset */
+                job->y[i * job->ldy + j] = dn_q_dot16(u, fac, job->qx->q16 + i * k, k, (int)G, f->offset128) + off;
+                continue;
+            }
 #if defined(DN_Q_AVX2) && !defined(DN_Q_DPBUSD)
             if (f->offset128) off = 0.0f;     /* the signed dot product has no offset */
 #endif
@@ -461,29 +619,46 @@ static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
 }
 
 /* -- many rows: 32 weight rows unpacked into a panel, a register tile of rows x 32 columns over it --------
- * Panel layout: for each 4 elements of k (t), 32 columns x 4 bytes; then d and o as [group][32]. */
+ * Panel layout: for each step t of k (4 elements as bytes, or 2 as int16 when wide), 32 columns x 4 bytes;
+ * then d and o as [group][32]. Wide panels hold Q8_0's q signed, with o = 0. */
 #define DN_QP_N 32
 
-static void dn_q_pack_panel(const dn_qformat* f, const uint8_t* w, int64_t j0, int64_t n, int64_t k,
+static void dn_q_pack_panel(const dn_qformat* f, const int wide, const uint8_t* w, int64_t j0, int64_t n, int64_t k,
                             uint8_t* panel, float* pd, float* po, uint8_t* u, float* d, float* o) {
     const int64_t ng = k / f->group, row_bytes = k / f->block * f->block_bytes;
+    const int sgn = wide && f->offset128;
     for (int c = 0; c < DN_QP_N; ++c) {
         if (j0 + c < n) f->unpack(w + (j0 + c) * row_bytes, k, u, d, o);
-        else { memset(u, 0, (size_t)k); memset(d, 0, (size_t)ng * sizeof(float)); memset(o, 0, (size_t)ng * sizeof(float)); }
-        for (int64_t t = 0; t < k / 4; ++t) memcpy(panel + (t * DN_QP_N + c) * 4, u + 4 * t, 4);
-        for (int64_t g = 0; g < ng; ++g) { pd[g * DN_QP_N + c] = d[g]; po[g * DN_QP_N + c] = o[g]; }
+        else { memset(u, sgn ? 0x80 : 0, (size_t)k); memset(d, 0, (size_t)ng * sizeof(float)); memset(o, 0, (size_t)ng * sizeof(float)); }
+        if (wide) {
+            for (int64_t t = 0; t < k / 2; ++t) {
+                const int16_t pair[2] = {(int16_t)(sgn ? u[2 * t] - 128 : u[2 * t]), (int16_t)(sgn ? u[2 * t + 1] - 128 : u[2 * t + 1])};
+                memcpy(panel + (t * DN_QP_N + c) * 4, pair, 4);
+            }
+        } else {
+            for (int64_t t = 0; t < k / 4; ++t) memcpy(panel + (t * DN_QP_N + c) * 4, u + 4 * t, 4);
+        }
+        for (int64_t g = 0; g < ng; ++g) { pd[g * DN_QP_N + c] = d[g]; po[g * DN_QP_N + c] = sgn ? 0.0f : o[g]; }
     }
+}
+
+/* the 4 bytes of activations a panel step takes for row r: 4 int8, or 2 int16 (wide) */
+static inline __attribute__((always_inline)) int32_t dn_q_x4(const int wide, const dn_qx* qx, int64_t r, int64_t at) {
+    int32_t x4;
+    if (wide) memcpy(&x4, qx->q16 + r * qx->k + at, 4);
+    else memcpy(&x4, qx->q + r * qx->k + at, 4);
+    return x4;
 }
 
 #if defined(DN_Q_AVX512)
 #define DN_QP_ROWS 4
 /* R rows x 32 columns (two vectors of 16); G the group size, a constant after inlining */
 static inline __attribute__((always_inline)) void dn_q_tile(
-        const int R, const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+        const int R, const int G, const int wide, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
         int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
     (void)offset128;
     const int64_t k = qx->k, nb = k / 32;
-    const int8_t* q = qx->q + i0 * k;
+    const int per = wide ? 2 : 4;           /* elements of k a panel step holds */
     const float* dx = qx->d + i0 * nb;
     const float* sx = G == 32 ? qx->s32 + i0 * nb : qx->s16 + i0 * 2 * nb;
     const int64_t lds = G == 32 ? nb : 2 * nb;
@@ -492,14 +667,13 @@ static inline __attribute__((always_inline)) void dn_q_tile(
     for (int64_t g = 0; g < k / G; ++g) {
         __m512i s[4][2];
         for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm512_setzero_si512();
-        const uint8_t* p = panel + g * G * DN_QP_N;
-        for (int t = 0; t < G / 4; ++t) {
+        const uint8_t* p = panel + g * (G / per) * 4 * DN_QP_N;
+        for (int t = 0; t < G / per; ++t) {
             const __m512i w0 = _mm512_load_si512(p + t * 4 * DN_QP_N), w1 = _mm512_load_si512(p + t * 4 * DN_QP_N + 64);
             for (int r = 0; r < R; ++r) {
-                int32_t x4; memcpy(&x4, q + r * k + g * G + 4 * t, 4);
-                const __m512i xb = _mm512_set1_epi32(x4);
-                s[r][0] = _mm512_dpbusd_epi32(s[r][0], w0, xb);
-                s[r][1] = _mm512_dpbusd_epi32(s[r][1], w1, xb);
+                const __m512i xb = _mm512_set1_epi32(dn_q_x4(wide, qx, i0 + r, g * G + per * t));
+                s[r][0] = wide ? _mm512_dpwssd_epi32(s[r][0], w0, xb) : _mm512_dpbusd_epi32(s[r][0], w0, xb);
+                s[r][1] = wide ? _mm512_dpwssd_epi32(s[r][1], w1, xb) : _mm512_dpbusd_epi32(s[r][1], w1, xb);
             }
         }
         const __m512 d0 = _mm512_load_ps(pd + g * DN_QP_N), d1 = _mm512_load_ps(pd + g * DN_QP_N + 16);
@@ -523,10 +697,10 @@ static inline __attribute__((always_inline)) void dn_q_tile(
 #define DN_QP_ROWS 4
 /* R rows x 16 columns (two vectors of 8), the half h of the panel */
 static inline __attribute__((always_inline)) void dn_q_tile_half(
-        const int R, const int G, const int h, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
-        int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
+        const int R, const int G, const int wide, const int h, const uint8_t* panel, const float* pd, const float* po,
+        const dn_qx* qx, int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
     const int64_t k = qx->k, nb = k / 32;
-    const int8_t* q = qx->q + i0 * k;
+    const int per = wide ? 2 : 4;           /* elements of k a panel step holds */
     const float* dx = qx->d + i0 * nb;
     const float* sx = G == 32 ? qx->s32 + i0 * nb : qx->s16 + i0 * 2 * nb;
     const int64_t lds = G == 32 ? nb : 2 * nb;
@@ -540,14 +714,21 @@ static inline __attribute__((always_inline)) void dn_q_tile_half(
     for (int64_t g = 0; g < k / G; ++g) {
         __m256i s[4][2];
         for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
-        const uint8_t* p = panel + g * G * DN_QP_N + 64 * h;
-        for (int t = 0; t < G / 4; ++t) {
+        const uint8_t* p = panel + g * (G / per) * 4 * DN_QP_N + 64 * h;
+        for (int t = 0; t < G / per; ++t) {
             __m256i w0 = _mm256_load_si256((const __m256i*)(p + t * 4 * DN_QP_N));
             __m256i w1 = _mm256_load_si256((const __m256i*)(p + t * 4 * DN_QP_N + 32));
+            if (wide) {                            /* signed 16-bit pairs: no saturation, no sign tricks */
+                for (int r = 0; r < R; ++r) {
+                    const __m256i xb = _mm256_set1_epi32(dn_q_x4(1, qx, i0 + r, g * G + 2 * t));
+                    s[r][0] = DN_Q_DPWSSD(s[r][0], w0, xb);
+                    s[r][1] = DN_Q_DPWSSD(s[r][1], w1, xb);
+                }
+                continue;
+            }
 #if defined(DN_Q_DPBUSD)
             for (int r = 0; r < R; ++r) {
-                int32_t x4; memcpy(&x4, q + r * k + g * G + 4 * t, 4);
-                const __m256i xb = _mm256_set1_epi32(x4);
+                const __m256i xb = _mm256_set1_epi32(dn_q_x4(0, qx, i0 + r, g * G + 4 * t));
                 s[r][0] = DN_Q_DPBUSD(s[r][0], w0, xb);
                 s[r][1] = DN_Q_DPBUSD(s[r][1], w1, xb);
             }
@@ -558,8 +739,7 @@ static inline __attribute__((always_inline)) void dn_q_tile_half(
                 w0 = _mm256_abs_epi8(sg0); w1 = _mm256_abs_epi8(sg1);
             }
             for (int r = 0; r < R; ++r) {
-                int32_t x4; memcpy(&x4, q + r * k + g * G + 4 * t, 4);
-                __m256i xb0 = _mm256_set1_epi32(x4), xb1 = xb0;
+                __m256i xb0 = _mm256_set1_epi32(dn_q_x4(0, qx, i0 + r, g * G + 4 * t)), xb1 = xb0;
                 if (offset128) { xb0 = _mm256_sign_epi8(xb0, sg0); xb1 = _mm256_sign_epi8(xb1, sg1); }
                 s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, xb0), ones));
                 s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, xb1), ones));
@@ -575,7 +755,7 @@ static inline __attribute__((always_inline)) void dn_q_tile_half(
             acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), _mm256_mul_ps(d0, fx), acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][1]), _mm256_mul_ps(d1, fx), acc[r][1]);
 #if !defined(DN_Q_DPBUSD)
-            if (offset128) continue;           /* the signed dot product has no offset */
+            if (offset128 && !wide) continue;  /* the signed dot product has no offset */
 #endif
             acc[r][0] = _mm256_fmadd_ps(o0, sr, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(o1, sr, acc[r][1]);
@@ -596,25 +776,34 @@ static inline __attribute__((always_inline)) void dn_q_tile_half(
 }
 
 static inline __attribute__((always_inline)) void dn_q_tile(
-        const int R, const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+        const int R, const int G, const int wide, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
         int64_t i0, float* y, int64_t ldy, int cols, int offset128) {
-    dn_q_tile_half(R, G, 0, panel, pd, po, qx, i0, y, ldy, cols, offset128);
-    if (cols > 16) dn_q_tile_half(R, G, 1, panel, pd, po, qx, i0, y, ldy, cols, offset128);
+    dn_q_tile_half(R, G, wide, 0, panel, pd, po, qx, i0, y, ldy, cols, offset128);
+    if (cols > 16) dn_q_tile_half(R, G, wide, 1, panel, pd, po, qx, i0, y, ldy, cols, offset128);
 }
 #endif
 
 /* every row of x against one packed panel, R rows at a time (constants, so each tile is specialised) */
-static void dn_q_panel_rows(const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
-                            float* y, int64_t ldy, int cols, int offset128) {
+static inline __attribute__((always_inline)) void dn_q_panel_rows_of(
+        const int G, const int wide, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+        float* y, int64_t ldy, int cols, int offset128) {
     int64_t i = 0;
     for (; i + DN_QP_ROWS <= qx->m; i += DN_QP_ROWS)
-        dn_q_tile(DN_QP_ROWS, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128);
+        dn_q_tile(DN_QP_ROWS, G, wide, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128);
     switch (qx->m - i) {
-    case 3: dn_q_tile(3, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
-    case 2: dn_q_tile(2, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
-    case 1: dn_q_tile(1, G, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
+    case 3: dn_q_tile(3, G, wide, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
+    case 2: dn_q_tile(2, G, wide, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
+    case 1: dn_q_tile(1, G, wide, panel, pd, po, qx, i, y + i * ldy, ldy, cols, offset128); break;
     default: break;
     }
+}
+
+static void dn_q_panel_rows(const int G, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
+                            float* y, int64_t ldy, int cols, int offset128) {
+    if (G == 32 && qx->wide) dn_q_panel_rows_of(32, 1, panel, pd, po, qx, y, ldy, cols, offset128);
+    else if (G == 32) dn_q_panel_rows_of(32, 0, panel, pd, po, qx, y, ldy, cols, offset128);
+    else if (qx->wide) dn_q_panel_rows_of(16, 1, panel, pd, po, qx, y, ldy, cols, offset128);
+    else dn_q_panel_rows_of(16, 0, panel, pd, po, qx, y, ldy, cols, offset128);
 }
 
 #if defined(DN_Q_AVX512)
@@ -657,8 +846,12 @@ static inline __attribute__((always_inline)) __m512i dn_q_pair_u(const int kind,
 /* The panel of columns j0 .. j0 + 31 straight from Q8_0 / Q4_0 / Q4_1 blocks: 16 columns' two blocks unpacked,
  * transposed in registers, stored as 16 rows of the panel. */
 static inline __attribute__((always_inline)) void dn_q_pack_direct(
-        const int kind, const uint8_t* w, int64_t bb, int64_t j0, int64_t n, int64_t k,
+        const int kind, const int wide, const uint8_t* w, int64_t bb, int64_t j0, int64_t n, int64_t k,
         uint8_t* panel, float* pd, float* po) {
+    /* wide: each step of 4 bytes x 16 columns becomes two of 2 int16 x 16 columns (the even and odd dwords of
+       the widened columns); Q8_0 signed */
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const int64_t nb = k / 32, row_bytes = nb * bb;
     for (int h = 0; h < 2; ++h) {
         const int64_t c0 = j0 + 16 * h;
@@ -671,7 +864,20 @@ static inline __attribute__((always_inline)) void dn_q_pack_direct(
                 v[c] = c < cols ? dn_q_pair_u(kind, p0, two ? p0 + bb : p0) : _mm512_setzero_si512();
             }
             dn_q_transpose16(v);
-            for (int t = 0; t < (two ? 16 : 8); ++t) _mm512_store_si512(panel + ((b * 8 + t) * DN_QP_N + 16 * h) * 4, v[t]);
+            for (int t = 0; t < (two ? 16 : 8); ++t) {
+                if (!wide) { _mm512_store_si512(panel + ((b * 8 + t) * DN_QP_N + 16 * h) * 4, v[t]); continue; }
+                __m512i lo, hi;
+                if (kind == 8) {
+                    const __m512i sv = _mm512_xor_si512(v[t], _mm512_set1_epi8((char)0x80));
+                    lo = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(sv));
+                    hi = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(sv, 1));
+                } else {
+                    lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v[t]));
+                    hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(v[t], 1));
+                }
+                _mm512_store_si512(panel + ((b * 16 + 2 * t) * DN_QP_N + 16 * h) * 4, _mm512_permutex2var_epi32(lo, even, hi));
+                _mm512_store_si512(panel + ((b * 16 + 2 * t + 1) * DN_QP_N + 16 * h) * 4, _mm512_permutex2var_epi32(lo, odd, hi));
+            }
         }
         for (int c = 0; c < 16; ++c) {
             for (int64_t b = 0; b < nb; b += 8) {
@@ -687,7 +893,7 @@ static inline __attribute__((always_inline)) void dn_q_pack_direct(
                 }
                 for (int g = 0; g < count; ++g) {
                     pd[(b + g) * DN_QP_N + 16 * h + c] = d[g];
-                    po[(b + g) * DN_QP_N + 16 * h + c] = o[g];
+                    po[(b + g) * DN_QP_N + 16 * h + c] = wide && kind == 8 ? 0.0f : o[g];
                 }
             }
         }
@@ -699,7 +905,8 @@ static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
     const dn_qgemv_job* job = (const dn_qgemv_job*)ctx;
     const dn_qformat* f = job->f;
     const int64_t k = job->qx->k, ng = k / f->group;
-    const size_t panel_bytes = (size_t)(k * DN_QP_N), scale_bytes = (size_t)(ng * DN_QP_N) * sizeof(float);
+    const int wide = job->qx->wide;
+    const size_t panel_bytes = (size_t)(k * DN_QP_N * (wide ? 2 : 1)), scale_bytes = (size_t)(ng * DN_QP_N) * sizeof(float);
     const size_t row_bytes = ((size_t)k + 63) & ~(size_t)63;
     uint8_t* mem = (uint8_t*)dn_q_alloc(panel_bytes + 2 * scale_bytes + row_bytes + 2 * (size_t)ng * sizeof(float));
     if (!mem) abort();
@@ -712,14 +919,17 @@ static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
 #if defined(DN_Q_AVX512)
         if (f->block == 32) {
             const int64_t bb = f->block_bytes;
-            if (f->offset128) dn_q_pack_direct(8, job->w, bb, j0, job->n, k, mem, pd, po);
-            else if (bb == 18) dn_q_pack_direct(4, job->w, bb, j0, job->n, k, mem, pd, po);
-            else dn_q_pack_direct(5, job->w, bb, j0, job->n, k, mem, pd, po);
+            const int kind = f->offset128 ? 8 : bb == 18 ? 4 : 5;
+            if (wide && kind == 8) dn_q_pack_direct(8, 1, job->w, bb, j0, job->n, k, mem, pd, po);
+            else if (wide && kind == 4) dn_q_pack_direct(4, 1, job->w, bb, j0, job->n, k, mem, pd, po);
+            else if (wide) dn_q_pack_direct(5, 1, job->w, bb, j0, job->n, k, mem, pd, po);
+            else if (kind == 8) dn_q_pack_direct(8, 0, job->w, bb, j0, job->n, k, mem, pd, po);
+            else if (kind == 4) dn_q_pack_direct(4, 0, job->w, bb, j0, job->n, k, mem, pd, po);
+            else dn_q_pack_direct(5, 0, job->w, bb, j0, job->n, k, mem, pd, po);
         } else
 #endif
-        dn_q_pack_panel(f, job->w, j0, job->n, k, mem, pd, po, u, d, o);
-        if (f->group == 32) dn_q_panel_rows(32, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
-        else dn_q_panel_rows(16, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
+        dn_q_pack_panel(f, wide, job->w, j0, job->n, k, mem, pd, po, u, d, o);
+        dn_q_panel_rows(f->group, mem, pd, po, job->qx, job->y + j0, job->ldy, cols, f->offset128);
     }
     free(mem);
 }
@@ -729,20 +939,22 @@ static void dn_q_panels(void* ctx, int64_t begin, int64_t end) {
 #endif
 #endif /* DN_Q_INT */
 
-static void dn_qmatmul_run(const dn_qformat* f, int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx,
+/* y = x @ W.T with x quantized to int8 (wide 0) or int16 (wide 1); the portable path computes in f32 either way */
+static void dn_qmatmul_run(const dn_qformat* f, int wide, int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx,
                            const uint8_t* w, float* y, int64_t ldy) {
     if (m <= 0 || n <= 0) return;
     dn_qjob job = {f, m, n, k, x, ldx, w, y, ldy};
 #if defined(DN_Q_INT)
     dn_qx qx;
-    if (!dn_qx_quantize(&qx, x, ldx, m, k)) abort();
+    if (!dn_qx_quantize(&qx, x, ldx, m, k, wide)) abort();
     dn_qgemv_job gj = {f, &qx, n, w, y, ldy};
     if (m < DN_QPANEL_ROWS) {
         /* chunks of at least ~8K weights each, so the pool's overhead stays small */
         const int64_t min_cols = k >= 8192 ? 1 : 8192 / k;
         dn_body gemv = dn_q_gemv_cols;
 #if defined(DN_Q_AVX512)
-        if (f->block == 32) gemv = f->offset128 ? dn_q_gemv_q8_0 : f->block_bytes == 18 ? dn_q_gemv_q4_0 : dn_q_gemv_q4_1;
+        if (f->block == 32 && !wide) gemv = f->offset128 ? dn_q_gemv_q8_0 : f->block_bytes == 18 ? dn_q_gemv_q4_0 : dn_q_gemv_q4_1;
+        if (f->block == 32 && wide) gemv = f->offset128 ? dn_q_gemv16_q8_0 : f->block_bytes == 18 ? dn_q_gemv16_q4_0 : dn_q_gemv16_q4_1;
 #endif
         dn_parallel(gemv, &gj, n, min_cols);
     } else {
@@ -751,6 +963,7 @@ static void dn_qmatmul_run(const dn_qformat* f, int64_t m, int64_t n, int64_t k,
     free(qx.mem);
     (void)job;
 #else
+    (void)wide;
     dn_qmatmul_portable(&job);
 #endif
 }
@@ -900,10 +1113,16 @@ _OFFSET128 = {DType.Q8_0}
 
 _ENTRY = r"""
 DN_QROW_FROM_ELEMENTS({name})
+static const dn_qformat dn_qformat_{name} = {{dn_unpack_{name}, dn_dqrow_{name}, {block}, {block_bytes}, {group}, {offset128}}};
+/* activations as int8 per 32-block */
 static void dn_qmatmul_{name}(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, const uint8_t* w,
                               float* y, int64_t ldy) {{
-    static const dn_qformat format = {{dn_unpack_{name}, dn_dqrow_{name}, {block}, {block_bytes}, {group}, {offset128}}};
-    dn_qmatmul_run(&format, m, n, k, x, ldx, w, y, ldy);
+    dn_qmatmul_run(&dn_qformat_{name}, 0, m, n, k, x, ldx, w, y, ldy);
+}}
+/* activations as int16 per 32-block: about 256 times the precision */
+static void dn_qmatmul16_{name}(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, const uint8_t* w,
+                                float* y, int64_t ldy) {{
+    dn_qmatmul_run(&dn_qformat_{name}, 1, m, n, k, x, ldx, w, y, ldy);
 }}
 """
 
