@@ -363,7 +363,10 @@ static float dn_q_dot16(const uint8_t* u, const float* fac, const int16_t* q, in
 #endif
 
 /* -- few rows: one weight row unpacked at a time, dotted with every row of x ----------------------------- */
-typedef struct { const dn_qformat* f; const dn_qx* qx; int64_t n; const uint8_t* w; float* y; int64_t ldy; } dn_qgemv_job;
+typedef struct {
+    const dn_qformat* f; const dn_qx* qx; int64_t n; const uint8_t* w; float* y; int64_t ldy;
+    const int16_t* xp;                /* x in quad order (dn_q_quads), for int16 Q4_0 / Q4_1 decode */
+} dn_qgemv_job;
 
 #if defined(DN_Q_AVX512)
 /* Decode's formats straight from their blocks, no unpacked copy: two blocks per vector, two columns at a time
@@ -496,42 +499,98 @@ static void dn_q_gemv_q8_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_di
 static void dn_q_gemv_q4_0(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(4, (const dn_qgemv_job*)ctx, begin, end); }
 static void dn_q_gemv_q4_1(void* ctx, int64_t begin, int64_t end) { dn_q_gemv_direct(5, (const dn_qgemv_job*)ctx, begin, end); }
 
-/* -- the same with int16 activations: a block of 32 weights widened to one vector of int16 (Q8_0 sign-extended,
- * nibbles zero-extended from a broadcast of their 16 bytes and masked: the high nibbles stay 16 times their
- * value, in lanes 8-15 of every product, which the end divides by 16), one vpdpwssd per block and column. */
-static inline __attribute__((always_inline)) __m512i dn_q_words(const int kind, const uint8_t* p) {
-    if (kind == 8) return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(p + 2)));
-    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(p + (kind == 5 ? 4 : 2))));
-    const __m512i nibbles = _mm512_set_epi64(0x00f000f000f000f0LL, 0x00f000f000f000f0LL, 0x00f000f000f000f0LL,
-                                             0x00f000f000f000f0LL, 0x000f000f000f000fLL, 0x000f000f000f000fLL,
-                                             0x000f000f000f000fLL, 0x000f000f000f000fLL);
-    return _mm512_and_si512(_mm512_cvtepu8_epi16(both), nibbles);
+/* -- the same with int16 activations, straight from the blocks, two columns and every row of x (at most 2) at
+ * a time; one vpdpwssd takes 32 products.
+ * Q8_0: a block's 32 q sign-extended to one vector of int16; per block and column one vpdpwssd, one f32 update.
+ * Q4_0 / Q4_1: four blocks a vector. A block's 16 bytes of nibbles, read as 8 words, hold 4 elements a word:
+ * bits 0-3 element 2i, 4-7 element 2i + 16, 8-11 element 2i + 1, 12-15 element 2i + 17. One word permute puts
+ * four blocks' words in the four 128-bit lanes, four shifts and masks make four vectors of them, and x laid out
+ * to match (`dn_q_quads`, once per call) gives each block's sum in its own lane after four vpdpwssd: one f32
+ * update per four blocks. */
+
+/* x's rows in quad order: per 4 blocks (j = 0..3, zeros past the last) 4 vectors of 32 int16, vector t's word
+ * 8 j + i the element of block j the weights' vector t holds there (2i, 2i + 1, 2i + 16, 2i + 17) */
+static int16_t* dn_q_quads(const dn_qx* qx) {
+    const int64_t nb = qx->k / 32, nq = (nb + 3) / 4;
+    int16_t* xp = (int16_t*)dn_q_alloc((size_t)(qx->m * nq * 128) * sizeof(int16_t));
+    if (!xp) return 0;
+    static const int from[4] = {0, 1, 16, 17};
+    for (int64_t r = 0; r < qx->m; ++r)
+        for (int64_t g = 0; g < nq; ++g)
+            for (int t = 0; t < 4; ++t)
+                for (int j = 0; j < 4; ++j)
+                    for (int i = 0; i < 8; ++i)
+                        xp[(r * nq + g) * 128 + 32 * t + 8 * j + i] =
+                            4 * g + j < nb ? qx->q16[r * qx->k + (4 * g + j) * 32 + 2 * i + from[t]] : 0;
+    return xp;
 }
 
-/* adds `count` (<= 8) blocks from b on, of C columns and R rows of x, to acc (two chains each) and off */
+/* the four vectors of words of `count` (<= 4) Q4_0 (kind 4) / Q4_1 (kind 5) blocks at p (zeros past count) */
+static inline __attribute__((always_inline)) void dn_q_quad_words(const int kind, const uint8_t* p, int count, __m512i u[4]) {
+    const int64_t bb = kind == 5 ? 20 : 18, bytes = count * bb;
+    const __m512i a = count == 4 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(dn_q_bytes(bytes), p);
+    const __m512i b = _mm512_maskz_loadu_epi8(dn_q_bytes(bytes - 64), p + 64);
+    /* word 8 j + i: word (at + j bb) / 2 + i of the 128 bytes at p */
+    const __m512i at = kind == 5
+        ? _mm512_set_epi16(39, 38, 37, 36, 35, 34, 33, 32, 29, 28, 27, 26, 25, 24, 23, 22,
+                           19, 18, 17, 16, 15, 14, 13, 12, 9, 8, 7, 6, 5, 4, 3, 2)
+        : _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,
+                           17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i v = _mm512_permutex2var_epi16(a, at, b), low = _mm512_set1_epi16(15);
+    u[0] = _mm512_and_si512(v, low);
+    u[1] = _mm512_and_si512(_mm512_srli_epi16(v, 8), low);
+    u[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    u[3] = _mm512_srli_epi16(v, 12);
+}
+
+/* adds `count` (<= 8) blocks from b on, of C columns and R rows of x, to acc and off */
 static inline __attribute__((always_inline)) void dn_q_gemv16_group(
         const int kind, const int C, const int R, const int count, const uint8_t* w, int64_t row_bytes, int64_t bb,
-        const dn_qx* qx, int64_t i0, int64_t b, __m512 acc[2][2][2], __m256 off[2][2]) {
-    const int64_t k = qx->k, nb = k / 32;
+        const dn_qx* qx, const int16_t* xp, int64_t i0, int64_t b, __m512 acc[2][2][2], __m256 off[2][2]) {
+    const int64_t k = qx->k, nb = k / 32, nq = (nb + 3) / 4;
     const __mmask8 live = (__mmask8)((1u << count) - 1);
-    float fac[2][2][8] __attribute__((aligned(32)));       /* [column][row][block]: d * dx, read back broadcast */
+    __m256 fac[2][2];                       /* [column][row]: d * dx of the 8 blocks */
     for (int c = 0; c < C; ++c) {
         __m256 d, o;
         dn_q_scales8(kind, w + c * row_bytes + b * bb, bb, count, &d, &o);
         for (int r = 0; r < R; ++r) {
-            const __m256 dx = _mm256_maskz_loadu_ps(live, qx->d + (i0 + r) * nb + b);
-            _mm256_store_ps(fac[c][r], _mm256_mul_ps(d, dx));
+            fac[c][r] = _mm256_mul_ps(d, _mm256_maskz_loadu_ps(live, qx->d + (i0 + r) * nb + b));
             if (kind != 8) off[c][r] = _mm256_fmadd_ps(o, _mm256_maskz_loadu_ps(live, qx->s32 + (i0 + r) * nb + b), off[c][r]);
         }
     }
-    for (int e = 0; e < count; ++e) {
-        __m512i xv[2];
-        for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_si512(qx->q16 + (i0 + r) * k + (b + e) * 32);
+    if (kind == 8) {
+        float f[2][2][8] __attribute__((aligned(32)));   /* read back broadcast, block by block */
+        for (int c = 0; c < C; ++c)
+            for (int r = 0; r < R; ++r) _mm256_store_ps(f[c][r], fac[c][r]);
+#pragma GCC unroll 8
+        for (int e = 0; e < count; ++e) {      /* unrolled: the accumulators stay in registers */
+            __m512i xv[2];
+            for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_si512(qx->q16 + (i0 + r) * k + (b + e) * 32);
+            for (int c = 0; c < C; ++c) {
+                const __m512i u = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + c * row_bytes + (b + e) * bb + 2)));
+                for (int r = 0; r < R; ++r) {
+                    const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), u, xv[r]);
+                    acc[c][r][e & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(f[c][r][e]), acc[c][r][e & 1]);
+                }
+            }
+        }
+        return;
+    }
+    for (int h = 0; 4 * h < count; ++h) {   /* the quads: blocks b + 4 h .. */
+        const int n4 = count - 4 * h < 4 ? count - 4 * h : 4;
+        const __m512i lane = h ? _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4)
+                               : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        __m512i xv[2][4];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < 4; ++t) xv[r][t] = _mm512_load_si512(xp + ((i0 + r) * nq + b / 4 + h) * 128 + 32 * t);
         for (int c = 0; c < C; ++c) {
-            const __m512i u = dn_q_words(kind, w + c * row_bytes + (b + e) * bb);
+            __m512i u[4];
+            dn_q_quad_words(kind, w + c * row_bytes + (b + 4 * h) * bb, n4, u);
             for (int r = 0; r < R; ++r) {
-                const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), u, xv[r]);
-                acc[c][r][e & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(fac[c][r][e]), acc[c][r][e & 1]);
+                const __m512i s0 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), u[0], xv[r][0]), u[1], xv[r][1]);
+                const __m512i s1 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), u[2], xv[r][2]), u[3], xv[r][3]);
+                const __m512 f = _mm512_permutexvar_ps(lane, _mm512_castps256_ps512(fac[c][r]));
+                acc[c][r][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), f, acc[c][r][h]);
             }
         }
     }
@@ -540,26 +599,23 @@ static inline __attribute__((always_inline)) void dn_q_gemv16_group(
 /* y for C columns of W (rows at w + c * row_bytes) and R rows i0 .. of x */
 static inline __attribute__((always_inline)) void dn_q_gemv16_blocks(
         const int kind, const int C, const int R, const uint8_t* w, int64_t row_bytes, int64_t bb, const dn_qx* qx,
-        int64_t i0, float* y, int64_t ldy) {
+        const int16_t* xp, int64_t i0, float* y, int64_t ldy) {
     const int64_t nb = qx->k / 32;
     __m512 acc[2][2][2];
     __m256 off[2][2];
     for (int c = 0; c < C; ++c)
         for (int r = 0; r < R; ++r) { acc[c][r][0] = acc[c][r][1] = _mm512_setzero_ps(); off[c][r] = _mm256_setzero_ps(); }
     int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) dn_q_gemv16_group(kind, C, R, 8, w, row_bytes, bb, qx, i0, b, acc, off);
-    if (b < nb) dn_q_gemv16_group(kind, C, R, (int)(nb - b), w, row_bytes, bb, qx, i0, b, acc, off);
-    const float high = kind == 8 ? 1.0f : 1.0f / 16;      /* lanes 8-15: the high nibbles, 16 times too large */
-    const __m512 undo = _mm512_insertf32x8(_mm512_set1_ps(1.0f), _mm256_set1_ps(high), 1);
+    for (; b + 8 <= nb; b += 8) dn_q_gemv16_group(kind, C, R, 8, w, row_bytes, bb, qx, xp, i0, b, acc, off);
+    if (b < nb) dn_q_gemv16_group(kind, C, R, (int)(nb - b), w, row_bytes, bb, qx, xp, i0, b, acc, off);
     for (int c = 0; c < C; ++c)
         for (int r = 0; r < R; ++r) {
-            const __m512 sum = _mm512_mul_ps(_mm512_add_ps(acc[c][r][0], acc[c][r][1]), undo);
+            const __m512 sum = _mm512_add_ps(acc[c][r][0], acc[c][r][1]);
             y[r * ldy + c] = _mm512_reduce_add_ps(_mm512_add_ps(sum, _mm512_castps256_ps512(off[c][r])));
         }
 }
 
-/* columns [begin, end) of y with int16 activations, straight from Q8_0 / Q4_0 / Q4_1 blocks: two columns and
- * every row of x (m < DN_QPANEL_ROWS, at most 2) at a time, each weight vector widened once */
+/* columns [begin, end) of y with int16 activations (job->xp: x in quad order for Q4_0 / Q4_1) */
 static inline __attribute__((always_inline)) void dn_q_gemv16_direct(
         const int kind, const dn_qgemv_job* job, int64_t begin, int64_t end) {
     const int64_t bb = job->f->block_bytes, row_bytes = job->qx->k / 32 * bb, m = job->qx->m;
@@ -571,11 +627,11 @@ static inline __attribute__((always_inline)) void dn_q_gemv16_direct(
         for (int64_t i = 0; i < m; i += 2) {
             float* yi = job->y + i * job->ldy + j;
             if (i + 1 < m) {
-                if (two) dn_q_gemv16_blocks(kind, 2, 2, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
-                else dn_q_gemv16_blocks(kind, 1, 2, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
+                if (two) dn_q_gemv16_blocks(kind, 2, 2, wj, row_bytes, bb, job->qx, job->xp, i, yi, job->ldy);
+                else dn_q_gemv16_blocks(kind, 1, 2, wj, row_bytes, bb, job->qx, job->xp, i, yi, job->ldy);
             } else {
-                if (two) dn_q_gemv16_blocks(kind, 2, 1, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
-                else dn_q_gemv16_blocks(kind, 1, 1, wj, row_bytes, bb, job->qx, i, yi, job->ldy);
+                if (two) dn_q_gemv16_blocks(kind, 2, 1, wj, row_bytes, bb, job->qx, job->xp, i, yi, job->ldy);
+                else dn_q_gemv16_blocks(kind, 1, 1, wj, row_bytes, bb, job->qx, job->xp, i, yi, job->ldy);
             }
         }
     }
@@ -947,7 +1003,8 @@ static void dn_qmatmul_run(const dn_qformat* f, int wide, int64_t m, int64_t n, 
 #if defined(DN_Q_INT)
     dn_qx qx;
     if (!dn_qx_quantize(&qx, x, ldx, m, k, wide)) abort();
-    dn_qgemv_job gj = {f, &qx, n, w, y, ldy};
+    dn_qgemv_job gj = {f, &qx, n, w, y, ldy, 0};
+    int16_t* quads = 0;
     if (m < DN_QPANEL_ROWS) {
         /* chunks of at least ~8K weights each, so the pool's overhead stays small */
         const int64_t min_cols = k >= 8192 ? 1 : 8192 / k;
@@ -955,12 +1012,17 @@ static void dn_qmatmul_run(const dn_qformat* f, int wide, int64_t m, int64_t n, 
 #if defined(DN_Q_AVX512)
         if (f->block == 32 && !wide) gemv = f->offset128 ? dn_q_gemv_q8_0 : f->block_bytes == 18 ? dn_q_gemv_q4_0 : dn_q_gemv_q4_1;
         if (f->block == 32 && wide) gemv = f->offset128 ? dn_q_gemv16_q8_0 : f->block_bytes == 18 ? dn_q_gemv16_q4_0 : dn_q_gemv16_q4_1;
+        if (f->block == 32 && wide && !f->offset128) {
+            if (!(quads = dn_q_quads(&qx))) abort();
+            gj.xp = quads;
+        }
 #endif
         dn_parallel(gemv, &gj, n, min_cols);
     } else {
         dn_parallel(dn_q_panels, &gj, (n + DN_QP_N - 1) / DN_QP_N, 1);
     }
     free(qx.mem);
+    free(quads);
     (void)job;
 #else
     (void)wide;
