@@ -3,27 +3,31 @@
 `quant_support(dtypes)` is C text appended after the PRELUDE. For each block dtype it defines
 
     float dn_dq_<name>(const uint8_t* base, int64_t i)          one element, exactly gguf's value
-    void dn_qmatmul_<name>(m, n, k, x, ldx, w, y, ldy)          y = x @ W.T, W (n, k) in blocks
+    void dn_qmatmul_<name>(m, n, k, x, ldx, w, y, ldy)          y = x @ W.T, W (n, k) in blocks, x as int8
+    void dn_qmatmul16_<name>(m, n, k, x, ldx, w, y, ldy)        the same with x as int16
 
 How a matmul runs (integer paths, x86 AVX-512 VNNI, AVX-VNNI or AVX2):
 
-1. The rows of x are quantized per 32-element block to int8 with one f32 scale, plus the
-   block's sum (as llama.cpp's Q8_1): `dn_qx_quantize`, shared by every format.
+1. The rows of x are quantized per 32-element block with one f32 scale, plus the block's sum:
+   to int8 (steps of max|x| / 127, as llama.cpp's Q8_1) or, for dn_qmatmul16, to int16 (steps of
+   max|x| / 32767: 258 times finer). `dn_qx_quantize`, shared by every format; `wide` is the precision.
 2. Every weight format is unpacked to one form: unsigned 8-bit values u, and per group of
    32 (16 for Q6_K) a scale d and an offset o, so that w = d * u + o. Then
        sum w * x = d * dx * sum(u * qx) + o * (dx * sum(qx))
-   and sum(u * qx) is an integer dot product (`vpdpbusd`, or `vpmaddubsw` on AVX2).
-   Signed formats take an offset: Q8_0's u is q + 128 with o = -128 d.
+   and sum(u * qx) is an integer dot product: int8, `vpdpbusd` (or `vpmaddubsw` on AVX2); int16, u
+   widened to int16, `vpdpwssd` (or `vpmaddwd` on AVX2). Signed formats take an offset for int8: Q8_0's
+   u is q + 128 with o = -128 d; with int16 Q8_0's q is used signed, o = 0.
 3. Few rows (decode, m < DN_QPANEL_ROWS): each thread unpacks one weight row at a time
    into L1 and takes its dot products with the m rows of x (a GEMV streaming the weights
-   once). Many rows (prefill): each thread unpacks 32 weight rows into a panel laid out
-   4 bytes of k x 32 columns, so that one vector load holds 16 columns, and a register
-   tile of rows x 32 columns runs over it with broadcast activations: each unpacked weight
-   byte is used by every row.
+   once); on AVX-512 Q8_0, Q4_0 and Q4_1 are read straight from their blocks (int16 Q4_0 / Q4_1
+   four blocks a vector, against x laid out to match once per call). Many rows (prefill): each
+   thread unpacks 32 weight rows into a panel laid out 4 bytes of k x 32 columns (int16: 2 values
+   of k x 32 columns), so that one vector load holds 16 columns, and a register tile of rows x 32
+   columns runs over it with broadcast activations: each unpacked weight is used by every row.
 
-`-DDN_QUANT_PORTABLE` forces the portable path (dequantize to f32, f32 dot products),
-`-DDN_QUANT_NO_VNNI` the AVX2 path, `-DDN_QUANT_NO_AVX512` the 256-bit path (AVX-VNNI
-where the host has it): tests build each path the host supports.
+`-DDN_QUANT_PORTABLE` forces the portable path (dequantize to f32, f32 dot products, for both entry
+points), `-DDN_QUANT_NO_VNNI` the AVX2 path, `-DDN_QUANT_NO_AVX512` the 256-bit path (AVX-VNNI where
+the host has it): tests build each path the host supports.
 """
 from __future__ import annotations
 
@@ -514,14 +518,23 @@ static int16_t* dn_q_quads(const dn_qx* qx) {
     const int64_t nb = qx->k / 32, nq = (nb + 3) / 4;
     int16_t* xp = (int16_t*)dn_q_alloc((size_t)(qx->m * nq * 128) * sizeof(int16_t));
     if (!xp) return 0;
-    static const int from[4] = {0, 1, 16, 17};
+    __m512i pick[4];                         /* vector t, word 8 j + i (j mod 2): word 2 i + (0, 1, 16, 17)[t] of block j */
+    for (int t = 0; t < 4; ++t) {
+        int16_t at[32];
+        for (int w = 0; w < 32; ++w) at[w] = (int16_t)(32 * (w % 16 / 8) + 2 * (w % 8) + (t % 2) + 16 * (t / 2));
+        memcpy(&pick[t], at, 64);
+    }
     for (int64_t r = 0; r < qx->m; ++r)
-        for (int64_t g = 0; g < nq; ++g)
-            for (int t = 0; t < 4; ++t)
-                for (int j = 0; j < 4; ++j)
-                    for (int i = 0; i < 8; ++i)
-                        xp[(r * nq + g) * 128 + 32 * t + 8 * j + i] =
-                            4 * g + j < nb ? qx->q16[r * qx->k + (4 * g + j) * 32 + 2 * i + from[t]] : 0;
+        for (int64_t g = 0; g < nq; ++g) {
+            __m512i blk[4];
+            for (int j = 0; j < 4; ++j)
+                blk[j] = 4 * g + j < nb ? _mm512_loadu_si512(qx->q16 + r * qx->k + (4 * g + j) * 32) : _mm512_setzero_si512();
+            for (int t = 0; t < 4; ++t) {
+                const __m512i ab = _mm512_permutex2var_epi16(blk[0], pick[t], blk[1]);
+                const __m512i cd = _mm512_permutex2var_epi16(blk[2], pick[t], blk[3]);
+                _mm512_store_si512(xp + (r * nq + g) * 128 + 32 * t, _mm512_mask_mov_epi16(ab, 0xffff0000u, cd));
+            }
+        }
     return xp;
 }
 
