@@ -9,7 +9,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from dnet.core.shapes import bind_shape, evaluate_shape, shape_str
+from dnet.core.shapes import Dim, bind_shape, evaluate_shape, shape_str
 from dnet.errors import BackendError, ShapeError
 from dnet.hardware import detect
 from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, segments
@@ -40,6 +40,9 @@ class CModule:
         self.set_threads(threads or detect().cores)
         self._plans: dict[tuple, ArenaPlan] = {}
         self._grows: bool | None = None
+        self._bound: dict[tuple, dict | bool] = {}
+        # inputs with a dim that is an expression of symbols: checked against the whole binding every call
+        self._compound = {b.id: any(isinstance(d, Dim) and not _is_symbol(d) for d in b.shape) for b in program.buffers}
         self._lock = threading.Lock()
         self._arena = np.empty(0, np.uint8)
         self._table = np.zeros(len(program.buffers), np.uint64)
@@ -64,7 +67,7 @@ class CModule:
             b = self.program.buffers[buf]
             array = _state_array(name, inputs[name], b) if b.kind == STATE else \
                 np.ascontiguousarray(inputs[name], dtype=b.dtype.np)
-            if not bind_shape(b.shape, array.shape, env):
+            if not self._bind_shape(buf, array.shape, env):
                 raise ShapeError(f"input '{name}' has shape {array.shape}, expected {shape_str(b.shape)}"
                                  + (f" with {env}" if env else ""))
             arrays[name] = array
@@ -75,6 +78,21 @@ class CModule:
         if missing:
             raise ShapeError(f"symbols {missing} are not fixed by the input shapes")
         return env, arrays
+
+    def _bind_shape(self, buf: int, shape: tuple, env: dict[str, int]) -> bool:
+        """bind_shape, remembering what each input's shape binds: a decode step binds the same shapes to
+        dozens of states every token."""
+        key = (buf, shape)
+        alone = self._bound.get(key)
+        if alone is None:
+            if len(self._bound) > 4096:      # many prompt lengths seen: start over rather than grow
+                self._bound.clear()
+            alone = {}
+            alone = alone if bind_shape(self.program.buffers[buf].shape, shape, alone) else False
+            self._bound[key] = alone
+        if alone is False or any(env.setdefault(k, v) != v for k, v in alone.items()):
+            return False
+        return bind_shape(self.program.buffers[buf].shape, shape, env) if self._compound[buf] else True
 
     def plan(self, env: Mapping[str, int]) -> ArenaPlan:
         if self._grows is None:
@@ -162,6 +180,10 @@ class CModule:
 
 
 
+
+
+def _is_symbol(d: Dim) -> bool:
+    return len(d.terms) == 1 and d.terms[0][1] == 1 and len(d.terms[0][0]) == 1 and isinstance(d.terms[0][0][0], str)
 
 
 def _state_array(name: str, array, buffer) -> np.ndarray:
