@@ -180,12 +180,14 @@ def test_qmatmul_zero_rows_of_x_give_zeros(lib, m, bits):
         np.testing.assert_array_equal(y, np.zeros((m, n), dtype=np.float32))
 
 
-def test_int16_activations_are_closer_to_the_exact_product_than_int8(lib):
-    """The point of dn_qmatmul16: on the same inputs its error is a small fraction of int8's."""
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("dtype", [DType.Q4_1, DType.Q8_0, DType.Q4_K], ids=lambda d: d.value)
+def test_int16_activations_are_closer_to_the_exact_product_than_int8(lib, dtype, m):
+    """The point of dn_qmatmul16: on the same inputs its error is a small fraction of int8's (decode, prefill)."""
     if lib.test_path() == b"portable":
         pytest.skip("the portable path computes in f32 for both")
     rng = np.random.default_rng(5)
-    dtype, m, n, k = DType.Q4_1, 3, 64, 576
+    n, k = 64, 768
     w = random_weights(rng, dtype, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     exact = x.astype(np.float64) @ dequantize(w, dtype, (n, k)).astype(np.float64).T
