@@ -351,14 +351,25 @@ static inline __m256i dn_q_widen(__m128i u, int sgn) {
     return sgn ? _mm256_cvtepi8_epi16(_mm_xor_si128(u, _mm_set1_epi8((char)0x80))) : _mm256_cvtepu8_epi16(u);
 }
 
-/* dn_q_dot with int16 activations: 16 elements a vector, one group's scale each */
+/* dn_q_dot with int16 activations: 16 elements a vector; a group of 32 sums its two in integers, one f32 update */
+static inline __attribute__((always_inline)) __m256i dn_q_dot16_half(const uint8_t* u, const int16_t* q, int sgn) {
+    return DN_Q_DPWSSD(_mm256_setzero_si256(), dn_q_widen(_mm_loadu_si128((const __m128i*)u), sgn),
+                       _mm256_loadu_si256((const __m256i*)q));
+}
+
 static float dn_q_dot16(const uint8_t* u, const float* fac, const int16_t* q, int64_t k, int G, int sgn) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k; i += 32) {
-        const __m256i w0 = dn_q_widen(_mm_loadu_si128((const __m128i*)(u + i)), sgn);
-        const __m256i w1 = dn_q_widen(_mm_loadu_si128((const __m128i*)(u + i + 16)), sgn);
-        const __m256i p0 = DN_Q_DPWSSD(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i*)(q + i)));
-        const __m256i p1 = DN_Q_DPWSSD(_mm256_setzero_si256(), w1, _mm256_loadu_si256((const __m256i*)(q + i + 16)));
+    int64_t i = 0;
+    if (G == 32) {
+        for (; i + 64 <= k; i += 64) {       /* two independent chains */
+            const __m256i p0 = _mm256_add_epi32(dn_q_dot16_half(u + i, q + i, sgn), dn_q_dot16_half(u + i + 16, q + i + 16, sgn));
+            const __m256i p1 = _mm256_add_epi32(dn_q_dot16_half(u + i + 32, q + i + 32, sgn), dn_q_dot16_half(u + i + 48, q + i + 48, sgn));
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(fac[i / 32]), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(fac[i / 32 + 1]), acc1);
+        }
+    }
+    for (; i < k; i += 32) {
+        const __m256i p0 = dn_q_dot16_half(u + i, q + i, sgn), p1 = dn_q_dot16_half(u + i + 16, q + i + 16, sgn);
         acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(fac[i / G]), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(fac[(i + 16) / G]), acc1);
     }
