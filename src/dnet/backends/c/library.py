@@ -14,7 +14,7 @@ from dnet.kernel.ir import Gemm, Kernel
 from dnet.program.instructions import Launch, Program, segments
 
 
-def render_library(kernels: dict[str, Kernel], program: Program) -> str:
+def render_library(kernels: dict[str, Kernel], program: Program, activation_bits: int = 16) -> str:
     tiles = sorted({s.tile for k in kernels.values() for s in k.body if isinstance(s, Gemm)},
                    key=lambda t: (t.mr, t.nr, t.kc, t.mc))
     parts = [PRELUDE, *(support(t) for t in {(t.mr, t.nr): t for t in tiles}.values())]
@@ -23,7 +23,7 @@ def render_library(kernels: dict[str, Kernel], program: Program) -> str:
         from dnet.backends.c.quant import quant_support
 
         parts.append(quant_support(blocks))
-    parts += [render_kernel(k) for k in kernels.values()]
+    parts += [render_kernel(k, activation_bits) for k in kernels.values()]
     parts += [_segment(f"segment_{i}", seg, kernels, program)
               for i, seg in enumerate(segments(program)) if i % 2 == 0]
     launches = [ins for ins in program.instrs if isinstance(ins, Launch)]

@@ -43,8 +43,9 @@ def c_name(symbol: str) -> str:
 
 
 class CRenderer:
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, activation_bits: int = 16):
         self.kernel = kernel
+        self.activation_bits = activation_bits     # QMatmul: activations quantized to 16 or 8 bits per block
         self.dims = set(kernel.dims)
         self.helpers: list[str] = []                 # outlined parallel bodies, emitted before the kernel
         self.locals: list[tuple[str, str]] = []      # top-level values declared so far (captured by bodies)
@@ -342,6 +343,6 @@ def store(value: str, src: DType, dst: DType) -> str:
     return f"({STORAGE[dst]})({value})" if src != dst else value
 
 
-def render_kernel(kernel: Kernel) -> str:
-    return CRenderer(kernel).render()
+def render_kernel(kernel: Kernel, activation_bits: int = 16) -> str:
+    return CRenderer(kernel, activation_bits).render()
 
