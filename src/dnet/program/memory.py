@@ -58,9 +58,9 @@ def _monotone(d) -> bool:
 
 
 def bucket(env: Mapping[str, int]) -> dict[str, int]:
-    """Each symbol rounded up to a power of two (at least 16): plans for at most 2x the memory,
-    made once per bucket instead of once per length (a decode step's context grows every token)."""
-    return {name: max(16, 1 << (int(v) - 1).bit_length()) for name, v in env.items()}
+    """Each symbol rounded up to a power of two: plans for at most 2x the memory (per symbol), made
+    once per bucket instead of once per length (a decode step's context grows every token)."""
+    return {name: 1 << max(0, int(v) - 1).bit_length() for name, v in env.items()}
 
 
 def _aligned(n: int) -> int:
