@@ -96,3 +96,21 @@ def test_bad_files_and_options_fail_at_load(tmp_path):
         dnet.llm.load(bad, quantize="q3")
     with pytest.raises(DnetError, match="topology"):
         dnet.llm.load(bad, topology=object())
+
+
+def test_a_closed_llm_says_so(tmp_path):
+    path = write_tiny_gguf(tmp_path, "llama", "f32")
+    with dnet.llm.load(path, target="numpy", context=16) as llm:
+        pass
+    with pytest.raises(GenerationError, match="closed"):
+        llm.generate("x", max_tokens=1)
+    assert "closed" in repr(llm)
+
+
+def test_a_second_generation_while_one_streams_needs_a_free_slot(llm):
+    stream = llm.generate(PROMPT, stream=True, max_tokens=20, temperature=0.0, ignore_eos=True)
+    next(stream)
+    with pytest.raises(GenerationError, match="all 1 sequence slots of the KV cache are in use"):
+        llm.generate(PROMPT, max_tokens=2)
+    stream.close()                                     # an abandoned stream gives its slot back
+    assert llm.generate(PROMPT, max_tokens=2, temperature=0.0) is not None

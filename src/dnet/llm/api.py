@@ -9,7 +9,6 @@ through the stop strings; `LLM.steps` gives the same run token by token with log
 from __future__ import annotations
 
 import importlib.util
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,10 +119,15 @@ class Stats:
 
 class LLM:
     def __init__(self, config: ModelConfig, tokenizer, engine: Engine, source: str = "", weight_bytes: int = 0):
-        self.config, self.tokenizer, self.engine = config, tokenizer, engine
+        self.config, self.tokenizer, self._engine = config, tokenizer, engine
         self.source, self.weight_bytes = source, weight_bytes
         self.stats = Stats()
-        self._lock = threading.Lock()     # one sequence at a time through the cache's slot
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise GenerationError("this LLM is closed")
+        return self._engine
 
     @property
     def context(self) -> int:
@@ -154,12 +158,11 @@ class LLM:
         ids = _token_list(token_ids, self.config.vocab_size)
         if len(ids) > self.context:
             raise GenerationError(f"{len(ids)} tokens do not fit the context of {self.context}")
-        with self._lock:
-            seq = self.engine.open()
-            try:
-                return self.engine.prefill(seq, ids, all_logits=True)
-            finally:
-                self.engine.close(seq)
+        seq = self.engine.open()
+        try:
+            return self.engine.prefill(seq, ids, all_logits=True)
+        finally:
+            self.engine.close(seq)
 
     # -- the loop -----------------------------------------------------------------------------
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
@@ -178,8 +181,7 @@ class LLM:
         if len(ids) >= self.context:
             raise GenerationError(f"the prompt's {len(ids)} tokens leave no room in the context of "
                                   f"{self.context}", hint="shorten the prompt or load with a larger context=")
-        with self._lock:
-            yield from self._run(ids, params)
+        yield from self._run(ids, params)
 
     def _run(self, ids: list[int], params: SamplingParams) -> Iterator[Step]:
         eos = set(self.tokenizer.eos_token_ids)
@@ -187,7 +189,8 @@ class LLM:
         text, stops = TextStream(self.tokenizer.decode, ids[-4:]), StopBuffer(params.stop)
         history = list(ids)
         self.stats = Stats(prompt_tokens=len(ids))
-        seq = self.engine.open()
+        engine = self.engine
+        seq = engine.open()      # a sequence slot of the cache: all in use is a clear error, never a wait
         try:
             start = time.perf_counter()
             logits = self.engine.prefill(seq, ids)[-1]
@@ -213,11 +216,12 @@ class LLM:
                 logits = self.engine.decode([seq], [r.token])[0]
                 self.stats.decode_seconds += time.perf_counter() - start
         finally:
-            self.engine.close(seq)
+            engine.close(seq)
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
-        self.engine = None
+        """Drop the compiled model and the KV cache (their memory goes with the last reference)."""
+        self._engine = None
 
     def __enter__(self) -> "LLM":
         return self
@@ -227,8 +231,9 @@ class LLM:
 
     def __repr__(self) -> str:
         c = self.config
+        state = "closed" if self._engine is None else f"context {self.context}"
         return (f"LLM({c.arch}, {c.num_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size}, "
-                f"context {self.context}, from {self.source})")
+                f"{state}, from {self.source})")
 
 
 def _token_list(token_ids: Sequence[int], vocab: int) -> list[int]:

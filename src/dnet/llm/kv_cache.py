@@ -8,6 +8,8 @@ consecutive slots: `move` packs them when one finishes.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from dnet.errors import GenerationError
@@ -23,6 +25,7 @@ class KVCache:
         self.values = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
         self.lengths = [0] * slots          # positions written, per slot
         self.free = list(range(slots))
+        self._lock = threading.Lock()       # sequences may be opened and closed from several threads
 
     @property
     def nbytes(self) -> int:
@@ -33,16 +36,19 @@ class KVCache:
         return 2 * self.layers * int(np.prod(self.keys[0].shape[2:])) * 4
 
     def acquire(self) -> int:
-        if not self.free:
-            raise GenerationError(f"all {self.slots} sequence slots of the KV cache are in use")
-        slot = min(self.free)
-        self.free.remove(slot)
-        self.lengths[slot] = 0
-        return slot
+        with self._lock:
+            if not self.free:
+                raise GenerationError(f"all {self.slots} sequence slots of the KV cache are in use",
+                                      hint="finish or close a running generation, or load with more slots=")
+            slot = min(self.free)
+            self.free.remove(slot)
+            self.lengths[slot] = 0
+            return slot
 
     def release(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self.free.append(slot)
+        with self._lock:
+            self.lengths[slot] = 0
+            self.free.append(slot)
 
     def bind(self, first: int, count: int) -> dict[str, np.ndarray]:
         """The state arrays of slots [first, first + count), by the model's state names."""
