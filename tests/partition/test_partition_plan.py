@@ -81,8 +81,10 @@ def test_cost_model_predicts_measured_matmul_layer_time():
             errors.append(op_times(table, device).sum() / time_runs(lambda: run_graph(g, feed), 5).median - 1)
     error = float(np.median(errors))
     print(f"cost model error on a matmul-heavy block: {error:+.1%}")
-    # -4% to +8% seen, with other test suites loading this 2-core machine four times over
-    assert abs(error) < 0.25
+    # -4% to +8% on a quiet machine, but +49% seen on a loaded 2-core CI machine: the accuracy figure lives
+    # in `benchmarks/partition.py --cost-model`; here a factor of two catches wrong units or formulas
+    # (a flop count off by 2·k, bytes for elements, seconds for milliseconds) without timing the machine.
+    assert 0.5 < 1 + error < 2.0
 
 
 def _one_blas_thread():
