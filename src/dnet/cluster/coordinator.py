@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Mess
 from dnet.cluster.shipping import pack
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
+from dnet.graph.ops import Op
 
 log = logging.getLogger("dnet.coordinator")
 
@@ -47,6 +48,12 @@ class WorkerLost(DnetError):
 
 class RemoteError(DnetError):
     """A worker refused or failed a request; carries its reason."""
+
+
+class StateLost(WorkerLost):
+    """The pipeline was re-planned while this request travelled, and its stages held state (KV caches):
+    the new stages start empty, so the request is not sent again; whoever owns the sequences rebuilds
+    their state (re-running their tokens) and asks again."""
 
 
 @dataclass
@@ -78,6 +85,8 @@ class _Request:
     inputs: dict[str, np.ndarray]
     future: Future
     submitted: float
+    meta: dict[str, Any] = field(default_factory=dict)   # travels with it through every stage (its slots)
+    state_epoch: int | None = None                        # the plan its state was built under, if any
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,9 @@ class Coordinator:
         self.heartbeat_s = heartbeat_s
         self.stages: list[Graph] = []
         self.placement: list[int] = []
+        self.slots = 1                     # sequences of state each stateful stage holds
+        # alive worker indices -> (stages, placement): a plan over the survivors when too few spares are left
+        self.replanner: Callable[[list[int]], tuple[list[Graph], list[int]]] | None = None
         self.links: dict[tuple[int, int], LinkShape] = {}   # (from worker, to worker); -1 is the coordinator
         self.timings: dict[int, StageTiming] = {}
         self.dropped_results = 0
@@ -209,8 +221,9 @@ class Coordinator:
 
     # -- plans ----------------------------------------------------------------------------
     def load(self, stages: Sequence[Graph], placement: Sequence[int] | None = None,
-             links: Mapping[tuple[int, int], LinkShape] | None = None) -> None:
-        """Ship `stages` (a pipeline, in order) to workers: stage k runs on `placement[k]`.
+             links: Mapping[tuple[int, int], LinkShape] | None = None, slots: int | None = None) -> None:
+        """Ship `stages` (a pipeline, in order) to workers: stage k runs on `placement[k]`; stages with
+        STATE inputs hold it on their worker, `slots` sequences of it (kept from the last load if None).
 
         Loading again moves the cluster to the new pipeline the way a re-plan after a fault does: a
         new epoch, the old stages dropped, requests still travelling sent again, their old answers dropped."""
@@ -225,6 +238,7 @@ class Coordinator:
                     self._ready.clear()
                     self.epoch += 1
                 self.stages, self.placement, self.links = list(stages), placement, dict(links or {})
+                self.slots = slots or self.slots
             if again:
                 self._replan()
             else:
@@ -250,7 +264,7 @@ class Coordinator:
     def _ship(self, s: int) -> None:
         w = self.workers[self.placement[s]]
         packed = pack(self.stages[s])
-        meta = {"key": self._key(s), "stage": s, "weights": sorted(packed.arrays)}
+        meta = {"key": self._key(s), "stage": s, "weights": sorted(packed.arrays), "slots": self.slots}
         load = Message(MsgType.LOAD, meta, {"graph": np.frombuffer(packed.doc, np.uint8)})
         reply = self._call(w, load, MsgType.NEED, MsgType.LOADED)
         if reply.type is MsgType.NEED:  # weights it has cached are not sent again
@@ -290,10 +304,22 @@ class Coordinator:
     # -- requests -------------------------------------------------------------------------
     @property
     def input_names(self) -> list[str]:
-        return self.stages[0].input_names if self.stages else []
+        """What a request carries (a stage's STATE inputs stay on its worker)."""
+        if not self.stages:
+            return []
+        first = self.stages[0]
+        return [first.nodes[i].attrs["name"] for i in first.inputs if first.nodes[i].op is Op.INPUT]
 
-    def submit(self, inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> Future:
-        """Send one request into the pipeline; waits while `max_in_flight` are already travelling."""
+    @property
+    def stateful(self) -> bool:
+        """Whether a stage holds state (a KV cache): then requests name their sequences' `slots`."""
+        return any(n.op is Op.STATE for g in self.stages for n in g.nodes)
+
+    def submit(self, inputs: Mapping[str, np.ndarray], timeout: float | None = None,
+               slots: tuple[int, int] | None = None, epoch: int | None = None) -> Future:
+        """Send one request into the pipeline; waits while `max_in_flight` are already travelling.
+        `slots` (first, count): the state slots of the sequences it advances, for stateful stages;
+        `epoch`: the plan that state was built under: under another one the request fails with `StateLost`."""
         if not self.stages:
             raise DnetError("no model loaded on the cluster", hint="call load() first")
         missing = set(self.input_names) - set(inputs)
@@ -302,7 +328,7 @@ class Coordinator:
         if not self._window.acquire(timeout=timeout if timeout is not None else self.call_timeout_s):
             raise DnetError("no room in the pipeline: earlier requests are not finishing")
         req = _Request(next(self._ids), {n: np.asarray(inputs[n]) for n in self.input_names},
-                       Future(), time.monotonic())
+                       Future(), time.monotonic(), {"slots": list(slots)} if slots is not None else {}, epoch)
         req.future.add_done_callback(lambda _: self._window.release())
         with self._lock:
             if self.broken:
@@ -316,7 +342,13 @@ class Coordinator:
         self._ready.wait(self.call_timeout_s)
         with self._lock:
             feed, epoch = self._feed, self.epoch
-        msg = Message(MsgType.RUN, {"key": f"{self.session}/{epoch}/0", "rid": req.rid, "epoch": epoch}, req.inputs)
+            stale = req.state_epoch is not None and req.state_epoch != epoch and self._pending.pop(req.rid, None)
+        if stale:
+            req.future.set_exception(StateLost(f"request {req.rid} reads state built under plan epoch "
+                                               f"{req.state_epoch}, and the cluster now runs epoch {epoch}"))
+            return
+        msg = Message(MsgType.RUN, {"key": f"{self.session}/{epoch}/0", "rid": req.rid, "epoch": epoch, **req.meta},
+                      req.inputs)
         try:
             feed.put(msg)
         except ConnectionError:
@@ -375,14 +407,14 @@ class Coordinator:
         threading.Thread(target=self._recover, args=(message,), name="recover", daemon=True).start()
 
     def _recover(self, message: str) -> None:
-        """Move the stages of every lost worker to spares, one spare per lost worker, and resend."""
+        """Move the stages of every lost worker to spares, one spare per lost worker, or (without enough
+        spares) re-plan over the survivors with `replanner`; then resend what was in flight."""
         with self._recovery_lock:  # two workers lost at once: one re-plan after the other
             for _ in range(len(self.workers)):  # every failed attempt has lost one more worker
-                moves = self._move_lost_stages(message)
-                if not moves:
+                change = self._move_lost_stages(message)
+                if not change:
                     return
-                log.warning("re-planning (epoch %d): %s", self.epoch, ", ".join(
-                    f"{self.workers[a].name} -> {self.workers[b].name}" for a, b in moves.items()))
+                log.warning("re-planning (epoch %d): %s", self.epoch, change)
                 try:
                     self._replan()  # outside the lock: the readers need it to deliver the replies
                     return
@@ -392,27 +424,48 @@ class Coordinator:
                     self._fail_all(f"{message}; re-plan failed: {err}")
                     return
 
-    def _move_lost_stages(self, message: str) -> dict[int, int]:
-        """Reassign the stages of lost workers to spares (a new epoch); {} if none is lost or none can move."""
+    def _move_lost_stages(self, message: str) -> str:
+        """Reassign the stages of lost workers (a new epoch): what changed, or "" if none is lost or none can move."""
         with self._lock:
             lost = sorted({p for p in self.placement if not self.workers[p].alive})
             if not lost:
-                return {}
-            spares = [w.index for w in self.workers if w.alive and w.index not in self.placement]
-            if len(spares) < len(lost):
-                self._fail_all(f"{message}; no spare worker to re-plan onto")
-                return {}
+                return ""
+            alive = [w.index for w in self.workers if w.alive]
+            spares = [i for i in alive if i not in self.placement]
+            if len(spares) >= len(lost):
+                moves = dict(zip(lost, spares))
+                self._ready.clear()
+                self.epoch += 1
+                self.placement = [moves.get(p, p) for p in self.placement]
+                return ", ".join(f"{self.workers[a].name} -> {self.workers[b].name}" for a, b in moves.items())
+        if self.replanner is None or not alive:
+            self._fail_all(f"{message}; no spare worker to re-plan onto")
+            return ""
+        try:
+            stages, placement = self.replanner(alive)
+        except DnetError as err:
+            self._fail_all(f"{message}; no plan over the {len(alive)} surviving worker(s): {err}")
+            return ""
+        with self._lock:
             self._ready.clear()
             self.epoch += 1
-            moves = dict(zip(lost, spares))
-            self.placement = [moves.get(p, p) for p in self.placement]
-            return moves
+            self.stages, self.placement = list(stages), list(placement)
+        return f"{len(stages)} stage(s) over the surviving " + ", ".join(self.workers[i].name for i in alive)
 
     def _replan(self) -> None:
+        stateful = self.stateful
+        if stateful:   # the new stages' state starts empty: what travelled cannot simply be sent again
+            with self._lock:
+                lost, self._pending = list(self._pending.values()), {}
+            for req in lost:
+                req.future.set_exception(StateLost(f"re-planned (epoch {self.epoch}) while request {req.rid} "
+                                                   "travelled; its sequences' state must be rebuilt"))
         for w in self.workers:
             if w.alive:
                 self._call(w, Message(MsgType.RESET, {"session": self.session}), MsgType.RESET)
         self._install()
+        if stateful:
+            return
         with self._lock:
             waiting = sorted(self._pending.values(), key=lambda r: r.rid)
         for req in waiting:
@@ -450,9 +503,10 @@ class Coordinator:
         if self._feed is not None:
             self._feed.close(timeout=1.0)
         for w in self.workers:
-            if w.alive and shutdown_workers:
+            if w.alive:   # the worker frees this session's stages, their state and links now (or exits)
                 try:
-                    w.outbox.put(Message(MsgType.SHUTDOWN))
+                    w.outbox.put(Message(MsgType.SHUTDOWN) if shutdown_workers
+                                 else Message(MsgType.RESET, {"session": self.session}))
                 except ConnectionError:
                     pass
             w.outbox.close(timeout=1.0)

@@ -131,6 +131,17 @@ class DistributedExecutable:
             self._problem = chain, build_problem(chain, self.topology)
         return self._problem
 
+    def replan_over(self, alive: Sequence[int]) -> tuple[list[Graph], list[int]]:
+        """A plan over the surviving workers (topology node indices), made with the cost model and objective
+        of the running one: its stages and their placement. What the coordinator asks for when a worker is
+        lost and no spare is left; the new plan becomes this executable's."""
+        names = [self.topology.names[i] for i in alive]
+        objective = self.plan.objective if self.plan is not None else "throughput"
+        plan = plan_pipeline(self.graph, self.topology.subset(names), objective=objective, env=self.env)
+        self.pipeline = pipeline_from_plan(self.graph, plan, self.topology.names)
+        self._problem = None
+        return self.pipeline.stages, self.pipeline.placement
+
     def run(self, inputs: Mapping[str, np.ndarray], micro_batches: int = 1) -> dict[str, np.ndarray]:
         """One request; with `micro_batches` > 1 it is cut along the batch dim into that many
         pieces, which pipeline through the stages so every node works at once."""
@@ -175,11 +186,12 @@ class DistributedExecutable:
 def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: dict[str, int] | None = None,
                         backend: str | Sequence[str] = "numpy", shape_links: bool | None = None,
                         slowdowns: Sequence[float] | None = None, secret: str | None = None,
-                        **coordinator_options: Any) -> DistributedExecutable:
+                        slots: int = 1, **coordinator_options: Any) -> DistributedExecutable:
     """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
 
     `env` gives the sizes of symbolic dims the plan is made for (`{"batch": 8, "seq": 128}`);
-    dims it does not name are planned at 1.
+    dims it does not name are planned at 1. Stages with STATE inputs keep `slots` sequences of it on
+    their workers. A worker lost without a spare left is planned around: the survivors take its work.
     """
     symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
     env = {**{s: 1 for s in symbols}, **(env or {})}
@@ -205,12 +217,14 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     links = link_shapes(topology) if shape_links else None
     try:
         coordinator = Coordinator(addresses, secret, **coordinator_options)
-        coordinator.load(pipeline.stages, pipeline.placement, links)
+        coordinator.load(pipeline.stages, pipeline.placement, links, slots=slots)
     except BaseException:
         if local is not None:
             local.close()
         raise
-    return DistributedExecutable(graph, pipeline, coordinator, local, topology, env, links)
+    exe = DistributedExecutable(graph, pipeline, coordinator, local, topology, env, links)
+    coordinator.replanner = exe.replan_over
+    return exe
 
 
 def _request_list(requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]) -> list:

@@ -28,6 +28,7 @@ from dnet.cluster.shipping import unpack
 from dnet.cluster.store import WeightStore
 from dnet.errors import DnetError
 from dnet.runtime.runner import StageRunner
+from dnet.runtime.state import SlotState
 
 log = logging.getLogger("dnet.worker")
 
@@ -40,6 +41,7 @@ class _Stage:
     reply: Outbox                      # back to the coordinator that loaded it
     next_link: Outbox | None = None    # the next stage's worker; None: the last stage
     next_key: str | None = None
+    state: SlotState | None = None     # the stage's STATE (its layers' KV caches), a slot per sequence
 
 
 @dataclass
@@ -127,6 +129,9 @@ class Worker:
         try:
             self._read_loop(chan)
         finally:
+            with self._lock:   # a coordinator gone without closing: the sessions it loaded go with it
+                sessions = {key.split("/")[0] for key, st in self.stages.items() if st.reply.channel is chan}
+            self._drop_sessions(sessions)
             with self._lock:
                 outboxes = [self._replies.pop(k) for k in list(self._replies) if k[0] == id(chan)]
             for outbox in outboxes:
@@ -241,7 +246,9 @@ class Worker:
         graph = unpack(pending.doc, pending.meta["weights"], self.store.get)
         options = {"threads": self.config.threads} if self.config.threads and self.config.backend != "numpy" else {}
         runner = StageRunner(graph, self.config.backend, **options)
-        stage = _Stage(key, int(pending.meta.get("stage", 0)), runner, self._reply_outbox(pending.reply))
+        state = SlotState.of(graph, _positive(pending.meta.get("slots", 1), "slots"))
+        stage = _Stage(key, int(pending.meta.get("stage", 0)), runner, self._reply_outbox(pending.reply),
+                       state=state)
         with self._lock:
             self.stages[key] = stage
         log.info("loaded stage %s (%d nodes) in %.3f s", key, len(graph), runner.compile_s)
@@ -275,15 +282,19 @@ class Worker:
 
     def _on_reset(self, chan: Channel, msg: Message) -> None:
         prefix = _str(msg.meta, "session")
+        self._drop_sessions({prefix})
+        chan.send(Message(MsgType.RESET, {"session": prefix}))
+
+    def _drop_sessions(self, sessions: set[str]) -> None:
+        """Forget these sessions' stages (their compiled code and state) and close their links."""
         with self._lock:
-            for key in [k for k in self.stages if k.startswith(prefix)]:
+            for key in [k for k in self.stages if k.split("/")[0] in sessions]:
                 del self.stages[key]
-            for key in [k for k in self._pending if k.startswith(prefix)]:
+            for key in [k for k in self._pending if k.split("/")[0] in sessions]:
                 del self._pending[key]
-            links = [self._links.pop(k) for k in list(self._links) if k[0] == prefix]
+            links = [self._links.pop(k) for k in list(self._links) if k[0] in sessions]
         for link in links:  # a send stuck on a next worker that hangs must not hold up the re-plan
             link.abort()
-        chan.send(Message(MsgType.RESET, {"session": prefix}))
 
     def _on_stats(self, chan: Channel, msg: Message) -> None:
         with self._lock:
@@ -326,13 +337,19 @@ class Worker:
 
     def _run(self, stage: _Stage, msg: Message) -> None:
         cpu = time.process_time()
-        outputs, seconds = stage.runner(msg.tensors)
+        inputs = msg.tensors
+        if stage.state is not None:   # the request names its sequences' slots; their state is bound in place
+            first, count = _slots(msg.meta)
+            inputs = {**inputs, **stage.state.bind(first, count)}
+        outputs, seconds = stage.runner(inputs)
         if self.config.slowdown > 1.0:
             work = min(seconds, (time.process_time() - cpu) / (self.config.threads or 1))
             time.sleep((self.config.slowdown - 1.0) * work)
             seconds += (self.config.slowdown - 1.0) * work
         trace = list(msg.meta.get("trace", [])) + [[stage.index, self.name, seconds]]
         meta = {"rid": msg.meta.get("rid"), "epoch": msg.meta.get("epoch"), "trace": trace}
+        if "slots" in msg.meta:
+            meta["slots"] = msg.meta["slots"]
         if stage.next_link is not None:
             stage.next_link.put(Message(MsgType.RUN, {**meta, "key": stage.next_key}, outputs))
         else:
@@ -344,6 +361,20 @@ def _str(meta: dict, key: str) -> str:
     if not isinstance(value, str):
         raise DnetError(f"message needs a string '{key}', got {str(value)[:40]}")
     return value
+
+
+def _positive(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DnetError(f"'{what}' must be a positive integer, got {str(value)[:40]}")
+    return value
+
+
+def _slots(meta: dict) -> tuple[int, int]:
+    """A request's [first slot, count] of a stateful stage."""
+    value = meta.get("slots")
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise DnetError(f"a stage with state needs 'slots': [first, count], got {str(value)[:40]}")
+    return value[0], value[1]
 
 
 def _ids(meta: dict) -> dict:

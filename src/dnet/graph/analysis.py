@@ -129,8 +129,8 @@ class Cost:
 
 def evaluate(x: Size, env: Env) -> int:
     """A symbolic count as a number; a SymbolError names the dims `env` lacks."""
-    if isinstance(x, int):
-        return x
+    if isinstance(x, (int, float)):   # a float: bytes of a block dtype (a fraction of a byte per element)
+        return int(x)
     missing = x.free_symbols() - set(env)
     if missing:
         raise SymbolError(f"no value for dim(s) {', '.join(sorted(missing))} in {x}",

@@ -48,9 +48,7 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     how the C kernels on block weights quantize activations, "int16" (logits within float rounding of the
     dequantized model) or "int8" (llama.cpp's scheme: prefill about twice as fast, logits a few % off).
     """
-    if topology is not None:
-        raise DnetError("generation across a topology is not built yet; load on one node (no topology=)",
-                        hint="the distributed runtime runs stateless models: dnet.compile(..., topology=)")
+    topology = _topology(topology)
     if activations not in ACTIVATIONS:
         raise GenerationError(f"unknown activations={activations!r}", hint="one of " + ", ".join(ACTIVATIONS))
     if quantize not in WEIGHT_CHOICES:
@@ -69,10 +67,38 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     from dnet.api import Executable, _optimize
 
     options = {"threads": threads, "activation_bits": ACTIVATIONS[activations]} if target == "c" else {}
-    executable = Executable(_optimize(graph), target, **options)
-    return LLM(model.config, tokenizer, Engine(executable, KVCache(model.config, context, slots),
-                                               model.config.vocab_size), str(path),
-               sum(int(t.nbytes) for t in tensors.values()))
+    if topology is not None:
+        engine = _cluster_engine(_optimize(graph), topology, model.config, context, slots, target)
+    else:
+        engine = Engine(Executable(_optimize(graph), target, **options), KVCache(model.config, context, slots),
+                        model.config.vocab_size)
+    return LLM(model.config, tokenizer, engine, str(path), sum(int(t.nbytes) for t in tensors.values()))
+
+
+def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slots: int, target: str):
+    """The graph planned over `topology` and shipped to its workers, each keeping its layers' KV caches.
+    Planned for a decode step of every slot with a full context: per-token latency for one sequence,
+    throughput for several."""
+    from dnet.cluster.session import compile_distributed
+    from dnet.llm.cluster_engine import ClusterEngine
+
+    env = {"batch": slots, "seq": 1, "ctx": context, "out": slots}
+    from dnet.partition import plan_pipeline
+
+    plan = plan_pipeline(graph, topology, objective="latency" if slots == 1 else "throughput", env=env)
+    exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots)
+    return ClusterEngine(exe, context, slots, config.vocab_size)
+
+
+def _topology(topology: Any):
+    """None (one node), a `dnet.Topology`, or a topology file's path, as a Topology."""
+    from dnet.topology import Topology
+
+    if topology is None or isinstance(topology, Topology):
+        return topology
+    if isinstance(topology, (str, Path)):
+        return Topology.load(str(topology))
+    raise GenerationError(f"topology={type(topology).__name__} is neither a dnet.Topology nor a topology file")
 
 
 def _context(config: ModelConfig, context: int | None) -> int:
@@ -220,8 +246,11 @@ class LLM:
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Drop the compiled model and the KV cache (their memory goes with the last reference)."""
-        self._engine = None
+        """Drop the compiled model and the KV cache (their memory goes with the last reference); a
+        cluster's workers are told to free this model's stages."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
 
     def __enter__(self) -> "LLM":
         return self

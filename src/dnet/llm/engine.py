@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dnet.errors import GenerationError
-from dnet.llm.kv_cache import KVCache
+from dnet.llm.kv_cache import KVCache, SlotPool
 
 PREFILL_CHUNK = 512      # new tokens per prefill call: bounds the (chunk, ctx) attention scores in memory
 
@@ -24,7 +24,7 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, executable, cache: KVCache, vocab_size: int):
+    def __init__(self, executable, cache: KVCache | SlotPool, vocab_size: int):
         self.exe = executable
         self.cache = cache
         self.vocab_size = vocab_size
@@ -39,6 +39,9 @@ class Engine:
     def close(self, seq: Sequence) -> None:
         self.cache.release(seq.slot)
 
+    def shutdown(self) -> None:
+        """Free what the engine holds besides memory (a cluster engine: its workers' stages)."""
+
     def prefill(self, seq: Sequence, tokens: list[int], all_logits: bool = False,
                 chunk: int = PREFILL_CHUNK) -> np.ndarray:
         """Feed `tokens` after the sequence's cached ones: logits (1 or len(tokens), vocab)."""
@@ -49,8 +52,7 @@ class Engine:
             last = start + chunk >= len(tokens)
             rows = np.arange(len(piece)) if all_logits else np.array([len(piece) - 1])
             logits = self._run(seq.slot, [seq.length], np.array([piece], np.int64), rows)
-            seq.length += len(piece)
-            self.cache.lengths[seq.slot] = seq.length
+            self._advance(seq, piece)
             if all_logits or last:
                 out.append(logits)
         return np.concatenate(out) if out else np.zeros((0, self.vocab_size), np.float32)
@@ -63,10 +65,14 @@ class Engine:
             self._check_room(s, 1)
         logits = self._run(seqs[0].slot, [s.length for s in seqs], np.array(tokens, np.int64)[:, None],
                            np.arange(len(seqs)))
-        for s in seqs:
-            s.length += 1
-            self.cache.lengths[s.slot] = s.length
+        for s, token in zip(seqs, tokens):
+            self._advance(s, [token])
         return logits
+
+    def _advance(self, seq: Sequence, tokens: list[int]) -> None:
+        """`tokens` are in the sequence's cache now."""
+        seq.length += len(tokens)
+        self.cache.lengths[seq.slot] = seq.length
 
     def _check_room(self, seq: Sequence, count: int) -> None:
         if seq.length + count > self.context:
@@ -74,12 +80,21 @@ class Engine:
                                   hint="load the model with a larger context=")
 
     def _run(self, first_slot: int, starts: list[int], tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Tokens (batch, seq) of sequences whose caches hold `starts` positions; rows index batch*seq."""
-        batch, seq = tokens.shape
-        positions = np.asarray(starts, np.int64)[:, None] + np.arange(seq, dtype=np.int64)[None, :]
-        ctx = int(positions.max()) + 1
-        keys = np.arange(ctx, dtype=np.int64)
-        mask = np.where(keys[None, None, :] <= positions[:, :, None], np.float32(0), np.float32(-np.inf))
-        inputs = {"tokens": tokens, "positions": positions, "mask": mask.astype(np.float32),
-                  "rows": np.asarray(rows, np.int64), **self.cache.bind(first_slot, batch)}
-        return self.exe.run(inputs)["logits"]
+        return self._execute(first_slot, step_inputs(starts, tokens, rows))
+
+    def _execute(self, first_slot: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one step with the caches of slots [first_slot, first_slot + batch): its logits."""
+        batch = len(inputs["tokens"])
+        return self.exe.run({**inputs, **self.cache.bind(first_slot, batch)})["logits"]
+
+
+def step_inputs(starts: list[int], tokens: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's inputs for tokens (batch, seq) of sequences whose caches hold `starts` positions;
+    `rows` index batch*seq (the tokens that get logits)."""
+    batch, seq = tokens.shape
+    positions = np.asarray(starts, np.int64)[:, None] + np.arange(seq, dtype=np.int64)[None, :]
+    ctx = int(positions.max()) + 1
+    keys = np.arange(ctx, dtype=np.int64)
+    mask = np.where(keys[None, None, :] <= positions[:, :, None], np.float32(0), np.float32(-np.inf))
+    return {"tokens": tokens, "positions": positions, "mask": mask.astype(np.float32),
+            "rows": np.asarray(rows, np.int64)}

@@ -16,24 +16,15 @@ from dnet.errors import GenerationError
 from dnet.llm.model_file import ModelConfig
 
 
-class KVCache:
-    def __init__(self, config: ModelConfig, context: int, slots: int):
-        shape = (slots, context, config.num_kv_heads, config.head_dim)
+class SlotPool:
+    """Sequence slots and how many positions each holds: what a cache's owner hands out, wherever
+    the cache's arrays live (here, or on the workers of a cluster)."""
+
+    def __init__(self, context: int, slots: int):
         self.context, self.slots = context, slots
-        self.layers = config.num_layers
-        self.keys = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
         self.lengths = [0] * slots          # positions written, per slot
         self.free = list(range(slots))
         self._lock = threading.Lock()       # sequences may be opened and closed from several threads
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes reserved (committed only as positions are written)."""
-        return sum(a.nbytes for a in self.keys + self.values)
-
-    def bytes_per_position(self) -> int:
-        return 2 * self.layers * int(np.prod(self.keys[0].shape[2:])) * 4
 
     def acquire(self) -> int:
         with self._lock:
@@ -49,6 +40,23 @@ class KVCache:
         with self._lock:
             self.lengths[slot] = 0
             self.free.append(slot)
+
+
+class KVCache(SlotPool):
+    def __init__(self, config: ModelConfig, context: int, slots: int):
+        super().__init__(context, slots)
+        shape = (slots, context, config.num_kv_heads, config.head_dim)
+        self.layers = config.num_layers
+        self.keys = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes reserved (committed only as positions are written)."""
+        return sum(a.nbytes for a in self.keys + self.values)
+
+    def bytes_per_position(self) -> int:
+        return 2 * self.layers * int(np.prod(self.keys[0].shape[2:])) * 4
 
     def bind(self, first: int, count: int) -> dict[str, np.ndarray]:
         """The state arrays of slots [first, first + count), by the model's state names."""

@@ -20,7 +20,7 @@ from dnet.graph.analysis import Env, constant_values, cut_points, evaluate, last
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op, OpClass
 
-LAYER_NAME = re.compile(r"^(.*?(?:^|\.)(?:layers?|h|blocks?|stages?)\.\d+)(?:\.|$)")
+LAYER_NAME = re.compile(r"^(.*?(?:^|\.)(?:layers?|h|blocks?|blk|stages?)\.\d+)(?:\.|$)")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Layer:
     nodes: list[int] = field(default_factory=list)     # compute nodes, in graph order
     weights: set[str] = field(default_factory=set)     # weight names its nodes read
     weight_bytes: int = 0
+    state_bytes: int = 0                               # state it keeps between runs (a KV cache)
     activation_bytes: int = 0                          # peak live activations while it runs
 
 
@@ -161,6 +162,8 @@ def _build(graph: Graph, env: Env, group: list[tuple[int, str]]) -> LayerChain:
     owner = [index.get(id(layers[group[n.id][0]]), -1) for n in graph.nodes]
     for layer in layers_kept:
         layer.weight_bytes = sum(int(graph.weights[w].nbytes) for w in layer.weights)
+        layer.state_bytes = sum(evaluate(value_bytes(graph.nodes[n].type), env) for n in layer.nodes
+                                if graph.nodes[n].op is Op.STATE)
     crossing = _crossing(graph, owner, const, len(layers_kept))
     boundary = [sum(evaluate(value_bytes(graph.nodes[v].type), env) for v in values) for values in crossing]
     _activation_peaks(graph, env, layers_kept, const)
@@ -206,9 +209,17 @@ def _activation_peaks(graph: Graph, env: Env, layers: list[Layer], const: set[in
         live = sum(evaluate(value_bytes(graph.nodes[i].type), env) for i in inputs)
         peak = live
         for n in layer.nodes:
+            if _in_state(graph, n):   # kept between runs: counted with the weights
+                continue
             live += evaluate(value_bytes(graph.nodes[n].type), env)
             peak = max(peak, live)
             for i in graph.nodes[n].inputs:
                 if last[i] == n and i not in const and graph.nodes[i].op is not Op.CONST:
                     live -= evaluate(value_bytes(graph.nodes[i].type), env)
         layer.activation_bytes = int(peak)
+
+
+def _in_state(graph: Graph, n: int) -> bool:
+    """A STATE, or a SCATTER writing into one in place: no memory of its own while a layer runs."""
+    node = graph.nodes[n]
+    return node.op is Op.STATE or (node.op is Op.SCATTER and graph.nodes[node.inputs[0]].op is Op.STATE)

@@ -38,7 +38,7 @@ class PipelineProblem:
     names: list[str]            # N units
     layer_names: list[str]      # L layers
     time: np.ndarray            # (N, L) seconds of each layer on each node
-    weight: np.ndarray          # (L,) weight bytes of each layer
+    weight: np.ndarray          # (L,) bytes each layer keeps resident: its weights and its state (KV cache)
     activation: np.ndarray      # (L,) peak activation bytes of each layer
     boundary: np.ndarray        # (L+1,) bytes crossing the cut before each layer
     capacity: np.ndarray        # (N,) memory of each node
@@ -190,7 +190,7 @@ def build_problem(chain: LayerChain, topology: Topology, groups: bool = False, g
     p = PipelineProblem(
         names=list(names), layer_names=chain.names,
         time=np.stack([team.layer_times(chain) for team in teams]),
-        weight=np.array([l.weight_bytes for l in chain.layers], dtype=np.float64),
+        weight=np.array([l.weight_bytes + l.state_bytes for l in chain.layers], dtype=np.float64),
         activation=np.array([l.activation_bytes for l in chain.layers], dtype=np.float64),
         boundary=np.array(chain.boundary, dtype=np.float64),
         capacity=np.array([node.memory for node in topology.nodes], dtype=np.float64),

@@ -136,6 +136,8 @@ def _stage_graph(graph: Graph, cut: StageCut, s: int, last: bool) -> Graph:
     for i in cut.nodes[s]:
         node = graph.nodes[i]
         local[i] = add(node, tuple(value(j) for j in node.inputs), node.attrs)
+        if node.op is Op.STATE:   # state stays with the stage that reads it: its node binds it in place
+            out.inputs.append(local[i])
     if last:
         out.outputs = [value(i) for i in graph.outputs]
         out.output_names = list(graph.output_names)

@@ -103,6 +103,14 @@ class Topology:
         if symmetric:
             self.links[(b, a)] = Link(b, a, bandwidth, latency)
 
+    def subset(self, names: list[str]) -> "Topology":
+        """The named nodes and the links between them (the survivors of a lost node, say)."""
+        for name in names:
+            self.node(name)
+        keep = set(names)
+        return Topology([n for n in self.nodes if n.name in keep],
+                        {k: l for k, l in self.links.items() if l.src in keep and l.dst in keep}, self.source)
+
     # -- construction -----------------------------------------------------------
     @staticmethod
     def local(n: int, device: Device | None = None, bandwidth: float = 10e9, latency: float = 50e-6,

@@ -1,0 +1,137 @@
+"""The model's graph run across a cluster: each worker holds its layers and their KV caches.
+
+`ClusterEngine` has the `Engine`'s interface (open, close, prefill, decode), so the
+generation loop, the batcher and the server do not know where the model runs. The
+graph is planned over the topology as any model is (`dnet.partition`); its layers'
+STATE inputs (the KV caches) stay on the worker of their stage (`dnet.runtime.state`),
+so a step sends only the new tokens' activations from stage to stage, and a request
+names the cache slots of its sequences.
+
+A decode step of many sequences goes out as several requests, one per run of
+consecutive slots and at least one per stage, so every stage has work at once (a
+pipelined ring). When a worker is lost, the coordinator re-plans (onto a spare or over
+the survivors) and the new stages' caches start empty: the step is refused with
+`StateLost`, and the engine re-runs every open sequence's tokens to rebuild its cache,
+then asks again. Greedy text is the same as without the loss.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from dnet.errors import GenerationError
+from dnet.llm.engine import PREFILL_CHUNK, Engine, Sequence, step_inputs
+from dnet.llm.kv_cache import SlotPool
+
+REBUILD_ATTEMPTS = 3      # re-plans in a row a step survives (each costs a rebuild of every open sequence)
+
+
+class ClusterEngine(Engine):
+    def __init__(self, executable: Any, context: int, slots: int, vocab_size: int):
+        super().__init__(executable, SlotPool(context, slots), vocab_size)
+        self.open_sequences: dict[int, Sequence] = {}
+        self.tokens: dict[int, list[int]] = {}     # per slot: every token in its cache, to rebuild it
+        self.rebuilds = 0
+        self._epoch = executable.coordinator.epoch   # the plan the caches were built under
+        self._step_lock = threading.Lock()           # a rebuild must not interleave with another step
+
+    @property
+    def stages(self) -> int:
+        return len(self.exe.pipeline.stages)
+
+    def open(self) -> Sequence:
+        seq = super().open()
+        self.open_sequences[seq.slot] = seq
+        self.tokens[seq.slot] = []
+        return seq
+
+    def close(self, seq: Sequence) -> None:
+        self.open_sequences.pop(seq.slot, None)
+        self.tokens.pop(seq.slot, None)
+        super().close(seq)
+
+    def shutdown(self) -> None:
+        self.exe.close()
+
+    def _advance(self, seq: Sequence, tokens: list[int]) -> None:
+        super()._advance(seq, tokens)
+        self.tokens[seq.slot].extend(int(t) for t in tokens)
+
+    def decode(self, seqs: list[Sequence], tokens: list[int]) -> np.ndarray:
+        """One new token for each sequence, in any slots: logits (len(seqs), vocab)."""
+        for s in seqs:
+            self._check_room(s, 1)
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
+        groups = _groups([seqs[i].slot for i in order], self.stages)
+        requests = []
+        for lo, hi in groups:
+            picked = order[lo:hi]
+            requests.append((seqs[picked[0]].slot, step_inputs([seqs[i].length for i in picked],
+                                                               np.array([[tokens[i]] for i in picked], np.int64),
+                                                               np.arange(hi - lo))))
+        out = np.empty((len(seqs), self.vocab_size), np.float32)
+        for (lo, hi), logits in zip(groups, self._steps(requests)):
+            out[order[lo:hi]] = logits
+        for s, token in zip(seqs, tokens):
+            self._advance(s, [token])
+        return out
+
+    def _execute(self, first_slot: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self._steps([(first_slot, inputs)])[0]
+
+    def _steps(self, requests: list[tuple[int, dict[str, np.ndarray]]]) -> list[np.ndarray]:
+        """Send every request at once (they pipeline through the stages) and wait for all; when the
+        cluster was re-planned since the caches were built, rebuild them first and send again."""
+        from dnet.cluster.coordinator import StateLost
+
+        with self._step_lock:
+            for _ in range(REBUILD_ATTEMPTS + 1):
+                try:
+                    if self._epoch != self.exe.coordinator.epoch:
+                        self._rebuild()
+                    return self._send(requests)
+                except StateLost as err:
+                    lost = err
+            raise GenerationError(f"the cluster was re-planned {REBUILD_ATTEMPTS + 1} times during one step: {lost}")
+
+    def _send(self, requests: list[tuple[int, dict[str, np.ndarray]]], epoch: int | None = None) -> list[np.ndarray]:
+        """Submit all, then wait for all; `epoch`: the plan the caches they read were built under."""
+        coordinator = self.exe.coordinator
+        epoch = self._epoch if epoch is None else epoch
+        futures = [coordinator.submit(inputs, slots=(first, len(inputs["tokens"])), epoch=epoch)
+                   for first, inputs in requests]
+        errors = [f.exception(coordinator.call_timeout_s) for f in futures]   # every one settled
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            raise failed
+        return [f.result()["logits"] for f in futures]
+
+    def _rebuild(self) -> None:
+        """Re-run the tokens of every open sequence into the new stages' empty caches. The caches count
+        as built only once all are: a re-plan part-way leaves them stale, to be rebuilt again."""
+        self.rebuilds += 1
+        epoch = self.exe.coordinator.epoch
+        for slot in list(self.open_sequences):
+            tokens = self.tokens[slot]
+            for start in range(0, len(tokens), PREFILL_CHUNK):
+                piece = tokens[start:start + PREFILL_CHUNK]
+                self._send([(slot, step_inputs([start], np.array([piece], np.int64), np.array([len(piece) - 1])))],
+                           epoch)
+        self._epoch = epoch
+
+
+def _groups(slots: list[int], stages: int) -> list[tuple[int, int]]:
+    """Index ranges of sorted `slots` that are consecutive runs, split further so that there are about
+    as many groups as pipeline stages (each stage then has a group to work on)."""
+    runs, start = [], 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] + 1:
+            runs.append((start, i))
+            start = i
+    while len(runs) < min(stages, len(slots)):
+        k = max(range(len(runs)), key=lambda j: runs[j][1] - runs[j][0])
+        lo, hi = runs[k]
+        runs[k:k + 1] = [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
+    return runs

@@ -1,0 +1,84 @@
+"""SmolLM2 generating across local clusters of worker processes, each holding its layers' KV caches.
+
+Oracle: the same model on one node (`dnet.llm.load` without a topology), greedy.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dnet.llm import load
+from dnet.topology import Topology
+
+CONTEXT = 128
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a small robot",
+           "List three colors:"]
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def single():
+    with load(context=CONTEXT, slots=len(PROMPTS)) as llm:
+        yield llm
+
+
+def greedy(llm, prompts: list[str], steps: int, after_step=None) -> list[list[int]]:
+    """Every prompt decoded together, one batched step per token; `after_step(k)` runs after step k."""
+    engine = llm.engine
+    seqs = [engine.open() for _ in prompts]
+    try:
+        logits = np.stack([engine.prefill(s, llm.tokenizer.encode(p))[-1] for s, p in zip(seqs, prompts)])
+        out: list[list[int]] = [[] for _ in prompts]
+        for k in range(steps):
+            tokens = [int(t) for t in logits.argmax(-1)]
+            for ids, t in zip(out, tokens):
+                ids.append(t)
+            if after_step is not None:
+                after_step(k)
+            logits = engine.decode(seqs, tokens)
+        return out
+    finally:
+        for s in seqs:
+            engine.close(s)
+
+
+def capped(topology: Topology, memory: float) -> Topology:
+    for node in topology.nodes:
+        node.devices = [dataclasses.replace(d, memory=memory) for d in node.devices]
+    return topology
+
+
+def test_a_model_no_single_node_can_hold_runs_split_and_generates_the_same_text(single):
+    topo = capped(Topology.local(3), 60e6)     # SmolLM2 with its caches needs about 125 MB
+    with load(context=CONTEXT, topology=topo) as llm:
+        plan = llm.engine.exe.plan
+        assert len(plan.stages) >= 2 and all(s.memory_bytes <= 60e6 for s in plan.stages)
+        for prompt in PROMPTS[:2]:
+            assert llm.generate(prompt, max_tokens=12, temperature=0) == \
+                single.generate(prompt, max_tokens=12, temperature=0)
+
+
+@pytest.mark.parametrize("spare", [False, True], ids=["over-the-survivors", "onto-a-spare"])
+def test_a_worker_killed_mid_generation_loses_no_sequence_and_changes_no_token(single, spare):
+    # four streams plan for throughput: three equal nodes each take a stage; a fourth, far slower,
+    # is left out of the plan and stays a spare
+    topo = Topology.local(4, scales=[1, 1, 1, 0.01]) if spare else Topology.local(3)
+    expected = greedy(single, PROMPTS, STEPS)
+    with load(context=CONTEXT, topology=topo, slots=len(PROMPTS)) as llm:
+        exe = llm.engine.exe
+        assert len(exe.pipeline.stages) == 3
+        victim = exe.coordinator.placement[1]
+        used = set(exe.coordinator.placement)
+
+        def kill(k: int) -> None:
+            if k == 3:
+                exe.local.kill(victim)
+
+        assert greedy(llm, PROMPTS, STEPS, after_step=kill) == expected
+        assert llm.engine.rebuilds == 1 and victim not in exe.coordinator.placement
+        if spare:
+            assert set(exe.coordinator.placement) - used == {3}          # the spare took the lost stage
+        else:
+            assert set(exe.coordinator.placement) <= used - {victim}     # the survivors share the work
