@@ -42,3 +42,20 @@ def test_a_bad_model_is_one_line_on_stderr_and_status_2(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "broken.gguf" in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_across_local_workers_prints_the_plan_and_the_same_text(tiny, capsys):
+    main(["generate", str(tiny), "-p", "the dog", "-n", "8", "--temperature", "0", "-T", "local:1,2"])
+    out = capsys.readouterr()
+    with dnet.llm.load(tiny) as llm:
+        assert out.out == llm.generate("the dog", max_tokens=8, temperature=0.0) + "\n"
+    assert "objective latency" in out.err and "per-stage times" in out.err and "tok/s" in out.err
+
+
+@pytest.mark.parametrize("spec, what", [("local:0.5,1", "at least 1"), ("local:x", "cannot read"),
+                                        ("nowhere.toml", "no topology file")])
+def test_a_bad_topology_is_one_line(tiny, capsys, spec, what):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", str(tiny), "-p", "x", "-T", spec])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and what in err and len(err.strip().splitlines()) == 1

@@ -144,7 +144,7 @@ def cluster_demo(slowdowns: str, n_requests: int, rounds: int) -> None:
         elapsed = time.perf_counter() - start
         rate = n_requests / elapsed
         title = f"per-stage timings ({n_requests} requests of {len(DEMO_TEXTS)} sentences, {rate:.2f} requests/s)"
-        console.print(_stage_table(title, exe.plan, [t.mean_ms / 1e3 for t in exe.timings.values()]))
+        console.print(stage_table(title, exe.plan, [t.mean_ms / 1e3 for t in exe.timings.values()]))
         console.print(f"throughput: measured {rate:.2f} requests/s (the pipeline filling included), planned "
                       f"{exe.plan.throughput:.2f} requests/s from this machine's probed rates, uncalibrated: "
                       "here the workers share its cores")
@@ -169,12 +169,12 @@ def _feedback(console: Any, exe: Any, inputs: dict[str, np.ndarray], rounds: int
                       f"{factor_line(exe.problem, r.factors)}; predicted {r.predicted:.2f}, measured "
                       f"{r.measured.throughput:.2f} requests/s; {then}")
     fresh = exe.measure(inputs, windows=3, window=4)
-    console.print(_stage_table("after calibration: the deployed plan measured afresh", exe.plan, fresh.stage_seconds))
+    console.print(stage_table("after calibration: the deployed plan measured afresh", exe.plan, fresh.stage_seconds))
     console.print(f"throughput: measured {fresh.throughput:.2f} requests/s, planned {exe.plan.throughput:.2f} "
                   f"requests/s ({fresh.throughput / exe.plan.throughput:.0%})")
 
 
-def _stage_table(title: str, plan: Any, measured_seconds: list[float]) -> Any:
+def stage_table(title: str, plan: Any, measured_seconds: list[float]) -> Any:
     from rich.table import Table
 
     table = Table(title=title)

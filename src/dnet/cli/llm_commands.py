@@ -6,7 +6,9 @@ import time
 
 import click
 
+from dnet.cli.cluster_commands import stage_table
 from dnet.cli.main import cli
+from dnet.cli.topology_spec import TOPOLOGY_HELP, parse_topology
 from dnet.errors import DnetError
 
 
@@ -16,6 +18,7 @@ def _model_options(f):
     f = click.option("--context", type=int, default=None, help="positions per sequence (default: model's, <= 4096)")(f)
     f = click.option("--quantize", type=click.Choice(["q8_0", "q4_0", "q4_1"]), default=None,
                      help="store a float model's matrices in a block format")(f)
+    f = click.option("--topology", "-T", default=None, help="run across a cluster: " + TOPOLOGY_HELP)(f)
     return f
 
 
@@ -35,14 +38,27 @@ def _sampling(options: dict) -> dict:
     return out
 
 
-def _load(model, target, threads, context, quantize):
+def _load(model, target, threads, context, quantize, topology):
     from dnet.llm import load
 
     start = time.perf_counter()
-    llm = load(model, target=target, threads=threads, context=context, quantize=quantize)
+    where, options = (parse_topology(topology) if topology else (None, {}))
+    llm = load(model, target=target, threads=threads, context=context, quantize=quantize, topology=where,
+               cluster=options)
     click.secho(f"loaded {llm.config.name or llm.config.arch} ({llm.config.num_layers} layers) from {llm.source} "
                 f"in {time.perf_counter() - start:.1f} s", fg="bright_black", err=True)
+    if where is not None:
+        from dnet.partition.render import plan_table
+
+        _console().print(plan_table(llm.engine.exe.plan))
     return llm
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=120)
 
 
 @cli.command()
@@ -52,9 +68,9 @@ def _load(model, target, threads, context, quantize):
 @click.option("--chat", "as_chat", is_flag=True, help="wrap the prompt in the model's chat template")
 @_model_options
 @_sampling_options
-def generate(model, prompt, max_tokens, as_chat, target, threads, context, quantize, **options) -> None:
+def generate(model, prompt, max_tokens, as_chat, target, threads, context, quantize, topology, **options) -> None:
     """Generate text after PROMPT with MODEL (a .gguf file or a Hugging Face folder; default SmolLM2-135M)."""
-    llm = _load(model, target, threads, context, quantize)
+    llm = _load(model, target, threads, context, quantize, topology)
     sampling = {**_sampling(options), "max_tokens": max_tokens}
     pieces = llm.chat([{"role": "user", "content": prompt}], stream=True, **sampling) if as_chat \
         else llm.generate(prompt, stream=True, **sampling)
@@ -63,12 +79,17 @@ def generate(model, prompt, max_tokens, as_chat, target, threads, context, quant
         sys.stdout.flush()
     click.echo()
     _report(llm)
+    llm.close()
 
 
 def _report(llm) -> None:
     s = llm.stats
     prefill = s.prompt_tokens / s.prefill_seconds if s.prefill_seconds else 0.0
     decode = (s.generated_tokens - 1) / s.decode_seconds if s.decode_seconds else 0.0
+    exe = getattr(llm.engine, "exe", None)
+    if hasattr(exe, "timings"):   # across a cluster: each stage's mean compute per step
+        title = f"per-stage times (mean of {sum(t.runs for t in exe.timings.values())} stage runs)"
+        _console().print(stage_table(title, exe.plan, [t.mean_ms / 1e3 for t in exe.timings.values()]))
     click.secho(f"prompt {s.prompt_tokens} tokens at {prefill:.0f} tok/s, generated {s.generated_tokens} at "
                 f"{decode:.1f} tok/s", fg="bright_black", err=True)
 
@@ -79,10 +100,16 @@ def _report(llm) -> None:
 @click.option("--max-tokens", "-n", type=int, default=512, show_default=True, help="tokens per reply at most")
 @_model_options
 @_sampling_options
-def chat(model, system, max_tokens, target, threads, context, quantize, **options) -> None:
+def chat(model, system, max_tokens, target, threads, context, quantize, topology, **options) -> None:
     """Chat with MODEL in the terminal (replies stream; /reset forgets, /exit or Ctrl-D quits)."""
-    llm = _load(model, target, threads, context, quantize)
-    sampling = {**_sampling(options), "max_tokens": max_tokens}
+    llm = _load(model, target, threads, context, quantize, topology)
+    try:
+        _converse(llm, system, {**_sampling(options), "max_tokens": max_tokens})
+    finally:
+        llm.close()
+
+
+def _converse(llm, system: str | None, sampling: dict) -> None:
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     while True:

@@ -8,6 +8,7 @@ import click
 
 from dnet.cli.main import cli
 from dnet.cli.model_loading import load_model, parse_dims
+from dnet.cli.topology_spec import TOPOLOGY_HELP, parse_topology
 from dnet.errors import DnetError
 from dnet.partition.pipeline import METHODS, OBJECTIVES
 
@@ -92,7 +93,7 @@ def _plan_graph(model: str, dims: dict[str, int]):
 @cli.command("plan")
 @click.argument("model")
 @click.option("-T", "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
-              help="topology file (TOML), or local:N for N equal nodes on this machine")
+              help=TOPOLOGY_HELP)
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
 @click.option("--dims", default="", help="sizes of symbolic dims, e.g. batch=1,seq=128 (those two by default)")
@@ -111,10 +112,8 @@ def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims:
     from dnet.partition import build_problem, evaluate, layer_chain, plan_from_stages, plan_pipeline
     from dnet.partition.baselines import BASELINES
     from dnet.partition.render import plan_svg, plan_table
-    from dnet.topology.model import Topology
 
-    spec = str(topology_path)
-    topology = Topology.local(int(spec[6:])) if spec.startswith("local:") else Topology.load(spec)
+    topology, _ = parse_topology(str(topology_path))
     graph, env = _plan_graph(model, parse_dims(dims))
     chain = layer_chain(graph, env, by=layers_by)
     plan = plan_pipeline(graph, topology, objective, method, env, model, chain, groups)

@@ -39,7 +39,7 @@ def default_model_path() -> Path:
 
 def load(source: str | Path | None = None, target: str = "c", threads: int | None = None, topology: Any = None,
          context: int | None = None, quantize: str | None = None, dequantize: bool = False,
-         slots: int = 1, activations: str = "int16") -> "LLM":
+         slots: int = 1, activations: str = "int16", cluster: dict | None = None) -> "LLM":
     """An LLM from a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct).
 
     `context`: positions per sequence (default: the model's, at most 4096). `quantize`: store float
@@ -47,6 +47,8 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     (the oracle of the quantized kernels). `slots`: sequences that can be decoded at once. `activations`:
     how the C kernels on block weights quantize activations, "int16" (logits within float rounding of the
     dequantized model) or "int8" (llama.cpp's scheme: prefill about twice as fast, logits a few % off).
+    `topology`: a `dnet.Topology` or topology file to run across (its workers hold their layers' KV caches);
+    `cluster`: options for `dnet.cluster.session.compile_distributed` (`slowdowns`, `secret`, ...).
     """
     topology = _topology(topology)
     if activations not in ACTIVATIONS:
@@ -68,14 +70,15 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
 
     options = {"threads": threads, "activation_bits": ACTIVATIONS[activations]} if target == "c" else {}
     if topology is not None:
-        engine = _cluster_engine(_optimize(graph), topology, model.config, context, slots, target)
+        engine = _cluster_engine(_optimize(graph), topology, model.config, context, slots, target, cluster or {})
     else:
         engine = Engine(Executable(_optimize(graph), target, **options), KVCache(model.config, context, slots),
                         model.config.vocab_size)
     return LLM(model.config, tokenizer, engine, str(path), sum(int(t.nbytes) for t in tensors.values()))
 
 
-def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slots: int, target: str):
+def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slots: int, target: str,
+                    options: dict):
     """The graph planned over `topology` and shipped to its workers, each keeping its layers' KV caches.
     Planned for a decode step of every slot with a full context: per-token latency for one sequence,
     throughput for several."""
@@ -86,7 +89,7 @@ def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slo
     from dnet.partition import plan_pipeline
 
     plan = plan_pipeline(graph, topology, objective="latency" if slots == 1 else "throughput", env=env)
-    exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots)
+    exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots, **options)
     return ClusterEngine(exe, context, slots, config.vocab_size)
 
 
