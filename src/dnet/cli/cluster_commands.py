@@ -49,8 +49,10 @@ def _read_secret(secret_file: str | None) -> str:
 @click.option("--secret-file", default=None, help="File holding the cluster secret (default: $DNET_CLUSTER_SECRET).")
 @click.option("--cache-dir", default=None, help="Where verified weights are cached.")
 @click.option("--slowdown", type=float, default=1.0, help="Simulate a device this many times slower (>= 1).")
+@click.option("--idle-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds after which an unused session's stages and KV caches are freed.")
 def worker(listen: str, backend: str, threads: int | None, cores: str | None, name: str, advertise: str | None,
-           secret_file: str | None, cache_dir: str | None, slowdown: float) -> None:
+           secret_file: str | None, cache_dir: str | None, slowdown: float, idle_timeout: float) -> None:
     """Run a worker daemon: accept stages from a coordinator holding the cluster secret, run them."""
     from dnet.cluster.coordinator import parse_address
     from dnet.cluster.local import READY_PREFIX
@@ -63,7 +65,8 @@ def worker(listen: str, backend: str, threads: int | None, cores: str | None, na
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {name or listen} %(levelname)s %(message)s")
     config = WorkerConfig(host=host, port=port, backend=backend, threads=threads, name=name,
-                          advertise=advertise, cache_dir=cache_dir, slowdown=max(1.0, slowdown))
+                          advertise=advertise, cache_dir=cache_dir, slowdown=max(1.0, slowdown),
+                          idle_timeout_s=idle_timeout)
     daemon = Worker(_read_secret(secret_file), config)
     click.echo(f"{READY_PREFIX}{daemon.address}", nl=True)
     sys.stdout.flush()

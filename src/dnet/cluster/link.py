@@ -73,8 +73,13 @@ class Outbox:
         self._thread.join(timeout)
 
     def abort(self) -> None:
-        """Drop the link now: a send blocked on a peer that stopped reading fails, queued messages go."""
+        """Drop the link now: a send blocked on a peer that stopped reading fails, queued messages go,
+        and the sending thread ends."""
         self.channel.close()
+        try:
+            self._queue.put_nowait(_STOP)
+        except queue.Full:
+            pass   # the thread is sending: the closed channel fails it, and it ends
 
     def _drain(self) -> None:
         while (item := self._queue.get()) is not _STOP:

@@ -30,6 +30,7 @@ class WorkerSpec:
     threads: int | None = None                       # default 1: n workers must not fight over the cores
     cores: list[int] | None = None
     slowdown: float = 1.0                            # simulate a slower device (see WorkerConfig)
+    idle_timeout: float | None = None                # free sessions unused this long (default: the worker's)
     name: str = ""
     listen: str = "127.0.0.1:0"
     advertise: str | None = None
@@ -44,6 +45,8 @@ class WorkerSpec:
             cmd += ["--cores", ",".join(map(str, self.cores))]
         if self.slowdown != 1.0:
             cmd += ["--slowdown", str(self.slowdown)]
+        if self.idle_timeout is not None:
+            cmd += ["--idle-timeout", str(self.idle_timeout)]
         if self.name:
             cmd += ["--name", self.name]
         if self.advertise:

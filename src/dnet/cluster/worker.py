@@ -66,6 +66,8 @@ class WorkerConfig:
     # shaping does for the network. CPU time, not wall time: a slow device of its own does not feel the
     # other processes sharing this machine, so their delays must not be multiplied by the slowdown
     slowdown: float = 1.0
+    # a session (a coordinator's stages, their state and links) unused this long is freed, as if closed
+    idle_timeout_s: float = 600.0
 
 
 class Worker:
@@ -83,6 +85,8 @@ class Worker:
         self._replies: dict[tuple, Outbox] = {}       # per (control channel, link shape)
         self._links: dict[tuple, Outbox] = {}         # per (session, host, port, shape) of a next worker
         self._work: queue.Queue = queue.Queue()
+        self._used: dict[str, float] = {}             # session -> when a request or load last named it
+        self._expired: dict[str, None] = {}           # sessions freed for idleness (the latest, in order)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
 
@@ -93,6 +97,7 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------
     def serve_forever(self) -> None:
         threading.Thread(target=self._compute_loop, name="compute", daemon=True).start()
+        threading.Thread(target=self._expire_idle, name="expire", daemon=True).start()
         log.info("worker %s listening on %s (backend %s)", self.name, self.address, self.config.backend)
         while not self._stopped.is_set():
             try:
@@ -207,6 +212,7 @@ class Worker:
         key, hashes = _str(msg.meta, "key"), msg.meta.get("weights")
         if not (isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)) or "graph" not in msg.tensors:
             raise DnetError("LOAD needs a 'graph' tensor and a 'weights' list of hashes", where=key)
+        self._touch(key)
         with self._lock:
             self._pending[key] = _PendingLoad(msg.meta, msg.tensors["graph"].tobytes(), chan)
         missing = self.store.missing(hashes)
@@ -285,9 +291,30 @@ class Worker:
         self._drop_sessions({prefix})
         chan.send(Message(MsgType.RESET, {"session": prefix}))
 
+    def _expire_idle(self) -> None:
+        period = min(10.0, self.config.idle_timeout_s / 4)
+        while not self._stopped.wait(period):
+            now = time.monotonic()
+            with self._lock:
+                idle = {s for s, t in self._used.items() if now - t > self.config.idle_timeout_s}
+            if idle:
+                log.info("freeing %d session(s) idle for over %.0f s: %s", len(idle), self.config.idle_timeout_s,
+                         ", ".join(sorted(idle)))
+                self._drop_sessions(idle)
+                with self._lock:
+                    self._expired.update(dict.fromkeys(idle))
+                    for old in list(self._expired)[:-1000]:
+                        del self._expired[old]
+
+    def _touch(self, key: str) -> None:
+        with self._lock:
+            self._used[key.split("/")[0]] = time.monotonic()
+
     def _drop_sessions(self, sessions: set[str]) -> None:
         """Forget these sessions' stages (their compiled code and state) and close their links."""
         with self._lock:
+            for session in sessions:
+                self._used.pop(session, None)
             for key in [k for k in self.stages if k.split("/")[0] in sessions]:
                 del self.stages[key]
             for key in [k for k in self._pending if k.split("/")[0] in sessions]:
@@ -315,6 +342,12 @@ class Worker:
 
     # -- requests -----------------------------------------------------------------------
     def _on_run(self, chan: Channel, msg: Message) -> None:
+        key = msg.meta.get("key")
+        if isinstance(key, str):
+            if key.split("/")[0] in self._expired:
+                raise DnetError(f"session {key.split('/')[0]} was freed after {self.config.idle_timeout_s:.0f} s "
+                                "idle; load the model again", where=key)
+            self._touch(key)
         self._work.put(msg)
 
     def _compute_loop(self) -> None:

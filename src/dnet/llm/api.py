@@ -86,11 +86,18 @@ def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slo
     from dnet.llm.cluster_engine import ClusterEngine
 
     env = {"batch": slots, "seq": 1, "ctx": context, "out": slots}
-    from dnet.partition import plan_pipeline
-
-    plan = plan_pipeline(graph, topology, objective="latency" if slots == 1 else "throughput", env=env)
+    objective = "latency" if slots == 1 else "throughput"
+    options = dict(options)
+    make_plan = options.pop("plan", None)     # (graph, topology, env, objective) -> Plan: a benchmark's baselines
+    plan = (make_plan or _plan)(graph, topology, env, objective)
     exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots, **options)
     return ClusterEngine(exe, context, slots, config.vocab_size)
+
+
+def _plan(graph, topology: Any, env: dict[str, int], objective: str):
+    from dnet.partition import plan_pipeline
+
+    return plan_pipeline(graph, topology, objective=objective, env=env)
 
 
 def _topology(topology: Any):
