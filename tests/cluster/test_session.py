@@ -76,3 +76,20 @@ def test_symbolic_dims_the_caller_does_not_size_are_planned_at_one(rng):
         req = request(rng, batch=3, seq=4)
         out = exe.run(req)["output"]
     np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_worker_lost_without_a_spare_is_planned_around_and_no_request_is_lost(rng):
+    net = ResidualNet(rng)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    with dnet.compile(net, {"x": t, "mask": t}, topology=_topology(3), env={"batch": 2, "seq": 3},
+                      heartbeat_s=0.2, dead_after_s=2.0) as exe:
+        assert sorted(exe.pipeline.placement) == [0, 1, 2]       # every worker runs a stage: none is spare
+        reqs = [request(rng) for _ in range(12)]
+        futures = [exe.coordinator.submit(r) for r in reqs[:6]]
+        victim = exe.pipeline.placement[1]
+        exe.local.kill(victim)
+        futures += [exe.coordinator.submit(r) for r in reqs[6:]]
+        outs = [f.result(timeout=30) for f in futures]
+        assert victim not in exe.pipeline.placement and exe.coordinator.placement == exe.pipeline.placement
+    for req, out in zip(reqs, outs):
+        np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
