@@ -5,7 +5,9 @@ slower (`--slowdowns`), joined by shaped links: a 1 Gb/s / 0.3 ms LAN and a 100 
 Wi-Fi-like network. For one stream and for eight, each plan is loaded (`dnet.llm.load(...,
 topology=)`: every worker keeps its layers' KV caches) and decodes greedily in timed windows:
 
-- dnet: the partitioner's plan (latency for one stream, throughput for eight);
+- dnet: what `load` runs: the partitioner's plan (latency for one stream, throughput for eight); for
+  eight, measured at load against the same split sent as one request a step and against the best
+  single node, the fastest kept (`ClusterEngine.calibrate`);
 - best single: the whole model on the fastest worker alone;
 - equal: the same number of layers on every worker;
 - exo: layers in proportion to each worker's memory (exo's ring memory-weighted split);
@@ -28,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dnet.llm import load
-from dnet.partition import build_problem, layer_chain, plan_from_stages, plan_pipeline
+from dnet.partition import build_problem, layer_chain, plan_from_stages
 from dnet.partition.baselines import equal_split, memory_proportional
 from dnet.partition.problem import Stage
 from dnet.topology import Topology
@@ -43,8 +45,6 @@ LINKS = {"LAN 1 Gb/s, 0.3 ms": (1e9 / 8, 0.3e-3), "Wi-Fi 100 Mb/s, 3 ms": (100e6
 def planner(kind: str):
     """(graph, topology, env, objective) -> Plan for `kind`."""
     def make(graph, topology, env, objective):
-        if kind == "dnet":
-            return plan_pipeline(graph, topology, objective=objective, env=env)
         chain = layer_chain(graph, env)
         problem = build_problem(chain, topology)
         stages = {"best single": lambda p: [Stage(0, 0, p.n_layers)], "equal": equal_split,
@@ -101,15 +101,16 @@ def main() -> None:
             for kind in ("best single", "dnet", "equal", "exo"):
                 topo = Topology.local(len(factors), scales=[1 / f for f in factors], bandwidth=bandwidth,
                                       latency=latency)
-                with load(context=CONTEXT, topology=topo, slots=streams,
-                          cluster={"plan": planner(kind), "slowdowns": factors}) as llm:
+                options = {"slowdowns": factors} if kind == "dnet" else {"plan": planner(kind), "slowdowns": factors}
+                with load(context=CONTEXT, topology=topo, slots=streams, cluster=options) as llm:
                     plan = llm.engine.exe.plan
                     rate, _ = measure(llm, streams, args.windows, args.steps)
                     if kind == "dnet" and streams == 8 and pause is None:
                         _, pause = measure(llm, streams, 1, 2 * args.steps, kill_after=args.steps)
                 best = rate if kind == "best single" else best
                 layout = ", ".join(f"{s.node}: {len(s.layers)}" for s in plan.stages)
-                table.add_row(link, str(streams), kind, layout, f"{plan.throughput * streams:.1f}",
+                predicted = streams * plan.throughput if streams > 1 else 1 / plan.latency
+                table.add_row(link, str(streams), kind, layout, f"{predicted:.1f}",
                               f"{rate:.1f}", f"{rate / best:.2f}x")
                 console.print(f"{link}, {streams} stream(s), {kind}: {rate:.1f} tok/s ({layout})")
     console.print(table)

@@ -66,7 +66,7 @@ def test_a_worker_killed_mid_generation_loses_no_sequence_and_changes_no_token(s
     # is left out of the plan and stays a spare
     topo = Topology.local(4, scales=[1, 1, 1, 0.01]) if spare else Topology.local(3)
     expected = greedy(single, PROMPTS, STEPS)
-    with load(context=CONTEXT, topology=topo, slots=len(PROMPTS)) as llm:
+    with load(context=CONTEXT, topology=topo, slots=len(PROMPTS), cluster={"calibrate": False}) as llm:
         exe = llm.engine.exe
         assert len(exe.pipeline.stages) == 3
         victim = exe.coordinator.placement[1]
@@ -82,3 +82,18 @@ def test_a_worker_killed_mid_generation_loses_no_sequence_and_changes_no_token(s
             assert set(exe.coordinator.placement) - used == {3}          # the spare took the lost stage
         else:
             assert set(exe.coordinator.placement) <= used - {victim}     # the survivors share the work
+
+
+def test_several_streams_run_the_plan_measured_fastest(single):
+    """The split plan (pipelined, and as one request a step) and the best single node are measured at load;
+    the fastest runs, and its text is the single node's."""
+    expected = greedy(single, PROMPTS[:2], STEPS)
+    with load(context=CONTEXT, topology=Topology.local(2), slots=2) as llm:
+        engine = llm.engine
+        measured = dict(engine.calibration)
+        assert len(measured) >= 2 and all(rate > 0 for rate in measured.values())
+        deployed = ", ".join(f"{s.node}: {len(s.layers)}" for s in engine.exe.plan.stages)
+        groups = engine.groups or engine.stages
+        chosen = f"{deployed} ({groups} request{'s' if groups > 1 else ''} a step)"
+        assert measured[chosen] == max(measured.values())
+        assert greedy(llm, PROMPTS[:2], STEPS) == expected

@@ -90,8 +90,26 @@ def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slo
     options = dict(options)
     make_plan = options.pop("plan", None)     # (graph, topology, env, objective) -> Plan: a benchmark's baselines
     plan = (make_plan or _plan)(graph, topology, env, objective)
+    calibrate = options.pop("calibrate", make_plan is None)
     exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots, **options)
-    return ClusterEngine(exe, context, slots, config.vocab_size)
+    engine = ClusterEngine(exe, context, slots, config.vocab_size)
+    if calibrate and slots > 1 and len(plan.stages) > 1:
+        engine.calibration = engine.calibrate(_single_node_plans(exe, objective))
+    return engine
+
+
+def _single_node_plans(exe: Any, objective: str) -> list:
+    """The whole model on the node the cost model finds fastest among those that can hold it (none if none can)."""
+    from dnet.partition import plan_from_stages
+    from dnet.partition.problem import Stage
+
+    problem, chain = exe.problem, exe.chain
+    times = [problem.stage_matrix(k)[0, problem.n_layers] for k in range(problem.n_physical)]
+    best = min(range(len(times)), key=lambda k: times[k])
+    if not np.isfinite(times[best]):
+        return []
+    return [plan_from_stages(chain, exe.topology, problem, [Stage(best, 0, problem.n_layers)], objective,
+                             "single node")]
 
 
 def _plan(graph, topology: Any, env: dict[str, int], objective: str):

@@ -17,6 +17,7 @@ then asks again. Greedy text is the same as without the loss.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ class ClusterEngine(Engine):
         self.rebuilds = 0
         self._epoch = executable.coordinator.epoch   # the plan the caches were built under
         self._step_lock = threading.Lock()           # a rebuild must not interleave with another step
+        self.groups: int | None = None               # requests per decode step; None: one per stage
+        self.calibration: list[tuple[str, float]] = []   # what `calibrate` measured: (plan, tokens/s)
 
     @property
     def stages(self) -> int:
@@ -64,7 +67,7 @@ class ClusterEngine(Engine):
         for s in seqs:
             self._check_room(s, 1)
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
-        groups = _groups([seqs[i].slot for i in order], self.stages)
+        groups = _groups([seqs[i].slot for i in order], self.groups or self.stages)
         requests = []
         for lo, hi in groups:
             picked = order[lo:hi]
@@ -77,6 +80,43 @@ class ClusterEngine(Engine):
         for s, token in zip(seqs, tokens):
             self._advance(s, [token])
         return out
+
+    def decode_rate(self, steps: int = 8) -> float:
+        """Tokens per second of every free slot decoding together (`steps` timed after one warm-up step)."""
+        seqs = []
+        try:
+            while len(seqs) < self.cache.slots and self.cache.free:
+                seqs.append(self.open())
+            for s in seqs:
+                self.prefill(s, [0])
+            tokens = [0] * len(seqs)
+            self.decode(seqs, tokens)
+            start = time.perf_counter()
+            for _ in range(steps):
+                self.decode(seqs, tokens)
+            return len(seqs) * steps / (time.perf_counter() - start)
+        finally:
+            for s in seqs:
+                self.close(s)
+
+    def calibrate(self, alternatives: list[Any], steps: int = 8) -> list[tuple[str, float]]:
+        """Measure the deployed plan (its decode steps pipelined as one request per stage, and as a single
+        request) and each alternative plan (as one request: a single node, say); keep the fastest.
+        The cost model cannot see what a request costs beyond its ops (messages, a step cut into several
+        requests reading the weights once each), so the plan that runs is the one measured fastest.
+        Returns (what, tokens/s) for each candidate."""
+        candidates = [(self.exe.plan, None), (self.exe.plan, 1)] + [(plan, 1) for plan in alternatives]
+        results = []
+        for plan, groups in candidates:
+            if plan is not self.exe.plan:
+                self.exe.deploy(plan)
+            self.groups = groups
+            results.append(((plan, groups), self.decode_rate(steps)))
+        (plan, groups), _ = max(results, key=lambda r: r[1])
+        if plan is not self.exe.plan:
+            self.exe.deploy(plan)
+        self.groups = groups
+        return [(_describe(p, g or len(p.stages)), rate) for (p, g), rate in results]
 
     def _execute(self, first_slot: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self._steps([(first_slot, inputs)])[0]
@@ -120,6 +160,11 @@ class ClusterEngine(Engine):
                 self._send([(slot, step_inputs([start], np.array([piece], np.int64), np.array([len(piece) - 1])))],
                            epoch)
         self._epoch = epoch
+
+
+def _describe(plan: Any, groups: int) -> str:
+    stages = ", ".join(f"{s.node}: {len(s.layers)}" for s in plan.stages)
+    return f"{stages} ({groups} request{'s' if groups > 1 else ''} a step)"
 
 
 def _groups(slots: list[int], stages: int) -> list[tuple[int, int]]:
