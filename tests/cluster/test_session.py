@@ -93,3 +93,23 @@ def test_a_worker_lost_without_a_spare_is_planned_around_and_no_request_is_lost(
         assert victim not in exe.pipeline.placement and exe.coordinator.placement == exe.pipeline.placement
     for req, out in zip(reqs, outs):
         np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+
+
+def test_workers_at_addresses_measure_their_links_and_the_plan_uses_the_figures(rng, tmp_path):
+    from dnet.cluster import LocalCluster
+
+    net = ResidualNet(rng)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    with LocalCluster(2, cache_dir=str(tmp_path)) as local:
+        topo = _topology(2)
+        for node, address in zip(topo.nodes, local.addresses):
+            node.address = address
+        topo.add_link("local0", "local1", 1e3, 1.0)          # the file is wrong: 1 KB/s, 1 s
+        with dnet.compile(net, {"x": t, "mask": t}, topology=topo, env={"batch": 2, "seq": 3},
+                          secret=local.secret) as exe:
+            measured = exe.topology.link("local0", "local1")
+            req = request(rng)
+            out = exe.run(req)
+            assert sorted(exe.pipeline.placement) == [0, 1]   # loopback is fast: both nodes used
+    assert measured.bandwidth > 1e7 and measured.latency < 0.01
+    np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)

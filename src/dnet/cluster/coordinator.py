@@ -493,6 +493,20 @@ class Coordinator:
         return [self._call(w, Message(MsgType.CAPS, {"probe": probe}), MsgType.CAPS).meta
                 for w in self.workers if w.alive]
 
+    def measure_links(self, nbytes: int = 4 << 20) -> dict[tuple[int, int], LinkShape]:
+        """Latency and bandwidth of the link from every live worker to every other, measured by the workers
+        themselves over dnet's transport (one pair at a time, so the measurements do not share the wire)."""
+        out = {}
+        live = [w for w in self.workers if w.alive]
+        for a in live:
+            for b in live:
+                if a is not b:
+                    host, port = b.peer_address
+                    meta = self._call(a, Message(MsgType.LINK, {"host": host, "port": port, "bytes": nbytes}),
+                                      MsgType.LINK).meta
+                    out[(a.index, b.index)] = LinkShape(float(meta["bandwidth"]), float(meta["latency"]))
+        return out
+
     def worker_stats(self) -> dict[str, dict]:
         """Each live worker's own counters per stage."""
         return {w.name: self._call(w, Message(MsgType.STATS), MsgType.STATS).meta["stages"]

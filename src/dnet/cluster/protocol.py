@@ -60,6 +60,7 @@ class MsgType(IntEnum):
     RESET = 17     # drop every stage and queued request (before a re-plan)
     STATS = 18     # per-stage counters and timings
     SHUTDOWN = 19
+    LINK = 20      # coordinator -> worker: measure the link to another worker; the reply: its latency, bandwidth
 
 
 WIRE_DTYPES: dict[str, np.dtype] = {d.value: d.np for d in DType} | {"u8": np.dtype(np.uint8)}

@@ -69,6 +69,7 @@ class DistributedExecutable:
                  links: dict[tuple[int, int], LinkShape] | None = None):
         self.graph, self.pipeline, self.coordinator, self.local = graph, pipeline, coordinator, local
         self.topology, self.env, self.links = topology, dict(env or {}), links
+        self.links_measured = False        # link figures measured by the workers (re-measured by `retune`)
         self._problem: tuple[LayerChain, PipelineProblem] | None = None
 
     @property
@@ -99,6 +100,9 @@ class DistributedExecutable:
         times, re-plan, and deploy the new plan when it is predicted more than `threshold` faster; until the
         plan stays put or `rounds` ran. Afterwards `plan` is the deployed plan, its predictions made from the
         factors measured on it. Returns each round (`dnet.partition.feedback.Round`)."""
+        if self.links_measured:   # links change too: the plans below are made with today's figures
+            self.topology = with_measured_links(self.topology, self.coordinator.measure_links())
+            self._problem = None
         chain, problem = self.chain, self.problem
         objective = self.plan.objective
 
@@ -186,20 +190,28 @@ class DistributedExecutable:
 def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: dict[str, int] | None = None,
                         backend: str | Sequence[str] = "numpy", shape_links: bool | None = None,
                         slowdowns: Sequence[float] | None = None, secret: str | None = None,
-                        slots: int = 1, **coordinator_options: Any) -> DistributedExecutable:
+                        slots: int = 1, measure_links: bool | None = None,
+                        **coordinator_options: Any) -> DistributedExecutable:
     """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
 
     `env` gives the sizes of symbolic dims the plan is made for (`{"batch": 8, "seq": 128}`);
-    dims it does not name are planned at 1. Stages with STATE inputs keep `slots` sequences of it on
-    their workers. A worker lost without a spare left is planned around: the survivors take its work.
+    dims it does not name are planned at 1. `plan`: a Plan, or a function of the topology returning
+    one. Stages with STATE inputs keep `slots` sequences of it on their workers. With `measure_links`
+    (the default for workers at addresses) the workers measure the links between them and the plan is
+    made with those figures rather than the topology file's. A worker lost without a spare left is
+    planned around: the survivors take its work.
     """
     symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
     env = {**{s: 1 for s in symbols}, **(env or {})}
-    plan = plan or plan_pipeline(graph, topology, env=env)
-    pipeline = pipeline_from_plan(graph, plan, topology.names)
     addresses = [node.address for node in topology.nodes]
+    if any(a is None for a in addresses) and not all(a is None for a in addresses):
+        raise DnetError("some topology nodes have an address and some do not",
+                        hint="give every node its worker's HOST:PORT, or none (a local cluster)")
+    measure_links = addresses[0] is not None if measure_links is None else measure_links
+    make_plan = plan if callable(plan) else (lambda topo: plan or plan_pipeline(graph, topo, env=env))
+    chosen = None if measure_links else make_plan(topology)   # no plan, no workers started
     local = None
-    if all(a is None for a in addresses):
+    if addresses[0] is None:
         backends = [backend] * len(addresses) if isinstance(backend, str) else list(backend)
         slow = list(slowdowns) if slowdowns is not None else [1.0] * len(addresses)
         threads = [node.devices[0].cores if node.devices else None for node in topology.nodes]
@@ -208,23 +220,38 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
         local = LocalCluster(specs, secret).start()
         addresses, secret = local.addresses, local.secret
         shape_links = True if shape_links is None else shape_links
-    elif any(a is None for a in addresses):
-        raise DnetError("some topology nodes have an address and some do not",
-                        hint="give every node its worker's HOST:PORT, or none (a local cluster)")
     secret = secret or secret_from_env()
     if not secret:
         raise DnetError("no cluster secret", hint="set DNET_CLUSTER_SECRET to the workers' secret")
     links = link_shapes(topology) if shape_links else None
+    coordinator = None
     try:
         coordinator = Coordinator(addresses, secret, **coordinator_options)
+        if measure_links:
+            topology = with_measured_links(topology, coordinator.measure_links())
+            chosen = make_plan(topology)
+        pipeline = pipeline_from_plan(graph, chosen, topology.names)
         coordinator.load(pipeline.stages, pipeline.placement, links, slots=slots)
     except BaseException:
+        if coordinator is not None:
+            coordinator.close()
         if local is not None:
             local.close()
         raise
     exe = DistributedExecutable(graph, pipeline, coordinator, local, topology, env, links)
+    exe.links_measured = measure_links
     coordinator.replanner = exe.replan_over
     return exe
+
+
+def with_measured_links(topology: Any, measured: Mapping[tuple[int, int], LinkShape]) -> Any:
+    """A copy of `topology` whose links between workers i -> j are the measured ones."""
+    from dnet.topology import Topology
+
+    out = Topology(list(topology.nodes), dict(topology.links), topology.source)
+    for (i, j), shape in measured.items():
+        out.add_link(topology.names[i], topology.names[j], shape.bandwidth, shape.latency, symmetric=False)
+    return out
 
 
 def _request_list(requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]) -> list:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dnet.cluster.auth import AuthError, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
@@ -187,6 +189,7 @@ class Worker:
             MsgType.PING: self._on_ping, MsgType.CAPS: self._on_caps, MsgType.LOAD: self._on_load,
             MsgType.WEIGHTS: self._on_weights, MsgType.ROUTE: self._on_route, MsgType.RUN: self._on_run,
             MsgType.RESET: self._on_reset, MsgType.STATS: self._on_stats, MsgType.SHUTDOWN: self._on_shutdown,
+            MsgType.LINK: self._on_link,
         }.get(msg.type)
         if handler is None:
             raise DnetError(f"a worker does not accept {msg.type.name} messages")
@@ -285,6 +288,25 @@ class Worker:
         with self._lock:
             self._links[ident] = link
         return link
+
+    def _on_link(self, chan: Channel, msg: Message) -> None:
+        """Measure the link to another worker over dnet's own framed, authenticated transport: latency from
+        small round trips, bandwidth from large ones. Off the reader thread: heartbeats go on meanwhile."""
+        host, port = _str(msg.meta, "host"), msg.meta.get("port")
+        nbytes = msg.meta.get("bytes", 4 << 20)
+        if not isinstance(port, int) or not isinstance(nbytes, int) or not 0 < nbytes <= 256 << 20:
+            raise DnetError("LINK needs an integer 'port' and 'bytes' in (0, 256 MiB]")
+
+        def measure() -> None:
+            try:
+                latency, bandwidth = measure_link(host, port, self.secret, nbytes, self.config.limits)
+                reply = Message(MsgType.LINK, {"host": host, "port": port, "latency": latency,
+                                               "bandwidth": bandwidth})
+            except (OSError, DnetError) as err:
+                reply = Message(MsgType.ERROR, {"reason": f"cannot measure the link to {host}:{port}: {err}"})
+            self._try_send(chan, reply)
+
+        threading.Thread(target=measure, name=f"link->{host}:{port}", daemon=True).start()
 
     def _on_reset(self, chan: Channel, msg: Message) -> None:
         prefix = _str(msg.meta, "session")
@@ -387,6 +409,28 @@ class Worker:
             stage.next_link.put(Message(MsgType.RUN, {**meta, "key": stage.next_key}, outputs))
         else:
             stage.reply.put(Message(MsgType.RESULT, meta, outputs))
+
+
+def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits, runs: int = 7) -> tuple[float, float]:
+    """(one-way latency in s, bandwidth in bytes/s) to the worker at host:port: medians of PING round trips,
+    empty and carrying `nbytes`."""
+    chan = connect(host, port, secret, limits)
+    try:
+        def round_trip(msg: Message) -> float:
+            start = time.perf_counter()
+            chan.send(msg)
+            reply = chan.recv()
+            if reply.type is not MsgType.PONG:
+                raise DnetError(f"the peer answered PING with {reply.type.name}")
+            return time.perf_counter() - start
+
+        small = sorted(round_trip(Message(MsgType.PING)) for _ in range(runs))[runs // 2]
+        payload = {"probe": np.zeros(nbytes, np.uint8)}
+        big = sorted(round_trip(Message(MsgType.PING, {}, payload)) for _ in range(max(3, runs // 2)))
+        seconds = max(big[len(big) // 2] - small, 1e-9)
+        return small / 2, nbytes / seconds
+    finally:
+        chan.close()
 
 
 def _str(meta: dict, key: str) -> str:

@@ -89,11 +89,11 @@ def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slo
     objective = "latency" if slots == 1 else "throughput"
     options = dict(options)
     make_plan = options.pop("plan", None)     # (graph, topology, env, objective) -> Plan: a benchmark's baselines
-    plan = (make_plan or _plan)(graph, topology, env, objective)
     calibrate = options.pop("calibrate", make_plan is None)
-    exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots, **options)
+    exe = compile_distributed(graph, topology, plan=lambda topo: (make_plan or _plan)(graph, topo, env, objective),
+                              env=env, backend=target, slots=slots, **options)
     engine = ClusterEngine(exe, context, slots, config.vocab_size)
-    if calibrate and slots > 1 and len(plan.stages) > 1:
+    if calibrate and slots > 1 and len(exe.plan.stages) > 1:
         engine.calibration = engine.calibrate(_single_node_plans(exe, objective))
     return engine
 
