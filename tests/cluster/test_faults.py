@@ -1,7 +1,10 @@
 """Workers that die or hang mid-request, as real processes: named in bounded time, work re-planned."""
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +157,24 @@ def test_a_hung_worker_mid_stream_is_replaced_and_the_streams_into_it_are_droppe
     for req, out in zip(reqs, results):
         np.testing.assert_allclose(out["output"], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
     assert coord.placement == [0, 3, 2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers follow their parent through PR_SET_PDEATHSIG")
+def test_workers_of_a_crashed_coordinator_process_do_not_outlive_it():
+    script = ("import os\nfrom dnet.cluster import LocalCluster\nlocal = LocalCluster(2).start()\n"
+              "print(' '.join(str(p.pid) for p in local.procs), flush=True)\nos._exit(1)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, pids))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -64,6 +64,16 @@ class WorkerSpec:
         return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, be sent SIGTERM when the process that started it dies, so a
+    crashed coordinator leaves no worker processes behind (elsewhere `close` is the only way)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
+
+
 def core_sets(threads: Sequence[int | None], available: int | None = None) -> list[list[int] | None]:
     """Disjoint cores for workers with these thread counts, where the machine has enough;
     otherwise none are pinned (pinning two busy workers to one core is worse than letting them roam)."""
@@ -91,7 +101,8 @@ class LocalCluster:
             for i, spec in enumerate(self.specs):
                 log = open(self.log_dir / f"worker{i}.log", "wb")
                 self.procs.append(subprocess.Popen(spec.command(), env=spec.env(self.secret, self.cache_dir),
-                                                   stdout=subprocess.PIPE, stderr=log, text=True))
+                                                   stdout=subprocess.PIPE, stderr=log, text=True,
+                                                   preexec_fn=_die_with_parent))
                 log.close()
             deadline = time.monotonic() + self.start_timeout_s
             self.addresses = [self._wait_ready(i, deadline) for i in range(len(self.procs))]
