@@ -58,6 +58,11 @@ def test_a_model_no_single_node_can_hold_runs_split_and_generates_the_same_text(
         for prompt in PROMPTS[:2]:
             assert llm.generate(prompt, max_tokens=12, temperature=0) == \
                 single.generate(prompt, max_tokens=12, temperature=0)
+        # a long prompt goes out as one chunk per stage, pipelined: every position's logits as on one node
+        ids = single.tokenizer.encode(" ".join(PROMPTS) * 4)[:100]
+        got, want = llm.logits(ids), single.logits(ids)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)   # chunks of other sizes: float rounding
+        assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
 @pytest.mark.parametrize("spare", [False, True], ids=["over-the-survivors", "onto-a-spare"])

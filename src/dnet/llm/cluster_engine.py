@@ -27,6 +27,7 @@ from dnet.llm.engine import PREFILL_CHUNK, Engine, Sequence, step_inputs
 from dnet.llm.kv_cache import SlotPool
 
 REBUILD_ATTEMPTS = 3      # re-plans in a row a step survives (each costs a rebuild of every open sequence)
+MIN_CHUNK = 16            # prefill tokens per request at least, however many stages there are
 
 
 class ClusterEngine(Engine):
@@ -61,6 +62,23 @@ class ClusterEngine(Engine):
     def _advance(self, seq: Sequence, tokens: list[int]) -> None:
         super()._advance(seq, tokens)
         self.tokens[seq.slot].extend(int(t) for t in tokens)
+
+    def prefill(self, seq: Sequence, tokens: list[int], all_logits: bool = False,
+                chunk: int = PREFILL_CHUNK) -> np.ndarray:
+        """Feed `tokens` after the sequence's cached ones, in chunks that go out at once: the first stage
+        works on a chunk while the next has the one before (each stage takes them in order, so a chunk
+        always finds its predecessors' keys in the cache). Logits (1 or len(tokens), vocab)."""
+        self._check_room(seq, len(tokens))
+        if not tokens:
+            return np.zeros((0, self.vocab_size), np.float32)
+        requests = _chunks(seq.slot, seq.length, tokens, self._chunk(len(tokens), chunk), all_logits)
+        logits = self._steps(requests)
+        self._advance(seq, tokens)
+        return np.concatenate(logits) if all_logits else logits[-1]
+
+    def _chunk(self, n: int, chunk: int) -> int:
+        """About one chunk per stage, so that every stage has one, but none under MIN_CHUNK tokens."""
+        return min(chunk, max(MIN_CHUNK, -(-n // self.stages)))
 
     def decode(self, seqs: list[Sequence], tokens: list[int]) -> np.ndarray:
         """One new token for each sequence, in any slots: logits (len(seqs), vocab)."""
@@ -153,13 +171,22 @@ class ClusterEngine(Engine):
         as built only once all are: a re-plan part-way leaves them stale, to be rebuilt again."""
         self.rebuilds += 1
         epoch = self.exe.coordinator.epoch
-        for slot in list(self.open_sequences):
-            tokens = self.tokens[slot]
-            for start in range(0, len(tokens), PREFILL_CHUNK):
-                piece = tokens[start:start + PREFILL_CHUNK]
-                self._send([(slot, step_inputs([start], np.array([piece], np.int64), np.array([len(piece) - 1])))],
-                           epoch)
+        requests = [r for slot in list(self.open_sequences) if self.tokens[slot]
+                    for r in _chunks(slot, 0, self.tokens[slot], self._chunk(len(self.tokens[slot]), PREFILL_CHUNK))]
+        self._send(requests, epoch)     # every sequence and chunk at once: they pipeline
         self._epoch = epoch
+
+
+def _chunks(slot: int, cached: int, tokens: list[int], chunk: int,
+            all_logits: bool = False) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Prefill requests for `tokens` after `cached` positions of a slot, `chunk` tokens each; logits of
+    every token, or of each chunk's last."""
+    out = []
+    for start in range(0, len(tokens), chunk):
+        piece = tokens[start:start + chunk]
+        rows = np.arange(len(piece)) if all_logits else np.array([len(piece) - 1])
+        out.append((slot, step_inputs([cached + start], np.array([piece], np.int64), rows)))
+    return out
 
 
 def _describe(plan: Any, groups: int) -> str:
