@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dnet.cluster.protocol import (
-    ALIGN, HEADER, MAGIC, VERSION, Limits, Message, MsgType, ProtocolError, decode_frame, encode_frame,
+    ALIGN, COALESCE_BYTES, HEADER, MAGIC, VERSION, Limits, Message, MsgType, ProtocolError, decode_frame, encode_frame,
     frame_buffers,
 )
 
@@ -110,11 +110,33 @@ def test_oversized_claims_are_refused_from_the_header_alone():
         decode_frame(_frame(15, {"tensors": [[str(i), "u8", [0]] for i in range(3)]}), Limits(max_tensors=2))
 
 
-def test_tensors_start_on_aligned_offsets_and_frames_reference_the_arrays_without_copying():
+def test_tensors_start_on_aligned_offsets_and_large_frames_reference_the_arrays_without_copying():
     a = np.arange(3, dtype=np.int8)
-    b = np.arange(10, dtype=np.float32)
+    b = np.arange(COALESCE_BYTES, dtype=np.float32)  # past the coalescing size: sent from where it lies
     buffers = frame_buffers(Message(MsgType.RUN, {}, {"a": a, "b": b}))
     _, _, _, _, meta_len, payload_len = struct.unpack(HEADER.format, bytes(buffers[0][:HEADER.size]))
     assert payload_len == ALIGN + b.nbytes  # b starts at the next aligned offset after a's 3 bytes
     views = [np.frombuffer(buf, np.uint8) for buf in buffers[1:]]
     assert any(np.shares_memory(v, a) for v in views) and any(np.shares_memory(v, b) for v in views)
+
+
+def test_a_small_frame_is_one_buffer_and_decodes_like_a_large_one():
+    a, b = np.arange(3, dtype=np.int8), np.arange(10, dtype=np.float32)
+    small = frame_buffers(Message(MsgType.RUN, {"rid": 1}, {"a": a, "b": b}))
+    assert len(small) == 1 and len(small[0]) <= COALESCE_BYTES
+    big = np.arange(COALESCE_BYTES, dtype=np.float32)
+    large = frame_buffers(Message(MsgType.RUN, {"rid": 1}, {"a": a, "b": b, "big": big}))
+    assert len(large) > 1
+    msg_small = decode_frame(b"".join(bytes(x) for x in small))
+    msg_large = decode_frame(b"".join(bytes(x) for x in large))
+    assert msg_small.meta == msg_large.meta == {"rid": 1}
+    for name, want in {"a": a, "b": b}.items():
+        np.testing.assert_array_equal(msg_small.tensors[name], want)
+        np.testing.assert_array_equal(msg_large.tensors[name], want)
+    np.testing.assert_array_equal(msg_large.tensors["big"], big)
+
+
+def test_a_control_message_carries_no_tensor_list():
+    (frame,) = frame_buffers(Message(MsgType.PING, {"n": 1}))
+    assert frame[HEADER.size:] == b'{"n":1}'
+    assert decode_frame(frame) == Message(MsgType.PING, {"n": 1})

@@ -1,9 +1,14 @@
 """A framed connection over one TCP socket: whole messages in, whole messages out.
 
-Sends go out with `sendmsg` over a list of buffers (the header, then memoryviews of
-the tensors), so a large tensor reaches the kernel without being copied into a frame
-first. Receives read the payload straight into one aligned buffer that the received
-arrays then view.
+Sends go out with one `sendmsg` per frame: a small frame as one byte string, a large
+one as a list of buffers (the header, then memoryviews of the tensors), so a large
+tensor reaches the kernel without being copied into a frame first. `try_send` is the
+same send for a thread that must not wait (an `Outbox`'s producer).
+
+Receives go through a read buffer: one `recv` usually brings a small frame whole
+(header, meta and payload), and what it brings past the frame is kept for the next.
+A large payload is read straight into one aligned buffer that the received arrays
+then view. Every length is checked against the limits before its body is allocated.
 """
 from __future__ import annotations
 
@@ -19,20 +24,26 @@ from dnet.cluster.protocol import (
 )
 
 _IOV_BATCH = 512  # well under Linux's IOV_MAX (1024)
+READ_AHEAD = 64 << 10  # bytes one recv may bring in: a small frame whole, or several
 
 
 def send_buffers(sock: socket.socket, buffers: list) -> None:
     """Send every buffer, in order, resuming after partial sends without copying."""
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     while views:
-        sent = sock.sendmsg(views[:_IOV_BATCH])
-        while sent:
-            if sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][sent:]
-                sent = 0
+        views = _unsent(views, sock.sendmsg(views[:_IOV_BATCH]))
+
+
+def _unsent(views: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of `views` once `sent` bytes of them have gone."""
+    while sent:
+        if sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        else:
+            views[0] = views[0][sent:]
+            sent = 0
+    return views
 
 
 def recv_into(sock: socket.socket, view: memoryview, what: str, at_boundary: bool = False) -> None:
@@ -41,10 +52,14 @@ def recv_into(sock: socket.socket, view: memoryview, what: str, at_boundary: boo
     while got < len(view):
         n = sock.recv_into(view[got:])
         if n == 0:
-            if at_boundary and got == 0:
-                raise ConnectionClosed("peer closed the connection")
-            raise ProtocolError(f"truncated frame: connection closed after {got} of {len(view)} {what} bytes")
+            _closed(got, len(view), what, at_boundary)
         got += n
+
+
+def _closed(got: int, size: int, what: str, at_boundary: bool) -> None:
+    if at_boundary and got == 0:
+        raise ConnectionClosed("peer closed the connection")
+    raise ProtocolError(f"truncated frame: connection closed after {got} of {size} {what} bytes")
 
 
 class BufferPool:
@@ -77,20 +92,68 @@ class BufferPool:
 _POOLED_REFS = 3  # the pool's list, the comprehension's loop variable, getrefcount's argument
 
 
+class FrameReader:
+    """Frames from a socket, through a read buffer: as few `recv` calls as the data allows."""
+
+    def __init__(self, sock: socket.socket, size: int = READ_AHEAD):
+        self.sock = sock
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0  # the buffered bytes not yet handed out
+
+    def read(self, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
+        header = parse_header(self._take(HEADER.size, "header", at_boundary=True), limits)
+        meta = parse_meta(self._take(header.meta_len, "meta"))
+        slots = tensor_layout(meta, header.payload_len, limits)  # checked before the payload is allocated
+        meta.pop("tensors", None)
+        if not slots:
+            return Message(header.type, meta)
+        if pool is not None and header.payload_len > len(self._buffer):
+            payload = pool.take(header.payload_len)
+        else:  # small: a fresh buffer costs less than looking for a free one
+            payload = _aligned_empty(header.payload_len)
+        self._fill(memoryview(payload), "payload")
+        return Message(header.type, meta, tensors_from_payload(slots, payload))
+
+    def _take(self, size: int, what: str, at_boundary: bool = False) -> bytes:
+        if self._end - self._start >= size:  # already here (the usual case after the header's recv)
+            data = bytes(self._view[self._start:self._start + size])
+            self._start += size
+            return data
+        data = bytearray(size)
+        self._fill(memoryview(data), what, at_boundary)
+        return bytes(data)
+
+    def _fill(self, dest: memoryview, what: str, at_boundary: bool = False) -> None:
+        """Fill `dest`: first from the buffer, then from the socket (a large rest straight into `dest`)."""
+        got = min(len(dest), self._end - self._start)
+        dest[:got] = self._view[self._start:self._start + got]
+        self._start += got
+        while got < len(dest):
+            if len(dest) - got >= len(self._buffer):
+                n = self.sock.recv_into(dest[got:])
+                if n == 0:
+                    _closed(got, len(dest), what, at_boundary)
+                got += n
+                continue
+            n = self.sock.recv_into(self._view)  # the rest, and whatever follows it
+            if n == 0:
+                _closed(got, len(dest), what, at_boundary)
+            used = min(n, len(dest) - got)
+            dest[got:got + used] = self._view[:used]
+            got += used
+            self._start, self._end = used, n
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes]
+
+
 def read_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
-    header_bytes = bytearray(HEADER.size)
-    recv_into(sock, memoryview(header_bytes), "header", at_boundary=True)
-    header = parse_header(bytes(header_bytes), limits)
-    meta_bytes = bytearray(header.meta_len)
-    recv_into(sock, memoryview(meta_bytes), "meta")
-    meta = parse_meta(bytes(meta_bytes))
-    slots = tensor_layout(meta, header.payload_len, limits)  # checked before the payload is allocated
-    meta.pop("tensors", None)
-    if not slots:
-        return Message(header.type, meta)
-    payload = pool.take(header.payload_len) if pool is not None else np.empty(header.payload_len, np.uint8)
-    recv_into(sock, memoryview(payload), "payload")
-    return Message(header.type, meta, tensors_from_payload(slots, payload))
+    """One frame, reading no byte past it (unbuffered: a `Channel` reads through its `FrameReader`)."""
+    return FrameReader(sock, size=1).read(limits, pool)
 
 
 class Channel:
@@ -104,15 +167,54 @@ class Channel:
         self.limits = limits
         self._send_lock = threading.Lock()
         self._pool = BufferPool()
+        self._reader = FrameReader(sock)
         self.closed = False
 
     def send(self, msg: Message) -> None:
         buffers = frame_buffers(msg)
         with self._send_lock:
-            send_buffers(self.sock, buffers)
+            if len(buffers) == 1:
+                self.sock.sendall(buffers[0])
+            else:
+                send_buffers(self.sock, buffers)
+
+    def try_send(self, msg: Message) -> list[memoryview] | None:
+        """Send `msg` without waiting, for a thread that must not block. None: nothing was sent (another
+        thread is sending, or the socket's buffer is full). Otherwise what did not fit: [] when the whole
+        frame went. When part is left, the send lock stays held (no other frame may start mid-frame)
+        until `send_rest` sends it, from any thread."""
+        buffers = frame_buffers(msg)
+        if not self._send_lock.acquire(blocking=False):
+            return None
+        try:
+            if len(buffers) == 1:  # a small frame: one buffer
+                sent = self.sock.send(buffers[0], socket.MSG_DONTWAIT)
+            else:
+                sent = self.sock.sendmsg(buffers[:_IOV_BATCH], [], socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self._send_lock.release()
+            return None
+        except BaseException:
+            self._send_lock.release()
+            raise
+        rest = _unsent([memoryview(b).cast("B") for b in buffers if len(b)], sent)
+        if not rest:
+            self._send_lock.release()
+        return rest
+
+    def send_rest(self, rest: list[memoryview]) -> None:
+        """Finish a frame that `try_send` started, and release the send lock it kept."""
+        try:
+            send_buffers(self.sock, rest)
+        finally:
+            self._send_lock.release()
+
+    def drop_rest(self) -> None:
+        """Give up a frame that `try_send` started (the link is failing): release the send lock it kept."""
+        self._send_lock.release()
 
     def recv(self) -> Message:
-        return read_frame(self.sock, self.limits, self._pool)
+        return self._reader.read(self.limits, self._pool)
 
     def request(self, msg: Message) -> Message:
         """Send and wait for the reply (only while no reader thread owns `recv`)."""

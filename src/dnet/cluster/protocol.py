@@ -5,6 +5,7 @@ A frame is
     header   20 bytes, network order: magic b"DNET", version u8, type u8, flags u16 (0),
              meta length u32, payload length u64
     meta     UTF-8 JSON object; its "tensors" entry lists [name, dtype, shape] per tensor
+             (absent when there are none)
     payload  the tensors' bytes, C order, each starting at a multiple of ALIGN bytes
 
 Every length is checked against `Limits` before a byte of the body is read, and the
@@ -16,10 +17,11 @@ allocate more than the limits allow or read past what it declared. Parsing is pu
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +32,9 @@ MAGIC = b"DNET"
 VERSION = 1
 HEADER = struct.Struct("!4sBBHIQ")
 ALIGN = 64  # payload offsets: cache-line aligned, so received arrays are aligned views
+# A frame this small is built as one byte string (one buffer, one send, no partial-send bookkeeping);
+# a larger one goes out as views of its tensors, never copied (sendmsg over a list of buffers)
+COALESCE_BYTES = 64 << 10
 
 
 class ProtocolError(DnetError):
@@ -91,20 +96,22 @@ class Message:
         return sum(int(a.nbytes) for a in self.tensors.values())
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):  # named tuples, not dataclasses: cheaper to make, and every frame makes some
     type: MsgType
     meta_len: int
     payload_len: int
 
 
-@dataclass(frozen=True)
-class TensorSlot:
+class TensorSlot(NamedTuple):
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+
+
+_TYPES = {int(t): t for t in MsgType}
+_ENCODE_JSON = json.JSONEncoder(separators=(",", ":")).encode  # once: json.dumps with options builds one per call
 
 
 def _aligned(n: int) -> int:
@@ -121,10 +128,9 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
         raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version}, this side speaks {VERSION}")
-    try:
-        msg_type = MsgType(type_code)
-    except ValueError:
-        raise ProtocolError(f"unknown message type {type_code}") from None
+    msg_type = _TYPES.get(type_code)
+    if msg_type is None:
+        raise ProtocolError(f"unknown message type {type_code}")
     if flags:
         raise ProtocolError(f"reserved flags set: {flags:#06x}")
     if meta_len > limits.max_meta:
@@ -180,7 +186,7 @@ def _slot(spec: Any, offset: int, limits: Limits) -> TensorSlot:
             and all(type(d) is int and d >= 0 for d in shape)):
         raise ProtocolError(f"tensor '{name}': bad shape {str(shape)[:80]}")
     np_dtype = WIRE_DTYPES[dtype]
-    return TensorSlot(name, np_dtype, tuple(shape), offset, int(np.prod(shape, dtype=object)) * np_dtype.itemsize)
+    return TensorSlot(name, np_dtype, tuple(shape), offset, math.prod(shape) * np_dtype.itemsize)
 
 
 def tensors_from_payload(slots: list[TensorSlot], payload: np.ndarray) -> dict[str, np.ndarray]:
@@ -211,25 +217,35 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
 # -- encoding ----------------------------------------------------------------------
 
 def wire_dtype(arr: np.ndarray) -> str:
-    if arr.dtype == np.uint8:
-        return "u8"
-    return DType.from_numpy(arr.dtype).value
+    name = _WIRE_NAMES.get(arr.dtype)
+    if name is None:
+        name = _WIRE_NAMES[arr.dtype] = "u8" if arr.dtype == np.uint8 else DType.from_numpy(arr.dtype).value
+    return name
+
+
+_WIRE_NAMES: dict[np.dtype, str] = {}
 
 
 def frame_buffers(msg: Message) -> list[memoryview | bytes]:
-    """The frame as a list of buffers for `sendmsg`: tensor bytes are views, not copies."""
+    """The frame as a list of buffers for `sendmsg`: one byte string for a small frame (its tensors
+    copied in), else the header and meta, then views of the tensors' bytes (not copies)."""
+    if not msg.tensors and "tensors" not in msg.meta:  # a control message: its meta alone (no list, no tensors)
+        meta = _ENCODE_JSON(msg.meta).encode()
+        return [HEADER.pack(MAGIC, VERSION, int(msg.type), 0, len(meta), 0) + meta]
     arrays = [np.asarray(a, order="C") for a in msg.tensors.values()]  # (ascontiguousarray makes 0-d 1-d)
     specs = [[name, wire_dtype(a), list(a.shape)] for name, a in zip(msg.tensors, arrays)]
-    meta = json.dumps({**msg.meta, "tensors": specs}, separators=(",", ":")).encode()
-    bufs: list[memoryview | bytes] = []
-    end = 0
+    meta = _ENCODE_JSON({**msg.meta, "tensors": specs}).encode()
+    pads, end = [], 0
     for a in arrays:
-        pad = _aligned(end) - end
+        pads.append(_aligned(end) - end)
+        end += pads[-1] + a.nbytes
+    bufs: list[memoryview | bytes] = [HEADER.pack(MAGIC, VERSION, int(msg.type), 0, len(meta), end) + meta]
+    small = len(bufs[0]) + end <= COALESCE_BYTES
+    for pad, a in zip(pads, arrays):
         if pad:
             bufs.append(bytes(pad))
-        bufs.append(memoryview(a.reshape(-1).view(np.uint8)))
-        end += pad + a.nbytes
-    return [HEADER.pack(MAGIC, VERSION, int(msg.type), 0, len(meta), end) + meta, *bufs]
+        bufs.append(memoryview(a.reshape(-1).view(np.uint8)))  # (as bytes: bfloat16 has no buffer format)
+    return [b"".join(bufs)] if small else bufs
 
 
 def encode_frame(msg: Message) -> bytes:

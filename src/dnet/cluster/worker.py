@@ -6,6 +6,11 @@ taking requests from a queue in arrival order. A stage's outputs go through an
 `Outbox` straight to the next stage's worker (or back to the coordinator for the
 last stage), so this worker is computing the next request while they travel.
 
+A request that finds the worker idle (nothing computing or queued) for a stage
+whose last run was short (under `INLINE_S`, on inputs no larger) runs at once on
+the thread that read it: on the decode path no request waits for another thread to
+wake, and a ping on that connection waits at most about `INLINE_S`.
+
 A bad frame costs only the connection it came on: the reason is logged, the peer is
 told (where the stream still allows it) and the worker goes on serving the others.
 """
@@ -13,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +39,8 @@ from dnet.runtime.state import SlotState
 
 log = logging.getLogger("dnet.worker")
 
+INLINE_S = 0.01  # a stage whose last run took less may run on the reading thread (see the module's doc)
+
 
 @dataclass
 class _Stage:
@@ -44,6 +51,7 @@ class _Stage:
     next_link: Outbox | None = None    # the next stage's worker; None: the last stage
     next_key: str | None = None
     state: SlotState | None = None     # the stage's STATE (its layers' KV caches), a slot per sequence
+    last_run: tuple[int, float] | None = None  # (input bytes, wall seconds) of its latest run: may the next inline
 
 
 @dataclass
@@ -86,7 +94,9 @@ class Worker:
         self._pending: dict[str, _PendingLoad] = {}
         self._replies: dict[tuple, Outbox] = {}       # per (control channel, link shape)
         self._links: dict[tuple, Outbox] = {}         # per (session, host, port, shape) of a next worker
-        self._work: queue.Queue = queue.Queue()
+        self._work: deque[Message | None] = deque()  # requests for the compute thread, in arrival order
+        self._computing = False                       # a request is running (on the compute or a reading thread)
+        self._has_work = threading.Condition()
         self._used: dict[str, float] = {}             # session -> when a request or load last named it
         self._expired: dict[str, None] = {}           # sessions freed for idleness (the latest, in order)
         self._lock = threading.Lock()
@@ -116,7 +126,9 @@ class Worker:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._work.put(None)
+        with self._has_work:
+            self._work.append(None)
+            self._has_work.notify()
         try:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in serve_forever; close() alone does not
         except OSError:
@@ -370,25 +382,62 @@ class Worker:
                 raise DnetError(f"session {key.split('/')[0]} was freed after {self.config.idle_timeout_s:.0f} s "
                                 "idle; load the model again", where=key)
             self._touch(key)
-        self._work.put(msg)
+        with self._has_work:
+            if self._computing or self._work or not self._short(key, msg.payload_bytes):
+                self._work.append(msg)
+                self._has_work.notify()
+                return
+            self._computing = True
+        try:
+            self._request(msg)
+        finally:
+            self._computed()
+
+    def _short(self, key: Any, nbytes: int) -> bool:
+        """Whether a request may run on the thread that read it: its stage's last run was short."""
+        with self._lock:
+            stage = self.stages.get(key) if isinstance(key, str) else None
+        last = stage.last_run if stage is not None else None
+        return last is not None and last[1] < INLINE_S and nbytes <= last[0]
+
+    def _computed(self) -> None:
+        with self._has_work:
+            self._computing = False
+            if self._work:
+                self._has_work.notify()
 
     def _compute_loop(self) -> None:
-        while (msg := self._work.get()) is not None:
-            key = msg.meta.get("key")
-            with self._lock:
-                stage = self.stages.get(key) if isinstance(key, str) else None
-            if stage is None:  # e.g. a request of a plan that was reset: its coordinator resends it
-                log.info("dropping request %s for unknown stage %s", msg.meta.get("rid"), key)
-                continue
+        while True:
+            with self._has_work:
+                while self._computing or not self._work:
+                    self._has_work.wait()
+                msg = self._work.popleft()
+                self._computing = True
+            if msg is None:
+                return
             try:
-                self._run(stage, msg)
-            except Exception as err:  # noqa: BLE001 - any failure of one request is reported, never fatal
-                log.warning("stage %s request %s failed: %s", stage.key, msg.meta.get("rid"), err)
-                try:
-                    stage.reply.put(Message(MsgType.ERROR, {"reason": f"{type(err).__name__}: {err}",
-                                                            **_ids(msg.meta), "stage": stage.index}))
-                except ConnectionError:
-                    pass
+                self._request(msg)
+            finally:
+                self._computed()
+
+    def _request(self, msg: Message) -> None:
+        key = msg.meta.get("key")
+        with self._lock:
+            stage = self.stages.get(key) if isinstance(key, str) else None
+        if stage is None:  # e.g. a request of a plan that was reset: its coordinator resends it
+            log.info("dropping request %s for unknown stage %s", msg.meta.get("rid"), key)
+            return
+        start = time.perf_counter()
+        try:
+            self._run(stage, msg)
+        except Exception as err:  # noqa: BLE001 - any failure of one request is reported, never fatal
+            log.warning("stage %s request %s failed: %s", stage.key, msg.meta.get("rid"), err)
+            try:
+                stage.reply.put(Message(MsgType.ERROR, {"reason": f"{type(err).__name__}: {err}",
+                                                        **_ids(msg.meta), "stage": stage.index}))
+            except ConnectionError:
+                pass
+        stage.last_run = (msg.payload_bytes, time.perf_counter() - start)
 
     def _run(self, stage: _Stage, msg: Message) -> None:
         cpu = time.process_time()
