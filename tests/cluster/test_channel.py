@@ -164,3 +164,76 @@ def test_a_shaped_link_paces_bytes_to_its_bandwidth(pair):
     elapsed = time.monotonic() - start
     outbox.close()
     assert 0.1 <= elapsed < 0.4  # 400 kB at 4 MB/s
+
+
+# -- direct sends ------------------------------------------------------------------------------
+
+def test_a_small_message_on_an_idle_link_goes_out_from_the_putting_thread():
+    a, b = socket.socketpair()
+    sender, receiver = Channel(a, "a"), Channel(b, "b")
+    outbox = Outbox(sender)
+    senders = []
+    sender.send = lambda msg: senders.append(threading.current_thread().name)  # the outbox thread's way out
+    outbox.put(Message(MsgType.RUN, {"rid": 1}, {"x": np.arange(4, dtype=np.float32)}))
+    msg = receiver.recv()
+    assert msg.meta == {"rid": 1} and senders == []
+    np.testing.assert_array_equal(msg.tensors["x"], np.arange(4, dtype=np.float32))
+    outbox.close()
+    a.close()
+    b.close()
+
+
+def _tcp_pair(sndbuf: int) -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname())
+        b, _ = server.accept()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+    return a, b
+
+
+@pytest.mark.parametrize("large_every, pause_every", [(0, 0), (0, 3), (50, 3)])
+def test_direct_sends_keep_the_order_of_a_backlog_and_a_full_socket(rng, large_every, pause_every):
+    """Small messages go out directly when nothing waits, large ones (every `large_every`th) queue for the
+    outbox's thread. The peer starts reading late, so the socket fills: direct sends come back unsent or
+    cut short (their rest sent by the thread), and the producer pausing (every `pause_every`th message)
+    lets the link fall idle again between them. Every frame still arrives whole, in the order it was put."""
+    a, b = _tcp_pair(16 << 10)
+    sender, receiver = Channel(a, "a"), Channel(b, "b")
+    outbox = Outbox(sender, depth=8)
+    sizes = [int(s) for s in rng.integers(1, 6000, 400)]
+    if large_every:
+        sizes[::large_every] = [100_000] * len(sizes[::large_every])  # past the direct-send size
+
+    def read_late():
+        time.sleep(0.3)
+        return [receiver.recv() for _ in sizes]
+
+    t, box = _in_thread(read_late)
+    for i, n in enumerate(sizes):
+        outbox.put(Message(MsgType.RUN, {"i": i}, {"x": np.full(n, i % 251, np.uint8)}))
+        if pause_every and i % pause_every == 0:
+            time.sleep(0.001)
+    t.join(20)
+    outbox.close()
+    got = box["value"]
+    assert [m.meta["i"] for m in got] == list(range(len(sizes)))
+    assert all(m.tensors["x"].size == n and (m.tensors["x"] == i % 251).all()
+               for i, (m, n) in enumerate(zip(got, sizes)))
+    a.close()
+    b.close()
+
+
+def test_a_direct_send_on_a_closed_link_fails_the_outbox_and_ends_its_thread():
+    a, b = socket.socketpair()
+    sender = Channel(a, "a")
+    errors = []
+    outbox = Outbox(sender, on_error=errors.append)
+    b.close()
+    sender.close()
+    outbox.put(Message(MsgType.PING))   # lost, as a queued message on a failing link is
+    assert outbox.error is not None and errors == [outbox.error]
+    with pytest.raises(ConnectionError, match="link to a failed"):
+        outbox.put(Message(MsgType.PING))
+    outbox._thread.join(2)
+    assert not outbox._thread.is_alive()

@@ -1,12 +1,14 @@
 """A pipeline over in-process workers on loopback: results, pipelining, weights by hash, bad input."""
 import logging
 import socket
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from dnet.cluster import Coordinator, RemoteError, Worker, WorkerConfig, WorkerLost
+from dnet.cluster import worker as worker_module
 from dnet.cluster.auth import connect
 from dnet.cluster.protocol import DEFAULT_LIMITS, HEADER, MAGIC, VERSION, Message, MsgType, encode_frame
 from dnet.runtime import contiguous_assignment, split_pipeline
@@ -215,3 +217,25 @@ def test_workers_report_their_probed_device(coordinator):
     assert [c["name"] for c in caps] == ["w0", "w1", "w2"]
     device = caps[0]["device"]
     assert device["kind"] == "numpy" and device["compute"]["f32"] > 0 and device["memory"] > 0
+
+
+@pytest.mark.parametrize("inline_s, inline", [(10.0, True), (0.0, False)])
+def test_a_short_request_on_an_idle_worker_runs_on_the_thread_that_read_it(rng, coordinator, workers,
+                                                                           monkeypatch, inline_s, inline):
+    """After a stage's first run (on the compute thread) its runs shorter than INLINE_S skip the hand-off."""
+    monkeypatch.setattr(worker_module, "INLINE_S", inline_s)
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 2))
+    threads = []
+    for w in workers[:2]:
+        def recording(stage, msg, run=w._run):
+            threads.append(threading.current_thread().name)
+            return run(stage, msg)
+        w._run = recording
+    for _ in range(4):
+        req = request(rng)
+        np.testing.assert_allclose(coordinator.run(req)["output"], oracle(net, req["x"], req["mask"]),
+                                   rtol=1e-5, atol=1e-5)
+        time.sleep(0.05)  # the last stage has sent its result, and now it is idle too
+    assert threads[:2] == ["compute", "compute"]  # how long a stage runs is not known before its first run
+    assert all((name != "compute") == inline for name in threads[2:])

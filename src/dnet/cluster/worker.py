@@ -6,10 +6,12 @@ taking requests from a queue in arrival order. A stage's outputs go through an
 `Outbox` straight to the next stage's worker (or back to the coordinator for the
 last stage), so this worker is computing the next request while they travel.
 
-A request that finds the worker idle (nothing computing or queued) for a stage
-whose last run was short (under `INLINE_S`, on inputs no larger) runs at once on
-the thread that read it: on the decode path no request waits for another thread to
-wake, and a ping on that connection waits at most about `INLINE_S`.
+A small request (at most `INLINE_BYTES`) that finds the worker idle (nothing
+computing or queued) for a stage whose last run was short (under `INLINE_S`, on
+inputs no larger) runs at once on the thread that read it: on the decode path no
+request waits for another thread to wake, and a ping on that connection waits at
+most about `INLINE_S`. Larger requests keep to the compute thread, whose memory
+(one allocator arena) every such run reuses.
 
 A bad frame costs only the connection it came on: the reason is logged, the peer is
 told (where the stream still allows it) and the worker goes on serving the others.
@@ -30,7 +32,9 @@ import numpy as np
 from dnet.cluster.auth import AuthError, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
-from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
+from dnet.cluster.protocol import (
+    COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError,
+)
 from dnet.cluster.shipping import unpack
 from dnet.cluster.store import WeightStore
 from dnet.errors import DnetError
@@ -39,7 +43,8 @@ from dnet.runtime.state import SlotState
 
 log = logging.getLogger("dnet.worker")
 
-INLINE_S = 0.01  # a stage whose last run took less may run on the reading thread (see the module's doc)
+INLINE_S = 0.01               # a stage whose last run took less may run on the reading thread (see above)
+INLINE_BYTES = COALESCE_BYTES  # ... given a request this small
 
 
 @dataclass
@@ -394,7 +399,9 @@ class Worker:
             self._computed()
 
     def _short(self, key: Any, nbytes: int) -> bool:
-        """Whether a request may run on the thread that read it: its stage's last run was short."""
+        """Whether a request may run on the thread that read it: it is small, its stage's last run short."""
+        if nbytes > INLINE_BYTES:
+            return False
         with self._lock:
             stage = self.stages.get(key) if isinstance(key, str) else None
         last = stage.last_run if stage is not None else None
