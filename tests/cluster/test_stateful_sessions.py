@@ -75,14 +75,15 @@ def test_closed_sessions_give_back_their_state_memory_and_threads(rng, tmp_path)
         deadline = time.monotonic() + 10                   # the last session's RESET and threads may lag
         while True:
             after = [_status(p.pid) for p in local.procs]
-            settled = all(a["threads"] <= b["threads"] + 1 and a["rss_mib"] - b["rss_mib"] < 24
+            settled = all(a["threads"] <= b["threads"] + 2 and a["rss_mib"] - b["rss_mib"] < 40
                           for a, b in zip(base, after))
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     for b, a in zip(base, after):
-        assert a["rss_mib"] - b["rss_mib"] < 24, (base, after)     # 20 sessions kept: +80 MiB each
-        assert a["threads"] <= b["threads"] + 1, (base, after)
+        # 20 sessions kept would be +80 MiB and +20 threads or more; allocator slack on a loaded machine is not
+        assert a["rss_mib"] - b["rss_mib"] < 40, (base, after)
+        assert a["threads"] <= b["threads"] + 2, (base, after)
 
 
 def test_an_idle_session_is_freed_and_says_so_when_used_again(rng, tmp_path):
