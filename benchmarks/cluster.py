@@ -2,8 +2,16 @@
 
 1. Transport, loopback, in one run: large-message throughput of dnet frames (a worker
    process receiving PING frames carrying one tensor, answering each) against a raw
-   socket (a process receiving the same bytes with recv_into, answering each), and
-   the small-message round trip of both.
+   socket (a process receiving the same bytes with recv_into, answering each), the
+   small-message round trip of both, and a decode-sized request (one 576-float hidden
+   state) through the coordinator and a one-stage pipeline and back, less the stage's
+   own compute time: what each stage of a decode step costs in messaging. Where the
+   peers run decides a round trip (on this kind of machine, waking a process on
+   another core costs about as much as the whole round trip on one), so both peers
+   are placed alike: `--placement same` runs everything on one core, `split` the
+   peers (the raw socket's and dnet's worker) on one core and this process on
+   another, `free` leaves it to the scheduler (which may keep one pair together and
+   not the other).
 2. Pipeline: the real all-MiniLM-L6-v2 on three local workers made unequal (each
    simulates a device 2x, 4x or 8x slower) and joined by shaped links. The plan starts
    from the probed cost model; the JIT's feedback loop (`exe.retune`) measures it,
@@ -35,6 +43,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from dnet.cluster import LocalCluster  # noqa: E402
+from dnet.cluster.local import WorkerSpec  # noqa: E402
 from dnet.cluster.auth import connect  # noqa: E402
 from dnet.cluster.protocol import DEFAULT_LIMITS, Message, MsgType  # noqa: E402
 from dnet.partition.feedback import factor_line, layout  # noqa: E402
@@ -59,8 +68,9 @@ while True:
 """
 
 
-def _raw_peer(size: int) -> tuple[subprocess.Popen, socket.socket]:
-    proc = subprocess.Popen([sys.executable, "-c", RAW_SERVER, str(size)], stdout=subprocess.PIPE, text=True)
+def _raw_peer(size: int, cores: list[int] | None = None) -> tuple[subprocess.Popen, socket.socket]:
+    proc = subprocess.Popen([sys.executable, "-c", RAW_SERVER, str(size)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
     port = int(proc.stdout.readline())
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -74,10 +84,37 @@ def _raw_send(sock: socket.socket, data: memoryview) -> None:
     assert sock.recv(1) == b"k"
 
 
-def transport(mib: int, repeats: int, round_trips: int) -> dict[str, float]:
+def _tiny_stage():
+    """One small op on a decode-sized hidden state: a stage whose compute is next to nothing."""
+    import dnet
+
+    class Scale(dnet.Module):
+        def forward(self, x):
+            return x * 2.0
+
+    return dnet.to_graph(Scale(), {"x": dnet.TensorType((1, 576), dnet.f32)})
+
+
+def _placement(placement: str) -> tuple[set[int] | None, list[int] | None]:
+    """(this process's cores, the peers' cores) for a placement."""
+    cores = sorted(os.sched_getaffinity(0))
+    if placement == "free":
+        return None, None
+    if placement == "same":
+        return {cores[0]}, [cores[0]]
+    if placement == "split" and len(cores) >= 2:
+        return {cores[0]}, [cores[1]]
+    raise SystemExit(f"placement {placement!r} needs 'same', 'free', or 'split' on two or more cores")
+
+
+def transport(mib: int, repeats: int, round_trips: int, placement: str = "same") -> dict[str, float]:
     payload = np.random.default_rng(0).integers(0, 255, mib << 20, dtype=np.uint8)
-    raw_proc, raw = _raw_peer(payload.nbytes)
-    local = LocalCluster(1).start()
+    mine, peers = _placement(placement)
+    before = os.sched_getaffinity(0)
+    if mine:
+        os.sched_setaffinity(0, mine)
+    raw_proc, raw = _raw_peer(payload.nbytes, peers)
+    local = LocalCluster([WorkerSpec(name="w0", cores=peers)]).start()
     try:
         host, port = local.addresses[0].rsplit(":", 1)
         chan = connect(host, int(port), local.secret, DEFAULT_LIMITS)
@@ -100,14 +137,41 @@ def transport(mib: int, repeats: int, round_trips: int) -> dict[str, float]:
             chan.request(ping)
             rtt_dnet.append(time.perf_counter() - start)
         chan.close()
+        rtt_raw_stage, rtt_stage = _stage_round_trips(local, raw, round_trips)
     finally:
         raw.close()
         raw_proc.wait(timeout=10)
         local.close()
+        os.sched_setaffinity(0, before)
     gb = payload.nbytes / 1e9
     return {"raw_gbps": gb / statistics.median(raw_times[1:]), "dnet_gbps": gb / statistics.median(dnet_times[1:]),
             "raw_best_gbps": gb / min(raw_times[1:]), "dnet_best_gbps": gb / min(dnet_times[1:]),
-            "raw_rtt_us": 1e6 * statistics.median(rtt_raw), "dnet_rtt_us": 1e6 * statistics.median(rtt_dnet)}
+            "raw_rtt_us": 1e6 * statistics.median(rtt_raw), "dnet_rtt_us": 1e6 * statistics.median(rtt_dnet),
+            "raw_stage_rtt_us": 1e6 * statistics.median(rtt_raw_stage),
+            "dnet_stage_rtt_us": 1e6 * statistics.median(rtt_stage)}
+
+
+def _stage_round_trips(local: LocalCluster, raw: socket.socket, round_trips: int) -> tuple[list[float], list[float]]:
+    """Requests through a one-stage pipeline (interleaved with raw round trips), less the stage's compute."""
+    coordinator = local.coordinator()
+    try:
+        coordinator.load([_tiny_stage()])
+        x = {"x": np.ones((1, 576), np.float32)}
+        for _ in range(50):  # warm: the stage's first runs, and its runs known to be short
+            coordinator.run(x)
+        raw_times, times = [], []
+        for _ in range(round_trips):
+            start = time.perf_counter()
+            _raw_send(raw, memoryview(b""))
+            raw_times.append(time.perf_counter() - start)
+            coordinator.answers.clear()
+            start = time.perf_counter()
+            coordinator.run(x)
+            elapsed = time.perf_counter() - start
+            times.append(elapsed - sum(coordinator.answers[0].stage_seconds.values()))
+    finally:
+        coordinator.close()
+    return raw_times, times
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -145,6 +209,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64, help="size of the large message")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--placement", default="same", choices=["same", "split", "free"],
+                        help="where the transport's peers run: this process's core, another one, or anywhere")
     parser.add_argument("--rounds", type=int, default=4, help="feedback rounds at most")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per measurement")
     parser.add_argument("--window", type=int, default=8, help="requests per window")
@@ -161,9 +227,9 @@ def main() -> None:
 
 
 def print_transport(console: Console, args: argparse.Namespace) -> None:
-    t = transport(args.mib, args.repeats, args.round_trips)
+    t = transport(args.mib, args.repeats, args.round_trips, args.placement)
     out = Table(title=f"transport on loopback: {args.mib} MiB messages ({args.repeats} each, interleaved), "
-                      f"{args.round_trips} small round trips")
+                      f"{args.round_trips} small round trips, placement {args.placement}")
     for col in ("", "raw socket", "dnet frames", "dnet / raw"):
         out.add_column(col, justify="right")
     out.add_row("throughput GB/s, median", f"{t['raw_gbps']:.2f}", f"{t['dnet_gbps']:.2f}",
@@ -172,6 +238,8 @@ def print_transport(console: Console, args: argparse.Namespace) -> None:
                 f"{t['dnet_best_gbps'] / t['raw_best_gbps']:.0%}")
     out.add_row("round trip us, median", f"{t['raw_rtt_us']:.0f}", f"{t['dnet_rtt_us']:.0f}",
                 f"{t['dnet_rtt_us'] / t['raw_rtt_us']:.1f}x")
+    out.add_row("one-stage request us, median (less compute)", f"{t['raw_stage_rtt_us']:.0f}",
+                f"{t['dnet_stage_rtt_us']:.0f}", f"{t['dnet_stage_rtt_us'] / t['raw_stage_rtt_us']:.1f}x")
     console.print(out)
 
 

@@ -104,6 +104,8 @@ class FrameReader:
     def read(self, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
         header = parse_header(self._take(HEADER.size, "header", at_boundary=True), limits)
         meta = parse_meta(self._take(header.meta_len, "meta"))
+        if not header.payload_len and "tensors" not in meta:   # a control message
+            return Message(header.type, meta)
         slots = tensor_layout(meta, header.payload_len, limits)  # checked before the payload is allocated
         meta.pop("tensors", None)
         if not slots:

@@ -112,6 +112,7 @@ class TensorSlot(NamedTuple):
 
 _TYPES = {int(t): t for t in MsgType}
 _ENCODE_JSON = json.JSONEncoder(separators=(",", ":")).encode  # once: json.dumps with options builds one per call
+_DECODE_JSON = json.JSONDecoder().decode
 
 
 def _aligned(n: int) -> int:
@@ -142,7 +143,7 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
 
 def parse_meta(data: bytes) -> dict[str, Any]:
     try:
-        meta = json.loads(data.decode("utf-8"))
+        meta = _DECODE_JSON(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise ProtocolError(f"meta is not UTF-8 JSON: {err}") from None
     if not isinstance(meta, dict):

@@ -202,15 +202,10 @@ class Worker:
 
     # -- control messages -------------------------------------------------------------
     def _dispatch(self, chan: Channel, msg: Message) -> None:
-        handler = {
-            MsgType.PING: self._on_ping, MsgType.CAPS: self._on_caps, MsgType.LOAD: self._on_load,
-            MsgType.WEIGHTS: self._on_weights, MsgType.ROUTE: self._on_route, MsgType.RUN: self._on_run,
-            MsgType.RESET: self._on_reset, MsgType.STATS: self._on_stats, MsgType.SHUTDOWN: self._on_shutdown,
-            MsgType.LINK: self._on_link,
-        }.get(msg.type)
+        handler = _HANDLERS.get(msg.type)   # a table made once: every frame passes here
         if handler is None:
             raise DnetError(f"a worker does not accept {msg.type.name} messages")
-        handler(chan, msg)
+        handler(self, chan, msg)
 
     def _on_ping(self, chan: Channel, msg: Message) -> None:
         chan.send(Message(MsgType.PONG, {**msg.meta, "bytes": msg.payload_bytes}))
@@ -487,6 +482,14 @@ def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits,
         return small / 2, nbytes / seconds
     finally:
         chan.close()
+
+
+_HANDLERS = {
+    MsgType.PING: Worker._on_ping, MsgType.CAPS: Worker._on_caps, MsgType.LOAD: Worker._on_load,
+    MsgType.WEIGHTS: Worker._on_weights, MsgType.ROUTE: Worker._on_route, MsgType.RUN: Worker._on_run,
+    MsgType.RESET: Worker._on_reset, MsgType.STATS: Worker._on_stats, MsgType.SHUTDOWN: Worker._on_shutdown,
+    MsgType.LINK: Worker._on_link,
+}
 
 
 def _str(meta: dict, key: str) -> str:
