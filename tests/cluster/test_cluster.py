@@ -239,3 +239,22 @@ def test_a_short_request_on_an_idle_worker_runs_on_the_thread_that_read_it(rng, 
         time.sleep(0.05)  # the last stage has sent its result, and now it is idle too
     assert threads[:2] == ["compute", "compute"]  # how long a stage runs is not known before its first run
     assert all((name != "compute") == inline for name in threads[2:])
+
+
+def test_a_ping_on_the_coordinators_connection_is_answered_while_a_slow_stage_computes(rng, coordinator, workers):
+    """A stage known to be slow runs on the compute thread, so the reading thread keeps answering pings."""
+    _, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 1))
+
+    def slow(stage, msg, run=workers[0]._run):
+        time.sleep(0.5)
+        return run(stage, msg)
+
+    workers[0]._run = slow
+    coordinator.run(request(rng))                # its first run: from now on the stage is known to be slow
+    pending = coordinator.submit(request(rng))   # read from the connection the ping comes on
+    time.sleep(0.1)
+    start = time.monotonic()
+    coordinator._call(coordinator.workers[0], Message(MsgType.PING), MsgType.PONG)
+    assert time.monotonic() - start < 0.25
+    pending.result(5)
