@@ -140,3 +140,12 @@ def test_a_control_message_carries_no_tensor_list():
     (frame,) = frame_buffers(Message(MsgType.PING, {"n": 1}))
     assert frame[HEADER.size:] == b'{"n":1}'
     assert decode_frame(frame) == Message(MsgType.PING, {"n": 1})
+
+
+def test_deeply_nested_meta_is_a_protocol_error_not_a_recursion_error():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    frame = HEADER.pack(MAGIC, VERSION, int(MsgType.RUN), 0, len(deep), 0) + deep
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        decode_frame(frame, Limits(max_meta=1 << 20))
+    nested_in_a_string = {"note": "[" * 100, "tensors": []}
+    assert decode_frame(_frame(1, nested_in_a_string)).meta["note"] == "[" * 100

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -141,7 +142,26 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
     return Header(msg_type, meta_len, payload_len)
 
 
+MAX_META_DEPTH = 32   # a meta nests a few levels; deeper is an attack on the JSON parser's recursion
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def check_meta_depth(data: bytes, limit: int = MAX_META_DEPTH) -> None:
+    """Refuse JSON nested deeper than `limit` before parsing it (counting brackets is cheap)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", data):
+        if byte in b"[{":
+            depth += 1
+            if depth > limit:
+                raise ProtocolError(f"meta nested too deeply: more than {limit} levels")
+        elif byte in b"]}":
+            depth -= 1
+
+
 def parse_meta(data: bytes) -> dict[str, Any]:
+    check_meta_depth(data)
     try:
         meta = _DECODE_JSON(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
