@@ -56,3 +56,20 @@ def test_local_workers_get_disjoint_cores_only_where_there_are_enough():
 
     assert core_sets([1, 2, None], available=8) == [[0], [1, 2], [3]]
     assert core_sets([2, 2], available=3) == [None, None]
+
+
+def test_cluster_init_writes_a_256_bit_secret_only_its_owner_can_read(tmp_path):
+    path = tmp_path / "cluster.secret"
+    result = CliRunner().invoke(cli, ["cluster", "init", "--secret-file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert len(bytes.fromhex(path.read_text())) == 32
+
+
+def test_a_worker_refuses_a_secret_under_128_bits():
+    from dnet.cluster.worker import Worker
+
+    for weak in ("test-secret", "0" * 31, "A" * 21):
+        with pytest.raises(DnetError, match="too weak"):
+            Worker(weak)
+    Worker("0" * 32).listener.close()

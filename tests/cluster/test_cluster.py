@@ -14,7 +14,7 @@ from dnet.cluster.protocol import DEFAULT_LIMITS, HEADER, MAGIC, VERSION, Messag
 from dnet.runtime import contiguous_assignment, split_pipeline
 from residual_nets import oracle, request, residual_graph
 
-SECRET = "test-secret"
+SECRET = "test-secret-" + "0" * 32   # a worker refuses a secret under 128 bits
 
 
 @pytest.fixture

@@ -78,6 +78,27 @@ def cluster() -> None:
     """Local clusters of worker processes."""
 
 
+@cluster.command("init")
+@click.option("--secret-file", default=None,
+              help="Where to write a new 256-bit secret (mode 0600; default: the dnet cache directory).")
+def cluster_init(secret_file: str | None) -> None:
+    """Write a new random 256-bit cluster secret into a file only its owner can read."""
+    from dnet.cluster.auth import SECRET_ENV, new_secret
+
+    path = Path(secret_file) if secret_file else _cache_dir() / "cluster.secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise DnetError(f"{path} exists; not overwriting a cluster secret", hint="remove it first")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(new_secret())
+    click.echo(f"secret in {path} (export {SECRET_ENV}=$(cat {path}))")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DNET_CACHE_DIR") or Path.home() / ".cache" / "dnet")
+
+
 @cluster.command("up")
 @click.argument("n", type=int)
 @click.option("--backend", "backends", default="numpy", show_default=True,

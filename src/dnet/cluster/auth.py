@@ -36,6 +36,27 @@ def new_secret() -> str:
     return secrets.token_hex(32)
 
 
+MIN_SECRET_BITS = 128
+_HEX = set("0123456789abcdefABCDEF")
+_BASE64 = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
+
+
+def secret_bits(secret: str) -> float:
+    """An upper estimate of a secret's entropy: its length times log2 of the smallest alphabet
+    it fits (hex 4 bits a character, base64 6, printable ASCII ~6.6, anything else 8)."""
+    chars = set(secret)
+    per_char = 4.0 if chars <= _HEX else 6.0 if chars <= _BASE64 else 6.57 if secret.isascii() else 8.0
+    return len(secret) * per_char
+
+
+def check_secret_strength(secret: str) -> None:
+    """A worker proves itself first, so a weak secret is guessable offline from one CHALLENGE."""
+    if secret_bits(secret) < MIN_SECRET_BITS:
+        raise DnetError(f"the cluster secret is too weak: about {secret_bits(secret):.0f} bits, "
+                        f"need {MIN_SECRET_BITS}", hint="make one with `dnet cluster init` "
+                        "(32 hex characters, 22 base64 characters or 20 printable ones at least)")
+
+
 def secret_from_env() -> str | None:
     return os.environ.get(SECRET_ENV)
 

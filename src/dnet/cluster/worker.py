@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dnet.cluster.auth import AuthError, connect, server_handshake
+from dnet.cluster.auth import AuthError, check_secret_strength, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.protocol import (
@@ -89,6 +89,7 @@ class Worker:
     def __init__(self, secret: str, config: WorkerConfig | None = None):
         if not secret:
             raise DnetError("a worker needs the cluster secret", hint="set DNET_CLUSTER_SECRET")
+        check_secret_strength(secret)
         self.config = config or WorkerConfig()
         self.secret = secret
         self.listener = socket.create_server((self.config.host, self.config.port))
