@@ -244,7 +244,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "/* split the columns further (each split reads a again) until the threads balance */",
         "while (g_chunks < g_panels && (g_mblocks * g_NB * g_chunks < g_nt",
         "       || ((g_mblocks * g_NB * g_chunks) % g_nt && g_mblocks * g_NB * g_chunks < 8 * g_nt))) g_chunks++;",
-        "const int64_t g_per_chunk = (g_panels + g_chunks - 1) / g_chunks;",
+        "const int64_t g_per_chunk = g_panels > 0 ? (g_panels + g_chunks - 1) / g_chunks : 1;   /* N = 0: no tasks */",
         "g_chunks = (g_panels + g_per_chunk - 1) / g_per_chunk;   /* no empty chunks */",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
         f"const int64_t g_kcb = g_K <= {t.kc * 3 // 2} ? g_K : {t.kc};   /* one k block when K is a little over kc */",
@@ -266,7 +266,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
                 f"    {_pack_b_call(g, sfx, ix)}"
                 f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K);",
                 "}"]
-        out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
+        out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 || g_K <= 0 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
     # a with unit column stride (row-major activations) is read in place, unless its rows lie a
     # multiple of 4 KiB apart (all in one L1 set); otherwise it is packed block by block
     direct = g.a.col_stride == 1 and DIRECT_A

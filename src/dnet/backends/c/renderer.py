@@ -187,7 +187,7 @@ class CRenderer:
         lines += self.stmts(body, "    ")
         lines.append("}")
         work = "*".join(["1"] + [self.index(l.extent) for l in _inner_loops(inner)])
-        grain = f"({work} >= {PARALLEL_MIN_WORK} ? 1 : {PARALLEL_MIN_WORK} / ({work}))"
+        grain = f"({work} >= {PARALLEL_MIN_WORK} || {work} <= 0 ? 1 : {PARALLEL_MIN_WORK} / ({work}))"   # 0: an empty dim
         return self.outline(lines, "*".join(extents), grain, pad)
 
     def outline(self, body: list[str], count: str, grain: str, pad: str) -> list[str]:
