@@ -59,8 +59,14 @@ static void* dn_worker(void* arg) {
     const int id = (int)(intptr_t)arg;      /* workers 0.. ; the caller is the last thread */
     uint32_t seen = 0;
     for (;;) {
-        for (int i = 0; i < DN_SPIN && __atomic_load_n(&dn_pool.gen, __ATOMIC_ACQUIRE) == seen; ++i) dn_pause();
-        pthread_mutex_lock(&dn_pool.mu);
+        int i = 0;
+        while (i < DN_SPIN && __atomic_load_n(&dn_pool.gen, __ATOMIC_ACQUIRE) == seen) { dn_pause(); ++i; }
+        if (i < DN_SPIN) {     /* a job came while spinning: the caller is about to let go of the lock,
+                                  so wait for it awake rather than be put to sleep and woken by a syscall */
+            while (pthread_mutex_trylock(&dn_pool.mu) != 0) dn_pause();
+        } else {
+            pthread_mutex_lock(&dn_pool.mu);
+        }
         while (dn_pool.gen == seen) pthread_cond_wait(&dn_pool.wake, &dn_pool.mu);
         seen = dn_pool.gen;
         dn_body fn = dn_pool.fn; void* ctx = dn_pool.ctx;
