@@ -14,6 +14,7 @@ from dnet.errors import BackendError, ShapeError
 from dnet.hardware import detect
 from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, segments
 from dnet.program.memory import ALIGN, ArenaPlan, bucket, grows_with_symbols, plan_arena
+from dnet.runtime.inputs import input_array
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
 
@@ -66,7 +67,7 @@ class CModule:
                 raise ShapeError(f"missing input '{name}'", hint="inputs are " + ", ".join(names))
             b = self.program.buffers[buf]
             array = _state_array(name, inputs[name], b) if b.kind == STATE else \
-                np.ascontiguousarray(inputs[name], dtype=b.dtype.np)
+                np.ascontiguousarray(input_array(name, inputs[name], b.dtype), dtype=b.dtype.np)
             if not self._bind_shape(buf, array.shape, env):
                 raise ShapeError(f"input '{name}' has shape {array.shape}, expected {shape_str(b.shape)}"
                                  + (f" with {env}" if env else ""))

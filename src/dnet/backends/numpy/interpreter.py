@@ -17,6 +17,7 @@ from dnet.core.shapes import Dim, bind_shape, evaluate_shape, shape_str, substit
 from dnet.errors import ShapeError
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op
+from dnet.runtime.inputs import input_array
 
 
 def bind_symbols(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -28,7 +29,7 @@ def bind_symbols(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, in
         if name not in inputs:
             raise ShapeError(f"missing input '{name}' of type {node.type}",
                              hint="inputs are " + ", ".join(graph.input_names))
-        arr = np.asarray(inputs[name])
+        arr = input_array(name, inputs[name], node.type.dtype)
         if not bind_shape(node.type.shape, arr.shape, env):
             raise ShapeError(f"input '{name}' has shape {arr.shape}, expected {shape_str(node.type.shape)}"
                              + (f" with {env}" if env else ""))

@@ -1,0 +1,37 @@
+"""Inputs are cast only safely (numpy's same_kind), the same on every backend."""
+import numpy as np
+import pytest
+
+import dnet
+from dnet import functional as F
+from dnet.errors import DTypeError
+
+
+class Scale(dnet.Module):
+    def forward(self, x, ids):
+        return F.mul(x, F.cast(ids, dnet.f32))
+
+
+def _compiled(target, tmp_path):
+    types = [dnet.TensorType((3,), dnet.f32), dnet.TensorType((3,), dnet.i64)]
+    return dnet.compile(Scale(), types, target=target, cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("target", ["numpy", "c"])
+@pytest.mark.parametrize("name,x,ids", [
+    ("x", np.ones(3, np.complex64), np.ones(3, np.int64)),
+    ("ids", np.ones(3, np.float32), np.ones(3, np.float64)),
+    ("ids", np.ones(3, np.float32), np.array(["1", "2", "3"])),
+    ("x", np.array([None, None, None]), np.ones(3, np.int64)),
+])
+def test_an_unsafe_cast_is_a_dnet_error_naming_the_input(target, tmp_path, name, x, ids):
+    exe = _compiled(target, tmp_path)
+    with pytest.raises(DTypeError, match=f"input '{name}'"):
+        exe(x, ids)
+
+
+@pytest.mark.parametrize("target", ["numpy", "c"])
+def test_safe_casts_within_a_kind_are_accepted(target, tmp_path):
+    exe = _compiled(target, tmp_path)
+    exe(np.ones(3, np.float64), np.ones(3, np.int32))
+    exe([1.0, 2.0, 3.0], [1, 2, 3])
