@@ -45,3 +45,29 @@ def test_artifact_runs_without_compiling(exe, tmp_path, monkeypatch, rng):
 def test_wrong_input_shape_is_a_shape_error(exe):
     with pytest.raises(dnet.DnetError, match="expected"):
         exe(np.zeros((2, 15), np.float32))
+
+
+@pytest.mark.parametrize("damage", ["flip a byte of the library", "truncate the library", "drop the digests",
+                                    "change the program"])
+def test_a_changed_artefact_is_refused_before_it_is_loaded(exe, tmp_path, damage):
+    import json
+
+    from dnet.errors import SerializationError
+
+    art = save_artifact(exe, tmp_path / "art") or tmp_path / "art"
+    lib, program = tmp_path / "art" / backend.LIB, tmp_path / "art" / backend.PROGRAM
+    if damage == "flip a byte of the library":
+        data = bytearray(lib.read_bytes())
+        data[len(data) // 2] ^= 1
+        lib.write_bytes(bytes(data))
+    elif damage == "truncate the library":
+        lib.write_bytes(lib.read_bytes()[:4096])
+    else:
+        manifest = json.loads(program.read_text())
+        if damage == "drop the digests":
+            del manifest["sha256"]
+        else:
+            manifest["program"]["buffers"][0]["name"] += "x"
+        program.write_text(json.dumps(manifest))
+    with pytest.raises(SerializationError, match="SHA-256|sha256"):
+        load_artifact(art)

@@ -6,6 +6,7 @@ again without a compiler.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -79,8 +80,10 @@ def save_compiled(module: CModule, directory: str | Path) -> Path:
             offsets[str(buf)] = position + pad
             f.write(np.ascontiguousarray(array).tobytes())
             position += pad + array.nbytes
-    manifest = {"format": FORMAT, "host": detect().fingerprint(), "program": module.program.to_json(),
-                "weights": offsets}
+    program = module.program.to_json()
+    manifest = {"format": FORMAT, "host": detect().fingerprint(), "program": program, "weights": offsets,
+                "sha256": {LIB: _file_sha256(out / LIB), WEIGHTS: _file_sha256(out / WEIGHTS),
+                           "program": _json_sha256(program)}}
     (out / PROGRAM).write_text(json.dumps(manifest))
     return out
 
@@ -92,10 +95,13 @@ def load_compiled(directory: str | Path, graph_weights: Mapping[str, np.ndarray]
         manifest = json.loads((root / PROGRAM).read_text())
     except (OSError, ValueError) as err:
         raise SerializationError(f"{root}: no compiled C program ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("weights"), dict):
+        raise SerializationError(f"{root}: {PROGRAM} is not a dnet C manifest")
     if manifest.get("format") != FORMAT:
         raise SerializationError(f"{root}: C program format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest["host"] != detect().fingerprint():
+    if manifest.get("host") != detect().fingerprint():
         raise SerializationError(f"{root}: compiled for another CPU", hint="compile it again on this machine")
+    _verify_digests(root, manifest)
     program = Program.from_json(manifest["program"])
     size = (root / WEIGHTS).stat().st_size
     blob = np.memmap(root / WEIGHTS, dtype=np.uint8, mode="r") if size else None
@@ -111,3 +117,33 @@ def load_compiled(directory: str | Path, graph_weights: Mapping[str, np.ndarray]
         else:
             raise SerializationError(f"{root}: weight '{b.name}' is missing")
     return CModule(program, root / LIB, weights, threads)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _verify_digests(root: Path, manifest: dict) -> None:
+    """The library is native code and the weights feed it: both must be the bytes that were saved
+    (a flipped byte gave wrong output, a truncated library SIGBUS)."""
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict) or not all(isinstance(digests.get(k), str) for k in (LIB, WEIGHTS, "program")):
+        raise SerializationError(f"{root}: {PROGRAM} has no valid 'sha256' field",
+                                 hint="save the artefact again with this dnet")
+    try:
+        found = {LIB: _file_sha256(root / LIB), WEIGHTS: _file_sha256(root / WEIGHTS)}
+    except OSError as err:
+        raise SerializationError(f"{root}: {err.strerror}: {err.filename}") from None
+    found["program"] = _json_sha256(manifest.get("program"))
+    for name, digest in found.items():
+        if digest != digests[name]:
+            raise SerializationError(f"{root}: {name} does not match its SHA-256 in {PROGRAM} "
+                                     "(changed or damaged since it was saved)")
