@@ -237,3 +237,26 @@ def test_a_direct_send_on_a_closed_link_fails_the_outbox_and_ends_its_thread():
         outbox.put(Message(MsgType.PING))
     outbox._thread.join(2)
     assert not outbox._thread.is_alive()
+
+
+def test_the_handshake_has_a_deadline_not_just_a_timeout_per_read(monkeypatch):
+    """A peer that sends one byte every 0.2 s never trips a 0.5 s timeout per read; the deadline ends it."""
+    from dnet.cluster import auth
+    from dnet.cluster.protocol import encode_frame
+
+    monkeypatch.setattr(auth, "HANDSHAKE_TIMEOUT_S", 0.5)
+    s, c = socket.socketpair()
+    start = time.monotonic()
+    t, box = _in_thread(server_handshake, s, "secret", DEFAULT_LIMITS)
+    hello = encode_frame(Message(MsgType.HELLO, {"client_nonce": "00" * 32}))
+    try:
+        for byte in hello[:15]:
+            if not t.is_alive():
+                break
+            c.send(bytes([byte]))
+            time.sleep(0.2)
+    except OSError:
+        pass
+    t.join(5)
+    assert isinstance(box.get("error"), AuthError) and time.monotonic() - start < 2.0
+    c.close()

@@ -73,3 +73,38 @@ def test_a_worker_refuses_a_secret_under_128_bits():
         with pytest.raises(DnetError, match="too weak"):
             Worker(weak)
     Worker("0" * 32).listener.close()
+
+
+def test_a_worker_out_of_file_descriptors_keeps_serving(tmp_path):
+    """Hundreds of silent connections against a limit of 48 descriptors: the worker backs off, refuses
+    past its cap, and still admits the coordinator once they go (it used to exit 0, logging nothing)."""
+    import resource
+    import socket
+
+    from dnet.cluster.auth import connect
+    from dnet.cluster.local import READY_PREFIX
+    from dnet.cluster.protocol import DEFAULT_LIMITS
+
+    secret = "0" * 64
+    dnet = os.path.join(os.path.dirname(sys.executable), "dnet")
+    proc = subprocess.Popen([dnet, "worker", "--listen", "127.0.0.1:0"], text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "DNET_CLUSTER_SECRET": secret},
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+    try:
+        host, port = proc.stdout.readline().strip().removeprefix(READY_PREFIX).rsplit(":", 1)
+        silent = []
+        for _ in range(300):
+            try:
+                silent.append(socket.create_connection((host, int(port)), timeout=2))
+            except OSError:
+                pass
+        time.sleep(1.0)
+        assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+        for s in silent:
+            s.close()
+        time.sleep(0.5)
+        connect(host, int(port), secret, DEFAULT_LIMITS).close()
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -19,6 +19,7 @@ import hmac
 import os
 import secrets
 import socket
+import threading
 
 from dnet.cluster.channel import Channel
 from dnet.cluster.protocol import HANDSHAKE_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
@@ -122,6 +123,24 @@ def server_handshake(sock: socket.socket, secret: str, limits: Limits) -> Channe
     """Authenticate a connecting client; raises AuthError (after telling it why) if it fails."""
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
     chan = Channel(sock, limits=HANDSHAKE_LIMITS)
+    deadline = threading.Timer(HANDSHAKE_TIMEOUT_S, _cut, (sock,))   # for the whole handshake, not per recv
+    deadline.daemon = True
+    deadline.start()
+    try:
+        return _server_handshake(chan, sock, secret, limits)
+    finally:
+        deadline.cancel()
+
+
+def _cut(sock: socket.socket) -> None:
+    """A peer too slow to finish the handshake in time: its reads end (as a closed connection)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _server_handshake(chan: Channel, sock: socket.socket, secret: str, limits: Limits) -> Channel:
     try:
         hello = _expect(chan.recv(), MsgType.HELLO)
         client_nonce = _nonce(hello, "client_nonce")

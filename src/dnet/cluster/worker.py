@@ -18,6 +18,7 @@ told (where the stream still allows it) and the worker goes on serving the other
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -42,6 +43,8 @@ from dnet.runtime.runner import StageRunner
 from dnet.runtime.state import SlotState
 
 log = logging.getLogger("dnet.worker")
+MAX_UNAUTHENTICATED = 64   # connections mid-handshake at once; more are closed on accept
+_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 INLINE_S = 0.01               # a stage whose last run took less may run on the reading thread (see above)
 INLINE_BYTES = COALESCE_BYTES  # ... given a request this small
@@ -93,6 +96,7 @@ class Worker:
         self.config = config or WorkerConfig()
         self.secret = secret
         self.listener = socket.create_server((self.config.host, self.config.port))
+        self._unauthenticated = threading.BoundedSemaphore(MAX_UNAUTHENTICATED)
         self.host, self.port = self.listener.getsockname()[:2]
         self.name = self.config.name or f"{self.host}:{self.port}"
         self.store = WeightStore(self.config.cache_dir)
@@ -120,8 +124,18 @@ class Worker:
         while not self._stopped.is_set():
             try:
                 sock, addr = self.listener.accept()
-            except OSError:
-                break
+            except OSError as err:
+                if self._stopped.is_set():
+                    break
+                if err.errno in _OUT_OF_DESCRIPTORS:   # many connections at once: wait for some to end
+                    log.warning("accept: %s; backing off", err.strerror)
+                    time.sleep(0.1)
+                    continue
+                log.error("worker %s: accept failed: %s; exiting", self.name, err)
+                raise DnetError(f"worker {self.name}: accept failed: {err}") from None
+            if not self._unauthenticated.acquire(blocking=False):
+                sock.close()                       # too many peers mid-handshake: refuse past the cap
+                continue
             threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
 
     def start(self) -> threading.Thread:
@@ -150,6 +164,8 @@ class Worker:
             log.warning("refused %s: %s", peer, err)
             sock.close()
             return
+        finally:
+            self._unauthenticated.release()
         chan.peer = peer
         try:
             self._read_loop(chan)
