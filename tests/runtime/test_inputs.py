@@ -35,3 +35,21 @@ def test_safe_casts_within_a_kind_are_accepted(target, tmp_path):
     exe = _compiled(target, tmp_path)
     exe(np.ones(3, np.float64), np.ones(3, np.int32))
     exe([1.0, 2.0, 3.0], [1, 2, 3])
+
+
+class Embed(dnet.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = dnet.Parameter(np.arange(10 * 4, dtype=np.float32).reshape(10, 4))
+
+    def forward(self, ids):
+        return F.embedding(ids, self.table)
+
+
+@pytest.mark.parametrize("target", ["numpy", "c"])
+@pytest.mark.parametrize("ids", [[0, 10], [-11, 2], [3, 99]])
+def test_an_out_of_range_gather_is_the_same_error_on_every_backend(target, tmp_path, ids):
+    exe = dnet.compile(Embed(), [dnet.TensorType((2,), dnet.i64)], target=target, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(exe(np.array([0, 9])), [[0, 1, 2, 3], [36, 37, 38, 39]])
+    with pytest.raises(dnet.DnetError, match="gather: index out of range for axis of size 10"):
+        exe(np.array(ids))

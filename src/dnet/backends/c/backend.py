@@ -23,6 +23,7 @@ from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
 from dnet.program.build import Compiled, build_program
 from dnet.program.instructions import WEIGHT, Program
+from dnet.runtime.inputs import check_gather_indices, gathered_inputs
 
 FORMAT = "dnet-c/1"
 LIB, PROGRAM, WEIGHTS = "c_lib.so", "c_program.json", "c_weights.bin"
@@ -35,12 +36,16 @@ class CRunner:
         self.module = module
         self.compiled = compiled
         self.source = source
+        self.gathered: dict[str, int] = {}
 
     @property
     def program(self) -> Program:
         return self.module.program
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
+            if name in inputs:
+                check_gather_indices(np.asarray(inputs[name]), size)
         return self.module.run(inputs)
 
     def save(self, directory: Path) -> None:
@@ -59,10 +64,14 @@ class CBackend:
         source = render_library(compiled.kernels, compiled.program, activation_bits)
         cache = CompileCache(Path(cache_dir) if cache_dir is not None else None)
         library = cache.get_or_build(source, find_compiler(), host.fingerprint())
-        return CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)
+        runner = CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)
+        runner.gathered = gathered_inputs(graph)
+        return runner
 
     def load(self, graph: Graph, directory: Path, threads: int | None = None) -> CRunner:
-        return CRunner(load_compiled(directory, graph.weights, threads))
+        runner = CRunner(load_compiled(directory, graph.weights, threads))
+        runner.gathered = gathered_inputs(graph)
+        return runner
 
 
 def save_compiled(module: CModule, directory: str | Path) -> Path:

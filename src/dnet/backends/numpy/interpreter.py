@@ -17,7 +17,7 @@ from dnet.core.shapes import Dim, bind_shape, evaluate_shape, shape_str, substit
 from dnet.errors import ShapeError
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op
-from dnet.runtime.inputs import input_array
+from dnet.runtime.inputs import check_gather_indices, input_array
 
 
 def bind_symbols(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -166,8 +166,7 @@ def _movement(op: Op, args: list, a: dict) -> np.ndarray:
     if op is Op.GATHER:
         idx = args[1]
         size = x.shape[a["axis"]]
-        if idx.size and (idx.min() < -size or idx.max() >= size):
-            raise ShapeError(f"gather: index out of range for axis of size {size}")
+        check_gather_indices(idx, size)
         return np.take(x, idx, axis=a["axis"])
     if op is Op.PAD:
         return np.pad(x, a["pads"], constant_values=a["value"])
