@@ -72,7 +72,7 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     if topology is not None:
         engine = _cluster_engine(_optimize(graph), topology, model.config, context, slots, target, cluster or {})
     else:
-        engine = Engine(Executable(_optimize(graph), target, **options), KVCache(model.config, context, slots),
+        engine = Engine(Executable(_optimize(graph), target, **options), KVCache(graph, context, slots),
                         model.config.vocab_size)
     return LLM(model.config, tokenizer, engine, str(path), sum(int(t.nbytes) for t in tensors.values()))
 

@@ -33,8 +33,7 @@ MIN_CHUNK = 16            # prefill tokens per request at least, however many st
 class ClusterEngine(Engine):
     def __init__(self, executable: Any, context: int, slots: int, vocab_size: int):
         super().__init__(executable, SlotPool(context, slots), vocab_size)
-        self.open_sequences: dict[int, Sequence] = {}
-        self.tokens: dict[int, list[int]] = {}     # per slot: every token in its cache, to rebuild it
+        self.tokens: dict[int, list[int]] = {}     # per open slot: every token in its cache, to rebuild it
         self.rebuilds = 0
         self._epoch = executable.coordinator.epoch   # the plan the caches were built under
         self._step_lock = threading.Lock()           # a rebuild must not interleave with another step
@@ -47,12 +46,10 @@ class ClusterEngine(Engine):
 
     def open(self) -> Sequence:
         seq = super().open()
-        self.open_sequences[seq.slot] = seq
         self.tokens[seq.slot] = []
         return seq
 
     def close(self, seq: Sequence) -> None:
-        self.open_sequences.pop(seq.slot, None)
         self.tokens.pop(seq.slot, None)
         super().close(seq)
 
@@ -136,9 +133,6 @@ class ClusterEngine(Engine):
         self.groups = groups
         return [(_describe(p, g or len(p.stages)), rate) for (p, g), rate in results]
 
-    def _execute(self, first_slot: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self._steps([(first_slot, inputs)])[0]
-
     def _steps(self, requests: list[tuple[int, dict[str, np.ndarray]]]) -> list[np.ndarray]:
         """Send every request at once (they pipeline through the stages) and wait for all; when the
         cluster was re-planned since the caches were built, rebuild them first and send again."""
@@ -171,8 +165,8 @@ class ClusterEngine(Engine):
         as built only once all are: a re-plan part-way leaves them stale, to be rebuilt again."""
         self.rebuilds += 1
         epoch = self.exe.coordinator.epoch
-        requests = [r for slot in list(self.open_sequences) if self.tokens[slot]
-                    for r in _chunks(slot, 0, self.tokens[slot], self._chunk(len(self.tokens[slot]), PREFILL_CHUNK))]
+        requests = [r for slot, tokens in list(self.tokens.items()) if tokens
+                    for r in _chunks(slot, 0, tokens, self._chunk(len(tokens), PREFILL_CHUNK))]
         self._send(requests, epoch)     # every sequence and chunk at once: they pipeline
         self._epoch = epoch
 

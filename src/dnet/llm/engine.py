@@ -80,12 +80,9 @@ class Engine:
                                   hint="load the model with a larger context=")
 
     def _run(self, first_slot: int, starts: list[int], tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return self._execute(first_slot, step_inputs(starts, tokens, rows))
-
-    def _execute(self, first_slot: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Run one step with the caches of slots [first_slot, first_slot + batch): its logits."""
-        batch = len(inputs["tokens"])
-        return self.exe.run({**inputs, **self.cache.bind(first_slot, batch)})["logits"]
+        """One step with the caches of slots [first_slot, first_slot + batch): its logits."""
+        inputs = step_inputs(starts, tokens, rows)
+        return self.exe.run({**inputs, **self.cache.bind(first_slot, len(tokens))})["logits"]
 
 
 def step_inputs(starts: list[int], tokens: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:

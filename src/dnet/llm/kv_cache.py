@@ -13,7 +13,8 @@ import threading
 import numpy as np
 
 from dnet.errors import GenerationError
-from dnet.llm.model_file import ModelConfig
+from dnet.graph.ir import Graph
+from dnet.runtime.state import SlotState, state_types
 
 
 class SlotPool:
@@ -43,33 +44,24 @@ class SlotPool:
 
 
 class KVCache(SlotPool):
-    def __init__(self, config: ModelConfig, context: int, slots: int):
+    """The model graph's STATE inputs (k.{i}, v.{i}) held here, a slot per sequence (`SlotState`)."""
+
+    def __init__(self, graph: Graph, context: int, slots: int):
         super().__init__(context, slots)
-        shape = (slots, context, config.num_kv_heads, config.head_dim)
-        self.layers = config.num_layers
-        self.keys = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
+        self.state = SlotState(state_types(graph), slots)
 
     @property
     def nbytes(self) -> int:
         """Bytes reserved (committed only as positions are written)."""
-        return sum(a.nbytes for a in self.keys + self.values)
-
-    def bytes_per_position(self) -> int:
-        return 2 * self.layers * int(np.prod(self.keys[0].shape[2:])) * 4
+        return self.state.nbytes
 
     def bind(self, first: int, count: int) -> dict[str, np.ndarray]:
         """The state arrays of slots [first, first + count), by the model's state names."""
-        out = {}
-        for i in range(self.layers):
-            out[f"k.{i}"] = self.keys[i][first:first + count]
-            out[f"v.{i}"] = self.values[i][first:first + count]
-        return out
+        return self.state.bind(first, count)
 
     def move(self, source: int, target: int) -> None:
         """Copy a sequence's written positions from one slot to another (packing the slots in use)."""
         n = self.lengths[source]
-        for arrays in (self.keys, self.values):
-            for a in arrays:
-                a[target, :n] = a[source, :n]
+        for a in self.state.arrays.values():
+            a[target, :n] = a[source, :n]
         self.lengths[target] = n

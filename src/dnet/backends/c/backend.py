@@ -23,7 +23,7 @@ from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
 from dnet.program.build import Compiled, build_program
 from dnet.program.instructions import WEIGHT, Program
-from dnet.runtime.inputs import check_gather_indices, gathered_inputs
+from dnet.program.inputs import check_gather_indices, gathered_inputs
 
 FORMAT = "dnet-c/1"
 LIB, PROGRAM, WEIGHTS = "c_lib.so", "c_program.json", "c_weights.bin"

@@ -14,7 +14,7 @@ from dnet.errors import BackendError, ShapeError
 from dnet.hardware import detect
 from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, segments
 from dnet.program.memory import ALIGN, ArenaPlan, bucket, grows_with_symbols, plan_arena
-from dnet.runtime.inputs import input_array
+from dnet.program.inputs import input_array
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
 

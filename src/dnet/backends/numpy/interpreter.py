@@ -17,7 +17,7 @@ from dnet.core.shapes import Dim, bind_shape, evaluate_shape, shape_str, substit
 from dnet.errors import ShapeError
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op
-from dnet.runtime.inputs import check_gather_indices, input_array
+from dnet.program.inputs import check_gather_indices, input_array
 
 
 def bind_symbols(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
