@@ -12,6 +12,13 @@ stage) is alive, its stages move there under a new epoch, every request not yet
 answered is sent again, and results from the old epoch are dropped: each request
 is answered exactly once. Without a spare, every waiting request fails with
 `WorkerLost`.
+
+Poison requests. A request that crashes a worker would crash every spare in turn if
+it were simply sent again. So every request in the air when a worker is lost is
+charged one loss, and a request with a loss travels alone when it is sent again
+(the others wait for it): a second loss then falls on it only. At `MAX_LOSSES` it
+fails alone with `PoisonRequest`, naming it and the workers lost with it, and the
+cluster goes on serving the rest.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from dnet.graph.ops import Op
 log = logging.getLogger("dnet.coordinator")
 
 WEIGHT_BATCH_BYTES = 256 << 20
+MAX_LOSSES = 2   # worker losses a request may be in the air for; at this many it fails alone
 
 
 class WorkerLost(DnetError):
@@ -48,6 +56,11 @@ class WorkerLost(DnetError):
 
 class RemoteError(DnetError):
     """A worker refused or failed a request; carries its reason."""
+
+
+class PoisonRequest(WorkerLost):
+    """A request was in the air when `MAX_LOSSES` workers were lost, the last time alone: it is taken to
+    crash workers and fails, without being sent to another."""
 
 
 class StateLost(WorkerLost):
@@ -87,6 +100,7 @@ class _Request:
     submitted: float
     meta: dict[str, Any] = field(default_factory=dict)   # travels with it through every stage (its slots)
     state_epoch: int | None = None                        # the plan its state was built under, if any
+    lost_with: list[str] = field(default_factory=list)    # workers lost while it was in the air
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,9 @@ class Coordinator:
         self.weight_bytes_sent = 0
         self.broken: str | None = None
         self._pending: dict[int, _Request] = {}
+        self._in_air: set[int] = set()         # requests sent under the current epoch and not yet answered
+        self._queue: deque[_Request] = deque() # waiting their turn behind a suspect (one with a loss)
+        self._alone: _Request | None = None    # a suspect travelling alone
         self._feed: Outbox | None = None   # inputs into the first stage, shaped like the link there
         self.latencies: deque[float] = deque(maxlen=100_000)   # seconds from submit to answer
         self.answers: deque[Answer] = deque(maxlen=100_000)    # in the order they arrived
@@ -341,8 +358,17 @@ class Coordinator:
     def _send(self, req: _Request) -> None:
         self._ready.wait(self.call_timeout_s)
         with self._lock:
+            if self._alone is not None or self._queue:   # a suspect travels alone: wait behind it
+                self._queue.append(req)
+                return
+        self._put(req)
+
+    def _put(self, req: _Request) -> None:
+        with self._lock:
             feed, epoch = self._feed, self.epoch
             stale = req.state_epoch is not None and req.state_epoch != epoch and self._pending.pop(req.rid, None)
+            if not stale:
+                self._in_air.add(req.rid)
         if stale:
             req.future.set_exception(StateLost(f"request {req.rid} reads state built under plan epoch "
                                                f"{req.state_epoch}, and the cluster now runs epoch {epoch}"))
@@ -353,6 +379,30 @@ class Coordinator:
             feed.put(msg)
         except ConnectionError:
             pass  # the reader notices the loss and re-plans or fails the request
+
+    def _dispatch(self) -> None:
+        """Send what waits in the queue, in order, until a suspect comes up: it goes once nothing else is
+        in the air, alone; the rest wait for its answer."""
+        ready: list[_Request] = []
+        with self._lock:
+            while self._alone is None and self._queue and self._ready.is_set():
+                head = self._queue[0]
+                if head.rid not in self._pending:   # answered or failed meanwhile
+                    self._queue.popleft()
+                    continue
+                if head.lost_with:
+                    if self._in_air or ready:
+                        break
+                    self._alone = head
+                ready.append(self._queue.popleft())
+        for req in ready:
+            self._put(req)
+
+    def _answered(self, req: _Request) -> None:
+        """Under the lock: `req` left the air."""
+        self._in_air.discard(req.rid)
+        if self._alone is req:
+            self._alone = None
 
     def run(self, inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> dict[str, np.ndarray]:
         return self.submit(inputs).result(timeout if timeout is not None else self.call_timeout_s)
@@ -371,6 +421,8 @@ class Coordinator:
                 self.dropped_results += 1  # a stale copy from before a re-plan
                 return
             del self._pending[req.rid]
+            self._answered(req)
+            waiting = bool(self._queue)
             now = time.monotonic()
             self.latencies.append(now - req.submitted)
             trace = {stage: seconds for stage, _worker, seconds in msg.meta.get("trace", [])}
@@ -380,15 +432,20 @@ class Coordinator:
                     self.timings[stage].runs += 1
                     self.timings[stage].compute_s += seconds
         req.future.set_result(msg.tensors)
+        if waiting:
+            self._dispatch()
 
     def _on_request_error(self, w: WorkerHandle, msg: Message) -> None:
         with self._lock:
             if msg.meta.get("epoch") != self.epoch:
                 return
             req = self._pending.pop(msg.meta.get("rid"), None)
+            if req is not None:
+                self._answered(req)
         if req is not None:
             req.future.set_exception(RemoteError(
                 f"{w.name}, stage {msg.meta.get('stage')}: {msg.meta.get('reason')}"))
+            self._dispatch()
 
     # -- faults ---------------------------------------------------------------------------
     def _lost(self, w: WorkerHandle, reason: str) -> None:
@@ -432,6 +489,7 @@ class Coordinator:
                 return ""
             alive = [w.index for w in self.workers if w.alive]
             spares = [i for i in alive if i not in self.placement]
+            self._charge_loss([self.workers[i].name for i in lost])
             if len(spares) >= len(lost):
                 moves = dict(zip(lost, spares))
                 self._ready.clear()
@@ -452,11 +510,24 @@ class Coordinator:
             self.stages, self.placement = list(stages), list(placement)
         return f"{len(stages)} stage(s) over the surviving " + ", ".join(self.workers[i].name for i in alive)
 
+    def _charge_loss(self, lost: list[str]) -> None:
+        """Under the lock: every request in the air when workers were lost is charged with them (each is a
+        suspect; one that was alone is the only one). Sent again, they are in the air afresh."""
+        for rid in self._in_air:
+            req = self._pending.get(rid)
+            if req is not None:
+                req.lost_with.extend(lost)
+        self._in_air.clear()
+        self._alone = None
+
     def _replan(self) -> None:
         stateful = self.stateful
         if stateful:   # the new stages' state starts empty: what travelled cannot simply be sent again
             with self._lock:
                 lost, self._pending = list(self._pending.values()), {}
+                self._in_air.clear()
+                self._queue.clear()
+                self._alone = None
             for req in lost:
                 req.future.set_exception(StateLost(f"re-planned (epoch {self.epoch}) while request {req.rid} "
                                                    "travelled; its sequences' state must be rebuilt"))
@@ -466,15 +537,28 @@ class Coordinator:
         self._install()
         if stateful:
             return
-        with self._lock:
+        with self._lock:   # everything not yet answered goes again, in order, suspects alone
             waiting = sorted(self._pending.values(), key=lambda r: r.rid)
-        for req in waiting:
-            self._send(req)
+            poisoned = [r for r in waiting if len(r.lost_with) >= MAX_LOSSES]
+            for req in poisoned:
+                del self._pending[req.rid]
+            self._in_air.clear()
+            self._alone = None
+            self._queue = deque(r for r in waiting if len(r.lost_with) < MAX_LOSSES)
+        for req in poisoned:
+            req.future.set_exception(PoisonRequest(
+                f"request {req.rid} failed: it was in the air each time a worker was lost "
+                f"({', '.join(req.lost_with)}), the last time alone; it is not sent to another",
+                hint="a request that crashes workers: check its inputs"))
+        self._dispatch()
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
             self.broken = message
             waiting, self._pending = list(self._pending.values()), {}
+            self._in_air.clear()
+            self._queue.clear()
+            self._alone = None
         self._ready.set()
         for req in waiting:
             req.future.set_exception(WorkerLost(message))
