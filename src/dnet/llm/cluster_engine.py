@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dnet.errors import GenerationError
-from dnet.llm.engine import PREFILL_CHUNK, Engine, Sequence, step_inputs
+from dnet.llm.engine import PREFILL_CHUNK, Engine, Sequence, consecutive_runs, step_inputs
 from dnet.llm.kv_cache import SlotPool
 
 REBUILD_ATTEMPTS = 3      # re-plans in a row a step survives (each costs a rebuild of every open sequence)
@@ -191,11 +191,7 @@ def _describe(plan: Any, groups: int) -> str:
 def _groups(slots: list[int], stages: int) -> list[tuple[int, int]]:
     """Index ranges of sorted `slots` that are consecutive runs, split further so that there are about
     as many groups as pipeline stages (each stage then has a group to work on)."""
-    runs, start = [], 0
-    for i in range(1, len(slots) + 1):
-        if i == len(slots) or slots[i] != slots[i - 1] + 1:
-            runs.append((start, i))
-            start = i
+    runs = [(r.start, r.stop) for r in consecutive_runs(slots)]
     while len(runs) < min(stages, len(slots)):
         k = max(range(len(runs)), key=lambda j: runs[j][1] - runs[j][0])
         lo, hi = runs[k]

@@ -3,7 +3,7 @@
 `Engine` knows the graph's inputs (`dnet.llm.model`) and the cache's slots; it knows
 nothing of text or sampling. A sequence is a slot and a length: `prefill` feeds it new
 tokens in chunks, `decode` advances several sequences by one token each in one batched
-step (their slots consecutive), and each returns the logits of the positions asked for.
+step per run of consecutive slots, and each returns the logits of the positions asked for.
 """
 from __future__ import annotations
 
@@ -58,16 +58,32 @@ class Engine:
         return np.concatenate(out) if out else np.zeros((0, self.vocab_size), np.float32)
 
     def decode(self, seqs: list[Sequence], tokens: list[int]) -> np.ndarray:
-        """One new token for each sequence (their slots consecutive, in order): logits (len(seqs), vocab)."""
-        if [s.slot for s in seqs] != list(range(seqs[0].slot, seqs[0].slot + len(seqs))):
-            raise GenerationError("a batched decode step needs sequences in consecutive cache slots")
+        """One new token for each sequence: logits (len(seqs), vocab). Sequences in consecutive cache
+        slots share one batched step (the weights read once); a gap in the slots starts another step,
+        so a batch's owner keeps its sequences packed (`pack`)."""
         for s in seqs:
             self._check_room(s, 1)
-        logits = self._run(seqs[0].slot, [s.length for s in seqs], np.array(tokens, np.int64)[:, None],
-                           np.arange(len(seqs)))
+        out = np.empty((len(seqs), self.vocab_size), np.float32)
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
+        for run in consecutive_runs([seqs[i].slot for i in order]):
+            picked = [order[i] for i in run]
+            out[picked] = self._run(seqs[picked[0]].slot, [seqs[i].length for i in picked],
+                                    np.array([[tokens[i]] for i in picked], np.int64), np.arange(len(picked)))
         for s, token in zip(seqs, tokens):
             self._advance(s, [token])
-        return logits
+        return out
+
+    def pack(self, seqs: list[Sequence]) -> None:
+        """Move the open sequences `seqs` into the lowest slots, so that one batched step decodes them all
+        (a cache that lives elsewhere, a cluster's, is left as it is)."""
+        if not isinstance(self.cache, KVCache):
+            return
+        for seq in sorted(seqs, key=lambda s: -s.slot):
+            low = self.cache.lowest_free()
+            if low is None or low > seq.slot:
+                return
+            self.cache.move(seq.slot, low)
+            seq.slot = low
 
     def _advance(self, seq: Sequence, tokens: list[int]) -> None:
         """`tokens` are in the sequence's cache now."""
@@ -83,6 +99,16 @@ class Engine:
         """One step with the caches of slots [first_slot, first_slot + batch): its logits."""
         inputs = step_inputs(starts, tokens, rows)
         return self.exe.run({**inputs, **self.cache.bind(first_slot, len(tokens))})["logits"]
+
+
+def consecutive_runs(slots: list[int]) -> list[range]:
+    """Index ranges of sorted `slots` that are runs of consecutive slots."""
+    runs, start = [], 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] + 1:
+            runs.append(range(start, i))
+            start = i
+    return runs
 
 
 def step_inputs(starts: list[int], tokens: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:

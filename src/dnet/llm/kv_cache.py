@@ -37,6 +37,10 @@ class SlotPool:
             self.lengths[slot] = 0
             return slot
 
+    def lowest_free(self) -> int | None:
+        with self._lock:
+            return min(self.free, default=None)
+
     def release(self, slot: int) -> None:
         with self._lock:
             self.lengths[slot] = 0
@@ -60,8 +64,12 @@ class KVCache(SlotPool):
         return self.state.bind(first, count)
 
     def move(self, source: int, target: int) -> None:
-        """Copy a sequence's written positions from one slot to another (packing the slots in use)."""
+        """Move a sequence from slot `source` to the free slot `target` (packing the slots in use):
+        its written positions are copied, and `source` is free after."""
         n = self.lengths[source]
+        with self._lock:
+            self.free.remove(target)
         for a in self.state.arrays.values():
             a[target, :n] = a[source, :n]
         self.lengths[target] = n
+        self.release(source)
