@@ -11,6 +11,7 @@ import numpy as np
 from dnet.backends import registry
 from dnet.core.dtypes import DType
 from dnet.core.files import write_text_atomic
+from dnet.core.progress import Reporter, reporting
 from dnet.core.types import TensorType
 from dnet.errors import DnetError, SerializationError
 from dnet.frontend.module import Module, set_eager_call
@@ -70,10 +71,15 @@ def _optimize(graph: Graph) -> Graph:
 
 
 def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,  # noqa: A001
-            target: str = "numpy", topology: Any = None, quantize: str | None = None, **options: Any) -> Any:
+            target: str = "numpy", topology: Any = None, quantize: str | None = None,
+            progress: Reporter | None = None, **options: Any) -> Any:
     """An Executable for `target`; with a `topology`, a distributed one over its nodes' workers
     (see `dnet.cluster.session.compile_distributed` for the options). `quantize="int8"` stores
-    matmul weights as int8 with a scale per output channel (`dnet.graph.passes.quantize`)."""
+    matmul weights as int8 with a scale per output channel (`dnet.graph.passes.quantize`).
+    `progress`: a `dnet.core.progress.Reporter` told how the long steps go (none by default)."""
+    if progress is not None:
+        with reporting(progress):
+            return compile(model, inputs, target, topology, quantize, **options)
     graph = to_graph(model, inputs)
     if quantize is not None:
         graph = _quantized(graph, quantize)

@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from dnet.cli.main import cli
+from dnet.cli.progress_view import progress_options
 from dnet.errors import DnetError
 
 
@@ -105,6 +106,7 @@ def _cache_dir() -> Path:
               help="Backend per worker, comma separated (one name: all).")
 @click.option("--threads", default="", help="Threads per worker, comma separated, e.g. 1,2,4.")
 @click.option("--secret-file", default=None, help="Where to write the cluster secret (mode 0600).")
+@progress_options()
 def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> None:
     """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
     from dnet.cluster.auth import SECRET_ENV, new_secret
@@ -141,6 +143,7 @@ DEMO_TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The
               help="Three workers, each simulating a device this many times slower.")
 @click.option("--requests", "n_requests", default=8, show_default=True, help="Batches sent through the pipeline.")
 @click.option("--rounds", default=2, show_default=True, help="Feedback rounds after the first run (0: none).")
+@progress_options()
 def cluster_demo(slowdowns: str, n_requests: int, rounds: int) -> None:
     """The real all-MiniLM-L6-v2 across three unequal local workers: plan, agreement, per-stage timings,
     then the JIT's feedback rounds and the calibrated plan's stage times against measured ones."""

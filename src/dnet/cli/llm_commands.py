@@ -8,6 +8,7 @@ import click
 
 from dnet.cli.cluster_commands import stage_table
 from dnet.cli.main import cli
+from dnet.cli.progress_view import current_output, note, progress_options
 from dnet.cli.topology_spec import TOPOLOGY_HELP, parse_topology
 from dnet.errors import DnetError
 
@@ -45,13 +46,20 @@ def _load(model, target, threads, context, quantize, topology):
     where, options = (parse_topology(topology) if topology else (None, {}))
     llm = load(model, target=target, threads=threads, context=context, quantize=quantize, topology=where,
                cluster=options)
-    click.secho(f"loaded {llm.config.name or llm.config.arch} ({llm.config.num_layers} layers) from {llm.source} "
-                f"in {time.perf_counter() - start:.1f} s", fg="bright_black", err=True)
-    if where is not None:
+    seconds = time.perf_counter() - start
+    note(f"loaded {llm.config.name or llm.config.arch} ({llm.config.num_layers} layers) from {llm.source} "
+         f"in {seconds:.1f} s", model=llm.source, seconds=round(seconds, 3))
+    if where is not None and _for_people():
         from dnet.partition.render import plan_table
 
         _console().print(plan_table(llm.engine.exe.plan))
     return llm
+
+
+def _for_people() -> bool:
+    """Tables are for a person: not under --quiet, nor in --json's event stream."""
+    output = current_output()
+    return not (output.quiet or output.json)
 
 
 def _console():
@@ -68,6 +76,7 @@ def _console():
 @click.option("--chat", "as_chat", is_flag=True, help="wrap the prompt in the model's chat template")
 @_model_options
 @_sampling_options
+@progress_options()
 def generate(model, prompt, max_tokens, as_chat, target, threads, context, quantize, topology, **options) -> None:
     """Generate text after PROMPT with MODEL (a .gguf file or a Hugging Face folder; default SmolLM2-135M)."""
     llm = _load(model, target, threads, context, quantize, topology)
@@ -87,11 +96,12 @@ def _report(llm) -> None:
     prefill = s.prompt_tokens / s.prefill_seconds if s.prefill_seconds else 0.0
     decode = (s.generated_tokens - 1) / s.decode_seconds if s.decode_seconds else 0.0
     exe = getattr(llm.engine, "exe", None)
-    if hasattr(exe, "timings"):   # across a cluster: each stage's mean compute per step
+    if hasattr(exe, "timings") and _for_people():   # across a cluster: each stage's mean compute per step
         title = f"per-stage times (mean of {sum(t.runs for t in exe.timings.values())} stage runs)"
         _console().print(stage_table(title, exe.plan, [t.mean_ms / 1e3 for t in exe.timings.values()]))
-    click.secho(f"prompt {s.prompt_tokens} tokens at {prefill:.0f} tok/s, generated {s.generated_tokens} at "
-                f"{decode:.1f} tok/s", fg="bright_black", err=True)
+    note(f"prompt {s.prompt_tokens} tokens at {prefill:.0f} tok/s, generated {s.generated_tokens} at "
+         f"{decode:.1f} tok/s", prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
+         prefill_tokens_per_s=round(prefill, 2), decode_tokens_per_s=round(decode, 2))
 
 
 @cli.command()
@@ -100,6 +110,7 @@ def _report(llm) -> None:
 @click.option("--max-tokens", "-n", type=int, default=512, show_default=True, help="tokens per reply at most")
 @_model_options
 @_sampling_options
+@progress_options()
 def chat(model, system, max_tokens, target, threads, context, quantize, topology, **options) -> None:
     """Chat with MODEL in the terminal (replies stream; /reset forgets, /exit or Ctrl-D quits)."""
     llm = _load(model, target, threads, context, quantize, topology)

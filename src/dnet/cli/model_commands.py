@@ -8,6 +8,7 @@ import numpy as np
 
 from dnet.cli.main import cli
 from dnet.cli.model_loading import load_model, parse_dims, parse_inputs
+from dnet.cli.progress_view import progress_options
 from dnet.core.shapes import Dim, evaluate_shape
 from dnet.errors import DnetError
 
@@ -30,6 +31,7 @@ def _compile(ref: str, specs: tuple[str, ...], target: str, **options):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write a standalone artefact here")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="store matmul weights as int8 with one scale per output channel")
+@progress_options()
 def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None, quantize: str | None) -> None:
     """Compile MODEL (""" + MODEL_HELP + """) for TARGET."""
     from dnet.api import save_artifact
@@ -70,6 +72,7 @@ def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarra
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write outputs to this .npz")
 @click.option("--topology", type=click.Path(exists=True, path_type=Path),
               help="run across the workers of this topology file (docs/cluster.md)")
+@progress_options()
 def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed: int, output: Path | None,
             topology: Path | None) -> None:
     """Run MODEL on inputs from --data, or on seeded random inputs."""

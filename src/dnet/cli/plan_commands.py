@@ -8,6 +8,7 @@ import click
 
 from dnet.cli.main import cli
 from dnet.cli.model_loading import load_model, parse_dims
+from dnet.cli.progress_view import progress_options
 from dnet.cli.topology_spec import TOPOLOGY_HELP, parse_topology
 from dnet.errors import DnetError
 from dnet.partition.pipeline import METHODS, OBJECTIVES
@@ -25,6 +26,7 @@ SYNTHETIC_HELP = "or a planning stand-in: llama-1b, cnn, bert (layer graphs with
 @click.option("--link", "links", multiple=True, metavar="NAME=HOST:PORT",
               help="measure the link to a peer running `dnet probe --serve`")
 @click.option("--serve", metavar="HOST:PORT", help="answer other nodes' link probes until interrupted")
+@progress_options()
 def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, refresh: bool,
               links: tuple[str, ...], serve: str | None) -> None:
     """Measure this node (matmul rate per dtype, memory bandwidth and size, cores, vector width, caches)."""
@@ -104,6 +106,7 @@ def _plan_graph(model: str, dims: dict[str, int]):
 @click.option("--baselines", is_flag=True, help="also show the equal, memory-proportional and Halda assignments")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="write the plan as JSON")
 @click.option("--svg", "svg_path", type=click.Path(path_type=Path), help="draw the plan as SVG")
+@progress_options(json_names=("--progress-json",))   # --json PATH writes the plan
 def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims: str, layers_by: str, groups: bool,
              baselines: bool, json_path: Path | None, svg_path: Path | None) -> None:
     """Partition MODEL (a model reference as for `dnet run`, """ + SYNTHETIC_HELP + """) over a topology."""

@@ -29,7 +29,7 @@ import queue
 import secrets
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,6 +40,7 @@ from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
 from dnet.cluster.shipping import pack
+from dnet.core import progress
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op
@@ -267,8 +268,13 @@ class Coordinator:
     def _install(self) -> None:
         """Load every stage on its worker (in parallel), then wire each stage to the next."""
         self._ready.clear()
-        with ThreadPoolExecutor(max_workers=max(1, len(self.stages))) as pool:
-            list(pool.map(self._ship, range(len(self.stages))))
+        # a stage counts once its worker said LOADED: its weights are there and it has compiled them.
+        # The task is advanced here, in the calling thread, where the caller's reporter is installed.
+        with progress.task("ship stages to workers", total=len(self.stages), unit="stages") as task, \
+                ThreadPoolExecutor(max_workers=max(1, len(self.stages))) as pool:
+            for shipped in as_completed([pool.submit(self._ship, s) for s in range(len(self.stages))]):
+                shipped.result()
+                task.advance()
         for s, w in enumerate(self.placement):
             self._route(s, self.workers[w])
         first = self.workers[self.placement[0]]

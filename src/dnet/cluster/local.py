@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dnet.cluster.auth import SECRET_ENV, new_secret
+from dnet.core import progress
 from dnet.errors import DnetError
 
 READY_PREFIX = "DNET_WORKER_READY "
@@ -105,7 +106,11 @@ class LocalCluster:
                                                    preexec_fn=_die_with_parent))
                 log.close()
             deadline = time.monotonic() + self.start_timeout_s
-            self.addresses = [self._wait_ready(i, deadline) for i in range(len(self.procs))]
+            # each worker is a fresh Python process importing dnet: about a second apiece on a busy machine
+            with progress.task("start local workers", total=len(self.procs), unit="workers") as task:
+                for i in range(len(self.procs)):
+                    self.addresses.append(self._wait_ready(i, deadline))
+                    task.advance()
         except BaseException:
             self.close()
             raise

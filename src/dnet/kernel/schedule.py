@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op, OpClass
@@ -58,9 +59,9 @@ def schedule(graph: Graph, host: Host | None = None) -> Schedule:
     materialized = _initial(graph, users)
     tile = gm.choose_tile(host)
     unfused: set[int] = set()
-    for _ in range(2 * len(graph.nodes) + 1):
+    for attempt in range(2 * len(graph.nodes) + 1):
         _settle(graph, users, materialized)
-        sched, wanted = _lower_all(graph, users, materialized, unfused, tile)
+        sched, wanted = _lower_all(graph, users, materialized, unfused, tile, attempt)
         if not wanted:
             return sched
         for node in wanted:
@@ -140,8 +141,9 @@ def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int)
     return root if same and pointwise else None
 
 
-def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> tuple[Schedule, set[int]]:
-    """Lower every root; also returns the nodes lowering asked to materialize (then we retry)."""
+def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
+               attempt: int = 0) -> tuple[Schedule, set[int]]:
+    """Lower every root; also returns the nodes lowering asked to materialize (then we retry: `attempt`)."""
     sched = Schedule(graph, set(mat))
     owners = _owners(graph, mat)
     epilogues = {}
@@ -152,15 +154,19 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile) -> t
     computed = {n.id for n in graph.nodes if n.op not in _BOUND}
     by_source: dict = {}
     wanted: set[int] = set()
-    for root in sorted(mat & computed):
-        if root in epilogues.values():
-            continue
-        try:
-            kernel = _lower_one(graph, users, mat, root, epilogues, tile)
-        except Materialize as m:
-            wanted.add(m.node)
-            continue
-        _add(sched, by_source, kernel, root)
+    roots = [root for root in sorted(mat & computed) if root not in epilogues.values()]
+    # a pass that asks for more buffers is followed by another: each is a task of its own, counted in full
+    name = "lower kernels" if attempt == 0 else f"lower kernels, pass {attempt + 1}"
+    with progress.task(name, total=len(roots), unit="kernels") as task:
+        for root in roots:
+            try:
+                kernel = _lower_one(graph, users, mat, root, epilogues, tile)
+            except Materialize as m:
+                wanted.add(m.node)
+                continue
+            finally:
+                task.advance()
+            _add(sched, by_source, kernel, root)
     sched.materialized = mat - set(epilogues.values())
     return sched, wanted
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from dnet.core import progress
 from dnet.core.quant import block_dtype
 from dnet.errors import ModelFileError, TokenizerError
 from dnet.llm.model_file import ARCHITECTURES, ModelConfig, ModelFile, QuantTensor, RopeScaling, TokenizerData
@@ -54,7 +55,9 @@ def open_reader(path: Path):
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     try:
-        return gguf.GGUFReader(path, "r")
+        # the gguf package parses every metadata field (the vocabulary: ~100k strings) in this one call
+        with progress.task(f"read {path.name} metadata"):
+            return gguf.GGUFReader(path, "r")
     except Exception as error:
         raise ModelFileError(f"{path.name}: not a readable GGUF file ({first_line(error)})") from None
 
@@ -162,13 +165,16 @@ def llama3_divisors(scaling: RopeScaling, theta: float, head_dim: int) -> np.nda
 
 def read_tensors(reader, config: ModelConfig, file_name: str) -> dict:
     tensors = {}
-    for tensor in reader.tensors:
-        value = read_tensor(tensor, file_name)
-        if config.arch in PERMUTED_ARCHITECTURES and tensor.name.endswith((".attn_q.weight", ".attn_q.bias")):
-            value = unpermute_rows(value, config.num_heads)
-        elif config.arch in PERMUTED_ARCHITECTURES and tensor.name.endswith((".attn_k.weight", ".attn_k.bias")):
-            value = unpermute_rows(value, config.num_kv_heads)
-        tensors[tensor.name] = value
+    # views of the memory map, but a llama file's q and k weights are copied in a new row order
+    with progress.task(f"read {file_name} tensors", total=len(reader.tensors), unit="tensors") as task:
+        for tensor in reader.tensors:
+            value = read_tensor(tensor, file_name)
+            if config.arch in PERMUTED_ARCHITECTURES and tensor.name.endswith((".attn_q.weight", ".attn_q.bias")):
+                value = unpermute_rows(value, config.num_heads)
+            elif config.arch in PERMUTED_ARCHITECTURES and tensor.name.endswith((".attn_k.weight", ".attn_k.bias")):
+                value = unpermute_rows(value, config.num_kv_heads)
+            tensors[tensor.name] = value
+            task.advance()
     if "token_embd.weight" not in tensors:
         raise ModelFileError(f"{file_name}: tensor 'token_embd.weight' is missing")
     return tensors

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.core.shapes import shape_symbols
 from dnet.graph.ir import Graph
@@ -62,32 +63,40 @@ class _Builder:
                 else:
                     self.by_arg[i] = self.buffer(OUTPUT, node.dtype, node.shape, name)
         last_use = self._last_uses()
-        for pos, step in enumerate(self.sched.steps):
-            kernel = self.sched.kernels[step.kernel]
-            if g.nodes[step.root].op is Op.SCATTER:
-                self.by_arg[step.root] = self._written_in_place(step.root)
-            elif step.root not in outputs:
-                node = g.nodes[step.root]
-                self.by_arg[step.root] = self.buffer(TEMP, node.dtype, node.shape)
-                self.instrs.append(Alloc(self.by_arg[step.root]))
-            args, scratch = [], None
-            for a in step.args:
-                if a == gm.SCRATCH:
-                    scratch = self._scratch(kernel)
-                    args.append(scratch)
-                else:
-                    args.append(self._arg(a, kernel))
-            self.instrs.append(Launch(step.kernel, tuple(args), kernel.dims))
-            if scratch is not None:
-                self.instrs.append(Free(scratch))
-            for nid in sorted(n for n, p in last_use.items() if p == pos and n not in outputs):
-                if self.buffers[self.by_arg[nid]].kind == TEMP:
-                    self.instrs.append(Free(self.by_arg[nid]))
+        # packing a float model's matmul weights into panels is the slow part here (copies of every weight)
+        with progress.task("lay out buffers and weights", total=len(self.sched.steps), unit="launches") as task:
+            for pos, step in enumerate(self.sched.steps):
+                self._place(pos, step, outputs, last_use)
+                task.advance()
         symbols = sorted(set().union(*(shape_symbols(b.shape) for b in self.buffers), *(
             set(k.dims) for k in self.sched.kernels.values())))
         out_list = [(name, self.by_arg[i]) for name, i in zip(g.output_names, g.outputs)]
         program = Program(self.buffers, self.instrs, symbols, inputs, out_list)
         return Compiled(program, dict(self.sched.kernels), self.weights, self.sched)
+
+    def _place(self, pos: int, step, outputs: set[int], last_use: dict[int, int]) -> None:
+        """One launch: its output's buffer, its arguments (weights packed on first use), the frees after it."""
+        g = self.graph
+        kernel = self.sched.kernels[step.kernel]
+        if g.nodes[step.root].op is Op.SCATTER:
+            self.by_arg[step.root] = self._written_in_place(step.root)
+        elif step.root not in outputs:
+            node = g.nodes[step.root]
+            self.by_arg[step.root] = self.buffer(TEMP, node.dtype, node.shape)
+            self.instrs.append(Alloc(self.by_arg[step.root]))
+        args, scratch = [], None
+        for a in step.args:
+            if a == gm.SCRATCH:
+                scratch = self._scratch(kernel)
+                args.append(scratch)
+            else:
+                args.append(self._arg(a, kernel))
+        self.instrs.append(Launch(step.kernel, tuple(args), kernel.dims))
+        if scratch is not None:
+            self.instrs.append(Free(scratch))
+        for nid in sorted(n for n, p in last_use.items() if p == pos and n not in outputs):
+            if self.buffers[self.by_arg[nid]].kind == TEMP:
+                self.instrs.append(Free(self.by_arg[nid]))
 
     def _written_in_place(self, nid: int) -> int:
         """A SCATTER writes its destination's buffer, which must be a state (the caller's array)."""

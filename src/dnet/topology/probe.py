@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.core.files import write_text_atomic
 from dnet.core.types import TensorType
@@ -227,10 +228,11 @@ def _one_op(op: Op, elements: int) -> tuple[Graph, dict[str, np.ndarray]]:
 RATED_OPS = [op for op in Op if op.cls in (*ELEMENTWISE, OpClass.REDUCE)]
 
 
-def probe_op_rates(backend: str, elements: int, runs: int) -> dict[str, Measurement]:
+def probe_op_rates(backend: str, elements: int, runs: int,
+                   measured: Callable[[], None] = lambda: None) -> dict[str, Measurement]:
     """Elements per second of each element-wise and reduce op through the backend, on arrays of
     `elements` values (a one-op graph's time, less that of a one-op graph on 8 values: the fixed
-    cost of a call and of an op is charged apart, as `op_overhead`)."""
+    cost of a call and of an op is charged apart, as `op_overhead`). `measured()` is called after each op."""
     from dnet.backends import registry
 
     def timed(op: Op, n: int) -> Measurement:
@@ -244,6 +246,7 @@ def probe_op_rates(backend: str, elements: int, runs: int) -> dict[str, Measurem
         m = timed(op, elements)
         # the fixed costs come off, but never more than half: noise must not make an op look free
         out[op.name.lower()] = Measurement(elements / max(m.median - base, m.median / 2), m.spread, runs)
+        measured()
     return out
 
 
@@ -286,27 +289,38 @@ def run_probe(backend: str = "numpy", kernel: MatmulKernel | None = None, quick:
     report = ProbeReport(Device(kind=backend, cores=core_count(), memory=available_memory(),
                                 cache=cache_sizes(), vector_width=vector_width()),
                          fingerprint=fingerprint(backend))
-    for dtype in dtypes:
-        n = _MATMUL_SIZES.get(dtype, 256) // (2 if quick else 1)
-        m = probe_matmul(kernel, dtype, n, runs)
-        report.measurements[f"matmul.{dtype.value}"] = m
-        report.device.compute[dtype.value] = m.median
-        if dtype is DType.F32:  # the slope through two sizes: the rate without fixed costs
-            small = probe_matmul(kernel, dtype, n // 4, runs)
-            report.measurements[f"matmul.{dtype.value}.small"] = small
-            report.device.compute[dtype.value] = fit_rate([(n // 4) ** 3 * 2.0, n**3 * 2.0], [small, m])
-    if backend_ops:
-        overhead = probe_op_overhead(backend, runs)
-        report.measurements["op_overhead"] = overhead
-        report.device.op_overhead = overhead.median
-    bw = probe_memory_bandwidth((16 if quick else 64) << 20, runs)
-    report.measurements["memory_bandwidth"] = bw
-    report.device.memory_bandwidth = bw.median
-    if backend_ops:
-        for name, m in probe_op_rates(backend, 1 << 18, runs).items():
-            report.measurements[name] = m
-            report.device.op_rates[name] = m.median
+    with progress.task("probe this node", total=measurement_count(dtypes, backend_ops), unit="measurements") as task:
+        for dtype in dtypes:
+            n = _MATMUL_SIZES.get(dtype, 256) // (2 if quick else 1)
+            m = probe_matmul(kernel, dtype, n, runs)
+            report.measurements[f"matmul.{dtype.value}"] = m
+            report.device.compute[dtype.value] = m.median
+            task.advance()
+            if dtype is DType.F32:  # the slope through two sizes: the rate without fixed costs
+                small = probe_matmul(kernel, dtype, n // 4, runs)
+                report.measurements[f"matmul.{dtype.value}.small"] = small
+                report.device.compute[dtype.value] = fit_rate([(n // 4) ** 3 * 2.0, n**3 * 2.0], [small, m])
+                task.advance()
+        if backend_ops:
+            overhead = probe_op_overhead(backend, runs)
+            report.measurements["op_overhead"] = overhead
+            report.device.op_overhead = overhead.median
+            task.advance()
+        bw = probe_memory_bandwidth((16 if quick else 64) << 20, runs)
+        report.measurements["memory_bandwidth"] = bw
+        report.device.memory_bandwidth = bw.median
+        task.advance()
+        if backend_ops:
+            for name, m in probe_op_rates(backend, 1 << 18, runs, task.advance).items():
+                report.measurements[name] = m
+                report.device.op_rates[name] = m.median
     return report
+
+
+def measurement_count(dtypes: tuple[DType, ...], backend_ops: bool) -> int:
+    """How many figures `run_probe` measures: its progress total, equal to the report's measurements."""
+    matmuls = len(dtypes) + (DType.F32 in dtypes)
+    return matmuls + 1 + (1 + len(RATED_OPS) if backend_ops else 0)
 
 
 # -- the cache -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from dnet.backends.c.compiler import Compiler, compile_shared
+from dnet.core import progress
 from dnet.errors import BackendError
 
 LIB, SOURCE, MANIFEST = "lib.so", "kernels.c", "entry.json"
@@ -60,7 +61,9 @@ class CompileCache:
         tmp.mkdir(parents=True)
         try:
             (tmp / SOURCE).write_text(source)
-            compile_shared(compiler, tmp / SOURCE, tmp / LIB)
+            # one compiler call on the whole library: a step with no count inside it (a hit skips it)
+            with progress.task("compile C library"):
+                compile_shared(compiler, tmp / SOURCE, tmp / LIB)
             (tmp / MANIFEST).write_text(json.dumps({"sha256": _sha256(tmp / LIB), "compiler": compiler.key(),
                                                     "cpu": cpu}))
             try:

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnet.core import progress
 from dnet.core.files import write_text_atomic
 from dnet.errors import BackendError
 
@@ -96,7 +97,8 @@ def find_compiler() -> Compiler:
         known = _read_memo(memo)
         if known is not None:
             return known
-    found = _probe(tried)
+    with progress.task("probe the C compiler"):   # a dozen compiler runs, once per compiler binary
+        found = _probe(tried)
     if memo is not None:
         _write_memo(memo, found)
     return found

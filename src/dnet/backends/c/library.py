@@ -10,6 +10,7 @@ from __future__ import annotations
 from dnet.backends.c.gemm import support
 from dnet.backends.c.prelude import PRELUDE
 from dnet.backends.c.renderer import STORAGE, render_kernel
+from dnet.core import progress
 from dnet.kernel.ir import Gemm, Kernel
 from dnet.program.instructions import Launch, Program, segments
 
@@ -23,7 +24,10 @@ def render_library(kernels: dict[str, Kernel], program: Program, activation_bits
         from dnet.backends.c.quant import quant_support
 
         parts.append(quant_support(blocks))
-    parts += [render_kernel(k, activation_bits) for k in kernels.values()]
+    with progress.task("render C kernels", total=len(kernels), unit="kernels") as task:
+        for kernel in kernels.values():
+            parts.append(render_kernel(kernel, activation_bits))
+            task.advance()
     parts += [_segment(f"segment_{i}", seg, kernels, program)
               for i, seg in enumerate(segments(program)) if i % 2 == 0]
     launches = [ins for ins in program.instrs if isinstance(ins, Launch)]
