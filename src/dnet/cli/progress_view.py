@@ -82,6 +82,7 @@ class RichReporter:
         self._depth[event.task] = depth
         self._rows[event.task] = self._live.add_task("  " * depth + event.name, total=event.total,
                                                      completed=event.completed, count=_count(event))
+        self._live.refresh()     # drawn at once, not at the next tick: a short step is still seen
 
 
 def _count(event: Event) -> str:
