@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "dnet.cli.plan_commands",
     "dnet.cli.bench_commands",
     "dnet.cli.llm_commands",
+    "dnet.cli.serve_commands",
 )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from dnet.errors import GenerationError
 from dnet.llm.engine import PREFILL_CHUNK, Engine, Sequence, consecutive_runs, step_inputs
 from dnet.llm.kv_cache import SlotPool
+from dnet.runtime.state import slot_bytes, state_types
 
 REBUILD_ATTEMPTS = 3      # re-plans in a row a step survives (each costs a rebuild of every open sequence)
 MIN_CHUNK = 16            # prefill tokens per request at least, however many stages there are
@@ -32,7 +33,8 @@ MIN_CHUNK = 16            # prefill tokens per request at least, however many st
 
 class ClusterEngine(Engine):
     def __init__(self, executable: Any, context: int, slots: int, vocab_size: int):
-        super().__init__(executable, SlotPool(context, slots), vocab_size)
+        per_position = slot_bytes(state_types(executable.graph)) / context
+        super().__init__(executable, SlotPool(context, slots, per_position), vocab_size)
         self.tokens: dict[int, list[int]] = {}     # per open slot: every token in its cache, to rebuild it
         self.rebuilds = 0
         self._epoch = executable.coordinator.epoch   # the plan the caches were built under

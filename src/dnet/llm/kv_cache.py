@@ -14,15 +14,16 @@ import numpy as np
 
 from dnet.errors import GenerationError
 from dnet.graph.ir import Graph
-from dnet.runtime.state import SlotState, state_types
+from dnet.runtime.state import SlotState, slot_bytes, state_types
 
 
 class SlotPool:
     """Sequence slots and how many positions each holds: what a cache's owner hands out, wherever
     the cache's arrays live (here, or on the workers of a cluster)."""
 
-    def __init__(self, context: int, slots: int):
+    def __init__(self, context: int, slots: int, bytes_per_position: float = 0.0):
         self.context, self.slots = context, slots
+        self.bytes_per_position = bytes_per_position   # of one sequence, over every layer (0: unknown)
         self.lengths = [0] * slots          # positions written, per slot
         self.free = list(range(slots))
         self._lock = threading.Lock()       # sequences may be opened and closed from several threads
@@ -36,6 +37,11 @@ class SlotPool:
             self.free.remove(slot)
             self.lengths[slot] = 0
             return slot
+
+    @property
+    def bytes_in_use(self) -> float:
+        """Bytes of the cache that sequences have written (where they live: here or on workers)."""
+        return sum(self.lengths) * self.bytes_per_position
 
     def lowest_free(self) -> int | None:
         with self._lock:
@@ -51,8 +57,9 @@ class KVCache(SlotPool):
     """The model graph's STATE inputs (k.{i}, v.{i}) held here, a slot per sequence (`SlotState`)."""
 
     def __init__(self, graph: Graph, context: int, slots: int):
-        super().__init__(context, slots)
-        self.state = SlotState(state_types(graph), slots)
+        types = state_types(graph)
+        super().__init__(context, slots, slot_bytes(types) / context)
+        self.state = SlotState(types, slots)
 
     @property
     def nbytes(self) -> int:

@@ -24,6 +24,11 @@ def state_types(graph: Graph) -> dict[str, TensorType]:
     return {n.attrs["name"]: n.type for n in graph.nodes if n.op is Op.STATE}
 
 
+def slot_bytes(types: Mapping[str, TensorType]) -> int:
+    """Bytes one slot of these states takes (their leading dim is the slots)."""
+    return sum(int(np.prod([int(d) for d in t.shape[1:]])) * t.dtype.np.itemsize for t in types.values())
+
+
 class SlotState:
     def __init__(self, types: Mapping[str, TensorType], slots: int):
         if slots < 1:
