@@ -20,3 +20,14 @@ def test_every_tensor_of_the_file_is_counted_once(tmp_path, arch):
     assert [e.kind for e in metadata] == [START, DONE]
     assert [e.kind for e in tensors] == [START] + [ADVANCE] * tensor_count + [DONE]
     assert tensors[-1].completed == tensors[-1].total == tensor_count
+
+
+def test_quantizing_a_float_model_counts_each_of_its_tensors(tmp_path):
+    import dnet
+
+    path = write_tiny_gguf(tmp_path, "qwen2", "f32")
+    recorder = Recorder()
+    with reporting(recorder):
+        dnet.llm.load(path, target="numpy", quantize="q8_0", context=16).close()
+    read, converted = recorder.of(f"read {path.name} tensors"), recorder.of("quantize weights to q8_0")
+    assert [e.kind for e in converted] == [START] + [ADVANCE] * read[-1].total + [DONE]

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from dnet.core import progress
 from dnet.errors import DnetError, GenerationError, ModelFileError
 from dnet.llm.engine import Engine
 from dnet.llm.kv_cache import KVCache
@@ -143,14 +144,20 @@ def _weights(model: ModelFile, quantize: str | None, dequantize: bool) -> dict:
     from dnet.core.dtypes import DType
     from dnet.core.quant import dequantize as expand, quantize as pack
 
+    if not (quantize or dequantize):
+        return dict(model.tensors)
     out = {}
-    for name, t in model.tensors.items():
-        if isinstance(t, QuantTensor) and dequantize:
-            t = expand(t.data, t.dtype, t.shape)
-        elif quantize and not isinstance(t, QuantTensor) and t.ndim == 2 and t.shape[-1] % 32 == 0:
-            dtype = DType.parse(quantize)
-            t = QuantTensor(dtype, tuple(t.shape), pack(np.asarray(t, np.float32), dtype))
-        out[name] = t
+    # every weight is converted on the host: 0.7 s for SmolLM2-135M (measured), seconds for a billion parameters
+    with progress.task(f"quantize weights to {quantize}" if quantize else "expand block weights to f32",
+                       total=len(model.tensors), unit="tensors") as task:
+        for name, t in model.tensors.items():
+            if isinstance(t, QuantTensor) and dequantize:
+                t = expand(t.data, t.dtype, t.shape)
+            elif quantize and not isinstance(t, QuantTensor) and t.ndim == 2 and t.shape[-1] % 32 == 0:
+                dtype = DType.parse(quantize)
+                t = QuantTensor(dtype, tuple(t.shape), pack(np.asarray(t, np.float32), dtype))
+            out[name] = t
+            task.advance()
     return out
 
 
