@@ -66,6 +66,39 @@ def test_cluster_init_writes_a_256_bit_secret_only_its_owner_can_read(tmp_path):
     assert len(bytes.fromhex(path.read_text())) == 32
 
 
+def test_cluster_init_makes_a_ca_and_a_tls_directory_per_node(tmp_path):
+    from dnet.cluster.tls import ClusterTls
+
+    secret = tmp_path / "cluster.secret"
+    result = CliRunner().invoke(cli, ["cluster", "init", "--secret-file", str(secret), "--nodes", "desk,laptop"])
+    assert result.exit_code == 0, result.output
+    tls = tmp_path / "tls"
+    assert oct((tls / "ca.key").stat().st_mode & 0o777) == "0o600"
+    for node in ("desk", "laptop"):
+        assert oct((tls / node / "node.key").stat().st_mode & 0o777) == "0o600"
+        ClusterTls(tls / node)   # loads: its certificate, its key and the CA
+    result = CliRunner().invoke(cli, ["cluster", "issue", "phone", "--tls-dir", str(tls)])
+    assert result.exit_code == 0, result.output
+    ClusterTls(tls / "phone")
+    again = CliRunner().invoke(cli, ["cluster", "issue", "phone", "--tls-dir", str(tls)])
+    assert isinstance(again.exception, DnetError) and "not overwriting" in str(again.exception)
+
+
+def test_a_bad_node_name_is_refused_before_anything_is_written(tmp_path):
+    result = CliRunner().invoke(cli, ["cluster", "init", "--secret-file", str(tmp_path / "s"), "--nodes", "a/../b"])
+    assert isinstance(result.exception, DnetError) and "bad node name" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_off_loopback_without_tls_is_one_line_and_status_2(monkeypatch):
+    monkeypatch.setenv("DNET_CLUSTER_SECRET", "0" * 64)
+    monkeypatch.delenv("DNET_TLS_DIR", raising=False)
+    proc = subprocess.run([sys.executable, "-m", "dnet.cluster", "--listen", "0.0.0.0:0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no TLS files are given" in proc.stderr
+
+
 def test_a_worker_refuses_a_secret_under_128_bits():
     from dnet.cluster.worker import Worker
 

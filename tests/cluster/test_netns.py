@@ -89,10 +89,11 @@ def test_a_pipeline_across_namespaces_over_a_shaped_veth_gives_the_same_outputs(
                         prefix=["ip", "netns", "exec", a]),
              WorkerSpec(name="b", listen=f"0.0.0.0:{PORT}", advertise=f"10.213.3.2:{PORT}",
                         prefix=["ip", "netns", "exec", b])]
-    with LocalCluster(specs, cache_dir=str(tmp_path)) as local:
+    with LocalCluster(specs, cache_dir=str(tmp_path), tls=True) as local:   # off loopback: mutual TLS
         from dnet.cluster import Coordinator
 
-        coord = Coordinator([f"10.213.1.2:{PORT}", f"10.213.2.2:{PORT}"], local.secret, call_timeout_s=20)
+        coord = Coordinator([f"10.213.1.2:{PORT}", f"10.213.2.2:{PORT}"], local.secret, call_timeout_s=20,
+                            tls=local.tls)
         try:
             coord.load(stages)
             small = request(rng)

@@ -52,11 +52,17 @@ def _read_secret(secret_file: str | None) -> str:
 @click.option("--slowdown", type=float, default=1.0, help="Simulate a device this many times slower (>= 1).")
 @click.option("--idle-timeout", type=float, default=600.0, show_default=True,
               help="Seconds after which an unused session's stages and KV caches are freed.")
+@click.option("--tls", "tls_dir", default=None, envvar="DNET_TLS_DIR",
+              help="This node's TLS directory (ca.pem, node.pem, node.key): mutual TLS on every link "
+                   "[default: $DNET_TLS_DIR].")
+@click.option("--no-tls", is_flag=True, help="Allow plain TCP on a non-loopback address (a trusted network, a tunnel).")
 def worker(listen: str, backend: str, threads: int | None, cores: str | None, name: str, advertise: str | None,
-           secret_file: str | None, cache_dir: str | None, slowdown: float, idle_timeout: float) -> None:
+           secret_file: str | None, cache_dir: str | None, slowdown: float, idle_timeout: float,
+           tls_dir: str | None, no_tls: bool) -> None:
     """Run a worker daemon: accept stages from a coordinator holding the cluster secret, run them."""
     from dnet.cluster.coordinator import parse_address
     from dnet.cluster.local import READY_PREFIX
+    from dnet.cluster.tls import ClusterTls
     from dnet.cluster.worker import Worker, WorkerConfig
 
     host, port = parse_address(listen)
@@ -67,7 +73,8 @@ def worker(listen: str, backend: str, threads: int | None, cores: str | None, na
                         format=f"%(asctime)s {name or listen} %(levelname)s %(message)s")
     config = WorkerConfig(host=host, port=port, backend=backend, threads=threads, name=name,
                           advertise=advertise, cache_dir=cache_dir, slowdown=max(1.0, slowdown),
-                          idle_timeout_s=idle_timeout)
+                          idle_timeout_s=idle_timeout, tls=ClusterTls(tls_dir) if tls_dir and not no_tls else None,
+                          allow_plain=no_tls)
     daemon = Worker(_read_secret(secret_file), config)
     click.echo(f"{READY_PREFIX}{daemon.address}", nl=True)
     sys.stdout.flush()
@@ -82,18 +89,52 @@ def cluster() -> None:
 @cluster.command("init")
 @click.option("--secret-file", default=None,
               help="Where to write a new 256-bit secret (mode 0600; default: the dnet cache directory).")
-def cluster_init(secret_file: str | None) -> None:
-    """Write a new random 256-bit cluster secret into a file only its owner can read."""
+@click.option("--tls-dir", default=None,
+              help="Where to create the cluster's CA and node certificates (default: tls/ beside the secret).")
+@click.option("--nodes", default="coordinator", show_default=True,
+              help="Nodes to give a certificate, comma separated (more later with `dnet cluster issue`).")
+def cluster_init(secret_file: str | None, tls_dir: str | None, nodes: str) -> None:
+    """Write a new random 256-bit cluster secret (mode 0600), and a cluster CA with a TLS directory per node."""
     from dnet.cluster.auth import SECRET_ENV, new_secret
+    from dnet.cluster.certs import create_ca, issue_node
 
     path = Path(secret_file) if secret_file else _cache_dir() / "cluster.secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tls_root = Path(tls_dir) if tls_dir else path.parent / "tls"   # beside the secret: a cluster's keys together
     if path.exists():
         raise DnetError(f"{path} exists; not overwriting a cluster secret", hint="remove it first")
+    if (tls_root / "ca.key").exists():
+        raise DnetError(f"{tls_root} already holds a cluster CA; not overwriting it", hint="remove it first")
+    names = _node_names(nodes)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(new_secret())
     click.echo(f"secret in {path} (export {SECRET_ENV}=$(cat {path}))")
+    create_ca(tls_root)
+    click.echo(f"cluster CA in {tls_root} (its key, ca.key, stays here: it issues certificates)")
+    for name in names:
+        click.echo(f"node {name}: {issue_node(tls_root, name)} (copy to the node; --tls DIR or DNET_TLS_DIR)")
+
+
+@cluster.command("issue")
+@click.argument("nodes")
+@click.option("--tls-dir", default=None, help="The cluster CA's directory (default: the dnet cache directory's tls/).")
+def cluster_issue(nodes: str, tls_dir: str | None) -> None:
+    """Give more nodes (comma separated) a TLS directory with a certificate from the cluster's CA."""
+    from dnet.cluster.certs import issue_node
+
+    tls_root = Path(tls_dir) if tls_dir else _cache_dir() / "tls"
+    for name in _node_names(nodes):
+        click.echo(f"node {name}: {issue_node(tls_root, name)}")
+
+
+def _node_names(text: str) -> list[str]:
+    from dnet.cluster.certs import check_node_name
+
+    names = [check_node_name(n.strip()) for n in text.split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise DnetError(f"node names repeat in '{text}'")
+    return names
 
 
 def _cache_dir() -> Path:

@@ -9,8 +9,10 @@ Fresh 32-byte nonces on both sides make every proof single-use (no replay), the
 role labels keep one side's proof from being reflected back as the other's, and the
 secret itself never crosses the wire. Until WELCOME the server reads frames with
 `HANDSHAKE_LIMITS` (tiny meta, no payload), so an unauthenticated peer cannot make
-it allocate. What this does not give (encryption, per-frame integrity) is spelled
-out in docs/security.md.
+it allocate. Given a node's TLS files (`ClusterTls`), the connection is first wrapped in
+mutual TLS (dnet.cluster.tls), which adds encryption and integrity; the handshake above
+then runs inside it, so a peer needs both a certificate from the cluster's CA and the
+secret. docs/security.md says what each protects.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import threading
 
 from dnet.cluster.channel import Channel
 from dnet.cluster.protocol import HANDSHAKE_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
+from dnet.cluster.tls import ClusterTls, TlsError
 from dnet.errors import DnetError
 
 SECRET_ENV = "DNET_CLUSTER_SECRET"
@@ -90,13 +93,20 @@ def _expect(msg: Message, kind: MsgType) -> Message:
     return msg
 
 
-def client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: str = "") -> Channel:
-    """Authenticate to a server over a connected socket; returns the ready channel.
+def client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: str = "",
+                     tls: ClusterTls | None = None) -> Channel:
+    """Authenticate to a server over a connected socket (inside TLS, given `tls`); returns the ready channel.
 
     The socket is closed if the handshake fails, so the server is not left waiting.
     """
     try:
+        if tls is not None:
+            sock.settimeout(HANDSHAKE_TIMEOUT_S)
+            sock = tls.wrap_client(sock)
         return _client_handshake(sock, secret, limits, peer)
+    except TlsError as err:
+        sock.close()
+        raise AuthError(str(err)) from None
     except BaseException:
         sock.close()
         raise
@@ -119,15 +129,18 @@ def _client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: st
     return chan
 
 
-def server_handshake(sock: socket.socket, secret: str, limits: Limits) -> Channel:
-    """Authenticate a connecting client; raises AuthError (after telling it why) if it fails."""
+def server_handshake(sock: socket.socket, secret: str, limits: Limits, tls: ClusterTls | None = None) -> Channel:
+    """Authenticate a connecting client (inside TLS, given `tls`); raises AuthError (after telling it why,
+    where the stream still allows) if it fails."""
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
-    chan = Channel(sock, limits=HANDSHAKE_LIMITS)
     deadline = threading.Timer(HANDSHAKE_TIMEOUT_S, _cut, (sock,))   # for the whole handshake, not per recv
     deadline.daemon = True
     deadline.start()
     try:
-        return _server_handshake(chan, sock, secret, limits)
+        stream = tls.wrap_server(sock) if tls is not None else sock
+        return _server_handshake(Channel(stream, limits=HANDSHAKE_LIMITS), stream, secret, limits)
+    except TlsError as err:
+        raise AuthError(str(err)) from None
     finally:
         deadline.cancel()
 
@@ -163,6 +176,7 @@ def _server_handshake(chan: Channel, sock: socket.socket, secret: str, limits: L
     return chan
 
 
-def connect(host: str, port: int, secret: str, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT_S) -> Channel:
+def connect(host: str, port: int, secret: str, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT_S,
+            tls: ClusterTls | None = None) -> Channel:
     sock = socket.create_connection((host, port), timeout=timeout)
-    return client_handshake(sock, secret, limits, f"{host}:{port}")
+    return client_handshake(sock, secret, limits, f"{host}:{port}", tls)

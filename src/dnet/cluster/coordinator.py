@@ -40,6 +40,7 @@ from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
 from dnet.cluster.shipping import pack
+from dnet.cluster.tls import ClusterTls, require_tls
 from dnet.core import progress
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
@@ -136,8 +137,11 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
 class Coordinator:
     def __init__(self, addresses: Sequence[str | tuple[str, int]], secret: str, *,
                  max_in_flight: int = 8, heartbeat_s: float = 0.5, dead_after_s: float = 3.0,
-                 call_timeout_s: float = 60.0, limits: Limits = DEFAULT_LIMITS):
+                 call_timeout_s: float = 60.0, limits: Limits = DEFAULT_LIMITS,
+                 tls: ClusterTls | None = None, allow_plain: bool = False):
         self.secret = secret
+        self.tls = tls                  # mutual TLS to every worker (required off loopback unless allow_plain)
+        self.allow_plain = allow_plain
         self.limits = limits
         self.session = secrets.token_hex(4)
         self.epoch = 0
@@ -179,8 +183,9 @@ class Coordinator:
     # -- connections -------------------------------------------------------------------
     def _connect(self, index: int, address: str | tuple[str, int]) -> WorkerHandle:
         host, port = parse_address(address)
+        require_tls(host, self.tls, self.allow_plain, f"worker {index} at")
         try:
-            chan = connect(host, port, self.secret, self.limits)
+            chan = connect(host, port, self.secret, self.limits, tls=self.tls)
         except (OSError, DnetError) as err:
             raise WorkerLost(f"cannot connect to worker {index} at {host}:{port}: {err}") from None
         handle = WorkerHandle(index, host, port, chan, Outbox(chan))

@@ -3,7 +3,9 @@
 `LocalCluster` starts the workers (`python -m dnet.cluster ...`), waits a bounded
 time for each to say where it listens, and on exit always terminates them, killing
 any that do not stop. The secret travels in the environment, never on a command
-line (where `ps` would show it).
+line (where `ps` would show it). With `tls`, the cluster gets a CA of its own (in a
+temporary directory, gone with the cluster) and every worker and the coordinator a
+certificate from it: mutual TLS on every link, as a cluster across machines has.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dnet.cluster.auth import SECRET_ENV, new_secret
+from dnet.cluster.tls import ClusterTls
 from dnet.core import progress
 from dnet.errors import DnetError
 
@@ -36,6 +39,7 @@ class WorkerSpec:
     listen: str = "127.0.0.1:0"
     advertise: str | None = None
     prefix: list[str] = field(default_factory=list)   # e.g. ["ip", "netns", "exec", "ns0"]
+    tls_dir: str | None = None                       # the node's TLS files (ca.pem, node.pem, node.key)
 
     def command(self) -> list[str]:
         cmd = [*self.prefix, sys.executable, "-m", "dnet.cluster", "--listen", self.listen,
@@ -52,6 +56,8 @@ class WorkerSpec:
             cmd += ["--name", self.name]
         if self.advertise:
             cmd += ["--advertise", self.advertise]
+        if self.tls_dir:
+            cmd += ["--tls", self.tls_dir]
         return cmd
 
     def env(self, secret: str, cache_dir: str | None) -> dict[str, str]:
@@ -88,14 +94,25 @@ def core_sets(threads: Sequence[int | None], available: int | None = None) -> li
 
 class LocalCluster:
     def __init__(self, workers: int | Sequence[WorkerSpec], secret: str | None = None,
-                 cache_dir: str | None = None, start_timeout_s: float = 30.0):
+                 cache_dir: str | None = None, start_timeout_s: float = 30.0, tls: bool = False):
         self.specs = [WorkerSpec(name=f"w{i}") for i in range(workers)] if isinstance(workers, int) else list(workers)
         self.secret = secret or new_secret()
         self.cache_dir = cache_dir
         self.start_timeout_s = start_timeout_s
         self.log_dir = Path(tempfile.mkdtemp(prefix="dnet-cluster-"))
+        self.tls: ClusterTls | None = self._make_pki() if tls else None   # the coordinator's side
         self.procs: list[subprocess.Popen] = []
         self.addresses: list[str] = []
+
+    def _make_pki(self) -> ClusterTls:
+        """A CA for this cluster only, a certificate per worker (given to its spec) and one for the coordinator."""
+        from dnet.cluster.certs import create_ca, issue_node
+
+        root = self.log_dir / "tls"
+        create_ca(root, cluster="dnet local cluster")
+        for i, spec in enumerate(self.specs):
+            spec.tls_dir = spec.tls_dir or str(issue_node(root, f"worker{i}"))
+        return ClusterTls(issue_node(root, "coordinator"))
 
     def start(self) -> "LocalCluster":
         try:
@@ -146,7 +163,7 @@ class LocalCluster:
     def coordinator(self, **options: Any):
         from dnet.cluster.coordinator import Coordinator
 
-        return Coordinator(self.addresses, self.secret, **options)
+        return Coordinator(self.addresses, self.secret, **{"tls": self.tls, **options})
 
     def close(self, timeout_s: float = 5.0) -> None:
         for proc in self.procs:

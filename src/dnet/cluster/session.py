@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from dnet.cluster.auth import secret_from_env
+from dnet.cluster.tls import tls_from_env
 from dnet.cluster.coordinator import Coordinator, StageTiming
 from dnet.cluster.link import LinkShape
 from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
@@ -224,6 +225,8 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     if not secret:
         raise DnetError("no cluster secret", hint="set DNET_CLUSTER_SECRET to the workers' secret")
     links = link_shapes(topology) if shape_links else None
+    if "tls" not in coordinator_options:   # workers elsewhere: this node's TLS files from $DNET_TLS_DIR
+        coordinator_options["tls"] = local.tls if local is not None else tls_from_env()
     coordinator = None
     try:
         coordinator = Coordinator(addresses, secret, **coordinator_options)

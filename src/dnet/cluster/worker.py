@@ -38,6 +38,7 @@ from dnet.cluster.protocol import (
 )
 from dnet.cluster.shipping import unpack
 from dnet.cluster.store import WeightStore
+from dnet.cluster.tls import ClusterTls, require_tls
 from dnet.errors import DnetError
 from dnet.runtime.runner import StageRunner
 from dnet.runtime.state import SlotState
@@ -86,6 +87,8 @@ class WorkerConfig:
     slowdown: float = 1.0
     # a session (a coordinator's stages, their state and links) unused this long is freed, as if closed
     idle_timeout_s: float = 600.0
+    tls: ClusterTls | None = None      # mutual TLS on every link, served and dialled (dnet.cluster.tls)
+    allow_plain: bool = False          # plain TCP on a non-loopback address (a trusted network, a tunnel)
 
 
 class Worker:
@@ -94,6 +97,7 @@ class Worker:
             raise DnetError("a worker needs the cluster secret", hint="set DNET_CLUSTER_SECRET")
         check_secret_strength(secret)
         self.config = config or WorkerConfig()
+        require_tls(self.config.host, self.config.tls, self.config.allow_plain, "a worker listening on")
         self.secret = secret
         self.listener = socket.create_server((self.config.host, self.config.port))
         self._unauthenticated = threading.BoundedSemaphore(MAX_UNAUTHENTICATED)
@@ -159,7 +163,7 @@ class Worker:
     def _serve(self, sock: socket.socket, addr: tuple) -> None:
         peer = f"{addr[0]}:{addr[1]}"
         try:
-            chan = server_handshake(sock, self.secret, self.config.limits)
+            chan = server_handshake(sock, self.secret, self.config.limits, self.config.tls)
         except (AuthError, ProtocolError, ConnectionClosed, OSError) as err:
             log.warning("refused %s: %s", peer, err)
             sock.close()
@@ -231,7 +235,7 @@ class Worker:
         caps = {"name": self.name, "backend": self.config.backend, "threads": self.config.threads,
                 "slowdown": self.config.slowdown,
                 "cores": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
-                "advertise": self.config.advertise or self.address}
+                "advertise": self.config.advertise or self.address, "tls": self.config.tls is not None}
         if msg.meta.get("probe"):
             from dataclasses import asdict
 
@@ -310,7 +314,7 @@ class Worker:
             if link is not None and link.error is None:
                 return link
         try:
-            chan = connect(host, port, self.secret, self.config.limits)
+            chan = connect(host, port, self.secret, self.config.limits, tls=self.config.tls)
         except (OSError, DnetError) as err:
             raise DnetError(f"cannot reach the next worker at {host}:{port}: {err}") from None
         link = Outbox(chan, shape)
@@ -328,7 +332,8 @@ class Worker:
 
         def measure() -> None:
             try:
-                latency, bandwidth = measure_link(host, port, self.secret, nbytes, self.config.limits)
+                latency, bandwidth = measure_link(host, port, self.secret, nbytes, self.config.limits,
+                                                  tls=self.config.tls)
                 reply = Message(MsgType.LINK, {"host": host, "port": port, "latency": latency,
                                                "bandwidth": bandwidth})
             except (OSError, DnetError) as err:
@@ -479,10 +484,11 @@ class Worker:
             stage.reply.put(Message(MsgType.RESULT, meta, outputs))
 
 
-def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits, runs: int = 7) -> tuple[float, float]:
+def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits, runs: int = 7,
+                 tls: ClusterTls | None = None) -> tuple[float, float]:
     """(one-way latency in s, bandwidth in bytes/s) to the worker at host:port: medians of PING round trips,
     empty and carrying `nbytes`."""
-    chan = connect(host, port, secret, limits)
+    chan = connect(host, port, secret, limits, tls=tls)
     try:
         def round_trip(msg: Message) -> float:
             start = time.perf_counter()
