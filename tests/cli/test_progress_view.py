@@ -1,6 +1,7 @@
 """--quiet, --json and the terminal display: what each prints, and that off a terminal nothing extra is."""
 import io
 import json
+import re
 import textwrap
 
 import pytest
@@ -98,7 +99,7 @@ def test_probe_json_counts_the_measurements_it_prints(tmp_path, capsys, monkeypa
     monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path))
     out = _run(capsys, "probe", "--quick", "--refresh", "--json")
     (done,) = [e for e in _events(out.err) if e["event"] == "done" and e["name"] == "probe this node"]
-    measured = [line for line in out.out.splitlines() if "over" in line and "runs" in line]
+    measured = [line for line in out.out.splitlines() if re.search(r"spread \S+ over \d+ runs$", line)]
     assert done["completed"] == done["total"] == len(measured)
 
 
@@ -132,3 +133,13 @@ def test_the_rich_display_shows_open_tasks_and_is_gone_when_the_last_ends():
             t.advance(2)
     assert reporter._live is None and reporter._rows == {}
     assert "compile kernels" in screen.getvalue() and "inner step" in screen.getvalue()
+
+
+def test_with_json_an_error_is_the_last_json_line_and_status_2(tmp_path, capsys):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", str(bad), "-p", "x", "--json"])
+    assert exit_.value.code == 2
+    last = _events(capsys.readouterr().err)[-1]
+    assert last["event"] == "error" and "broken.gguf" in last["message"]

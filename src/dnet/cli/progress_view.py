@@ -9,8 +9,8 @@ Every command that does long work takes the same two options, through `@progress
             terminal; stdout is unchanged, so `dnet generate --json ... > out.txt` still writes the text.
             Progress events are `Event.to_json()` ({"event": "start"|"advance"|"done"|"failed", "task",
             "name", "completed", "total", "unit", "parent", "elapsed_s"}); a remark is {"event": "note",
-            "text": ..., and any figures it carries}. An error still ends the run as one plain `error:` line
-            and exit status 2.
+            "text": ..., and any figures it carries}; a dnet error is a last line {"event": "error", "text",
+            "message", "hint"} and exit status 2.
 
 `dnet plan` already writes its plan with `--json PATH`, so there the flag is spelled `--progress-json`;
 every command accepts that spelling. Remarks go through `note()` so that both options govern them.
@@ -28,6 +28,7 @@ from typing import IO, Any, Callable
 import click
 
 from dnet.core.progress import ADVANCE, START, Event, Reporter, reporting
+from dnet.errors import DnetError
 
 OUTPUT_KEY = "dnet.output"
 
@@ -129,6 +130,11 @@ class Output:
         else:
             click.secho(text, fg=color, file=self.err)
 
+    def error(self, err: DnetError) -> None:
+        """A dnet error as the JSON stream's last event (only with --json: otherwise main() prints it)."""
+        if self._json is not None:
+            self._json.write({"event": "error", "text": f"error: {err}", "message": err.message, "hint": err.hint})
+
 
 def current_output() -> Output:
     """The running command's Output (a default one outside a command: remarks shown, no JSON)."""
@@ -151,8 +157,14 @@ def progress_options(json_names: tuple[str, ...] = ("--json", "--progress-json")
         def run(*args: Any, quiet: bool, progress_json: bool, **kwargs: Any) -> Any:
             output = Output(quiet=quiet, json=progress_json and not quiet)
             click.get_current_context().find_root().meta[OUTPUT_KEY] = output
-            with reporting(output.reporter()):
-                return command(*args, **kwargs)
+            try:
+                with reporting(output.reporter()):
+                    return command(*args, **kwargs)
+            except DnetError as err:
+                if not output.json:
+                    raise                      # main() prints it as one line, status 2
+                output.error(err)
+                sys.exit(2)                    # the JSON stream stays JSON to its last line
 
         run = click.option(*json_names, "progress_json", is_flag=True,
                            help="progress and remarks as JSON lines on stderr (one event a line)")(run)
