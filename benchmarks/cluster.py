@@ -12,6 +12,8 @@
    peers (the raw socket's and dnet's worker) on one core and this process on
    another, `free` leaves it to the scheduler (which may keep one pair together and
    not the other).
+   `--tls` adds a third column: the same through a worker whose links run mutual TLS
+   (dnet.cluster.tls), interleaved with the other two.
 2. Pipeline: the real all-MiniLM-L6-v2 on three local workers made unequal (each
    simulates a device 2x, 4x or 8x slower) and joined by shaped links. The plan starts
    from the probed cost model; the JIT's feedback loop (`exe.retune`) measures it,
@@ -22,7 +24,7 @@
    Every measurement is the median of several windows at steady state
    (`dnet.cluster.measure`), so a window another process disturbs does not count.
 
-    .venv/bin/python benchmarks/cluster.py [--mib 64] [--rounds 4] [--windows 5] [--window 8]
+    .venv/bin/python benchmarks/cluster.py [--mib 64] [--rounds 4] [--windows 5] [--window 8] [--tls]
 """
 from __future__ import annotations
 
@@ -107,48 +109,59 @@ def _placement(placement: str) -> tuple[set[int] | None, list[int] | None]:
     raise SystemExit(f"placement {placement!r} needs 'same', 'free', or 'split' on two or more cores")
 
 
-def transport(mib: int, repeats: int, round_trips: int, placement: str = "same") -> dict[str, float]:
+def transport(mib: int, repeats: int, round_trips: int, placement: str = "same", tls: bool = False) -> dict:
+    """Raw socket against dnet frames (and, with `tls`, dnet frames over mutual TLS), interleaved."""
     payload = np.random.default_rng(0).integers(0, 255, mib << 20, dtype=np.uint8)
     mine, peers = _placement(placement)
     before = os.sched_getaffinity(0)
     if mine:
         os.sched_setaffinity(0, mine)
     raw_proc, raw = _raw_peer(payload.nbytes, peers)
-    local = LocalCluster([WorkerSpec(name="w0", cores=peers)]).start()
+    clusters = {"dnet": LocalCluster([WorkerSpec(name="w0", cores=peers)])}
+    if tls:
+        clusters["tls"] = LocalCluster([WorkerSpec(name="w1", cores=peers)], tls=True)
     try:
-        host, port = local.addresses[0].rsplit(":", 1)
-        chan = connect(host, int(port), local.secret, DEFAULT_LIMITS)
-        big = Message(MsgType.PING, {}, {"data": payload})
-        raw_times, dnet_times = [], []
-        for _ in range(repeats + 1):  # interleaved, so both see the same machine; the first is warm-up
-            start = time.perf_counter()
-            _raw_send(raw, memoryview(payload))
-            raw_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            assert chan.request(big).meta["bytes"] == payload.nbytes
-            dnet_times.append(time.perf_counter() - start)
-        rtt_raw, rtt_dnet = [], []
-        empty, ping = memoryview(b""), Message(MsgType.PING)
+        chans = {}
+        for name, local in clusters.items():
+            local.start()
+            host, port = local.addresses[0].rsplit(":", 1)
+            chans[name] = connect(host, int(port), local.secret, DEFAULT_LIMITS, tls=local.tls)
+        big, ping, empty = Message(MsgType.PING, {}, {"data": payload}), Message(MsgType.PING), memoryview(b"")
+        times: dict[str, list[float]] = {"raw": [], **{name: [] for name in chans}}
+        rtts: dict[str, list[float]] = {"raw": [], **{name: [] for name in chans}}
+        for _ in range(repeats + 1):  # interleaved, so all see the same machine; the first is warm-up
+            times["raw"].append(_timed(lambda: _raw_send(raw, memoryview(payload))))
+            for name, chan in chans.items():
+                times[name].append(_timed(lambda: chan.request(big)))
         for _ in range(round_trips):
-            start = time.perf_counter()
-            _raw_send(raw, empty)
-            rtt_raw.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            chan.request(ping)
-            rtt_dnet.append(time.perf_counter() - start)
-        chan.close()
-        rtt_raw_stage, rtt_stage = _stage_round_trips(local, raw, round_trips)
+            rtts["raw"].append(_timed(lambda: _raw_send(raw, empty)))
+            for name, chan in chans.items():
+                rtts[name].append(_timed(lambda: chan.request(ping)))
+        for chan in chans.values():
+            chan.close()
+        stage = {name: _stage_round_trips(local, raw, round_trips) for name, local in clusters.items()}
     finally:
         raw.close()
         raw_proc.wait(timeout=10)
-        local.close()
+        for local in clusters.values():
+            local.close()
         os.sched_setaffinity(0, before)
     gb = payload.nbytes / 1e9
-    return {"raw_gbps": gb / statistics.median(raw_times[1:]), "dnet_gbps": gb / statistics.median(dnet_times[1:]),
-            "raw_best_gbps": gb / min(raw_times[1:]), "dnet_best_gbps": gb / min(dnet_times[1:]),
-            "raw_rtt_us": 1e6 * statistics.median(rtt_raw), "dnet_rtt_us": 1e6 * statistics.median(rtt_dnet),
-            "raw_stage_rtt_us": 1e6 * statistics.median(rtt_raw_stage),
-            "dnet_stage_rtt_us": 1e6 * statistics.median(rtt_stage)}
+    out = {}
+    for name in times:
+        out[f"{name}_gbps"] = gb / statistics.median(times[name][1:])
+        out[f"{name}_best_gbps"] = gb / min(times[name][1:])
+        out[f"{name}_rtt_us"] = 1e6 * statistics.median(rtts[name])
+    out["raw_stage_rtt_us"] = 1e6 * statistics.median(stage["dnet"][0])
+    for name in chans:
+        out[f"{name}_stage_rtt_us"] = 1e6 * statistics.median(stage[name][1])
+    return out
+
+
+def _timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
 
 
 def _stage_round_trips(local: LocalCluster, raw: socket.socket, round_trips: int) -> tuple[list[float], list[float]]:
@@ -218,6 +231,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=50e6, help="link bytes/s")
     parser.add_argument("--latency", type=float, default=1e-3, help="link seconds")
     parser.add_argument("--parts", default="transport,pipeline", help="which parts to run")
+    parser.add_argument("--tls", action="store_true", help="transport: also through a worker with mutual TLS")
     args = parser.parse_args()
     console = Console() if sys.stdout.isatty() else Console(width=150)  # a log: tables unwrapped
     if "transport" in args.parts:
@@ -227,19 +241,27 @@ def main() -> None:
 
 
 def print_transport(console: Console, args: argparse.Namespace) -> None:
-    t = transport(args.mib, args.repeats, args.round_trips, args.placement)
+    t = transport(args.mib, args.repeats, args.round_trips, args.placement, args.tls)
+    variants = ["dnet", "tls"] if args.tls else ["dnet"]
+    label = {"dnet": "dnet frames", "tls": "dnet over TLS"}
     out = Table(title=f"transport on loopback: {args.mib} MiB messages ({args.repeats} each, interleaved), "
                       f"{args.round_trips} small round trips, placement {args.placement}")
-    for col in ("", "raw socket", "dnet frames", "dnet / raw"):
-        out.add_column(col, justify="right")
-    out.add_row("throughput GB/s, median", f"{t['raw_gbps']:.2f}", f"{t['dnet_gbps']:.2f}",
-                f"{t['dnet_gbps'] / t['raw_gbps']:.0%}")
-    out.add_row("throughput GB/s, best", f"{t['raw_best_gbps']:.2f}", f"{t['dnet_best_gbps']:.2f}",
-                f"{t['dnet_best_gbps'] / t['raw_best_gbps']:.0%}")
-    out.add_row("round trip us, median", f"{t['raw_rtt_us']:.0f}", f"{t['dnet_rtt_us']:.0f}",
-                f"{t['dnet_rtt_us'] / t['raw_rtt_us']:.1f}x")
-    out.add_row("one-stage request us, median (less compute)", f"{t['raw_stage_rtt_us']:.0f}",
-                f"{t['dnet_stage_rtt_us']:.0f}", f"{t['dnet_stage_rtt_us'] / t['raw_stage_rtt_us']:.1f}x")
+    out.add_column("", justify="right")
+    out.add_column("raw socket", justify="right")
+    for v in variants:
+        out.add_column(label[v], justify="right")
+    for v in variants:
+        out.add_column(f"{label[v]} / raw", justify="right")
+
+    def row(title: str, key: str, ratio) -> None:
+        values = [t[f"raw{key}"]] + [t[f"{v}{key}"] for v in variants]
+        cells = [f"{x:.2f}" if "gbps" in key else f"{x:.0f}" for x in values]
+        out.add_row(title, *cells, *(ratio(t[f"{v}{key}"] / t[f"raw{key}"]) for v in variants))
+
+    row("throughput GB/s, median", "_gbps", lambda r: f"{r:.0%}")
+    row("throughput GB/s, best", "_best_gbps", lambda r: f"{r:.0%}")
+    row("round trip us, median", "_rtt_us", lambda r: f"{r:.1f}x")
+    row("one-stage request us, median (less compute)", "_stage_rtt_us", lambda r: f"{r:.1f}x")
     console.print(out)
 
 
