@@ -10,6 +10,7 @@ import socketserver
 import struct
 import threading
 
+from dnet.core import progress
 from dnet.errors import DnetError
 from dnet.topology.probe import Measurement, time_runs
 
@@ -77,9 +78,12 @@ def probe_link(address: str, nbytes: int = 8 << 20, runs: int = 5, timeout: floa
             sock.sendall(payload)
             _recv_exact(sock, 1)
 
-        rtt = time_runs(ping, runs * 4)
+        # each round trip is counted (one warm-up apiece): the bulk ones take seconds on a slow link
+        with progress.task(f"probe the link to {address}", total=(runs * 4 + 1) + (runs + 1),
+                           unit="round trips") as task:
+            rtt = time_runs(ping, runs * 4, after_each=task.advance)
+            t = time_runs(bulk, runs, after_each=task.advance)
         latency = Measurement(rtt.median / 2, rtt.spread, rtt.runs)
-        t = time_runs(bulk, runs)
         # the bulk time includes one round trip's latency: take it off before dividing
         bandwidth = Measurement(nbytes / max(t.median - rtt.median, 1e-9), t.spread, t.runs)
     return latency, bandwidth

@@ -98,16 +98,20 @@ def cpu_clock():
     return timed_by(time.process_time)
 
 
-def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> Measurement:
-    """Median seconds of `runs` calls of fn, after `warmup` untimed ones."""
+def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1,
+              after_each: Callable[[], None] = lambda: None) -> Measurement:
+    """Median seconds of `runs` calls of fn, after `warmup` untimed ones; `after_each()` is called after
+    every call, outside the timed span (progress reporting must not be measured)."""
     clock = _CLOCK.get()
     for _ in range(warmup):
         fn()
+        after_each()
     times = []
     for _ in range(runs):
         t0 = clock()
         fn()
         times.append(clock() - t0)
+        after_each()
     med = statistics.median(times)
     return Measurement(med, (max(times) - min(times)) / med if med > 0 else 0.0, runs)
 
