@@ -1,6 +1,8 @@
 """`dnet serve`: an OpenAI-compatible HTTP server over a model, on this machine or across a cluster."""
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -30,21 +32,28 @@ def serve(model, topology, host, port, api_key_file, slots, max_waiting, context
 
     MODEL: a GGUF file, a Hugging Face folder, `smollm2` (the default) or `minilm` (embeddings only).
     """
-    from dnet.serve import Server, check_bind, create_app, load_served
+    from dnet.serve import Server, create_app, load_served
+    from dnet.serve.server import bind, check_bind
 
-    if not 0 <= port <= 65535:
-        raise DnetError(f"--port {port} is not a port number (0-65535)")
     if slots < 1 or max_waiting < 0:
         raise DnetError("--slots must be at least 1 and --queue at least 0")
     api_key = _api_key(api_key_file)
-    check_bind(host, api_key)           # before minutes of loading, not after
     where, options = parse_topology(topology) if topology else (None, {})
-    served = load_served(model, topology=where, threads=threads, slots=slots, context=context,
-                         max_waiting=max_waiting, target=target, cluster=options)
+    check_bind(host, api_key)           # the address is checked and bound before the model loads, not after
+    sock = bind(host, port)
     try:
-        server = Server(create_app(served, api_key), host, port, log_level="warning")
+        served = load_served(model, topology=where, threads=threads, slots=slots, context=context,
+                             max_waiting=max_waiting, target=target, cluster=options)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        server = Server(create_app(served, api_key), host, port, log_level="warning", sock=sock)
         note(f"serving '{served.name}' on {server.url} (OpenAI API at /v1, web page at /)",
              model=served.name, url=server.url)
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found:
+        # this one ends the command normally, so the model (and a cluster's sessions) is closed below
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         server.run()
     finally:
         served.close()

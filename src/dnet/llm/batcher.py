@@ -5,7 +5,8 @@ prompts in chunks (at most `prefill_budget` tokens a turn, so a long prompt dela
 sequences' next token by one chunk, never by the whole prompt), then advances every sequence
 that has a token to decode by one token, in one batched step. A request's steps reach its
 `sink` as they come; a cancelled request (a client gone) leaves at the next boundary and frees
-its slot. The queue is bounded: past `max_waiting`, `submit` refuses with `QueueFull`.
+its slot. The queue is bounded: with every slot taken and `max_waiting` requests waiting,
+`submit` refuses with `QueueFull`.
 
 The batcher sees the engine only through its interface (open, close, prefill, decode, pack),
 so it batches a model on one node and one spread over a cluster alike.
@@ -89,9 +90,11 @@ class Batcher:
         with self._wake:
             if self._closed:
                 raise GenerationError("the batcher is closed")
-            if len(self._waiting) >= self.max_waiting:
+            # requests that free slots will take at the next turn are not waiting for one
+            waiting = len(self._waiting) - len(self.engine.cache.free)
+            if waiting >= self.max_waiting:
                 self.stats.rejected += 1
-                raise QueueFull(f"{len(self._waiting)} requests are waiting already (the limit)",
+                raise QueueFull(f"every slot is busy and {waiting} requests are waiting already (the limit)",
                                 hint="retry later")
             request = Request(next(self._ids), generation, sink)
             self.stats.requests += 1

@@ -38,11 +38,12 @@ class Server:
     """The app served by uvicorn on `host:port` (port 0: a free one, read back as `.port`). The socket is
     bound here, so an address in use or not on this host is a DnetError before anything runs."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
+                 sock: socket.socket | None = None):
         import uvicorn
 
         self.host = host
-        self.socket = _bind(host, port)
+        self.socket = sock or bind(host, port)      # `sock`: bound earlier, by `bind`
         self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
         self._thread: threading.Thread | None = None
 
@@ -85,7 +86,10 @@ class Server:
         self.stop()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a DnetError saying why not."""
+    if not 0 <= port <= 65535:      # getaddrinfo would wrap it around (99999 -> 34463)
+        raise DnetError(f"cannot listen on {host}:{port}: not a port number (0-65535)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
