@@ -101,3 +101,19 @@ def test_dnet_compile_reports_to_the_reporter_it_is_given_and_to_no_one_otherwis
     assert bystander.events == []
     assert {e.name for e in recorder.events} >= {"lower kernels", "render C kernels"}
     assert all(events[-1].kind == DONE for events in _tasks(recorder, ""))
+
+
+def test_loading_an_artefact_counts_each_mib_it_verifies(tmp_path):
+    from dnet.api import load_artifact, save_artifact
+
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()       # a 4 MiB weight packed for the micro-kernel: several MiB in c_weights.bin
+    x = b.input("x", TensorType((2, 1024), DType.F32))
+    b.output("y", C.linear(b, x, b.const("w", rng.standard_normal((1024, 1024)).astype(np.float32)), None))
+    save_artifact(dnet.compile(b.finish(), target="c", cache_dir=tmp_path / "cache"), tmp_path / "art")
+    recorder = Recorder()
+    with reporting(recorder):
+        load_artifact(tmp_path / "art")
+    mib = sum(-(-(tmp_path / "art" / name).stat().st_size // 2**20) for name in ("c_lib.so", "c_weights.bin"))
+    events = recorder.of("verify art")
+    assert mib >= 4 and [e.completed for e in events] == [0, *range(1, mib + 1), mib] and events[-1].kind == DONE

@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from dnet.backends.c.cache import CompileCache
 from dnet.backends.c.compiler import find_compiler
 from dnet.backends.c.library import render_library
 from dnet.backends.c.runtime import CModule
+from dnet.core import progress
 from dnet.errors import SerializationError
 from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
@@ -128,11 +129,16 @@ def load_compiled(directory: str | Path, graph_weights: Mapping[str, np.ndarray]
     return CModule(program, root / LIB, weights, threads)
 
 
-def _file_sha256(path: Path) -> str:
+_BLOCK = 1 << 20
+
+
+def _file_sha256(path: Path, read: Callable[[], None] = lambda: None) -> str:
+    """The file's SHA-256, read a MiB at a time; `read()` is called after each MiB."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(_BLOCK), b""):
             digest.update(block)
+            read()
     return digest.hexdigest()
 
 
@@ -148,7 +154,11 @@ def _verify_digests(root: Path, manifest: dict) -> None:
         raise SerializationError(f"{root}: {PROGRAM} has no valid 'sha256' field",
                                  hint="save the artefact again with this dnet")
     try:
-        found = {LIB: _file_sha256(root / LIB), WEIGHTS: _file_sha256(root / WEIGHTS)}
+        # hashing reads every byte of the weights: a second or more per GiB, so it is counted in MiB
+        sizes = [(root / name).stat().st_size for name in (LIB, WEIGHTS)]
+        with progress.task(f"verify {root.name}", total=sum(-(-size // _BLOCK) for size in sizes),
+                           unit="MiB") as task:
+            found = {name: _file_sha256(root / name, task.advance) for name in (LIB, WEIGHTS)}
     except OSError as err:
         raise SerializationError(f"{root}: {err.strerror}: {err.filename}") from None
     found["program"] = _json_sha256(manifest.get("program"))
