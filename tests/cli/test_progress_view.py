@@ -129,9 +129,9 @@ def test_the_rich_display_shows_open_tasks_and_is_gone_when_the_last_ends():
         with progress.task("compile kernels", total=4, unit="kernels") as t:
             with progress.task("inner step"):
                 t.advance(2)
-                assert reporter._live is not None and len(reporter._rows) == 2
+                assert reporter._display is not None and len(reporter._rows) == 2
             t.advance(2)
-    assert reporter._live is None and reporter._rows == {}
+    assert reporter._display is None and reporter._rows == {}
     assert "compile kernels" in screen.getvalue() and "inner step" in screen.getvalue()
 
 

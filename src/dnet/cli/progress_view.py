@@ -55,7 +55,7 @@ class RichReporter:
 
     def __init__(self, console: Any):
         self.console = console
-        self._live: Any = None
+        self._display: Any = None
         self._rows: dict[int, Any] = {}        # our task id -> rich's task id
         self._depth: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -67,23 +67,23 @@ class RichReporter:
             elif event.task not in self._rows:
                 return
             elif event.kind == ADVANCE:
-                self._live.update(self._rows[event.task], completed=event.completed, count=_count(event))
+                self._display.update(self._rows[event.task], completed=event.completed, count=_count(event))
             else:
-                self._live.remove_task(self._rows.pop(event.task))
+                self._display.remove_task(self._rows.pop(event.task))
                 self._depth.pop(event.task, None)
                 if not self._rows:
-                    self._live.stop()
-                    self._live = None
+                    self._display.stop()
+                    self._display = None
 
     def _start(self, event: Event) -> None:
-        if self._live is None:
-            self._live = _rich_progress(self.console)
-            self._live.start()
-        depth = self._depth.get(event.parent, -1) + 1 if event.parent in self._depth else 0
+        if self._display is None:
+            self._display = _rich_progress(self.console)
+            self._display.start()
+        depth = self._depth[event.parent] + 1 if event.parent in self._depth else 0
         self._depth[event.task] = depth
-        self._rows[event.task] = self._live.add_task("  " * depth + event.name, total=event.total,
+        self._rows[event.task] = self._display.add_task("  " * depth + event.name, total=event.total,
                                                      completed=event.completed, count=_count(event))
-        self._live.refresh()     # drawn at once, not at the next tick: a short step is still seen
+        self._display.refresh()     # drawn at once, not at the next tick: a short step is still seen
 
 
 def _count(event: Event) -> str:
