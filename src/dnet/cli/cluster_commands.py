@@ -33,7 +33,11 @@ def _read_secret(secret_file: str | None) -> str:
     from dnet.cluster.auth import SECRET_ENV
 
     if secret_file:
-        return Path(secret_file).read_text().strip()
+        try:
+            return Path(secret_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DnetError(f"cannot read the secret file {secret_file}: {getattr(err, 'strerror', None) or err}",
+                            hint="`dnet cluster init --secret-file FILE` writes one") from None
     secret = os.environ.get(SECRET_ENV, "")
     if not secret:
         raise DnetError("no cluster secret", hint=f"set {SECRET_ENV} or pass --secret-file")
@@ -153,8 +157,15 @@ def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> 
     from dnet.cluster.auth import SECRET_ENV, new_secret
     from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
 
+    if n < 1:
+        raise DnetError(f"cluster up needs at least one worker, got {n}")
     names = backends.split(",")
-    counts = [int(t) for t in threads.split(",") if t] or [0]
+    try:
+        counts = [int(t) for t in threads.split(",") if t] or [0]
+    except ValueError:
+        raise DnetError(f"bad --threads '{threads}'", hint="whole numbers, comma separated: e.g. 1,2,4") from None
+    if any(c < 0 for c in counts):
+        raise DnetError(f"bad --threads '{threads}': a thread count cannot be negative")
     per_worker = [counts[i % len(counts)] or None for i in range(n)]
     specs = [WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}")
              for i, (t, cores) in enumerate(zip(per_worker, core_sets(per_worker)))]

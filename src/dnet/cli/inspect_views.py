@@ -1,6 +1,7 @@
 """What `dnet inspect` prints: object IR (with the passes), graph IR, data-flow summary."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dnet.cli.model_loading import load_model, parse_inputs
@@ -37,11 +38,11 @@ def object_views(module: ObjectModule, object_name: str | None, passes: bool) ->
 
 
 def render(ref: str, specs: tuple[str, ...], level: str, object_name: str | None, passes: bool,
-           env: dict[str, int]) -> str:
+           env: dict[str, int], weights: Path | None = None, init: str | None = None) -> str:
     import dnet
     from dnet.frontend.module import Module
 
-    model, default_inputs = load_model(ref)
+    model, default_inputs = load_model(ref, weights, init)
     inputs = parse_inputs(specs) or default_inputs
     parts: list[str] = []
     module: Any = model
@@ -50,16 +51,23 @@ def render(ref: str, specs: tuple[str, ...], level: str, object_name: str | None
     if level in ("object", "all") and isinstance(module, ObjectModule):
         parts.append(object_views(module, object_name, passes))
     if level in ("graph", "summary", "all"):
-        graph = dnet.to_graph(module, {a.name: a.type for a in _entry_args(module)} if isinstance(
-            module, ObjectModule) else inputs)
+        # a DSL model's inputs: as given (-i), else as `dnet run` lowers it, each unsized dim a symbol;
+        # a traced Module's arguments carry their types already
+        given = inputs if isinstance(module, ObjectModule) and not isinstance(model, Module) else None
+        graph = dnet.to_graph(module, given)
         if level in ("graph", "all"):
             parts.append(_rule("graph IR") + str(graph))
-        from dnet.graph.analysis import summary
-
-        parts.append(_rule("data flow") + str(summary(graph, env)))
+        parts.append(_rule("data flow") + _summary(graph, env))
     return "".join(parts).lstrip("\n")
 
 
-def _entry_args(module: ObjectModule):
-    fn = module.root.functions.get(module.entry)
-    return [a for a in (fn.args if fn else []) if a.type is not None]
+def _summary(graph, env: dict[str, int]) -> str:
+    """The data-flow summary; it costs the graph at sizes, so without them it says which to give."""
+    from dnet.core.shapes import Dim
+    from dnet.graph.analysis import summary
+
+    symbols = sorted({s for t in graph.input_types().values() for d in t.shape if isinstance(d, Dim)
+                      for s in d.free_symbols()} - set(env))
+    if symbols:
+        return f"(costs need sizes: give --dims {','.join(f'{s}=N' for s in symbols)})\n"
+    return str(summary(graph, env))

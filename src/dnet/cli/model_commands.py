@@ -7,7 +7,7 @@ import click
 import numpy as np
 
 from dnet.cli.main import cli
-from dnet.cli.model_loading import load_model, parse_dims, parse_inputs
+from dnet.cli.model_loading import load_model, parse_dims, parse_inputs, read_arrays
 from dnet.cli.progress_view import progress_options
 from dnet.core.shapes import Dim, evaluate_shape
 from dnet.errors import DnetError
@@ -16,11 +16,20 @@ MODEL_HELP = ("a built-in name (minilm), FILE.py:NAME, FILE.dnet[:Object], FILE.
               "`dnet compile -o`")
 
 
-def _compile(ref: str, specs: tuple[str, ...], target: str, **options):
+def weight_options(command):
+    """--weights and --init: where a DSL model's parameters get their data."""
+    command = click.option("--init", type=click.Choice(["seeded"]), default=None,
+                           help="a DSL model's parameters drawn at random from --seed (no weights at hand)")(command)
+    return click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                        help="a DSL model's weights: .safetensors or .npz, by dotted parameter path")(command)
+
+
+def _compile(ref: str, specs: tuple[str, ...], target: str, weights: Path | None = None, init: str | None = None,
+             seed: int = 0, **options):
     """Load MODEL and compile it for the input types of `specs` (or the model's own defaults)."""
     import dnet
 
-    model, default_inputs = load_model(ref)
+    model, default_inputs = load_model(ref, weights, init, seed)
     return dnet.compile(model, parse_inputs(specs) or default_inputs, target=target, **options)
 
 
@@ -31,18 +40,38 @@ def _compile(ref: str, specs: tuple[str, ...], target: str, **options):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write a standalone artefact here")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="store matmul weights as int8 with one scale per output channel")
+@weight_options
+@click.option("--seed", default=0, show_default=True, help="seed of --init seeded")
 @progress_options()
-def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None, quantize: str | None) -> None:
+def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None, quantize: str | None,
+                weights: Path | None, init: str | None, seed: int) -> None:
     """Compile MODEL (""" + MODEL_HELP + """) for TARGET."""
     from dnet.api import save_artifact
 
-    exe = _compile(model, inputs, target, quantize=quantize)
+    exe = _compile(model, inputs, target, weights, init, seed, quantize=quantize)
     graph = exe.graph
     click.echo(f"compiled {model}: {len(graph)} graph nodes, {graph.weight_bytes() / 2**20:.1f} MiB of weights, "
                f"target {target}")
     if output:
-        save_artifact(exe, output)
+        try:
+            save_artifact(exe, output)
+        except OSError as err:
+            raise DnetError(f"cannot write {output}: {err.strerror or err}",
+                            hint="a directory you can write (it is created)") from None
         click.echo(f"wrote {output}")
+
+
+def _check_dims(graph, env: dict[str, int]) -> None:
+    """A --dims name that no input's shape uses is a mistake (a typo), not something to ignore."""
+    from dnet.errors import did_you_mean
+
+    symbols = {s for t in graph.input_types().values() for d in t.shape if isinstance(d, Dim)
+               for s in d.free_symbols()}
+    unknown = sorted(set(env) - symbols)
+    if unknown:
+        raise DnetError(f"--dims names {', '.join(unknown)}, which no input's shape uses",
+                        hint=did_you_mean(unknown[0], symbols) or
+                        (f"the inputs' dims: {', '.join(sorted(symbols))}" if symbols else "the inputs have no symbolic dims"))
 
 
 def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
@@ -72,20 +101,24 @@ def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarra
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write outputs to this .npz")
 @click.option("--topology", type=click.Path(exists=True, path_type=Path),
               help="run across the workers of this topology file (docs/cluster.md)")
+@weight_options
 @progress_options()
 def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed: int, output: Path | None,
-            topology: Path | None) -> None:
+            topology: Path | None, weights: Path | None, init: str | None) -> None:
     """Run MODEL on inputs from --data, or on seeded random inputs."""
     from dnet.api import load_artifact
 
     path = Path(model)
+    env = parse_dims(dims)
     if topology is not None:
         from dnet.topology import Topology
 
-        exe = _compile(model, inputs, target, topology=Topology.load(str(topology)), env=parse_dims(dims) or None)
+        exe = _compile(model, inputs, target, weights, init, seed, topology=Topology.load(str(topology)),
+                       env=env or None)
     else:
-        exe = load_artifact(path) if path.is_dir() else _compile(model, inputs, target)
-    feeds = dict(np.load(data)) if data else _random_inputs(exe.graph, parse_dims(dims), seed)
+        exe = load_artifact(path) if path.is_dir() else _compile(model, inputs, target, weights, init, seed)
+    _check_dims(exe.graph, env)
+    feeds = read_arrays(data) if data else _random_inputs(exe.graph, env, seed)
     try:
         results = exe.run(feeds)
     finally:
@@ -106,8 +139,10 @@ def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed:
 @click.option("--object", "object_name", default=None, help="show only this object (class name or path)")
 @click.option("--passes", is_flag=True, help="show the object IR before and after each object-level pass")
 @click.option("--dims", default="", help="sizes of symbolic dims for the cost summary, e.g. batch=1,seq=128")
-def inspect_cmd(model: str, inputs, level: str, object_name: str | None, passes: bool, dims: str) -> None:
+@weight_options
+def inspect_cmd(model: str, inputs, level: str, object_name: str | None, passes: bool, dims: str,
+                weights: Path | None, init: str | None) -> None:
     """Print MODEL's object IR, graph IR and data-flow summary."""
     from dnet.cli.inspect_views import render
 
-    click.echo(render(model, inputs, level, object_name, passes, parse_dims(dims)))
+    click.echo(render(model, inputs, level, object_name, passes, parse_dims(dims), weights, init))

@@ -7,6 +7,8 @@ A reference is one of:
   an ONNX file         `path/model.onnx`              (dnet.from_onnx; its inputs' types come with it)
   a compiled artefact  a directory written by `dnet compile -o DIR`
 Input types are given as `NAME:DTYPE[d0,d1,...]` with symbolic dims by name: `x:f32[batch,seq,384]`.
+A DSL model's parameters get their data from `--weights FILE` (.safetensors or .npz, by dotted path) or,
+with `--init seeded`, from a seeded random draw (to run a model whose weights are not at hand).
 """
 from __future__ import annotations
 
@@ -54,19 +56,24 @@ def builtin_models() -> dict[str, Any]:
     return getattr(models, "BUILTIN", {})
 
 
-def load_model(ref: str) -> tuple[Any, dict[str, TensorType] | None]:
-    """(model, default input types or None) for a command-line reference."""
+def load_model(ref: str, weights: Path | None = None, init: str | None = None,
+               seed: int = 0) -> tuple[Any, dict[str, TensorType] | None]:
+    """(model, default input types or None) for a command-line reference; `weights` or `init` give a
+    DSL model's parameters their data."""
     builtins = builtin_models()
-    if ref in builtins:
-        return builtins[ref]()
     path_part, _, attr = ref.partition(":")
     path = Path(path_part)
+    if (weights is not None or init is not None) and path.suffix != ".dnet":
+        raise DnetError("--weights and --init are for DSL models (FILE.dnet)",
+                        hint="other models come with their weights")
+    if weights is not None and init is not None:
+        raise DnetError("give --weights or --init, not both")
+    if ref in builtins:
+        return builtins[ref]()
     if path.suffix == ".py":
         return _load_python(path, attr or "model"), None
     if path.suffix == ".dnet":
-        import dnet
-
-        return dnet.load_dsl(path, object=attr or None), None
+        return _load_dsl(path, attr or None, weights, init, seed), None
     if path.suffix == ".onnx":
         import dnet
 
@@ -78,6 +85,42 @@ def load_model(ref: str) -> tuple[Any, dict[str, TensorType] | None]:
     known = ", ".join(sorted(builtins)) or "none yet"
     raise DnetError(f"cannot load model '{ref}'",
                     hint=f"give a built-in name ({known}), FILE.py:NAME, FILE.dnet, FILE.onnx or a compiled directory")
+
+
+def _load_dsl(path: Path, object_name: str | None, weights: Path | None, init: str | None, seed: int) -> Any:
+    import dnet
+    from dnet.frontend.dsl import load_weights, seeded_weights
+
+    module = dnet.load_dsl(path, object=object_name)
+    if init == "seeded":
+        load_weights(module, seeded_weights(module, seed))
+    elif init is not None:
+        raise DnetError(f"unknown --init '{init}'", hint="--init seeded")
+    elif weights is not None:
+        load_weights(module, read_arrays(weights) if weights.suffix == ".npz" else weights)
+    return module
+
+
+def read_arrays(path: Path) -> dict[str, Any]:
+    """The arrays of a .npz file by name; a file numpy cannot read is one DnetError naming it."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DnetError(f"cannot read {path} as .npz: {err}", hint="np.savez(path, name=array, ...) writes one") \
+            from None
+    if not isinstance(data, np.lib.npyio.NpzFile):   # a plain .npy: one array, no names
+        raise DnetError(f"{path} holds one unnamed array, not named arrays (.npy, not .npz)",
+                        hint="np.savez(path, name=array, ...) writes one")
+    try:
+        with data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DnetError(f"cannot read {path} as .npz: {err}", hint="np.savez(path, name=array, ...) writes one") \
+            from None
 
 
 def _load_python(path: Path, attr: str) -> Any:

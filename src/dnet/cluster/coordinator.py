@@ -129,8 +129,10 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     if isinstance(address, tuple):
         return address[0], int(address[1])
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise DnetError(f"bad worker address '{address}'", hint="expected HOST:PORT")
+    if not sep or not port.isdigit() or not host:
+        raise DnetError(f"bad address '{address}'", hint="expected HOST:PORT")
+    if int(port) > 65535:
+        raise DnetError(f"bad address '{address}': port {port} is past 65535")
     return host, int(port)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dnet.backends import registry
 from dnet.cluster.auth import AuthError, check_secret_strength, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
@@ -99,7 +100,13 @@ class Worker:
         self.config = config or WorkerConfig()
         require_tls(self.config.host, self.config.tls, self.config.allow_plain, "a worker listening on")
         self.secret = secret
-        self.listener = socket.create_server((self.config.host, self.config.port))
+        registry.get(self.config.backend)   # an unknown backend is refused now, not at the first stage
+        try:
+            self.listener = socket.create_server((self.config.host, self.config.port))
+        except OSError as err:
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise DnetError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}",
+                            hint="an address of this machine (or 0.0.0.0) and a free port") from None
         self._unauthenticated = threading.BoundedSemaphore(MAX_UNAUTHENTICATED)
         self.host, self.port = self.listener.getsockname()[:2]
         self.name = self.config.name or f"{self.host}:{self.port}"

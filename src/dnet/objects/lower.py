@@ -253,7 +253,8 @@ class Lowering:
         data = sym.value
         if data is None:
             raise WeightError(f"parameter '{path}' has no data (declared {sym.type})", loc,
-                              "load weights before compiling")
+                              "load weights before compiling (dnet.load_dsl(..., weights=); "
+                              "from the CLI: --weights FILE or --init seeded)")
         data = np.asarray(data)
         if sym.type is not None:
             want_shape = tuple(sym.type.shape)

@@ -33,6 +33,9 @@ def load_topology(path: str) -> Topology:
             text = f.read().decode("utf-8")
     except OSError as err:
         raise ParseError(f"cannot read topology file: {err.strerror}", Location(file=str(path))) from None
+    except UnicodeDecodeError as err:   # TOML is UTF-8 by definition
+        raise ParseError(f"a topology file is UTF-8 text; byte {err.start} is not ({err.reason})",
+                         Location(file=str(path))) from None
     return loads_topology(text, str(path))
 
 
@@ -114,8 +117,9 @@ def _node(r: _Reader, raw: dict, index: int, topo: Topology) -> Node:
     key = f"node.{name}"
     r.known_keys(raw, _NODE_KEYS, key)
     address = raw.get("address")
-    if address is not None and (not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address)):
-        raise r.fail(f"{key}.address", f"expected 'host:port', got {address!r}")
+    if address is not None and (not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address)
+                                or int(address.rpartition(":")[2]) > 65535):
+        raise r.fail(f"{key}.address", f"expected 'host:port' (port at most 65535), got {address!r}")
     devices = [_device(r, d, f"{key}.device[{j}]") for j, d in
                enumerate(r.array_of_tables(raw.get("device", []), f"{key}.device"))]
     if not devices:

@@ -12,9 +12,9 @@ from dnet.frontend.dsl.instantiate import instantiate
 from dnet.frontend.dsl.loader import load_program, parse_program
 from dnet.frontend.dsl.program import Program
 from dnet.frontend.dsl.syntax import parse_source
-from dnet.frontend.dsl.weights import load_weights
+from dnet.frontend.dsl.weights import load_weights, seeded_weights
 
 __all__ = [
     "CheckReport", "Program", "check_dsl", "format_source", "inspect_dsl", "instantiate", "load_dsl", "load_program",
-    "load_weights", "parse_program", "parse_source",
+    "load_weights", "parse_program", "parse_source", "seeded_weights",
 ]

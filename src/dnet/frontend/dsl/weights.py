@@ -44,3 +44,25 @@ def load_weights(module: ObjectModule, weights: Mapping[str, np.ndarray] | str |
             raise WeightError(f"weight '{path}' has dtype {DType.from_numpy(array.dtype)}, the model declares "
                               f"{sym.type.dtype}", sym.loc)
         sym.value = np.ascontiguousarray(array)
+
+
+def seeded_weights(module: ObjectModule, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights for every `SYM_EXTERNAL` parameter, the same for the same seed: floats drawn from
+    N(0, 1/fan_in) (fan_in: the last dim), so activations keep their scale through the layers; integer and
+    bool parameters are zeros. For running a model whose real weights are not at hand."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, sym in module.root.named_parameters():
+        if SymbolFlag.EXTERNAL not in sym.flags:
+            continue
+        shape = tuple(sym.type.shape)
+        if not all(isinstance(d, int) for d in shape):
+            raise WeightError(f"parameter '{path}' has symbolic shape {shape_str(sym.type.shape)}: "
+                              "seeded weights need fixed sizes", sym.loc)
+        dtype = sym.type.dtype
+        if dtype.is_float:
+            scale = 1.0 / np.sqrt(shape[-1]) if shape and shape[-1] else 1.0
+            out[path] = (rng.standard_normal(shape) * scale).astype(dtype.np)
+        else:
+            out[path] = np.zeros(shape, dtype.np)
+    return out

@@ -1,0 +1,89 @@
+"""The mistakes a user makes on the command line: each is one line naming the problem, exit status 2
+(issue 13: each was a traceback, was silently ignored, or waited forever)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dnet.cli.main import main
+
+ATTENTION = str(Path(__file__).parents[2] / "examples" / "attention.dnet")
+SECRET = "0" * 64
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes("[[node]]\nname = \"caf\xe9\"\n".encode("latin-1"))
+    (tmp_path / "port.toml").write_text('[[node]]\nname = "a"\naddress = "10.0.0.1:99999"\n'
+                                        '[[node.device]]\nkind = "numpy"\n')
+    (tmp_path / "junk.npz").write_text("not a zip file")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    return tmp_path
+
+
+CASES = {
+    "port past 65535": (["worker", "--listen", "127.0.0.1:99999"], "port 99999 is past 65535"),
+    "address not on this host": (["worker", "--listen", "192.0.2.77:7000", "--no-tls"],
+                                 "cannot listen on 192.0.2.77:7000"),
+    "off loopback without TLS": (["worker", "--listen", "0.0.0.0:0"], "no TLS files are given"),
+    "secret file missing": (["worker", "--secret-file", "{tmp}/nope"], "cannot read the secret file"),
+    "secret file a directory": (["worker", "--secret-file", "{tmp}"], "Is a directory"),
+    "unknown backend": (["worker", "--backend", "cuda"], "unknown target 'cuda'"),
+    "threads not numbers": (["cluster", "up", "2", "--threads", "a,b"], "bad --threads 'a,b'"),
+    "no workers": (["cluster", "up", "0"], "at least one worker"),
+    "local topology not a number": (["plan", ATTENTION, "-T", "local:x"], "cannot read the local topology"),
+    "topology not UTF-8": (["plan", ATTENTION, "-T", "{tmp}/latin1.toml"], "is UTF-8 text"),
+    "topology port past 65535": (["plan", ATTENTION, "-T", "{tmp}/port.toml"], "port at most 65535"),
+    "artefact into an unwritable place": (["compile", ATTENTION, "--init", "seeded", "-o", "/proc/nope/out"],
+                                          "cannot write /proc/nope/out"),
+    "not an npz": (["run", ATTENTION, "--init", "seeded", "--data", "{tmp}/junk.npz"], "as .npz"),
+    "an npy for an npz": (["run", ATTENTION, "--init", "seeded", "--data", "{tmp}/one.npy"], "one unnamed array"),
+    "a dim no input has": (["run", ATTENTION, "--init", "seeded", "--dims", "foo=3"],
+                           "--dims names foo, which no input's shape uses"),
+    "weights for a built-in": (["run", "minilm", "--init", "seeded"], "--weights and --init are for DSL models"),
+    "a DSL model without weights": (["run", ATTENTION], "--weights FILE or --init seeded"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_user_error_is_one_line_and_status_2(case, files, capsys, monkeypatch):
+    monkeypatch.setenv("DNET_CLUSTER_SECRET", SECRET)
+    monkeypatch.delenv("DNET_TLS_DIR", raising=False)
+    argv, expected = CASES[case]
+    err = _one_line_error(capsys, [a.replace("{tmp}", str(files)) for a in argv])
+    assert expected in err
+
+
+def test_a_dsl_model_runs_with_seeded_weights_or_the_same_weights_from_a_file(tmp_path, capsys):
+    import dnet
+    from dnet.frontend.dsl import seeded_weights
+
+    x = np.random.default_rng(3).standard_normal((2, 8, 64)).astype(np.float16)
+    np.savez(tmp_path / "x.npz", x=x)
+    main(["run", ATTENTION, "--init", "seeded", "--seed", "5", "--data", str(tmp_path / "x.npz"),
+          "-o", str(tmp_path / "seeded.npz")])
+    np.savez(tmp_path / "w.npz", **seeded_weights(dnet.load_dsl(ATTENTION), seed=5))
+    main(["run", ATTENTION, "--weights", str(tmp_path / "w.npz"), "--data", str(tmp_path / "x.npz"),
+          "-o", str(tmp_path / "from_file.npz")])
+    capsys.readouterr()
+    seeded, from_file = np.load(tmp_path / "seeded.npz"), np.load(tmp_path / "from_file.npz")
+    assert seeded.files and seeded.files == from_file.files
+    for name in seeded.files:
+        np.testing.assert_array_equal(seeded[name], from_file[name])
+    assert np.isfinite(seeded["output0"].astype(np.float32)).all() and seeded["output0"].std() > 0.1
+
+
+def test_inspect_prints_every_level_of_a_dsl_model_without_dims(capsys):
+    main(["inspect", ATTENTION, "--init", "seeded"])
+    out = capsys.readouterr().out
+    assert "== object IR" in out and "== graph IR" in out
+    assert "give --dims x_0=N,x_1=N" in out
