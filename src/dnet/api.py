@@ -29,7 +29,7 @@ class Executable:
     def __init__(self, graph: Graph, target: str = "numpy", runner: Any = None, **options: Any):
         self.graph = graph
         self.target = target
-        self.runner = runner if runner is not None else registry.get(target).prepare(graph, **options)
+        self.runner = runner if runner is not None else registry.prepare(target, graph, **options)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner.run(inputs)

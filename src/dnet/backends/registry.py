@@ -2,9 +2,12 @@
 
 A backend is a factory `prepare(graph, **options) -> Runner`; a Runner runs the
 graph on arrays and may save/load its compiled form next to the serialised graph.
+A backend's `prepare` names the options it takes; `prepare(name, graph, **options)`
+refuses any other (a misspelt option is an error naming the known ones, never ignored).
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -43,10 +46,22 @@ def names() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def prepare(name: str, graph: Graph, **options: Any) -> Runner:
+    """`get(name).prepare(graph, **options)`, refusing an option that backend does not take."""
+    backend = get(name)
+    known = [p for p in inspect.signature(backend.prepare).parameters if p != "graph"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise BackendError(f"target '{name}' has no option {', '.join(map(repr, unknown))}",
+                           hint=did_you_mean(unknown[0], known) or
+                           ("its options: " + ", ".join(known) if known else "it takes no options"))
+    return backend.prepare(graph, **options)
+
+
 class NumpyBackend:
     name = "numpy"
 
-    def prepare(self, graph: Graph, **options: Any) -> Runner:
+    def prepare(self, graph: Graph) -> Runner:   # the reference interpreter: nothing to choose
         return _NumpyRunner(graph)
 
 

@@ -28,7 +28,7 @@ class StageRunner:
         self.graph = graph
         self.backend = backend
         start = time.perf_counter()
-        self.runner = registry.get(backend).prepare(graph, **options)
+        self.runner = registry.prepare(backend, graph, **options)
         self.compile_s = time.perf_counter() - start
         self.stats = StageStats()
 

@@ -57,7 +57,7 @@ class CBackend:
     name = "c"
 
     def prepare(self, graph: Graph, threads: int | None = None, cache_dir: str | Path | None = None,
-                host: Host | None = None, activation_bits: int = 16, **_: Any) -> CRunner:
+                host: Host | None = None, activation_bits: int = 16) -> CRunner:
         """`activation_bits`: how matmuls against GGUF block weights quantize their activations, 16 (results
         within float rounding of f32) or 8 (llama.cpp's scheme: prefill twice as fast, a few % of logits off)."""
         host = host or detect()
