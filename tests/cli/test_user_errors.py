@@ -87,3 +87,25 @@ def test_inspect_prints_every_level_of_a_dsl_model_without_dims(capsys):
     out = capsys.readouterr().out
     assert "== object IR" in out and "== graph IR" in out
     assert "give --dims x_0=N,x_1=N" in out
+
+
+@pytest.mark.parametrize("command, description", [("compile", "Compile MODEL"), ("plan", "Partition MODEL")])
+def test_help_describes_the_command(command, description, capsys):
+    try:
+        main([command, "--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    assert description in capsys.readouterr().out
+
+
+def test_probe_prints_op_overhead_as_a_time(monkeypatch, capsys):
+    from dnet.topology import probe as probe_module
+    from dnet.topology.model import Device
+
+    report = probe_module.ProbeReport(Device(kind="numpy", cores=1), fingerprint="f", cached=True, measurements={
+        "op_overhead": probe_module.Measurement(3e-6, 0.01, 5),
+        "memory_bandwidth": probe_module.Measurement(1e10, 0.01, 5)})
+    monkeypatch.setattr(probe_module, "probe", lambda *a, **k: report)
+    main(["probe"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "3us" in lines["op_overhead"].replace(" ", "") and "FLOP" not in lines["op_overhead"]

@@ -33,7 +33,7 @@ def _compile(ref: str, specs: tuple[str, ...], target: str, weights: Path | None
     return dnet.compile(model, parse_inputs(specs) or default_inputs, target=target, **options)
 
 
-@cli.command("compile")
+@cli.command("compile", help=f"Compile MODEL ({MODEL_HELP}) for TARGET.")   # a docstring cannot be built
 @click.argument("model")
 @click.option("-i", "--input", "inputs", multiple=True, help="input type, NAME:DTYPE[dims], e.g. x:f32[batch,384]")
 @click.option("-t", "--target", default="numpy", show_default=True, help="backend to compile for")
@@ -45,7 +45,6 @@ def _compile(ref: str, specs: tuple[str, ...], target: str, weights: Path | None
 @progress_options()
 def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None, quantize: str | None,
                 weights: Path | None, init: str | None, seed: int) -> None:
-    """Compile MODEL (""" + MODEL_HELP + """) for TARGET."""
     from dnet.api import save_artifact
 
     exe = _compile(model, inputs, target, weights, init, seed, quantize=quantize)

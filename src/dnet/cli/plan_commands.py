@@ -47,7 +47,7 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
     name = name or socket.gethostname()
     click.echo(f"node {name} ({'cached' if report.cached else 'measured'}, fingerprint {report.fingerprint})")
     for key, m in report.measurements.items():
-        kind = "bandwidth" if key == "memory_bandwidth" else "rate"
+        kind = {"memory_bandwidth": "bandwidth", "op_overhead": "time"}.get(key, "rate")   # op_overhead: seconds
         click.echo(f"  {key:<18} {format_quantity(m.median, kind):>16}  spread {m.spread:.1%} over {m.runs} runs")
     noisy = [k for k, m in report.measurements.items() if m.spread > NOISY]
     if noisy:
@@ -92,7 +92,8 @@ def _plan_graph(model: str, dims: dict[str, int]):
     return graph, {"batch": 1, "seq": 128, **dims}
 
 
-@cli.command("plan")
+@cli.command("plan", help=f"Partition MODEL (a model reference as for `dnet run`, {SYNTHETIC_HELP}) over a "
+                          "topology.")   # help= : a docstring built with + is an expression, not a docstring
 @click.argument("model")
 @click.option("-T", "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
               help=TOPOLOGY_HELP)
@@ -109,7 +110,6 @@ def _plan_graph(model: str, dims: dict[str, int]):
 @progress_options(json_names=("--progress-json",))   # --json PATH writes the plan
 def plan_cmd(model: str, topology_path: Path, objective: str, method: str, dims: str, layers_by: str, groups: bool,
              baselines: bool, json_path: Path | None, svg_path: Path | None) -> None:
-    """Partition MODEL (a model reference as for `dnet run`, """ + SYNTHETIC_HELP + """) over a topology."""
     from rich.console import Console
 
     from dnet.partition import build_problem, evaluate, layer_chain, plan_from_stages, plan_pipeline
