@@ -66,12 +66,12 @@ def page(browser, server):
     assert errors == [], f"the page raised: {errors}"
 
 
-def whole_answer(url: str, question: str, max_tokens: int, key: str | None = None) -> str:
-    """The oracle: the same question answered whole (not streamed), greedy, straight from the API."""
+def whole_answer(url: str, question: str | list[dict], max_tokens: int, key: str | None = None) -> str:
+    """The oracle: the same question (or conversation) answered whole, not streamed, greedy, straight from the API."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
     r = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=WAIT_MS / 1e3,
-                   json={"model": "smollm2", "messages": [{"role": "user", "content": question}],
-                         "temperature": 0, "max_tokens": max_tokens})
+                   json={"model": "smollm2", "messages": messages, "temperature": 0, "max_tokens": max_tokens})
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"]
 
@@ -141,6 +141,24 @@ def test_a_question_streams_the_answer_a_whole_greedy_request_gives(page, server
     sync_api.expect(page.get_by_label("Tokens generated", exact=True)).to_have_text(str(generated), timeout=5000)
     # the stage's measured time per step appears once there are decode steps
     assert plan_rows(page)[0][5] != "—"
+
+
+def test_a_follow_up_question_carries_the_conversation_and_new_chat_forgets_it(page, server):
+    first, second = "Name a fruit.", "What color is it?"
+    ask(page, first, 8)
+    reply = last_answer(page).locator(".text").text_content()
+    ask(page, second, 8)
+    answers = page.locator('article[aria-label="Answer"]')
+    sync_api.expect(answers).to_have_count(2)
+    conversation = [{"role": "user", "content": first}, {"role": "assistant", "content": reply},
+                    {"role": "user", "content": second}]
+    followed, alone = whole_answer(server.url, conversation, 8), whole_answer(server.url, second, 8)
+    assert followed != alone        # else this test could not tell whether the page sent the conversation
+    assert last_answer(page).locator(".text").text_content() == followed
+    page.get_by_role("button", name="New chat").click()
+    sync_api.expect(page.locator("article")).to_have_count(0)
+    ask(page, second, 8)
+    assert last_answer(page).locator(".text").text_content() == alone
 
 
 def test_stop_aborts_the_stream_and_the_server_cancels_the_generation(page, server):

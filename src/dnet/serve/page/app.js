@@ -16,6 +16,7 @@ const state = {
   kind: null,          // "text" or "embeddings", once the status has told
   history: [],         // the conversation so far, sent with each question: {role, content}
   controller: null,    // the AbortController of the answer streaming now
+  chat: 0,             // which conversation: "New chat" starts another, and a late answer stays out of it
   pollTimer: null,
   waitingForKey: false,
 };
@@ -360,7 +361,10 @@ async function ask(question) {
   const messages = [...(system ? [{role: "system", content: system}] : []), ...state.history, question_];
   addMessage("user", question);
   const answer = addMessage("assistant", "");
+  const chat = state.chat;
   answer.article.dataset.state = "streaming";
+  // busy while streaming: a screen reader reads the answer once, not once per token
+  answer.article.setAttribute("aria-busy", "true");
   answer.meta.textContent = "waiting for the first token…";
   const controller = state.controller = new AbortController();
   setBusy(true);
@@ -392,23 +396,27 @@ async function ask(question) {
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     }
-    state.history.push(question_, {role: "assistant", content: text});
+    if (chat === state.chat) state.history.push(question_, {role: "assistant", content: text});
     answer.article.dataset.state = "done";
   } catch (err) {
     if (err.name === "AbortError") {
       finish = "stopped";
       answer.article.dataset.state = "stopped";
       // what was shown is what the model said: the next question follows on from it
-      if (text) state.history.push(question_, {role: "assistant", content: text});
+      if (text && chat === state.chat) state.history.push(question_, {role: "assistant", content: text});
     } else {
       answer.article.dataset.state = "failed";
       if (err instanceof ApiError && err.status === 401) handleUnauthorized(err);
-      showError(err.message);
-      answer.meta.textContent = `failed: ${err.message}`;
+      // fetch's own failures (TypeError "Failed to fetch", "network error") mean the server went away
+      const message = err instanceof ApiError || err instanceof SyntaxError ? err.message
+        : `the connection to the server was lost (${err.message})`;
+      showError(message);
+      answer.meta.textContent = `failed: ${message}`;
       return;
     }
   } finally {
     state.controller = null;
+    answer.article.removeAttribute("aria-busy");
     setBusy(false);
   }
   answer.meta.textContent = answerSummary(usage ? usage.completion_tokens : pieces, started, first, last, finish);
@@ -439,6 +447,7 @@ function onSend(event) {
 }
 
 function newChat() {
+  state.chat += 1;
   if (state.controller) state.controller.abort();
   state.history = [];
   for (const m of [...$("log").querySelectorAll("article")]) m.remove();
@@ -524,6 +533,9 @@ function start() {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) onSend(event);
   });
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.controller) state.controller.abort();
+  });
   $("new-chat").addEventListener("click", newChat);
   $("embed-form").addEventListener("submit", onEmbed);
   $("key-form").addEventListener("submit", useKey);
