@@ -163,7 +163,7 @@ def test_a_follow_up_question_carries_the_conversation_and_new_chat_forgets_it(p
 
 def test_stop_aborts_the_stream_and_the_server_cancels_the_generation(page, server):
     cancelled = status(server.url)["stats"]["cancelled"]
-    ask(page, "Write a long story about a lighthouse keeper.", 400)     # greedy: its answer runs past 400 tokens
+    ask(page, "Write a long story about a lighthouse keeper.", 400)     # greedy: it runs to the 400-token limit
     answer = page.locator('article[aria-label="Answer"]').last
     sync_api.expect(answer.locator(".text")).not_to_be_empty(timeout=WAIT_MS)
     page.get_by_role("button", name="Stop").click()
