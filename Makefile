@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test soak setup clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# a three-worker cluster serving for minutes while workers are killed and restarted (`make test` runs a short one)
+soak: $(STAMP)
+	$(PY) -m pytest -m soak tests/cluster/test_soak.py -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache build

@@ -195,6 +195,15 @@ class Coordinator:
         handle.caps = self._call(handle, Message(MsgType.CAPS), MsgType.CAPS).meta
         return handle
 
+    def add_worker(self, address: str | tuple[str, int]) -> int:
+        """Connect one more worker (a restarted one, say): a spare, until a re-plan gives it stages."""
+        with self._lock:
+            index = len(self.workers)
+        handle = self._connect(index, address)
+        with self._lock:
+            self.workers.append(handle)
+        return handle.index
+
     def _read_loop(self, w: WorkerHandle) -> None:
         while True:
             try:

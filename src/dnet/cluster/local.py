@@ -116,12 +116,8 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         try:
-            for i, spec in enumerate(self.specs):
-                log = open(self.log_dir / f"worker{i}.log", "wb")
-                self.procs.append(subprocess.Popen(spec.command(), env=spec.env(self.secret, self.cache_dir),
-                                                   stdout=subprocess.PIPE, stderr=log, text=True,
-                                                   preexec_fn=_die_with_parent))
-                log.close()
+            for i in range(len(self.specs)):
+                self.procs.append(self._spawn(i))
             deadline = time.monotonic() + self.start_timeout_s
             # each worker is a fresh Python process importing dnet: about a second apiece on a busy machine
             with progress.task("start local workers", total=len(self.procs), unit="workers") as task:
@@ -132,6 +128,23 @@ class LocalCluster:
             self.close()
             raise
         return self
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        spec = self.specs[i]
+        with open(self.log_dir / f"worker{i}.log", "ab") as log:
+            return subprocess.Popen(spec.command(), env=spec.env(self.secret, self.cache_dir),
+                                    stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent)
+
+    def restart(self, i: int) -> str:
+        """Start worker i afresh (killing it first if it still runs), as a machine back from a crash;
+        returns its new address (a coordinator takes it back with `add_worker`)."""
+        if self.alive(i):
+            self.kill(i)
+        if self.procs[i].stdout:
+            self.procs[i].stdout.close()
+        self.procs[i] = self._spawn(i)
+        self.addresses[i] = self._wait_ready(i, time.monotonic() + self.start_timeout_s)
+        return self.addresses[i]
 
     def _wait_ready(self, i: int, deadline: float) -> str:
         proc = self.procs[i]
