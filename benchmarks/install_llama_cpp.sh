@@ -44,6 +44,6 @@ start=$(date +%s)
 CMAKE_ARGS="$args" \
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
     nice -n 10 "$PYTHON" -m pip install --no-cache-dir --no-binary llama-cpp-python \
-    "llama-cpp-python==$VERSION"
+    "llama-cpp-python[server]==$VERSION"
 echo "built llama-cpp-python $VERSION in $(( $(date +%s) - start )) s"
 "$PYTHON" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"

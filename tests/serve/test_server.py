@@ -2,6 +2,8 @@
 clients, a client that leaves, bad requests, the API key, metrics. The oracle of every answer is dnet.llm's
 own generation of the same prompt (a different code path: no server, no batcher)."""
 import concurrent.futures
+import json
+import sys
 import threading
 import time
 
@@ -250,3 +252,24 @@ def test_embeddings_equal_sentence_transformers():
     assert cosine.min() >= 0.9999
     # the client asked for base64 (its default) and decoded it; plain floats are the same vector
     assert np.allclose(np.array(floats["data"][0]["embedding"]), got[0], atol=1e-6)
+
+
+def test_the_docs_examples_run_against_a_live_server(server):
+    """README.md's and docs/serve.md's curl and openai examples, with the server's address put in."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    fence = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
+    blocks = [(lang, text) for doc in ("README.md", "docs/serve.md")
+              for lang, text in fence.findall((root / doc).read_text()) if "127.0.0.1:8000" in text]
+    assert len(blocks) == 4
+    for lang, text in blocks:
+        text = text.replace("http://127.0.0.1:8000", server.url)
+        if lang == "bash":
+            out = subprocess.run(["bash", "-c", text], capture_output=True, text=True, timeout=60, check=True).stdout
+            assert json.loads(out)["choices"][0]["message"]["content"]
+        else:
+            out = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, timeout=60, check=True)
+            assert out.stdout.strip()
