@@ -102,3 +102,33 @@ def test_several_streams_run_the_plan_measured_fastest(single):
         chosen = f"{deployed} ({groups} request{'s' if groups > 1 else ''} a step)"
         assert measured[chosen] == max(measured.values())
         assert greedy(llm, PROMPTS[:2], STEPS) == expected
+
+
+def test_the_batcher_drives_a_split_cluster_as_it_drives_one_node(single):
+    """Requests joining and leaving a batch over a split cluster (its slots never packed: the caches live on
+    the workers) get the answers one node gives each alone."""
+    import queue
+
+    from dnet.llm.batcher import Batcher
+    from dnet.llm.sampling import SamplingParams
+
+    want = [single.generate(p, max_tokens=4 + 3 * i, temperature=0) for i, p in enumerate(PROMPTS)]
+    topo = capped(Topology.local(3), 60e6)
+    with load(context=CONTEXT, topology=topo, slots=2, cluster={"calibrate": False}) as llm:
+        assert len(llm.engine.exe.plan.stages) >= 2
+        batcher = Batcher(llm.engine, llm.tokenizer)
+        try:
+            sinks = [queue.Queue() for _ in PROMPTS]
+            for i, (p, sink) in enumerate(zip(PROMPTS, sinks)):      # 4 requests, 2 slots: two wait
+                batcher.submit(llm.tokenizer.encode(p), SamplingParams(max_tokens=4 + 3 * i, temperature=0.0),
+                               sink.put)
+            got = []
+            for sink in sinks:
+                text = ""
+                while (item := sink.get(timeout=120)) is not None:
+                    assert not isinstance(item, BaseException), item
+                    text += item.text
+                got.append(text)
+            assert got == want
+        finally:
+            batcher.close()
