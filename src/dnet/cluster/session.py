@@ -19,6 +19,7 @@ import numpy as np
 
 from dnet.cluster.auth import secret_from_env
 from dnet.cluster.tls import tls_from_env
+from dnet.topology.probe import forget_if_far_off
 from dnet.cluster.coordinator import Coordinator, StageTiming
 from dnet.cluster.link import LinkShape
 from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
@@ -115,6 +116,8 @@ class DistributedExecutable:
         history = feedback.retune(problem, feedback.stages_of(self.plan, problem), run, rounds, threshold,
                                   weight, objective)
         last = history[-1]
+        if self.local is not None:   # a local topology's devices come from this machine's cached probe
+            forget_if_far_off(last.factors)
         self.pipeline.plan = plan_from_stages(chain, self.topology, feedback.corrected(problem, last.factors),
                                               last.stages, objective, "retune")
         self.pipeline.predicted_throughput = self.pipeline.plan.throughput

@@ -3,7 +3,10 @@ backend, memory bandwidth, free memory, cores, vector width, caches; and links t
 
 Each figure is the median of several timed runs, with its spread ((max - min) / median)
 kept beside it. Results are cached on disk per hardware fingerprint, so a second
-`dnet probe` on the same machine and backend returns at once.
+`dnet probe` on the same machine and backend returns at once. A cached probe expires (a
+week; an hour if it was noisy), one whose f32 matmul rate no core could be that slow at is
+measured again and never cached (dnet.topology.plausible), and `forget` drops the cache
+when the feedback loop finds the plans made from it far off.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -29,6 +33,12 @@ from dnet.graph.builder import GraphBuilder
 from dnet.graph.ir import Graph
 from dnet.graph.ops import ELEMENTWISE, LOGICAL, Op, OpClass
 from dnet.topology.model import Device
+from dnet.topology.plausible import NOISY_SPREAD, implausible
+
+log = logging.getLogger("dnet.probe")
+MAX_AGE_S = 7 * 86400          # machines change (a BIOS, a governor, a neighbour): measure again after a week
+NOISY_MAX_AGE_S = 3600         # ... after an hour where a figure varied a lot between runs
+FAR_OFF = 4.0                  # measured / modelled stage times past this (either way): the probe is suspect
 
 # The seam to the backends: given (n, dtype), return a callable that runs one n x n x n
 # matmul on the backend. The default goes through the backend registry, so any backend
@@ -68,15 +78,23 @@ class ProbeReport:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     fingerprint: str = ""
     cached: bool = False
+    measured_at: float = 0.0                                  # time.time() when measured
+    suspect: list[str] = field(default_factory=list)          # why it is not believed (then it is not cached)
+
+    def noisy(self) -> bool:
+        return any(m.spread > NOISY_SPREAD for m in self.measurements.values())
+
+    def age_limit(self) -> float:
+        return NOISY_MAX_AGE_S if self.noisy() else MAX_AGE_S
 
     def to_json(self) -> dict:
-        return {"device": asdict(self.device), "fingerprint": self.fingerprint,
+        return {"device": asdict(self.device), "fingerprint": self.fingerprint, "measured_at": self.measured_at,
                 "measurements": {k: asdict(m) for k, m in self.measurements.items()}}
 
     @staticmethod
     def from_json(obj: dict) -> "ProbeReport":
         return ProbeReport(Device(**obj["device"]), {k: Measurement(**m) for k, m in obj["measurements"].items()},
-                           obj["fingerprint"])
+                           obj["fingerprint"], measured_at=float(obj.get("measured_at", 0.0)))  # none: expired
 
 
 _CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar("clock", default=time.perf_counter)
@@ -333,22 +351,61 @@ def cache_dir() -> Path:
     return Path(root) / "probe"
 
 
+def _path(backend: str, quick: bool) -> Path:
+    return cache_dir() / f"{fingerprint(backend)}{'-quick' if quick else ''}.json"
+
+
 def probe(backend: str = "numpy", quick: bool = False, refresh: bool = False,
           kernel: MatmulKernel | None = None) -> ProbeReport:
-    """The node's probe report, from the cache when this hardware and backend were probed before."""
-    path = cache_dir() / f"{fingerprint(backend)}{'-quick' if quick else ''}.json"
+    """The node's probe report, from the cache when this hardware and backend were probed before, not
+    too long ago. A fresh probe whose f32 matmul rate is implausible is measured once more; if it still
+    is, it is returned with `suspect` set and not cached (the next call measures again)."""
+    path = _path(backend, quick)
     if not refresh and path.exists():
         try:
             report = ProbeReport.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            report = None  # a corrupt entry is measured again and overwritten
+        if report is not None and 0 <= time.time() - report.measured_at <= report.age_limit():
             report.cached = True
             report.device.memory = available_memory()  # free memory changes; the rest does not
             return report
-        except (ValueError, KeyError, TypeError):
-            pass  # a corrupt entry is measured again and overwritten
-    report = run_probe(backend, kernel, quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(report.to_json(), indent=1))  # a reader never sees half a file
+    report = _believable_probe(backend, kernel, quick)
+    if not report.suspect:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(report.to_json(), indent=1))  # a reader never sees half a file
     return report
+
+
+def _believable_probe(backend: str, kernel: MatmulKernel | None, quick: bool) -> ProbeReport:
+    for attempt in range(2):   # a busy moment passes: one more try before giving up on it
+        report = run_probe(backend, kernel, quick)
+        f32 = report.measurements.get(f"matmul.{DType.F32.value}")
+        report.suspect = implausible(report.device, f32.median if f32 else None)
+        if not report.suspect:
+            break
+        log.warning("probe %s: %s", "retrying" if attempt == 0 else "not cached", "; ".join(report.suspect))
+    report.measured_at = time.time()
+    return report
+
+
+def forget(backend: str = "numpy") -> None:
+    """Drop this machine's cached probes for `backend` (quick and full): the next probe measures."""
+    for quick in (False, True):
+        _path(backend, quick).unlink(missing_ok=True)
+
+
+def forget_if_far_off(factors, backend: str = "numpy") -> bool:
+    """The feedback loop's measured/modelled factors per node (nan: not measured); when every measured
+    node is more than FAR_OFF off the same way, the probe the model came from is wrong, not the plan: it
+    is forgotten, so the next plan measures afresh. Returns whether it was."""
+    measured = [float(f) for f in factors if f == f]
+    far = measured and (all(f > FAR_OFF for f in measured) or all(f < 1 / FAR_OFF for f in measured))
+    if far:
+        log.warning("stage times are %s the model's: this machine's %s probe is forgotten and will be measured "
+                    "again", ", ".join(f"{f:.1f}x" for f in measured), backend)
+        forget(backend)
+    return bool(far)
 
 
 def probe_device(backend: str = "numpy", quick: bool = False) -> Device:
