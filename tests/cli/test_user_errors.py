@@ -109,3 +109,23 @@ def test_probe_prints_op_overhead_as_a_time(monkeypatch, capsys):
     main(["probe"])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert "3us" in lines["op_overhead"].replace(" ", "") and "FLOP" not in lines["op_overhead"]
+
+
+def test_cluster_up_refuses_a_secret_file_others_can_read_and_leaves_it_untouched(tmp_path, capsys):
+    shared = tmp_path / "shared.secret"
+    shared.write_text("old contents")
+    shared.chmod(0o644)
+    err = _one_line_error(capsys, ["cluster", "up", "1", "--secret-file", str(shared)])
+    assert "can be read by others" in err and shared.read_text() == "old contents"
+
+
+def test_cluster_up_writes_its_secret_under_dnet_cache_dir(tmp_path, monkeypatch):
+    from dnet.cli.cluster_commands import _cache_dir, _write_secret
+
+    monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path / "cache"))
+    assert _cache_dir() == tmp_path / "cache"   # `cluster up` without --secret-file writes there
+    _write_secret(_cache_dir() / "cluster.secret", "s" * 64)
+    path = tmp_path / "cache" / "cluster.secret"
+    assert path.read_text() == "s" * 64 and oct(path.stat().st_mode & 0o777) == "0o600"
+    _write_secret(path, "t" * 64)   # its own 0600 file: written again, whole
+    assert path.read_text() == "t" * 64

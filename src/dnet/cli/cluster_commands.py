@@ -141,6 +141,23 @@ def _node_names(text: str) -> list[str]:
     return names
 
 
+def _write_secret(path: Path, secret: str) -> None:
+    """Write `secret` into a file only its owner can read: created 0600, or an existing one that others
+    cannot read already (one they can is refused: the secret would be readable the moment it is written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)   # not truncated before the check
+    except OSError as err:
+        raise DnetError(f"cannot write the secret file {path}: {err.strerror or err}") from None
+    with os.fdopen(fd, "w") as out:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & 0o077:
+            raise DnetError(f"{path} can be read by others (mode {oct(mode)}); not writing the cluster secret "
+                            "into it", hint=f"chmod 600 {path}, or name another file")
+        os.ftruncate(fd, 0)
+        out.write(secret)
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("DNET_CACHE_DIR") or Path.home() / ".cache" / "dnet")
 
@@ -170,10 +187,8 @@ def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> 
     specs = [WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}")
              for i, (t, cores) in enumerate(zip(per_worker, core_sets(per_worker)))]
     secret = new_secret()
-    path = Path(secret_file or Path.home() / ".cache" / "dnet" / "cluster.secret")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(secret)
+    path = Path(secret_file) if secret_file else _cache_dir() / "cluster.secret"
+    _write_secret(path, secret)
     with LocalCluster(specs, secret) as local:
         for spec, address in zip(specs, local.addresses):
             click.echo(f"{spec.name}  {address}  backend={spec.backend} threads={spec.threads} cores={spec.cores}")
