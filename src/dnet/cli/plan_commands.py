@@ -56,7 +56,9 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
     d = report.device
     click.echo(f"  cores {d.cores}, memory {format_quantity(d.memory, 'bytes')}, vector width {d.vector_width} bits, "
                + ", ".join(f"{k} {format_quantity(v, 'bytes')}" for k, v in d.cache.items()))
-    topo = Topology.load(str(output)) if output and output.exists() else Topology()
+    existing = output.read_text() if output and output.exists() else None
+    topo = Topology.load(str(output)) if existing is not None else Topology()
+    written: list[tuple[str, str]] = []
     here = Node(name, [d])
     if name in topo.names:  # keep its place in the file's order
         topo.nodes[topo.names.index(name)] = here
@@ -73,8 +75,11 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
             raise DnetError(f"peer '{peer}' is not a node of {output or 'the topology'}",
                             hint="probe it first, writing to the same file")
         topo.add_link(name, peer, bandwidth.median, latency.median, symmetric=False)
-    if output:
-        output.write_text(topo.dumps())
+        written.append((name, peer))
+    if output:   # an existing file keeps its comments and the rest of its text: only these tables change
+        from dnet.topology.toml_format import update_topology_text
+
+        output.write_text(topo.dumps() if existing is None else update_topology_text(existing, topo, [name], written))
         click.echo(f"wrote {output}")
 
 

@@ -185,41 +185,97 @@ def _link(r: _Reader, raw: dict, key: str, topo: Topology) -> None:
 
 
 # -- writing -------------------------------------------------------------------------------------
+# tomlkit writes TOML (strings escaped as the spec says) and edits a file in place, keeping what a person
+# wrote around the tables it replaces: their comments, order and layout.
+
 def dumps_topology(topo: Topology) -> str:
     """A topology file that loads back to the same topology (links written one direction each)."""
-    out: list[str] = []
+    import tomlkit
+
+    doc = tomlkit.document()
+    nodes, links = tomlkit.aot(), tomlkit.aot()
     for node in topo.nodes:
-        out += ["[[node]]", f"name = {_str(node.name)}"]
-        if node.address:
-            out.append(f"address = {_str(node.address)}")
-        if node.interconnect:
-            out.append(f"interconnect = {_str(format_quantity(node.interconnect, 'bandwidth', 12))}")
-        for d in node.devices:
-            out += ["", "  [[node.device]]", *_device_lines(d)]
-        out.append("")
+        nodes.append(_node_table(node))
     for link in topo.links.values():
-        out += ["[[link]]", f"from = {_str(link.src)}", f"to = {_str(link.dst)}",
-                f"bandwidth = {_str(format_quantity(link.bandwidth, 'bandwidth', 12))}",
-                f"latency = {_str(format_quantity(link.latency, 'time', 12))}", ""]
-    return "\n".join(out)
+        links.append(_link_table(link))
+    if topo.nodes:
+        doc["node"] = nodes
+    if topo.links:
+        doc["link"] = links
+    return tomlkit.dumps(doc)
 
 
-def _device_lines(d: Device) -> list[str]:
-    lines = [f"  kind = {_str(d.kind)}", f"  cores = {d.cores}",
-             f"  memory = {_str(format_quantity(d.memory, 'bytes', 12))}"]
+def update_topology_text(text: str, topo: Topology, nodes: list[str], links: list[tuple[str, str]]) -> str:
+    """`text` (a topology file) with the named nodes' and links' tables replaced by those of `topo`, or
+    appended where the file has none; everything else in it (comments included) is kept as written."""
+    import tomlkit
+
+    doc = tomlkit.parse(text)
+    for name in nodes:
+        node = next(n for n in topo.nodes if n.name == name)
+        _replace_or_append(doc, "node", lambda t: t.get("name") == name, _node_table(node))
+    for src, dst in links:
+        link = topo.links[(src, dst)]
+        _replace_or_append(doc, "link", lambda t: (t.get("from"), t.get("to")) == (src, dst), _link_table(link))
+    return tomlkit.dumps(doc)
+
+
+def _replace_or_append(doc, key: str, match, table) -> None:
+    import tomlkit
+
+    if key not in doc:
+        doc[key] = tomlkit.aot()
+    tables = doc[key]
+    for i, existing in enumerate(tables):
+        if match(existing):
+            tables[i] = table
+            return
+    tables.append(table)
+
+
+def _node_table(node: Node):
+    import tomlkit
+
+    table = tomlkit.table()
+    table["name"] = node.name
+    if node.address:
+        table["address"] = node.address
+    if node.interconnect:
+        table["interconnect"] = format_quantity(node.interconnect, "bandwidth", 12)
+    devices = tomlkit.aot()
+    for d in node.devices:
+        devices.append(_device_table(d))
+    table["device"] = devices
+    return table
+
+
+def _device_table(d: Device):
+    import tomlkit
+
+    table = tomlkit.table()
+    table["kind"] = d.kind
+    table["cores"] = d.cores
+    table["memory"] = format_quantity(d.memory, "bytes", 12)
     if d.memory_bandwidth:
-        lines.append(f"  memory_bandwidth = {_str(format_quantity(d.memory_bandwidth, 'bandwidth', 12))}")
+        table["memory_bandwidth"] = format_quantity(d.memory_bandwidth, "bandwidth", 12)
     if d.vector_width:
-        lines.append(f"  vector_width = {d.vector_width}")
+        table["vector_width"] = d.vector_width
     if d.op_overhead:
-        lines.append(f"  op_overhead = {_str(format_quantity(d.op_overhead, 'time', 12))}")
-    for name, table, kind in (("compute", d.compute, "rate"), ("op_rates", d.op_rates, "rate"),
-                              ("cache", d.cache, "bytes")):
-        if table:
-            body = ", ".join(f"{k} = {_str(format_quantity(v, kind, 12))}" for k, v in table.items())
-            lines.append(f"  {name} = {{ {body} }}")
-    return lines
+        table["op_overhead"] = format_quantity(d.op_overhead, "time", 12)
+    for name, values, kind in (("compute", d.compute, "rate"), ("op_rates", d.op_rates, "rate"),
+                               ("cache", d.cache, "bytes")):
+        if values:
+            inline = tomlkit.inline_table()
+            inline.update({k: format_quantity(v, kind, 12) for k, v in values.items()})
+            table[name] = inline
+    return table
 
 
-def _str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _link_table(link):
+    import tomlkit
+
+    table = tomlkit.table()
+    table["from"], table["to"] = link.src, link.dst
+    table["bandwidth"] = format_quantity(link.bandwidth, "bandwidth", 12)
+    table["latency"] = format_quantity(link.latency, "time", 12)
+    return table
