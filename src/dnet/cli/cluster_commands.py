@@ -60,9 +60,11 @@ def _read_secret(secret_file: str | None) -> str:
               help="This node's TLS directory (ca.pem, node.pem, node.key): mutual TLS on every link "
                    "[default: $DNET_TLS_DIR].")
 @click.option("--no-tls", is_flag=True, help="Allow plain TCP on a non-loopback address (a trusted network, a tunnel).")
+@click.option("--models", "models", multiple=True,
+              help="A directory of model files (repeatable): weights found there are read from them, not sent.")
 def worker(listen: str, backend: str, threads: int | None, cores: str | None, name: str, advertise: str | None,
            secret_file: str | None, cache_dir: str | None, slowdown: float, idle_timeout: float,
-           tls_dir: str | None, no_tls: bool) -> None:
+           tls_dir: str | None, no_tls: bool, models: tuple[str, ...]) -> None:
     """Run a worker daemon: accept stages from a coordinator holding the cluster secret, run them."""
     from dnet.cluster.coordinator import parse_address
     from dnet.cluster.local import READY_PREFIX
@@ -78,7 +80,7 @@ def worker(listen: str, backend: str, threads: int | None, cores: str | None, na
     config = WorkerConfig(host=host, port=port, backend=backend, threads=threads, name=name,
                           advertise=advertise, cache_dir=cache_dir, slowdown=max(1.0, slowdown),
                           idle_timeout_s=idle_timeout, tls=ClusterTls(tls_dir) if tls_dir and not no_tls else None,
-                          allow_plain=no_tls)
+                          allow_plain=no_tls, models=list(models))
     daemon = Worker(_read_secret(secret_file), config)
     click.echo(f"{READY_PREFIX}{daemon.address}", nl=True)
     sys.stdout.flush()

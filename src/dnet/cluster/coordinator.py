@@ -23,6 +23,7 @@ cluster goes on serving the rest.
 from __future__ import annotations
 
 import itertools
+import json
 from collections import deque
 import logging
 import queue
@@ -39,7 +40,7 @@ from dnet.cluster.auth import connect
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
-from dnet.cluster.shipping import pack
+from dnet.cluster.shipping import file_references, pack
 from dnet.cluster.tls import ClusterTls, require_tls
 from dnet.core import progress
 from dnet.errors import DnetError
@@ -159,6 +160,7 @@ class Coordinator:
         self.timings: dict[int, StageTiming] = {}
         self.dropped_results = 0
         self.weight_bytes_sent = 0
+        self.weight_bytes_mapped = 0       # weights the workers read from model files of their own instead
         self.broken: str | None = None
         self._pending: dict[int, _Request] = {}
         self._in_air: set[int] = set()         # requests sent under the current epoch and not yet answered
@@ -304,12 +306,19 @@ class Coordinator:
         w = self.workers[self.placement[s]]
         packed = pack(self.stages[s])
         meta = {"key": self._key(s), "stage": s, "weights": sorted(packed.arrays), "slots": self.slots}
-        load = Message(MsgType.LOAD, meta, {"graph": np.frombuffer(packed.doc, np.uint8)})
+        tensors = {"graph": np.frombuffer(packed.doc, np.uint8)}
+        refs = file_references(packed.arrays, w.caps.get("models") or ())
+        if refs:   # weights in a model file the worker holds: it reads them there (a document, like the graph)
+            tensors["mapped"] = np.frombuffer(json.dumps(refs).encode(), np.uint8)
+        load = Message(MsgType.LOAD, meta, tensors)
         reply = self._call(w, load, MsgType.NEED, MsgType.LOADED)
         if reply.type is MsgType.NEED:  # weights it has cached are not sent again
-            self._send_weights(w, meta["key"], {h: packed.arrays[h] for h in reply.meta.get("hashes", [])})
+            reply = self._send_weights(w, meta["key"], {h: packed.arrays[h] for h in reply.meta.get("hashes", [])})
+        with self._lock:
+            self.weight_bytes_mapped += int(reply.meta.get("mapped_bytes") or 0)
 
-    def _send_weights(self, w: WorkerHandle, key: str, arrays: dict[str, np.ndarray]) -> None:
+    def _send_weights(self, w: WorkerHandle, key: str, arrays: dict[str, np.ndarray]) -> Message:
+        """Send `arrays` in batches; the worker's LOADED answers the last."""
         with self._lock:
             self.weight_bytes_sent += sum(a.nbytes for a in arrays.values())
         batch: dict[str, np.ndarray] = {}
@@ -322,10 +331,11 @@ class Coordinator:
             if last or size >= WEIGHT_BATCH_BYTES:
                 msg = Message(MsgType.WEIGHTS, {"key": key, "last": last}, batch)
                 if last:
-                    self._call(w, msg, MsgType.LOADED)
+                    return self._call(w, msg, MsgType.LOADED)
                 else:
                     w.outbox.put(msg)
                 batch, size = {}, 0
+        return self._call(w, Message(MsgType.WEIGHTS, {"key": key, "last": True}), MsgType.LOADED)  # none asked
 
     def _route(self, s: int, w: WorkerHandle) -> None:
         meta: dict[str, Any] = {"key": self._key(s)}

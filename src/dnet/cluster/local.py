@@ -40,6 +40,7 @@ class WorkerSpec:
     advertise: str | None = None
     prefix: list[str] = field(default_factory=list)   # e.g. ["ip", "netns", "exec", "ns0"]
     tls_dir: str | None = None                       # the node's TLS files (ca.pem, node.pem, node.key)
+    models: list[str] = field(default_factory=list)  # directories of model files it reads weights from
 
     def command(self) -> list[str]:
         cmd = [*self.prefix, sys.executable, "-m", "dnet.cluster", "--listen", self.listen,
@@ -58,6 +59,8 @@ class WorkerSpec:
             cmd += ["--advertise", self.advertise]
         if self.tls_dir:
             cmd += ["--tls", self.tls_dir]
+        for directory in self.models:
+            cmd += ["--models", str(directory)]
         return cmd
 
     def env(self, secret: str, cache_dir: str | None) -> dict[str, str]:
@@ -115,6 +118,10 @@ class LocalCluster:
         return ClusterTls(issue_node(root, "coordinator"))
 
     def start(self) -> "LocalCluster":
+        for spec in self.specs:   # said here in one line, not as a worker that did not start
+            missing = [d for d in spec.models if not os.path.isdir(d)]
+            if missing:
+                raise DnetError(f"--models {missing[0]}: no such directory", hint="a directory holding model files")
         try:
             for i in range(len(self.specs)):
                 self.procs.append(self._spawn(i))

@@ -194,7 +194,7 @@ class DistributedExecutable:
 def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: dict[str, int] | None = None,
                         backend: str | Sequence[str] = "numpy", shape_links: bool | None = None,
                         slowdowns: Sequence[float] | None = None, secret: str | None = None,
-                        slots: int = 1, measure_links: bool | None = None,
+                        slots: int = 1, measure_links: bool | None = None, models: Sequence[str] = (),
                         **coordinator_options: Any) -> DistributedExecutable:
     """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
 
@@ -203,7 +203,8 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     one. Stages with STATE inputs keep `slots` sequences of it on their workers. With `measure_links`
     (the default for workers at addresses) the workers measure the links between them and the plan is
     made with those figures rather than the topology file's. A worker lost without a spare left is
-    planned around: the survivors take its work.
+    planned around: the survivors take its work. `models`: directories of model files the local workers
+    read their weights from where they can (`dnet worker --models`), instead of receiving them.
     """
     symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
     env = {**{s: 1 for s in symbols}, **(env or {})}
@@ -219,7 +220,7 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
         backends = [backend] * len(addresses) if isinstance(backend, str) else list(backend)
         slow = list(slowdowns) if slowdowns is not None else [1.0] * len(addresses)
         threads = [node.devices[0].cores if node.devices else None for node in topology.nodes]
-        specs = [WorkerSpec(backend=b, threads=t, cores=c, slowdown=s, name=node.name)
+        specs = [WorkerSpec(backend=b, threads=t, cores=c, slowdown=s, name=node.name, models=list(models))
                  for node, b, t, c, s in zip(topology.nodes, backends, threads, core_sets(threads), slow)]
         local = LocalCluster(specs, secret).start()
         addresses, secret = local.addresses, local.secret

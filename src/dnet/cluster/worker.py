@@ -19,6 +19,7 @@ told (where the stream still allows it) and the worker goes on serving the other
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ from dnet.backends import registry
 from dnet.cluster.auth import AuthError, check_secret_strength, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
+from dnet.cluster.model_files import ModelFiles
 from dnet.cluster.protocol import (
     COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError,
 )
@@ -69,6 +71,7 @@ class _PendingLoad:
     meta: dict[str, Any]
     doc: bytes
     reply: Channel
+    mapped: dict[str, np.ndarray] = field(default_factory=dict)   # weights read from a model file held here
 
 
 @dataclass
@@ -90,6 +93,7 @@ class WorkerConfig:
     idle_timeout_s: float = 600.0
     tls: ClusterTls | None = None      # mutual TLS on every link, served and dialled (dnet.cluster.tls)
     allow_plain: bool = False          # plain TCP on a non-loopback address (a trusted network, a tunnel)
+    models: list[str] = field(default_factory=list)   # directories of model files to read weights from
 
 
 class Worker:
@@ -101,6 +105,7 @@ class Worker:
         require_tls(self.config.host, self.config.tls, self.config.allow_plain, "a worker listening on")
         self.secret = secret
         registry.get(self.config.backend)   # an unknown backend is refused now, not at the first stage
+        self.models = ModelFiles(self.config.models) if self.config.models else None
         try:
             self.listener = socket.create_server((self.config.host, self.config.port))
         except OSError as err:
@@ -242,7 +247,8 @@ class Worker:
         caps = {"name": self.name, "backend": self.config.backend, "threads": self.config.threads,
                 "slowdown": self.config.slowdown,
                 "cores": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
-                "advertise": self.config.advertise or self.address, "tls": self.config.tls is not None}
+                "advertise": self.config.advertise or self.address, "tls": self.config.tls is not None,
+                "models": self.models.digests() if self.models is not None else []}
         if msg.meta.get("probe"):
             from dataclasses import asdict
 
@@ -255,12 +261,36 @@ class Worker:
         key, hashes = _str(msg.meta, "key"), msg.meta.get("weights")
         if not (isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)) or "graph" not in msg.tensors:
             raise DnetError("LOAD needs a 'graph' tensor and a 'weights' list of hashes", where=key)
+        refs = _json_tensor(msg.tensors["mapped"], "mapped") if "mapped" in msg.tensors else {}
+        if not isinstance(refs, dict):
+            raise DnetError("LOAD's 'mapped' is an object of file references by weight hash", where=key)
         self._touch(key)
+        pending = _PendingLoad(msg.meta, msg.tensors["graph"].tobytes(), chan)
         with self._lock:
-            self._pending[key] = _PendingLoad(msg.meta, msg.tensors["graph"].tobytes(), chan)
-        missing = self.store.missing(hashes)
+            self._pending[key] = pending
+        if refs and self.models is not None:   # reading and hashing a model's weights takes a while: not here
+            threading.Thread(target=self._map_then_load, args=(key, pending, refs), name=f"map-{key}",
+                             daemon=True).start()
+        else:
+            self._need_or_compile(key, pending)
+
+    def _map_then_load(self, key: str, pending: _PendingLoad, refs: dict) -> None:
+        try:
+            for digest in pending.meta["weights"]:
+                if digest in refs:
+                    try:
+                        pending.mapped[digest] = self.models.weight(refs[digest], digest)
+                    except DnetError as err:   # this weight travels instead
+                        log.warning("weight %s not read from a model file (%s): asking for it", digest[:12], err)
+            self._need_or_compile(key, pending)
+        except Exception as err:  # noqa: BLE001 - reported to the coordinator, never fatal
+            reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
+            self._try_send(pending.reply, Message(MsgType.ERROR, {"reason": reason, "key": key}))
+
+    def _need_or_compile(self, key: str, pending: _PendingLoad) -> None:
+        missing = [h for h in self.store.missing(pending.meta["weights"]) if h not in pending.mapped]
         if missing:
-            chan.send(Message(MsgType.NEED, {"key": key, "hashes": missing}))
+            pending.reply.send(Message(MsgType.NEED, {"key": key, "hashes": missing}))
         else:
             self._compile_in_background(key)
 
@@ -272,7 +302,7 @@ class Worker:
         if pending is None:
             raise DnetError("weights for a stage that is not being loaded", where=key)
         if msg.meta.get("last"):
-            missing = self.store.missing(pending.meta["weights"])
+            missing = [h for h in self.store.missing(pending.meta["weights"]) if h not in pending.mapped]
             if missing:
                 raise DnetError(f"still missing {len(missing)} weight(s), e.g. {missing[0][:12]}", where=key)
             self._compile_in_background(key)
@@ -292,7 +322,8 @@ class Worker:
             self._try_send(pending.reply, Message(MsgType.ERROR, {"reason": reason, "key": key}))
 
     def _install(self, key: str, pending: _PendingLoad) -> None:
-        graph = unpack(pending.doc, pending.meta["weights"], self.store.get)
+        graph = unpack(pending.doc, pending.meta["weights"],
+                       lambda digest: pending.mapped[digest] if digest in pending.mapped else self.store.get(digest))
         options = {"threads": self.config.threads} if self.config.threads and self.config.backend != "numpy" else {}
         runner = StageRunner(graph, self.config.backend, **options)
         state = SlotState.of(graph, _positive(pending.meta.get("slots", 1), "slots"))
@@ -301,7 +332,8 @@ class Worker:
         with self._lock:
             self.stages[key] = stage
         log.info("loaded stage %s (%d nodes) in %.3f s", key, len(graph), runner.compile_s)
-        pending.reply.send(Message(MsgType.LOADED, {"key": key, "compile_s": runner.compile_s}))
+        mapped = sum(int(a.nbytes) for a in pending.mapped.values())
+        pending.reply.send(Message(MsgType.LOADED, {"key": key, "compile_s": runner.compile_s, "mapped_bytes": mapped}))
 
     def _on_route(self, chan: Channel, msg: Message) -> None:
         stage = self._stage(_str(msg.meta, "key"))
@@ -541,6 +573,14 @@ def _slots(meta: dict) -> tuple[int, int]:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
         raise DnetError(f"a stage with state needs 'slots': [first, count], got {str(value)[:40]}")
     return value[0], value[1]
+
+
+def _json_tensor(tensor: np.ndarray, what: str) -> Any:
+    """A JSON document that travelled as a uint8 tensor (too large for a message's meta)."""
+    try:
+        return json.loads(tensor.tobytes())
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise DnetError(f"'{what}' is not a JSON document: {err}") from None
 
 
 def _ids(meta: dict) -> dict:

@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from dnet.core import progress
+from dnet.core.origins import register_mapping, take_rows
 from dnet.core.quant import block_dtype
 from dnet.errors import ModelFileError, TokenizerError
 from dnet.llm.model_file import ARCHITECTURES, ModelConfig, ModelFile, QuantTensor, RopeScaling, TokenizerData
@@ -33,6 +34,7 @@ def read_gguf(path: str | Path) -> ModelFile:
     path = Path(path)
     name = path.name
     reader = open_reader(path)
+    register_mapping(reader.data, path)        # a worker holding this file reads its tensors there
     try:
         metadata = FieldReader(reader, name)
         config = read_config(metadata, [t.name for t in reader.tensors])
@@ -202,14 +204,14 @@ def unpermute_rows(value, num_heads: int):
     i + d/2) and interleaves them (its RoPE pairs 2i with 2i + 1): within a head, stored row 2i
     is HF row i and stored row 2i + 1 is HF row i + d/2. So HF's order is the stored rows
     0, 2, 4, ..., then 1, 3, 5, ... of each head. Block rows move whole, so this works on
-    QuantTensors too (a copy of just these tensors)."""
+    QuantTensors too (a copy of just these tensors, which remembers the file rows it came from)."""
     rows = value.shape[0]
     head_dim = rows // num_heads
     within = np.concatenate([np.arange(0, head_dim, 2), np.arange(1, head_dim, 2)])
     order = (np.arange(num_heads)[:, None] * head_dim + within[None, :]).reshape(-1)
     if isinstance(value, QuantTensor):
-        return QuantTensor(value.dtype, value.shape, np.ascontiguousarray(value.data[order]))
-    return np.ascontiguousarray(value[order])
+        return QuantTensor(value.dtype, value.shape, take_rows(value.data, order))
+    return take_rows(value, order)
 
 
 def read_tokenizer(metadata: FieldReader) -> TokenizerData:

@@ -20,6 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from dnet.core.origins import register_mapping
 from dnet.errors import ModelFileError, TokenizerError
 from dnet.llm.model_file import ModelConfig, ModelFile, RopeScaling, TokenizerData
 
@@ -192,6 +193,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise ModelFileError(f"{where}: not a safetensors file ({problem})") from None
     start = 8 + header_size
     memory = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
+    if isinstance(memory, np.memmap):
+        register_mapping(memory, path)         # a worker holding this file reads its tensors there
     tensors = {}
     for name, entry in header.items():
         if name == "__metadata__":

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from dnet.core.dtypes import DType
+from dnet.core.origins import stack_rows
 from dnet.core.shapes import Sym
 from dnet.core.types import TensorType
 from dnet.graph import composites as C
@@ -188,7 +189,7 @@ class _Weights:
         name = "+".join(prefixes)
         rows = [t.shape[0] for t in weights]
         self.tensors[name + ".weight"] = QuantTensor(weights[0].dtype, (sum(rows), weights[0].shape[1]),
-                                                     np.concatenate([np.asarray(t.data) for t in weights]))
+                                                     stack_rows([t.data for t in weights]))
         if biases[0] is not None:
             self.tensors[name + ".bias"] = np.concatenate([np.asarray(bias, np.float32) for bias in biases])
         y = self.linear(x, name)
