@@ -28,10 +28,28 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: Mapping[str, An
     try:
         with _quiet():
             program = torch.export.export(module, args, dict(kwargs), dynamic_shapes=dynamic_shapes, strict=strict)
-            return program.run_decompositions()
+            return _views_as_reshapes(program).run_decompositions()
     except Exception as err:  # torch raises many types here; all mean "could not export"
         raise TorchExportError(f"torch.export failed for {type(module).__name__}: {type(err).__name__}: {err}",
                                hint="see torch.export's documentation on dynamic shapes and graph breaks") from err
+
+
+def _views_as_reshapes(program: ExportedProgram) -> ExportedProgram:
+    """Every `aten.view` of the exported graph made an `aten.reshape`, before decomposition.
+
+    torch's decomposition re-traces the graph with fake tensors whose strides can differ from the eager
+    run's: GPT-2 exported at batch >= 2 fails there ("Cannot view a tensor with shape [2, 11, 72] and strides
+    (72, 144, 1)"), a `view` after a transpose that eager made contiguous. A reshape is a view where strides
+    allow and a copy where not, the same values either way; dnet's graph has no strides, so nothing is lost.
+    """
+    changed = False
+    for node in program.graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+    return program
 
 
 def unflatten_program(program: ExportedProgram) -> torch.nn.Module:
