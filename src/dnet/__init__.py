@@ -9,9 +9,12 @@ from dnet.frontend import nn
 from dnet.frontend.module import Module, ModuleList, Parameter, Sequential
 from dnet.graph.ir import Graph
 from dnet.objects.ir import ObjectModule
-from dnet.topology import Topology
+from dnet.topology import Topology, sources as _topology_sources
 from dnet import models  # noqa: E402 - models are written with the names above
 from dnet import llm  # noqa: E402 - LLM generation, above the compiler
+
+# topologies the layers above the topology build (it may not import them): imported when first used
+_topology_sources.register("ray", "dnet.cluster.ray_cluster:topology_from_ray")
 
 __all__ = [
     "Executable", "compile", "to_graph", "WILDCARD", "DType", "Sym", "TensorType", "f32", "f16", "bf16",

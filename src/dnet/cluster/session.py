@@ -225,12 +225,14 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
         local = LocalCluster(specs, secret).start()
         addresses, secret = local.addresses, local.secret
         shape_links = True if shape_links is None else shape_links
-    secret = secret or secret_from_env()
+    owner = topology.cluster   # workers started for this topology (on Ray): their secret and TLS files
+    secret = secret or (owner.secret if owner is not None else None) or secret_from_env()
     if not secret:
         raise DnetError("no cluster secret", hint="set DNET_CLUSTER_SECRET to the workers' secret")
     links = link_shapes(topology) if shape_links else None
     if "tls" not in coordinator_options:   # workers elsewhere: this node's TLS files from $DNET_TLS_DIR
-        coordinator_options["tls"] = local.tls if local is not None else tls_from_env()
+        coordinator_options["tls"] = (local.tls if local is not None else owner.tls if owner is not None
+                                      else tls_from_env())
     coordinator = None
     try:
         coordinator = Coordinator(addresses, secret, **coordinator_options)
@@ -255,7 +257,7 @@ def with_measured_links(topology: Any, measured: Mapping[tuple[int, int], LinkSh
     """A copy of `topology` whose links between workers i -> j are the measured ones."""
     from dnet.topology import Topology
 
-    out = Topology(list(topology.nodes), dict(topology.links), topology.source)
+    out = Topology(list(topology.nodes), dict(topology.links), topology.source, topology.cluster)
     for (i, j), shape in measured.items():
         out.add_link(topology.names[i], topology.names[j], shape.bandwidth, shape.latency, symmetric=False)
     return out

@@ -8,6 +8,7 @@ a symmetric link is two entries.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from dnet.core.dtypes import DType
 from dnet.errors import DnetError, did_you_mean
@@ -74,6 +75,9 @@ class Topology:
     nodes: list[Node] = field(default_factory=list)
     links: dict[tuple[str, str], Link] = field(default_factory=dict)
     source: str | None = None              # the file it came from, for error messages
+    # what started its workers for it and keeps them alive (a Ray cluster): `.secret` and `.tls` reach them.
+    # Never saved: a file names workers by address, and the secret travels apart (docs/security.md)
+    cluster: Any = field(default=None, repr=False, compare=False)
 
     # -- queries ----------------------------------------------------------------
     @property
@@ -109,7 +113,8 @@ class Topology:
             self.node(name)
         keep = set(names)
         return Topology([n for n in self.nodes if n.name in keep],
-                        {k: l for k, l in self.links.items() if l.src in keep and l.dst in keep}, self.source)
+                        {k: l for k, l in self.links.items() if l.src in keep and l.dst in keep}, self.source,
+                        self.cluster)
 
     # -- construction -----------------------------------------------------------
     @staticmethod
@@ -141,6 +146,15 @@ class Topology:
                 if a != b:
                     topo.add_link(a, b, bandwidth, latency, symmetric=False)
         return topo
+
+    @staticmethod
+    def from_ray(address: str | None = None, **options: Any) -> "Topology":
+        """One dnet worker per node of the Ray cluster at `address` (None: the running one, or a new local
+        one), each in a Ray actor that probes its node; links measured between them. Needs the `ray` extra;
+        options and details: `dnet.cluster.ray_cluster.topology_from_ray`, docs/cluster.md."""
+        from dnet.topology import sources
+
+        return sources.build("ray", address, **options)
 
     # -- serialisation ----------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,0 +1,123 @@
+"""dnet on a Ray cluster: one worker per Ray node, in a Ray actor; models planned and run across them.
+
+One Ray cluster for the module (`ray.cluster_utils.Cluster`: three Ray nodes on this machine with 1, 2 and 3
+CPUs). Oracle: the same model on one node, in this process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extra `dnet[ray]`)")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+import dnet  # noqa: E402 - after the skip: without Ray there is nothing here to import for
+from dnet.cluster.ray_cluster import RayCluster, node_device  # noqa: E402
+from dnet.partition import build_problem, layer_chain, plan_from_stages  # noqa: E402
+from dnet.partition.problem import Stage  # noqa: E402
+from dnet.topology import Device  # noqa: E402
+from residual_nets import ResidualNet, request  # noqa: E402
+
+CPUS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def topology():
+    nodes = cluster_utils.Cluster(initialize_head=True,
+                                  head_node_args={"num_cpus": CPUS[0], "include_dashboard": False})
+    try:
+        for cpus in CPUS[1:]:
+            nodes.add_node(num_cpus=cpus)
+        nodes.wait_for_nodes()
+        ray.init(address=nodes.address, logging_level="WARNING")
+        topology = dnet.Topology.from_ray(max_restarts=2)   # Ray is running: its cluster, not a new one
+        try:
+            yield topology
+        finally:
+            topology.cluster.close()
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(topology) -> RayCluster:
+    return topology.cluster
+
+
+def spread(graph, topology, env, objective="throughput"):
+    """A plan giving every node an equal run of layers, so the test is sure to cross every actor."""
+    chain = layer_chain(graph, env)
+    problem = build_problem(chain, topology)
+    bounds = np.linspace(0, problem.n_layers, len(topology.nodes) + 1).astype(int)
+    stages = [Stage(k, int(a), int(b)) for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a]
+    return plan_from_stages(chain, topology, problem, stages, objective, "spread")
+
+
+def test_each_ray_node_runs_one_worker_sized_by_its_cpus(topology):
+    assert len(topology.nodes) == len(CPUS)
+    assert len({n.address for n in topology.nodes}) == len(CPUS)
+    # Ray's CPUs, but never more than the machine has (a Ray node's CPU count is only a number)
+    cores = len(os.sched_getaffinity(0))
+    assert sorted(n.devices[0].cores for n in topology.nodes) == [min(c, cores) for c in CPUS]
+    rates = {n.devices[0].cores: n.devices[0].compute["f32"] for n in topology.nodes}
+    if cores >= 2:   # rates follow the CPUs Ray gives the node
+        assert rates[2] == pytest.approx(2 * rates[1])
+    # every link measured by the workers themselves, both ways
+    assert len(topology.links) == len(CPUS) * (len(CPUS) - 1)
+    assert all(link.bandwidth > 0 and link.latency > 0 for link in topology.links.values())
+
+
+def test_a_nodes_device_is_the_probe_cut_to_rays_cpus_and_memory():
+    probed = Device(cores=8, compute={"f32": 8e9}, memory=32e9, memory_bandwidth=8e9, op_rates={"add": 4e9})
+    device = node_device(probed, cpus=2, memory=4e9)
+    assert (device.cores, device.compute, device.memory) == (2, {"f32": 2e9}, 4e9)
+    assert device.op_rates == {"add": 1e9} and device.memory_bandwidth == 2e9
+    assert node_device(probed, cpus=16, memory=None).compute == {"f32": 8e9}   # never more than the probe
+
+
+def test_a_tiny_llm_generates_across_the_actors_the_same_text_as_one_node(topology, tmp_path):
+    from tiny_models import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path, "llama", "f32")
+    prompt = "The quick brown fox"
+    with dnet.llm.load(path, target="numpy", context=32) as one:
+        want = one.generate(prompt, max_tokens=8, temperature=0)
+    with dnet.llm.load(path, target="numpy", context=32, topology=topology,
+                       cluster={"plan": spread}) as llm:
+        assert len({s.node for s in llm.engine.exe.plan.stages}) == len(CPUS)
+        assert llm.generate(prompt, max_tokens=8, temperature=0) == want
+
+
+def test_a_model_across_the_actors_equals_one_node_and_survives_a_killed_actor(ray_cluster, topology):
+    rng = np.random.default_rng(0)
+    net = ResidualNet(rng, depth=6)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    inputs = {"x": t, "mask": t}
+    env = {"batch": 2, "seq": 3}
+    reqs = [request(rng) for _ in range(6)]
+    single = dnet.compile(net, inputs)
+    want = [single.run(r)["output"] for r in reqs]
+    pids = ray_cluster.pids()
+    with dnet.compile(net, inputs, topology=topology, env=env,
+                      plan=lambda topo: spread(dnet.to_graph(net, inputs), topo, env)) as exe:
+        assert sorted(exe.pipeline.placement) == [0, 1, 2]
+        for got, expected in zip(exe.run_many(reqs), want):
+            np.testing.assert_allclose(got["output"], expected, rtol=1e-6, atol=1e-6)
+        victim = exe.pipeline.placement[1]
+        os.kill(pids[victim], signal.SIGKILL)       # the actor's process, and with it its worker
+        for got, expected in zip(exe.run_many(reqs), want):
+            np.testing.assert_allclose(got["output"], expected, rtol=1e-6, atol=1e-6)
+        assert victim not in exe.pipeline.placement  # planned again over the two survivors
+    # Ray restarted the actor: a fresh process, a fresh worker at a new address, back in the next topology
+    restarted = ray_cluster.pids()
+    assert restarted[victim] != pids[victim]
+    assert [p for i, p in enumerate(restarted) if i != victim] == [p for i, p in enumerate(pids) if i != victim]
+    again = ray_cluster.topology(measure_links=False)
+    assert again.nodes[victim].address != topology.nodes[victim].address
+    with dnet.compile(net, inputs, topology=again, env=env,
+                      plan=lambda topo: spread(dnet.to_graph(net, inputs), topo, env)) as exe:
+        np.testing.assert_allclose(exe.run(reqs[0])["output"], want[0], rtol=1e-6, atol=1e-6)
