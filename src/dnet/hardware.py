@@ -1,6 +1,8 @@
-"""What this host is, read at run time: cores, vector instruction sets, cache sizes.
+"""What this host is, read at run time: cores, vector instruction sets, cache sizes, clock.
 
-Nothing here assumes the machine dnet was written on. The C backend uses these facts
+The one place dnet reads host facts: the C backend (through `Host`) and the probe
+(`dnet.topology.probe`, through the functions below) both ask here. Nothing here assumes
+the machine dnet was written on. The C backend uses these facts
 to pick its vector width, its register blocking and its cache tiles, and the compile
 cache keys on `Host.fingerprint()` so that a cache moved to another CPU is not reused.
 """
@@ -62,12 +64,17 @@ _INTERESTING = ("sse2", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx51
                 "avx512_bf16", "avx512_fp16", "neon", "asimd", "fphp", "asimdhp", "sve")
 
 
-def _cpuinfo() -> tuple[str, frozenset[str]]:
+DEFAULT_CLOCK_HZ = 2.0e9   # where /proc/cpuinfo does not say
+
+
+@functools.cache
+def _cpuinfo_all() -> tuple[str, frozenset[str], float]:
+    """(model, every CPU flag, the fastest clock in Hz or 0) from /proc/cpuinfo."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or "unknown", frozenset()
-    model, flags = "unknown", set()
+        return platform.processor() or "unknown", frozenset(), 0.0
+    model, flags, clock = "unknown", set(), 0.0
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -75,9 +82,44 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
+        elif key == "cpu mhz":
+            try:
+                clock = max(clock, float(value) * 1e6)
+            except ValueError:
+                pass
     if "asimd" in flags:
         flags.add("neon")
+    return model, frozenset(flags), clock
+
+
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    model, flags, _ = _cpuinfo_all()
     return model, frozenset(f for f in flags if f in _INTERESTING)
+
+
+def cpu_model() -> str:
+    return _cpuinfo_all()[0]
+
+
+def cpu_flags() -> frozenset[str]:
+    """Every flag /proc/cpuinfo lists (the probe's fingerprint keys on all of them)."""
+    return _cpuinfo_all()[1]
+
+
+def clock_hz() -> float:
+    """The cores' clock as /proc/cpuinfo reports it (the fastest), else DEFAULT_CLOCK_HZ."""
+    return _cpuinfo_all()[2] or DEFAULT_CLOCK_HZ
+
+
+def vector_bits(flags: frozenset[str] | set[str], machine: str | None = None) -> int:
+    """Widest SIMD register in bits: 512 (AVX-512), 256 (AVX/AVX2), 128 (SSE2/NEON, any arm64), else 0."""
+    if "avx512f" in flags:
+        return 512
+    if "avx2" in flags or "avx" in flags:
+        return 256
+    if flags & {"sse2", "asimd", "neon"} or (machine or platform.machine()) in ("arm64", "aarch64"):
+        return 128
+    return 0
 
 
 def _size(text: str) -> int:
@@ -86,8 +128,8 @@ def _size(text: str) -> int:
     return int(text.rstrip("KMG")) * scale
 
 
-def _caches() -> dict[str, int]:
-    """Per-level data cache sizes from sysfs; empty where sysfs does not say."""
+def cache_sizes() -> dict[str, int]:
+    """Data (or unified) cache bytes per level from sysfs, "l1", "l2", "l3"; empty where sysfs does not say."""
     out: dict[str, int] = {}
     for index in sorted(_SYSFS_CPU.glob("index*")):
         try:
@@ -98,11 +140,12 @@ def _caches() -> dict[str, int]:
             continue
         if kind == "Instruction":
             continue
-        out["l1d" if level == "1" else f"l{level}"] = size
+        out[f"l{level}"] = size
     return out
 
 
-def _cores() -> int:
+def cores() -> int:
+    """Cores this process may run on (its affinity), read each time: a worker pins itself after start."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -113,6 +156,6 @@ def _cores() -> int:
 def detect() -> Host:
     """The host this process runs on (read once)."""
     model, isa = _cpuinfo()
-    caches = _caches()
-    return Host(machine=platform.machine(), cpu_model=model, cores=_cores(), isa=isa,
+    caches = {"l1d" if k == "l1" else k: v for k, v in cache_sizes().items()}
+    return Host(machine=platform.machine(), cpu_model=model, cores=cores(), isa=isa,
                 **{k: v for k, v in caches.items() if k in ("l1d", "l2", "l3")})

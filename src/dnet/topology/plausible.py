@@ -4,22 +4,12 @@ probe is checked against what the core could possibly do before it is kept.
 """
 from __future__ import annotations
 
+from dnet.hardware import clock_hz
 from dnet.topology.model import Device
 
 MIN_PEAK_FRACTION = 0.02   # an f32 matmul (BLAS or dnet's C gemm) under 2 % of one core's peak is a busy
                            # machine, not the device: they reach 20-70 % of it
 NOISY_SPREAD = 1.0         # (max - min) / median over the runs above this: something else was running
-DEFAULT_CLOCK_HZ = 2.0e9   # where /proc/cpuinfo does not say
-
-
-def clock_hz() -> float:
-    """The cores' clock as /proc/cpuinfo reports it (the fastest), else DEFAULT_CLOCK_HZ."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            rates = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
-    except (OSError, ValueError):
-        rates = []
-    return max(rates) * 1e6 if rates else DEFAULT_CLOCK_HZ
 
 
 def peak_f32_per_core(device: Device, clock: float | None = None) -> float:

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from dnet import hardware
 from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.core.files import write_text_atomic
@@ -139,12 +140,9 @@ def _rate(work: float, m: Measurement) -> Measurement:
     return Measurement(work / m.median, m.spread, m.runs)
 
 
-# -- host facts ----------------------------------------------------------------------------------
+# -- host facts (read in dnet.hardware, the one place) ---------------------------------------------
 def core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return hardware.cores()
 
 
 def available_memory() -> float:
@@ -159,55 +157,21 @@ def available_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def vector_width(flags: set[str] | None = None) -> int:
     """Widest SIMD register in bits: 512 (AVX-512), 256 (AVX/AVX2), 128 (SSE2/NEON), else 0."""
-    flags = _cpu_flags() if flags is None else flags
-    if "avx512f" in flags:
-        return 512
-    if "avx2" in flags or "avx" in flags:
-        return 256
-    if flags & {"sse2", "asimd", "neon"} or platform.machine() in ("arm64", "aarch64"):
-        return 128
-    return 0
+    return hardware.vector_bits(hardware.cpu_flags() if flags is None else flags)
 
 
 def cache_sizes() -> dict[str, float]:
-    """Data/unified cache sizes per level from sysfs ("l1", "l2", "l3" -> bytes)."""
-    out: dict[str, float] = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            if (index / "type").read_text().strip() == "Instruction":
-                continue
-            size = (index / "size").read_text().strip()
-            level = (index / "level").read_text().strip()
-        except OSError:
-            continue
-        factor = {"K": 1024, "M": 1024**2}.get(size[-1], 1)
-        out[f"l{level}"] = float(size.rstrip("KM")) * factor
-    return out
+    """Data/unified cache sizes per level ("l1", "l2", "l3" -> bytes)."""
+    return {level: float(size) for level, size in hardware.cache_sizes().items()}
 
 
 def fingerprint(backend: str) -> str:
     """Identifies hardware and software whose measurements are interchangeable."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
-    except OSError:
-        pass
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    key = [platform.machine(), model, core_count(), total, backend, np.__version__, sorted(_cpu_flags())]
+    key = [platform.machine(), hardware.cpu_model(), core_count(), total, backend, np.__version__,
+           sorted(hardware.cpu_flags())]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
