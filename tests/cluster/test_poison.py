@@ -55,3 +55,17 @@ def test_a_request_that_crashes_workers_fails_alone_and_the_cluster_keeps_servin
     assert alive == [False, False, True]                # it killed two workers, not the third
     assert placement == [2]
     assert len(coord.latencies) == len(good) + len(later)   # one answer each; the poisoned one none
+
+
+def test_a_second_loss_makes_a_request_poison_only_at_a_stage_it_crashed_before():
+    from concurrent.futures import Future
+
+    from dnet.cluster.coordinator import _Request
+
+    req = _Request(0, {}, Future(), 0.0)
+    req.lost_with.append(("w0", frozenset({0})))
+    assert not req.poisonous()                          # one loss: a suspect, sent again alone
+    req.lost_with.append(("w2", frozenset({2})))
+    assert not req.poisonous()                          # another stage's worker: two crashes at once
+    req.lost_with.append(("w3", frozenset({0, 1})))
+    assert req.poisonous()                              # stage 0 again

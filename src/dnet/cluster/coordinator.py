@@ -15,10 +15,13 @@ is answered exactly once. Without a spare, every waiting request fails with
 
 Poison requests. A request that crashes a worker would crash every spare in turn if
 it were simply sent again. So every request in the air when a worker is lost is
-charged one loss, and a request with a loss travels alone when it is sent again
-(the others wait for it): a second loss then falls on it only. At `MAX_LOSSES` it
-fails alone with `PoisonRequest`, naming it and the workers lost with it, and the
-cluster goes on serving the rest.
+charged that loss (the worker and the stages it ran), and a request with a loss
+travels alone when it is sent again (the others wait for it): a second loss then
+falls on it only. When it is the `MAX_LOSSES`th and a stage it crashed before is
+among the lost worker's (a poison request crashes the same op each time; two workers
+killed at once, at different stages, are a coincidence), the request fails alone
+with `PoisonRequest`, naming it and the workers lost with it, and the cluster goes
+on serving the rest.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ from dnet.graph.ops import Op
 log = logging.getLogger("dnet.coordinator")
 
 WEIGHT_BATCH_BYTES = 256 << 20
-MAX_LOSSES = 2   # worker losses a request may be in the air for; at this many it fails alone
+MAX_LOSSES = 2   # losses of a worker running the same stage a request may be in the air for
 
 
 class WorkerLost(DnetError):
@@ -62,8 +65,8 @@ class RemoteError(DnetError):
 
 
 class PoisonRequest(WorkerLost):
-    """A request was in the air when `MAX_LOSSES` workers were lost, the last time alone: it is taken to
-    crash workers and fails, without being sent to another."""
+    """A request was in the air when `MAX_LOSSES` workers running the same stage were lost, the last time
+    alone: it is taken to crash workers and fails, without being sent to another."""
 
 
 class StateLost(WorkerLost):
@@ -103,7 +106,15 @@ class _Request:
     submitted: float
     meta: dict[str, Any] = field(default_factory=dict)   # travels with it through every stage (its slots)
     state_epoch: int | None = None                        # the plan its state was built under, if any
-    lost_with: list[str] = field(default_factory=list)    # workers lost while it was in the air
+    lost_with: list[tuple[str, frozenset[int]]] = field(default_factory=list)   # workers lost while it was
+                                                                                # in the air, and their stages
+
+    def poisonous(self) -> bool:
+        """Lost MAX_LOSSES workers, the last running a stage that an earlier loss ran too."""
+        if len(self.lost_with) < MAX_LOSSES:
+            return False
+        earlier = frozenset().union(*(stages for _, stages in self.lost_with[:-1]))
+        return bool(self.lost_with[-1][1] & earlier)
 
 
 @dataclass(frozen=True)
@@ -521,7 +532,8 @@ class Coordinator:
                 return ""
             alive = [w.index for w in self.workers if w.alive]
             spares = [i for i in alive if i not in self.placement]
-            self._charge_loss([self.workers[i].name for i in lost])
+            self._charge_loss([(self.workers[i].name, frozenset(s for s, p in enumerate(self.placement) if p == i))
+                               for i in lost])
             if len(spares) >= len(lost):
                 moves = dict(zip(lost, spares))
                 self._ready.clear()
@@ -542,7 +554,7 @@ class Coordinator:
             self.stages, self.placement = list(stages), list(placement)
         return f"{len(stages)} stage(s) over the surviving " + ", ".join(self.workers[i].name for i in alive)
 
-    def _charge_loss(self, lost: list[str]) -> None:
+    def _charge_loss(self, lost: list[tuple[str, frozenset[int]]]) -> None:
         """Under the lock: every request in the air when workers were lost is charged with them (each is a
         suspect; one that was alone is the only one). Sent again, they are in the air afresh."""
         for rid in self._in_air:
@@ -571,16 +583,17 @@ class Coordinator:
             return
         with self._lock:   # everything not yet answered goes again, in order, suspects alone
             waiting = sorted(self._pending.values(), key=lambda r: r.rid)
-            poisoned = [r for r in waiting if len(r.lost_with) >= MAX_LOSSES]
+            poisoned = [r for r in waiting if r.poisonous()]
             for req in poisoned:
                 del self._pending[req.rid]
             self._in_air.clear()
             self._alone = None
-            self._queue = deque(r for r in waiting if len(r.lost_with) < MAX_LOSSES)
+            self._queue = deque(r for r in waiting if not r.poisonous())
         for req in poisoned:
             req.future.set_exception(PoisonRequest(
                 f"request {req.rid} failed: it was in the air each time a worker was lost "
-                f"({', '.join(req.lost_with)}), the last time alone; it is not sent to another",
+                f"({', '.join(name for name, _ in req.lost_with)}), the last time alone and at the same stage; "
+                "it is not sent to another",
                 hint="a request that crashes workers: check its inputs"))
         self._dispatch()
 
