@@ -41,6 +41,12 @@ def test_cluster_up_starts_workers_and_stops_them_on_interrupt(tmp_path):
         workers = [line for line in lines if line.startswith("w")]
         assert len(workers) == 2 and all("127.0.0.1:" in line for line in workers), lines
         assert oct(secret_file.stat().st_mode & 0o777) == "0o600" and len(secret_file.read_text()) == 64
+        # and their topology beside the secret: the workers' addresses, devices they probed, links they measured
+        from dnet.topology import Topology
+
+        topology = Topology.load(str(tmp_path / "cluster.toml"))
+        assert [(n.name, n.address) for n in topology.nodes] == [tuple(w.split()[:2]) for w in workers]
+        assert len(topology.links) == 2 and all(n.devices[0].compute["f32"] > 0 for n in topology.nodes)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

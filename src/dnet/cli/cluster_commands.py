@@ -62,9 +62,11 @@ def _read_secret(secret_file: str | None) -> str:
 @click.option("--no-tls", is_flag=True, help="Allow plain TCP on a non-loopback address (a trusted network, a tunnel).")
 @click.option("--models", "models", multiple=True,
               help="A directory of model files (repeatable): weights found there are read from them, not sent.")
+@click.option("--announce", is_flag=True,
+              help="Advertise this worker on the LAN (mDNS) with its probe summary, for `dnet cluster discover`.")
 def worker(listen: str, backend: str, threads: int | None, cores: str | None, name: str, advertise: str | None,
            secret_file: str | None, cache_dir: str | None, slowdown: float, idle_timeout: float,
-           tls_dir: str | None, no_tls: bool, models: tuple[str, ...]) -> None:
+           tls_dir: str | None, no_tls: bool, models: tuple[str, ...], announce: bool) -> None:
     """Run a worker daemon: accept stages from a coordinator holding the cluster secret, run them."""
     from dnet.cluster.coordinator import parse_address
     from dnet.cluster.local import READY_PREFIX
@@ -82,9 +84,17 @@ def worker(listen: str, backend: str, threads: int | None, cores: str | None, na
                           idle_timeout_s=idle_timeout, tls=ClusterTls(tls_dir) if tls_dir and not no_tls else None,
                           allow_plain=no_tls, models=list(models))
     daemon = Worker(_read_secret(secret_file), config)
+    if announce:   # heard from the moment it says it is ready
+        from dnet.cluster.discovery import announce as announce_worker
+
+        announcement = announce_worker(daemon, backend, config.tls)
     click.echo(f"{READY_PREFIX}{daemon.address}", nl=True)
     sys.stdout.flush()
-    daemon.serve_forever()
+    try:
+        daemon.serve_forever()
+    finally:
+        if announce:
+            announcement.close()
 
 
 @cli.group()
@@ -170,8 +180,10 @@ def _cache_dir() -> Path:
               help="Backend per worker, comma separated (one name: all).")
 @click.option("--threads", default="", help="Threads per worker, comma separated, e.g. 1,2,4.")
 @click.option("--secret-file", default=None, help="Where to write the cluster secret (mode 0600).")
+@click.option("-o", "--output", default=None,
+              help="Where to write the workers' topology file (default: cluster.toml beside the secret).")
 @progress_options()
-def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> None:
+def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, output: str | None) -> None:
     """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
     from dnet.cluster.auth import SECRET_ENV, new_secret
     from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
@@ -194,6 +206,9 @@ def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> 
     with LocalCluster(specs, secret) as local:
         for spec, address in zip(specs, local.addresses):
             click.echo(f"{spec.name}  {address}  backend={spec.backend} threads={spec.threads} cores={spec.cores}")
+        topology_file = Path(output) if output else path.parent / "cluster.toml"
+        _write_topology(topology_file, local.addresses, secret, [spec.name for spec in specs])
+        click.echo(f"topology in {topology_file} (`--topology {topology_file}`, or Topology.load)")
         click.echo(f"secret in {path} (export {SECRET_ENV}=$(cat {path})); Ctrl-C stops the workers")
         try:
             while all(local.alive(i) for i in range(n)):
@@ -201,6 +216,17 @@ def cluster_up(n: int, backends: str, threads: str, secret_file: str | None) -> 
             click.echo("a worker exited; stopping the others", err=True)
         except KeyboardInterrupt:
             pass
+
+
+def _write_topology(path: Path, addresses: list[str], secret: str, names: list[str]) -> None:
+    """The workers' topology as they report themselves (probed devices, measured links), as a file."""
+    from dnet.cluster.discovery import topology_of
+
+    topology = topology_of(addresses, secret, None, names)
+    try:
+        path.write_text(topology.dumps())
+    except OSError as err:
+        raise DnetError(f"cannot write the topology file {path}: {err.strerror or err}") from None
 
 
 DEMO_TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",

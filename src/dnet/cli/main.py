@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "dnet.cli.model_commands",
     "dnet.cli.demo_commands",
     "dnet.cli.cluster_commands",
+    "dnet.cli.cluster_find_commands",
     "dnet.cli.plan_commands",
     "dnet.cli.bench_commands",
     "dnet.cli.llm_commands",

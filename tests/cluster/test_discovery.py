@@ -1,0 +1,101 @@
+"""Workers found on the LAN: `dnet worker --announce` (mDNS / DNS-SD) and `dnet cluster discover`.
+
+Three workers on loopback announce themselves; two hold the cluster's secret, one another secret. Oracle:
+the topology written holds exactly the two, and the model it runs gives one node's answer.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("zeroconf", reason="zeroconf is not installed (the optional extra `dnet[discovery]`)")
+
+import dnet  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from dnet.cli.main import _load_commands, cli  # noqa: E402
+from dnet.cluster.auth import SECRET_ENV, new_secret  # noqa: E402
+from dnet.cluster.discovery import Announcement, listen  # noqa: E402
+from dnet.cluster.local import READY_PREFIX  # noqa: E402
+from dnet.topology import Topology  # noqa: E402
+from residual_nets import ResidualNet, request  # noqa: E402
+
+_load_commands()
+
+
+@pytest.fixture(scope="module")
+def multicast():
+    """mDNS needs multicast to loop back to this machine: a record of our own must be heard, else skip."""
+    with Announcement("dnet-selftest", "127.0.0.1", 9, {"backend": "none"}):
+        heard = listen(2.0)
+    if not any(h.name == "dnet-selftest" for h in heard):
+        pytest.skip("multicast DNS does not loop back here (no multicast route): nothing could be discovered")
+
+
+def _worker(name: str, secret: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, SECRET_ENV: secret, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dnet.cluster", "--listen", "127.0.0.1:0", "--name", name,
+                             "--announce"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith(READY_PREFIX), f"worker {name} did not start"
+    return proc, line[len(READY_PREFIX):].strip()
+
+
+@pytest.fixture(scope="module")
+def workers(multicast):
+    secret = new_secret()
+    procs = []
+    try:
+        addresses = {}
+        for name, key in (("alpha", secret), ("beta", secret), ("stranger", new_secret())):
+            proc, addresses[name] = _worker(name, key)
+            procs.append(proc)
+        yield secret, addresses
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+            proc.stdout.close()
+
+
+def test_discover_accepts_the_workers_holding_the_secret_and_writes_a_topology_that_runs(workers, tmp_path):
+    secret, addresses = workers
+    out = tmp_path / "cluster.toml"
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "2", "-o", str(out)],
+                                env={SECRET_ENV: secret, "DNET_TLS_DIR": None})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[2].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
+    assert "accepted" in rows["alpha"] and "accepted" in rows["beta"]
+    assert "refused" in rows["stranger"] and "does not hold the" in rows["stranger"]   # the cluster secret
+    topology = Topology.load(str(out))
+    assert sorted(n.name for n in topology.nodes) == ["alpha", "beta"]
+    assert {n.address for n in topology.nodes} == {addresses["alpha"], addresses["beta"]}
+    assert len(topology.links) == 2 and all(n.devices[0].compute["f32"] > 0 for n in topology.nodes)
+    assert time.perf_counter() - start < 30
+
+    rng = np.random.default_rng(0)
+    net = ResidualNet(rng, depth=4)
+    t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
+    inputs, req = {"x": t, "mask": t}, request(rng)
+    want = dnet.compile(net, inputs).run(req)["output"]
+    with dnet.compile(net, inputs, topology=topology, env={"batch": 2, "seq": 3}, secret=secret) as exe:
+        np.testing.assert_allclose(exe.run(req)["output"], want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_heard_worker_carries_its_probe_summary_and_fingerprint(workers):
+    heard = {h.name: h for h in listen(1.5)}
+    for name in ("alpha", "beta", "stranger"):
+        summary = heard[name].summary
+        assert summary["backend"] == "numpy" and int(summary["cores"]) >= 1 and float(summary["f32"]) > 0
+        assert len(summary["fingerprint"]) == 16 and summary["cert"] == ""   # loopback workers: no TLS
+
+
+def test_discover_with_no_secret_is_a_one_line_error():
+    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "0.1"], env={SECRET_ENV: None})
+    assert result.exit_code != 0 and "no cluster secret" in str(result.exception)
