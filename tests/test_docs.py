@@ -256,6 +256,7 @@ NOT_CODE = [   # (file, text the block holds, why it is not run): by content, so
     ("docs/security.md", "client -> HELLO", "the handshake's messages"),
     ("README.md", "make run", "make targets: `make run` and `make test` are the whole demo and the whole suite"),
     ("docs/cluster.md", "benchmarks/cluster.py", "a benchmark run (minutes)"),
+    ("docs/cluster.md", "Topology.from_ray()", "needs Ray: tests/cluster/test_ray.py runs it as written, on a Ray cluster"),
     ("README.md", "curl -s http://127.0.0.1:8000", "needs a running server: tests/serve/test_server.py runs it"),
     ("README.md", "OpenAI(base_url=\"http://127.0.0.1:8000", "needs a running server: tests/serve/test_server.py"),
     ("docs/serve.md", "curl -s http://127.0.0.1:8000", "needs a running server: tests/serve/test_server.py runs it"),

@@ -6,7 +6,9 @@ CPUs). Oracle: the same model on one node, in this process.
 from __future__ import annotations
 
 import os
+import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +123,36 @@ def test_a_model_across_the_actors_equals_one_node_and_survives_a_killed_actor(r
     with dnet.compile(net, inputs, topology=again, env=env,
                       plan=lambda topo: spread(dnet.to_graph(net, inputs), topo, env)) as exe:
         np.testing.assert_allclose(exe.run(reqs[0])["output"], want[0], rtol=1e-6, atol=1e-6)
+
+
+def _doc_block(needle: str) -> str:
+    """The python block of docs/cluster.md that holds `needle`, as a reader would paste it."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cluster.md").read_text()
+    return next(b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M) if needle in b)
+
+
+class Net(dnet.Module):
+    """Six layers of one input, as the docs' `model`, `inputs` and `x` assume."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = dnet.ModuleList([dnet.nn.Linear(32, 32) for _ in range(6)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = dnet.functional.gelu(layer(x))
+        return x
+
+
+def test_the_ray_example_of_cluster_md_runs_smollm2_and_a_model_as_one_node_does(topology):
+    """The docs' block as written, on the running Ray cluster (it places actors of its own and removes them)."""
+    model = Net()
+    dnet.nn.init.seeded_(model, seed=0)
+    inputs = [dnet.TensorType(("batch", 32), dnet.f32)]
+    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    scope = {"model": model, "inputs": inputs, "x": x, "print": lambda *a: None}
+    exec(compile(_doc_block("Topology.from_ray()"), "docs/cluster.md (Ray)", "exec"), scope)  # noqa: S102
+    np.testing.assert_allclose(scope["y"], dnet.compile(model, inputs)(x), rtol=1e-5, atol=1e-6)
+    with dnet.llm.load() as one:
+        assert scope["text"] == one.generate("The capital of France is", max_tokens=12, temperature=0)
+    assert not scope["topology"].cluster.actors   # closed: its actors are gone
