@@ -107,9 +107,12 @@ def test_a_cancelled_request_frees_its_slot_and_hears_nothing_more(llm):
 def test_a_full_queue_refuses_and_a_prompt_past_the_context_is_refused_at_once(llm):
     batcher = Batcher(llm.engine, llm.tokenizer, max_waiting=0)
     try:
-        with pytest.raises(QueueFull, match="waiting"):
+        running = [batcher.submit([5, 6], greedy(60), Collector()) for _ in range(3)]   # a slot each
+        with pytest.raises(QueueFull, match="every slot is busy and 0 requests are waiting"):
             batcher.submit([5, 6], greedy(2), Collector())
         assert batcher.stats.rejected == 1
+        for r in running:
+            batcher.cancel(r)
     finally:
         batcher.close()
     batcher = Batcher(llm.engine, llm.tokenizer)
@@ -138,3 +141,42 @@ def test_closing_fails_what_is_still_running(llm):
     batcher.close()
     assert isinstance(items[-1], GenerationError) and "shutting down" in str(items[-1])
     assert len(llm.engine.cache.free) == 3
+
+
+def test_a_prompt_sharing_a_start_with_an_earlier_one_reuses_its_slot(llm):
+    """Prefix caching: the slot keeps an ended sequence's keys and values, so a prompt that starts the same
+    way feeds only the rest; its greedy tokens equal those of teacher-forced logits computed from scratch."""
+    shared = llm.tokenizer.encode("Once upon a time there was a tiny model that")
+    first, second = shared + llm.tokenizer.encode(" sang"), shared + llm.tokenizer.encode(" spoke")
+    batcher = Batcher(llm.engine, llm.tokenizer)
+    try:
+        done = Collector()
+        batcher.submit(first, greedy(3), done)
+        done.result()
+        reused, fed = batcher.stats.reused_tokens, batcher.stats.prompt_tokens
+        again = Collector()
+        batcher.submit(second, greedy(5), again)
+        tokens = [s.token for s in again.result()]
+        common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)   # the tiny vocabulary
+        assert common >= len(shared)                                              # may split " s..."
+        assert batcher.stats.reused_tokens - reused == common
+        assert batcher.stats.prompt_tokens - fed == len(second) - common
+    finally:
+        batcher.close()
+    ids = list(second)
+    for token in tokens:          # llm.logits opens a slot without a prompt: nothing reused
+        assert int(llm.logits(ids)[-1].argmax()) == token
+        ids.append(token)
+
+
+def test_the_slot_pool_picks_the_longest_shared_start_and_never_all_of_a_prompt():
+    from dnet.llm.kv_cache import SlotPool
+
+    pool = SlotPool(context=16, slots=3)
+    pool.tokens[1], pool.tokens[2] = [1, 2, 3, 4], [1, 2, 9]
+    assert pool.acquire([1, 2, 3, 7]) == (1, 3) and pool.tokens[1] == [1, 2, 3]
+    assert pool.acquire([1, 2]) == (2, 1)              # the last token is fed again for its logits
+    assert pool.acquire([5]) == (0, 0)
+    pool.release(1)
+    pool.forget()                                       # a cluster re-planned: what free slots held is gone
+    assert pool.tokens[1] == [] and pool.tokens[2] == [1]

@@ -75,17 +75,22 @@ def test_completions_with_logprobs_follow_the_library_steps(served, client):
     r = client.completions.create(model="smollm2", prompt="The sea is", max_tokens=6, temperature=0, logprobs=2)
     choice = r.choices[0]
     assert choice.text == "".join(s.text for s in steps)
-    assert choice.logprobs.token_logprobs == pytest.approx([s.logprob for s in steps], abs=1e-5)
+    # the server's request reuses the prompt's start from the slot the library's run left (prefix caching):
+    # its last prompt token is fed alone, and a one-row matmul rounds its activations' sums differently
+    assert choice.logprobs.token_logprobs == pytest.approx([s.logprob for s in steps], abs=2e-3)
     assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
     streamed = client.completions.create(model="smollm2", prompt="The sea is", max_tokens=6, temperature=0,
                                          stream=True)
     assert "".join(c.choices[0].text for c in streamed) == choice.text
 
 
-def test_a_seed_repeats_a_sampled_answer(client):
+def test_a_seed_repeats_a_sampled_answer_exactly_without_the_prefix_cache(served, client, monkeypatch):
+    monkeypatch.setattr(served.llm.engine, "prefix_cache", False)    # as `dnet serve --no-prefix-cache`
     args = dict(model="smollm2", messages=chat("Tell me a story."), max_tokens=16, temperature=0.9, seed=11)
     first = client.chat.completions.create(**args).choices[0].message.content
     assert client.chat.completions.create(**args).choices[0].message.content == first
+    other = client.chat.completions.create(**{**args, "seed": 12}).choices[0].message.content
+    assert other != first
 
 
 def test_stop_strings_end_the_answer_before_them(served, client):

@@ -26,8 +26,11 @@ from dnet.errors import DnetError
 @click.option("--context", type=int, default=None, help="positions per sequence (default: the model's, <= 4096)")
 @click.option("--threads", type=int, default=None, help="threads (default: all cores)")
 @click.option("--target", "-t", default="c", show_default=True, help="backend: c or numpy")
+@click.option("--no-prefix-cache", is_flag=True,
+              help="feed every prompt whole (bit-exact repeats of seeded answers; slower to the first token)")
 @progress_options()
-def serve(model, topology, host, port, api_key_file, slots, max_waiting, context, threads, target) -> None:
+def serve(model, topology, host, port, api_key_file, slots, max_waiting, context, threads, target,
+          no_prefix_cache) -> None:
     """Serve MODEL over OpenAI's HTTP API, with a web page at /.
 
     MODEL: a GGUF file, a Hugging Face folder, `smollm2` (the default) or `minilm` (embeddings only).
@@ -43,7 +46,8 @@ def serve(model, topology, host, port, api_key_file, slots, max_waiting, context
     sock = bind(host, port)
     try:
         served = load_served(model, topology=where, threads=threads, slots=slots, context=context,
-                             max_waiting=max_waiting, target=target, cluster=options)
+                             max_waiting=max_waiting, target=target, cluster=options,
+                             prefix_cache=not no_prefix_cache)
     except BaseException:
         sock.close()
         raise

@@ -41,7 +41,8 @@ def default_model_path() -> Path:
 
 def load(source: str | Path | None = None, target: str = "c", threads: int | None = None, topology: Any = None,
          context: int | None = None, quantize: str | None = None, dequantize: bool = False,
-         slots: int = 1, activations: str = "int16", cluster: dict | None = None) -> "LLM":
+         slots: int = 1, activations: str = "int16", cluster: dict | None = None,
+         prefix_cache: bool = True) -> "LLM":
     """An LLM from a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct).
 
     `context`: positions per sequence (default: the model's, at most 4096). `quantize`: store float
@@ -51,6 +52,9 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     dequantized model) or "int8" (llama.cpp's scheme: prefill about twice as fast, logits a few % off).
     `topology`: a `dnet.Topology` or topology file to run across (its workers hold their layers' KV caches);
     `cluster`: options for `dnet.cluster.session.compile_distributed` (`slowdowns`, `secret`, ...).
+    `prefix_cache`: a prompt that starts as an earlier one did reuses the keys and values its slot kept
+    (faster to the first token; logits within rounding of a fresh run, not bit for bit: off for exact
+    repeatability of sampled text, as llama.cpp's `cache_prompt`).
     """
     topology = _topology(topology)
     if activations not in ACTIVATIONS:
@@ -76,6 +80,7 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     else:
         engine = Engine(Executable(_optimize(graph), target, **options), KVCache(graph, context, slots),
                         model.config.vocab_size)
+    engine.prefix_cache = prefix_cache
     return LLM(model.config, tokenizer, engine, str(path), sum(int(t.nbytes) for t in tensors.values()))
 
 
@@ -238,10 +243,10 @@ class LLM:
         if gen.finished:        # max_tokens=0
             return
         engine = self.engine
-        seq = engine.open()      # a sequence slot of the cache: all in use is a clear error, never a wait
+        seq = engine.open(gen.prompt)   # a slot, holding the prompt's start already if an earlier one shared it
         try:
             start = time.perf_counter()
-            logits = engine.prefill(seq, gen.prompt)[-1]
+            logits = engine.prefill(seq, gen.prompt[seq.length:])[-1]
             self.stats.prefill_seconds = time.perf_counter() - start
             while True:
                 step = gen.push(logits, room=seq.length < self.context)

@@ -60,6 +60,7 @@ class BatcherStats:
     cancelled: int = 0
     rejected: int = 0              # refused with QueueFull
     prompt_tokens: int = 0         # fed to the model
+    reused_tokens: int = 0         # prompt tokens a slot held already, not fed again
     generated_tokens: int = 0
     decode_steps: int = 0
     decode_seconds: float = 0.0
@@ -178,7 +179,9 @@ class Batcher:
                 self._deliver(r, None)
                 self.stats.finished += 1
                 continue
-            r.seq = self.engine.open()
+            r.seq = self.engine.open(r.generation.prompt)
+            r.fed = r.seq.length             # the prompt's start a slot held already (prefix caching)
+            self.stats.reused_tokens += r.fed
             self._running.append(r)
 
     def _prefill(self) -> None:

@@ -35,7 +35,6 @@ class ClusterEngine(Engine):
     def __init__(self, executable: Any, context: int, slots: int, vocab_size: int):
         per_position = slot_bytes(state_types(executable.graph)) / context
         super().__init__(executable, SlotPool(context, slots, per_position), vocab_size)
-        self.tokens: dict[int, list[int]] = {}     # per open slot: every token in its cache, to rebuild it
         self.rebuilds = 0
         self._epoch = executable.coordinator.epoch   # the plan the caches were built under
         self._step_lock = threading.Lock()           # a rebuild must not interleave with another step
@@ -46,21 +45,8 @@ class ClusterEngine(Engine):
     def stages(self) -> int:
         return len(self.exe.pipeline.stages)
 
-    def open(self) -> Sequence:
-        seq = super().open()
-        self.tokens[seq.slot] = []
-        return seq
-
-    def close(self, seq: Sequence) -> None:
-        self.tokens.pop(seq.slot, None)
-        super().close(seq)
-
     def shutdown(self) -> None:
         self.exe.close()
-
-    def _advance(self, seq: Sequence, tokens: list[int]) -> None:
-        super()._advance(seq, tokens)
-        self.tokens[seq.slot].extend(int(t) for t in tokens)
 
     def prefill(self, seq: Sequence, tokens: list[int], all_logits: bool = False,
                 chunk: int = PREFILL_CHUNK) -> np.ndarray:
@@ -163,12 +149,16 @@ class ClusterEngine(Engine):
         return [f.result()["logits"] for f in futures]
 
     def _rebuild(self) -> None:
-        """Re-run the tokens of every open sequence into the new stages' empty caches. The caches count
-        as built only once all are: a re-plan part-way leaves them stale, to be rebuilt again."""
+        """Re-run the tokens of every open sequence (the slot pool keeps them) into the new stages' empty
+        caches. The caches count as built only once all are: a re-plan part-way leaves them stale, to be
+        rebuilt again. Free slots' kept tokens are gone with the old stages."""
         self.rebuilds += 1
         epoch = self.exe.coordinator.epoch
-        requests = [r for slot, tokens in list(self.tokens.items()) if tokens
-                    for r in _chunks(slot, 0, tokens, self._chunk(len(tokens), PREFILL_CHUNK))]
+        pool = self.cache
+        pool.forget()
+        open_slots = [s for s in range(pool.slots) if s not in pool.free]
+        requests = [r for slot in open_slots if pool.tokens[slot]
+                    for r in _chunks(slot, 0, pool.tokens[slot], self._chunk(len(pool.tokens[slot]), PREFILL_CHUNK))]
         self._send(requests, epoch)     # every sequence and chunk at once: they pipeline
         self._epoch = epoch
 

@@ -28,13 +28,20 @@ class Engine:
         self.exe = executable
         self.cache = cache
         self.vocab_size = vocab_size
+        # Reuse a slot's kept start of a prompt (prefix caching). Off, a prompt is always fed whole: its
+        # logits are then bit for bit those of a fresh run, since a matmul over fewer rows (the rest of a
+        # prompt, not all of it) may round differently, and a sampled answer may differ with it.
+        self.prefix_cache = True
 
     @property
     def context(self) -> int:
         return self.cache.context
 
-    def open(self) -> Sequence:
-        return Sequence(self.cache.acquire())
+    def open(self, prompt: list[int] | None = None) -> Sequence:
+        """A sequence in a free slot; with `prompt`, in the slot that holds the longest start of it
+        already: its `length` says how many of the prompt's tokens need not be fed again."""
+        slot, reused = self.cache.acquire(prompt if prompt and self.prefix_cache else ())
+        return Sequence(slot, reused)
 
     def close(self, seq: Sequence) -> None:
         self.cache.release(seq.slot)
@@ -88,7 +95,7 @@ class Engine:
     def _advance(self, seq: Sequence, tokens: list[int]) -> None:
         """`tokens` are in the sequence's cache now."""
         seq.length += len(tokens)
-        self.cache.lengths[seq.slot] = seq.length
+        self.cache.tokens[seq.slot].extend(int(t) for t in tokens)
 
     def _check_room(self, seq: Sequence, count: int) -> None:
         if seq.length + count > self.context:

@@ -149,7 +149,7 @@ class ServedEncoder:
 
 def load_served(model: str, topology: Any = None, threads: int | None = None, slots: int = 16,
                 context: int | None = None, max_waiting: int = 64, target: str = "c",
-                cluster: dict | None = None) -> ServedLLM | ServedEncoder:
+                cluster: dict | None = None, prefix_cache: bool = True) -> ServedLLM | ServedEncoder:
     """`minilm` (embeddings), or a GGUF file / Hugging Face folder / `smollm2` (text generation).
     `cluster`: options for running across `topology` (see `dnet.llm.load`)."""
     if model == "minilm":
@@ -161,6 +161,6 @@ def load_served(model: str, topology: Any = None, threads: int | None = None, sl
     import dnet.llm
 
     llm = dnet.llm.load(model, target=target, threads=threads, topology=topology, context=context, slots=slots,
-                        cluster=cluster)
+                        cluster=cluster, prefix_cache=prefix_cache)
     name = "smollm2" if model in ("smollm2", None) else Path(model).name
     return ServedLLM(llm, name, max_waiting=max_waiting)
