@@ -1,7 +1,8 @@
 """Workers found on the LAN: `dnet worker --announce` (mDNS / DNS-SD) and `dnet cluster discover`.
 
-Three workers on loopback announce themselves; two hold the cluster's secret, one another secret. Oracle:
-the topology written holds exactly the two, and the model it runs gives one node's answer.
+Four workers on loopback announce themselves, all with TLS: two hold the cluster's secret and a certificate
+from its CA, one another secret, one a certificate from another CA. Oracle: the topology written holds
+exactly the two, and the model it runs gives one node's answer.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ import dnet  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from dnet.cli.main import _load_commands, cli  # noqa: E402
 from dnet.cluster.auth import SECRET_ENV, new_secret  # noqa: E402
+from dnet.cluster.certs import create_ca, issue_node  # noqa: E402
+from dnet.cluster.tls import ClusterTls  # noqa: E402
 from dnet.cluster.discovery import Announcement, listen  # noqa: E402
 from dnet.cluster.local import READY_PREFIX  # noqa: E402
 from dnet.topology import Topology  # noqa: E402
@@ -36,25 +40,31 @@ def multicast():
         pytest.skip("multicast DNS does not loop back here (no multicast route): nothing could be discovered")
 
 
-def _worker(name: str, secret: str) -> tuple[subprocess.Popen, str]:
+def _worker(name: str, secret: str, tls_dir: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, SECRET_ENV: secret, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dnet.cluster", "--listen", "127.0.0.1:0", "--name", name,
-                             "--announce"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--announce", "--tls", str(tls_dir)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     assert line.startswith(READY_PREFIX), f"worker {name} did not start"
     return proc, line[len(READY_PREFIX):].strip()
 
 
 @pytest.fixture(scope="module")
-def workers(multicast):
+def workers(multicast, tmp_path_factory):
+    """(secret, the coordinator's TLS directory, worker name -> address)."""
+    root = tmp_path_factory.mktemp("tls")
+    create_ca(root / "ours")
+    create_ca(root / "theirs", cluster="another cluster")
     secret = new_secret()
     procs = []
     try:
         addresses = {}
-        for name, key in (("alpha", secret), ("beta", secret), ("stranger", new_secret())):
-            proc, addresses[name] = _worker(name, key)
+        for name, key, ca in (("alpha", secret, "ours"), ("beta", secret, "ours"),
+                              ("stranger", new_secret(), "ours"), ("impostor", secret, "theirs")):
+            proc, addresses[name] = _worker(name, key, issue_node(root / ca, name))
             procs.append(proc)
-        yield secret, addresses
+        yield secret, issue_node(root / "ours", "coordinator"), addresses
     finally:
         for proc in procs:
             proc.terminate()
@@ -64,15 +74,16 @@ def workers(multicast):
 
 
 def test_discover_accepts_the_workers_holding_the_secret_and_writes_a_topology_that_runs(workers, tmp_path):
-    secret, addresses = workers
+    secret, tls_dir, addresses = workers
     out = tmp_path / "cluster.toml"
     start = time.perf_counter()
-    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "2", "-o", str(out)],
-                                env={SECRET_ENV: secret, "DNET_TLS_DIR": None})
+    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "2", "-o", str(out), "--tls", str(tls_dir)],
+                                env={SECRET_ENV: secret})
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[2].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
     assert "accepted" in rows["alpha"] and "accepted" in rows["beta"]
     assert "refused" in rows["stranger"] and "does not hold the" in rows["stranger"]   # the cluster secret
+    assert "refused" in rows["impostor"] and "certificate" in rows["impostor"]          # another CA's
     topology = Topology.load(str(out))
     assert sorted(n.name for n in topology.nodes) == ["alpha", "beta"]
     assert {n.address for n in topology.nodes} == {addresses["alpha"], addresses["beta"]}
@@ -84,16 +95,19 @@ def test_discover_accepts_the_workers_holding_the_secret_and_writes_a_topology_t
     t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
     inputs, req = {"x": t, "mask": t}, request(rng)
     want = dnet.compile(net, inputs).run(req)["output"]
-    with dnet.compile(net, inputs, topology=topology, env={"batch": 2, "seq": 3}, secret=secret) as exe:
+    with dnet.compile(net, inputs, topology=topology, env={"batch": 2, "seq": 3}, secret=secret,
+                      tls=ClusterTls(tls_dir)) as exe:
         np.testing.assert_allclose(exe.run(req)["output"], want, rtol=1e-6, atol=1e-6)
 
 
 def test_a_heard_worker_carries_its_probe_summary_and_fingerprint(workers):
     heard = {h.name: h for h in listen(1.5)}
-    for name in ("alpha", "beta", "stranger"):
+    names = ("alpha", "beta", "stranger", "impostor")
+    for name in names:
         summary = heard[name].summary
         assert summary["backend"] == "numpy" and int(summary["cores"]) >= 1 and float(summary["f32"]) > 0
-        assert len(summary["fingerprint"]) == 16 and summary["cert"] == ""   # loopback workers: no TLS
+        assert len(summary["fingerprint"]) == 16 and len(summary["cert"]) == 64
+    assert len({heard[name].summary["cert"] for name in names}) == len(names)   # a certificate each
 
 
 def test_discover_with_no_secret_is_a_one_line_error():
