@@ -127,13 +127,13 @@ def test_a_file_changed_after_it_was_indexed_costs_a_transfer_not_a_wrong_weight
 
 def test_a_missing_models_directory_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     nowhere = str(tmp_path / "nowhere")
-    with pytest.raises(DnetError, match="--models .*nowhere: no such directory"):
+    with pytest.raises(DnetError, match="--models .*nowhere: no such file or directory"):
         Worker(SECRET, WorkerConfig(models=[nowhere]))
-    with pytest.raises(DnetError, match="--models .*nowhere: no such directory"):
+    with pytest.raises(DnetError, match="--models .*nowhere: no such file or directory"):
         LocalCluster([WorkerSpec(models=[nowhere])]).start()
     monkeypatch.setenv("DNET_CLUSTER_SECRET", SECRET)
     with pytest.raises(SystemExit) as exit_:
         main(["worker", "--models", nowhere])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert "no such directory" in err
+    assert "no such file or directory" in err

@@ -9,7 +9,6 @@ import dataclasses
 import pytest
 
 from dnet.llm import load
-from dnet.llm.api import default_model_path
 from dnet.partition import build_problem, layer_chain, plan_from_stages
 from dnet.partition.baselines import equal_split
 from dnet.topology import Topology
@@ -32,19 +31,23 @@ def equal(graph, topology, env, objective):
     return plan_from_stages(chain, topology, problem, equal_split(problem), objective, "equal")
 
 
-def test_workers_holding_a_tiny_gguf_read_its_permuted_and_stacked_weights_and_answer_as_one_node(tmp_path):
+@pytest.mark.parametrize("held", [True, False], ids=["models-dir", "none"])
+def test_workers_holding_a_tiny_gguf_read_its_permuted_and_stacked_weights_and_answer_as_one_node(tmp_path, held):
     folder = tmp_path / "models"
     folder.mkdir()
     path = write_tiny_gguf(folder, "llama", "q4_1")   # llama: q/k rows permuted, q/k/v stacked on reading
     with load(path, context=64) as one:
         want = [one.generate(p, max_tokens=8, temperature=0) for p in PROMPTS]
-    options = {"plan": equal, "models": [str(folder)], "calibrate": False}
+    options = {"plan": equal, "models": [str(folder)] if held else [], "calibrate": False}
     with load(path, context=64, topology=Topology.local(2), cluster=options) as llm:
         assert len(llm.engine.exe.plan.stages) == 2
         assert [llm.generate(p, max_tokens=8, temperature=0) for p in PROMPTS] == want
         coordinator = llm.engine.exe.coordinator
-        assert coordinator.weight_bytes_mapped >= llm.weight_bytes
-        assert coordinator.weight_bytes_sent < llm.weight_bytes / 10   # what travels: the RoPE tables dnet computes
+        if held:
+            assert coordinator.weight_bytes_mapped >= llm.weight_bytes
+            assert coordinator.weight_bytes_sent < llm.weight_bytes / 10   # what travels: RoPE tables dnet computes
+        else:   # sent, or found in the workers' weight cache from an earlier run
+            assert coordinator.weight_bytes_mapped == 0
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +56,9 @@ def single():
         yield llm
 
 
-def test_smollm2_split_over_workers_holding_its_gguf_sends_almost_no_weights(single):
+def test_smollm2_split_over_local_workers_sends_almost_no_weights_they_read_its_gguf(single):
     topo = capped(Topology.local(3), 60e6)     # no node can hold it: it is split
-    with load(context=CONTEXT, topology=topo, cluster={"models": [str(default_model_path().parent)]}) as llm:
+    with load(context=CONTEXT, topology=topo) as llm:   # local workers are given the model's file by default
         assert len(llm.engine.exe.plan.stages) >= 2
         assert llm.generate(PROMPTS[0], max_tokens=12, temperature=0) == \
             single.generate(PROMPTS[0], max_tokens=12, temperature=0)

@@ -61,7 +61,8 @@ def _read_secret(secret_file: str | None) -> str:
                    "[default: $DNET_TLS_DIR].")
 @click.option("--no-tls", is_flag=True, help="Allow plain TCP on a non-loopback address (a trusted network, a tunnel).")
 @click.option("--models", "models", multiple=True,
-              help="A directory of model files (repeatable): weights found there are read from them, not sent.")
+              help="A model file or a directory of them (repeatable): weights found there are read from them, "
+                   "not sent.")
 @click.option("--announce", is_flag=True,
               help="Advertise this worker on the LAN (mDNS) with its probe summary, for `dnet cluster discover`.")
 def worker(listen: str, backend: str, threads: int | None, cores: str | None, name: str, advertise: str | None,

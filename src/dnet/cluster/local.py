@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from dnet.cluster.auth import SECRET_ENV, new_secret
 from dnet.cluster.tls import ClusterTls
 from dnet.core import progress
+from dnet.core.file_hash import file_sha256
 from dnet.errors import DnetError
 
 READY_PREFIX = "DNET_WORKER_READY "
@@ -40,7 +41,7 @@ class WorkerSpec:
     advertise: str | None = None
     prefix: list[str] = field(default_factory=list)   # e.g. ["ip", "netns", "exec", "ns0"]
     tls_dir: str | None = None                       # the node's TLS files (ca.pem, node.pem, node.key)
-    models: list[str] = field(default_factory=list)  # directories of model files it reads weights from
+    models: list[str] = field(default_factory=list)  # model files (or their directories) it reads weights from
 
     def command(self) -> list[str]:
         cmd = [*self.prefix, sys.executable, "-m", "dnet.cluster", "--listen", self.listen,
@@ -119,9 +120,13 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         for spec in self.specs:   # said here in one line, not as a worker that did not start
-            missing = [d for d in spec.models if not os.path.isdir(d)]
+            missing = [d for d in spec.models if not os.path.exists(d)]
             if missing:
-                raise DnetError(f"--models {missing[0]}: no such directory", hint="a directory holding model files")
+                raise DnetError(f"--models {missing[0]}: no such file or directory",
+                                hint="a directory holding model files, or a model file")
+            for path in spec.models:   # hashed once here, found in the digest cache by every worker that starts
+                if os.path.isfile(path):
+                    file_sha256(path)
         try:
             for i in range(len(self.specs)):
                 self.procs.append(self._spawn(i))

@@ -1,6 +1,6 @@
-"""The model files a worker holds (`dnet worker --models DIR`): it reads its stage's weights there.
+"""The model files a worker holds (`dnet worker --models DIR|FILE`): it reads its stage's weights there.
 
-The worker indexes every file under its model directories by SHA-256 (`dnet.core.file_hash`
+The worker indexes every file under its model directories (or named itself) by SHA-256 (`dnet.core.file_hash`
 remembers the digests, so a restart does not hash gigabytes again) and tells the coordinator
 which files it holds (CAPS `models`). For a weight whose bytes lie in such a file
 (`dnet.core.origins`) the coordinator sends a reference instead of the bytes:
@@ -34,19 +34,20 @@ log = logging.getLogger("dnet.worker")
 
 
 class ModelFiles:
-    """Files under some directories, by SHA-256; each mapped read-only on first use and kept mapped."""
+    """Files (named, or under directories) by SHA-256; each mapped read-only on first use and kept mapped."""
 
-    def __init__(self, dirs: Sequence[str | os.PathLike]):
-        self.dirs = [Path(d) for d in dirs]
-        for d in self.dirs:
-            if not d.is_dir():
-                raise DnetError(f"--models {d}: no such directory", hint="a directory holding model files")
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [Path(p) for p in paths]
+        for p in self.paths:
+            if not p.exists():
+                raise DnetError(f"--models {p}: no such file or directory",
+                                hint="a directory holding model files, or a model file")
         self._paths: dict[str, str] = {}     # sha256 -> path
         self._keys: dict[str, str] = {}      # sha256 -> the version of the file that was hashed
         self._maps: dict[str, np.memmap] = {}
         self._lock = threading.Lock()
-        for d in self.dirs:
-            for path in sorted(p for p in d.rglob("*") if p.is_file()):
+        for p in self.paths:
+            for path in sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]:
                 self._index(str(path))
 
     def _index(self, path: str) -> str | None:

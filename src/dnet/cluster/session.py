@@ -24,6 +24,7 @@ from dnet.cluster.coordinator import Coordinator, StageTiming
 from dnet.cluster.link import LinkShape
 from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
 from dnet.cluster.measure import measure
+from dnet.core.origins import files_of
 from dnet.core.shapes import shape_symbols
 from dnet.errors import DnetError
 from dnet.graph.ir import Graph
@@ -194,7 +195,7 @@ class DistributedExecutable:
 def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: dict[str, int] | None = None,
                         backend: str | Sequence[str] = "numpy", shape_links: bool | None = None,
                         slowdowns: Sequence[float] | None = None, secret: str | None = None,
-                        slots: int = 1, measure_links: bool | None = None, models: Sequence[str] = (),
+                        slots: int = 1, measure_links: bool | None = None, models: Sequence[str] | None = None,
                         **coordinator_options: Any) -> DistributedExecutable:
     """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
 
@@ -203,8 +204,9 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     one. Stages with STATE inputs keep `slots` sequences of it on their workers. With `measure_links`
     (the default for workers at addresses) the workers measure the links between them and the plan is
     made with those figures rather than the topology file's. A worker lost without a spare left is
-    planned around: the survivors take its work. `models`: directories of model files the local workers
-    read their weights from where they can (`dnet worker --models`), instead of receiving them.
+    planned around: the survivors take its work. `models`: model files (or their directories) the local
+    workers read their weights from where they can (`dnet worker --models`), instead of receiving them;
+    by default the files the graph's weights were memory-mapped from (local workers share this disk).
     """
     symbols = set().union(*(shape_symbols(t.shape) for t in graph.input_types().values()))
     env = {**{s: 1 for s in symbols}, **(env or {})}
@@ -220,6 +222,7 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
         backends = [backend] * len(addresses) if isinstance(backend, str) else list(backend)
         slow = list(slowdowns) if slowdowns is not None else [1.0] * len(addresses)
         threads = [node.devices[0].cores if node.devices else None for node in topology.nodes]
+        models = files_of(graph.weights.values()) if models is None else list(models)
         specs = [WorkerSpec(backend=b, threads=t, cores=c, slowdown=s, name=node.name, models=list(models))
                  for node, b, t, c, s in zip(topology.nodes, backends, threads, core_sets(threads), slow)]
         local = LocalCluster(specs, secret).start()

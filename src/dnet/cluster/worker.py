@@ -93,7 +93,7 @@ class WorkerConfig:
     idle_timeout_s: float = 600.0
     tls: ClusterTls | None = None      # mutual TLS on every link, served and dialled (dnet.cluster.tls)
     allow_plain: bool = False          # plain TCP on a non-loopback address (a trusted network, a tunnel)
-    models: list[str] = field(default_factory=list)   # directories of model files to read weights from
+    models: list[str] = field(default_factory=list)   # model files (or their directories) to read weights from
 
 
 class Worker:

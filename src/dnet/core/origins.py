@@ -19,7 +19,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -125,6 +125,16 @@ def origin_of(array: np.ndarray) -> Origin | None:
             if entry.lo <= start and start + array.nbytes <= entry.hi and entry.alive() is not None:
                 return Origin(entry, (Piece(entry.offset + start - entry.lo, int(array.nbytes)),))
     return None
+
+
+def files_of(arrays: Iterable[np.ndarray]) -> list[str]:
+    """The registered files that these arrays' bytes come from (in first-seen order)."""
+    paths: dict[str, None] = {}
+    for array in arrays:
+        origin = origin_of(array)
+        if origin is not None:
+            paths.setdefault(origin.file.path, None)
+    return list(paths)
 
 
 def _note(array: np.ndarray, origin: Origin) -> np.ndarray:
