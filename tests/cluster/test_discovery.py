@@ -77,7 +77,7 @@ def test_discover_accepts_the_workers_holding_the_secret_and_writes_a_topology_t
     secret, tls_dir, addresses = workers
     out = tmp_path / "cluster.toml"
     start = time.perf_counter()
-    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "2", "-o", str(out), "--tls", str(tls_dir)],
+    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "3", "-o", str(out), "--tls", str(tls_dir)],
                                 env={SECRET_ENV: secret})
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[2].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
@@ -101,7 +101,7 @@ def test_discover_accepts_the_workers_holding_the_secret_and_writes_a_topology_t
 
 
 def test_a_heard_worker_carries_its_probe_summary_and_fingerprint(workers):
-    heard = {h.name: h for h in listen(1.5)}
+    heard = {h.name: h for h in listen(3.0)}
     names = ("alpha", "beta", "stranger", "impostor")
     for name in names:
         summary = heard[name].summary
