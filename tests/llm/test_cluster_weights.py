@@ -12,7 +12,7 @@ from dnet.llm import load
 from dnet.partition import build_problem, layer_chain, plan_from_stages
 from dnet.partition.baselines import equal_split
 from dnet.topology import Topology
-from tiny_models import write_tiny_gguf
+from tiny_models import write_tiny_gguf, write_tiny_hf_folder
 
 CONTEXT = 128
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
@@ -48,6 +48,18 @@ def test_workers_holding_a_tiny_gguf_read_its_permuted_and_stacked_weights_and_a
             assert coordinator.weight_bytes_sent < llm.weight_bytes / 10   # what travels: RoPE tables dnet computes
         else:   # sent, or found in the workers' weight cache from an earlier run
             assert coordinator.weight_bytes_mapped == 0
+
+
+def test_workers_read_a_hugging_face_folders_safetensors_shards_by_default(tmp_path):
+    folder = write_tiny_hf_folder(tmp_path / "qwen2", "qwen2", max_shard_size="100KB")   # several shards
+    assert len(list(folder.glob("*.safetensors"))) > 1
+    with load(folder, context=64) as one:
+        want = [one.generate(p, max_tokens=8, temperature=0) for p in PROMPTS]
+    with load(folder, context=64, topology=Topology.local(2), cluster={"plan": equal, "calibrate": False}) as llm:
+        assert [llm.generate(p, max_tokens=8, temperature=0) for p in PROMPTS] == want
+        coordinator = llm.engine.exe.coordinator
+        assert coordinator.weight_bytes_mapped >= llm.weight_bytes
+        assert coordinator.weight_bytes_sent < llm.weight_bytes / 10
 
 
 @pytest.fixture(scope="module")
