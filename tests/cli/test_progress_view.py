@@ -98,7 +98,8 @@ def test_compile_off_a_terminal_prints_no_progress_and_json_events_count_real_wo
 def test_probe_json_counts_the_measurements_it_prints(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path))
     out = _run(capsys, "probe", "--quick", "--refresh", "--json")
-    (done,) = [e for e in _events(out.err) if e["event"] == "done" and e["name"] == "probe this node"]
+    # the last probe's: on a busy machine an implausible probe is taken once more (dnet.topology.plausible)
+    done = [e for e in _events(out.err) if e["event"] == "done" and e["name"] == "probe this node"][-1]
     measured = [line for line in out.out.splitlines() if re.search(r"spread \S+ over \d+ runs$", line)]
     assert done["completed"] == done["total"] == len(measured)
 

@@ -41,7 +41,7 @@ def test_a_noisy_probe_is_kept_an_hour_only():
     assert report.age_limit() == P.MAX_AGE_S
 
 
-def test_an_implausibly_slow_matmul_is_measured_again_and_not_cached(tmp_path, monkeypatch):
+def test_an_implausibly_slow_matmul_is_measured_again_and_kept_ten_minutes_only(tmp_path, monkeypatch):
     monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path))
     calls = []
 
@@ -52,8 +52,15 @@ def test_an_implausibly_slow_matmul_is_measured_again_and_not_cached(tmp_path, m
     report = P.probe(kernel=busy, quick=True)
     assert report.suspect and "busy" in report.suspect[0]
     assert len(calls) == 8                                       # two probes of four matmuls each
-    assert not list(tmp_path.rglob("*.json"))                    # nothing cached: the next call measures
-    assert not P.probe(kernel=_fast, quick=True).suspect and list(tmp_path.rglob("*.json"))
+    assert report.age_limit() == P.SUSPECT_MAX_AGE_S
+    cached = P.probe(kernel=busy, quick=True)
+    assert cached.cached and cached.suspect == report.suspect and len(calls) == 8
+    path = next(tmp_path.rglob("*.json"))
+    entry = _entry(tmp_path)
+    entry["measured_at"] = time.time() - P.SUSPECT_MAX_AGE_S - 1
+    path.write_text(json.dumps(entry))
+    fresh = P.probe(kernel=_fast, quick=True)                    # ten minutes on: measured again
+    assert not fresh.cached and not fresh.suspect and fresh.age_limit() > P.SUSPECT_MAX_AGE_S
 
 
 def test_the_floor_is_a_fraction_of_one_cores_peak():

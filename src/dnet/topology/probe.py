@@ -5,8 +5,8 @@ Each figure is the median of several timed runs, with its spread ((max - min) / 
 kept beside it. Results are cached on disk per hardware fingerprint, so a second
 `dnet probe` on the same machine and backend returns at once. A cached probe expires (a
 week; an hour if it was noisy), one whose f32 matmul rate no core could be that slow at is
-measured again and never cached (dnet.topology.plausible), and `forget` drops the cache
-when the feedback loop finds the plans made from it far off.
+measured again and, if still that slow, kept ten minutes only (dnet.topology.plausible),
+and `forget` drops the cache when the feedback loop finds the plans made from it far off.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from dnet.topology.plausible import NOISY_SPREAD, implausible
 log = logging.getLogger("dnet.probe")
 MAX_AGE_S = 7 * 86400          # machines change (a BIOS, a governor, a neighbour): measure again after a week
 NOISY_MAX_AGE_S = 3600         # ... after an hour where a figure varied a lot between runs
+SUSPECT_MAX_AGE_S = 600        # ... after ten minutes where a figure is implausible (a busy machine)
 FAR_OFF = 4.0                  # measured / modelled stage times past this (either way): the probe is suspect
 
 # The seam to the backends: given (n, dtype), return a callable that runs one n x n x n
@@ -80,22 +81,25 @@ class ProbeReport:
     fingerprint: str = ""
     cached: bool = False
     measured_at: float = 0.0                                  # time.time() when measured
-    suspect: list[str] = field(default_factory=list)          # why it is not believed (then it is not cached)
+    suspect: list[str] = field(default_factory=list)          # why it is not believed (kept briefly)
 
     def noisy(self) -> bool:
         return any(m.spread > NOISY_SPREAD for m in self.measurements.values())
 
     def age_limit(self) -> float:
+        if self.suspect:
+            return SUSPECT_MAX_AGE_S
         return NOISY_MAX_AGE_S if self.noisy() else MAX_AGE_S
 
     def to_json(self) -> dict:
         return {"device": asdict(self.device), "fingerprint": self.fingerprint, "measured_at": self.measured_at,
-                "measurements": {k: asdict(m) for k, m in self.measurements.items()}}
+                "suspect": self.suspect, "measurements": {k: asdict(m) for k, m in self.measurements.items()}}
 
     @staticmethod
     def from_json(obj: dict) -> "ProbeReport":
         return ProbeReport(Device(**obj["device"]), {k: Measurement(**m) for k, m in obj["measurements"].items()},
-                           obj["fingerprint"], measured_at=float(obj.get("measured_at", 0.0)))  # none: expired
+                           obj["fingerprint"], measured_at=float(obj.get("measured_at", 0.0)),  # none: expired
+                           suspect=list(obj.get("suspect", [])))
 
 
 _CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar("clock", default=time.perf_counter)
@@ -323,7 +327,8 @@ def probe(backend: str = "numpy", quick: bool = False, refresh: bool = False,
           kernel: MatmulKernel | None = None) -> ProbeReport:
     """The node's probe report, from the cache when this hardware and backend were probed before, not
     too long ago. A fresh probe whose f32 matmul rate is implausible is measured once more; if it still
-    is, it is returned with `suspect` set and not cached (the next call measures again)."""
+    is, it is returned with `suspect` set and cached for SUSPECT_MAX_AGE_S only (a machine busy for long
+    is what the plans will meet; re-measuring on every call would only add to the load)."""
     path = _path(backend, quick)
     if not refresh and path.exists():
         try:
@@ -335,9 +340,8 @@ def probe(backend: str = "numpy", quick: bool = False, refresh: bool = False,
             report.device.memory = available_memory()  # free memory changes; the rest does not
             return report
     report = _believable_probe(backend, kernel, quick)
-    if not report.suspect:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(report.to_json(), indent=1))  # a reader never sees half a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(report.to_json(), indent=1))  # a reader never sees half a file
     return report
 
 
@@ -348,7 +352,8 @@ def _believable_probe(backend: str, kernel: MatmulKernel | None, quick: bool) ->
         report.suspect = implausible(report.device, f32.median if f32 else None)
         if not report.suspect:
             break
-        log.warning("probe %s: %s", "retrying" if attempt == 0 else "not cached", "; ".join(report.suspect))
+        log.warning("probe %s: %s", "retrying" if attempt == 0 else f"kept {SUSPECT_MAX_AGE_S // 60} minutes only",
+                    "; ".join(report.suspect))
     report.measured_at = time.time()
     return report
 
