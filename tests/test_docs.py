@@ -231,7 +231,8 @@ def test_every_dnet_command_line_names_real_commands_and_options(block):
 
 
 CHEAP = ["dnet check examples/attention.dnet", "dnet inspect examples/attention.dnet --object Attention --passes "
-         "--level object", "dnet inspect minilm --level summary --dims batch=1,seq=128", "dnet plan llama-1b -T local:3"]
+         "--level object", "dnet inspect minilm --level summary --dims batch=1,seq=128", "dnet plan llama-1b -T local:3",
+         "dnet run examples/attention.dnet --init seeded --dims x_0=2,x_1=8"]
 
 
 @pytest.mark.parametrize("line", CHEAP)
