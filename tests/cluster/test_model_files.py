@@ -132,8 +132,9 @@ def test_a_missing_models_directory_is_a_one_line_error(tmp_path, capsys, monkey
     with pytest.raises(DnetError, match="--models .*nowhere: no such file or directory"):
         LocalCluster([WorkerSpec(models=[nowhere])]).start()
     monkeypatch.setenv("DNET_CLUSTER_SECRET", SECRET)
-    with pytest.raises(SystemExit) as exit_:
-        main(["worker", "--models", nowhere])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert "no such file or directory" in err
+    for argv in (["worker", "--models", nowhere], ["cluster", "up", "2", "--models", nowhere]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "no such file or directory" in err

@@ -183,8 +183,11 @@ def _cache_dir() -> Path:
 @click.option("--secret-file", default=None, help="Where to write the cluster secret (mode 0600).")
 @click.option("-o", "--output", default=None,
               help="Where to write the workers' topology file (default: cluster.toml beside the secret).")
+@click.option("--models", "models", multiple=True,
+              help="A model file or a directory of them (repeatable) every worker reads weights from.")
 @progress_options()
-def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, output: str | None) -> None:
+def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, output: str | None,
+               models: tuple[str, ...]) -> None:
     """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
     from dnet.cluster.auth import SECRET_ENV, new_secret
     from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
@@ -199,7 +202,7 @@ def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, out
     if any(c < 0 for c in counts):
         raise DnetError(f"bad --threads '{threads}': a thread count cannot be negative")
     per_worker = [counts[i % len(counts)] or None for i in range(n)]
-    specs = [WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}")
+    specs = [WorkerSpec(backend=names[i % len(names)], threads=t, cores=cores, name=f"w{i}", models=list(models))
              for i, (t, cores) in enumerate(zip(per_worker, core_sets(per_worker)))]
     secret = new_secret()
     path = Path(secret_file) if secret_file else _cache_dir() / "cluster.secret"
