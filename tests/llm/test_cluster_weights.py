@@ -31,23 +31,33 @@ def equal(graph, topology, env, objective):
     return plan_from_stages(chain, topology, problem, equal_split(problem), objective, "equal")
 
 
-@pytest.mark.parametrize("held", [True, False], ids=["models-dir", "none"])
+@pytest.mark.parametrize("held", ["same", "changed", "none"])
 def test_workers_holding_a_tiny_gguf_read_its_permuted_and_stacked_weights_and_answer_as_one_node(tmp_path, held):
     folder = tmp_path / "models"
     folder.mkdir()
     path = write_tiny_gguf(folder, "llama", "q4_1")   # llama: q/k rows permuted, q/k/v stacked on reading
     with load(path, context=64) as one:
         want = [one.generate(p, max_tokens=8, temperature=0) for p in PROMPTS]
-    options = {"plan": equal, "models": [str(folder)] if held else [], "calibrate": False}
+    models = {"same": [str(folder)], "changed": [str(changed_copy(path, tmp_path / "changed"))], "none": []}[held]
+    options = {"plan": equal, "models": models, "calibrate": False}
     with load(path, context=64, topology=Topology.local(2), cluster=options) as llm:
         assert len(llm.engine.exe.plan.stages) == 2
         assert [llm.generate(p, max_tokens=8, temperature=0) for p in PROMPTS] == want
         coordinator = llm.engine.exe.coordinator
-        if held:
+        if held == "same":
             assert coordinator.weight_bytes_mapped >= llm.weight_bytes
             assert coordinator.weight_bytes_sent < llm.weight_bytes / 10   # what travels: RoPE tables dnet computes
         else:   # sent, or found in the workers' weight cache from an earlier run
             assert coordinator.weight_bytes_mapped == 0
+
+
+def changed_copy(path, folder):
+    """A copy of the file under the same name, its last byte (inside the last tensor) changed."""
+    folder.mkdir()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    (folder / path.name).write_bytes(bytes(data))
+    return folder
 
 
 def test_workers_read_a_hugging_face_folders_safetensors_shards_by_default(tmp_path):
