@@ -125,6 +125,21 @@ def test_a_file_changed_after_it_was_indexed_costs_a_transfer_not_a_wrong_weight
     assert coordinator.weight_bytes_mapped == graph.weight_bytes() - last_weight.nbytes
 
 
+def test_a_file_gone_after_it_was_indexed_costs_transfers(rng, tmp_path, model):
+    net, graph, folder, _ = model
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    workers = start(tmp_path, [[str(copy)]] * 3)
+    try:
+        (copy / "model.bin").unlink()
+        coordinator = run_and_check(rng, net, graph, workers)
+    finally:
+        for w in workers:
+            w.stop()
+    assert coordinator.weight_bytes_sent == graph.weight_bytes()
+    assert coordinator.weight_bytes_mapped == 0
+
+
 def test_a_missing_models_directory_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     nowhere = str(tmp_path / "nowhere")
     with pytest.raises(DnetError, match="--models .*nowhere: no such file or directory"):
