@@ -68,7 +68,8 @@ def run_and_check(rng, net, graph, workers):
 
 
 def stage_bytes(graph, k):
-    return sum(a.nbytes for a in pack(split_pipeline(graph, contiguous_assignment(graph, [1.0] * 3))[k]).arrays.values())
+    stage = split_pipeline(graph, contiguous_assignment(graph, [1.0] * 3))[k]
+    return sum(a.nbytes for a in pack(stage).arrays.values())
 
 
 def test_workers_holding_the_model_file_read_their_weights_there_and_none_travel(rng, tmp_path, model):
