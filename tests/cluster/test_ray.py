@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_a_tiny_llm_generates_across_the_actors_the_same_text_as_one_node(topolo
         assert llm.generate(prompt, max_tokens=8, temperature=0) == want
 
 
-def test_a_model_across_the_actors_equals_one_node_and_survives_a_killed_actor(ray_cluster, topology):
+def test_a_model_across_the_actors_equals_one_node_through_killed_and_restarted_actors(ray_cluster, topology):
     rng = np.random.default_rng(0)
     net = ResidualNet(rng, depth=6)
     t = dnet.TensorType(("batch", "seq", 8), dnet.f32)
@@ -116,11 +117,22 @@ def test_a_model_across_the_actors_equals_one_node_and_survives_a_killed_actor(r
         os.kill(pids[victim], signal.SIGKILL)       # the actor's process, and with it its worker
         for got, expected in zip(exe.run_many(reqs), want):
             np.testing.assert_allclose(got["output"], expected, rtol=1e-6, atol=1e-6)
-        assert victim not in exe.pipeline.placement  # planned again over the two survivors
+        assert victim not in exe.coordinator.placement   # planned again over the two survivors
+        # Ray restarts the actor; its fresh worker joins the session as a spare (a fourth node) ...
+        deadline = time.monotonic() + 60
+        while len(exe.topology.nodes) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert exe.topology.nodes[3].name == f"{topology.nodes[victim].name}.1"
+        assert exe.coordinator.workers[3].alive and 3 not in exe.coordinator.placement
+        # ... which takes the stages of the next worker lost
+        second = exe.coordinator.placement[0]
+        os.kill(ray_cluster.pids()[second], signal.SIGKILL)
+        for got, expected in zip(exe.run_many(reqs), want):
+            np.testing.assert_allclose(got["output"], expected, rtol=1e-6, atol=1e-6)
+        assert 3 in exe.coordinator.placement and second not in exe.coordinator.placement
     # Ray restarted the actor: a fresh process, a fresh worker at a new address, back in the next topology
     restarted = ray_cluster.pids()
-    assert restarted[victim] != pids[victim]
-    assert [p for i, p in enumerate(restarted) if i != victim] == [p for i, p in enumerate(pids) if i != victim]
+    assert [restarted[i] != pids[i] for i in range(len(pids))] == [i in (victim, second) for i in range(len(pids))]
     again = ray_cluster.topology(measure_links=False)
     assert again.nodes[victim].address != topology.nodes[victim].address
     with dnet.compile(net, inputs, topology=again, env=env,

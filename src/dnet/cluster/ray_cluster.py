@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from dnet.topology import Device, Node, Topology
 
 log = logging.getLogger("dnet.ray")
 START_TIMEOUT_S = 120.0   # placing actors may wait for a runtime environment or a node to join
+WATCH_S = 1.0             # how often a running executable's actors are checked for restarts
 
 
 def _ray() -> Any:
@@ -85,6 +87,10 @@ class DnetNodeActor:
         device = node_device(probe_device(self.backend, quick=True), self.cpus, self.memory)
         return {"address": self.worker.address, "pid": os.getpid(), "device": asdict(device)}
 
+    def pid(self) -> int:
+        """The actor's process: a new one after each restart (what the watcher polls, cheaply)."""
+        return os.getpid()
+
 
 class RayCluster:
     """The actors of one dnet cluster on Ray, with the secret and certificates they were given.
@@ -107,6 +113,7 @@ class RayCluster:
         self.actors: list[Any] = []
         self.resources: list[dict[str, float]] = []   # Ray's view of each node: CPU, GPU, memory
         self._started_ray = False
+        self._closed = threading.Event()
 
     def start(self) -> "RayCluster":
         from dnet.cluster.certs import create_ca, issue_node
@@ -161,6 +168,45 @@ class RayCluster:
         except ray.exceptions.RayActorError as err:
             raise DnetError(f"a dnet actor died: {str(err).splitlines()[0]}") from None
 
+    def attach(self, exe: Any, poll_s: float = WATCH_S) -> threading.Thread:
+        """While `exe` (a DistributedExecutable over these workers) runs, bring each restarted actor's fresh
+        worker back to it as a spare node (`exe.add_node`). `dnet.compile` calls this for a Ray topology."""
+        ray = _ray()
+        pids = dict(enumerate(ray.get([a.pid.remote() for a in self.actors])))   # the processes `exe` reached
+        thread = threading.Thread(target=self._watch, args=(weakref.ref(exe), pids, poll_s), name="dnet-ray-watch",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def _watch(self, exe_ref: Any, pids: dict[int, int], poll_s: float) -> None:
+        ray = _ray()
+        generation = [0] * len(self.actors)
+        while not self._closed.wait(poll_s):
+            exe = exe_ref()
+            if exe is None or exe.closed:
+                return
+            for i, actor in enumerate(list(self.actors)):
+                if i not in pids:
+                    continue                         # gone for good (its restarts spent)
+                try:
+                    pid = ray.get(actor.pid.remote(), timeout=poll_s)
+                except ray.exceptions.GetTimeoutError:
+                    continue                         # restarting: look again next time
+                except ray.exceptions.RayActorError:
+                    del pids[i]
+                    continue
+                if pid == pids[i]:
+                    continue
+                report = ray.get(actor.report.remote())
+                generation[i] += 1
+                node = Node(f"{self.names[i]}.{generation[i]}", [Device(**report["device"])], report["address"])
+                try:
+                    exe.add_node(node)
+                    pids[i] = pid
+                    log.info("actor %s restarted: worker %s back as a spare", self.names[i], node.address)
+                except DnetError as err:             # lost again meanwhile, or the session closing
+                    log.warning("actor %s restarted, its worker not added: %s", self.names[i], err)
+
     def pids(self) -> list[int]:
         """The process of each actor (its worker lives there): what a test kills."""
         return [r["pid"] for r in self._reports()]
@@ -180,6 +226,7 @@ class RayCluster:
         return topo
 
     def close(self) -> None:
+        self._closed.set()
         ray = _ray()
         for actor in self.actors:
             try:

@@ -73,6 +73,7 @@ class DistributedExecutable:
         self.graph, self.pipeline, self.coordinator, self.local = graph, pipeline, coordinator, local
         self.topology, self.env, self.links = topology, dict(env or {}), links
         self.links_measured = False        # link figures measured by the workers (re-measured by `retune`)
+        self.closed = False
         self._problem: tuple[LayerChain, PipelineProblem] | None = None
 
     @property
@@ -151,6 +152,23 @@ class DistributedExecutable:
         self._problem = None
         return self.pipeline.stages, self.pipeline.placement
 
+    def add_node(self, node: Any) -> int:
+        """One more worker (a restarted one, at its new address): a node of this executable's topology and a
+        spare of its coordinator, which the next lost worker's stages move to and re-plans count. Returns its
+        index, the same in both."""
+        from dnet.topology import Topology
+
+        index = self.coordinator.add_worker(node.address)
+        topology = Topology([*self.topology.nodes, node], dict(self.topology.links), self.topology.source,
+                            self.topology.cluster)
+        if index != len(topology.nodes) - 1:
+            raise DnetError(f"worker {index} added to a topology of {len(topology.nodes) - 1} nodes",
+                            hint="add workers to a distributed executable through add_node only")
+        if self.links_measured:   # the planner needs the new node's links
+            topology = with_measured_links(topology, self.coordinator.measure_links())
+        self.topology, self._problem = topology, None
+        return index
+
     def run(self, inputs: Mapping[str, np.ndarray], micro_batches: int = 1) -> dict[str, np.ndarray]:
         """One request; with `micro_batches` > 1 it is cut along the batch dim into that many
         pieces, which pipeline through the stages so every node works at once."""
@@ -181,6 +199,7 @@ class DistributedExecutable:
         return values[0] if len(values) == 1 else tuple(values)
 
     def close(self) -> None:
+        self.closed = True
         self.coordinator.close()
         if self.local is not None:
             self.local.close()
@@ -253,6 +272,8 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     exe = DistributedExecutable(graph, pipeline, coordinator, local, topology, env, links)
     exe.links_measured = measure_links
     coordinator.replanner = exe.replan_over
+    if owner is not None:   # whoever restarts the workers (Ray) brings them back to this executable
+        owner.attach(exe)
     return exe
 
 

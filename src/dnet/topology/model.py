@@ -75,7 +75,8 @@ class Topology:
     nodes: list[Node] = field(default_factory=list)
     links: dict[tuple[str, str], Link] = field(default_factory=dict)
     source: str | None = None              # the file it came from, for error messages
-    # what started its workers for it and keeps them alive (a Ray cluster): `.secret` and `.tls` reach them.
+    # what started its workers for it and keeps them alive (a Ray cluster): `.secret` and `.tls` reach them,
+    # `.attach(exe)` brings restarted ones back to an executable running on them.
     # Never saved: a file names workers by address, and the secret travels apart (docs/security.md)
     cluster: Any = field(default=None, repr=False, compare=False)
 
