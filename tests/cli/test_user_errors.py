@@ -129,3 +129,10 @@ def test_cluster_up_writes_its_secret_under_dnet_cache_dir(tmp_path, monkeypatch
     assert path.read_text() == "s" * 64 and oct(path.stat().st_mode & 0o777) == "0o600"
     _write_secret(path, "t" * 64)   # its own 0600 file: written again, whole
     assert path.read_text() == "t" * 64
+
+
+@pytest.mark.parametrize("argv", [["plan", "cnn", "-T", "local:2", "--dims", "batch=2"],
+                                  ["inspect", "minilm", "--level", "summary", "--dims", "bath=1,seq=8"]])
+def test_a_dims_name_no_input_has_is_refused_by_plan_and_inspect_too(argv, capsys):
+    err = _one_line_error(capsys, argv)
+    assert "which no input's shape uses" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dnet.cli.model_loading import load_model, parse_inputs
+from dnet.cli.model_loading import check_dims, load_model, parse_inputs
 from dnet.errors import DnetError, did_you_mean
 from dnet.objects.ir import Object, ObjectModule
 
@@ -57,6 +57,7 @@ def render(ref: str, specs: tuple[str, ...], level: str, object_name: str | None
         graph = dnet.to_graph(module, given)
         if level in ("graph", "all"):
             parts.append(_rule("graph IR") + str(graph))
+        check_dims(graph, env)
         parts.append(_rule("data flow") + _summary(graph, env))
     return "".join(parts).lstrip("\n")
 

@@ -7,7 +7,7 @@ import click
 import numpy as np
 
 from dnet.cli.main import cli
-from dnet.cli.model_loading import load_model, parse_dims, parse_inputs, read_arrays
+from dnet.cli.model_loading import check_dims, load_model, parse_dims, parse_inputs, read_arrays
 from dnet.cli.progress_view import progress_options
 from dnet.core.shapes import Dim, evaluate_shape
 from dnet.errors import DnetError
@@ -60,19 +60,6 @@ def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path |
         click.echo(f"wrote {output}")
 
 
-def _check_dims(graph, env: dict[str, int]) -> None:
-    """A --dims name that no input's shape uses is a mistake (a typo), not something to ignore."""
-    from dnet.errors import did_you_mean
-
-    symbols = {s for t in graph.input_types().values() for d in t.shape if isinstance(d, Dim)
-               for s in d.free_symbols()}
-    unknown = sorted(set(env) - symbols)
-    if unknown:
-        raise DnetError(f"--dims names {', '.join(unknown)}, which no input's shape uses",
-                        hint=did_you_mean(unknown[0], symbols) or
-                        (f"the inputs' dims: {', '.join(sorted(symbols))}" if symbols else "the inputs have no symbolic dims"))
-
-
 def _random_inputs(graph, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
@@ -116,7 +103,7 @@ def run_cmd(model: str, inputs, target: str, data: Path | None, dims: str, seed:
                        env=env or None)
     else:
         exe = load_artifact(path) if path.is_dir() else _compile(model, inputs, target, weights, init, seed)
-    _check_dims(exe.graph, env)
+    check_dims(exe.graph, env)
     feeds = read_arrays(data) if data else _random_inputs(exe.graph, env, seed)
     try:
         results = exe.run(feeds)

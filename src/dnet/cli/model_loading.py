@@ -49,6 +49,20 @@ def parse_dims(text: str) -> dict[str, int]:
     return env
 
 
+def check_dims(graph, env: dict[str, int]) -> None:
+    """A --dims name that no input's shape uses is a mistake (a typo), not something to ignore."""
+    from dnet.core.shapes import Dim
+    from dnet.errors import did_you_mean
+
+    symbols = {s for t in graph.input_types().values() for d in t.shape if isinstance(d, Dim)
+               for s in d.free_symbols()}
+    unknown = sorted(set(env) - symbols)
+    if unknown:
+        raise DnetError(f"--dims names {', '.join(unknown)}, which no input's shape uses",
+                        hint=did_you_mean(unknown[0], symbols) or
+                        (f"the inputs' dims: {', '.join(sorted(symbols))}" if symbols else "the inputs have no symbolic dims"))
+
+
 def builtin_models() -> dict[str, Any]:
     """Name -> callable returning (model, input types)."""
     from dnet import models

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from dnet.cli.main import cli
-from dnet.cli.model_loading import load_model, parse_dims
+from dnet.cli.model_loading import check_dims, load_model, parse_dims
 from dnet.cli.progress_view import progress_options
 from dnet.cli.topology_spec import TOPOLOGY_HELP, parse_topology
 from dnet.errors import DnetError
@@ -89,11 +89,14 @@ def _plan_graph(model: str, dims: dict[str, int]):
     stand_ins = {"llama-1b": synthetic.MODELS["llama-1b"], "cnn": synthetic.MODELS["cnn"],
                  "bert": synthetic.MODELS["minilm"]}
     if model in stand_ins:
-        return stand_ins[model](), dims
+        graph = stand_ins[model]()
+        check_dims(graph, dims)
+        return graph, dims
     import dnet
 
     loaded, inputs = load_model(model)
     graph = dnet.to_graph(loaded, inputs)
+    check_dims(graph, dims)   # the user's names only: batch and seq below are defaults, used where they apply
     return graph, {"batch": 1, "seq": 128, **dims}
 
 
