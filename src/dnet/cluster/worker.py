@@ -282,7 +282,10 @@ class Worker:
                         pending.mapped[digest] = self.models.weight(refs[digest], digest)
                     except DnetError as err:   # this weight travels instead
                         log.warning("weight %s not read from a model file (%s): asking for it", digest[:12], err)
-            self._need_or_compile(key, pending)
+            with self._lock:
+                dropped = self._pending.get(key) is not pending   # its session was reset meanwhile
+            if not dropped:
+                self._need_or_compile(key, pending)
         except Exception as err:  # noqa: BLE001 - reported to the coordinator, never fatal
             reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
             self._try_send(pending.reply, Message(MsgType.ERROR, {"reason": reason, "key": key}))
