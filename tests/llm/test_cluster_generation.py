@@ -132,3 +132,31 @@ def test_the_batcher_drives_a_split_cluster_as_it_drives_one_node(single):
             assert got == want
         finally:
             batcher.close()
+
+
+def test_retune_moves_layers_off_a_slowed_worker_and_the_text_stays(single):
+    """The feedback loop on a generation pipeline: decode steps timed per stage, the slowed worker's layers
+    moved, and a sequence open across the move finishes with one node's greedy text (its cache rebuilt)."""
+    from dnet.partition import build_problem, layer_chain, plan_from_stages
+    from dnet.partition.baselines import equal_split
+    from dnet.partition.feedback import stages_of
+
+    def equal(graph, topo, env, objective):
+        chain = layer_chain(graph, env)
+        problem = build_problem(chain, topo)
+        return plan_from_stages(chain, topo, problem, equal_split(problem), objective, "equal")
+
+    want = single.generate(PROMPTS[0], max_tokens=12, temperature=0)
+    with load(context=CONTEXT, topology=Topology.local(2), slots=2,
+              cluster={"plan": equal, "slowdowns": [1.0, 6.0]}) as llm:
+        engine = llm.engine
+        problem = engine.exe.problem
+        before = {s.node: s.stop - s.start for s in stages_of(engine.exe.plan, problem)}
+        steps = llm.steps(PROMPTS[0], max_tokens=12, temperature=0)
+        text = "".join(next(steps).text for _ in range(4))     # a sequence open while the plan moves
+        rounds = engine.retune(rounds=2, windows=2, steps=3)
+        text += "".join(s.text for s in steps)
+        after = {s.node: s.stop - s.start for s in stages_of(engine.exe.plan, problem)}
+    assert rounds[0].factors[1] > 2 * rounds[0].factors[0]    # worker 1 measured much slower than modelled
+    assert rounds[0].moved and after.get(1, 0) < before[1]
+    assert engine.rebuilds >= 1 and text == want

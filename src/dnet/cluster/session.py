@@ -13,7 +13,7 @@ workers measured, re-plans, and moves the stages when that pays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -98,12 +98,20 @@ class DistributedExecutable:
         `window` answers each (see `dnet.cluster.measure`)."""
         return measure(self.coordinator, _request_list(requests), windows, window)
 
-    def retune(self, requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], rounds: int = 4,
-               windows: int = 5, window: int = 8, threshold: float = 0.05, weight: float = 0.5) -> list[Round]:
+    def retune(self, requests: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+               rounds: int = 4, windows: int = 5, window: int = 8, threshold: float = 0.05, weight: float = 0.5,
+               measure: Callable[[], Measurement] | None = None) -> list[Round]:
         """Feedback rounds: measure the running plan, correct the cost model per node with the measured stage
         times, re-plan, and deploy the new plan when it is predicted more than `threshold` faster; until the
         plan stays put or `rounds` ran. Afterwards `plan` is the deployed plan, its predictions made from the
-        factors measured on it. Returns each round (`dnet.partition.feedback.Round`)."""
+        factors measured on it. Returns each round (`dnet.partition.feedback.Round`).
+
+        The running plan is measured on `requests` (`windows` windows of `window` answers), or by `measure()`
+        where plain requests cannot measure it (stateful stages: a generation engine times its own steps)."""
+        if measure is None:
+            if not requests:
+                raise DnetError("retune needs requests to measure the plan with (or a measure function)")
+            measure = lambda: self.measure(requests, windows, window)   # noqa: E731
         if self.links_measured:   # links change too: the plans below are made with today's figures
             self.topology = with_measured_links(self.topology, self.coordinator.measure_links())
             self._problem = None
@@ -113,7 +121,7 @@ class DistributedExecutable:
         def run(stages: list) -> Measurement:
             if stages != feedback.stages_of(self.plan, problem):
                 self.deploy(plan_from_stages(chain, self.topology, problem, stages, objective, "retune"))
-            return self.measure(requests, windows, window)
+            return measure()
 
         history = feedback.retune(problem, feedback.stages_of(self.plan, problem), run, rounds, threshold,
                                   weight, objective)

@@ -16,9 +16,10 @@ then asks again. Greedy text is the same as without the loss.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -86,18 +87,51 @@ class ClusterEngine(Engine):
 
     def decode_rate(self, steps: int = 8) -> float:
         """Tokens per second of every free slot decoding together (`steps` timed after one warm-up step)."""
+        with self._free_slots_decoding() as (step, sequences):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            return sequences * steps / (time.perf_counter() - start)
+
+    def retune(self, rounds: int = 3, windows: int = 3, steps: int = 4, threshold: float = 0.05,
+               weight: float = 0.5) -> list:
+        """The JIT's feedback loop for generation (`DistributedExecutable.retune`): each round times decode
+        steps of every free slot, corrects each node's speed in the cost model by its stages' measured
+        compute, and moves layers when the corrected model predicts a plan more than `threshold` faster.
+        Open sequences keep going: a move rebuilds their caches on the new stages."""
+        return self.exe.retune(rounds=rounds, threshold=threshold, weight=weight,
+                               measure=lambda: self._measure(windows, steps))
+
+    def _measure(self, windows: int, steps: int):
+        """Decode steps per second and each stage's compute seconds per step: medians over `windows` windows
+        of `steps` steps (a stage's seconds in a step sum over the requests the step was cut into)."""
+        from dnet.partition.feedback import Measurement
+
+        coordinator = self.exe.coordinator
+        rates, seconds = [], []
+        with self._free_slots_decoding() as (step, _):
+            for _ in range(windows):
+                coordinator.reset_timings()
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                rates.append(steps / (time.perf_counter() - start))
+                seconds.append([coordinator.timings[k].compute_s / steps for k in sorted(coordinator.timings)])
+        return Measurement(float(np.median(rates)), np.median(np.array(seconds), axis=0).tolist(), rates)
+
+    @contextlib.contextmanager
+    def _free_slots_decoding(self) -> Iterator[tuple[Callable[[], None], int]]:
+        """Every free slot opened with one token in its cache and one warm-up step run; yields a function
+        that runs one more decode step of them all, and how many they are. The slots are closed after."""
         seqs = []
         try:
-            while len(seqs) < self.cache.slots and self.cache.free:
+            while self.cache.free:
                 seqs.append(self.open())
             for s in seqs:
                 self.prefill(s, [0])
             tokens = [0] * len(seqs)
             self.decode(seqs, tokens)
-            start = time.perf_counter()
-            for _ in range(steps):
-                self.decode(seqs, tokens)
-            return len(seqs) * steps / (time.perf_counter() - start)
+            yield (lambda: self.decode(seqs, tokens)), len(seqs)
         finally:
             for s in seqs:
                 self.close(s)
