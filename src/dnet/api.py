@@ -13,7 +13,7 @@ from dnet.core.dtypes import DType
 from dnet.core.files import write_text_atomic
 from dnet.core.progress import Reporter, reporting
 from dnet.core.types import TensorType
-from dnet.errors import DnetError, SerializationError
+from dnet.errors import DnetError, SerializationError, did_you_mean
 from dnet.frontend.module import Module, set_eager_call
 from dnet.frontend.trace import user_location
 from dnet.graph.ir import Graph
@@ -86,8 +86,24 @@ def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] 
     if topology is not None:
         from dnet.cluster.session import compile_distributed
 
+        _check_distributed_options(options)
         return compile_distributed(graph, topology, backend=target, **options)
     return Executable(graph, target, **options)
+
+
+def _check_distributed_options(options: Mapping[str, Any]) -> None:
+    """With a topology, options go to the planner and the coordinator: one they do not take is an error
+    naming those they do, before any worker starts (it was a TypeError from deep inside)."""
+    from dnet.cluster.coordinator import Coordinator
+    from dnet.cluster.session import compile_distributed
+
+    skip = {"graph", "topology", "backend", "coordinator_options", "addresses", "secret", "self"}
+    known = [p for f in (compile_distributed, Coordinator.__init__) for p in inspect.signature(f).parameters
+             if p not in skip]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DnetError(f"dnet.compile(..., topology=) has no option {', '.join(map(repr, unknown))}",
+                        hint=did_you_mean(unknown[0], known) or "its options: " + ", ".join(known))
 
 
 def _quantized(graph: Graph, scheme: str) -> Graph:

@@ -28,3 +28,13 @@ def test_an_unknown_compile_option_is_refused_naming_the_known_ones(target, opti
 def test_a_known_option_is_taken(tmp_path):
     exe = dnet.compile(Double(), TYPES, target="c", threads=1, cache_dir=str(tmp_path))
     np.testing.assert_array_equal(exe.run({"x": np.ones(3, np.float32)})["output"], np.full(3, 2.0, np.float32))
+
+
+def test_an_unknown_option_with_a_topology_is_refused_before_any_worker_starts():
+    from dnet.errors import DnetError
+    from dnet.topology import Topology
+    from dnet.topology.model import Device
+
+    local = Topology.local(1, device=Device(kind="numpy", memory=1 << 30, compute={"f32": 1e9}))
+    with pytest.raises(DnetError, match="has no option 'max_in_fligth'.*did you mean 'max_in_flight'"):
+        dnet.compile(Double(), TYPES, topology=local, max_in_fligth=4)
