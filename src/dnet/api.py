@@ -97,7 +97,7 @@ def _check_distributed_options(options: Mapping[str, Any]) -> None:
     from dnet.cluster.coordinator import Coordinator
     from dnet.cluster.session import compile_distributed
 
-    skip = {"graph", "topology", "backend", "coordinator_options", "addresses", "secret", "self"}
+    skip = {"graph", "topology", "backend", "coordinator_options", "addresses", "self"}
     known = [p for f in (compile_distributed, Coordinator.__init__) for p in inspect.signature(f).parameters
              if p not in skip]
     unknown = sorted(set(options) - set(known))
