@@ -100,7 +100,7 @@ def cluster_discover(timeout_s: float, output: str | None, secret_file: str | No
     console.print(nodes_table("accepted workers as they report themselves", topology))
     if output:
         Path(output).write_text(topology.dumps())
-        console.print(f"topology of {len(topology.nodes)} workers written to {output}")
+        console.print(f"topology of {_count(len(topology.nodes), 'worker')} written to {output}")
     else:
         click.echo(topology.dumps())   # as is: a console would wrap its long lines
 

@@ -167,7 +167,7 @@ def verify(heard: list[Heard], secret: str, tls: ClusterTls | None) -> list[Foun
             connect(host, port, secret, DEFAULT_LIMITS, tls=tls).close()
             out.append(Found(h, True))
         except DnetError as err:   # AuthError: another secret; TlsError: a certificate from another CA
-            out.append(Found(h, False, str(err)))
+            out.append(Found(h, False, str(err).removeprefix(f"{h.address} ")))   # its address is listed beside
         except OSError as err:
             out.append(Found(h, False, f"unreachable: {err.strerror or err}"))
     return out
