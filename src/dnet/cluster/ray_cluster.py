@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dnet.cluster.auth import new_secret
+from dnet.cluster.certs import create_ca, issue_node
 from dnet.cluster.tls import CA_FILE, CERT_FILE, KEY_FILE, ClusterTls
 from dnet.errors import DnetError
 from dnet.topology import Device, Node, Topology
@@ -116,35 +117,34 @@ class RayCluster:
         self._closed = threading.Event()
 
     def start(self) -> "RayCluster":
-        from dnet.cluster.certs import create_ca, issue_node
-
+        """Connect to Ray (this process's connection if it has one) and place a worker on every node."""
         ray = _ray()
         if not ray.is_initialized():
             ray.init(address=self.address, logging_level=logging.WARNING)
             self._started_ray = True
-        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
-        if not nodes:
-            raise DnetError(f"the Ray cluster at {self.address or 'this machine'} has no alive node with CPUs")
-        create_ca(self.pki, cluster="dnet on Ray")
-        self.tls = ClusterTls(issue_node(self.pki, "coordinator"))
         try:
+            nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+            if not nodes:
+                raise DnetError(f"the Ray cluster at {self.address or 'this machine'} has no alive node with CPUs")
+            create_ca(self.pki, cluster="dnet on Ray")
+            self.tls = ClusterTls(issue_node(self.pki, "coordinator"))
+            actor_class = ray.remote(DnetNodeActor)
             for node in nodes:
-                self._place(ray, node, issue_node)
+                self._place(actor_class, node)
             self._reports()   # every worker up and probed before anything plans over it
         except BaseException:
             self.close()
             raise
         return self
 
-    def _place(self, ray: Any, node: dict, issue_node: Any) -> None:
+    def _place(self, actor_class: Any, node: dict) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         resources = node["Resources"]
         name = f"ray-{node['NodeID'][:8]}"
-        files = _node_files(issue_node(self.pki, name))
         cpus = float(resources.get("CPU", 1))
         threads = str(max(1, int(cpus)))
-        actor = ray.remote(DnetNodeActor).options(
+        actor = actor_class.options(
             # the worker computes with the node's CPUs without claiming them in Ray's books: claiming all would
             # stall the node's other Ray work, claiming some would be a fiction
             num_cpus=0, max_restarts=self.max_restarts, max_task_retries=-1,
@@ -152,8 +152,8 @@ class RayCluster:
             # BLAS pools size themselves when numpy loads: set before the actor's process starts
             runtime_env={"env_vars": {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                             "MKL_NUM_THREADS")}},
-        ).remote(name, node["NodeManagerAddress"], self.secret, files, self.backend, cpus,
-                 resources.get("memory"))
+        ).remote(name, node["NodeManagerAddress"], self.secret, _node_files(issue_node(self.pki, name)),
+                 self.backend, cpus, resources.get("memory"))
         self.names.append(name)
         self.actors.append(actor)
         self.resources.append({k: float(resources.get(k, 0)) for k in ("CPU", "GPU", "memory")})
