@@ -1,7 +1,8 @@
 """dnet on a Ray cluster: one worker per Ray node, in a Ray actor; models planned and run across them.
 
 One Ray cluster for the module (`ray.cluster_utils.Cluster`: three Ray nodes on this machine with 1, 2 and 3
-CPUs). Oracle: the same model on one node, in this process.
+CPUs). Models (a small residual net, MiniLM, a tiny LLM, SmolLM2) are spread over every actor. Oracle: the
+same model on one node, in this process. About 45 s on two cores.
 """
 from __future__ import annotations
 
@@ -98,6 +99,21 @@ def test_a_tiny_llm_generates_across_the_actors_the_same_text_as_one_node(topolo
         assert llm.generate(prompt, max_tokens=8, temperature=0) == want
 
 
+def test_minilm_across_the_actors_embeds_as_one_node_does(topology):
+    from dnet.cluster.session import compile_distributed
+    from dnet.models import load_minilm
+
+    encoder = load_minilm()
+    graph = encoder.executable.graph
+    inputs = encoder.tokenize(["A man is eating food.", "The girl is carrying a baby."])
+    env = {"batch": 2, "seq": inputs["input_ids"].shape[1]}
+    want = encoder.executable.run(inputs)[graph.output_names[0]]
+    with compile_distributed(graph, topology, env=env, plan=lambda topo: spread(graph, topo, env)) as exe:
+        assert sorted(exe.pipeline.placement) == [0, 1, 2]
+        got = exe.run(inputs)[graph.output_names[0]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_across_the_actors_equals_one_node_through_killed_and_restarted_actors(ray_cluster, topology):
     rng = np.random.default_rng(0)
     net = ResidualNet(rng, depth=6)
@@ -160,13 +176,20 @@ class Net(dnet.Module):
 
 
 def test_the_ray_example_of_cluster_md_runs_smollm2_and_a_model_as_one_node_does(topology):
-    """The docs' block as written, on the running Ray cluster (it places actors of its own and removes them)."""
+    """The docs' block, on the running Ray cluster (it places actors of its own and removes them)."""
     model = Net()
     dnet.nn.init.seeded_(model, seed=0)
     inputs = [dnet.TensorType(("batch", 32), dnet.f32)]
     x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
-    scope = {"model": model, "inputs": inputs, "x": x, "print": lambda *a: None}
-    exec(compile(_doc_block("Topology.from_ray()"), "docs/cluster.md (Ray)", "exec"), scope)  # noqa: S102
+    scope = {"model": model, "inputs": inputs, "x": x, "print": lambda *a: None, "spread": spread}
+    block = _doc_block("Topology.from_ray()")
+    # as written, but SmolLM2 spread over every actor (one stream alone would be planned onto one node)
+    placeholder = "dnet.llm.load(topology=topology)"
+    assert placeholder in block, "the docs' example changed: update this test"
+    block = block.replace(placeholder, "dnet.llm.load(topology=topology, cluster={'plan': spread})")
+    block = block.replace("    text = ", "    stages = {s.node for s in llm.engine.exe.plan.stages}\n    text = ")
+    exec(compile(block, "docs/cluster.md (Ray)", "exec"), scope)  # noqa: S102
+    assert len(scope["stages"]) == len(CPUS)
     np.testing.assert_allclose(scope["y"], dnet.compile(model, inputs)(x), rtol=1e-5, atol=1e-6)
     with dnet.llm.load() as one:
         assert scope["text"] == one.generate("The capital of France is", max_tokens=12, temperature=0)
