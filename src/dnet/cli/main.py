@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "dnet.cli.bench_commands",
     "dnet.cli.llm_commands",
     "dnet.cli.serve_commands",
+    "dnet.cli.profile_commands",
 )
 
 
