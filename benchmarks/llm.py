@@ -222,8 +222,9 @@ class DnetEngine:
     def __init__(self, model: Path, threads: int, context: int):
         import dnet.llm
 
+        # no prefix cache: every run feeds its whole prompt (a repeated prompt would otherwise be reused)
         self.llm = dnet.llm.load(str(model), target="c", threads=threads, context=context,
-                                 activations=self.activations)
+                                 activations=self.activations, prefix_cache=False)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.llm.tokenizer.encode(text, add_special_tokens=False))
