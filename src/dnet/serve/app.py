@@ -39,7 +39,6 @@ from dnet.serve.protocol import (APIError, ChatRequest, CompletionRequest, Embed
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.25     # how often a whole (non-streamed) answer checks that its client is still there
-OPEN_PATHS = ("/", "/health", "/page/")
 
 
 def create_app(served: Any, api_key: str | None = None) -> FastAPI:
