@@ -75,7 +75,7 @@ def test_closed_sessions_give_back_their_state_memory_and_threads(rng, tmp_path)
         deadline = time.monotonic() + 10                   # the last session's RESET and threads may lag
         while True:
             after = [_status(p.pid) for p in local.procs]
-            settled = all(a["threads"] <= b["threads"] + 2 and a["rss_mib"] - b["rss_mib"] < 40
+            settled = all(a["threads"] <= b["threads"] + 4 and a["rss_mib"] - b["rss_mib"] < 40
                           for a, b in zip(base, after))
             if settled or time.monotonic() > deadline:
                 break
@@ -83,7 +83,8 @@ def test_closed_sessions_give_back_their_state_memory_and_threads(rng, tmp_path)
     for b, a in zip(base, after):
         # 20 sessions kept would be +80 MiB and +20 threads or more; allocator slack on a loaded machine is not
         assert a["rss_mib"] - b["rss_mib"] < 40, (base, after)
-        assert a["threads"] <= b["threads"] + 2, (base, after)
+        # a leak would be a thread a session (+20); a few may still be winding down on a loaded machine
+        assert a["threads"] <= b["threads"] + 4, (base, after)
 
 
 def test_an_idle_session_is_freed_and_says_so_when_used_again(rng, tmp_path):
