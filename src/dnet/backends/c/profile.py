@@ -59,7 +59,7 @@ class Profile:
 def profile(runner: Any, inputs: Mapping[str, np.ndarray], repeats: int = 10, counters: bool = True) -> Profile:
     """Profile a C runner (`dnet.compile(..., target="c")`'s) on `inputs`."""
     module = runner.module
-    env, _ = module.bind(inputs)
+    env = module.bind(inputs).env
     opened, note = _counters(counters)
     names = ["seconds", *(opened.events if opened else [])]
     clock = _clock(opened)

@@ -13,30 +13,18 @@ from scipy import special
 
 from dnet.core.dtypes import DType
 from dnet.core.quant import dequantize
-from dnet.core.shapes import Dim, bind_shape, evaluate_shape, shape_str, substitute
+from dnet.core.shapes import Dim, evaluate_shape, substitute
 from dnet.errors import ShapeError
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op
-from dnet.program.inputs import check_gather_indices, input_array
+from dnet.program.binding import InputBinder
+from dnet.program.inputs import check_gather_indices
 
 
 def bind_symbols(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Symbol values from the actual input shapes; a clear error for a wrong or missing input."""
-    env: dict[str, int] = {}
-    for i in graph.inputs:
-        node = graph.nodes[i]
-        name = node.attrs["name"]
-        if name not in inputs:
-            raise ShapeError(f"missing input '{name}' of type {node.type}",
-                             hint="inputs are " + ", ".join(graph.input_names))
-        arr = input_array(name, inputs[name], node.type.dtype)
-        if not bind_shape(node.type.shape, arr.shape, env):
-            raise ShapeError(f"input '{name}' has shape {arr.shape}, expected {shape_str(node.type.shape)}"
-                             + (f" with {env}" if env else ""))
-    extra = set(inputs) - set(graph.input_names)
-    if extra:
-        raise ShapeError(f"unknown input(s) {sorted(extra)}", hint="inputs are " + ", ".join(graph.input_names))
-    return env
+    """Symbol values from the actual input shapes; a clear error for a wrong or missing input
+    (`program.binding`, the check every backend makes)."""
+    return InputBinder.of_graph(graph).bind(inputs, cast=False).env
 
 
 def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

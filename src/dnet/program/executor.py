@@ -1,0 +1,143 @@
+"""Generic program execution: what every compiled backend does around its kernels.
+
+One run of a program: bind the inputs (`program.binding`), take the arena plan for the symbols'
+values (made once per power-of-two bucket when every intermediate grows with the symbols, as a
+decode step's context does), place inputs, states, weights, outputs and arena buffers in the
+buffer table, run the segments in order with the transfers between them, bring outputs and
+states back, and return the outputs by name. A backend supplies only an `Allocator` and a
+`Launcher` (`program.device`); this class is the same for C, LLVM, OpenCL and CUDA.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from dnet.core.shapes import evaluate_shape
+from dnet.errors import BackendError
+from dnet.program.binding import Bound, InputBinder
+from dnet.program.device import Allocator, Launcher
+from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, Recv, segments
+from dnet.program.memory import ArenaPlan, bucket, grows_with_symbols, plan_arena
+
+Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
+
+
+class ProgramExecutor:
+    """A program loaded on a device: call `run(inputs)` with numpy arrays, get numpy outputs.
+
+    Calls from several threads take turns (one arena per executor).
+    """
+
+    def __init__(self, program: Program, weights: Mapping[int, np.ndarray], allocator: Allocator,
+                 launcher: Launcher):
+        self.program = program
+        self.allocator = allocator
+        self.launcher = launcher
+        self.weights = {int(k): np.ascontiguousarray(v) for k, v in weights.items()}
+        self.segments = segments(program)
+        self.binder = InputBinder.of_program(program)
+        self._launches = [ins for ins in program.instrs if isinstance(ins, Launch)]
+        self._plans: dict[tuple, ArenaPlan] = {}
+        self._grows: bool | None = None
+        self._lock = threading.Lock()
+        self._table = allocator.table(len(program.buffers))
+        for buf, array in self.weights.items():
+            allocator.put(self._table, buf, allocator.to_device(array, writable=False))
+        self._outputs = [b for b in program.buffers if b.kind == OUTPUT]
+
+    # -- binding and planning ----------------------------------------------------------
+    def bind(self, inputs: Mapping[str, Any]) -> Bound:
+        """The inputs checked and the symbols bound (`program.binding.InputBinder`)."""
+        return self.binder.bind(inputs)
+
+    def plan(self, env: Mapping[str, int]) -> ArenaPlan:
+        """The arena plan for these symbol values, made once per bucket of them."""
+        if self._grows is None:
+            self._grows = grows_with_symbols(self.program)
+        if self._grows:
+            env = bucket(env)
+        key = tuple(env[s] for s in self.program.symbols)
+        if key not in self._plans:
+            self._plans[key] = plan_arena(self.program, env)
+        return self._plans[key]
+
+    # -- running -----------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, Any], transfer: Transfer | None = None) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._execute(inputs, transfer, None)
+
+    def profile(self, inputs: Mapping[str, Any], clock=time.perf_counter) -> list[tuple[Launch, float]]:
+        """Run once, launch by launch, timing each: [(launch, seconds)] in program order.
+
+        With one thread, `clock=time.thread_time` counts CPU time only, which a loaded machine
+        disturbs far less than wall time.
+        """
+        times: list[tuple[Launch, float]] = []
+        with self._lock:
+            self._execute(inputs, None, (times, clock))
+        return times
+
+    def _execute(self, inputs, transfer, timing) -> dict[str, np.ndarray]:
+        alloc = self.allocator
+        bound = self.bind(inputs)
+        env, arrays = bound.env, bound.arrays
+        plan = self.plan(env)
+        table = alloc.copy_table(self._table)
+        arena = alloc.arena(plan.size)
+        for buf, offset in plan.offsets.items():
+            alloc.put(table, buf, alloc.at(arena, offset))
+        handles: dict[int, Any] = {}
+        for name, buf in self.program.inputs.items():
+            writable = self.program.buffers[buf].kind == STATE
+            handles[buf] = alloc.to_device(arrays[name], writable)
+            alloc.put(table, buf, handles[buf])
+        outputs: dict[int, np.ndarray] = {}
+        for b in self._outputs:
+            outputs[b.id] = np.empty(evaluate_shape(b.shape, env), b.dtype.np)
+            handles[b.id] = alloc.to_device(outputs[b.id], writable=True)
+            alloc.put(table, b.id, handles[b.id])
+        dims = np.array([env[s] for s in self.program.symbols] or [0], np.int64)
+        if timing is not None:
+            self._run_launches(table, dims, *timing)
+        else:
+            self._run_segments(table, dims, env, transfer)
+        for b in self._outputs:
+            alloc.to_host(handles[b.id], outputs[b.id])
+        for name, buf in self.program.inputs.items():
+            if self.program.buffers[buf].kind == STATE:
+                alloc.to_host(handles[buf], arrays[name])
+        return {name: self._result(buf, outputs, arrays) for name, buf in self.program.outputs}
+
+    def _run_segments(self, table, dims: np.ndarray, env: Mapping[str, int], transfer) -> None:
+        for i, seg in enumerate(self.segments):
+            if i % 2 == 0:
+                self.launcher.run_segment(i, table, dims)
+                continue
+            if transfer is None:
+                raise BackendError(f"program has a {type(seg[0]).__name__.lower()} but no transport was given")
+            ins = seg[0]
+            b = self.program.buffers[ins.buffer]
+            handle = self.allocator.get(table, ins.buffer)
+            array = self.allocator.view(handle, evaluate_shape(b.shape, env), b.dtype.np)
+            transfer(ins, array)
+            if isinstance(ins, Recv):
+                self.allocator.received(handle, array)
+
+    def _run_launches(self, table, dims: np.ndarray, times: list, clock) -> None:
+        for i, ins in enumerate(self._launches):
+            start = clock()
+            self.launcher.run_launch(i, table, dims)
+            times.append((ins, clock() - start))
+
+    def _result(self, buf: int, outputs: dict, arrays: dict) -> np.ndarray:
+        b = self.program.buffers[buf]
+        if b.kind == OUTPUT:
+            return outputs[buf]
+        if b.kind in (INPUT, STATE):
+            return arrays[b.name].copy()
+        if b.kind == WEIGHT:
+            return self.weights[buf].copy()
+        raise BackendError(f"output buffer %{buf} is a {b.kind}")
