@@ -88,3 +88,12 @@ def _c_backend() -> Backend:
 
 
 register("c", _c_backend)
+
+
+def _opencl_backend() -> Backend:
+    from dnet.backends.opencl import OpenCLBackend
+
+    return OpenCLBackend()
+
+
+register("opencl", _opencl_backend)

@@ -1,0 +1,64 @@
+"""The OpenCL backend: graph -> program -> OpenCL C -> a program built for the device -> OpenCLModule.
+
+Registered as target "opencl". Scheduling and the program are the ones every compiled backend
+shares (`dnet.program.build`); only the rendering and the runtime are OpenCL's.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from dnet.backends.opencl.platform import open_device
+from dnet.backends.opencl.renderer import OpenCLRenderer, RenderedKernel
+from dnet.backends.opencl.runtime import OpenCLModule
+from dnet.core import progress
+from dnet.graph.ir import Graph
+from dnet.hardware import detect
+from dnet.program.build import Compiled, build_program
+from dnet.program.inputs import check_gather_indices, gathered_inputs
+from dnet.program.instructions import Program
+
+MAX_TILE = 16       # a matmul work-group is MAX_TILE x MAX_TILE work-items where the device allows it
+
+
+class OpenCLRunner:
+    """What `dnet.compile(..., target='opencl')` runs: an OpenCLModule, plus what it was built from."""
+
+    def __init__(self, module: OpenCLModule, compiled: Compiled, gathered: dict[str, int]):
+        self.module = module
+        self.compiled = compiled
+        self.gathered = gathered
+
+    @property
+    def program(self) -> Program:
+        return self.module.program
+
+    @property
+    def source(self) -> str:
+        return self.module.source
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
+            if name in inputs:
+                check_gather_indices(np.asarray(inputs[name]), size)
+        return self.module.run(inputs)
+
+
+class OpenCLBackend:
+    name = "opencl"
+
+    def prepare(self, graph: Graph) -> OpenCLRunner:
+        device = open_device()
+        tile = MAX_TILE
+        while tile > 1 and tile * tile > device.max_work_group:
+            tile //= 2
+        compiled = build_program(graph, detect())
+        with progress.task("render OpenCL kernels", total=len(compiled.kernels), unit="kernels") as task:
+            kernels: dict[str, RenderedKernel] = {}
+            for name, kernel in compiled.kernels.items():
+                kernels[name] = OpenCLRenderer(kernel, tile).render_opencl()
+                task.advance()
+        with progress.task(f"build OpenCL program for {device.name}", total=None):
+            module = OpenCLModule(compiled.program, kernels, compiled.weights, device)
+        return OpenCLRunner(module, compiled, gathered_inputs(graph))

@@ -1,0 +1,90 @@
+"""A `Gemm` in OpenCL C: a local-memory tiled kernel.
+
+Each work-group computes a tile x tile block of the result, one element per work-item. Along k
+the group walks tile-wide steps: every work-item loads one element of a's block and one of b's
+into local memory, the group waits at a barrier, each work-item accumulates its row of a's
+block times its column of b's from local memory, and waits again before the next step
+overwrites the blocks. So each element of a and b is read from global memory once per
+work-group instead of once per work-item (tile times fewer reads). Rows and columns past the
+matrix load zeros, so any m, n and k work; the bounds test comes after the last barrier, which
+every work-item of a group must reach. The third grid dimension runs the batch.
+
+The epilogue (bias, GELU, a residual add) is applied to the accumulator before the one store.
+Right operands come as the C backend's scheduler left them: strided, packed into nr-wide
+panels (a weight), int8 panels with per-column scales, or a convolution's input read as its
+im2col matrix (gathered while the block is loaded; zero outside the image).
+"""
+from __future__ import annotations
+
+from dnet.backends.opencl.renderer import OpenCLRenderer, RenderedKernel, Tiles, store
+from dnet.kernel.ir import Gemm, Operand
+
+
+def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
+    ts, ix = r.gemm_tile, r.index
+    i, j = g.vars[-2], g.vars[-1]
+    lines = r.header(f"__attribute__((reqd_work_group_size({ts}, {ts}, 1))) ") + [
+             f"    const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)};",
+             "    const int g_ti = (int)get_local_id(1), g_tj = (int)get_local_id(0);",
+             f"    const int64_t {i} = (int64_t)get_group_id(1) * {ts} + g_ti;",
+             f"    const int64_t {j} = (int64_t)get_group_id(0) * {ts} + g_tj;",
+             "    const int64_t g_bb = (int64_t)get_global_id(2);"]
+    lines += ["    " + x for x in _batch_decl(r, g)]
+    lines += [f"    __local float g_a[{ts}][{ts}];",
+              f"    __local float g_b[{ts}][{ts}];",
+              "    float acc = 0.0f;",
+              f"    for (int64_t g_k0 = 0; g_k0 < g_K; g_k0 += {ts}) {{",
+              "        const int64_t g_ka = g_k0 + g_tj, g_kb = g_k0 + g_ti;",
+              f"        g_a[g_ti][g_tj] = {i} < g_M && g_ka < g_K ? {_element_a(r, g.a, i, 'g_ka')} : 0.0f;",
+              f"        g_b[g_ti][g_tj] = g_kb < g_K && {j} < g_N ? {_element_b(r, g, 'g_kb', j)} : 0.0f;",
+              "        barrier(CLK_LOCAL_MEM_FENCE);",
+              f"        for (int g_kk = 0; g_kk < {ts}; ++g_kk) acc += g_a[g_ti][g_kk] * g_b[g_kk][g_tj];",
+              "        barrier(CLK_LOCAL_MEM_FENCE);",
+              "    }",
+              f"    if ({i} >= g_M || {j} >= g_N) return;"]
+    lines += r.stmts(g.epilogue_lets, "    ")
+    value = store(r.expr(g.epilogue), g.epilogue.dtype, r._dtype(g.out))
+    lines += [f"    {g.out}[(g_bb * g_M + {i}) * g_N + {j}] = {value};", "}"]
+    return RenderedKernel(r.kernel.name, "\n".join(lines), Tiles(g.batch, g.m, g.n, ts))
+
+
+def _batch_decl(r: OpenCLRenderer, g: Gemm) -> list[str]:
+    """The batch variables from the flat batch index, and each operand's offset for this batch item."""
+    out, rest = [], "g_bb"
+    names = g.vars[:-2]
+    for k in reversed(range(len(names))):
+        out.append(f"const int64_t {names[k]} = ({rest}) % {r.index(g.batch[k])};")
+        rest = f"({rest}) / {r.index(g.batch[k])}"
+    for tag, op in (("a", g.a), ("b", g.b)):
+        terms = [r.index(op.offset)] + [f"{n} * {r.index(s)}" for n, s in zip(names, op.batch_strides)]
+        out.append(f"const int64_t g_off_{tag} = {' + '.join(terms)};")
+    return out
+
+
+def _element_a(r: OpenCLRenderer, a: Operand, row: str, k: str) -> str:
+    return f"{a.buffer}[g_off_a + {row} * {r.index(a.row_stride)} + {k} * {r.index(a.col_stride)}]"
+
+
+def _element_b(r: OpenCLRenderer, g: Gemm, k: str, col: str) -> str:
+    b = g.b
+    if b.im2col is not None:
+        return _im2col_element(r, g, k, col)
+    if b.packed:      # panels of nr columns: (n / nr, k, nr), zero-padded; packed weights start at 0
+        nr = g.tile.nr
+        value = f"{b.buffer}[({col} / {nr}) * g_K * {nr} + {k} * {nr} + {col} % {nr}]"
+        return f"((float){value} * {b.scale}[{col}])" if b.scale else value
+    return f"{b.buffer}[g_off_b + {k} * {r.index(b.row_stride)} + {col} * {r.index(b.col_stride)}]"
+
+
+def _im2col_element(r: OpenCLRenderer, g: Gemm, k: str, col: str) -> str:
+    """Row k = (c, y, z), column = (oh, ow) of the im2col matrix: x[c, oh*sh + y*dh - top, ow*sw + z*dw - left]."""
+    geo = g.b.im2col
+    kh, kw = geo.kernel
+    (sh, sw), (dh, dw), (top, left) = geo.stride, geo.dilation, geo.pad
+    ow_count, ix = r.index(geo.out_width), r.index
+    h = f"(({col}) / {ow_count} * {sh} + (({k}) / {kw}) % {kh} * {dh} - {top})"
+    w = f"(({col}) % {ow_count} * {sw} + ({k}) % {kw} * {dw} - {left})"
+    sc, sy, sx = (ix(s) for s in geo.strides)
+    inside = f"({h} >= 0 && {h} < {ix(geo.height)} && {w} >= 0 && {w} < {ix(geo.width)})"
+    at = f"g_off_b + ({k}) / {kh * kw} * {sc} + {h} * {sy} + {w} * {sx}"
+    return f"({inside} ? {g.b.buffer}[{at}] : 0.0f)"
