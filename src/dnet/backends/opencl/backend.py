@@ -60,5 +60,5 @@ class OpenCLBackend:
                 kernels[name] = OpenCLRenderer(kernel, tile).render_opencl()
                 task.advance()
         with progress.task(f"build OpenCL program for {device.name}", total=None):
-            module = OpenCLModule(compiled.program, kernels, compiled.weights, device)
+            module = OpenCLModule(compiled.program, compiled.kernels, kernels, compiled.weights, device)
         return OpenCLRunner(module, compiled, gathered_inputs(graph))
