@@ -15,10 +15,12 @@ import numpy as np
 
 from dnet.errors import BackendError, did_you_mean
 from dnet.graph.ir import Graph
+from dnet.program.collective import Collective
 
 
 class Runner(Protocol):
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, inputs: Mapping[str, np.ndarray],
+            collective: Collective | None = None) -> dict[str, np.ndarray]: ...   # collective: `program.collective`
 
 
 class Backend(Protocol):
@@ -69,10 +71,10 @@ class _NumpyRunner:
     def __init__(self, graph: Graph):
         self.graph = graph
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], collective: Collective | None = None) -> dict[str, np.ndarray]:
         from dnet.backends.numpy import run_graph
 
-        return run_graph(self.graph, inputs)
+        return run_graph(self.graph, inputs, collective)
 
     def save(self, directory: Path) -> None:  # the serialised graph is all it needs
         pass

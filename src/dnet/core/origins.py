@@ -215,3 +215,18 @@ def gather(buffer: np.ndarray, pieces: Sequence[Piece]) -> np.ndarray:
     parts = [np.lib.stride_tricks.as_strided(buffer[p.offset:p.end], (p.count, p.size), (p.stride, 1)).reshape(-1)
              for p in pieces]
     return np.concatenate(parts)
+
+
+def take_columns(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Bytes [lo, hi) of every row of a 2-D uint8 `array` (a column block of a matrix stored by rows), a new
+    C-contiguous array that keeps its origin: one strided piece, a run per row."""
+    out = np.ascontiguousarray(array[:, lo:hi])
+    origin = origin_of(array)
+    if origin is None or len(origin.pieces) != 1 or origin.pieces[0].count != 1 or out.size == 0:
+        return out
+    rows, row = array.shape[0], array.shape[1] * array.itemsize
+    piece = Piece(origin.pieces[0].offset + lo * array.itemsize, (hi - lo) * array.itemsize, rows,
+                  row if rows > 1 else 0)
+    pieces: list[Piece] = []
+    _append(pieces, piece)
+    return _note(out, Origin(origin.file, tuple(pieces)))

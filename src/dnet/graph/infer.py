@@ -251,10 +251,19 @@ def _scatter(op, inputs, attrs, where):
     return dest
 
 
+def _collective(op, inputs, attrs, where):
+    if not isinstance(attrs["size"], int) or attrs["size"] < 1:
+        raise ShapeError(f"{op}: a group's size is a positive integer, got {attrs['size']!r}", where)
+    if not inputs[0].dtype.is_float:
+        raise DTypeError(f"{op}: sums floats, got {inputs[0].dtype}", where)
+    return inputs[0]
+
+
 _CLASS_RULES: dict[OpClass, Rule] = {
     OpClass.SOURCE: _source, OpClass.UNARY: _unary, OpClass.BINARY: _binary,
     OpClass.TERNARY: _where, OpClass.CAST: _cast, OpClass.REDUCE: _reduce,
     OpClass.MATMUL: _matmul, OpClass.CONV: _conv, OpClass.POOL: _pool, OpClass.SCATTER: _scatter,
+    OpClass.COLLECTIVE: _collective,
 }
 _RULES: dict[Op, Rule] = {
     Op.RESHAPE: _reshape, Op.PERMUTE: _permute, Op.EXPAND: _expand, Op.SLICE: _slice,

@@ -22,6 +22,7 @@ class OpClass(Enum):
     POOL = "pool"
     MOVEMENT = "movement"    # views and copies: no arithmetic
     SCATTER = "scatter"      # writes rows of a tensor at data-dependent positions
+    COLLECTIVE = "collective"  # values exchanged with the other members of a tensor-parallel group
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class Op(Enum):
     SCATTER = OpSpec(OpClass.SCATTER, 3, ("axis",),
                      "(dest, index, values): dest with dest[i.., index[i.., j], ...] = values[i.., j, ...]; "
                      "index has values' shape up to `axis`; done in place when dest is a STATE")
+    # exchanges
+    ALL_REDUCE = OpSpec(OpClass.COLLECTIVE, 1, ("group", "size"),
+                        "the sum of x over the `size` members of a tensor-parallel group (each holds a partial "
+                        "sum); the runtime that runs the graph is given the group's links")
 
     @property
     def cls(self) -> OpClass:

@@ -140,6 +140,8 @@ class KernelBuilder:
             return V(IndexValue(i, node.dtype), self.index_depth(i))
         if op.cls is OpClass.REDUCE:
             return self.reduce(node, idx)
+        if op is Op.ALL_REDUCE:    # its kernel writes the member's partial; the runner sums the group's
+            return self.value(node.inputs[0], idx)
         if op is Op.MATMUL:
             return self.matmul(node, idx)
         if op is Op.CONV2D:

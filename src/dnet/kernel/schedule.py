@@ -14,6 +14,8 @@ The rules, in order:
 5. A matmul or an f32 convolution (without groups: a Gemm over its im2col matrix) read
    by one element-wise kernel and nothing else becomes that kernel: the element-wise ops
    run as its epilogue (bias + GELU, residual adds, bias + ReLU).
+6. An ALL_REDUCE has a buffer of its own, which its kernel fills with the member's partial
+   sum (a copy, or the matmul that computes it) and the runner then sums over the group.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def schedule(graph: Graph, host: Host | None = None) -> Schedule:
 
 
 def _initial(graph: Graph, users) -> set[int]:
-    mat = {n.id for n in graph.nodes if n.op in _BOUND or n.op.cls in _ALWAYS}
+    mat = {n.id for n in graph.nodes if n.op in _BOUND or n.op.cls in _ALWAYS or n.op is Op.ALL_REDUCE}
     mat |= set(graph.outputs)
     # a pool reads each input element once per window that covers it: an element-wise op feeding it
     # (a convolution's bias and ReLU) gets a buffer, computed once, rather than inlined into every window
@@ -137,7 +139,7 @@ def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int)
         return None
     (root,) = roots
     same = graph.nodes[root].shape == graph.nodes[mm].shape and graph.nodes[root].dtype is DType.F32
-    pointwise = graph.nodes[root].op.cls in _ELEMENTWISE
+    pointwise = graph.nodes[root].op.cls in _ELEMENTWISE or graph.nodes[root].op is Op.ALL_REDUCE
     return root if same and pointwise else None
 
 

@@ -15,6 +15,10 @@ decode step moves one token's activations and reads the cache where it lies.
 Llama, Mistral, Qwen2 (biases on q, k, v) and Qwen3 (RMS norms on q and k per head) differ
 only in the switches of `ModelConfig`. Weights in a GGUF block format stay in it
 (`GraphBuilder.block_const`); the kernels read the blocks (`dnet.kernel.qgemm`).
+
+Built for one member of a tensor-parallel group (`dnet.llm.tensor_parallel`), the graph holds
+that member's heads and features, each layer's two partial sums go through an ALL_REDUCE, and
+`logits` is the member's slice of the vocabulary.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from dnet.graph.builder import GraphBuilder, Value
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op
 from dnet.llm.model_file import ModelConfig, QuantTensor, Tensor
+from dnet.llm.tensor_parallel import GROUP, TensorShard, row_slice, shard_model
 
 BATCH, SEQ, CTX, OUT = Sym("batch"), Sym("seq"), Sym("ctx"), Sym("out")
 
@@ -39,8 +44,11 @@ def state_type(config: ModelConfig, context: int) -> TensorType:
     return TensorType((BATCH, context, config.num_kv_heads, config.head_dim), DType.F32)
 
 
-def build_graph(config: ModelConfig, tensors: dict[str, Tensor], context: int) -> Graph:
-    """The model's graph for caches of `context` positions."""
+def build_graph(config: ModelConfig, tensors: dict[str, Tensor], context: int,
+                shard: TensorShard | None = None) -> Graph:
+    """The model's graph for caches of `context` positions (of one member's part, given a `shard`)."""
+    if shard is not None:
+        config, tensors = shard_model(config, tensors, shard)
     b = GraphBuilder()
     w = _Weights(b, tensors)
     tokens = b.input("tokens", TensorType((BATCH, SEQ), DType.I64))
@@ -55,18 +63,21 @@ def build_graph(config: ModelConfig, tensors: dict[str, Tensor], context: int) -
     for i in range(config.num_layers):
         with b.scope(f"blk.{i}"):
             caches = (b.state(f"k.{i}", state_type(config, context)), b.state(f"v.{i}", state_type(config, context)))
-            h = _layer(b, w, config, i, h, positions, mask, angles, caches)
+            h = _layer(b, w, config, i, h, positions, mask, angles, caches, shard.size if shard else 0)
     with b.scope("output"):
         h = C.rms_norm(b, h, w.vector("output_norm.weight"), config.rms_norm_eps)
         picked = b.node(Op.GATHER, [b.reshape(h, (BATCH * SEQ, config.hidden_size)), rows], axis=0)
         head = "token_embd.weight" if config.tie_embeddings or "output.weight" not in tensors else "output.weight"
-        b.output("logits", C.linear(b, picked, w.matrix(head)))
+        b.output("logits", C.linear(b, picked, w.matrix(head, shard.vocab if shard is not None else None)))
     return b.finish()
 
 
 def _layer(b: GraphBuilder, w: "_Weights", config: ModelConfig, i: int, h: Value, positions: Value, mask: Value,
-           angles: tuple[Value, Value], caches: tuple[Value, Value]) -> Value:
+           angles: tuple[Value, Value], caches: tuple[Value, Value], partial: int = 0) -> Value:
+    """One decoder layer; with `partial` members (a tensor-parallel group) its two projections back to the
+    hidden size give partial sums, added up over the group before the residual."""
     p = f"blk.{i}."
+    total = (lambda x: b.node(Op.ALL_REDUCE, [x], group=GROUP, size=partial)) if partial else (lambda x: x)
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
     with b.scope("attn"):
         x = C.rms_norm(b, h, w.vector(p + "attn_norm.weight"), config.rms_norm_eps)
@@ -79,11 +90,11 @@ def _layer(b: GraphBuilder, w: "_Weights", config: ModelConfig, i: int, h: Value
         keys = b.scatter(caches[0], positions, k, axis=1)
         values = b.scatter(caches[1], positions, v, axis=1)
         o = _attention(b, q, keys, values, mask, config)
-        h = b.elementwise(Op.ADD, h, w.linear(o, p + "attn_output"))
+        h = b.elementwise(Op.ADD, h, total(w.linear(o, p + "attn_output")))
     with b.scope("ffn"):
         x = C.rms_norm(b, h, w.vector(p + "ffn_norm.weight"), config.rms_norm_eps)
         gated = b.elementwise(Op.MUL, C.silu(b, w.linear(x, p + "ffn_gate")), w.linear(x, p + "ffn_up"))
-        return b.elementwise(Op.ADD, h, w.linear(gated, p + "ffn_down"))
+        return b.elementwise(Op.ADD, h, total(w.linear(gated, p + "ffn_down")))
 
 
 def _heads(b: GraphBuilder, x: Value, heads: int, head_dim: int) -> Value:
@@ -161,16 +172,19 @@ class _Weights:
         self.b, self.tensors = b, dict(tensors)
         self.made: dict[str, Value] = {}
 
-    def matrix(self, name: str) -> Value:
-        """An f32 view of a (rows, k) matrix: the dequantizing cast of a block weight, or the weight."""
-        if name not in self.made:
-            t = self.tensors[name]
+    def matrix(self, name: str, rows: tuple[int, int] | None = None) -> Value:
+        """An f32 view of a (rows, k) matrix: the dequantizing cast of a block weight, or the weight.
+        `rows`: only those (a tensor-parallel member's slice of the lm_head)."""
+        key = name if rows is None else f"{name}[{rows[0]}:{rows[1]}]"
+        if key not in self.made:
+            t = self.tensors[name] if rows is None else row_slice(self.tensors[name], *rows)
+            name = key
             if isinstance(t, QuantTensor):
                 stored = self.b.block_const(name, np.asarray(t.data), t.dtype, t.shape)
                 self.made[name] = self.b.cast(stored, DType.F32)
             else:
                 self.made[name] = self.b.const(name, np.asarray(t, dtype=np.float32))
-        return self.made[name]
+        return self.made[key]
 
     def vector(self, name: str) -> Value:
         return self.b.const(name, np.asarray(self.tensors[name], dtype=np.float32))

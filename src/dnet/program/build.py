@@ -15,8 +15,8 @@ from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Gemm, Kernel
 from dnet.kernel.schedule import Schedule, schedule
 from dnet.errors import BackendError
-from dnet.program.instructions import (INPUT, OUTPUT, SCRATCH, STATE, TEMP, WEIGHT, Alloc, Buffer, Free, Launch,
-                                       Program)
+from dnet.program.instructions import (INPUT, OUTPUT, SCRATCH, STATE, TEMP, WEIGHT, Alloc, AllReduce, Buffer, Free,
+                                       Launch, Program)
 
 
 @dataclass
@@ -92,6 +92,9 @@ class _Builder:
             else:
                 args.append(self._arg(a, kernel))
         self.instrs.append(Launch(step.kernel, tuple(args), kernel.dims))
+        root = g.nodes[step.root]
+        if root.op is Op.ALL_REDUCE:     # the kernel wrote this member's partial sum; then the group's
+            self.instrs.append(AllReduce(self.by_arg[step.root], root.attrs["group"], root.attrs["size"]))
         if scratch is not None:
             self.instrs.append(Free(scratch))
         for nid in sorted(n for n, p in last_use.items() if p == pos and n not in outputs):

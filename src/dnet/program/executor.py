@@ -19,7 +19,8 @@ from dnet.core.shapes import evaluate_shape
 from dnet.errors import BackendError
 from dnet.program.binding import Bound, InputBinder
 from dnet.program.device import Allocator, Launcher
-from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, Launch, Program, Recv, segments
+from dnet.program.collective import Collective, missing_collective
+from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, AllReduce, Launch, Program, Recv, segments
 from dnet.program.memory import ArenaPlan, bucket, grows_with_symbols, plan_arena
 
 Transfer = Callable[[object, np.ndarray], None]   # (Send | Recv, the buffer as an array)
@@ -65,9 +66,11 @@ class ProgramExecutor:
         return self._plans[key]
 
     # -- running -----------------------------------------------------------------------
-    def run(self, inputs: Mapping[str, Any], transfer: Transfer | None = None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, Any], transfer: Transfer | None = None,
+            collective: Collective | None = None) -> dict[str, np.ndarray]:
+        """Outputs by name; `transfer` moves a Send/Recv's buffer, `collective` sums an AllReduce's."""
         with self._lock:
-            return self._execute(inputs, transfer, None)
+            return self._execute(inputs, transfer, None, collective)
 
     def profile(self, inputs: Mapping[str, Any], clock=time.perf_counter) -> list[tuple[Launch, float]]:
         """Run once, launch by launch, timing each: [(launch, seconds)] in program order.
@@ -80,7 +83,7 @@ class ProgramExecutor:
             self._execute(inputs, None, (times, clock))
         return times
 
-    def _execute(self, inputs, transfer, timing) -> dict[str, np.ndarray]:
+    def _execute(self, inputs, transfer, timing, collective=None) -> dict[str, np.ndarray]:
         alloc = self.allocator
         bound = self.bind(inputs)
         env, arrays = bound.env, bound.arrays
@@ -103,7 +106,7 @@ class ProgramExecutor:
         if timing is not None:
             self._run_launches(table, dims, *timing)
         else:
-            self._run_segments(table, dims, env, transfer)
+            self._run_segments(table, dims, env, transfer, collective)
         for b in self._outputs:
             alloc.to_host(handles[b.id], outputs[b.id])
         for name, buf in self.program.inputs.items():
@@ -111,17 +114,26 @@ class ProgramExecutor:
                 alloc.to_host(handles[buf], arrays[name])
         return {name: self._result(buf, outputs, arrays) for name, buf in self.program.outputs}
 
-    def _run_segments(self, table, dims: np.ndarray, env: Mapping[str, int], transfer) -> None:
+    def _run_segments(self, table, dims: np.ndarray, env: Mapping[str, int], transfer, collective) -> None:
         for i, seg in enumerate(self.segments):
             if i % 2 == 0:
                 self.launcher.run_segment(i, table, dims)
                 continue
-            if transfer is None:
-                raise BackendError(f"program has a {type(seg[0]).__name__.lower()} but no transport was given")
             ins = seg[0]
+            if isinstance(ins, AllReduce):
+                if ins.size == 1:
+                    continue
+                if collective is None:
+                    raise missing_collective(ins.group, ins.size)
+            elif transfer is None:
+                raise BackendError(f"program has a {type(seg[0]).__name__.lower()} but no transport was given")
             b = self.program.buffers[ins.buffer]
             handle = self.allocator.get(table, ins.buffer)
             array = self.allocator.view(handle, evaluate_shape(b.shape, env), b.dtype.np)
+            if isinstance(ins, AllReduce):
+                collective(ins.group, array)
+                self.allocator.received(handle, array)
+                continue
             transfer(ins, array)
             if isinstance(ins, Recv):
                 self.allocator.received(handle, array)

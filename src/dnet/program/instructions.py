@@ -68,8 +68,17 @@ class Recv:
     peer: str
 
 
-Instr = Union[Alloc, Free, Launch, Send, Recv]
-_KINDS = {"alloc": Alloc, "free": Free, "launch": Launch, "send": Send, "recv": Recv}
+@dataclass(frozen=True)
+class AllReduce:
+    """The buffer holds this member's partial sum; afterwards, the sum over the group's `size` members."""
+    buffer: int
+    group: str
+    size: int
+
+
+Instr = Union[Alloc, Free, Launch, Send, Recv, AllReduce]
+_KINDS = {"alloc": Alloc, "free": Free, "launch": Launch, "send": Send, "recv": Recv, "all_reduce": AllReduce}
+EXCHANGES = (Send, Recv, AllReduce)   # what the runner does between runs of launches
 
 
 @dataclass
@@ -122,18 +131,21 @@ def instr_str(ins: Instr) -> str:
         return f"launch {ins.kernel}(" + ", ".join(f"%{a}" for a in ins.args) + dims + ")"
     if isinstance(ins, (Send, Recv)):
         return f"{type(ins).__name__.lower()} %{ins.buffer} {'->' if isinstance(ins, Send) else '<-'} {ins.peer}"
+    if isinstance(ins, AllReduce):
+        return f"all_reduce %{ins.buffer} over {ins.group} ({ins.size})"
     return f"{type(ins).__name__.lower()} %{ins.buffer}"
 
 
 def segments(program: Program) -> list[list[Instr]]:
-    """The instruction stack cut at every Send/Recv: runs of launches a backend can fuse into one call.
+    """The instruction stack cut at every exchange (Send, Recv, AllReduce): runs of launches a backend
+    can fuse into one call.
 
-    Returns alternately a run of launches (possibly empty) and a single Send/Recv, starting and
-    ending with a run, so segment 2k is launches and segment 2k+1 is a transfer.
+    Returns alternately a run of launches (possibly empty) and a single exchange, starting and
+    ending with a run, so segment 2k is launches and segment 2k+1 is an exchange.
     """
     out: list[list[Instr]] = [[]]
     for ins in program.instrs:
-        if isinstance(ins, (Send, Recv)):
+        if isinstance(ins, EXCHANGES):
             out.append([ins])
             out.append([])
         elif isinstance(ins, Launch):

@@ -9,6 +9,7 @@ import numpy as np
 
 from dnet.backends import registry
 from dnet.graph.ir import Graph
+from dnet.program.collective import Collective
 
 
 @dataclass
@@ -32,9 +33,10 @@ class StageRunner:
         self.compile_s = time.perf_counter() - start
         self.stats = StageStats()
 
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def __call__(self, inputs: Mapping[str, np.ndarray],
+                 collective: Collective | None = None) -> tuple[dict[str, np.ndarray], float]:
         start = time.perf_counter()
-        out = self.runner.run(inputs)
+        out = self.runner.run(inputs, collective) if collective is not None else self.runner.run(inputs)
         seconds = time.perf_counter() - start
         self.stats.runs += 1
         self.stats.compute_s += seconds

@@ -22,6 +22,7 @@ from dnet.core import progress
 from dnet.errors import SerializationError
 from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
+from dnet.program.collective import Collective
 from dnet.program.build import Compiled, build_program
 from dnet.program.instructions import WEIGHT, Program
 from dnet.program.inputs import check_gather_indices, gathered_inputs
@@ -43,11 +44,11 @@ class CRunner:
     def program(self) -> Program:
         return self.module.program
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], collective: Collective | None = None) -> dict[str, np.ndarray]:
         for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
             if name in inputs:
                 check_gather_indices(np.asarray(inputs[name]), size)
-        return self.module.run(inputs)
+        return self.module.run(inputs, collective=collective)
 
     def save(self, directory: Path) -> None:
         save_compiled(self.module, directory)

@@ -18,6 +18,7 @@ from dnet.errors import ShapeError
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op
 from dnet.program.binding import InputBinder
+from dnet.program.collective import Collective, missing_collective
 from dnet.program.inputs import check_gather_indices
 
 
@@ -27,12 +28,17 @@ def bind_symbols(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, in
     return InputBinder.of_graph(graph).bind(inputs, cast=False).env
 
 
-def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray],
+              collective: Collective | None = None) -> dict[str, np.ndarray]:
+    """The graph's outputs; `collective` sums an ALL_REDUCE's partials over its group (`program.collective`)."""
     env = bind_symbols(graph, inputs)
     values: list[np.ndarray | None] = [None] * len(graph.nodes)
     for node in graph.nodes:
         args = [values[i] for i in node.inputs]
-        out = _eval(node, args, graph, inputs, env)
+        if node.op is Op.ALL_REDUCE:
+            out = _all_reduce(args[0], node, collective)
+        else:
+            out = _eval(node, args, graph, inputs, env)
         values[node.id] = np.asarray(out).astype(node.dtype.np, copy=False)
     return {name: values[i] for name, i in zip(graph.output_names, graph.outputs)}
 
@@ -113,6 +119,17 @@ def _eval(node: Node, args: list, graph: Graph, inputs: Mapping[str, np.ndarray]
         if op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             return _pool2d(op, _compute(args[0]), **a)
     return _movement(op, args, a)
+
+
+def _all_reduce(x: np.ndarray, node: Node, collective: Collective | None) -> np.ndarray:
+    group, size = node.attrs["group"], node.attrs["size"]
+    if size == 1:
+        return x
+    if collective is None:
+        raise missing_collective(group, size)
+    total = np.array(x, dtype=node.dtype.np, order="C")   # a copy: the collective writes the sum into it
+    collective(group, total)
+    return total
 
 
 def _state(array: np.ndarray, node: Node) -> np.ndarray:
