@@ -95,6 +95,16 @@ class BackendError(DnetError):
     """A backend failed to compile or run a program."""
 
 
+class MissingOpError(BackendError):
+    """A backend's renderer has no code for an op (at a dtype): the op and the backend are named."""
+
+    def __init__(self, op: object, backend: str, dtype: object = None, hint: str | None = None):
+        self.op, self.backend, self.dtype = op, backend, dtype
+        at = f" on {dtype}" if dtype is not None else ""
+        super().__init__(f"backend '{backend}' has no code for op {op}{at}",
+                         hint=hint or "run it on another target (e.g. numpy), or add the op to the backend's table")
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate closest to `name`, for 'did you mean' hints."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -10,7 +10,9 @@ its dtype after every op (the reference backend's semantics).
 
 Statements are loops, let-bindings, reductions into an accumulator, stores, and one
 template statement, `Gemm`, that a renderer expands into its packed, register-blocked
-matrix multiply with an element-wise epilogue.
+matrix multiply with an element-wise epilogue. For GPUs: `GpuLoop` (a loop mapped onto the
+grid's work-groups or work-items), `LocalAlloc` (memory shared within a work-group) and
+`Barrier`. `kernel.verify` checks a kernel is well formed; `kernel.render` turns it into text.
 """
 from __future__ import annotations
 
@@ -216,7 +218,45 @@ class QMatmul:
     epilogue_lets: tuple["Stmt", ...]
 
 
-Stmt = Union[Let, IndexLet, Store, Loop, Reduce, Gemm, QMatmul]
+# -- GPU statements: a grid of work-groups of work-items, memory shared within a group -------
+GRID_LEVELS = ("group", "local", "global")
+
+
+@dataclass(frozen=True)
+class GpuLoop:
+    """A loop whose iterations run as a GPU grid's work-groups or work-items, all at once.
+
+    `level` "group": `var` is the work-group's id along `axis` (extent: the number of groups);
+    "local": the work-item's id within its group (extent: the group's size, the same in every group);
+    "global": the work-item's id in the whole grid (the launch rounds the grid up to whole groups and
+    the renderer guards `var < extent`, so a barrier may not sit below a "global" loop).
+    A CPU renderer may run it as an ordinary loop; GPU renderers map it to their grid indices
+    (OpenCL `get_group_id`/`get_local_id`/`get_global_id`, CUDA `blockIdx`/`threadIdx`).
+    """
+    var: str
+    extent: Index
+    level: str               # one of GRID_LEVELS
+    axis: int                # 0, 1 or 2
+    body: tuple["Stmt", ...]
+
+
+@dataclass(frozen=True)
+class LocalAlloc:
+    """`name`: `size` elements of `dtype` shared by the work-items of one work-group (OpenCL `__local`,
+    CUDA `__shared__`), visible to `body`; read and written with ordinary Load and Store."""
+    name: str
+    dtype: DType
+    size: int
+    body: tuple["Stmt", ...]
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Every work-item of the work-group arrives here before any goes on; local memory written before
+    it is visible after it. Only where all work-items of a group arrive (`kernel.verify` checks)."""
+
+
+Stmt = Union[Let, IndexLet, Store, Loop, Reduce, Gemm, QMatmul, GpuLoop, LocalAlloc, Barrier]
 
 
 # -- kernels ---------------------------------------------------------------------------

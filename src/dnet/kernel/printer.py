@@ -1,8 +1,8 @@
 """Kernel IR as readable text (what `dnet inspect --kernels` shows)."""
 from __future__ import annotations
 
-from dnet.kernel.ir import (Binary, Cast, Const, Gemm, InBounds, IndexLet, IndexValue, Kernel, Let, Load, Loop,
-                            QMatmul, Reduce, Ref, Store, Unary, Where, index_str)
+from dnet.kernel.ir import (Barrier, Binary, Cast, Const, Gemm, GpuLoop, InBounds, IndexLet, IndexValue, Kernel, Let,
+                            Load, LocalAlloc, Loop, QMatmul, Reduce, Ref, Store, Unary, Where, index_str)
 
 
 def expr_str(e) -> str:
@@ -59,6 +59,14 @@ def _stmts(body, depth: int) -> list[str]:
                        f"m={index_str(s.m)} n={s.n} k={s.k}, epilogue:")
             out += _stmts(s.epilogue_lets, depth + 1)
             out.append(f"{pad}  {expr_str(s.epilogue)}")
+        elif isinstance(s, GpuLoop):
+            out.append(f"{pad}for {s.var} in 0..{index_str(s.extent)}:  # gpu {s.level} {s.axis}")
+            out += _stmts(s.body, depth + 1)
+        elif isinstance(s, LocalAlloc):
+            out.append(f"{pad}local {s.dtype} {s.name}[{s.size}]:")
+            out += _stmts(s.body, depth + 1)
+        elif isinstance(s, Barrier):
+            out.append(f"{pad}barrier")
     return out
 
 

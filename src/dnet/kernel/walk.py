@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from dnet.core.shapes import Dim
-from dnet.kernel.ir import (Binary, Cast, Gemm, InBounds, IndexLet, IndexValue, Let, Load, Loop, QMatmul, Reduce,
-                            Store, Unary, Where)
+from dnet.kernel.ir import (Binary, Cast, Gemm, GpuLoop, InBounds, IndexLet, IndexValue, Let, LocalAlloc, Load, Loop,
+                            QMatmul, Reduce, Store, Unary, Where)
 
 
 def indices(node) -> Iterator:
@@ -30,8 +30,10 @@ def indices(node) -> Iterator:
     elif isinstance(node, Store):
         yield node.index
         yield from indices(node.value)
-    elif isinstance(node, Loop):
+    elif isinstance(node, (Loop, GpuLoop)):
         yield node.extent
+        yield from indices(node.body)
+    elif isinstance(node, LocalAlloc):
         yield from indices(node.body)
     elif isinstance(node, Reduce):
         yield from (e for _, e in node.loops)

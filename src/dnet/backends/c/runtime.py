@@ -15,8 +15,11 @@ import numpy as np
 from dnet.errors import BackendError
 from dnet.hardware import detect
 from dnet.program.device import HostAllocator
-from dnet.program.executor import ProgramExecutor, Transfer  # noqa: F401  (Transfer: re-exported)
+from dnet.program.executor import ProgramExecutor, Transfer
 from dnet.program.instructions import Launch, Program, segments
+
+
+__all__ = ["CLauncher", "CModule", "Transfer"]
 
 
 class CLauncher:
