@@ -83,9 +83,9 @@ def run(models: bool, context: int, installs: list[float]) -> dict:
         docs = 0
         for stage, worker in zip(exe.pipeline.stages, coordinator.placement):
             packed = pack(stage)
-            refs = file_references(packed.arrays, coordinator.workers[worker].caps.get("models") or ())
+            refs = file_references(packed.arrays, coordinator.workers[worker].caps.models)
             docs += len(packed.doc) + (len(json.dumps(refs)) if refs else 0)
-        memory = [smaps(int(w.caps["pid"])) for w in coordinator.workers]
+        memory = [smaps(w.caps.pid) for w in coordinator.workers]
         return {"sent": coordinator.weight_bytes_sent / MB, "mapped": coordinator.weight_bytes_mapped / MB,
                 "docs": docs / MB, "ship_s": installs[-1], "load_s": load_s, "memory": memory, "text": text,
                 "weights": llm.weight_bytes / MB}
@@ -96,7 +96,7 @@ def run(models: bool, context: int, installs: list[float]) -> dict:
 def idle_worker() -> dict[str, float]:
     """A worker's memory before it holds any stage: Python, numpy and dnet imported."""
     with LocalCluster(1) as cluster, cluster.coordinator() as coordinator:
-        return smaps(int(coordinator.workers[0].caps["pid"]))
+        return smaps(coordinator.workers[0].caps.pid)
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ from dnet.cluster.worker import Worker
 _run = Worker._run
 
 
-def _run_or_crash(self, stage, msg):
-    x = msg.tensors.get("x")
+def _run_or_crash(self, stage, request, tensors):
+    x = tensors.get("x")
     if x is not None and x.size and np.isnan(x.flat[0]):
         os.kill(os.getpid(), signal.SIGKILL)
-    return _run(self, stage, msg)
+    return _run(self, stage, request, tensors)
 
 
 Worker._run = _run_or_crash

@@ -10,6 +10,7 @@ import pytest
 from dnet.cluster import Coordinator, RemoteError, Worker, WorkerConfig, WorkerLost
 from dnet.cluster import worker as worker_module
 from dnet.cluster.auth import connect
+from dnet.cluster.messages import Pong
 from dnet.cluster.protocol import DEFAULT_LIMITS, HEADER, MAGIC, VERSION, Message, MsgType, encode_frame
 from dnet.runtime import contiguous_assignment, split_pipeline
 from residual_nets import oracle, request, residual_graph
@@ -62,7 +63,7 @@ def test_many_requests_in_flight_come_back_in_order_with_per_stage_timings(rng, 
     assert [coordinator.timings[s].runs for s in range(3)] == [24, 24, 24]
     assert all(coordinator.timings[s].compute_s > 0 for s in range(3))
     stats = coordinator.worker_stats()
-    assert sum(s["runs"] for per_worker in stats.values() for s in per_worker.values()) == 72
+    assert sum(s.runs for per_worker in stats.values() for s in per_worker.values()) == 72
 
 
 def test_weights_are_sent_once_and_then_come_from_the_workers_cache(rng, coordinator, workers):
@@ -154,7 +155,7 @@ def test_weights_that_do_not_match_their_hash_are_refused_and_the_worker_stays_u
     chan.send(Message(MsgType.WEIGHTS, {"key": "k", "last": True}, {claimed: np.ones(3, np.float32)}))
     reply = chan.recv()
     assert reply.type is MsgType.ERROR and "hash to" in reply.meta["reason"]
-    assert chan.request(Message(MsgType.PING, {"n": 1})).type is MsgType.PONG
+    assert chan.request(Message(MsgType.PING)).type is MsgType.PONG
     chan.close()
 
 
@@ -183,7 +184,7 @@ def test_workers_with_different_backends_agree(rng, tmp_path):
         coord.load(_stages(graph, 2))
         req = request(rng)
         out = coord.run(req)["output"]
-        assert coord.workers[1].caps["backend"] == "c"
+        assert coord.workers[1].caps.backend == "c"
     finally:
         coord.close()
         for w in mixed:
@@ -214,9 +215,9 @@ def test_timings_can_start_afresh_after_a_warm_up(rng, coordinator):
 
 def test_workers_report_their_probed_device(coordinator):
     caps = coordinator.capabilities(probe=True)
-    assert [c["name"] for c in caps] == ["w0", "w1", "w2"]
-    device = caps[0]["device"]
-    assert device["kind"] == "numpy" and device["compute"]["f32"] > 0 and device["memory"] > 0
+    assert [c.name for c in caps] == ["w0", "w1", "w2"]
+    device = caps[0].device
+    assert device.kind == "numpy" and device.compute["f32"] > 0 and device.memory > 0
 
 
 @pytest.mark.parametrize("inline_s, inline", [(10.0, True), (0.0, False)])
@@ -228,9 +229,9 @@ def test_a_short_request_on_an_idle_worker_runs_on_the_thread_that_read_it(rng, 
     coordinator.load(_stages(graph, 2))
     threads = []
     for w in workers[:2]:
-        def recording(stage, msg, run=w._run):
+        def recording(stage, request, tensors, run=w._run):
             threads.append(threading.current_thread().name)
-            return run(stage, msg)
+            return run(stage, request, tensors)
         w._run = recording
     for _ in range(4):
         req = request(rng)
@@ -246,15 +247,15 @@ def test_a_ping_on_the_coordinators_connection_is_answered_while_a_slow_stage_co
     _, graph = residual_graph(rng)
     coordinator.load(_stages(graph, 1))
 
-    def slow(stage, msg, run=workers[0]._run):
+    def slow(stage, request, tensors, run=workers[0]._run):
         time.sleep(0.5)
-        return run(stage, msg)
+        return run(stage, request, tensors)
 
     workers[0]._run = slow
     coordinator.run(request(rng))                # its first run: from now on the stage is known to be slow
     pending = coordinator.submit(request(rng))   # read from the connection the ping comes on
     time.sleep(0.1)
     start = time.monotonic()
-    coordinator._call(coordinator.workers[0], Message(MsgType.PING), MsgType.PONG)
+    coordinator._call(coordinator.workers[0], Message(MsgType.PING), Pong)
     assert time.monotonic() - start < 0.25
     pending.result(5)

@@ -61,7 +61,7 @@ def _soak(rng, tmp_path, seconds: float, kills: int, gap_s: float, pause_s: floa
                 time.sleep(gap_s)
                 if done_kills < kills:
                     victim = coord.workers[chaos.choice(list(coord.placement))]   # one running a stage
-                    i = int(victim.caps["name"][1:])            # LocalCluster's worker "w<i>"
+                    i = int(victim.caps.name[1:])            # LocalCluster's worker "w<i>"
                     local.kill(i)
                     coord.add_worker(local.restart(i))          # back, as a spare
                     baseline[local.procs[i].pid] = None         # a fresh process: measured from its first sample

@@ -46,7 +46,7 @@ def test_a_tls_cluster_gives_the_local_result(rng, pki, tls_workers):
     net, graph = residual_graph(rng)
     stages = split_pipeline(graph, contiguous_assignment(graph, [1.0, 1.0]))
     with Coordinator([w.address for w in tls_workers], SECRET, call_timeout_s=10, tls=pki["coord"]) as coord:
-        assert [c["tls"] for c in coord.capabilities()] == [True, True]
+        assert [c.tls for c in coord.capabilities()] == [True, True]
         coord.load(stages)           # the stage-to-stage link is TLS too: w0 dials w1 with its own certificate
         reqs = [request(rng, batch=2, seq=5) for _ in range(4)]
         outs = coord.run_many(reqs, timeout=20)
@@ -57,7 +57,7 @@ def test_a_tls_cluster_gives_the_local_result(rng, pki, tls_workers):
 def test_a_large_tensor_crosses_a_tls_link_intact(pki, tls_workers):
     chan = connect(tls_workers[0].host, tls_workers[0].port, SECRET, DEFAULT_LIMITS, tls=pki["coord"])
     probe = np.random.default_rng(1).integers(0, 255, 9 << 20, dtype=np.uint8)   # many TLS records
-    reply = chan.request(Message(MsgType.PING, {"n": 1}, {"probe": probe}))
+    reply = chan.request(Message(MsgType.PING, {}, {"probe": probe}))
     assert reply.type is MsgType.PONG and reply.meta["bytes"] == probe.nbytes
     chan.close()
 
@@ -79,7 +79,7 @@ def test_a_plain_peer_is_refused_by_a_tls_worker_which_keeps_serving(pki, tls_wo
     with pytest.raises((AuthError, OSError, DnetError)):
         connect(tls_workers[0].host, tls_workers[0].port, SECRET, DEFAULT_LIMITS)   # no TLS: HELLO in the clear
     chan = connect(tls_workers[0].host, tls_workers[0].port, SECRET, DEFAULT_LIMITS, tls=pki["coord"])
-    assert chan.request(Message(MsgType.PING, {"n": 2})).type is MsgType.PONG
+    assert chan.request(Message(MsgType.PING)).type is MsgType.PONG
     chan.close()
 
 

@@ -22,8 +22,10 @@ import os
 import secrets
 import socket
 import threading
+from typing import TypeVar
 
 from dnet.cluster.channel import Channel
+from dnet.cluster.messages import Auth, Challenge, Error, Hello, MessageError, Welcome, decode_as, encode
 from dnet.cluster.protocol import HANDSHAKE_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
 from dnet.cluster.tls import ClusterTls, TlsError
 from dnet.errors import DnetError
@@ -74,10 +76,9 @@ def _same(claimed: object, expected: str) -> bool:
     return hmac.compare_digest(str(claimed).encode(), expected.encode())
 
 
-def _nonce(msg: Message, key: str) -> bytes:
-    value = msg.meta.get(key)
+def _nonce(value: str, key: str) -> bytes:
     try:
-        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+        raw = bytes.fromhex(value)
     except ValueError:
         raw = b""
     if len(raw) != 32:
@@ -85,12 +86,23 @@ def _nonce(msg: Message, key: str) -> bytes:
     return raw
 
 
-def _expect(msg: Message, kind: MsgType) -> Message:
+R = TypeVar("R")
+
+
+def _expect(msg: Message, kind: type[R]) -> R:
+    """The handshake message `kind` (a record of dnet.cluster.messages), or why the peer refused."""
     if msg.type is MsgType.ERROR:
-        raise AuthError(f"handshake refused: {msg.meta.get('reason', '?')}")
-    if msg.type is not kind:
-        raise AuthError(f"handshake: expected {kind.name}, got {msg.type.name}")
-    return msg
+        try:
+            reason = decode_as(Error, msg).reason
+        except MessageError:
+            reason = "?"
+        raise AuthError(f"handshake refused: {reason}")
+    if msg.type is not kind.kind:
+        raise AuthError(f"handshake: expected {kind.kind.name}, got {msg.type.name}")
+    try:
+        return decode_as(kind, msg)
+    except MessageError as err:
+        raise AuthError(f"handshake: {err}") from None
 
 
 def client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: str = "",
@@ -116,14 +128,13 @@ def _client_handshake(sock: socket.socket, secret: str, limits: Limits, peer: st
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
     chan = Channel(sock, peer, HANDSHAKE_LIMITS)
     client_nonce = secrets.token_bytes(32)
-    challenge = _expect(chan.request(Message(MsgType.HELLO, {"client_nonce": client_nonce.hex()})),
-                        MsgType.CHALLENGE)
-    server_nonce = _nonce(challenge, "server_nonce")
+    challenge = _expect(chan.request(encode(Hello(client_nonce.hex()))), Challenge)
+    server_nonce = _nonce(challenge.server_nonce, "server_nonce")
     expected = _proof(secret, b"dnet-server", client_nonce, server_nonce)
-    if not _same(challenge.meta.get("proof"), expected):
+    if not _same(challenge.proof, expected):
         raise AuthError(f"{chan.peer} does not hold the cluster secret")
-    chan.send(Message(MsgType.AUTH, {"proof": _proof(secret, b"dnet-client", server_nonce, client_nonce)}))
-    _expect(chan.recv(), MsgType.WELCOME)
+    chan.send(encode(Auth(_proof(secret, b"dnet-client", server_nonce, client_nonce))))
+    _expect(chan.recv(), Welcome)
     sock.settimeout(None)
     chan.limits = limits
     return chan
@@ -155,22 +166,21 @@ def _cut(sock: socket.socket) -> None:
 
 def _server_handshake(chan: Channel, sock: socket.socket, secret: str, limits: Limits) -> Channel:
     try:
-        hello = _expect(chan.recv(), MsgType.HELLO)
-        client_nonce = _nonce(hello, "client_nonce")
+        hello = _expect(chan.recv(), Hello)
+        client_nonce = _nonce(hello.client_nonce, "client_nonce")
         server_nonce = secrets.token_bytes(32)
-        chan.send(Message(MsgType.CHALLENGE, {"server_nonce": server_nonce.hex(),
-                                              "proof": _proof(secret, b"dnet-server", client_nonce, server_nonce)}))
-        auth = _expect(chan.recv(), MsgType.AUTH)
+        chan.send(encode(Challenge(server_nonce.hex(), _proof(secret, b"dnet-server", client_nonce, server_nonce))))
+        auth = _expect(chan.recv(), Auth)
         expected = _proof(secret, b"dnet-client", server_nonce, client_nonce)
-        if not _same(auth.meta.get("proof"), expected):
+        if not _same(auth.proof, expected):
             raise AuthError("wrong proof: the client does not hold the cluster secret")
     except (AuthError, ProtocolError, ConnectionClosed) as err:
         try:
-            chan.send(Message(MsgType.ERROR, {"reason": str(err)}))
+            chan.send(encode(Error(str(err))))
         except OSError:
             pass
         raise AuthError(str(err)) from None
-    chan.send(Message(MsgType.WELCOME))
+    chan.send(encode(Welcome()))
     sock.settimeout(None)
     chan.limits = limits
     return chan

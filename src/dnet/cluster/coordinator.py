@@ -42,7 +42,11 @@ import numpy as np
 from dnet.cluster.auth import connect
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
-from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError
+from dnet.cluster.messages import (
+    COORDINATOR_ACCEPTS, Caps, CapsQuery, Error, LinkMeasured, LinkProbe, Load, Loaded, Need, NextStage, Ping, Pong,
+    Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights, encode, to_json,
+)
+from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError
 from dnet.cluster.shipping import file_references, pack
 from dnet.cluster.tls import ClusterTls, require_tls
 from dnet.core import progress
@@ -82,7 +86,7 @@ class WorkerHandle:
     port: int
     chan: Channel
     outbox: Outbox
-    caps: dict[str, Any] = field(default_factory=dict)
+    caps: Caps | None = None
     alive: bool = True
     last_seen: float = field(default_factory=time.monotonic)
     replies: queue.Queue = field(default_factory=queue.Queue)
@@ -90,11 +94,15 @@ class WorkerHandle:
 
     @property
     def name(self) -> str:
-        return f"worker {self.index} ({self.caps.get('name') or f'{self.host}:{self.port}'})"
+        return f"worker {self.index} ({self.caps.name if self.caps else f'{self.host}:{self.port}'})"
 
     @property
     def peer_address(self) -> tuple[str, int]:
-        host, _, port = str(self.caps.get("advertise") or f"{self.host}:{self.port}").rpartition(":")
+        if self.caps is None:
+            return self.host, self.port
+        host, _, port = self.caps.advertise.rpartition(":")
+        if not host or not port.isdigit():
+            raise DnetError(f"{self.name} advertises a bad address '{self.caps.advertise}'", hint="expected HOST:PORT")
         return host, int(port)
 
 
@@ -104,7 +112,7 @@ class _Request:
     inputs: dict[str, np.ndarray]
     future: Future
     submitted: float
-    meta: dict[str, Any] = field(default_factory=dict)   # travels with it through every stage (its slots)
+    slots: tuple[int, int] | None = None                  # travel with it through every stage
     state_epoch: int | None = None                        # the plan its state was built under, if any
     lost_with: list[tuple[str, frozenset[int]]] = field(default_factory=list)   # workers lost while it was
                                                                                 # in the air, and their stages
@@ -205,7 +213,7 @@ class Coordinator:
             raise WorkerLost(f"cannot connect to worker {index} at {host}:{port}: {err}") from None
         handle = WorkerHandle(index, host, port, chan, Outbox(chan))
         threading.Thread(target=self._read_loop, args=(handle,), name=f"reader-{index}", daemon=True).start()
-        handle.caps = self._call(handle, Message(MsgType.CAPS), MsgType.CAPS).meta
+        handle.caps = self._call(handle, encode(CapsQuery()), Caps)
         return handle
 
     def add_worker(self, address: str | tuple[str, int]) -> int:
@@ -226,12 +234,18 @@ class Coordinator:
                     self._lost(w, str(err) or type(err).__name__)
                 return
             w.last_seen = time.monotonic()
-            if msg.type is MsgType.RESULT:
-                self._on_result(msg)
-            elif msg.type is MsgType.ERROR and "rid" in msg.meta:
-                self._on_request_error(w, msg)
-            elif not (msg.type is MsgType.PONG and msg.meta.get("heartbeat")):
-                w.replies.put(msg)
+            try:
+                record = COORDINATOR_ACCEPTS.decode(msg)
+            except ProtocolError as err:   # a worker that breaks the protocol is lost, like one that closed
+                if not self._closing.is_set():
+                    self._lost(w, str(err))
+                return
+            if type(record) is Result:
+                self._on_result(record, msg.tensors)
+            elif type(record) is Error and record.rid is not None:
+                self._on_request_error(w, record)
+            elif not (type(record) is Pong and record.heartbeat):
+                w.replies.put(record)
 
     def _heartbeat(self) -> None:
         while not self._closing.wait(self.heartbeat_s):
@@ -243,12 +257,12 @@ class Coordinator:
                     self._lost(w, f"no reply for {silent:.1f} s")
                     continue
                 try:
-                    w.outbox.put(Message(MsgType.PING, {"heartbeat": True}))
+                    w.outbox.put(encode(Ping(heartbeat=True)))
                 except ConnectionError as err:
                     self._lost(w, str(err))
 
-    def _call(self, w: WorkerHandle, msg: Message, *expect: MsgType) -> Message:
-        """A control request and its reply (one at a time per worker)."""
+    def _call(self, w: WorkerHandle, msg: Message, *expect: type) -> Any:
+        """A control request and its reply, a record of one of the `expect` types (one at a time per worker)."""
         with w.call_lock:
             if not w.alive:
                 raise WorkerLost(f"{w.name} is lost")
@@ -260,10 +274,10 @@ class Coordinator:
                                  f"within {self.call_timeout_s:.0f} s") from None
         if reply is None:
             raise WorkerLost(f"{w.name} was lost during {msg.type.name}")
-        if reply.type is MsgType.ERROR:
-            raise RemoteError(f"{w.name} refused {msg.type.name}: {reply.meta.get('reason')}")
-        if reply.type not in expect:
-            raise RemoteError(f"{w.name} answered {msg.type.name} with {reply.type.name}")
+        if type(reply) is Error:
+            raise RemoteError(f"{w.name} refused {msg.type.name}: {reply.reason}")
+        if type(reply) not in expect:
+            raise RemoteError(f"{w.name} answered {msg.type.name} with {reply.kind.name}")
         return reply
 
     # -- plans ----------------------------------------------------------------------------
@@ -316,19 +330,21 @@ class Coordinator:
     def _ship(self, s: int) -> None:
         w = self.workers[self.placement[s]]
         packed = pack(self.stages[s])
-        meta = {"key": self._key(s), "stage": s, "weights": sorted(packed.arrays), "slots": self.slots}
+        load = Load(self._key(s), tuple(sorted(packed.arrays)), s, self.slots)
         tensors = {"graph": np.frombuffer(packed.doc, np.uint8)}
-        refs = file_references(packed.arrays, w.caps.get("models") or ())
+        refs = file_references(packed.arrays, w.caps.models if w.caps else ())
         if refs:   # weights in a model file the worker holds: it reads them there (a document, like the graph)
-            tensors["mapped"] = np.frombuffer(json.dumps(refs).encode(), np.uint8)
-        load = Message(MsgType.LOAD, meta, tensors)
-        reply = self._call(w, load, MsgType.NEED, MsgType.LOADED)
-        if reply.type is MsgType.NEED:  # weights it has cached are not sent again
-            reply = self._send_weights(w, meta["key"], {h: packed.arrays[h] for h in reply.meta.get("hashes", [])})
+            tensors["mapped"] = np.frombuffer(json.dumps(to_json(refs)).encode(), np.uint8)
+        reply = self._call(w, encode(load, tensors), Need, Loaded)
+        if type(reply) is Need:  # weights it has cached are not sent again
+            unknown = [h for h in reply.hashes if h not in packed.arrays]
+            if unknown:
+                raise RemoteError(f"{w.name} asked for weight {unknown[0][:12]}, which stage {s} does not have")
+            reply = self._send_weights(w, load.key, {h: packed.arrays[h] for h in reply.hashes})
         with self._lock:
-            self.weight_bytes_mapped += int(reply.meta.get("mapped_bytes") or 0)
+            self.weight_bytes_mapped += reply.mapped_bytes
 
-    def _send_weights(self, w: WorkerHandle, key: str, arrays: dict[str, np.ndarray]) -> Message:
+    def _send_weights(self, w: WorkerHandle, key: str, arrays: dict[str, np.ndarray]) -> Loaded:
         """Send `arrays` in batches; the worker's LOADED answers the last."""
         with self._lock:
             self.weight_bytes_sent += sum(a.nbytes for a in arrays.values())
@@ -340,26 +356,24 @@ class Coordinator:
             size += arr.nbytes
             last = i == len(items) - 1
             if last or size >= WEIGHT_BATCH_BYTES:
-                msg = Message(MsgType.WEIGHTS, {"key": key, "last": last}, batch)
+                msg = encode(Weights(key, last), batch)
                 if last:
-                    return self._call(w, msg, MsgType.LOADED)
+                    return self._call(w, msg, Loaded)
                 else:
                     w.outbox.put(msg)
                 batch, size = {}, 0
-        return self._call(w, Message(MsgType.WEIGHTS, {"key": key, "last": True}), MsgType.LOADED)  # none asked
+        return self._call(w, encode(Weights(key, last=True)), Loaded)  # none asked
 
     def _route(self, s: int, w: WorkerHandle) -> None:
-        meta: dict[str, Any] = {"key": self._key(s)}
+        nxt: NextStage | None = None
         if s + 1 < len(self.stages):
-            nxt = self.workers[self.placement[s + 1]]
-            host, port = nxt.peer_address
-            meta["next"] = {"host": host, "port": port, "key": self._key(s + 1)}
-            shape = self.links.get((w.index, nxt.index))
+            worker = self.workers[self.placement[s + 1]]
+            host, port = worker.peer_address
+            nxt = NextStage(host, port, self._key(s + 1))
+            shape = self.links.get((w.index, worker.index))
         else:
             shape = self.links.get((w.index, -1))
-        if shape is not None:
-            meta["shape"] = shape.to_json()
-        self._call(w, Message(MsgType.ROUTE, meta), MsgType.ROUTED)
+        self._call(w, encode(Route(self._key(s), nxt, shape)), Routed)
 
     # -- requests -------------------------------------------------------------------------
     @property
@@ -388,7 +402,7 @@ class Coordinator:
         if not self._window.acquire(timeout=timeout if timeout is not None else self.call_timeout_s):
             raise DnetError("no room in the pipeline: earlier requests are not finishing")
         req = _Request(next(self._ids), {n: np.asarray(inputs[n]) for n in self.input_names},
-                       Future(), time.monotonic(), {"slots": list(slots)} if slots is not None else {}, epoch)
+                       Future(), time.monotonic(), tuple(slots) if slots is not None else None, epoch)
         req.future.add_done_callback(lambda _: self._window.release())
         with self._lock:
             if self.broken:
@@ -416,8 +430,7 @@ class Coordinator:
             req.future.set_exception(StateLost(f"request {req.rid} reads state built under plan epoch "
                                                f"{req.state_epoch}, and the cluster now runs epoch {epoch}"))
             return
-        msg = Message(MsgType.RUN, {"key": f"{self.session}/{epoch}/0", "rid": req.rid, "epoch": epoch, **req.meta},
-                      req.inputs)
+        msg = encode(Run(f"{self.session}/{epoch}/0", req.rid, epoch, req.slots), req.inputs)
         try:
             feed.put(msg)
         except ConnectionError:
@@ -457,10 +470,10 @@ class Coordinator:
         deadline = time.monotonic() + (timeout if timeout is not None else self.call_timeout_s)
         return [f.result(max(0.0, deadline - time.monotonic())) for f in futures]
 
-    def _on_result(self, msg: Message) -> None:
+    def _on_result(self, result: Result, outputs: dict[str, np.ndarray]) -> None:
         with self._lock:
-            req = self._pending.get(msg.meta.get("rid"))
-            if req is None or msg.meta.get("epoch") != self.epoch:
+            req = self._pending.get(result.rid)
+            if req is None or result.epoch != self.epoch:
                 self.dropped_results += 1  # a stale copy from before a re-plan
                 return
             del self._pending[req.rid]
@@ -468,26 +481,25 @@ class Coordinator:
             waiting = bool(self._queue)
             now = time.monotonic()
             self.latencies.append(now - req.submitted)
-            trace = {stage: seconds for stage, _worker, seconds in msg.meta.get("trace", [])}
+            trace = {stage: seconds for stage, _worker, seconds in result.trace}
             self.answers.append(Answer(now, trace))
             for stage, seconds in trace.items():
                 if stage in self.timings:
                     self.timings[stage].runs += 1
                     self.timings[stage].compute_s += seconds
-        req.future.set_result(msg.tensors)
+        req.future.set_result(outputs)
         if waiting:
             self._dispatch()
 
-    def _on_request_error(self, w: WorkerHandle, msg: Message) -> None:
+    def _on_request_error(self, w: WorkerHandle, error: Error) -> None:
         with self._lock:
-            if msg.meta.get("epoch") != self.epoch:
+            if error.epoch != self.epoch:
                 return
-            req = self._pending.pop(msg.meta.get("rid"), None)
+            req = self._pending.pop(error.rid, None)
             if req is not None:
                 self._answered(req)
         if req is not None:
-            req.future.set_exception(RemoteError(
-                f"{w.name}, stage {msg.meta.get('stage')}: {msg.meta.get('reason')}"))
+            req.future.set_exception(RemoteError(f"{w.name}, stage {error.stage}: {error.reason}"))
             self._dispatch()
 
     # -- faults ---------------------------------------------------------------------------
@@ -577,7 +589,7 @@ class Coordinator:
                                                    "travelled; its sequences' state must be rebuilt"))
         for w in self.workers:
             if w.alive:
-                self._call(w, Message(MsgType.RESET, {"session": self.session}), MsgType.RESET)
+                self._call(w, encode(Reset(self.session)), Reset)
         self._install()
         if stateful:
             return
@@ -616,11 +628,10 @@ class Coordinator:
             self.latencies.clear()
             self.answers.clear()
 
-    def capabilities(self, probe: bool = False) -> list[dict[str, Any]]:
+    def capabilities(self, probe: bool = False) -> list[Caps]:
         """What each live worker reports of itself; with `probe`, its measured device too
-        (a `dnet.topology.Device` as a dict: compute rates, memory, caches), as topologies use."""
-        return [self._call(w, Message(MsgType.CAPS, {"probe": probe}), MsgType.CAPS).meta
-                for w in self.workers if w.alive]
+        (`Caps.device`, a `dnet.topology.Device`: compute rates, memory, caches), as topologies use."""
+        return [self._call(w, encode(CapsQuery(probe)), Caps) for w in self.workers if w.alive]
 
     def measure_links(self, nbytes: int = 4 << 20) -> dict[tuple[int, int], LinkShape]:
         """Latency and bandwidth of the link from every live worker to every other, measured by the workers
@@ -631,15 +642,13 @@ class Coordinator:
             for b in live:
                 if a is not b:
                     host, port = b.peer_address
-                    meta = self._call(a, Message(MsgType.LINK, {"host": host, "port": port, "bytes": nbytes}),
-                                      MsgType.LINK).meta
-                    out[(a.index, b.index)] = LinkShape(float(meta["bandwidth"]), float(meta["latency"]))
+                    measured = self._call(a, encode(LinkProbe(host, port, nbytes)), LinkMeasured)
+                    out[(a.index, b.index)] = LinkShape(measured.bandwidth, measured.latency)
         return out
 
-    def worker_stats(self) -> dict[str, dict]:
+    def worker_stats(self) -> dict[str, dict[str, StageCounters]]:
         """Each live worker's own counters per stage."""
-        return {w.name: self._call(w, Message(MsgType.STATS), MsgType.STATS).meta["stages"]
-                for w in self.workers if w.alive}
+        return {w.name: self._call(w, encode(StatsQuery()), Stats).stages for w in self.workers if w.alive}
 
     def close(self, shutdown_workers: bool = False) -> None:
         self._closing.set()
@@ -648,8 +657,7 @@ class Coordinator:
         for w in self.workers:
             if w.alive:   # the worker frees this session's stages, their state and links now (or exits)
                 try:
-                    w.outbox.put(Message(MsgType.SHUTDOWN) if shutdown_workers
-                                 else Message(MsgType.RESET, {"session": self.session}))
+                    w.outbox.put(encode(Shutdown()) if shutdown_workers else encode(Reset(self.session)))
                 except ConnectionError:
                     pass
             w.outbox.close(timeout=1.0)

@@ -3,7 +3,7 @@
 The worker indexes every file under its model directories (or named itself) by SHA-256 (`dnet.core.file_hash`
 remembers the digests, so a restart does not hash gigabytes again) and tells the coordinator
 which files it holds (CAPS `models`). For a weight whose bytes lie in such a file
-(`dnet.core.origins`) the coordinator sends a reference instead of the bytes:
+(`dnet.core.origins`) the coordinator sends a reference instead of the bytes (a `messages.FileRef`):
 
     {"file": sha256, "dtype": "u8", "shape": [rows, row_bytes], "pieces": [[offset, size, count, stride], ...]}
 
@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dnet.cluster.messages import FileRef
 from dnet.cluster.protocol import WIRE_DTYPES
 from dnet.core.file_hash import file_sha256, stat_key
 from dnet.core.origins import Piece, gather
@@ -67,25 +68,23 @@ class ModelFiles:
         with self._lock:
             return sorted(self._paths)
 
-    def weight(self, ref: object, digest: str) -> np.ndarray:
+    def weight(self, ref: FileRef, digest: str) -> np.ndarray:
         """The weight `ref` names, read from the file it names, checked against its content hash `digest`."""
-        if not isinstance(ref, dict):
-            raise DnetError(f"a file reference is an object, got {str(ref)[:40]}")
-        dtype, shape = WIRE_DTYPES.get(ref.get("dtype")), ref.get("shape")
-        if dtype is None or not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise DnetError(f"file reference with bad dtype or shape: {str(ref)[:80]}")
+        dtype, shape = WIRE_DTYPES.get(ref.dtype), list(ref.shape)
+        if dtype is None or not all(d >= 0 for d in shape):
+            raise DnetError(f"file reference with bad dtype or shape: {ref.dtype}{shape}")
         try:
-            pieces = [Piece.from_json(p) for p in ref.get("pieces") or []]
+            pieces = [Piece.from_json(list(p)) for p in ref.pieces]
         except ValueError as err:
             raise DnetError(f"file reference: {err}") from None
         expected = math.prod(shape) * dtype.itemsize
         if not pieces or sum(p.nbytes for p in pieces) != expected:
             raise DnetError(f"file reference reads {sum(p.nbytes for p in pieces)} bytes for a "
-                            f"{ref['dtype']}{shape} weight of {expected}")
-        raw = self._read(str(ref.get("file")), pieces)
+                            f"{ref.dtype}{shape} weight of {expected}")
+        raw = self._read(ref.file, pieces)
         array = raw.view(dtype).reshape(shape)
         if weight_hash(array) != digest:
-            raise DnetError(f"the bytes in {self._paths.get(str(ref.get('file')), 'the file')} do not hash to "
+            raise DnetError(f"the bytes in {self._paths.get(ref.file, 'the file')} do not hash to "
                             f"weight {digest[:12]}")
         return array
 

@@ -13,6 +13,7 @@ from typing import Callable, Collection
 
 import numpy as np
 
+from dnet.cluster.messages import FileRef
 from dnet.cluster.protocol import wire_dtype
 from dnet.core.origins import origin_of
 from dnet.graph.ir import Graph
@@ -35,12 +36,12 @@ def unpack(doc: bytes, hashes: list[str], fetch: Callable[[str], np.ndarray]) ->
     return loads(doc, {h: fetch(h) for h in hashes})
 
 
-def file_references(arrays: dict[str, np.ndarray], files: Collection[str]) -> dict[str, dict]:
+def file_references(arrays: dict[str, np.ndarray], files: Collection[str]) -> dict[str, FileRef]:
     """For the weights (by content hash) whose bytes lie in one of `files` (SHA-256s a worker holds): where
     they are, for the worker to read them there (`dnet.cluster.model_files`) instead of receiving them."""
     if not files:
         return {}
-    refs: dict[str, dict] = {}
+    refs: dict[str, FileRef] = {}
     shas: dict[int, str | None] = {}     # per mapped file: its SHA-256, worked out once
     for digest, array in arrays.items():
         origin = origin_of(array)
@@ -50,6 +51,6 @@ def file_references(arrays: dict[str, np.ndarray], files: Collection[str]) -> di
             shas[id(origin.file)] = origin.file.sha256()
         sha = shas[id(origin.file)]
         if sha in files:
-            refs[digest] = {"file": sha, "dtype": wire_dtype(array), "shape": list(array.shape),
-                            "pieces": [p.to_json() for p in origin.pieces]}
+            refs[digest] = FileRef(sha, wire_dtype(array), tuple(array.shape),
+                                   tuple(tuple(p.to_json()) for p in origin.pieces))
     return refs

@@ -35,10 +35,13 @@ from dnet.backends import registry
 from dnet.cluster.auth import AuthError, check_secret_strength, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
-from dnet.cluster.model_files import ModelFiles
-from dnet.cluster.protocol import (
-    COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, MsgType, ProtocolError,
+from dnet.cluster.messages import (
+    WORKER_ACCEPTS, Caps, CapsQuery, Error, FileRef, LinkMeasured, LinkProbe, Load, Loaded, Need, Ping, Pong,
+    Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights, decode_as, encode,
+    parse, reply_ids,
 )
+from dnet.cluster.model_files import ModelFiles
+from dnet.cluster.protocol import COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError
 from dnet.cluster.shipping import unpack
 from dnet.cluster.store import WeightStore
 from dnet.cluster.tls import ClusterTls, require_tls
@@ -68,7 +71,7 @@ class _Stage:
 
 @dataclass
 class _PendingLoad:
-    meta: dict[str, Any]
+    load: Load
     doc: bytes
     reply: Channel
     mapped: dict[str, np.ndarray] = field(default_factory=dict)   # weights read from a model file held here
@@ -120,7 +123,7 @@ class Worker:
         self._pending: dict[str, _PendingLoad] = {}
         self._replies: dict[tuple, Outbox] = {}       # per (control channel, link shape)
         self._links: dict[tuple, Outbox] = {}         # per (session, host, port, shape) of a next worker
-        self._work: deque[Message | None] = deque()  # requests for the compute thread, in arrival order
+        self._work: deque[tuple[Run, dict] | None] = deque()  # requests (and tensors) for the compute thread
         self._computing = False                       # a request is running (on the compute or a reading thread)
         self._has_work = threading.Condition()
         self._used: dict[str, float] = {}             # session -> when a request or load last named it
@@ -203,7 +206,7 @@ class Worker:
                 return
             except ProtocolError as err:
                 log.warning("dropping connection from %s: %s", chan.peer, err)
-                self._try_send(chan, Message(MsgType.ERROR, {"reason": str(err)}))
+                self._try_send(chan, encode(Error(str(err))))
                 return
             except OSError as err:
                 log.info("connection from %s ended: %s", chan.peer, err)
@@ -213,10 +216,10 @@ class Worker:
             except OSError as err:
                 log.info("connection from %s ended: %s", chan.peer, err)
                 return
-            except Exception as err:  # noqa: BLE001 - a well-formed frame asking for something wrong
+            except Exception as err:  # noqa: BLE001 - a malformed message, or one asking for something wrong
                 reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
                 log.warning("%s from %s refused: %s", msg.type.name, chan.peer, reason)
-                self._try_send(chan, Message(MsgType.ERROR, {"reason": reason, **_ids(msg.meta)}))
+                self._try_send(chan, encode(Error(reason, **reply_ids(msg.meta))))
 
     @staticmethod
     def _try_send(chan: Channel, msg: Message) -> None:
@@ -235,37 +238,31 @@ class Worker:
 
     # -- control messages -------------------------------------------------------------
     def _dispatch(self, chan: Channel, msg: Message) -> None:
-        handler = _HANDLERS.get(msg.type)   # a table made once: every frame passes here
-        if handler is None:
-            raise DnetError(f"a worker does not accept {msg.type.name} messages")
-        handler(self, chan, msg)
+        record = WORKER_ACCEPTS.decode(msg)   # every field checked: a malformed one is answered, not run
+        _HANDLERS[type(record)](self, chan, record, msg.tensors)
 
-    def _on_ping(self, chan: Channel, msg: Message) -> None:
-        chan.send(Message(MsgType.PONG, {**msg.meta, "bytes": msg.payload_bytes}))
+    def _on_ping(self, chan: Channel, ping: Ping, tensors: dict) -> None:
+        chan.send(encode(Pong(ping.heartbeat, _nbytes(tensors))))
 
-    def _on_caps(self, chan: Channel, msg: Message) -> None:
-        caps = {"name": self.name, "backend": self.config.backend, "threads": self.config.threads,
-                "slowdown": self.config.slowdown,
-                "cores": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
-                "advertise": self.config.advertise or self.address, "tls": self.config.tls is not None,
-                "models": self.models.digests() if self.models is not None else []}
-        if msg.meta.get("probe"):
-            from dataclasses import asdict
-
+    def _on_caps(self, chan: Channel, query: CapsQuery, tensors: dict) -> None:
+        device = None
+        if query.probe:
             from dnet.topology.probe import probe_device
 
-            caps["device"] = asdict(probe_device(self.config.backend, quick=True))
-        chan.send(Message(MsgType.CAPS, caps))
+            device = probe_device(self.config.backend, quick=True)
+        chan.send(encode(Caps(
+            name=self.name, backend=self.config.backend, threads=self.config.threads, slowdown=self.config.slowdown,
+            cores=tuple(sorted(os.sched_getaffinity(0))), pid=os.getpid(), host=socket.gethostname(),
+            advertise=self.config.advertise or self.address, tls=self.config.tls is not None,
+            models=tuple(self.models.digests()) if self.models is not None else (), device=device)))
 
-    def _on_load(self, chan: Channel, msg: Message) -> None:
-        key, hashes = _str(msg.meta, "key"), msg.meta.get("weights")
-        if not (isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)) or "graph" not in msg.tensors:
-            raise DnetError("LOAD needs a 'graph' tensor and a 'weights' list of hashes", where=key)
-        refs = _json_tensor(msg.tensors["mapped"], "mapped") if "mapped" in msg.tensors else {}
-        if not isinstance(refs, dict):
-            raise DnetError("LOAD's 'mapped' is an object of file references by weight hash", where=key)
+    def _on_load(self, chan: Channel, load: Load, tensors: dict) -> None:
+        key = load.key
+        refs: dict[str, FileRef] = {}
+        if "mapped" in tensors:
+            refs = parse(dict[str, FileRef], _json_tensor(tensors["mapped"], "mapped"), "LOAD's 'mapped' document")
         self._touch(key)
-        pending = _PendingLoad(msg.meta, msg.tensors["graph"].tobytes(), chan)
+        pending = _PendingLoad(load, tensors["graph"].tobytes(), chan)
         with self._lock:
             self._pending[key] = pending
         if refs and self.models is not None:   # reading and hashing a model's weights takes a while: not here
@@ -274,9 +271,9 @@ class Worker:
         else:
             self._need_or_compile(key, pending)
 
-    def _map_then_load(self, key: str, pending: _PendingLoad, refs: dict) -> None:
+    def _map_then_load(self, key: str, pending: _PendingLoad, refs: dict[str, FileRef]) -> None:
         try:
-            for digest in pending.meta["weights"]:
+            for digest in pending.load.weights:
                 if digest in refs:
                     try:
                         pending.mapped[digest] = self.models.weight(refs[digest], digest)
@@ -288,24 +285,24 @@ class Worker:
                 self._need_or_compile(key, pending)
         except Exception as err:  # noqa: BLE001 - reported to the coordinator, never fatal
             reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
-            self._try_send(pending.reply, Message(MsgType.ERROR, {"reason": reason, "key": key}))
+            self._try_send(pending.reply, encode(Error(reason, key=key)))
 
     def _need_or_compile(self, key: str, pending: _PendingLoad) -> None:
-        missing = [h for h in self.store.missing(pending.meta["weights"]) if h not in pending.mapped]
+        missing = [h for h in self.store.missing(list(pending.load.weights)) if h not in pending.mapped]
         if missing:
-            pending.reply.send(Message(MsgType.NEED, {"key": key, "hashes": missing}))
+            pending.reply.send(encode(Need(key, tuple(missing))))
         else:
             self._compile_in_background(key)
 
-    def _on_weights(self, chan: Channel, msg: Message) -> None:
-        key = _str(msg.meta, "key")
-        for digest, array in msg.tensors.items():
+    def _on_weights(self, chan: Channel, weights: Weights, tensors: dict) -> None:
+        key = weights.key
+        for digest, array in tensors.items():
             self.store.put(digest, array)  # verifies the hash
         pending = self._pending.get(key)
         if pending is None:
             raise DnetError("weights for a stage that is not being loaded", where=key)
-        if msg.meta.get("last"):
-            missing = [h for h in self.store.missing(pending.meta["weights"]) if h not in pending.mapped]
+        if weights.last:
+            missing = [h for h in self.store.missing(list(pending.load.weights)) if h not in pending.mapped]
             if missing:
                 raise DnetError(f"still missing {len(missing)} weight(s), e.g. {missing[0][:12]}", where=key)
             self._compile_in_background(key)
@@ -322,32 +319,30 @@ class Worker:
         except Exception as err:  # noqa: BLE001 - reported to the coordinator, never fatal
             reason = str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"
             log.warning("stage %s failed to load: %s", key, reason)
-            self._try_send(pending.reply, Message(MsgType.ERROR, {"reason": reason, "key": key}))
+            self._try_send(pending.reply, encode(Error(reason, key=key)))
 
     def _install(self, key: str, pending: _PendingLoad) -> None:
-        graph = unpack(pending.doc, pending.meta["weights"],
+        graph = unpack(pending.doc, list(pending.load.weights),
                        lambda digest: pending.mapped[digest] if digest in pending.mapped else self.store.get(digest))
         options = {"threads": self.config.threads} if self.config.threads and self.config.backend != "numpy" else {}
         runner = StageRunner(graph, self.config.backend, **options)
-        state = SlotState.of(graph, _positive(pending.meta.get("slots", 1), "slots"))
-        stage = _Stage(key, int(pending.meta.get("stage", 0)), runner, self._reply_outbox(pending.reply),
-                       state=state)
+        state = SlotState.of(graph, pending.load.slots)
+        stage = _Stage(key, pending.load.stage, runner, self._reply_outbox(pending.reply), state=state)
         with self._lock:
             self.stages[key] = stage
         log.info("loaded stage %s (%d nodes) in %.3f s", key, len(graph), runner.compile_s)
         mapped = sum(int(a.nbytes) for a in pending.mapped.values())
-        pending.reply.send(Message(MsgType.LOADED, {"key": key, "compile_s": runner.compile_s, "mapped_bytes": mapped}))
+        pending.reply.send(encode(Loaded(key, runner.compile_s, mapped)))
 
-    def _on_route(self, chan: Channel, msg: Message) -> None:
-        stage = self._stage(_str(msg.meta, "key"))
-        nxt, shape = msg.meta.get("next"), LinkShape.from_json(msg.meta.get("shape"))
-        if nxt:
+    def _on_route(self, chan: Channel, route: Route, tensors: dict) -> None:
+        stage = self._stage(route.key)
+        if route.next is not None:
             session = stage.key.split("/")[0]
-            stage.next_link = self._link(session, _str(nxt, "host"), int(nxt["port"]), shape)
-            stage.next_key = _str(nxt, "key")
-        elif shape is not None:
-            stage.reply = self._reply_outbox(stage.reply.channel, shape)  # the last stage's link back
-        chan.send(Message(MsgType.ROUTED, {"key": stage.key}))
+            stage.next_link = self._link(session, route.next.host, route.next.port, route.shape)
+            stage.next_key = route.next.key
+        elif route.shape is not None:
+            stage.reply = self._reply_outbox(stage.reply.channel, route.shape)  # the last stage's link back
+        chan.send(encode(Routed(stage.key)))
 
     def _link(self, session: str, host: str, port: int, shape: LinkShape | None) -> Outbox:
         ident = (session, host, port, shape)
@@ -364,30 +359,25 @@ class Worker:
             self._links[ident] = link
         return link
 
-    def _on_link(self, chan: Channel, msg: Message) -> None:
+    def _on_link(self, chan: Channel, probe: LinkProbe, tensors: dict) -> None:
         """Measure the link to another worker over dnet's own framed, authenticated transport: latency from
         small round trips, bandwidth from large ones. Off the reader thread: heartbeats go on meanwhile."""
-        host, port = _str(msg.meta, "host"), msg.meta.get("port")
-        nbytes = msg.meta.get("bytes", 4 << 20)
-        if not isinstance(port, int) or not isinstance(nbytes, int) or not 0 < nbytes <= 256 << 20:
-            raise DnetError("LINK needs an integer 'port' and 'bytes' in (0, 256 MiB]")
+        host, port = probe.host, probe.port
 
         def measure() -> None:
             try:
-                latency, bandwidth = measure_link(host, port, self.secret, nbytes, self.config.limits,
+                latency, bandwidth = measure_link(host, port, self.secret, probe.bytes, self.config.limits,
                                                   tls=self.config.tls)
-                reply = Message(MsgType.LINK, {"host": host, "port": port, "latency": latency,
-                                               "bandwidth": bandwidth})
+                reply = encode(LinkMeasured(host, port, latency, bandwidth))
             except (OSError, DnetError) as err:
-                reply = Message(MsgType.ERROR, {"reason": f"cannot measure the link to {host}:{port}: {err}"})
+                reply = encode(Error(f"cannot measure the link to {host}:{port}: {err}"))
             self._try_send(chan, reply)
 
         threading.Thread(target=measure, name=f"link->{host}:{port}", daemon=True).start()
 
-    def _on_reset(self, chan: Channel, msg: Message) -> None:
-        prefix = _str(msg.meta, "session")
-        self._drop_sessions({prefix})
-        chan.send(Message(MsgType.RESET, {"session": prefix}))
+    def _on_reset(self, chan: Channel, reset: Reset, tensors: dict) -> None:
+        self._drop_sessions({reset.session})
+        chan.send(encode(Reset(reset.session)))
 
     def _expire_idle(self) -> None:
         period = min(10.0, self.config.idle_timeout_s / 4)
@@ -421,14 +411,14 @@ class Worker:
         for link in links:  # a send stuck on a next worker that hangs must not hold up the re-plan
             link.abort()
 
-    def _on_stats(self, chan: Channel, msg: Message) -> None:
+    def _on_stats(self, chan: Channel, query: StatsQuery, tensors: dict) -> None:
         with self._lock:
-            stats = {k: s.runner.stats.to_json() for k, s in self.stages.items()}
-        chan.send(Message(MsgType.STATS, {"stages": stats}))
+            stats = {k: StageCounters(**s.runner.stats.to_json()) for k, s in self.stages.items()}
+        chan.send(encode(Stats(stats)))
 
-    def _on_shutdown(self, chan: Channel, msg: Message) -> None:
+    def _on_shutdown(self, chan: Channel, shutdown: Shutdown, tensors: dict) -> None:
         log.info("shutdown requested by %s", chan.peer)
-        chan.send(Message(MsgType.SHUTDOWN))
+        chan.send(encode(Shutdown()))
         self.stop()
 
     def _stage(self, key: str) -> _Stage:
@@ -439,30 +429,29 @@ class Worker:
         return stage
 
     # -- requests -----------------------------------------------------------------------
-    def _on_run(self, chan: Channel, msg: Message) -> None:
-        key = msg.meta.get("key")
-        if isinstance(key, str):
-            if key.split("/")[0] in self._expired:
-                raise DnetError(f"session {key.split('/')[0]} was freed after {self.config.idle_timeout_s:.0f} s "
-                                "idle; load the model again", where=key)
-            self._touch(key)
+    def _on_run(self, chan: Channel, run: Run, tensors: dict) -> None:
+        key = run.key
+        if key.split("/")[0] in self._expired:
+            raise DnetError(f"session {key.split('/')[0]} was freed after {self.config.idle_timeout_s:.0f} s "
+                            "idle; load the model again", where=key)
+        self._touch(key)
         with self._has_work:
-            if self._computing or self._work or not self._short(key, msg.payload_bytes):
-                self._work.append(msg)
+            if self._computing or self._work or not self._short(key, _nbytes(tensors)):
+                self._work.append((run, tensors))
                 self._has_work.notify()
                 return
             self._computing = True
         try:
-            self._request(msg)
+            self._request(run, tensors)
         finally:
             self._computed()
 
-    def _short(self, key: Any, nbytes: int) -> bool:
+    def _short(self, key: str, nbytes: int) -> bool:
         """Whether a request may run on the thread that read it: it is small, its stage's last run short."""
         if nbytes > INLINE_BYTES:
             return False
         with self._lock:
-            stage = self.stages.get(key) if isinstance(key, str) else None
+            stage = self.stages.get(key)
         last = stage.last_run if stage is not None else None
         return last is not None and last[1] < INLINE_S and nbytes <= last[0]
 
@@ -477,53 +466,49 @@ class Worker:
             with self._has_work:
                 while self._computing or not self._work:
                     self._has_work.wait()
-                msg = self._work.popleft()
+                item = self._work.popleft()
                 self._computing = True
-            if msg is None:
+            if item is None:
                 return
             try:
-                self._request(msg)
+                self._request(*item)
             finally:
                 self._computed()
 
-    def _request(self, msg: Message) -> None:
-        key = msg.meta.get("key")
+    def _request(self, run: Run, tensors: dict) -> None:
         with self._lock:
-            stage = self.stages.get(key) if isinstance(key, str) else None
+            stage = self.stages.get(run.key)
         if stage is None:  # e.g. a request of a plan that was reset: its coordinator resends it
-            log.info("dropping request %s for unknown stage %s", msg.meta.get("rid"), key)
+            log.info("dropping request %s for unknown stage %s", run.rid, run.key)
             return
         start = time.perf_counter()
         try:
-            self._run(stage, msg)
+            self._run(stage, run, tensors)
         except Exception as err:  # noqa: BLE001 - any failure of one request is reported, never fatal
-            log.warning("stage %s request %s failed: %s", stage.key, msg.meta.get("rid"), err)
+            log.warning("stage %s request %s failed: %s", stage.key, run.rid, err)
             try:
-                stage.reply.put(Message(MsgType.ERROR, {"reason": f"{type(err).__name__}: {err}",
-                                                        **_ids(msg.meta), "stage": stage.index}))
+                stage.reply.put(encode(Error(f"{type(err).__name__}: {err}", run.rid, run.epoch, run.key,
+                                             stage.index)))
             except ConnectionError:
                 pass
-        stage.last_run = (msg.payload_bytes, time.perf_counter() - start)
+        stage.last_run = (_nbytes(tensors), time.perf_counter() - start)
 
-    def _run(self, stage: _Stage, msg: Message) -> None:
+    def _run(self, stage: _Stage, run: Run, inputs: dict) -> None:
         cpu = time.process_time()
-        inputs = msg.tensors
         if stage.state is not None:   # the request names its sequences' slots; their state is bound in place
-            first, count = _slots(msg.meta)
-            inputs = {**inputs, **stage.state.bind(first, count)}
+            if run.slots is None:
+                raise DnetError("a stage with state needs the request's 'slots': [first, count]", where=run.key)
+            inputs = {**inputs, **stage.state.bind(*run.slots)}
         outputs, seconds = stage.runner(inputs)
         if self.config.slowdown > 1.0:
             work = min(seconds, (time.process_time() - cpu) / (self.config.threads or 1))
             time.sleep((self.config.slowdown - 1.0) * work)
             seconds += (self.config.slowdown - 1.0) * work
-        trace = list(msg.meta.get("trace", [])) + [[stage.index, self.name, seconds]]
-        meta = {"rid": msg.meta.get("rid"), "epoch": msg.meta.get("epoch"), "trace": trace}
-        if "slots" in msg.meta:
-            meta["slots"] = msg.meta["slots"]
+        trace = run.trace + ((stage.index, self.name, seconds),)
         if stage.next_link is not None:
-            stage.next_link.put(Message(MsgType.RUN, {**meta, "key": stage.next_key}, outputs))
+            stage.next_link.put(encode(Run(stage.next_key, run.rid, run.epoch, run.slots, trace), outputs))
         else:
-            stage.reply.put(Message(MsgType.RESULT, meta, outputs))
+            stage.reply.put(encode(Result(run.rid, run.epoch, run.slots, trace), outputs))
 
 
 def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits, runs: int = 7,
@@ -535,14 +520,12 @@ def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits,
         def round_trip(msg: Message) -> float:
             start = time.perf_counter()
             chan.send(msg)
-            reply = chan.recv()
-            if reply.type is not MsgType.PONG:
-                raise DnetError(f"the peer answered PING with {reply.type.name}")
+            decode_as(Pong, chan.recv())   # (an ERROR instead is a MessageError, a DnetError)
             return time.perf_counter() - start
 
-        small = sorted(round_trip(Message(MsgType.PING)) for _ in range(runs))[runs // 2]
+        small = sorted(round_trip(encode(Ping())) for _ in range(runs))[runs // 2]
         payload = {"probe": np.zeros(nbytes, np.uint8)}
-        big = sorted(round_trip(Message(MsgType.PING, {}, payload)) for _ in range(max(3, runs // 2)))
+        big = sorted(round_trip(encode(Ping(), payload)) for _ in range(max(3, runs // 2)))
         seconds = max(big[len(big) // 2] - small, 1e-9)
         return small / 2, nbytes / seconds
     finally:
@@ -550,32 +533,15 @@ def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits,
 
 
 _HANDLERS = {
-    MsgType.PING: Worker._on_ping, MsgType.CAPS: Worker._on_caps, MsgType.LOAD: Worker._on_load,
-    MsgType.WEIGHTS: Worker._on_weights, MsgType.ROUTE: Worker._on_route, MsgType.RUN: Worker._on_run,
-    MsgType.RESET: Worker._on_reset, MsgType.STATS: Worker._on_stats, MsgType.SHUTDOWN: Worker._on_shutdown,
-    MsgType.LINK: Worker._on_link,
+    Ping: Worker._on_ping, CapsQuery: Worker._on_caps, Load: Worker._on_load, Weights: Worker._on_weights,
+    Route: Worker._on_route, Run: Worker._on_run, Reset: Worker._on_reset, StatsQuery: Worker._on_stats,
+    Shutdown: Worker._on_shutdown, LinkProbe: Worker._on_link,
 }
+assert set(_HANDLERS) == set(WORKER_ACCEPTS.records.values()), "a message the worker accepts has no handler"
 
 
-def _str(meta: dict, key: str) -> str:
-    value = meta.get(key)
-    if not isinstance(value, str):
-        raise DnetError(f"message needs a string '{key}', got {str(value)[:40]}")
-    return value
-
-
-def _positive(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DnetError(f"'{what}' must be a positive integer, got {str(value)[:40]}")
-    return value
-
-
-def _slots(meta: dict) -> tuple[int, int]:
-    """A request's [first slot, count] of a stateful stage."""
-    value = meta.get("slots")
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-        raise DnetError(f"a stage with state needs 'slots': [first, count], got {str(value)[:40]}")
-    return value[0], value[1]
+def _nbytes(tensors: dict[str, np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in tensors.values())
 
 
 def _json_tensor(tensor: np.ndarray, what: str) -> Any:
@@ -584,7 +550,3 @@ def _json_tensor(tensor: np.ndarray, what: str) -> Any:
         return json.loads(tensor.tobytes())
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise DnetError(f"'{what}' is not a JSON document: {err}") from None
-
-
-def _ids(meta: dict) -> dict:
-    return {k: meta[k] for k in ("rid", "epoch", "key") if k in meta}

@@ -1,0 +1,577 @@
+"""The cluster's control messages as typed records, checked on receipt.
+
+A frame (`protocol.Message`) carries a kind, a JSON meta object and tensors. Each kind of
+control message is a frozen dataclass here whose fields are that meta's entries, so the
+wire is what it was: `encode(record, tensors)` gives the frame (tensors passed through as
+they are, never copied), and `Accepted.decode(frame)` gives the record back after checking
+every field against its annotation. A missing field, a field of the wrong type, a field the
+record does not have, a required tensor that is absent or a kind this side does not accept
+is a `MessageError` naming the message and the field; a receiver answers it (a worker) or
+drops the connection (a coordinator), as for any other protocol error.
+
+Some kinds travel both ways with different contents (CAPS asks, and CAPS answers): which
+record a frame becomes depends on who reads it, so each reader decodes through its own
+table (`WORKER_ACCEPTS`, `COORDINATOR_ACCEPTS`).
+
+The checkers are built once per record from its annotations (str, int, float, bool, Any,
+`X | None`, `tuple[X, ...]`, `tuple[X, Y]`, `dict[str, X]` and nested dataclasses), because
+every RUN and RESULT of a decode step passes through them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
+
+import numpy as np
+
+from dnet.cluster.link import LinkShape
+from dnet.cluster.protocol import Message, MsgType, ProtocolError
+from dnet.topology.model import Device
+
+
+class MessageError(ProtocolError):
+    """A well-framed message that is not a valid message of its kind: it names the message and the field."""
+
+
+# -- the generic codec ------------------------------------------------------------------------
+
+class _Invalid(Exception):
+    """Raised by a checker (cheap, internal): which field, what it should be, what it was. The path is
+    built on the way out, only when a check fails ("[2]", ".port", "slots" as the error rises)."""
+
+    def __init__(self, expected: str, value: Any, path: str = ""):
+        super().__init__(expected)
+        self.path, self.expected, self.value = path, expected, value
+
+    def under(self, prefix: str) -> "_Invalid":
+        self.path = prefix + self.path
+        return self
+
+
+_MISSING = object()    # an _Invalid's value: the field is absent
+_REFUSED = object()    # an _Invalid's value: the record's own check refused it (its reason in `expected`)
+_UNKNOWN = object()    # an _Invalid's value: the record has no such field (the known ones in `expected`)
+_REQUIRED = object()
+Checker = Callable[[Any], Any]   # value -> the value as the record holds it, or raises _Invalid
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _exact(kind: type, name: str) -> Checker:
+    def check(value: Any) -> Any:
+        if type(value) is not kind:
+            raise _Invalid(name, value)
+        return value
+    return check
+
+
+def _float(value: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:   # JSON writes 2.0 as 2.0, but a hand-made 2 is as good
+        return float(value)
+    raise _Invalid("a number", value)
+
+
+def _any(value: Any) -> Any:
+    return value
+
+
+def _where(check: Checker, items: Iterable[tuple[str, Any]]) -> _Invalid:
+    """After a container's check failed: the failing item's error, its path prefixed (the slow path only)."""
+    for prefix, item in items:
+        try:
+            check(item)
+        except _Invalid as bad:
+            return bad.under(prefix)
+    raise AssertionError("a check that failed passed on the second look")
+
+
+def _checker(hint: Any) -> tuple[Checker, str]:
+    """A checker for one annotation, and the annotation's name for error messages."""
+    if hint is Any:
+        return _any, "anything"
+    if hint is str:
+        return _exact(str, "a string"), "a string"
+    if hint is bool:
+        return _exact(bool, "true or false"), "true or false"
+    if hint is int:
+        return _exact(int, "an integer"), "an integer"
+    if hint is float:
+        return _float, "a number"
+    if dataclasses.is_dataclass(hint):
+        return (lambda value: _build(hint, value, ".")), f"a {hint.__name__} object"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1 or len(args) != 2:
+            raise TypeError(f"messages: only X | None unions, got {hint}")
+        check, name = _checker(inner[0])
+
+        def optional(value: Any) -> Any:
+            return None if value is None else check(value)
+        return optional, f"{name} or null"
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        check, name = _checker(args[0])
+
+        def sequence(value: Any) -> tuple:
+            if type(value) is not list and type(value) is not tuple:
+                raise _Invalid(f"a list of {name}", value)
+            try:
+                return tuple([check(item) for item in value])
+            except _Invalid:
+                raise _where(check, ((f"[{i}]", item) for i, item in enumerate(value))) from None
+        return sequence, f"a list of {name}"
+    if origin is tuple:
+        checks = [_checker(a) for a in args]
+        shape = f"[{', '.join(name for _, name in checks)}]"
+        only = [c for c, _ in checks]
+
+        def fixed(value: Any) -> tuple:
+            if (type(value) is not list and type(value) is not tuple) or len(value) != len(only):
+                raise _Invalid(shape, value)
+            out = []
+            for i, item in enumerate(value):
+                try:
+                    out.append(only[i](item))
+                except _Invalid as bad:
+                    raise bad.under(f"[{i}]") from None
+            return tuple(out)
+        return fixed, shape
+    if origin is dict and args and args[0] is str:
+        check, name = _checker(args[1])
+
+        def mapping(value: Any) -> dict:
+            if type(value) is not dict:
+                raise _Invalid(f"an object of {name}", value)
+            out = {}
+            for key, item in value.items():
+                if type(key) is not str:   # (JSON keys are strings; a record made in process may not be)
+                    raise _Invalid("an object with string keys", key)
+                try:
+                    out[key] = check(item)
+                except _Invalid as bad:
+                    raise bad.under(f".{key}") from None
+            return out
+        return mapping, f"an object of {name}"
+    raise TypeError(f"messages: no checker for the annotation {hint}")
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    exact: type | None      # a value of exactly this type is taken as it is (the common case, no call)
+    check: Checker
+    expected: str
+    default: Any             # _REQUIRED when the field must be present
+    nested: bool             # holds dataclasses: encoded through _to_json (the rest JSON writes as it is)
+
+
+_SPECS: dict[type, tuple[tuple[_Field, ...], frozenset[str]]] = {}
+
+
+def _spec(cls: type) -> tuple[tuple[_Field, ...], frozenset[str]]:
+    """The fields of a dataclass as checkers (built on first use, then kept)."""
+    spec = _SPECS.get(cls)
+    if spec is None:
+        hints = typing.get_type_hints(cls)
+        fields = []
+        for f in dataclasses.fields(cls):
+            check, expected = _checker(hints[f.name])
+            exact = hints[f.name] if hints[f.name] in (str, int, bool, float) else None
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = _REQUIRED
+            fields.append(_Field(f.name, exact, check, expected, default, _holds_dataclass(hints[f.name])))
+        spec = _SPECS[cls] = (tuple(fields), frozenset(f.name for f in fields))
+    return spec
+
+
+def _holds_dataclass(hint: Any) -> bool:
+    return dataclasses.is_dataclass(hint) or any(_holds_dataclass(a) for a in typing.get_args(hint))
+
+
+def _build(cls: type, meta: Any, sep: str = "") -> Any:
+    """An instance of the dataclass `cls` from a JSON object, every field checked. `sep` goes before a field's
+    name in an error's path: "" for a message's own fields, "." inside another record."""
+    fields, names = _spec(cls)
+    if type(meta) is not dict:
+        raise _Invalid("an object", meta)
+    if not meta.keys() <= names:
+        unknown = sorted(set(meta) - names)[0]
+        raise _Invalid(", ".join(sorted(names)), _UNKNOWN, sep + unknown)
+    values = []
+    for f in fields:
+        value = meta.get(f.name, _MISSING)
+        if value is _MISSING:
+            if f.default is _REQUIRED:
+                raise _Invalid(f.expected, _MISSING, sep + f.name)
+            value = f.default
+        elif type(value) is not f.exact:
+            try:
+                value = f.check(value)
+            except _Invalid as bad:
+                raise bad.under(sep + f.name) from None
+        values.append(value)
+    try:
+        return cls(*values)
+    except ValueError as err:   # a record's own check of its values (__post_init__)
+        raise _Invalid(str(err), _REFUSED) from None
+
+
+def to_json(value: Any) -> Any:
+    """A record's value as JSON: nested dataclasses as objects (their None fields left out), the rest as is."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_json(v) for f in dataclasses.fields(value)
+                if (v := getattr(value, f.name)) is not None}
+    if isinstance(value, (tuple, list)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def _meta(record: Any) -> dict[str, Any]:
+    meta = {}
+    for f in _spec(type(record))[0]:
+        value = getattr(record, f.name)
+        if value is None and f.default is None:   # an optional field left unset: absent on the wire
+            continue
+        meta[f.name] = to_json(value) if f.nested else value   # (JSON writes tuples as lists)
+    return meta
+
+
+def encode(record: Any, tensors: Mapping[str, np.ndarray] | None = None) -> Message:
+    """The frame of a record; its tensors go as they are (views, not copies)."""
+    return Message(record.kind, _meta(record), dict(tensors) if tensors else {})
+
+
+def parse(hint: Any, value: Any, what: str) -> Any:
+    """`value` (JSON) checked against the annotation `hint`: for documents that travel as tensors (LOAD's file
+    references). A mismatch is a `MessageError` naming `what` and the field."""
+    try:
+        return _checker(hint)[0](value)
+    except _Invalid as bad:
+        raise _error(what, bad) from None
+
+
+def _error(what: str, bad: _Invalid) -> MessageError:
+    bad.path = bad.path.lstrip(".")
+    if bad.value is _REFUSED:
+        return MessageError(f"{what}: {bad.expected}" + (f" (in '{bad.path}')" if bad.path else ""))
+    field = f"field '{bad.path}'" if bad.path else "the value"
+    if bad.value is _UNKNOWN:
+        return MessageError(f"{what}: unknown {field} (known: {bad.expected or 'none'})")
+    if bad.value is _MISSING:
+        return MessageError(f"{what}: {field} is missing (it is {bad.expected})")
+    return MessageError(f"{what}: {field} must be {bad.expected}, got {_shown(bad.value)}")
+
+
+R = TypeVar("R")
+
+
+class Accepted:
+    """The messages one side reads, by kind: `decode` turns a frame into its record, checked."""
+
+    def __init__(self, reader: str, records: Iterable[type]):
+        self.reader = reader
+        self.records: dict[MsgType, type] = {}
+        for cls in records:
+            if cls.kind in self.records:
+                raise TypeError(f"{reader}: two records for {cls.kind.name}")
+            self.records[cls.kind] = cls
+            _spec(cls)   # build the checkers now, not on the first message
+
+    def decode(self, msg: Message) -> Any:
+        cls = self.records.get(msg.type)
+        if cls is None:
+            raise MessageError(f"{self.reader} does not accept {msg.type.name} messages")
+        return decode_as(cls, msg)
+
+
+def decode_as(cls: type[R], msg: Message) -> R:
+    """The frame as a record of `cls` (whose kind it must be), every field and required tensor checked."""
+    what = f"{cls.kind.name} message"
+    if msg.type is not cls.kind:
+        raise MessageError(f"expected a {what}, got {msg.type.name}")
+    try:
+        record = _build(cls, msg.meta)
+    except _Invalid as bad:
+        raise _error(what, bad) from None
+    for name in cls.tensors:
+        if name not in msg.tensors:
+            raise MessageError(f"{what}: tensor '{name}' is missing")
+    return record
+
+
+def reply_ids(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The request ids of a message that did not decode, where they have the right types: an error reply
+    carries them so its sender can tell which request failed."""
+    out = {}
+    for name, kind in (("rid", int), ("epoch", int), ("key", str)):
+        if type(meta.get(name)) is kind:
+            out[name] = meta[name]
+    return out
+
+
+class Record:
+    """Base of the records: `kind` is the frame type, `tensors` the tensors a valid one must carry."""
+
+    kind: ClassVar[MsgType]
+    tensors: ClassVar[tuple[str, ...]] = ()
+
+
+def _positive(value: int, what: str) -> None:
+    if value < 1:
+        raise ValueError(f"'{what}' must be a positive integer, got {value}")
+
+
+# -- the handshake (auth.py) ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello(Record):
+    kind = MsgType.HELLO
+    client_nonce: str           # 32 bytes as hex
+
+
+@dataclass(frozen=True)
+class Challenge(Record):
+    kind = MsgType.CHALLENGE
+    server_nonce: str
+    proof: str                  # the server's HMAC over both nonces
+
+
+@dataclass(frozen=True)
+class Auth(Record):
+    kind = MsgType.AUTH
+    proof: str
+
+
+@dataclass(frozen=True)
+class Welcome(Record):
+    kind = MsgType.WELCOME
+
+
+# -- either way --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Error(Record):
+    """What went wrong, and for which request (ids absent when the failure was not a request's)."""
+
+    kind = MsgType.ERROR
+    reason: str
+    rid: int | None = None
+    epoch: int | None = None
+    key: str | None = None
+    stage: int | None = None
+
+
+@dataclass(frozen=True)
+class Ping(Record):
+    """Liveness and round trips; any tensors it carries are counted and dropped."""
+
+    kind = MsgType.PING
+    heartbeat: bool = False     # the coordinator's heartbeat: its PONG is not a reply anyone waits for
+
+
+@dataclass(frozen=True)
+class Pong(Record):
+    kind = MsgType.PONG
+    heartbeat: bool = False
+    bytes: int = 0              # the PING's tensor bytes
+
+
+@dataclass(frozen=True)
+class Reset(Record):
+    """Drop a session's stages and queued requests (asked, and answered the same)."""
+
+    kind = MsgType.RESET
+    session: str
+
+
+@dataclass(frozen=True)
+class Shutdown(Record):
+    kind = MsgType.SHUTDOWN
+
+
+# -- coordinator -> worker --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CapsQuery(Record):
+    kind = MsgType.CAPS
+    probe: bool = False         # measure the device too (takes a while)
+
+
+@dataclass(frozen=True)
+class Load(Record):
+    """A stage: its serialised graph (tensor 'graph'), the hashes of its weights, and optionally (tensor
+    'mapped', a JSON document of `FileRef`s by hash) where a model file held by the worker has them."""
+
+    kind = MsgType.LOAD
+    tensors = ("graph",)
+    key: str                    # session/epoch/stage
+    weights: tuple[str, ...]
+    stage: int = 0
+    slots: int = 1              # sequences of state a stateful stage holds
+
+    def __post_init__(self) -> None:
+        _positive(self.slots, "slots")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """Where a weight lies in a model file a worker holds (dnet.cluster.model_files)."""
+
+    file: str                   # the file's SHA-256
+    dtype: str                  # a wire dtype
+    shape: tuple[int, ...]
+    pieces: tuple[tuple[int, int, int, int], ...]   # [offset, size, count, stride] (dnet.core.origins.Piece)
+
+
+@dataclass(frozen=True)
+class Weights(Record):
+    """Weights for a stage being loaded, as tensors named by their content hash."""
+
+    kind = MsgType.WEIGHTS
+    key: str
+    last: bool = False
+
+
+@dataclass(frozen=True)
+class NextStage:
+    host: str
+    port: int
+    key: str
+
+
+@dataclass(frozen=True)
+class Route(Record):
+    """Where a stage sends its outputs: the next stage's worker, or (None) back; shaped like `shape`."""
+
+    kind = MsgType.ROUTE
+    key: str
+    next: NextStage | None = None
+    shape: LinkShape | None = None
+
+
+Hop = tuple[int, str, float]    # (stage, worker name, compute seconds) of one stage a request went through
+
+
+@dataclass(frozen=True)
+class Run(Record):
+    """One request's tensors into a stage (inputs, or the previous stage's activations)."""
+
+    kind = MsgType.RUN
+    key: str
+    rid: int
+    epoch: int
+    slots: tuple[int, int] | None = None    # (first, count): the state slots of its sequences
+    trace: tuple[Hop, ...] = ()
+
+
+@dataclass(frozen=True)
+class StatsQuery(Record):
+    kind = MsgType.STATS
+
+
+@dataclass(frozen=True)
+class LinkProbe(Record):
+    """Measure the link to the worker at host:port (latency, and bandwidth with `bytes`-sized pings)."""
+
+    kind = MsgType.LINK
+    host: str
+    port: int
+    bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.bytes <= 256 << 20:
+            raise ValueError(f"'bytes' must be in (0, 256 MiB], got {self.bytes}")
+
+
+# -- worker -> coordinator --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Caps(Record):
+    """What a worker is."""
+
+    kind = MsgType.CAPS
+    name: str
+    backend: str
+    threads: int | None
+    slowdown: float
+    cores: tuple[int, ...]
+    pid: int
+    host: str
+    advertise: str              # host:port other workers reach it at
+    tls: bool
+    models: tuple[str, ...] = ()    # SHA-256s of the model files it holds
+    device: Device | None = None    # its probed device, when asked
+
+
+@dataclass(frozen=True)
+class Need(Record):
+    kind = MsgType.NEED
+    key: str
+    hashes: tuple[str, ...]     # weights it does not have
+
+
+@dataclass(frozen=True)
+class Loaded(Record):
+    kind = MsgType.LOADED
+    key: str
+    compile_s: float
+    mapped_bytes: int = 0       # weight bytes read from its own model files
+
+
+@dataclass(frozen=True)
+class Routed(Record):
+    kind = MsgType.ROUTED
+    key: str
+
+
+@dataclass(frozen=True)
+class Result(Record):
+    """The last stage's outputs for one request."""
+
+    kind = MsgType.RESULT
+    rid: int
+    epoch: int
+    slots: tuple[int, int] | None = None
+    trace: tuple[Hop, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageCounters:
+    runs: int
+    compute_s: float
+    mean_ms: float
+
+
+@dataclass(frozen=True)
+class Stats(Record):
+    kind = MsgType.STATS
+    stages: dict[str, StageCounters]        # stage key -> its runner's counters (runtime.runner.StageStats.to_json)
+
+
+@dataclass(frozen=True)
+class LinkMeasured(Record):
+    kind = MsgType.LINK
+    host: str
+    port: int
+    latency: float              # one way, seconds
+    bandwidth: float            # bytes/s
+
+
+WORKER_ACCEPTS = Accepted("a worker", [Ping, CapsQuery, Load, Weights, Route, Run, Reset, StatsQuery, Shutdown,
+                                       LinkProbe])
+COORDINATOR_ACCEPTS = Accepted("a coordinator", [Pong, Caps, Need, Loaded, Routed, Result, Error, Reset, Stats,
+                                                 Shutdown, LinkMeasured])
