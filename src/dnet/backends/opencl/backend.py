@@ -10,7 +10,8 @@ from typing import Mapping
 import numpy as np
 
 from dnet.backends.opencl.platform import open_device
-from dnet.backends.opencl.renderer import OpenCLRenderer, RenderedKernel
+from dnet.backends.opencl.platform import Device
+from dnet.backends.opencl.renderer import CPU_GEMM, GPU_GEMM, GemmShape, OpenCLRenderer, RenderedKernel
 from dnet.backends.opencl.runtime import OpenCLModule
 from dnet.core import progress
 from dnet.graph.ir import Graph
@@ -19,7 +20,6 @@ from dnet.program.build import Compiled, build_program
 from dnet.program.inputs import check_gather_indices, gathered_inputs
 from dnet.program.instructions import Program
 
-MAX_TILE = 16       # a matmul work-group is MAX_TILE x MAX_TILE work-items where the device allows it
 
 
 class OpenCLRunner:
@@ -50,15 +50,23 @@ class OpenCLBackend:
 
     def prepare(self, graph: Graph) -> OpenCLRunner:
         device = open_device()
-        tile = MAX_TILE
-        while tile > 1 and tile * tile > device.max_work_group:
-            tile //= 2
+        shape = gemm_shape(device)
         compiled = build_program(graph, detect())
         with progress.task("render OpenCL kernels", total=len(compiled.kernels), unit="kernels") as task:
             kernels: dict[str, RenderedKernel] = {}
             for name, kernel in compiled.kernels.items():
-                kernels[name] = OpenCLRenderer(kernel, tile).render_opencl()
+                kernels[name] = OpenCLRenderer(kernel, shape).render_opencl()
                 task.advance()
         with progress.task(f"build OpenCL program for {device.name}", total=None):
             module = OpenCLModule(compiled.program, compiled.kernels, kernels, compiled.weights, device)
         return OpenCLRunner(module, compiled, gathered_inputs(graph))
+
+
+def gemm_shape(device: Device) -> GemmShape:
+    """The matmul work-group for this device: small groups on a CPU driver, large ones elsewhere,
+    halved until the device takes a group that size."""
+    shape = CPU_GEMM if device.is_cpu else GPU_GEMM
+    threads = shape.threads
+    while threads > 1 and threads * threads > device.max_work_group:
+        threads //= 2
+    return GemmShape(threads, shape.work)

@@ -34,6 +34,10 @@ class Device:
         return int(self.device.max_work_group_size)
 
     @property
+    def is_cpu(self) -> bool:
+        return bool(self.device.type & self.cl.device_type.CPU)
+
+    @property
     def local_memory(self) -> int:
         return int(self.device.local_mem_size)
 

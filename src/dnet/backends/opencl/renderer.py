@@ -40,14 +40,30 @@ class Grid:
 
 @dataclass(frozen=True)
 class Tiles:
-    """A tiled matmul: work-groups of tile x tile items over (n, m), one grid layer per batch item."""
+    """A tiled matmul: work-groups of tile x tile items, each group a block x block part of the
+    (m, n) result, one grid layer per batch item."""
     batch: tuple[Index, ...]
     m: Index
     n: Index
     tile: int
+    block: int
 
 
 Launch = Union[Grid, Tiles]
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """A tiled matmul's work-group: threads x threads work-items, each computing work x work results."""
+    threads: int
+    work: int
+
+
+# Chosen per device type at run time (measured on PoCL, 128x384 @ 384x1536: 4x4 items of 8x8 results
+# 21 GFLOP/s, 8x8 of 8x8 13, 16x16 of 4x4 3: a CPU driver runs a group's items as loops, and
+# small groups with much work each suit it). A GPU wants many items per group (a warp is 32).
+CPU_GEMM = GemmShape(threads=4, work=8)
+GPU_GEMM = GemmShape(threads=16, work=4)
 
 
 @dataclass(frozen=True)
@@ -60,9 +76,9 @@ class RenderedKernel:
 class OpenCLRenderer(CRenderer):
     """The C renderer with OpenCL C's spellings; `render_opencl` maps the loop nest onto a grid."""
 
-    def __init__(self, kernel: Kernel, gemm_tile: int = 16):
+    def __init__(self, kernel: Kernel, gemm_shape: GemmShape = GPU_GEMM):
         super().__init__(kernel)
-        self.gemm_tile = gemm_tile
+        self.gemm_shape = gemm_shape
 
     # -- the dialect: literals, op table, parameters ------------------------------------
     def index(self, x) -> str:
@@ -158,8 +174,8 @@ def grid_of(body: tuple) -> tuple[list[Loop], list[tuple]]:
     return loops, levels
 
 
-def render_kernel(kernel: Kernel, gemm_tile: int = 16) -> RenderedKernel:
-    return OpenCLRenderer(kernel, gemm_tile).render_opencl()
+def render_kernel(kernel: Kernel, gemm_shape: GemmShape = GPU_GEMM) -> RenderedKernel:
+    return OpenCLRenderer(kernel, gemm_shape).render_opencl()
 
 
-__all__ = ["OpenCLRenderer", "RenderedKernel", "Grid", "Tiles", "render_kernel", "grid_of", "store"]
+__all__ = ["OpenCLRenderer", "RenderedKernel", "GemmShape", "CPU_GEMM", "GPU_GEMM", "Grid", "Tiles", "render_kernel", "grid_of", "store"]

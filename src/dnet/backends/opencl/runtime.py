@@ -156,5 +156,5 @@ def launch_sizes(launch, env: Mapping[str, int], device: Device) -> tuple:
     count = int(np.prod([int(substitute(b, env)) for b in launch.batch], dtype=np.int64))
     if m <= 0 or n <= 0 or count <= 0:
         return None, None
-    t = launch.tile
-    return (-(-n // t) * t, -(-m // t) * t, count), (t, t, 1)
+    t, block = launch.tile, launch.block
+    return (-(-n // block) * t, -(-m // block) * t, count), (t, t, 1)
