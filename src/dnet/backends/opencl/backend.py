@@ -16,6 +16,7 @@ from dnet.backends.opencl.runtime import OpenCLModule
 from dnet.core import progress
 from dnet.graph.ir import Graph
 from dnet.hardware import detect
+from dnet.backends.c.packing import PanelPacker
 from dnet.program.build import Compiled, build_program
 from dnet.program.inputs import check_gather_indices, gathered_inputs
 from dnet.program.instructions import Program
@@ -51,7 +52,7 @@ class OpenCLBackend:
     def prepare(self, graph: Graph) -> OpenCLRunner:
         device = open_device()
         shape = gemm_shape(device)
-        compiled = build_program(graph, detect())
+        compiled = build_program(graph, detect(), PanelPacker())   # its tiled matmul reads the C panels
         with progress.task("render OpenCL kernels", total=len(compiled.kernels), unit="kernels") as task:
             kernels: dict[str, RenderedKernel] = {}
             for name, kernel in compiled.kernels.items():

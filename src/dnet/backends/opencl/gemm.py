@@ -16,18 +16,22 @@ im2col matrix (gathered while the block is loaded; zero outside the image).
 """
 from __future__ import annotations
 
-from dnet.backends.opencl.renderer import OpenCLRenderer, RenderedKernel, Tiles, store
+from dnet.backends.opencl.renderer import OpenCLRenderer, RenderedKernel, Tiles
+from dnet.core.dtypes import DType
 from dnet.kernel.ir import Gemm, Operand
 
 DEPTH = 16     # the k step: columns of a's block and rows of b's block held in local memory
 
 
 def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
+    if g.a.dtype is not DType.F32 or g.a.scale:
+        raise r.missing(f"matmul on {g.a.dtype} activations", g.a.dtype)
     ts, work, ix = r.gemm_shape.threads, r.gemm_shape.work, r.index   # ts x ts work-items, work x work results each
     block, threads = ts * work, ts * ts      # the block of the result one work-group computes
     loads = block * DEPTH // threads         # elements of each operand's block a work-item loads per k step
     i, j = g.vars[-2], g.vars[-1]
     accs = [(a, b) for a in range(work) for b in range(work)]
+    local, barrier = r.local_prefix, r.barrier_code
     lines = r.header(f"__attribute__((reqd_work_group_size({ts}, {ts}, 1))) ") + [
         f"    const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)};",
         "    const int g_ti = (int)get_local_id(1), g_tj = (int)get_local_id(0);",
@@ -35,8 +39,8 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
         f"    const int64_t g_row0 = (int64_t)get_group_id(1) * {block}, g_col0 = (int64_t)get_group_id(0) * {block};",
         "    const int64_t g_bb = (int64_t)get_global_id(2);"]
     lines += ["    " + x for x in _batch_decl(r, g)]
-    lines += [f"    __local float g_a[{DEPTH}][{block}];",
-              f"    __local float g_b[{DEPTH}][{block}];",
+    lines += [f"    {local} float g_a[{DEPTH}][{block}];",
+              f"    {local} float g_b[{DEPTH}][{block}];",
               # scalars, not an array: a CPU driver keeps each live across barriers in its own per-item array,
               # which it vectorizes over work-items (measured on PoCL: twice as fast as a private array)
               "    " + " ".join(f"float g_acc{a}_{b} = 0.0f;" for a, b in accs),
@@ -53,14 +57,14 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
               "            const int64_t g_j = g_col0 + g_cc, g_k = g_k0 + g_kk;",
               f"            g_b[g_kk][g_cc] = g_k < g_K && g_j < g_N ? {_element_b(r, g, 'g_k', 'g_j')} : 0.0f;",
               "        }",
-              "        barrier(CLK_LOCAL_MEM_FENCE);",
+              f"        {barrier}",
               "        #pragma unroll",
               f"        for (int g_kk = 0; g_kk < {DEPTH}; ++g_kk) {{",
               "            " + " ".join(f"const float g_a{a} = g_a[g_kk][g_ti + {a * ts}];" for a in range(work)),
               "            " + " ".join(f"const float g_b{b} = g_b[g_kk][g_tj + {b * ts}];" for b in range(work)),
               "            " + " ".join(f"g_acc{a}_{b} += g_a{a} * g_b{b};" for a, b in accs),
               "        }",
-              "        barrier(CLK_LOCAL_MEM_FENCE);",
+              f"        {barrier}",
               "    }",
               f"    float g_acc[{work}][{work}];   /* past the last barrier: the epilogue loops over them */",
               "    " + " ".join(f"g_acc[{a}][{b}] = g_acc{a}_{b};" for a, b in accs),
@@ -72,7 +76,7 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
               f"            if ({j} >= g_N) break;",
               "            const float acc = g_acc[g_r][g_c];"]
     lines += r.stmts(g.epilogue_lets, "            ")
-    value = store(r.expr(g.epilogue), g.epilogue.dtype, r._dtype(g.out))
+    value = r.store_value(r.expr(g.epilogue), g.epilogue.dtype, r.buffer_dtype(g.out))
     lines += [f"            {g.out}[(g_bb * g_M + {i}) * g_N + {j}] = {value};", "        }", "    }", "}"]
     return RenderedKernel(r.kernel.name, "\n".join(lines), Tiles(g.batch, g.m, g.n, ts, block))
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from dnet.backends.opencl.platform import Device
 from dnet.backends.opencl.prelude import PRELUDE
+from dnet.backends.opencl.quant import quant_support
 from dnet.backends.opencl.renderer import Grid, RenderedKernel, Tiles
 from dnet.core.shapes import substitute
 from dnet.errors import BackendError
@@ -113,7 +114,8 @@ class OpenCLLauncher:
         args: list = []
         for param, buf in zip(self.kernels[ins.kernel].params, ins.args):
             memory, offset = table[buf]
-            args += [memory, np.int64(offset // param.dtype.itemsize)]
+            size = 1 if param.dtype.is_block else param.dtype.itemsize     # block dtypes are stored as bytes
+            args += [memory, np.int64(offset // size)]
         args += [np.int64(env[d]) for d in ins.dims]
         kernel = self._objects[k]
         kernel.set_args(*args)
@@ -126,7 +128,8 @@ class OpenCLModule(ProgramExecutor):
     def __init__(self, program: Program, kernels: Mapping[str, Kernel], rendered: Mapping[str, RenderedKernel],
                  weights: Mapping[int, np.ndarray], device: Device):
         self.device = device
-        self.source = PRELUDE + "\n\n".join(r.source for r in rendered.values()) + "\n"
+        blocks = [p.dtype for k in kernels.values() for p in k.params]
+        self.source = "\n\n".join([PRELUDE, quant_support(blocks), *(r.source for r in rendered.values())]) + "\n"
         launcher = OpenCLLauncher(device, program, kernels, rendered, build(device, self.source))
         super().__init__(program, weights, OpenCLAllocator(device), launcher)
 
