@@ -5,7 +5,11 @@ from dnet.core.dtypes import DType
 from dnet.core.types import TensorType
 from dnet.graph import composites as C
 from dnet.graph.builder import GraphBuilder
-from dnet.program.build import build_program, pack_panels
+import pytest
+
+from dnet.backends.c.packing import PanelPacker
+from dnet.errors import BackendError
+from dnet.program.build import build_program
 from dnet.program.instructions import TEMP, Alloc, Free, Launch, Program, Recv, Send, segments
 from dnet.program.memory import plan_arena
 
@@ -21,7 +25,7 @@ def _graph():
 
 
 def test_every_temp_is_allocated_before_use_and_freed_after_its_last_use():
-    program = build_program(_graph()).program
+    program = build_program(_graph(), packer=PanelPacker()).program
     live: set[int] = set()
     for ins in program.instrs:
         if isinstance(ins, Alloc):
@@ -35,7 +39,7 @@ def test_every_temp_is_allocated_before_use_and_freed_after_its_last_use():
 
 
 def test_program_round_trips_through_json():
-    program = build_program(_graph()).program
+    program = build_program(_graph(), packer=PanelPacker()).program
     again = Program.from_json(program.to_json())
     assert again.instrs == program.instrs and again.buffers == program.buffers
     assert plan_arena(again, {"batch": 3}) == plan_arena(program, {"batch": 3})
@@ -48,10 +52,6 @@ def test_transfers_cut_the_stack_into_segments():
     assert isinstance(cut[1][0], Send) and isinstance(cut[3][0], Recv)
 
 
-def test_packed_panels_hold_b_column_blocks_row_by_row():
-    b = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
-    p = pack_panels(b, 4)
-    assert p.shape == (2, 3, 4)
-    np.testing.assert_array_equal(p[0], b[:, :4])
-    np.testing.assert_array_equal(p[1][:, 0], b[:, 4])
-    assert not p[1][:, 1:].any()
+def test_a_program_with_packed_weights_needs_the_backends_packer():
+    with pytest.raises(BackendError, match="reads weight 'w' packed, and no weight packer was given"):
+        build_program(_graph())

@@ -25,12 +25,14 @@ from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.graph.ir import Graph
 from dnet.graph.ops import Op, OpClass
-from dnet.hardware import Host, detect
+from dnet.hardware import Host
 from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Kernel
 from dnet.kernel import qgemm
 from dnet.kernel.lower import Materialize, first_computed, lower_elementwise, lower_scatter
 from dnet.kernel.reuse import reuse_reduced_values
+from dnet.kernel.target import AnyTarget, as_target
+from dnet.kernel.verify import checked
 
 _ALWAYS = (OpClass.MATMUL, OpClass.CONV, OpClass.POOL, OpClass.SCATTER)
 _BOUND = (Op.INPUT, Op.STATE, Op.CONST)   # buffers the caller or the weights provide
@@ -55,11 +57,12 @@ class Schedule:
     kernels: dict[str, Kernel] = field(default_factory=dict)
 
 
-def schedule(graph: Graph, host: Host | None = None) -> Schedule:
-    host = host or detect()
+def schedule(graph: Graph, target: AnyTarget | Host | None = None) -> Schedule:
+    """Kernels and launches for `graph` on `target` (a `kernel.target` Target, or a Host: its CPU)."""
+    target = as_target(target)
     users = graph.users()
     materialized = _initial(graph, users)
-    tile = gm.choose_tile(host)
+    tile = target.gemm_tile()   # the target's hook: a CPU's register and cache tiles
     unfused: set[int] = set()
     for attempt in range(2 * len(graph.nodes) + 1):
         _settle(graph, users, materialized)
@@ -174,22 +177,24 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
 
 
 def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile) -> Kernel:
+    """One root's kernel; each kernel pass's result goes through `verify.checked` (free unless tests verify)."""
     mm = epilogues.get(root)
     if mm is not None:
         return _lower_matmul(graph, users, mat - {mm}, root, mm, tile)
     if gm.is_gemm(graph, root):
         return _lower_matmul(graph, users, mat, root, root, tile)
     if graph.nodes[root].op is Op.SCATTER:
-        return lower_scatter(graph, root, mat, users)
-    return reuse_reduced_values(lower_elementwise(graph, root, mat, users))
+        return checked("lower_scatter", lower_scatter(graph, root, mat, users))
+    kernel = checked("lower_elementwise", lower_elementwise(graph, root, mat, users))
+    return checked("reuse_reduced_values", reuse_reduced_values(kernel))
 
 
 def _lower_matmul(graph: Graph, users, mat: set[int], root: int, mm: int, tile) -> Kernel:
     node = graph.nodes[mm]
     weight = qgemm.quant_weight(graph, node.inputs[1], mat, users) if node.op is Op.MATMUL else None
     if weight is not None:
-        return qgemm.lower_qmatmul(graph, root, mm, weight, mat, users)
-    return gm.lower_gemm(graph, root, mm, mat, users, tile)
+        return checked("lower_qmatmul", qgemm.lower_qmatmul(graph, root, mm, weight, mat, users))
+    return checked("lower_gemm", gm.lower_gemm(graph, root, mm, mat, users, tile))
 
 
 def _add(sched: Schedule, by_source: dict, kernel: Kernel, root: int) -> None:

@@ -1,7 +1,13 @@
-"""Graph -> program: schedule the graph into kernels, then lay out buffers and instructions."""
+"""Graph -> program: schedule the graph into kernels, then lay out buffers and instructions.
+
+Generic: the target (`kernel.target`: a CPU's tiles and threads, a GPU's grid) shapes the kernels,
+and the backend's `WeightPacker` lays out the weights its kernels read packed (the C backend's
+panels: `backends/c/packing.py`). This module only places them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -14,6 +20,7 @@ from dnet.hardware import Host
 from dnet.kernel import gemm as gm
 from dnet.kernel.ir import Gemm, Kernel
 from dnet.kernel.schedule import Schedule, schedule
+from dnet.kernel.target import AnyTarget
 from dnet.errors import BackendError
 from dnet.program.instructions import (INPUT, OUTPUT, SCRATCH, STATE, TEMP, WEIGHT, Alloc, AllReduce, Buffer, Free,
                                        Launch, Program)
@@ -28,15 +35,26 @@ class Compiled:
     schedule: Schedule | None = None
 
 
-def build_program(graph: Graph, host: Host | None = None) -> Compiled:
-    sched = schedule(graph, host)
-    b = _Builder(graph, sched)
+class WeightPacker(Protocol):
+    """A backend's weight layout: the array a launch argument such as `('packed', const node, nr)`
+    (what the scheduler asks for a weight its kernel reads pre-packed) stands for."""
+
+    def pack(self, graph: Graph, arg: tuple, kernel: Kernel) -> tuple[str, DType, np.ndarray]:
+        """(buffer name, dtype, array); a name with '@' marks a weight the graph does not hold as it is."""
+
+
+def build_program(graph: Graph, target: AnyTarget | Host | None = None,
+                  packer: WeightPacker | None = None) -> Compiled:
+    """The program of `graph` for `target` (a Target, a Host, or None: this CPU); `packer` lays out
+    the weights the kernels read packed (a program that needs one and has none is an error)."""
+    sched = schedule(graph, target)
+    b = _Builder(graph, sched, packer)
     return b.run()
 
 
 class _Builder:
-    def __init__(self, graph: Graph, sched: Schedule):
-        self.graph, self.sched = graph, sched
+    def __init__(self, graph: Graph, sched: Schedule, packer: WeightPacker | None = None):
+        self.graph, self.sched, self.packer = graph, sched, packer
         self.buffers: list[Buffer] = []
         self.by_arg: dict = {}
         self.weights: dict[int, np.ndarray] = {}
@@ -122,10 +140,8 @@ class _Builder:
     def _arg(self, a, kernel: Kernel) -> int:
         if a in self.by_arg:
             return self.by_arg[a]
-        if isinstance(a, tuple) and a[0] == "packed":      # ('packed', const node, nr)
-            self.by_arg[a] = self._packed(a[1], kernel)
-        elif isinstance(a, tuple):                          # ('scales', const node, nr, offset, stride)
-            self.by_arg[a] = self._scales(*a[1:], kernel)
+        if isinstance(a, tuple):       # ('packed', const node, nr, ...) or ('scales', ...): the backend's layout
+            self.by_arg[a] = self._packed(a, kernel)
         else:
             self.by_arg[a] = self._weight(a)
         return self.by_arg[a]
@@ -137,26 +153,14 @@ class _Builder:
         self.weights[buf] = array
         return buf
 
-    def _packed(self, nid: int, kernel: Kernel) -> int:
-        gemm = next(s for s in kernel.body if isinstance(s, Gemm))
-        name, dtype = self.graph.nodes[nid].attrs["name"], self.graph.nodes[nid].dtype
-        flat = np.ascontiguousarray(self.graph.weights[name], dtype=dtype.np).reshape(-1)
-        k, n, nr, size = gemm.k, gemm.n, gemm.tile.nr, flat.itemsize
-        view = np.lib.stride_tricks.as_strided(flat[gemm.b.offset:], (k, n),
-                                               (gemm.b.row_stride * size, gemm.b.col_stride * size))
-        packed = pack_panels(view, nr)
-        buf = self.buffer(WEIGHT, self.graph.nodes[nid].dtype, packed.shape, f"{name}@packed{nr}")
-        self.weights[buf] = packed
-        return buf
-
-    def _scales(self, nid: int, nr: int, offset: int, stride: int, kernel: Kernel) -> int:
-        """An int8 weight's per-column scales, zero-padded to whole panels like the weight."""
-        gemm = next(s for s in kernel.body if isinstance(s, Gemm))
-        name = self.graph.nodes[nid].attrs["name"]
-        flat = np.ascontiguousarray(self.graph.weights[name], dtype=np.float32).reshape(-1)
-        padded = pack_panels(flat[offset + stride * np.arange(gemm.n)][None, :], nr).reshape(-1)
-        buf = self.buffer(WEIGHT, DType.F32, padded.shape, f"{name}@panels{nr}")
-        self.weights[buf] = padded
+    def _packed(self, arg: tuple, kernel: Kernel) -> int:
+        if self.packer is None:
+            raise BackendError(f"kernel {kernel.name} reads weight '{self.graph.nodes[arg[1]].attrs['name']}' "
+                               "packed, and no weight packer was given",
+                               hint="pass the backend's packer: build_program(graph, target, packer)")
+        name, dtype, array = self.packer.pack(self.graph, arg, kernel)
+        buf = self.buffer(WEIGHT, dtype, array.shape, name)
+        self.weights[buf] = array
         return buf
 
     def _scratch(self, kernel: Kernel) -> int:
@@ -165,12 +169,3 @@ class _Builder:
         buf = self.buffer(SCRATCH, DType.F32, (elements,))
         self.instrs.append(Alloc(buf))
         return buf
-
-
-def pack_panels(b: np.ndarray, nr: int) -> np.ndarray:
-    """(k, n) -> (panels, k, nr): the micro-kernel's layout, zero-padded to whole panels."""
-    k, n = b.shape
-    panels = -(-n // nr)
-    padded = np.zeros((k, panels * nr), b.dtype)
-    padded[:, :n] = b
-    return np.ascontiguousarray(padded.reshape(k, panels, nr).transpose(1, 0, 2))

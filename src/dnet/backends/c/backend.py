@@ -17,11 +17,13 @@ import numpy as np
 from dnet.backends.c.cache import CompileCache
 from dnet.backends.c.compiler import find_compiler
 from dnet.backends.c.library import render_library
+from dnet.backends.c.packing import PanelPacker
 from dnet.backends.c.runtime import CModule
 from dnet.core import progress
 from dnet.errors import SerializationError
 from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
+from dnet.kernel.target import CpuTarget
 from dnet.program.collective import Collective
 from dnet.program.build import Compiled, build_program
 from dnet.program.instructions import WEIGHT, Program
@@ -62,7 +64,7 @@ class CBackend:
         """`activation_bits`: how matmuls against GGUF block weights quantize their activations, 16 (results
         within float rounding of f32) or 8 (llama.cpp's scheme: prefill twice as fast, a few % of logits off)."""
         host = host or detect()
-        compiled = build_program(graph, host)
+        compiled = build_program(graph, CpuTarget(host, threads), PanelPacker())
         source = render_library(compiled.kernels, compiled.program, activation_bits)
         cache = CompileCache(Path(cache_dir) if cache_dir is not None else None)
         library = cache.get_or_build(source, find_compiler(), host.fingerprint())
