@@ -66,14 +66,14 @@ def onnx_session(path: Path, threads: int, spinning: bool):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def compile_dnet(cache: Path, threads: int, quantize: str | None = None):
+def compile_dnet(cache: Path, threads: int, quantize: str | None = None, precision: str | None = None):
     import dnet
     from dnet.models.minilm import minilm_model
 
     module, types = minilm_model()
     graph = dnet.to_graph(module, types)
     start = time.perf_counter()
-    exe = dnet.compile(graph, target="c", cache_dir=cache, threads=threads, quantize=quantize)
+    exe = dnet.compile(graph, target="c", cache_dir=cache, threads=threads, quantize=quantize, precision=precision)
     return exe, time.perf_counter() - start
 
 

@@ -72,17 +72,25 @@ def _optimize(graph: Graph) -> Graph:
 
 def compile(model: Any, inputs: Sequence[TensorType] | Mapping[str, TensorType] | None = None,  # noqa: A001
             target: str = "numpy", topology: Any = None, quantize: str | None = None,
-            progress: Reporter | None = None, **options: Any) -> Any:
+            progress: Reporter | None = None, precision: str | None = None, **options: Any) -> Any:
     """An Executable for `target`; with a `topology`, a distributed one over its nodes' workers
     (see `dnet.cluster.session.compile_distributed` for the options). `quantize="int8"` stores
-    matmul weights as int8 with a scale per output channel (`dnet.graph.passes.quantize`).
+    matmul weights as int8 with a scale per output channel (`dnet.graph.passes.quantize`);
+    `quantize="int8-dynamic"` also quantizes each such matmul's activations per row when it runs, so
+    the C backend multiplies integers (`dnet.graph.passes.dynamic_quant`). `precision="bf16"` runs
+    an f32 model's matmuls on bf16 weights and activations with f32 sums (`dnet.graph.passes.bf16`).
     `progress`: a `dnet.core.progress.Reporter` told how the long steps go (none by default)."""
     if progress is not None:
         with reporting(progress):
-            return compile(model, inputs, target, topology, quantize, **options)
+            return compile(model, inputs, target, topology, quantize, precision=precision, **options)
     graph = to_graph(model, inputs)
+    if quantize is not None and precision is not None:
+        raise DnetError(f"quantize={quantize!r} and precision={precision!r} together",
+                        hint="choose one: a quantized matmul already computes in integers")
     if quantize is not None:
         graph = _quantized(graph, quantize)
+    if precision is not None:
+        graph = _with_precision(graph, precision)
     if topology is not None:
         from dnet.cluster.session import compile_distributed
 
@@ -106,12 +114,27 @@ def _check_distributed_options(options: Mapping[str, Any]) -> None:
                         hint=did_you_mean(unknown[0], known) or "its options: " + ", ".join(known))
 
 
+QUANTIZE_SCHEMES = ("int8", "int8-dynamic")
+PRECISIONS = ("f32", "bf16")
+
+
 def _quantized(graph: Graph, scheme: str) -> Graph:
+    from dnet.graph.passes.dynamic_quant import quantize_dynamic
     from dnet.graph.passes.quantize import quantize_weights
 
-    if scheme != "int8":
-        raise DnetError(f"unknown quantization '{scheme}'", hint="the one scheme is 'int8' (weight-only, per channel)")
-    return quantize_weights(graph)
+    if scheme not in QUANTIZE_SCHEMES:
+        raise DnetError(f"unknown quantization {scheme!r}", hint=did_you_mean(str(scheme), QUANTIZE_SCHEMES)
+                        or "the schemes: 'int8' (weight-only, per channel), 'int8-dynamic' (activations too, per row)")
+    return quantize_weights(graph) if scheme == "int8" else quantize_dynamic(graph)
+
+
+def _with_precision(graph: Graph, precision: str) -> Graph:
+    from dnet.graph.passes.bf16 import bf16_matmuls
+
+    if precision not in PRECISIONS:
+        raise DnetError(f"unknown precision {precision!r}", hint=did_you_mean(str(precision), PRECISIONS)
+                        or "the precisions: 'f32' (as the model is), 'bf16' (matmuls on bf16, f32 sums)")
+    return bf16_matmuls(graph) if precision == "bf16" else graph
 
 
 def _run_eagerly(module: Module, args: tuple, kwargs: dict) -> Any:

@@ -61,7 +61,9 @@ class Host:
 
 
 _INTERESTING = ("sse2", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                "avx512_bf16", "avx512_fp16", "neon", "asimd", "fphp", "asimdhp", "sve")
+                "avx512_bf16", "avx512_fp16", "neon", "asimd", "fphp", "asimdhp", "sve",
+                # the integer and bf16 dot products (backends/c/igemm.py, quant.py), and AMX's tiles
+                "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimddp")
 
 
 DEFAULT_CLOCK_HZ = 2.0e9   # where /proc/cpuinfo does not say

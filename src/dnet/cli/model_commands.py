@@ -38,16 +38,19 @@ def _compile(ref: str, specs: tuple[str, ...], target: str, weights: Path | None
 @click.option("-i", "--input", "inputs", multiple=True, help="input type, NAME:DTYPE[dims], e.g. x:f32[batch,384]")
 @click.option("-t", "--target", default="numpy", show_default=True, help="backend to compile for")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write a standalone artefact here")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="store matmul weights as int8 with one scale per output channel")
+@click.option("--quantize", type=click.Choice(["int8", "int8-dynamic"]), default=None,
+              help="int8: matmul weights as int8 with one scale per output channel; int8-dynamic: their "
+                   "activations quantized per row too, integer products")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default=None,
+              help="bf16: matmuls on bf16 weights and activations, sums in f32")
 @weight_options
 @click.option("--seed", default=0, show_default=True, help="seed of --init seeded")
 @progress_options()
 def compile_cmd(model: str, inputs: tuple[str, ...], target: str, output: Path | None, quantize: str | None,
-                weights: Path | None, init: str | None, seed: int) -> None:
+                precision: str | None, weights: Path | None, init: str | None, seed: int) -> None:
     from dnet.api import save_artifact
 
-    exe = _compile(model, inputs, target, weights, init, seed, quantize=quantize)
+    exe = _compile(model, inputs, target, weights, init, seed, quantize=quantize, precision=precision)
     graph = exe.graph
     click.echo(f"compiled {model}: {len(graph)} graph nodes, {graph.weight_bytes() / 2**20:.1f} MiB of weights, "
                f"target {target}")

@@ -95,7 +95,7 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
             if gm.is_fast_matmul(graph, n.id):
                 for right, x in enumerate(n.inputs):
                     if x not in mat and not gm.readable(graph, x, bool(right), mat, users):
-                        mat.add(first_computed(graph, x, mat))
+                        mat.add(gm.operand_buffer(graph, x, bool(right), mat))
                         changed = True
             elif gm.is_fast_conv(graph, n.id):
                 x, w = n.inputs

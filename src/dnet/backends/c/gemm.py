@@ -17,6 +17,7 @@ convolution's input, whose im2col matrix is gathered straight into the panels.
 """
 from __future__ import annotations
 
+from dnet.core.dtypes import DType
 from dnet.kernel.ir import Gemm, GemmTile, Ref
 
 DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at batch 1 and 8); False packs it
@@ -222,6 +223,10 @@ static inline void dn_ukernel_direct_{name}(int64_t kc, const float* restrict a,
 
 def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     """The body of a Gemm kernel (`r` is the CRenderer of the kernel): sizes, then two pool loops."""
+    if g.a.dtype is not DType.F32:   # int8 or bf16 activations against a packed weight of the same kind
+        from dnet.backends.c.igemm import render_low_precision
+
+        return render_low_precision(r, g, pad)
     t = g.tile
     sfx = f"{t.mr}x{t.nr}"
     ix = r.index

@@ -11,6 +11,7 @@ from dnet.backends.c.gemm import support
 from dnet.backends.c.prelude import PRELUDE
 from dnet.backends.c.renderer import STORAGE, render_kernel
 from dnet.core import progress
+from dnet.core.dtypes import DType
 from dnet.kernel.ir import Gemm, Kernel
 from dnet.program.instructions import Launch, Program, segments
 
@@ -19,6 +20,12 @@ def render_library(kernels: dict[str, Kernel], program: Program, activation_bits
     tiles = sorted({s.tile for k in kernels.values() for s in k.body if isinstance(s, Gemm)},
                    key=lambda t: (t.mr, t.nr, t.kc, t.mc))
     parts = [PRELUDE, *(support(t) for t in {(t.mr, t.nr): t for t in tiles}.values())]
+    low = {(s.tile.mr, s.tile.nr): s.tile for k in kernels.values() for s in k.body
+           if isinstance(s, Gemm) and s.a.dtype is not DType.F32}
+    if low:   # int8 / bf16 Gemms (dnet.backends.c.igemm)
+        from dnet.backends.c import igemm
+
+        parts += [igemm.COMMON, *(igemm.support(t) for t in low.values())]
     blocks = sorted({p.dtype for k in kernels.values() for p in k.params if p.dtype.is_block}, key=lambda d: d.value)
     if blocks:
         from dnet.backends.c.quant import quant_support

@@ -1,0 +1,302 @@
+"""The C form of a low-precision `Gemm`: int8 activations x int8 weights, or bf16 x bf16, f32 results.
+
+Two Gemms that `kernel/gemm.py` makes from what `graph.passes.dynamic_quant` and `graph.passes.bf16`
+leave in the graph:
+
+- int8: a (m, k) int8 row-major with one f32 scale per row (activations quantized per token) against
+  a constant int8 weight with one f32 scale per column; sum_k a * b is exact in int32, then times
+  s_a[i] * s_b[j]. The weight is packed at load time (`program/panels.py`) in panels of nr columns,
+  4 values of k per column side by side: one 4-byte word of a row of a, broadcast, meets nr columns in
+  nr / 16 (or nr / 8) vectors.
+- bf16: a (m, k) bf16 row-major against a constant bf16 weight, pairs of k side by side; the products
+  of two bf16 values are exact in f32 and summed in f32.
+
+Paths, chosen when the node's own compiler builds the library (its `-march=native` says what the CPU
+has), each with the same results within f32 rounding of the sums (int8: exactly the same integers):
+
+  int8   AVX512-VNNI  `vpdpbusd` on 512-bit vectors; unsigned x signed, so a + 128 is multiplied and
+                      128 * sum_k b (stored after each panel) taken back out
+         AVX-VNNI     the same on 256-bit vectors (`vpdpbusd` VEX, or EVEX with AVX512-VL)
+         AVX2         `vpmaddubsw` on |a| and b with a's sign (`vpsignb`): pairs of products are at most
+                      2 * 127 * 127 and never saturate int16, then `vpmaddwd` by 1 into int32
+         portable     int32 loops (the compiler vectorises what it can)
+  bf16   AVX512-BF16  `vdpbf16ps`: two products of bf16 pairs added to an f32 lane per instruction
+         portable     bf16 widened to f32 (a shift), f32 loops
+  AMX    not built: no machine here has its tiles to test it on (docs/c_backend.md).
+
+`-DDN_QUANT_PORTABLE` forces the portable int8 path, `-DDN_QUANT_NO_VNNI` the AVX2 one and
+`-DDN_QUANT_NO_AVX512` the 256-bit one (the macros of `backends/c/quant.py`, so one flag forces every
+integer kernel); `-DDN_BF16_PORTABLE` the portable bf16 path. `dnet_igemm_path()` and
+`dnet_bgemm_path()` in the library name the paths it was built with.
+
+Loops: tasks are (block of 8 slivers of mr rows, chunk of panels), enough for 4 per thread; within a
+task each panel of b (k x nr, in L1 or L2) meets every sliver of the block's rows of a, read in place.
+There is no k blocking: an mr x nr tile of int32 (or f32) sums stays in registers over the whole of k,
+then gets its scales and the Gemm's epilogue at once.
+"""
+from __future__ import annotations
+
+from dnet.core.dtypes import DType
+from dnet.kernel.ir import Gemm, GemmTile
+
+SLIVERS = 8   # slivers of mr rows per task: 96 rows of 12, a block of a that stays in L2
+MAX_K = 65536   # int8: (a + 128) * b summed over k stays within int32 up to here
+
+COMMON = r"""
+/* ======== int8 and bf16 Gemms (dnet.backends.c.igemm) ======== */
+#if !defined(DN_QUANT_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) \
+    && !defined(DN_QUANT_NO_VNNI) && !defined(DN_QUANT_NO_AVX512)
+#define DN_I8_AVX512 1
+#define DN_I8_OFFSET 1
+#elif !defined(DN_QUANT_PORTABLE) && defined(__AVX2__)
+#define DN_I8_AVX2 1
+#if !defined(DN_QUANT_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define DN_I8_DPBUSD(acc, u, x) _mm256_dpbusd_epi32(acc, u, x)
+#define DN_I8_OFFSET 1
+#elif !defined(DN_QUANT_NO_VNNI) && defined(__AVXVNNI__)
+#define DN_I8_DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32(acc, u, x)
+#define DN_I8_OFFSET 1
+#endif
+#endif
+#if !defined(DN_BF16_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BF16__)
+#define DN_BF16_AVX512 1
+#endif
+#if defined(DN_I8_AVX512) || defined(DN_I8_AVX2) || defined(DN_BF16_AVX512)
+#include <immintrin.h>
+#endif
+
+/* the paths this library computes with, for tests and benchmarks */
+const char* dnet_igemm_path(void) {
+#if defined(DN_I8_AVX512)
+    return "avx512-vnni";
+#elif defined(DN_I8_AVX2) && defined(DN_I8_DPBUSD)
+    return "avx-vnni";
+#elif defined(DN_I8_AVX2)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
+const char* dnet_bgemm_path(void) {
+#if defined(DN_BF16_AVX512)
+    return "avx512-bf16";
+#else
+    return "portable";
+#endif
+}
+"""
+
+
+def support(tile: GemmTile) -> str:
+    """The int8 and bf16 micro-kernels for one tile shape (emitted once per library, after COMMON)."""
+    return _int8(tile.mr, tile.nr) + _bf16(tile.mr, tile.nr)
+
+
+def _rows(mr: int, elem: str) -> str:
+    """Pointers to the sliver's rows of a; rows past mr read row 0 (computed, never stored)."""
+    return "\n".join(f"    const {elem}* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(mr))
+
+
+def _int8(mr: int, nr: int) -> str:
+    sfx = f"{mr}x{nr}"
+    branches = []
+    if nr % 16 == 0:
+        branches.append(("defined(DN_I8_AVX512)", _int8_vector(mr, nr, 16, "__m512i", "_mm512")))
+    if nr % 8 == 0:
+        branches.append(("defined(DN_I8_AVX2)", _int8_vector(mr, nr, 8, "__m256i", "_mm256")))
+    body = ""
+    for n, (cond, text) in enumerate(branches):
+        body += f"#{'if' if n == 0 else 'elif'} {cond}\n{text}\n"
+    body += ("#else\n" if branches else "") + _int8_portable(mr, nr) + ("\n#endif" if branches else "")
+    return f"""
+/* t[i, j] = sum_k a[i, k] * b[k, j] in int32 (+ 128 * sum_k b[k, j] where DN_I8_OFFSET), rows i < {mr}:
+   k4 whole groups of 4, then kt (< 4) values; b is one packed panel */
+static inline void dn_i8_tile_{sfx}(int64_t k4, int64_t kt, const int8_t* restrict a, int64_t lda,
+                                    const int8_t* restrict b, int32_t* restrict t, int64_t mr) {{
+{body}
+}}
+
+/* c[0:mr, 0:nr] = (sum_k (a + z[i]) * b) * s[i] * sb[j], where row i's step and zero offset are
+   rows[2 i] and rows[2 i + 1]: sum_k a * b plus z[i] times b's column sums (after the panel), in int64 */
+static inline void dn_igemm_{sfx}(int64_t K, const int8_t* restrict a, int64_t lda, const int8_t* restrict b,
+                                 const float* restrict rows, const float* restrict sb, float* restrict c,
+                                 int64_t ldc, int64_t mr, int64_t nr) {{
+    int32_t t[{mr * nr}] __attribute__((aligned(64))), sums[{nr}];
+    const int64_t k4 = K / 4, kt = K % 4;
+    dn_i8_tile_{sfx}(k4, kt, a, lda, b, t, mr);
+    memcpy(sums, b + (k4 + (kt != 0)) * {nr * 4}, sizeof sums);
+#if defined(DN_I8_OFFSET)
+    const int64_t offset = 128;   /* the tile summed (a + 128) * b */
+#else
+    const int64_t offset = 0;
+#endif
+    for (int64_t i = 0; i < mr; ++i) {{
+        const float s = rows[2 * i];
+        const int64_t z = (int64_t)rows[2 * i + 1] - offset;
+        #pragma omp simd
+        for (int64_t j = 0; j < nr; ++j)
+            c[i * ldc + j] = (float)((int64_t)t[i * {nr} + j] + z * sums[j]) * (s * sb[j]);
+    }}
+}}
+"""
+
+
+def _int8_vector(mr: int, nr: int, lanes: int, vtype: str, pre: str) -> str:
+    """One int8 tile on vectors of `lanes` int32: mr x (nr / lanes) accumulators."""
+    nv = nr // lanes
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    zero = "_mm512_setzero_si512()" if pre == "_mm512" else "_mm256_setzero_si256()"
+    decl = "\n".join(f"    {vtype} {', '.join(f'{a} = {zero}' for a in row)};" for row in acc)
+    vbytes = lanes * 4
+
+    def step(word: str) -> str:
+        loads = "; ".join(f"const {vtype} b{v} = {pre}_loadu_si{lanes * 32}((const void*)(b + {v * vbytes}))"
+                          for v in range(nv)) + ";"
+        rows = []
+        for i in range(mr):
+            w = word.format(i=i)
+            if pre == "_mm512":
+                dots = " ".join(f"{acc[i][v]} = _mm512_dpbusd_epi32({acc[i][v]}, x, b{v});" for v in range(nv))
+                rows.append(f"{{ {w} const __m512i x = _mm512_set1_epi32(w ^ (int32_t)0x80808080); {dots} }}")
+            else:
+                vnni = " ".join(f"{acc[i][v]} = DN_I8_DPBUSD({acc[i][v]}, x, b{v});" for v in range(nv))
+                sign = " ".join(f"{acc[i][v]} = _mm256_add_epi32({acc[i][v]}, _mm256_madd_epi16("
+                                f"_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b{v}, x)), ones));" for v in range(nv))
+                rows.append(f"{{ {w}\n#if defined(DN_I8_DPBUSD)\n const __m256i x = _mm256_set1_epi32(w ^ "
+                            f"(int32_t)0x80808080); {vnni}\n#else\n const __m256i x = _mm256_set1_epi32(w), "
+                            f"ax = _mm256_sign_epi8(x, x); {sign}\n#endif\n}}")
+        return "        " + loads + "\n" + "\n".join("        " + r for r in rows)
+
+    full = step("int32_t w; memcpy(&w, a{i} + kk * 4, 4);")
+    tail = step("int32_t w = 0; memcpy(&w, a{i} + k4 * 4, (size_t)kt);")
+    store = "\n".join(f"    {pre}_storeu_si{lanes * 32}((void*)(t + {i * nr + v * lanes}), {acc[i][v]});"
+                      for i in range(mr) for v in range(nv))
+    ones = "    const __m256i ones = _mm256_set1_epi16(1); (void)ones;\n" if pre == "_mm256" else ""
+    return f"""{_rows(mr, "int8_t")}
+{ones}{decl}
+    for (int64_t kk = 0; kk < k4; ++kk, b += {nr * 4}) {{
+{full}
+    }}
+    if (kt) {{
+{tail}
+    }}
+{store}"""
+
+
+def _int8_portable(mr: int, nr: int) -> str:
+    return f"""    for (int64_t i = 0; i < {mr * nr}; ++i) t[i] = 0;
+    for (int64_t kk = 0; kk < k4 + (kt != 0); ++kk, b += {nr * 4}) {{
+        for (int64_t i = 0; i < mr; ++i) {{
+            int8_t w[4] = {{0, 0, 0, 0}};
+            memcpy(w, a + i * lda + kk * 4, kk < k4 ? 4 : (size_t)kt);
+            int32_t* restrict row = t + i * {nr};
+            for (int64_t j = 0; j < {nr}; ++j)
+                row[j] += w[0] * b[j * 4] + w[1] * b[j * 4 + 1] + w[2] * b[j * 4 + 2] + w[3] * b[j * 4 + 3];
+        }}
+    }}"""
+
+
+def _bf16(mr: int, nr: int) -> str:
+    sfx = f"{mr}x{nr}"
+    vector = ""
+    if nr % 16 == 0:
+        nv = nr // 16
+        acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+        decl = "\n".join(f"    __m512 {', '.join(f'{a} = _mm512_setzero_ps()' for a in row)};" for row in acc)
+
+        def step(word: str) -> str:
+            loads = "; ".join(f"const __m512bh b{v} = (__m512bh)_mm512_loadu_si512((const void*)(b + {v * 32}))"
+                              for v in range(nv)) + ";"
+            rows = [f"{{ {word.format(i=i)} const __m512bh x = (__m512bh)_mm512_set1_epi32((int32_t)w); "
+                    + " ".join(f"{acc[i][v]} = _mm512_dpbf16_ps({acc[i][v]}, x, b{v});" for v in range(nv)) + " }"
+                    for i in range(mr)]
+            return "        " + loads + "\n" + "\n".join("        " + r for r in rows)
+
+        store = "\n".join(f"    _mm512_storeu_ps(t + {i * nr + v * 16}, {acc[i][v]});"
+                          for i in range(mr) for v in range(nv))
+        vector = f"""#if defined(DN_BF16_AVX512)
+{_rows(mr, "uint16_t")}
+{decl}
+    for (int64_t kk = 0; kk < k2; ++kk, b += {nr * 2}) {{
+{step("uint32_t w; memcpy(&w, a{i} + kk * 2, 4);")}
+    }}
+    if (kt) {{
+{step("uint32_t w = 0; memcpy(&w, a{i} + k2 * 2, 2);")}
+    }}
+{store}
+#else
+"""
+    portable = f"""    for (int64_t i = 0; i < {mr * nr}; ++i) t[i] = 0.0f;
+    for (int64_t kk = 0; kk < k2 + kt; ++kk, b += {nr * 2}) {{
+        for (int64_t i = 0; i < mr; ++i) {{
+            const float x0 = dn_bf16_to_f32(a[i * lda + kk * 2]);
+            const float x1 = kk < k2 ? dn_bf16_to_f32(a[i * lda + kk * 2 + 1]) : 0.0f;
+            float* restrict row = t + i * {nr};
+            for (int64_t j = 0; j < {nr}; ++j)
+                row[j] += x0 * dn_bf16_to_f32(b[j * 2]) + x1 * dn_bf16_to_f32(b[j * 2 + 1]);
+        }}
+    }}"""
+    return f"""
+/* t[i, j] = sum_k a[i, k] * b[k, j] in f32 over bf16 values, rows i < {mr}: k2 whole pairs, then kt (< 2) */
+static inline void dn_bf16_tile_{sfx}(int64_t k2, int64_t kt, const uint16_t* restrict a, int64_t lda,
+                                      const uint16_t* restrict b, float* restrict t, int64_t mr) {{
+{vector}{portable}
+{"#endif" if vector else ""}
+}}
+
+static inline void dn_bgemm_{sfx}(int64_t K, const uint16_t* restrict a, int64_t lda, const uint16_t* restrict b,
+                                 float* restrict c, int64_t ldc, int64_t mr, int64_t nr) {{
+    float t[{mr * nr}] __attribute__((aligned(64)));
+    dn_bf16_tile_{sfx}(K / 2, K % 2, a, lda, b, t, mr);
+    for (int64_t i = 0; i < mr; ++i)
+        for (int64_t j = 0; j < nr; ++j) c[i * ldc + j] = t[i * {nr} + j];
+}}
+"""
+
+
+def render_low_precision(r, g: Gemm, pad: str) -> list[str]:
+    """The body of a low-precision Gemm kernel (`r` is the kernel's CRenderer): sizes, one pool loop."""
+    from dnet.backends.c.gemm import _epilogue
+
+    t, ix = g.tile, r.index
+    sfx = f"{t.mr}x{t.nr}"
+    int8 = g.a.dtype is DType.I8
+    group = 4 if int8 else 2
+    extra = 4 * t.nr if int8 else 0          # an int8 panel's column sums (bytes)
+    lines = [
+        f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)};",
+        f"const int64_t g_panels = (g_N + {t.nr - 1}) / {t.nr};",
+        f"const int64_t g_pstride = (g_K + {group - 1}) / {group} * {t.nr * group} + {extra};",
+        "const int64_t g_nt = dn_threads();",
+        f"const int64_t g_mblocks = ((g_M + {t.mr - 1}) / {t.mr} + {SLIVERS - 1}) / {SLIVERS};",
+        "int64_t g_chunks = 1;   /* split the columns until there are 4 tasks a thread */",
+        "while (g_chunks < g_panels && g_mblocks * g_chunks < 4 * g_nt) g_chunks++;",
+        "const int64_t g_per_chunk = g_panels > 0 ? (g_panels + g_chunks - 1) / g_chunks : 1;",
+        "const int64_t g_nchunks = (g_panels + g_per_chunk - 1) / g_per_chunk;",
+    ]
+    r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_panels", "g_pstride", "g_mblocks",
+                                                "g_per_chunk", "g_nchunks")]
+    rows = SLIVERS * t.mr
+    lda = ix(g.a.row_stride)
+    a_at = f"{g.a.buffer} + {ix(g.a.offset)} + g_ir * {lda}"
+    b_at = f"{g.b.buffer} + g_p * g_pstride"
+    call = (f"dn_igemm_{sfx}(g_K, {a_at}, {lda}, {b_at}, {g.a.scale} + 2 * g_ir, {g.b.scale} + g_j0, g_c, g_N, g_mr, g_nr);"
+            if int8 else f"dn_bgemm_{sfx}(g_K, {a_at}, {lda}, {b_at}, g_c, g_N, g_mr, g_nr);")
+    task = [
+        "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+        "    const int64_t g_blk = g_flat / g_nchunks, g_p0 = g_flat % g_nchunks * g_per_chunk;",
+        "    const int64_t g_p1 = g_p0 + g_per_chunk < g_panels ? g_p0 + g_per_chunk : g_panels;",
+        f"    const int64_t g_i0 = g_blk * {rows}, g_i1 = g_i0 + {rows} < g_M ? g_i0 + {rows} : g_M;",
+        "    for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
+        f"        const int64_t g_j0 = g_p * {t.nr}, g_nr = g_N - g_j0 < {t.nr} ? g_N - g_j0 : {t.nr};",
+        f"        for (int64_t g_ir = g_i0; g_ir < g_i1; g_ir += {t.mr}) {{",
+        f"            const int64_t g_mr = g_i1 - g_ir < {t.mr} ? g_i1 - g_ir : {t.mr};",
+        "            float* g_c = out + g_ir * g_N + g_j0;",
+        f"            {call}",
+        *[f"            {x}" for x in _epilogue(r, g, "g_c", "g_ir", "g_j0")],
+        "        }",
+        "    }",
+        "}",
+    ]
+    return [pad + x for x in lines] + r.outline(task, "g_mblocks * g_nchunks", "1", pad)
