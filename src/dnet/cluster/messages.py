@@ -115,7 +115,14 @@ def _checker(hint: Any) -> tuple[Checker, str]:
         check, name = _checker(inner[0])
 
         def optional(value: Any) -> Any:
-            return None if value is None else check(value)
+            if value is None:
+                return None
+            try:
+                return check(value)
+            except _Invalid as bad:
+                if not bad.path and bad.value is value:   # the value itself is wrong, not an item of it
+                    bad.expected += " or null"
+                raise
         return optional, f"{name} or null"
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         check, name = _checker(args[0])
@@ -132,10 +139,17 @@ def _checker(hint: Any) -> tuple[Checker, str]:
         checks = [_checker(a) for a in args]
         shape = f"[{', '.join(name for _, name in checks)}]"
         only = [c for c, _ in checks]
+        # (stage, worker, seconds) in every RUN's trace: items of these exact types are taken without a call
+        kinds = [a if a in (str, int, bool, float) else None for a in args]
 
         def fixed(value: Any) -> tuple:
             if (type(value) is not list and type(value) is not tuple) or len(value) != len(only):
                 raise _Invalid(shape, value)
+            for kind, item in zip(kinds, value):
+                if type(item) is not kind:
+                    break
+            else:
+                return tuple(value)
             out = []
             for i, item in enumerate(value):
                 try:
@@ -173,10 +187,18 @@ class _Field:
     nested: bool             # holds dataclasses: encoded through _to_json (the rest JSON writes as it is)
 
 
-_SPECS: dict[type, tuple[tuple[_Field, ...], frozenset[str]]] = {}
+@dataclass(frozen=True)
+class _Spec:
+    fields: tuple[_Field, ...]
+    names: frozenset[str]
+    order: tuple[str, ...]
+    post_init: Callable[[Any], None] | None   # the record's own check of its values, if it has one
 
 
-def _spec(cls: type) -> tuple[tuple[_Field, ...], frozenset[str]]:
+_SPECS: dict[type, _Spec] = {}
+
+
+def _spec(cls: type) -> _Spec:
     """The fields of a dataclass as checkers (built on first use, then kept)."""
     spec = _SPECS.get(cls)
     if spec is None:
@@ -192,7 +214,8 @@ def _spec(cls: type) -> tuple[tuple[_Field, ...], frozenset[str]]:
             else:
                 default = _REQUIRED
             fields.append(_Field(f.name, exact, check, expected, default, _holds_dataclass(hints[f.name])))
-        spec = _SPECS[cls] = (tuple(fields), frozenset(f.name for f in fields))
+        order = tuple(f.name for f in fields)
+        spec = _SPECS[cls] = _Spec(tuple(fields), frozenset(order), order, getattr(cls, "__post_init__", None))
     return spec
 
 
@@ -203,7 +226,8 @@ def _holds_dataclass(hint: Any) -> bool:
 def _build(cls: type, meta: Any, sep: str = "") -> Any:
     """An instance of the dataclass `cls` from a JSON object, every field checked. `sep` goes before a field's
     name in an error's path: "" for a message's own fields, "." inside another record."""
-    fields, names = _spec(cls)
+    spec = _spec(cls)
+    fields, names = spec.fields, spec.names
     if type(meta) is not dict:
         raise _Invalid("an object", meta)
     if not meta.keys() <= names:
@@ -222,10 +246,58 @@ def _build(cls: type, meta: Any, sep: str = "") -> Any:
             except _Invalid as bad:
                 raise bad.under(sep + f.name) from None
         values.append(value)
-    try:
-        return cls(*values)
-    except ValueError as err:   # a record's own check of its values (__post_init__)
-        raise _Invalid(str(err), _REFUSED) from None
+    # every value is checked already: set the fields as the dataclass's __init__ would, without its cost (a
+    # frozen dataclass sets each through object.__setattr__), then run the record's own check
+    record = object.__new__(cls)
+    record.__dict__.update(zip(spec.order, values))
+    if spec.post_init is not None:
+        try:
+            spec.post_init(record)
+        except ValueError as err:
+            raise _Invalid(str(err), _REFUSED) from None
+    return record
+
+
+_FAST: dict[type, Callable[[Any], Any]] = {}
+
+
+def _fast_builder(cls: type) -> Callable[[Any], Any]:
+    """`_build(cls, meta)` as straight-line code made for `cls` (as `dataclasses` makes an `__init__`): every
+    RUN and RESULT of a decode step is built here, and a loop over field objects costs several times more. It
+    takes the common case only (known fields, each present or defaulted, each checked); anything else, and any
+    check that fails, goes to `_build`, which raises the error with its path."""
+    builder = _FAST.get(cls)
+    if builder is not None:
+        return builder
+    spec = _spec(cls)
+    env: dict[str, Any] = {"cls": cls, "names": spec.names, "slow": lambda meta: _build(cls, meta),
+                           "new": object.__new__, "post": spec.post_init, "MISSING": _MISSING,
+                           "Invalid": _Invalid, "REFUSED": _REFUSED}
+    lines = ["def build(meta):",
+             "    if type(meta) is not dict or not meta.keys() <= names:",
+             "        return slow(meta)",
+             "    try:"]
+    for i, f in enumerate(spec.fields):
+        env[f"check{i}"], env[f"default{i}"], env[f"exact{i}"] = f.check, f.default, f.exact
+        lines.append(f"        v{i} = meta.get({f.name!r}, MISSING)")
+        missing = "return slow(meta)" if f.default is _REQUIRED else f"v{i} = default{i}"
+        lines.append(f"        if v{i} is MISSING: {missing}")
+        lines.append(f"        elif type(v{i}) is not exact{i}: v{i} = check{i}(v{i})")
+    if not spec.fields:
+        lines.append("        pass")
+    lines += ["    except Invalid:",
+              "        return slow(meta)",
+              "    record = new(cls)",
+              "    record.__dict__.update({" + ", ".join(f"{f.name!r}: v{i}" for i, f in enumerate(spec.fields)) + "})"]
+    if spec.post_init is not None:
+        lines += ["    try:",
+                  "        post(record)",
+                  "    except ValueError as err:",
+                  "        raise Invalid(str(err), REFUSED) from None"]
+    lines.append("    return record")
+    exec("\n".join(lines), env)   # noqa: S102 - code made here from a dataclass's own field names
+    builder = _FAST[cls] = env["build"]
+    return builder
 
 
 def to_json(value: Any) -> Any:
@@ -240,19 +312,35 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def _meta(record: Any) -> dict[str, Any]:
-    meta = {}
-    for f in _spec(type(record))[0]:
-        value = getattr(record, f.name)
-        if value is None and f.default is None:   # an optional field left unset: absent on the wire
-            continue
-        meta[f.name] = to_json(value) if f.nested else value   # (JSON writes tuples as lists)
-    return meta
+def _meta_writer(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """A record's meta, as straight-line code made for `cls` (like `_fast_builder`): an optional field left
+    unset (None) is absent on the wire; nested records are written through `to_json` (JSON writes tuples as
+    lists itself)."""
+    writer = _WRITERS.get(cls)
+    if writer is not None:
+        return writer
+    fields = _spec(cls).fields
+    value = {f.name: f"to_json(record.{f.name})" if f.nested else f"record.{f.name}" for f in fields}
+    always = ", ".join(f"{f.name!r}: {value[f.name]}" for f in fields if f.default is not None)
+    lines = ["def write(record):", f"    meta = {{{always}}}"]
+    for f in fields:
+        if f.default is None:
+            lines += [f"    if record.{f.name} is not None:", f"        meta[{f.name!r}] = {value[f.name]}"]
+    lines.append("    return meta")
+    env: dict[str, Any] = {"to_json": to_json}
+    exec("\n".join(lines), env)   # noqa: S102 - code made here from a dataclass's own field names
+    writer = _WRITERS[cls] = env["write"]
+    return writer
+
+
+_WRITERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
 
 
 def encode(record: Any, tensors: Mapping[str, np.ndarray] | None = None) -> Message:
     """The frame of a record; its tensors go as they are (views, not copies)."""
-    return Message(record.kind, _meta(record), dict(tensors) if tensors else {})
+    cls = type(record)
+    meta = (_WRITERS.get(cls) or _meta_writer(cls))(record)
+    return Message(record.kind, meta, tensors if type(tensors) is dict else dict(tensors or {}))
 
 
 def parse(hint: Any, value: Any, what: str) -> Any:
@@ -289,27 +377,35 @@ class Accepted:
             if cls.kind in self.records:
                 raise TypeError(f"{reader}: two records for {cls.kind.name}")
             self.records[cls.kind] = cls
-            _spec(cls)   # build the checkers now, not on the first message
+        # per kind, what decoding needs at hand (every frame a worker reads passes here)
+        self._decoders = {kind: (cls, _fast_builder(cls), cls.tensors) for kind, cls in self.records.items()}
 
     def decode(self, msg: Message) -> Any:
-        cls = self.records.get(msg.type)
-        if cls is None:
+        decoder = self._decoders.get(msg.type)
+        if decoder is None:
             raise MessageError(f"{self.reader} does not accept {msg.type.name} messages")
-        return decode_as(cls, msg)
+        cls, build, tensors = decoder
+        try:
+            record = build(msg.meta)
+        except _Invalid as bad:
+            raise _error(f"{cls.kind.name} message", bad) from None
+        for name in tensors:
+            if name not in msg.tensors:
+                raise MessageError(f"{cls.kind.name} message: tensor '{name}' is missing")
+        return record
 
 
 def decode_as(cls: type[R], msg: Message) -> R:
     """The frame as a record of `cls` (whose kind it must be), every field and required tensor checked."""
-    what = f"{cls.kind.name} message"
     if msg.type is not cls.kind:
-        raise MessageError(f"expected a {what}, got {msg.type.name}")
+        raise MessageError(f"expected a {cls.kind.name} message, got {msg.type.name}")
     try:
-        record = _build(cls, msg.meta)
+        record = (_FAST.get(cls) or _fast_builder(cls))(msg.meta)
     except _Invalid as bad:
-        raise _error(what, bad) from None
+        raise _error(f"{cls.kind.name} message", bad) from None
     for name in cls.tensors:
         if name not in msg.tensors:
-            raise MessageError(f"{what}: tensor '{name}' is missing")
+            raise MessageError(f"{cls.kind.name} message: tensor '{name}' is missing")
     return record
 
 
