@@ -99,3 +99,12 @@ def _opencl_backend() -> Backend:
 
 
 register("opencl", _opencl_backend)
+
+
+def _llvm_backend() -> Backend:
+    from dnet.backends.llvm import LLVMBackend
+
+    return LLVMBackend()
+
+
+register("llvm", _llvm_backend)

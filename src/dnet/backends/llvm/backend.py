@@ -1,0 +1,64 @@
+"""The LLVM backend: graph -> program -> LLVM IR -> machine code in this process -> LLVMModule.
+
+Registered as target "llvm". The program is the one every compiled backend shares
+(`program.build`, weights packed into the C backend's panels by its `PanelPacker`), so a worker on a
+machine with no C compiler runs exactly what a C worker runs, compiled by LLVM through llvmlite
+for the host CPU (`backends/llvm/jit.py`).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from dnet.backends.c.packing import PanelPacker
+from dnet.backends.llvm.jit import Compiled, jit
+from dnet.backends.llvm.library import render_module
+from dnet.backends.llvm.pool import pool
+from dnet.backends.llvm.runtime import LLVMModule
+from dnet.core import progress
+from dnet.graph.ir import Graph
+from dnet.hardware import Host, detect
+from dnet.kernel.target import CpuTarget
+from dnet.backends.c.packing import PanelPacker
+from dnet.program.build import Compiled as CompiledProgram, build_program
+from dnet.program.collective import Collective
+from dnet.program.inputs import check_gather_indices, gathered_inputs
+from dnet.program.instructions import Program
+
+
+class LLVMRunner:
+    """What `dnet.compile(..., target='llvm')` runs: an LLVMModule, plus the IR it was built from."""
+
+    def __init__(self, module: LLVMModule, compiled: CompiledProgram, source: str, gathered: dict[str, int]):
+        self.module = module
+        self.compiled = compiled
+        self.source = source
+        self.gathered = gathered
+
+    @property
+    def program(self) -> Program:
+        return self.module.program
+
+    def run(self, inputs: Mapping[str, np.ndarray], collective: Collective | None = None) -> dict[str, np.ndarray]:
+        for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
+            if name in inputs:
+                check_gather_indices(np.asarray(inputs[name]), size)
+        return self.module.run(inputs, collective=collective)
+
+
+class LLVMBackend:
+    name = "llvm"
+
+    def prepare(self, graph: Graph, threads: int | None = None, host: Host | None = None) -> LLVMRunner:
+        """`threads`: for parallel loops (default: the cores this process may use)."""
+        state = jit()
+        threads_pool = pool()
+        state.llvm.add_symbol("dn_parallel", threads_pool.parallel)
+        state.llvm.add_symbol("dn_threads", threads_pool.threads_fn)
+        compiled = build_program(graph, host or detect(), PanelPacker())   # weight layout: the C panels
+        source = render_module(compiled.kernels, compiled.program)
+        with progress.task("compile LLVM module", total=None):
+            machine_code = Compiled(source, "dnet_program")
+        module = LLVMModule(compiled.program, machine_code, compiled.weights, threads)
+        return LLVMRunner(module, compiled, source, gathered_inputs(graph))
