@@ -191,6 +191,26 @@ def _row_parameters(graph: Graph, node, step, zero) -> int | None:
     return params.id if ok else None
 
 
+def low_precision_nodes(graph: Graph, users) -> set[int]:
+    """The nodes between low-precision activations (q, and p) and the Gemms that read them, where every
+    reader is a matmul taking them as its left operand: computed inside each Gemm as it reads q, never
+    given a buffer of their own however many Gemms read them (attention's q, k and v projections)."""
+    inside: set[int] = set()
+    for node in graph.nodes:
+        low = low_precision_rows(graph, node.id) if node.op in (Op.MUL, Op.CAST) else None
+        if low is None or not users[node.id] or not all(
+                graph.nodes[u].op is Op.MATMUL and graph.nodes[u].inputs[0] == node.id
+                and graph.nodes[u].inputs[1] != node.id for u in users[node.id]):
+            continue
+        stack = [node.id]
+        while stack:
+            x = stack.pop()
+            if x not in low and x not in inside:
+                inside.add(x)
+                stack.extend(graph.nodes[x].inputs)
+    return inside
+
+
 def operand_buffer(graph: Graph, nid: int, right: bool, materialized: set[int]) -> int:
     """The node to give a buffer so that a Gemm can read operand `nid`: the int8 (or bf16) values and
     then the row parameters of low-precision activations, else the first computed node of `nid` itself."""

@@ -88,6 +88,7 @@ def _initial(graph: Graph, users) -> set[int]:
 
 def _settle(graph: Graph, users, mat: set[int]) -> None:
     """Rules 2 and 3 to a fixed point."""
+    low_precision = gm.low_precision_nodes(graph, users)   # read in place by every Gemm reading them
     changed = True
     while changed:
         changed = False
@@ -107,7 +108,8 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
                     changed = True
         owners = _owners(graph, mat)
         for n in graph.nodes:
-            if n.id in mat or n.op.cls in _INLINE or n.op in _FREE or qgemm.is_dequant(graph, n.id):
+            if (n.id in mat or n.op.cls in _INLINE or n.op in _FREE or qgemm.is_dequant(graph, n.id)
+                    or n.id in low_precision):
                 continue
             if len(owners.get(n.id, ())) > 1:
                 mat.add(n.id)

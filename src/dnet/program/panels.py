@@ -6,9 +6,10 @@ instructions read them (`vpdpbusd`: 4 int8; `vdpbf16ps`: 2 bf16):
 
     panel p, group kk, column jj, value t   at   ((p * groups + kk) * nr + jj) * g + t
 
-zero-padded to whole panels and whole groups. An int8 panel is followed by its columns' sums as int32
-(`nr` of them, 4 bytes each): a row's zero offset times them is its share of the product (and the VNNI
-kernels, which add 128 to each activation to make it unsigned, take 128 times them back out).
+zero-padded to whole panels and whole groups. An int8 panel holds b + 128, the unsigned bytes `vpdpbusd`
+multiplies (the kernels take 128 * sum_k a back out; without VNNI they flip the top bit back), and is
+followed by its columns' sums of b as int32 (`nr` of them): a row's zero offset times them is its share
+of the product.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ def grouped_panels(b: np.ndarray, nr: int, group: int) -> np.ndarray:
 
 
 def int8_panels(b: np.ndarray, nr: int) -> np.ndarray:
-    """int8 (k, n) -> int8 (panels, ceil(k/4) * nr * 4 + 4 * nr): each panel, then its column sums (int32)."""
+    """int8 (k, n) -> (panels, ceil(k/4) * nr * 4 + 4 * nr) bytes: each panel's values as b + 128 (unsigned, as
+    `vpdpbusd` multiplies them; padding too), then its column sums of b (int32)."""
     grouped = grouped_panels(np.asarray(b, np.int8), nr, 4)
     panels = grouped.shape[0]
     sums = grouped.astype(np.int32).sum(axis=(1, 3))            # (panels, nr)
-    return np.concatenate([grouped.reshape(panels, -1), sums.astype("<i4").view(np.int8)], axis=1)
+    unsigned = (grouped.reshape(panels, -1).view(np.uint8) ^ 0x80).view(np.int8)
+    return np.concatenate([unsigned, sums.astype("<i4").view(np.int8)], axis=1)
 
 
 def bf16_panels(b: np.ndarray, nr: int) -> np.ndarray:

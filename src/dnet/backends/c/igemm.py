@@ -6,7 +6,7 @@ leave in the graph:
 - int8: a (m, k) int8 row-major with one f32 scale per row (activations quantized per token) against
   a constant int8 weight with one f32 scale per column; sum_k a * b is exact in int32, then times
   s_a[i] * s_b[j]. The weight is packed at load time (`program/panels.py`) in panels of nr columns,
-  4 values of k per column side by side: one 4-byte word of a row of a, broadcast, meets nr columns in
+  4 values of k per column side by side, as b + 128 (unsigned bytes): one 4-byte word of a row of a, broadcast, meets nr columns in
   nr / 16 (or nr / 8) vectors.
 - bf16: a (m, k) bf16 row-major against a constant bf16 weight, pairs of k side by side; the products
   of two bf16 values are exact in f32 and summed in f32.
@@ -14,8 +14,8 @@ leave in the graph:
 Paths, chosen when the node's own compiler builds the library (its `-march=native` says what the CPU
 has), each with the same results within f32 rounding of the sums (int8: exactly the same integers):
 
-  int8   AVX512-VNNI  `vpdpbusd` on 512-bit vectors; unsigned x signed, so a + 128 is multiplied and
-                      128 * sum_k b (stored after each panel) taken back out
+  int8   AVX512-VNNI  `vpdpbusd` on 512-bit vectors; unsigned x signed, so the weight is stored as b + 128
+                      (its top bit flipped, at packing) and 128 * sum_k a is taken back out per row
          AVX-VNNI     the same on 256-bit vectors (`vpdpbusd` VEX, or EVEX with AVX512-VL)
          AVX2         `vpmaddubsw` on |a| and b with a's sign (`vpsignb`): pairs of products are at most
                       2 * 127 * 127 and never saturate int16, then `vpmaddwd` by 1 into int32
@@ -57,6 +57,12 @@ COMMON = r"""
 #define DN_I8_DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32(acc, u, x)
 #define DN_I8_OFFSET 1
 #endif
+#endif
+/* a packed weight byte (b + 128) as the tile sums it: unsigned with VNNI (the offset taken out after), else b */
+#if defined(DN_I8_OFFSET)
+#define DN_I8_B(u) ((int32_t)(uint8_t)(u))
+#else
+#define DN_I8_B(u) ((int32_t)(int8_t)((uint8_t)(u) ^ 0x80))
 #endif
 #if !defined(DN_BF16_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BF16__)
 #define DN_BF16_AVX512 1
@@ -110,33 +116,44 @@ def _int8(mr: int, nr: int) -> str:
         body += f"#{'if' if n == 0 else 'elif'} {cond}\n{text}\n"
     body += ("#else\n" if branches else "") + _int8_portable(mr, nr) + ("\n#endif" if branches else "")
     return f"""
-/* t[i, j] = sum_k a[i, k] * b[k, j] in int32 (+ 128 * sum_k b[k, j] where DN_I8_OFFSET), rows i < {mr}:
-   k4 whole groups of 4, then kt (< 4) values; b is one packed panel */
-static inline void dn_i8_tile_{sfx}(int64_t k4, int64_t kt, const int8_t* restrict a, int64_t lda,
+/* t[i, j] = sum_k a[i, k] * b[k, j] in int32 (+ 128 * sum_k a[i, k] where DN_I8_OFFSET), rows i < {mr},
+   over k4 whole groups of 4 values of k; b is one packed panel */
+static inline void dn_i8_tile_{sfx}(int64_t k4, const int8_t* restrict a, int64_t lda,
                                     const int8_t* restrict b, int32_t* restrict t, int64_t mr) {{
 {body}
 }}
 
 /* c[0:mr, 0:nr] = (sum_k (a + z[i]) * b) * s[i] * sb[j], where row i's step and zero offset are
-   rows[2 i] and rows[2 i + 1]: sum_k a * b plus z[i] times b's column sums (after the panel), in int64 */
+   rows[2 i] and rows[2 i + 1]: sum_k a * b plus z[i] times b's column sums (kept after the panel) */
 static inline void dn_igemm_{sfx}(int64_t K, const int8_t* restrict a, int64_t lda, const int8_t* restrict b,
                                  const float* restrict rows, const float* restrict sb, float* restrict c,
                                  int64_t ldc, int64_t mr, int64_t nr) {{
     int32_t t[{mr * nr}] __attribute__((aligned(64))), sums[{nr}];
     const int64_t k4 = K / 4, kt = K % 4;
-    dn_i8_tile_{sfx}(k4, kt, a, lda, b, t, mr);
+    dn_i8_tile_{sfx}(k4, a, lda, b, t, mr);
+    if (kt) {{   /* the last kt < 4 values of k, here: in the tile loop its code spilled every accumulator */
+        const int8_t* restrict last = b + k4 * {nr * 4};
+        for (int64_t i = 0; i < mr; ++i)
+            for (int64_t z = 0; z < kt; ++z) {{
+                const int32_t x = a[i * lda + k4 * 4 + z];
+                for (int64_t j = 0; j < {nr}; ++j) t[i * {nr} + j] += x * DN_I8_B(last[j * 4 + z]);
+            }}
+    }}
     memcpy(sums, b + (k4 + (kt != 0)) * {nr * 4}, sizeof sums);
-#if defined(DN_I8_OFFSET)
-    const int64_t offset = 128;   /* the tile summed (a + 128) * b */
-#else
-    const int64_t offset = 0;
-#endif
+    float fsums[{nr}];
+    for (int64_t j = 0; j < {nr}; ++j) fsums[j] = (float)sums[j];
     for (int64_t i = 0; i < mr; ++i) {{
-        const float s = rows[2 * i];
-        const int64_t z = (int64_t)rows[2 * i + 1] - offset;
+        float shift = 0.0f;
+#if defined(DN_I8_OFFSET)   /* the tile summed (b + 128) * a: take 128 * sum_k a back out */
+        int32_t row = 0;
+        for (int64_t k = 0; k < K; ++k) row += a[i * lda + k];
+        shift = -128.0f * (float)row;
+#endif
+        /* f32 from here: the integer sums are exact; what follows rounds as the reference's f32 sums do */
+        const float s = rows[2 * i], z = rows[2 * i + 1];
         #pragma omp simd
         for (int64_t j = 0; j < nr; ++j)
-            c[i * ldc + j] = (float)((int64_t)t[i * {nr} + j] + z * sums[j]) * (s * sb[j]);
+            c[i * ldc + j] = ((float)t[i * {nr} + j] + shift + z * fsums[j]) * (s * sb[j]);
     }}
 }}
 """
@@ -157,42 +174,41 @@ def _int8_vector(mr: int, nr: int, lanes: int, vtype: str, pre: str) -> str:
         for i in range(mr):
             w = word.format(i=i)
             if pre == "_mm512":
-                dots = " ".join(f"{acc[i][v]} = _mm512_dpbusd_epi32({acc[i][v]}, x, b{v});" for v in range(nv))
-                rows.append(f"{{ {w} const __m512i x = _mm512_set1_epi32(w ^ (int32_t)0x80808080); {dots} }}")
+                dots = " ".join(f"{acc[i][v]} = _mm512_dpbusd_epi32({acc[i][v]}, b{v}, x);" for v in range(nv))
+                rows.append(f"{{ {w} const __m512i x = _mm512_set1_epi32(w); {dots} }}")
             else:
-                vnni = " ".join(f"{acc[i][v]} = DN_I8_DPBUSD({acc[i][v]}, x, b{v});" for v in range(nv))
+                vnni = " ".join(f"{acc[i][v]} = DN_I8_DPBUSD({acc[i][v]}, b{v}, x);" for v in range(nv))
                 sign = " ".join(f"{acc[i][v]} = _mm256_add_epi32({acc[i][v]}, _mm256_madd_epi16("
-                                f"_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b{v}, x)), ones));" for v in range(nv))
-                rows.append(f"{{ {w}\n#if defined(DN_I8_DPBUSD)\n const __m256i x = _mm256_set1_epi32(w ^ "
-                            f"(int32_t)0x80808080); {vnni}\n#else\n const __m256i x = _mm256_set1_epi32(w), "
-                            f"ax = _mm256_sign_epi8(x, x); {sign}\n#endif\n}}")
-        return "        " + loads + "\n" + "\n".join("        " + r for r in rows)
+                                f"_mm256_maddubs_epi16(ax, _mm256_sign_epi8(s{v}, x)), ones));" for v in range(nv))
+                rows.append(f"{{ {w} const __m256i x = _mm256_set1_epi32(w);\n#if defined(DN_I8_DPBUSD)\n {vnni}"
+                            f"\n#else\n const __m256i ax = _mm256_sign_epi8(x, x); {sign}\n#endif\n}}")
+        # without VNNI, b's stored b + 128 back to signed (its top bit flipped), once per vector of b
+        flips = "" if pre == "_mm512" else "\n#if !defined(DN_I8_DPBUSD)\n        " + " ".join(
+            f"const __m256i s{v} = _mm256_xor_si256(b{v}, flip);" for v in range(nv)) + "\n#endif\n"
+        return "        " + loads + flips + "\n" + "\n".join("        " + r for r in rows)
 
     full = step("int32_t w; memcpy(&w, a{i} + kk * 4, 4);")
-    tail = step("int32_t w = 0; memcpy(&w, a{i} + k4 * 4, (size_t)kt);")
     store = "\n".join(f"    {pre}_storeu_si{lanes * 32}((void*)(t + {i * nr + v * lanes}), {acc[i][v]});"
                       for i in range(mr) for v in range(nv))
-    ones = "    const __m256i ones = _mm256_set1_epi16(1); (void)ones;\n" if pre == "_mm256" else ""
+    ones = ("    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80); (void)ones; "
+            "(void)flip;\n" if pre == "_mm256" else "")
     return f"""{_rows(mr, "int8_t")}
 {ones}{decl}
     for (int64_t kk = 0; kk < k4; ++kk, b += {nr * 4}) {{
 {full}
-    }}
-    if (kt) {{
-{tail}
     }}
 {store}"""
 
 
 def _int8_portable(mr: int, nr: int) -> str:
     return f"""    for (int64_t i = 0; i < {mr * nr}; ++i) t[i] = 0;
-    for (int64_t kk = 0; kk < k4 + (kt != 0); ++kk, b += {nr * 4}) {{
+    for (int64_t kk = 0; kk < k4; ++kk, b += {nr * 4}) {{
         for (int64_t i = 0; i < mr; ++i) {{
-            int8_t w[4] = {{0, 0, 0, 0}};
-            memcpy(w, a + i * lda + kk * 4, kk < k4 ? 4 : (size_t)kt);
+            const int8_t* w = a + i * lda + kk * 4;
             int32_t* restrict row = t + i * {nr};
             for (int64_t j = 0; j < {nr}; ++j)
-                row[j] += w[0] * b[j * 4] + w[1] * b[j * 4 + 1] + w[2] * b[j * 4 + 2] + w[3] * b[j * 4 + 3];
+                row[j] += w[0] * DN_I8_B(b[j * 4]) + w[1] * DN_I8_B(b[j * 4 + 1]) + w[2] * DN_I8_B(b[j * 4 + 2])
+                          + w[3] * DN_I8_B(b[j * 4 + 3]);
         }}
     }}"""
 
