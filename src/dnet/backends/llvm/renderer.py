@@ -390,6 +390,11 @@ class LLVMRenderer(Renderer):
         if s.op is Op.SUM:
             # reassoc: a float sum may be computed in vector lanes (the C backend's `omp simd reduction`)
             new = f.op({"float": f"fadd reassoc float {cur}, {x}", "i1": f"or i1 {cur}, {x}"}.get(ty, f"add {ty} {cur}, {x}"))
+        elif s.op in (Op.REDUCE_MAX, Op.REDUCE_MIN) and ty == "float":
+            # maxnum(x, acc) is `x > acc ? x : acc` (a NaN x keeps acc, and acc is never NaN), and LLVM
+            # vectorises a maxnum reduction where it keeps a compare-and-select one scalar
+            name = "@llvm.maxnum.f32" if s.op is Op.REDUCE_MAX else "@llvm.minnum.f32"
+            new = f.op(f"call float {name}(float {x}, float {cur})")
         elif s.op in (Op.REDUCE_MAX, Op.REDUCE_MIN):
             cmp = _greater(ty, x, cur) if s.op is Op.REDUCE_MAX else _greater(ty, cur, x)
             new = f.op(f"select i1 {f.op(cmp)}, {ty} {x}, {ty} {cur}")
