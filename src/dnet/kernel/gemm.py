@@ -15,7 +15,7 @@ from dataclasses import replace
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Dim, Sym, numel
 from dnet.graph.ir import Graph
-from dnet.graph.ops import Op
+from dnet.graph.ops import Op, OpClass
 from dnet.hardware import Host
 from dnet.kernel import index as ix
 from dnet.kernel.ir import Binary, Cast, Gemm, GemmTile, Im2col, Kernel, Load, Operand, Ref
@@ -215,10 +215,32 @@ def operand_buffer(graph: Graph, nid: int, right: bool, materialized: set[int]) 
     """The node to give a buffer so that a Gemm can read operand `nid`: the int8 (or bf16) values and
     then the row parameters of low-precision activations, else the first computed node of `nid` itself."""
     low = None if right else low_precision_rows(graph, nid)
+    if low is not None and low[1] is not None:
+        # the activation quantized: read by the kernels of q and of p, each would inline (and so own) all
+        # that computes it, and the first node they share would become a buffer (an embedding table)
+        source = _quantized_source(graph, low[0])
+        if source is not None and source not in materialized:
+            return first_computed(graph, source, materialized)
     for x in low or ():
         if x is not None and x not in materialized:
             return x
     return first_computed(graph, nid, materialized)
+
+
+def _quantized_source(graph: Graph, q: int) -> int | None:
+    """The activation whose rows int8 values `q` quantize: what the reductions of its range read."""
+    stack, seen = [q], set()
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        node = graph.nodes[x]
+        if node.op in (Op.REDUCE_MAX, Op.REDUCE_MIN):
+            return node.inputs[0]
+        if node.op.cls not in (OpClass.SOURCE, OpClass.MATMUL, OpClass.CONV):
+            stack.extend(node.inputs)
+    return None
 
 
 def _low_precision_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple | None:
