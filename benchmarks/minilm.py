@@ -1,6 +1,9 @@
 """all-MiniLM-L6-v2 sentence embeddings: dnet (C backend) vs ONNX Runtime vs PyTorch eager.
 
-    .venv/bin/python benchmarks/minilm.py [--threads N] [--batches 1 8] [--seq 128]
+    .venv/bin/python benchmarks/minilm.py [--threads N] [--batches 1 8] [--seq 128] [--backends-only]
+
+Also dnet's LLVM backend (target "llvm", JIT-compiled through llvmlite) against its C backend:
+`--backends-only` measures just those two (no torch, no ONNX Runtime).
 
 All three compute the same thing from the same real weights (BERT encoder, mean pooling,
 L2 normalisation) with the same thread count; latencies are medians of interleaved runs.
@@ -66,15 +69,58 @@ def onnx_session(path: Path, threads: int, spinning: bool):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def compile_dnet(cache: Path, threads: int, quantize: str | None = None, precision: str | None = None):
+def compile_dnet(cache: Path, threads: int, quantize: str | None = None, precision: str | None = None,
+                 target: str = "c"):
     import dnet
     from dnet.models.minilm import minilm_model
 
     module, types = minilm_model()
     graph = dnet.to_graph(module, types)
+    options = {"cache_dir": cache} if target == "c" else {}
     start = time.perf_counter()
-    exe = dnet.compile(graph, target="c", cache_dir=cache, threads=threads, quantize=quantize, precision=precision)
+    exe = dnet.compile(graph, target=target, threads=threads, quantize=quantize, precision=precision, **options)
     return exe, time.perf_counter() - start
+
+
+def backend_tables(exe_c, exe_llvm, threads: int, batches: list[int], seq: int, repeats: int) -> tuple[list, list]:
+    """dnet's LLVM backend against its C backend: wall-clock medians of interleaved runs with `threads`
+    threads, and CPU time per call with one thread."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    wall = [["batch x seq", "dnet-c ms", "dnet-llvm ms", "llvm / c", "max |llvm - c|"]]
+    cpu = [["batch x seq", "dnet-c cpu ms", "dnet-llvm cpu ms", "llvm / c"]]
+    for batch in batches:
+        ids = rng.integers(1000, 20000, (batch, seq))
+        feeds = dict(zip(exe_c.graph.input_names, [ids, np.ones_like(ids), np.zeros_like(ids)]))
+        name = exe_c.graph.output_names[0]
+        diff = float(np.abs(exe_c.run(feeds)[name] - exe_llvm.run(feeds)[name]).max())
+        t = interleaved_medians({"c": lambda: exe_c.run(feeds), "llvm": lambda: exe_llvm.run(feeds)}, repeats)
+        wall.append([f"{batch} x {seq}", f"{t['c'] * 1e3:.1f}", f"{t['llvm'] * 1e3:.1f}", f"{t['llvm'] / t['c']:.2f}",
+                     f"{diff:.1e}"])
+        for exe in (exe_c, exe_llvm):
+            exe.runner.module.set_threads(1)
+        c = {"c": cpu_median(lambda: exe_c.run(feeds), repeats * 2),
+             "llvm": cpu_median(lambda: exe_llvm.run(feeds), repeats * 2)}
+        for exe in (exe_c, exe_llvm):
+            exe.runner.module.set_threads(threads)
+        cpu.append([f"{batch} x {seq}", f"{c['c'] * 1e3:.1f}", f"{c['llvm'] * 1e3:.1f}", f"{c['llvm'] / c['c']:.2f}"])
+    return wall, cpu
+
+
+def print_backends(threads: int, args, tmp: Path, exe_c=None) -> None:
+    from dnet.hardware import detect
+
+    if exe_c is None:
+        exe_c, _ = compile_dnet(tmp / "cache", threads)
+    exe_llvm, llvm_compile = compile_dnet(tmp / "cache", threads, target="llvm")
+    wall, cpu = backend_tables(exe_c, exe_llvm, threads, args.batches, args.seq, args.repeats)
+    print(f"dnet's LLVM backend vs its C backend, all-MiniLM-L6-v2, {threads} threads, {detect().summary()}")
+    print("wall-clock latency, medians of interleaved runs:")
+    print(table(wall))
+    print("one thread each, CPU time per call (medians):")
+    print(table(cpu))
+    print(f"LLVM compile (IR rendered, optimised and JIT-compiled, no cache): {llvm_compile:.2f} s")
 
 
 def ort_int8(path: Path) -> Path:
@@ -117,11 +163,16 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backends-only", action="store_true", help="only dnet's LLVM backend against its C backend")
     args = ap.parse_args(argv)
     from dnet.hardware import detect
 
     threads = args.threads or detect().cores
     pin_threads(threads)
+    if args.backends_only:
+        with tempfile.TemporaryDirectory(prefix="dnet-bench-") as tmp:
+            print_backends(threads, args, Path(tmp))
+        return
     import numpy as np
     import torch
 
@@ -194,6 +245,8 @@ def main(argv=None) -> None:
               f"{r['peak'] / mib:.0f} MiB (loading alone {r['loaded'] / mib:.0f} MiB), resident after the run "
               f"{r['after_run'] / mib:.0f} MiB; weights {r['weights'] / mib:.0f} MiB, so 1.5 x weights + 64 MiB = "
               f"{limit / mib:.0f} MiB")
+    with tempfile.TemporaryDirectory(prefix="dnet-bench-") as tmp:
+        print_backends(threads, args, Path(tmp))
 
 
 if __name__ == "__main__":
