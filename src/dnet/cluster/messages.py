@@ -131,7 +131,7 @@ def _checker(hint: Any) -> tuple[Checker, str]:
             if type(value) is not list and type(value) is not tuple:
                 raise _Invalid(f"a list of {name}", value)
             try:
-                return tuple([check(item) for item in value])
+                return tuple(map(check, value))
             except _Invalid:
                 raise _where(check, ((f"[{i}]", item) for i, item in enumerate(value))) from None
         return sequence, f"a list of {name}"
@@ -426,6 +426,30 @@ class Record:
     tensors: ClassVar[tuple[str, ...]] = ()
 
 
+def record(cls: type[R]) -> type[R]:
+    """A message record: `@dataclass(frozen=True)`, whose `__init__` sets the fields in one step. A frozen
+    dataclass's own sets each through `object.__setattr__`, which costs twice as much, and every decode step
+    makes a RUN and a RESULT. Same signature, same `__post_init__` call, still frozen."""
+    cls = dataclass(frozen=True)(cls)
+    params, env = [], {}
+    for i, f in enumerate(dataclasses.fields(cls)):
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: a record's defaults are values, not factories")
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            env[f"default{i}"] = f.default
+            params.append(f"{f.name}=default{i}")
+    fields = ", ".join(f"{f.name!r}: {f.name}" for f in dataclasses.fields(cls))
+    lines = [f"def __init__(self, {', '.join(params)}):", f"    self.__dict__.update({{{fields}}})"]
+    if hasattr(cls, "__post_init__"):
+        lines.append("    self.__post_init__()")
+    exec("\n".join(lines), env)   # noqa: S102 - code made here from a dataclass's own field names
+    env["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = env["__init__"]
+    return cls
+
+
 def _positive(value: int, what: str) -> None:
     if value < 1:
         raise ValueError(f"'{what}' must be a positive integer, got {value}")
@@ -433,33 +457,33 @@ def _positive(value: int, what: str) -> None:
 
 # -- the handshake (auth.py) ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class Hello(Record):
     kind = MsgType.HELLO
     client_nonce: str           # 32 bytes as hex
 
 
-@dataclass(frozen=True)
+@record
 class Challenge(Record):
     kind = MsgType.CHALLENGE
     server_nonce: str
     proof: str                  # the server's HMAC over both nonces
 
 
-@dataclass(frozen=True)
+@record
 class Auth(Record):
     kind = MsgType.AUTH
     proof: str
 
 
-@dataclass(frozen=True)
+@record
 class Welcome(Record):
     kind = MsgType.WELCOME
 
 
 # -- either way --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class Error(Record):
     """What went wrong, and for which request (ids absent when the failure was not a request's)."""
 
@@ -471,7 +495,7 @@ class Error(Record):
     stage: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Ping(Record):
     """Liveness and round trips; any tensors it carries are counted and dropped."""
 
@@ -479,14 +503,14 @@ class Ping(Record):
     heartbeat: bool = False     # the coordinator's heartbeat: its PONG is not a reply anyone waits for
 
 
-@dataclass(frozen=True)
+@record
 class Pong(Record):
     kind = MsgType.PONG
     heartbeat: bool = False
     bytes: int = 0              # the PING's tensor bytes
 
 
-@dataclass(frozen=True)
+@record
 class Reset(Record):
     """Drop a session's stages and queued requests (asked, and answered the same)."""
 
@@ -494,20 +518,20 @@ class Reset(Record):
     session: str
 
 
-@dataclass(frozen=True)
+@record
 class Shutdown(Record):
     kind = MsgType.SHUTDOWN
 
 
 # -- coordinator -> worker --------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class CapsQuery(Record):
     kind = MsgType.CAPS
     probe: bool = False         # measure the device too (takes a while)
 
 
-@dataclass(frozen=True)
+@record
 class Load(Record):
     """A stage: its serialised graph (tensor 'graph'), the hashes of its weights, and optionally (tensor
     'mapped', a JSON document of `FileRef`s by hash) where a model file held by the worker has them."""
@@ -533,7 +557,7 @@ class FileRef:
     pieces: tuple[tuple[int, int, int, int], ...]   # [offset, size, count, stride] (dnet.core.origins.Piece)
 
 
-@dataclass(frozen=True)
+@record
 class Weights(Record):
     """Weights for a stage being loaded, as tensors named by their content hash."""
 
@@ -549,7 +573,7 @@ class NextStage:
     key: str
 
 
-@dataclass(frozen=True)
+@record
 class Route(Record):
     """Where a stage sends its outputs: the next stage's worker, or (None) back; shaped like `shape`."""
 
@@ -562,7 +586,7 @@ class Route(Record):
 Hop = tuple[int, str, float]    # (stage, worker name, compute seconds) of one stage a request went through
 
 
-@dataclass(frozen=True)
+@record
 class Run(Record):
     """One request's tensors into a stage (inputs, or the previous stage's activations)."""
 
@@ -574,12 +598,12 @@ class Run(Record):
     trace: tuple[Hop, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class StatsQuery(Record):
     kind = MsgType.STATS
 
 
-@dataclass(frozen=True)
+@record
 class LinkProbe(Record):
     """Measure the link to the worker at host:port (latency, and bandwidth with `bytes`-sized pings)."""
 
@@ -595,7 +619,7 @@ class LinkProbe(Record):
 
 # -- worker -> coordinator --------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class Caps(Record):
     """What a worker is."""
 
@@ -613,14 +637,14 @@ class Caps(Record):
     device: Device | None = None    # its probed device, when asked
 
 
-@dataclass(frozen=True)
+@record
 class Need(Record):
     kind = MsgType.NEED
     key: str
     hashes: tuple[str, ...]     # weights it does not have
 
 
-@dataclass(frozen=True)
+@record
 class Loaded(Record):
     kind = MsgType.LOADED
     key: str
@@ -628,13 +652,13 @@ class Loaded(Record):
     mapped_bytes: int = 0       # weight bytes read from its own model files
 
 
-@dataclass(frozen=True)
+@record
 class Routed(Record):
     kind = MsgType.ROUTED
     key: str
 
 
-@dataclass(frozen=True)
+@record
 class Result(Record):
     """The last stage's outputs for one request."""
 
@@ -652,13 +676,13 @@ class StageCounters:
     mean_ms: float
 
 
-@dataclass(frozen=True)
+@record
 class Stats(Record):
     kind = MsgType.STATS
     stages: dict[str, StageCounters]        # stage key -> its runner's counters (runtime.runner.StageStats.to_json)
 
 
-@dataclass(frozen=True)
+@record
 class LinkMeasured(Record):
     kind = MsgType.LINK
     host: str
