@@ -7,11 +7,13 @@ for the host CPU (`backends/llvm/jit.py`).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from dnet.backends.c.packing import PanelPacker
+from dnet.backends.llvm.cache import ObjectCache
 from dnet.backends.llvm.jit import Compiled, jit
 from dnet.backends.llvm.library import render_module
 from dnet.backends.llvm.pool import pool
@@ -50,8 +52,10 @@ class LLVMRunner:
 class LLVMBackend:
     name = "llvm"
 
-    def prepare(self, graph: Graph, threads: int | None = None, host: Host | None = None) -> LLVMRunner:
-        """`threads`: for parallel loops (default: the cores this process may use)."""
+    def prepare(self, graph: Graph, threads: int | None = None, host: Host | None = None,
+                cache_dir: str | Path | None = None) -> LLVMRunner:
+        """`threads`: for parallel loops (default: the cores this process may use); `cache_dir`: where
+        machine code is cached (default: the C backend's, $DNET_CACHE_DIR or ~/.cache/dnet)."""
         state = jit()
         threads_pool = pool()
         state.llvm.add_symbol("dn_parallel", threads_pool.parallel)
@@ -59,6 +63,6 @@ class LLVMBackend:
         compiled = build_program(graph, host or detect(), PanelPacker())   # weight layout: the C panels
         source = render_module(compiled.kernels, compiled.program)
         with progress.task("compile LLVM module", total=None):
-            machine_code = Compiled(source, "dnet_program")
+            machine_code = Compiled(source, "dnet_program", ObjectCache(Path(cache_dir) if cache_dir else None))
         module = LLVMModule(compiled.program, machine_code, compiled.weights, threads)
         return LLVMRunner(module, compiled, source, gathered_inputs(graph))

@@ -45,6 +45,10 @@ class _Jit:
         return self.llvm.Target.from_triple(self.triple).create_target_machine(
             cpu=self.cpu, features=self.features, opt=3, codemodel="jitdefault", jit=True)
 
+    def fingerprint(self) -> str:
+        """What changes the machine code besides the IR: LLVM's version and the host CPU."""
+        return "|".join([".".join(map(str, self.llvm.llvm_version_info)), self.triple, self.cpu, self.features])
+
     @property
     def x86(self) -> bool:
         return self.triple.startswith(("x86_64", "i386", "i686"))
@@ -100,9 +104,13 @@ def _resolve_c_symbols(llvm) -> None:
 
 
 class Compiled:
-    """One LLVM module, optimised for the host and compiled to machine code in this process."""
+    """One LLVM module, optimised for the host and compiled to machine code in this process.
 
-    def __init__(self, source: str, name: str = "dnet"):
+    With a `cache` (`backends/llvm/cache.ObjectCache`), machine code compiled before from the same
+    IR on the same CPU is loaded instead of optimised and compiled again.
+    """
+
+    def __init__(self, source: str, name: str = "dnet", cache=None):
         state = jit()
         llvm = state.llvm
         try:
@@ -115,10 +123,17 @@ class Compiled:
         module.triple = state.triple
         machine = state.new_machine()
         module.data_layout = str(machine.target_data)
-        _optimise(machine, module)
+        key = cache.key(source, state.fingerprint()) if cache is not None else None
+        cached = cache.get(key) if cache is not None else None
+        if cached is None:
+            _optimise(machine, module)
         self.engine = llvm.create_mcjit_compiler(module, machine)
+        if cache is not None:
+            self.engine.set_object_cache(lambda _module, obj: cached is None and cache.put(key, bytes(obj)),
+                                         lambda _module: cached)
         self.engine.finalize_object()
         self.module = module
+        self.from_cache = cached is not None
 
     def address(self, symbol: str) -> int:
         address = self.engine.get_function_address(symbol)
