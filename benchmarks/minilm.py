@@ -9,9 +9,11 @@ All three compute the same thing from the same real weights (BERT encoder, mean 
 L2 normalisation) with the same thread count; latencies are medians of interleaved runs.
 Also reported: dnet's compile time (cold, in an empty cache, and cached), the peak
 resident memory of a process that loads the compiled model and runs it, against the
-size of the weights, and int8 weights: dnet's weight-only int8 (`quantize="int8"`)
-beside ONNX Runtime's dynamic int8 quantization of the same model, with each one's
-cosine similarity to the f32 PyTorch embeddings.
+size of the weights, and int8: dnet's weight-only int8 (`quantize="int8"`) and its
+dynamic int8 (`quantize="int8-dynamic"`: activations quantized per token, integer
+products) beside ONNX Runtime's dynamic int8 quantization of the same model, and dnet's
+`precision="bf16"` beside f32, with each one's cosine similarity to the f32 PyTorch
+embeddings.
 """
 from __future__ import annotations
 
@@ -132,6 +134,15 @@ def ort_int8(path: Path) -> Path:
     return out
 
 
+def path_of(exe, entry: str) -> str:
+    """The path a compiled library's low-precision Gemms were built with (backends/c/igemm.py)."""
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(str(exe.runner.module.library)), entry)
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 def cosine(a, b) -> float:
     import numpy as np
 
@@ -184,6 +195,8 @@ def main(argv=None) -> None:
         exe, cold = compile_dnet(tmp / "cache", threads)
         _, cached = compile_dnet(tmp / "cache", threads)
         exe8, _ = compile_dnet(tmp / "cache", threads, "int8")
+        exe8d, _ = compile_dnet(tmp / "cache", threads, "int8-dynamic")
+        exe16, _ = compile_dnet(tmp / "cache", threads, None, "bf16")
         model = torch_model()
         onnx = export_onnx(model, tmp / "minilm.onnx")
         sessions = {"ort": onnx_session(onnx, threads, True), "ort_sleep": onnx_session(onnx, threads, False)}
@@ -192,8 +205,11 @@ def main(argv=None) -> None:
         save_artifact(exe8, tmp / "artifact-int8")
         rss = rss_probe(tmp / "artifact", threads, max(args.batches), args.seq)
         rss8 = rss_probe(tmp / "artifact-int8", threads, max(args.batches), args.seq)
-        int8_rows = [["batch x seq", "dnet-c int8 ms", "ort int8 ms", "dnet int8 / ort int8", "dnet int8 / dnet f32",
-                      "cos(dnet int8, torch)", "cos(ort int8, torch)"]]
+        int8_rows = [["batch x seq", "dnet-c int8 ms", "dnet-c int8-dynamic ms", "ort int8 ms", "dnet int8 / ort int8",
+                      "dnet int8-dynamic / ort int8", "cos(dnet int8, torch)", "cos(dnet int8-dynamic, torch)",
+                      "cos(ort int8, torch)"]]
+        bf16_rows = [["batch x seq", "dnet-c f32 ms", "dnet-c bf16 ms", "ort f32 ms", "dnet bf16 / ort f32",
+                      "dnet bf16 / dnet f32", "cos(dnet bf16, torch)"]]
         rows = [["batch x seq", "dnet-c ms", "onnxruntime ms", "ort no-spin ms", "torch eager ms", "dnet / best ort",
                  "cos(dnet, torch)"]]
         single = onnx_session(onnx, 1, False)
@@ -213,14 +229,21 @@ def main(argv=None) -> None:
             reference = run_torch().numpy()
             cos = cosine(exe.run(feeds)[exe.graph.output_names[0]], reference)
             fns = {"dnet": lambda: exe.run(feeds), "torch": run_torch, "dnet_int8": lambda: exe8.run(feeds),
+                   "dnet_int8d": lambda: exe8d.run(feeds), "dnet_bf16": lambda: exe16.run(feeds),
                    "ort_int8": lambda: ort8.run(None, ort_feeds)}
             fns.update({name: (lambda s=s: s.run(None, ort_feeds)) for name, s in sessions.items()})
             t = interleaved_medians(fns, args.repeats)
-            int8_rows.append([f"{batch} x {args.seq}", f"{t['dnet_int8'] * 1e3:.1f}", f"{t['ort_int8'] * 1e3:.1f}",
-                              f"{t['dnet_int8'] / t['ort_int8']:.2f}", f"{t['dnet_int8'] / t['dnet']:.2f}",
+            int8_rows.append([f"{batch} x {args.seq}", f"{t['dnet_int8'] * 1e3:.1f}", f"{t['dnet_int8d'] * 1e3:.1f}",
+                              f"{t['ort_int8'] * 1e3:.1f}", f"{t['dnet_int8'] / t['ort_int8']:.2f}",
+                              f"{t['dnet_int8d'] / t['ort_int8']:.2f}",
                               f"{cosine(exe8.run(feeds)[exe8.graph.output_names[0]], reference):.6f}",
+                              f"{cosine(exe8d.run(feeds)[exe8d.graph.output_names[0]], reference):.6f}",
                               f"{cosine(ort8.run(None, ort_feeds)[0], reference):.6f}"])
             best_ort = min(t["ort"], t["ort_sleep"])
+            bf16_rows.append([f"{batch} x {args.seq}", f"{t['dnet'] * 1e3:.1f}", f"{t['dnet_bf16'] * 1e3:.1f}",
+                              f"{best_ort * 1e3:.1f}", f"{t['dnet_bf16'] / best_ort:.2f}",
+                              f"{t['dnet_bf16'] / t['dnet']:.2f}",
+                              f"{cosine(exe16.run(feeds)[exe16.graph.output_names[0]], reference):.6f}"])
             rows.append([f"{batch} x {args.seq}", f"{t['dnet'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
                          f"{t['ort_sleep'] * 1e3:.1f}", f"{t['torch'] * 1e3:.1f}", f"{t['dnet'] / best_ort:.2f}",
                          f"{cos:.6f}"])
@@ -235,8 +258,14 @@ def main(argv=None) -> None:
     print(table(rows))
     print("one thread each, CPU time per call (medians; what a loaded machine disturbs least):")
     print(table(cpu_rows))
-    print("int8 weights (dnet: weight-only, per output channel; onnxruntime: dynamic quantization), same threads:")
+    print("int8 (dnet int8: weight-only, per output channel; dnet int8-dynamic: activations too, per token, "
+          "integer products; onnxruntime: dynamic quantization), same threads:")
     print(table(int8_rows))
+    print(f"int8 Gemm path: {path_of(exe8d, 'dnet_igemm_path')}; bf16 Gemm path: {path_of(exe16, 'dnet_bgemm_path')}")
+    if "avx512_bf16" not in detect().isa and "amx_bf16" not in detect().isa:
+        print("this CPU has no bf16 dot-product unit (AVX512-BF16 or AMX): bf16 runs on the portable path")
+    print("precision='bf16' (bf16 weights and activations, f32 sums) against f32, same threads:")
+    print(table(bf16_rows))
     print(f"compile: {cold:.2f} s cold, {cached:.2f} s cached")
     for name, r in (("f32", rss), ("int8", rss8)):
         mib = 1024 * 1024
