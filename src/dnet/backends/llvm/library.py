@@ -10,6 +10,7 @@ from __future__ import annotations
 from dnet.backends.llvm.gemm import GemmSupport
 from dnet.backends.llvm.ir_text import quote
 from dnet.backends.llvm.prelude import prelude
+from dnet.backends.llvm.quant import quant_support
 from dnet.backends.llvm.renderer import LLVMRenderer
 from dnet.core import progress
 from dnet.kernel.ir import Kernel
@@ -19,7 +20,7 @@ from dnet.program.instructions import Launch, Program, segments
 def render_module(kernels: dict[str, Kernel], program: Program) -> str:
     """The program's LLVM IR module, as text."""
     support = GemmSupport()
-    parts = [prelude()]
+    parts = [prelude(), quant_support()]
     with progress.task("render LLVM kernels", total=len(kernels), unit="kernels") as task:
         for kernel in kernels.values():
             parts.append(LLVMRenderer(kernel, support).render())

@@ -141,7 +141,9 @@ class LLVMRenderer(Renderer):
 
     def load(self, buffer: str, index: str, dtype: DType) -> str:
         if dtype.is_block:
-            raise self.missing(f"load of {dtype} blocks", dtype)
+            from dnet.backends.llvm.quant import load_block
+
+            return load_block(self, buffer, index, dtype)
         f = self.fn
         ptr = f.gep(STORAGE[dtype], self.env[buffer][0], index)
         raw = f.op(f"load {STORAGE[dtype]}, ptr {ptr}")
@@ -408,7 +410,9 @@ class LLVMRenderer(Renderer):
         render_gemm(self, s)
 
     def qmatmul(self, s: QMatmul) -> None:
-        raise self.missing(f"qmatmul on {s.weight_dtype}", s.weight_dtype)
+        from dnet.backends.llvm.quant import render_qmatmul
+
+        render_qmatmul(self, s)
 
     def gpu(self, s) -> None:
         raise self.missing(f"GPU statement {type(s).__name__}")

@@ -1,0 +1,57 @@
+"""GGUF block weights on the LLVM backend: element loads and QMatmul against the numpy reference, blocks
+never expanded; a K-quant (not here yet) is a MissingOpError naming the format."""
+import numpy as np
+import pytest
+
+from dnet.backends.numpy import run_graph
+from dnet.core.dtypes import DType
+from dnet.core.quant import random_blocks
+from dnet.core.shapes import Sym
+from dnet.core.types import TensorType
+from dnet.errors import MissingOpError
+from dnet.graph import composites as C
+from dnet.graph.builder import GraphBuilder
+from dnet.graph.ops import Op
+from dnet.graph.passes import default_graph_pipeline
+from dnet.kernel.ir import QMatmul
+
+B, S = Sym("batch"), Sym("seq")
+
+
+def _linear_graph(dtype, storage, n, k, epilogue):
+    b = GraphBuilder()
+    x = b.input("x", TensorType((B, S, k), DType.F32))
+    w = b.cast(b.block_const("w", storage, dtype, (n, k)), DType.F32)
+    y = C.linear(b, x, w, b.const("bias", np.linspace(-1, 1, n, dtype=np.float32)))
+    if epilogue:
+        y = C.silu(b, y)
+    ids = b.input("ids", TensorType((S,), DType.I64))
+    b.output("y", y)
+    b.output("rows", b.node(Op.GATHER, [w, ids], axis=0))    # the same weight, read row by row
+    return default_graph_pipeline()(b.finish())
+
+
+@pytest.mark.parametrize("dtype", [DType.Q8_0, DType.Q4_0, DType.Q4_1], ids=str)
+@pytest.mark.parametrize("epilogue", [False, True], ids=["plain", "silu"])
+def test_a_block_weight_matmul_is_one_qmatmul_and_matches_the_reference(dtype, epilogue, compile_llvm):
+    rng = np.random.default_rng(11)
+    n, k = 40, 512
+    storage = random_blocks(dtype, (n, k), rng)
+    graph = _linear_graph(dtype, storage, n, k, epilogue)
+    runner = compile_llvm(graph)
+    qmatmuls = [s for kern in runner.compiled.kernels.values() for s in kern.body if isinstance(s, QMatmul)]
+    assert len(qmatmuls) == 1 and qmatmuls[0].weight_dtype is dtype
+    assert all(b.dtype is not DType.F32 or b.elements != n * k for b in runner.program.buffers)   # never expanded
+    for rows in (1, 5):
+        x = rng.standard_normal((2, rows, k)).astype(np.float32)
+        feeds = {"x": x, "ids": np.arange(rows) % n}
+        got, want = runner.run(feeds), run_graph(graph, feeds)
+        np.testing.assert_array_equal(got["rows"], want["rows"])          # element loads dequantize exactly
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-5)   # f32 activations: rounding only
+
+
+def test_a_k_quant_weight_is_a_missing_op_naming_the_format(compile_llvm):
+    rng = np.random.default_rng(12)
+    storage = random_blocks(DType.Q6_K, (8, 256), rng)
+    with pytest.raises(MissingOpError, match="q6_k"):
+        compile_llvm(_linear_graph(DType.Q6_K, storage, 8, 256, False))
