@@ -49,6 +49,15 @@ class LLVMRunner:
         return self.module.run(inputs, collective=collective)
 
 
+def _symbols():
+    """The JIT state, with the thread pool's functions known to it (kernels call `dn_parallel`)."""
+    state = jit()
+    threads_pool = pool()
+    state.llvm.add_symbol("dn_parallel", threads_pool.parallel)
+    state.llvm.add_symbol("dn_threads", threads_pool.threads_fn)
+    return state
+
+
 class LLVMBackend:
     name = "llvm"
 
@@ -56,12 +65,9 @@ class LLVMBackend:
                 cache_dir: str | Path | None = None) -> LLVMRunner:
         """`threads`: for parallel loops (default: the cores this process may use); `cache_dir`: where
         machine code is cached (default: the C backend's, $DNET_CACHE_DIR or ~/.cache/dnet)."""
-        state = jit()
-        threads_pool = pool()
-        state.llvm.add_symbol("dn_parallel", threads_pool.parallel)
-        state.llvm.add_symbol("dn_threads", threads_pool.threads_fn)
+        state = _symbols()
         compiled = build_program(graph, host or detect(), PanelPacker())   # weight layout: the C panels
-        source = render_module(compiled.kernels, compiled.program)
+        source = render_module(compiled.kernels, compiled.program, state.native_half)
         with progress.task("compile LLVM module", total=None):
             machine_code = Compiled(source, "dnet_program", ObjectCache(Path(cache_dir) if cache_dir else None))
         module = LLVMModule(compiled.program, machine_code, compiled.weights, threads)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from dnet.errors import BackendError
 
 # libc / libm functions the generated IR may call; each is looked up in the process at start-up
-LIBM = ("logf", "expf", "powf", "fmodf", "sinf", "cosf", "floorf", "sqrtf", "fabsf", "tanhf", "erff")
+LIBM = ("logf", "expf", "powf", "fmodf", "sinf", "cosf", "floorf", "sqrtf", "fabsf", "tanhf", "erff",
+        "nearbyintf")
 LIBC = ("pthread_mutex_lock", "pthread_mutex_unlock", "pthread_cond_wait", "pthread_cond_broadcast", "sched_yield",
         "memset", "memcpy", "malloc", "free")
 
@@ -48,6 +49,13 @@ class _Jit:
     def fingerprint(self) -> str:
         """What changes the machine code besides the IR: LLVM's version and the host CPU."""
         return "|".join([".".join(map(str, self.llvm.llvm_version_info)), self.triple, self.cpu, self.features])
+
+    @property
+    def native_half(self) -> bool:
+        """Whether the CPU converts f16 <-> f32 itself (else LLVM would call a runtime library)."""
+        if self.x86:
+            return "+f16c" in self.features.split(",")
+        return self.triple.startswith(("aarch64", "arm64"))
 
     @property
     def x86(self) -> bool:

@@ -17,10 +17,10 @@ from dnet.kernel.ir import Kernel
 from dnet.program.instructions import Launch, Program, segments
 
 
-def render_module(kernels: dict[str, Kernel], program: Program) -> str:
-    """The program's LLVM IR module, as text."""
+def render_module(kernels: dict[str, Kernel], program: Program, native_half: bool = True) -> str:
+    """The program's LLVM IR module, as text; `native_half`: the CPU converts f16 itself."""
     support = GemmSupport()
-    parts = [prelude(), quant_support()]
+    parts = [prelude(native_half), quant_support()]
     with progress.task("render LLVM kernels", total=len(kernels), unit="kernels") as task:
         for kernel in kernels.values():
             parts.append(LLVMRenderer(kernel, support).render())

@@ -20,6 +20,7 @@ declare float @llvm.floor.f32(float)
 declare float @llvm.pow.f32(float, float)
 declare float @llvm.copysign.f32(float, float)
 declare float @llvm.maxnum.f32(float, float)
+declare float @llvm.nearbyint.f32(float)
 declare float @llvm.minnum.f32(float, float)
 declare float @llvm.fmuladd.f32(float, float, float)
 declare void @dn_parallel(ptr, ptr, i64, i64)
@@ -264,12 +265,84 @@ define internal float @dn_round_bf16(float %x) #0 {{
 }}
 
 define internal float @dn_round_f16(float %x) #0 {{
-  %h = fptrunc float %x to half
-  %y = fpext half %h to float
+  %h = call i16 @dn_f32_to_f16(float %x)
+  %y = call float @dn_f16_to_f32(i16 %h)
   ret float %y
 }}
 """
 
+# f16 <-> f32 where the CPU converts (x86 with F16C, AArch64): one instruction each
+NATIVE_HALF = """
+define internal float @dn_f16_to_f32(i16 %h) #0 {
+  %x = bitcast i16 %h to half
+  %y = fpext half %x to float
+  ret float %y
+}
 
-def prelude() -> str:
-    return "\n".join([INTRINSICS, _exp(), _tanh(), _erf(), REST])
+define internal i16 @dn_f32_to_f16(float %f) #0 {
+  %x = fptrunc float %f to half
+  %y = bitcast half %x to i16
+  ret i16 %y
+}
+"""
+
+# ... and elsewhere in integer arithmetic (LLVM would call compiler-rt's __truncsfhf2, which a JIT in a
+# process without that runtime cannot resolve): the C prelude's portable branch, round to nearest even
+PORTABLE_HALF = f"""
+define internal float @dn_f16_to_f32(i16 %h) #0 {{
+  %w = zext i16 %h to i32
+  %sign0 = and i32 %w, 32768
+  %sign = shl i32 %sign0, 16
+  %e0 = lshr i32 %w, 10
+  %exp = and i32 %e0, 31
+  %man = and i32 %w, 1023
+  %mans = shl i32 %man, 13
+  %special = icmp eq i32 %exp, 31
+  %su = or i32 %sign, 2139095040
+  %inf = or i32 %su, %mans
+  %eb = add i32 %exp, 112
+  %ebs = shl i32 %eb, 23
+  %nu = or i32 %sign, %ebs
+  %normal = or i32 %nu, %mans
+  %sub = uitofp i32 %man to float
+  %subf = fmul float %sub, {L(5.9604644775390625e-8)}
+  %subu = bitcast float %subf to i32
+  %subn = or i32 %subu, %sign
+  %isnorm = icmp ne i32 %exp, 0
+  %r0 = select i1 %isnorm, i32 %normal, i32 %subn
+  %r = select i1 %special, i32 %inf, i32 %r0
+  %y = bitcast i32 %r to float
+  ret float %y
+}}
+
+define internal i16 @dn_f32_to_f16(float %f) #0 {{
+  %u = bitcast float %f to i32
+  %hi = lshr i32 %u, 16
+  %sign = and i32 %hi, 32768
+  %a = and i32 %u, 2147483647
+  %nan = icmp ugt i32 %a, 2139095040
+  %big = icmp uge i32 %a, 1199566848
+  %small = icmp ult i32 %a, 947912704
+  %g = bitcast i32 %a to float
+  %gs = fmul float %g, {L(16777216.0)}
+  %gr = call float @llvm.nearbyint.f32(float %gs)
+  %gi = fptoui float %gr to i32
+  %r0 = sub i32 %a, 939524096
+  %r13 = lshr i32 %r0, 13
+  %odd = and i32 %r13, 1
+  %bias = add i32 %odd, 4095
+  %r1 = add i32 %r0, %bias
+  %rn = lshr i32 %r1, 13
+  %v0 = select i1 %small, i32 %gi, i32 %rn
+  %v1 = select i1 %big, i32 31744, i32 %v0
+  %v2 = select i1 %nan, i32 32256, i32 %v1
+  %v = or i32 %v2, %sign
+  %y = trunc i32 %v to i16
+  ret i16 %y
+}}
+"""
+
+
+def prelude(native_half: bool = True) -> str:
+    """The prelude; `native_half`: the CPU converts f16 itself (else integer code does)."""
+    return "\n".join([INTRINSICS, _exp(), _tanh(), _erf(), REST, NATIVE_HALF if native_half else PORTABLE_HALF])

@@ -25,8 +25,7 @@ _HEADER = """
   %off = mul i64 %blk, {bytes}
   %b = getelementptr inbounds i8, ptr %base, i64 %off
   %h = load i16, ptr %b, align 1
-  %hh = bitcast i16 %h to half
-  %d = fpext half %hh to float"""
+  %d = call float @dn_f16_to_f32(i16 %h)"""
 
 _NIBBLE = """
   %low = icmp slt i64 %e, 16
@@ -59,8 +58,7 @@ DEQUANT = {
     + _NIBBLE.format(start=4) + """
   %mp = getelementptr inbounds i8, ptr %b, i64 2
   %mh = load i16, ptr %mp, align 1
-  %mhh = bitcast i16 %mh to half
-  %m = fpext half %mhh to float
+  %m = call float @dn_f16_to_f32(i16 %mh)
   %dq = fmul float %d, %qf
   %v = fadd float %dq, %m
   ret float %v

@@ -153,7 +153,7 @@ class LLVMRenderer(Renderer):
         """A stored element as its computed value."""
         f = self.fn
         if dtype is DType.F16:
-            return f.op(f"fpext half {f.op(f'bitcast i16 {raw} to half')} to float")
+            return f.op(f"call float @dn_f16_to_f32(i16 {raw})")
         if dtype is DType.BF16:
             wide = f.op(f"shl i32 {f.op(f'zext i16 {raw} to i32')}, 16")
             return f.op(f"bitcast i32 {wide} to float")
@@ -165,8 +165,7 @@ class LLVMRenderer(Renderer):
         """A computed value of dtype `src` as the stored element of a `dst` buffer."""
         f = self.fn
         if dst is DType.F16:
-            value = self.convert(value, src, DType.F32)
-            return f.op(f"bitcast half {f.op(f'fptrunc float {value} to half')} to i16")
+            return f.op(f"call i16 @dn_f32_to_f16(float {self.convert(value, src, DType.F32)})")
         if dst is DType.BF16:
             return f.op(f"call i16 @dn_f32_to_bf16(float {self.convert(value, src, DType.F32)})")
         if dst is DType.BOOL:
