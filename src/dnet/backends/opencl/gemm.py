@@ -1,18 +1,21 @@
-"""A `Gemm` in OpenCL C: a local-memory tiled kernel.
+"""A `Gemm` in OpenCL C: a local-memory tiled, register-blocked kernel.
 
-Each work-group computes a tile x tile block of the result, one element per work-item. Along k
-the group walks tile-wide steps: every work-item loads one element of a's block and one of b's
-into local memory, the group waits at a barrier, each work-item accumulates its row of a's
-block times its column of b's from local memory, and waits again before the next step
-overwrites the blocks. So each element of a and b is read from global memory once per
-work-group instead of once per work-item (tile times fewer reads). Rows and columns past the
-matrix load zeros, so any m, n and k work; the bounds test comes after the last barrier, which
-every work-item of a group must reach. The third grid dimension runs the batch.
+A work-group of t x t work-items computes a (t*w) x (t*w) block of the result; each work-item
+keeps w x w results in registers (rows ti, ti + t, ...; columns tj, tj + t, ...: neighbouring
+work-items touch neighbouring columns). Along k the group walks DEPTH-wide steps: its
+work-items together copy a's (t*w) x DEPTH block and b's DEPTH x (t*w) block into local memory,
+wait at a barrier, each accumulates its w x w results from local memory, and wait again before
+the next step overwrites the blocks. So an element of a or b is read from global memory once per
+work-group instead of once per result. Rows, columns and k past the matrix load zeros, so any
+m, n and k work; the bounds test comes after the last barrier, which every work-item of a group
+must reach. The third grid dimension runs the batch. t and w come from the device type
+(`renderer.CPU_GEMM`, `renderer.GPU_GEMM`).
 
-The epilogue (bias, GELU, a residual add) is applied to the accumulator before the one store.
-Right operands come as the C backend's scheduler left them: strided, packed into nr-wide
-panels (a weight), int8 panels with per-column scales, or a convolution's input read as its
-im2col matrix (gathered while the block is loaded; zero outside the image).
+The epilogue (bias, GELU, a residual add) is applied to each result before its one store.
+Right operands come as the scheduler left them: strided, packed into nr-wide panels (a weight),
+int8 panels with per-column scales, or a convolution's input read as its im2col matrix
+(gathered while the block is loaded; zero outside the image). Low-precision activations (int8
+per row, bf16) are not rendered here: the backend's error names them.
 """
 from __future__ import annotations
 
