@@ -4,6 +4,10 @@ A backend is a factory `prepare(graph, **options) -> Runner`; a Runner runs the
 graph on arrays and may save/load its compiled form next to the serialised graph.
 A backend's `prepare` names the options it takes; `prepare(name, graph, **options)`
 refuses any other (a misspelt option is an error naming the known ones, never ignored).
+
+A compiled backend also registers its `Device` (`program.device`: allocator, renderers, program
+loader, the dtypes it claims and the ops it declares unsupported) with `register_device`; the op x
+backend coverage test (tests/backends/test_op_coverage.py) holds every registered backend to it.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 from dnet.errors import BackendError, did_you_mean
 from dnet.graph.ir import Graph
 from dnet.program.collective import Collective
+from dnet.program.device import Device
 
 
 class Runner(Protocol):
@@ -30,6 +35,7 @@ class Backend(Protocol):
 
 
 _BACKENDS: dict[str, Callable[[], Backend]] = {}
+_DEVICES: dict[str, Callable[[], Device]] = {}
 
 
 def register(name: str, factory: Callable[[], Backend]) -> None:
@@ -46,6 +52,24 @@ def get(name: str) -> Backend:
 
 def names() -> list[str]:
     return sorted(_BACKENDS)
+
+
+REFERENCE = "numpy"   # the interpreter every other backend is compared with: it has no Device
+
+
+def register_device(name: str, factory: Callable[[], Device]) -> None:
+    """Register the Device behind backend `name`; `factory` is called (its module imported) on first use."""
+    _DEVICES[name] = factory
+
+
+def device(name: str) -> Device:
+    """The Device of backend `name`: what it is made of and what it claims to run."""
+    if name not in _DEVICES:
+        known = sorted(_DEVICES)
+        raise BackendError(f"backend '{name}' registers no device", hint=did_you_mean(name, known) or
+                           "register one with backends.registry.register_device (see program/device.py); "
+                           "devices: " + ", ".join(known))
+    return _DEVICES[name]()
 
 
 def prepare(name: str, graph: Graph, **options: Any) -> Runner:
@@ -92,6 +116,15 @@ def _c_backend() -> Backend:
 register("c", _c_backend)
 
 
+def _c_device() -> Device:
+    from dnet.backends.c.device import C_DEVICE
+
+    return C_DEVICE
+
+
+register_device("c", _c_device)
+
+
 def _opencl_backend() -> Backend:
     from dnet.backends.opencl import OpenCLBackend
 
@@ -101,6 +134,15 @@ def _opencl_backend() -> Backend:
 register("opencl", _opencl_backend)
 
 
+def _opencl_device() -> Device:
+    from dnet.backends.opencl.device import OPENCL_DEVICE
+
+    return OPENCL_DEVICE
+
+
+register_device("opencl", _opencl_device)
+
+
 def _llvm_backend() -> Backend:
     from dnet.backends.llvm import LLVMBackend
 
@@ -108,3 +150,12 @@ def _llvm_backend() -> Backend:
 
 
 register("llvm", _llvm_backend)
+
+
+def _llvm_device() -> Device:
+    from dnet.backends.llvm.device import LLVM_DEVICE
+
+    return LLVM_DEVICE
+
+
+register_device("llvm", _llvm_device)

@@ -292,7 +292,10 @@ class KernelBuilder:
                 cond = Binary(Op.AND, InBounds(h, 0, xs[2]), InBounds(w, 0, xs[3]), DType.BOOL)
                 return V(Cast(cond, dtype), self.index_depth(h + w))
             count = self.accumulate(_Anon(node.shape, dtype), Op.SUM, dtype, idx, (kh, kw), inside)
-        out = Binary(Op.DIV, _as(total.expr, dtype), count.expr, dtype)
+        # the mean is a true division, truncated to an integer dtype afterwards (the reference's
+        # semantics); an integer DIV would floor (-0.5 -> -1, where the reference gives 0)
+        quotient = dtype if dtype.is_float else DType.F32
+        out = Binary(Op.DIV, _as(total.expr, quotient), _as(count.expr, quotient), quotient)
         return V(_as(out, node.dtype), max(total.depth, count.depth))
 
     def guarded_load(self, x: int, idx: tuple, checks, shape, fill) -> V:

@@ -89,7 +89,8 @@ class CStyleRenderer(Renderer):
         Op.MOD: "dn_mod({}, {})", Op.AND: "({} && {})", Op.OR: "({} || {})"}
     binary_bool: ClassVar[Mapping[Op, str]] = {
         Op.AND: "({} && {})", Op.OR: "({} || {})", Op.ADD: "({} || {})", Op.MUL: "({} && {})",
-        Op.MAX: "({} || {})", Op.MIN: "({} && {})", Op.SUB: "({} != {})"}
+        Op.MAX: "({} || {})", Op.MIN: "({} && {})", Op.SUB: "({} != {})",
+        Op.MOD: "(0)"}     # a mod b over {0, 1} is 0 (as numpy's, even for b = 0)
     compare: ClassVar[Mapping[Op, str]] = {Op.EQ: "({} == {})", Op.NE: "({} != {})", Op.LT: "({} < {})",
                                            Op.LE: "({} <= {})"}
     storage: ClassVar[Mapping[DType, str]] = {

@@ -14,8 +14,10 @@ parts, and the generic program execution (`program.executor.ProgramExecutor`) dr
   launches between two transfers, run as one call) and single launches (for profiling).
 
 `HostAllocator` is the allocator of every device whose kernels read host memory (C, LLVM).
-A `Device` bundles the three under a name; `backends.registry.register_device` registers one, and
-`backends.registry.device(name)` finds it (the backend behind `dnet.compile(..., target=name)`).
+A `Device` bundles the three under a name with the dtypes it claims and the ops it declares
+unsupported; `backends.registry.register_device` registers one beside its backend (the
+`prepare(graph, **options) -> Runner` behind `dnet.compile(..., target=name)`), and
+`backends.registry.device(name)` finds it.
 
 How a new backend plugs in (an OpenCL one, say):
 1. subclass `kernel.render.CStyleRenderer` (or `Renderer`) for its dialect: the op tables and the
@@ -26,8 +28,10 @@ How a new backend plugs in (an OpenCL one, say):
    its `kernel.target` (tiles and threads for a CPU; grid and work-groups for a GPU) and `packer`
    its weight layout (or None), and run it with `ProgramExecutor(program, weights, allocator,
    launcher)`: input binding, arena plans, segments, transfers and state come for free;
-5. register it (`registry.register_device`); the op x backend coverage test
-   (tests/backends/test_op_coverage.py) then runs every op on it against the numpy reference.
+5. register the backend (`registry.register`) and its Device (`registry.register_device`): the op x
+   backend coverage test (tests/backends/test_op_coverage.py) then runs every op of the graph IR at
+   every dtype the device claims against the numpy reference; an op it cannot run fails the test
+   unless `Device.unsupported` says why (the reason is printed).
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from dnet.core.dtypes import DType
+from dnet.graph.ops import Op
 from dnet.program.instructions import Program
 from dnet.program.memory import ALIGN
 
@@ -93,17 +99,27 @@ class ProgramLoader(Protocol):
 
 @dataclass(frozen=True)
 class Device:
-    """A device: its allocator, the renderer of each dialect it compiles, and its program loader.
+    """A device: its allocator, the renderer of each dialect it compiles, its program loader, and what
+    it claims to run.
 
-    `renderers` maps a dialect name ("c", "opencl", ...) to a `kernel.render.Renderer` subclass;
-    `available()` says at run time whether this machine has the device (a compiler, a driver),
-    with the reason when it does not.
+    `allocator()` makes the allocator of one loaded program (each owns its arena); `renderers` maps a
+    dialect name ("c", "opencl", ...) to a `kernel.render.Renderer` subclass; `loader` turns rendered
+    source into a Launcher. `dtypes` are the dtypes it runs (block formats included); `unsupported`
+    maps an op, or an (op, dtype) pair, to why it does not run it: the op x backend coverage test
+    runs every other op at every claimed dtype against the numpy reference, and prints these reasons.
+    `available()` says at run time why this machine cannot use it (no compiler, no driver), or None.
     """
     name: str
-    allocator: Allocator
+    allocator: Callable[[], Allocator]
     renderers: Mapping[str, type]
-    loader: ProgramLoader
-    available: Callable[[], tuple[bool, str]] = field(default=lambda: (True, ""))
+    loader: ProgramLoader | None
+    dtypes: frozenset[DType]
+    unsupported: Mapping[Op | tuple[Op, DType], str] = field(default_factory=dict)
+    available: Callable[[], str | None] = field(default=lambda: None)
+
+    def reason_unsupported(self, op: Op, dtype: DType) -> str | None:
+        """Why this device does not run `op` at `dtype`, if it says so."""
+        return self.unsupported.get((op, dtype)) or self.unsupported.get(op)
 
 
 class HostAllocator:

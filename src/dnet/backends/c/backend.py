@@ -14,8 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dnet.backends.c.cache import CompileCache
-from dnet.backends.c.compiler import find_compiler
+from dnet.backends.c.device import CLoader
 from dnet.backends.c.library import render_library
 from dnet.backends.c.packing import PanelPacker
 from dnet.backends.c.runtime import CModule
@@ -66,8 +65,7 @@ class CBackend:
         host = host or detect()
         compiled = build_program(graph, CpuTarget(host, threads), PanelPacker())
         source = render_library(compiled.kernels, compiled.program, activation_bits)
-        cache = CompileCache(Path(cache_dir) if cache_dir is not None else None)
-        library = cache.get_or_build(source, find_compiler(), host.fingerprint())
+        library = CLoader(cache_dir, host).library(source)
         runner = CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)
         runner.gathered = gathered_inputs(graph)
         return runner
