@@ -13,7 +13,10 @@ from dnet.graph import composites as C
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ops import Op
 from dnet.graph.passes import default_graph_pipeline
+from dnet.graph.passes.bf16 import bf16_matmuls
+from dnet.graph.passes.dynamic_quant import quantize_dynamic
 from dnet.graph.passes.quantize import quantize_weights
+from dnet.kernel.ir import Gemm
 
 from opencl_support import assert_matches_reference
 
@@ -64,13 +67,23 @@ def _mlp(rng, k: int, hidden: int, n: int):
     return b.finish()
 
 
-@pytest.mark.parametrize("quantize", [False, True], ids=["f32", "int8"])
-def test_weights_and_epilogues_match_reference(compile_opencl, quantize):
+# every form a Gemm's operands take, each as a graph the reference runs as written (the oracle):
+# f32 weights packed in panels; int8 weights with per-column scales; int8 activations per row (step and
+# zero offset) against int8 weights, in program/panels.py's i8x4 layout; bf16 activations and weights (bf16x2)
+WEIGHT_FORMS = {"f32": lambda g: g, "int8": lambda g: quantize_weights(g, min_elements=1),
+                "int8-dynamic": lambda g: quantize_dynamic(g, min_elements=1),
+                "bf16": lambda g: bf16_matmuls(g, min_elements=1)}
+
+
+@pytest.mark.parametrize("form", WEIGHT_FORMS)
+def test_weights_and_epilogues_match_reference(compile_opencl, form):
     rng = np.random.default_rng(1)
-    graph = _mlp(rng, 70, 45, 33)
-    if quantize:      # int8 weights with per-column scales: the reference runs the same quantized graph
-        graph = quantize_weights(graph, min_elements=1)
+    graph = WEIGHT_FORMS[form](_mlp(rng, 70, 45, 33))
     runner = compile_opencl(graph)
+    gemms = [s for k in runner.compiled.kernels.values() for s in k.body if isinstance(s, Gemm)]
+    assert len(gemms) == 2
+    if form in ("int8-dynamic", "bf16"):
+        assert all(g.a.dtype is not DType.F32 for g in gemms)     # the low-precision Gemms, not f32 ones
     for shape in ((1, 1, 70), (2, 17, 70)):
         assert_matches_reference(runner, graph, {"x": rng.standard_normal(shape).astype(np.float32)},
                                  rtol=1e-4, atol=1e-5)

@@ -14,8 +14,9 @@ must reach. The third grid dimension runs the batch. t and w come from the devic
 The epilogue (bias, GELU, a residual add) is applied to each result before its one store.
 Right operands come as the scheduler left them: strided, packed into nr-wide panels (a weight),
 int8 panels with per-column scales, or a convolution's input read as its im2col matrix
-(gathered while the block is loaded; zero outside the image). Low-precision activations (int8
-per row, bf16) are not rendered here: the backend's error names them.
+(gathered while the block is loaded; zero outside the image). Low-precision Gemms
+(`quantize="int8-dynamic"`, `precision="bf16"`) read their operands in the C backend's layouts
+(`program/panels.py`) and widen each element to f32 as it is loaded: the reference's own arithmetic.
 """
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ DEPTH = 16     # the k step: columns of a's block and rows of b's block held in 
 
 
 def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
-    if g.a.dtype is not DType.F32 or g.a.scale:
-        raise r.missing(f"matmul on {g.a.dtype} activations", g.a.dtype)
     ts, work, ix = r.gemm_shape.threads, r.gemm_shape.work, r.index   # ts x ts work-items, work x work results each
     block, threads = ts * work, ts * ts      # the block of the result one work-group computes
     loads = block * DEPTH // threads         # elements of each operand's block a work-item loads per k step
@@ -98,15 +97,26 @@ def _batch_decl(r: OpenCLRenderer, g: Gemm) -> list[str]:
 
 
 def _element_a(r: OpenCLRenderer, a: Operand, row: str, k: str) -> str:
-    return f"{a.buffer}[g_off_a + {row} * {r.index(a.row_stride)} + {k} * {r.index(a.col_stride)}]"
+    value = f"{a.buffer}[g_off_a + {row} * {r.index(a.row_stride)} + {k} * {r.index(a.col_stride)}]"
+    if a.dtype is DType.I8:     # int8 activations, per row its step s and zero offset z side by side: (q + z) s
+        return f"(((float){value} + {a.scale}[2 * {row} + 1]) * {a.scale}[2 * {row}])"
+    if a.dtype is DType.BF16:
+        return f"dn_bf16_to_f32({value})"
+    return value
 
 
 def _element_b(r: OpenCLRenderer, g: Gemm, k: str, col: str) -> str:
     b = g.b
     if b.im2col is not None:
         return _im2col_element(r, g, k, col)
+    nr = g.tile.nr
+    if b.packed and g.a.dtype is DType.I8:      # program/panels.py's i8x4: bytes b + 128, 4 along k per column
+        at = f"({col} / {nr}) * ((g_K + 3) / 4 * {nr * 4} + {4 * nr}) + (({k} / 4) * {nr} + {col} % {nr}) * 4 + {k} % 4"
+        return f"((float)(char)((uchar){b.buffer}[{at}] ^ 0x80) * {b.scale}[{col}])"
+    if b.packed and b.dtype is DType.BF16:      # program/panels.py's bf16x2: 2 along k per column
+        at = f"({col} / {nr}) * ((g_K + 1) / 2 * {nr * 2}) + (({k} / 2) * {nr} + {col} % {nr}) * 2 + {k} % 2"
+        return f"dn_bf16_to_f32({b.buffer}[{at}])"
     if b.packed:      # panels of nr columns: (n / nr, k, nr), zero-padded; packed weights start at 0
-        nr = g.tile.nr
         value = f"{b.buffer}[({col} / {nr}) * g_K * {nr} + {k} * {nr} + {col} % {nr}]"
         return f"((float){value} * {b.scale}[{col}])" if b.scale else value
     return f"{b.buffer}[g_off_b + {k} * {r.index(b.row_stride)} + {col} * {r.index(b.col_stride)}]"
