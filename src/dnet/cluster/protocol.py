@@ -5,7 +5,8 @@ A frame is
     header   20 bytes, network order: magic b"DNET", version u8, type u8, flags u16 (0),
              meta length u32, payload length u64
     meta     UTF-8 JSON object; its "tensors" entry lists [name, dtype, shape] per tensor
-             (absent when there are none)
+             (absent when there are none); the rest is the message's fields, a typed record
+             per kind in dnet.cluster.messages, checked there when a side decodes it
     payload  the tensors' bytes, C order, each starting at a multiple of ALIGN bytes
 
 Every length is checked against `Limits` before a byte of the body is read, and the
