@@ -169,3 +169,19 @@ def test_bad_inputs_are_one_line_dnet_errors(compile_opencl):
     with pytest.raises(DnetError, match="state 'cache' must be a writeable C-contiguous f32"):
         runner.run({"x": np.zeros((1, 1, 2, 4), np.float32), "pos": np.zeros((1, 1), np.int64),
                     "ctx_marker": np.zeros(8, np.int64), "cache": np.zeros((1, 8, 2, 4), np.float64)})
+
+
+@pytest.mark.parametrize("m,k,n", [(0, 16, 24), (4, 0, 24), (4, 16, 0), (0, 0, 0)])
+def test_an_empty_dim_gives_an_empty_or_zero_sum_result(compile_opencl, m, k, n):
+    """A launch over an empty grid is skipped; a k of 0 sums nothing (softmax of zeros: uniform)."""
+    g = GraphBuilder()
+    a = g.input("a", TensorType((M, K), DType.F32))
+    b = g.input("b", TensorType((K, N), DType.F32))
+    g.output("y", C.softmax(g, g.matmul(a, b), -1))
+    graph = g.finish()
+    feeds = {"a": np.ones((m, k), np.float32), "b": np.ones((k, n), np.float32)}
+    got = compile_opencl(graph).run(feeds)["y"]
+    z = feeds["a"] @ feeds["b"]              # by hand: the reference's max has no identity on an empty row
+    e = np.exp(z - z.max(-1, keepdims=True)) if n else z
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, e / e.sum(-1, keepdims=True))
