@@ -45,10 +45,15 @@ INT8_PATHS = {
         "avx_vnni" in FLAGS or {"avx512_vnni", "avx512vl"} <= FLAGS) else "avx2" if "avx2" in FLAGS else "portable"),
 }
 if "avx512_vnni" in FLAGS and "avx512bw" in FLAGS:
-    INT8_PATHS["avx512-vnni"] = ((), "avx512-vnni")
+    INT8_PATHS["avx512-vnni"] = (("-DDN_NO_AMX",), "avx512-vnni")
+if "amx_int8" in FLAGS:   # where Linux grants the tiles (never run on the machines this was written on)
+    INT8_PATHS["amx-int8"] = ((), "amx-int8")
 BF16_PATHS = {"native": ((), None), "portable": (("-DDN_BF16_PORTABLE",), "portable")}
 if "avx512_bf16" in FLAGS:
-    BF16_PATHS["avx512-bf16"] = ((), "avx512-bf16")
+    BF16_PATHS["avx512-bf16"] = (("-DDN_NO_AMX",), "avx512-bf16")
+if "amx_bf16" in FLAGS:
+    BF16_PATHS["amx-bf16"] = ((), "amx-bf16")
+AMX_FLAGS = ("-mamx-tile", "-mamx-int8", "-mamx-bf16")
 
 # (k, n) of each matmul: k below, at and past a group of 4 and the panel, n ragged against 16 and 32
 SHAPES = [(1, 3), (3, 17), (4, 32), (7, 33), (64, 48), (130, 70)]
@@ -181,3 +186,22 @@ def test_int8_forced_paths_compute_the_same_integers(tmp_path_factory, monkeypat
     for other in results.values():
         for name, y in first.items():
             np.testing.assert_allclose(other[name], y, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif("avx512_vnni" not in FLAGS or "avx512_bf16" not in FLAGS or "amx_int8" in FLAGS,
+                    reason="for a host with AVX-512 VNNI and BF16 but no AMX")
+def test_amx_code_builds_and_falls_back_where_there_are_no_tiles(tmp_path_factory, monkeypatch):
+    """The AMX kernels compiled in (as on an AMX host), on a CPU without AMX: Linux refuses the tile data, so the
+    library reports and runs the AVX-512 paths, with the reference's results. (The AMX kernels themselves run
+    only on an AMX host, where the `amx-*` paths above are checked.)"""
+    from dnet.backends.c.compiler import _accepts
+
+    compiler = find_compiler()
+    if not _accepts(compiler.path, list(compiler.flags) + list(AMX_FLAGS)):
+        pytest.skip("the C compiler does not take -mamx-*")
+    for kind, graph in (("int8", int8_graph()), ("bf16", bf16_graph())):
+        exe = _compile(graph, AMX_FLAGS, tmp_path_factory.mktemp(f"amx-{kind}"), monkeypatch)
+        assert "dn_amx_ready" in exe.runner.source
+        assert _path(exe, "dnet_igemm_path" if kind == "int8" else "dnet_bgemm_path") == (
+            "avx512-vnni" if kind == "int8" else "avx512-bf16")
+        _check(graph, exe, _inputs(graph, np.random.default_rng(5), 33, 2, 4.0))

@@ -22,12 +22,13 @@ has), each with the same results within f32 rounding of the sums (int8: exactly 
          portable     int32 loops (the compiler vectorises what it can)
   bf16   AVX512-BF16  `vdpbf16ps`: two products of bf16 pairs added to an f32 lane per instruction
          portable     bf16 widened to f32 (a shift), f32 loops
-  AMX    not built: no machine here has its tiles to test it on (docs/c_backend.md).
+  AMX    `tdpbsud` / `tdpbf16ps` on tiles of 16 rows x 64 bytes, where the compiler targets AMX and Linux
+         grants the process its tile data (else the AVX-512 path); never run here: no machine had AMX.
 
 `-DDN_QUANT_PORTABLE` forces the portable int8 path, `-DDN_QUANT_NO_VNNI` the AVX2 one and
 `-DDN_QUANT_NO_AVX512` the 256-bit one (the macros of `backends/c/quant.py`, so one flag forces every
-integer kernel); `-DDN_BF16_PORTABLE` the portable bf16 path. `dnet_igemm_path()` and
-`dnet_bgemm_path()` in the library name the paths it was built with.
+integer kernel); `-DDN_BF16_PORTABLE` the portable bf16 path; `-DDN_NO_AMX` keeps AMX out.
+`dnet_igemm_path()` and `dnet_bgemm_path()` in the library name the paths it computes with.
 
 Loops: tasks are (block of 8 slivers of mr rows, chunk of panels), enough for 4 per thread; within a
 task each panel of b (k x nr, in L1 or L2) meets every sliver of the block's rows of a, read in place.
@@ -71,8 +72,46 @@ COMMON = r"""
 #include <immintrin.h>
 #endif
 
+/* AMX (Sapphire Rapids and later): tiles of 16 rows x 64 bytes, `tdpbsud` / `tdpbf16ps` on whole tiles. Built
+   where the compiler targets AMX (and -DDN_NO_AMX is not given); used where Linux also grants this process the
+   tile data (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once), else the AVX-512 path runs. */
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(DN_I8_AVX512) && !defined(DN_NO_AMX)
+#define DN_AMX_INT8 1
+#endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(DN_BF16_AVX512) && !defined(DN_NO_AMX)
+#define DN_AMX_BF16 1
+#endif
+#if defined(DN_AMX_INT8) || defined(DN_AMX_BF16)
+#include <sys/syscall.h>
+#include <unistd.h>
+static int dn_amx_ready(void) {
+    static int state = -1;   /* the permission is the process's: a second asker gets the same answer */
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s < 0) {
+        s = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s;
+}
+
+typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } dn_amx_cfg;
+
+/* tiles 0 and 1: the sums of 16 columns each (rows x 16 lanes); 2: rows of a (64 bytes of k); 3 and 4: b,
+   16 rows (groups of k) x 64 bytes (16 columns), read from a panel of 32 columns (128 bytes a row) */
+static inline void dn_amx_config(int64_t rows) {
+    dn_amx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 5; ++t) { cfg.colsb[t] = 64; cfg.rows[t] = (uint8_t)(t < 3 ? rows : 16); }
+    _tile_loadconfig(&cfg);
+}
+#endif
+
 /* the paths this library computes with, for tests and benchmarks */
 const char* dnet_igemm_path(void) {
+#if defined(DN_AMX_INT8)
+    if (dn_amx_ready()) return "amx-int8";
+#endif
 #if defined(DN_I8_AVX512)
     return "avx512-vnni";
 #elif defined(DN_I8_AVX2) && defined(DN_I8_DPBUSD)
@@ -85,6 +124,9 @@ const char* dnet_igemm_path(void) {
 }
 
 const char* dnet_bgemm_path(void) {
+#if defined(DN_AMX_BF16)
+    if (dn_amx_ready()) return "amx-bf16";
+#endif
 #if defined(DN_BF16_AVX512)
     return "avx512-bf16";
 #else
@@ -96,7 +138,89 @@ const char* dnet_bgemm_path(void) {
 
 def support(tile: GemmTile) -> str:
     """The int8 and bf16 micro-kernels for one tile shape (emitted once per library, after COMMON)."""
-    return _int8(tile.mr, tile.nr) + _bf16(tile.mr, tile.nr)
+    amx = _amx(tile.mr) if tile.nr == AMX_NR and tile.mr <= 16 else ""
+    return amx + _int8(tile.mr, tile.nr, bool(amx)) + _bf16(tile.mr, tile.nr, bool(amx))
+
+
+AMX_NR = 32   # a panel is two AMX tiles of 16 columns
+
+
+def _amx(mr: int) -> str:
+    """The int8 and bf16 tiles on AMX, for panels of 32 columns: the last groups of k, where a whole tile
+    would read past a row of a or past the panel, go through zero-padded copies."""
+    sfx = f"{mr}x{AMX_NR}"
+    return f"""
+#if defined(DN_AMX_INT8)
+/* t (mr x 32 int32) = sum over k4 groups of a * (b + 128): 16 groups (64 bytes of each row of a) a step */
+static void dn_amx_i8_{sfx}(int64_t k4, const int8_t* a, int64_t lda, const int8_t* b, int32_t* t, int64_t mr) {{
+    const int64_t full = k4 / 16, rest = k4 % 16;
+    int8_t at[16 * 64] __attribute__((aligned(64))), bt[16 * 128] __attribute__((aligned(64)));
+    if (rest) {{   /* copied before the tiles are configured: no call between tile instructions */
+        memset(at, 0, sizeof at);
+        memset(bt, 0, sizeof bt);
+        for (int64_t i = 0; i < mr; ++i) memcpy(at + i * 64, a + i * lda + full * 64, (size_t)(rest * 4));
+        memcpy(bt, b + full * 16 * 128, (size_t)(rest * 128));
+    }}
+    dn_amx_config(mr);
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t s = 0; s < full; ++s) {{
+        _tile_loadd(2, a + s * 64, lda);
+        _tile_loadd(3, b + s * 16 * 128, 128);
+        _tile_loadd(4, b + s * 16 * 128 + 64, 128);
+        _tile_dpbsud(0, 2, 3);
+        _tile_dpbsud(1, 2, 4);
+    }}
+    if (rest) {{
+        _tile_loadd(2, at, 64);
+        _tile_loadd(3, bt, 128);
+        _tile_loadd(4, bt + 64, 128);
+        _tile_dpbsud(0, 2, 3);
+        _tile_dpbsud(1, 2, 4);
+    }}
+    _tile_stored(0, t, 128);
+    _tile_stored(1, t + 16, 128);
+    _tile_release();
+}}
+#endif
+
+#if defined(DN_AMX_BF16)
+/* t (mr x 32 f32) = sum over k of a * b in bf16 pairs: 16 pairs (32 values of each row of a) a step; k2 whole
+   pairs, then kt (< 2) values */
+static void dn_amx_bf16_{sfx}(int64_t k2, int64_t kt, const uint16_t* a, int64_t lda, const uint16_t* b, float* t,
+                             int64_t mr) {{
+    const int64_t full = k2 / 16, rest = k2 % 16 + kt;   /* pairs left after the whole steps */
+    uint16_t at[16 * 32] __attribute__((aligned(64))), bt[16 * 64] __attribute__((aligned(64)));
+    if (rest) {{
+        memset(at, 0, sizeof at);
+        memset(bt, 0, sizeof bt);
+        const int64_t values = (k2 % 16) * 2 + kt;
+        for (int64_t i = 0; i < mr; ++i) memcpy(at + i * 32, a + i * lda + full * 32, (size_t)(values * 2));
+        memcpy(bt, b + full * 16 * 64, (size_t)(rest * 128));
+    }}
+    dn_amx_config(mr);
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t s = 0; s < full; ++s) {{
+        _tile_loadd(2, a + s * 32, lda * 2);
+        _tile_loadd(3, b + s * 16 * 64, 128);
+        _tile_loadd(4, b + s * 16 * 64 + 32, 128);
+        _tile_dpbf16ps(0, 2, 3);
+        _tile_dpbf16ps(1, 2, 4);
+    }}
+    if (rest) {{
+        _tile_loadd(2, at, 64);
+        _tile_loadd(3, bt, 128);
+        _tile_loadd(4, bt + 32, 128);
+        _tile_dpbf16ps(0, 2, 3);
+        _tile_dpbf16ps(1, 2, 4);
+    }}
+    _tile_stored(0, t, 128);
+    _tile_stored(1, t + 16, 128);
+    _tile_release();
+}}
+#endif
+"""
 
 
 def _rows(mr: int, elem: str) -> str:
@@ -104,11 +228,13 @@ def _rows(mr: int, elem: str) -> str:
     return "\n".join(f"    const {elem}* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(mr))
 
 
-def _int8(mr: int, nr: int) -> str:
+def _int8(mr: int, nr: int, amx: bool = False) -> str:
     sfx = f"{mr}x{nr}"
     branches = []
     if nr % 16 == 0:
-        branches.append(("defined(DN_I8_AVX512)", _int8_vector(mr, nr, 16, "__m512i", "_mm512")))
+        first = (f"#if defined(DN_AMX_INT8)\n    if (dn_amx_ready()) {{ dn_amx_i8_{sfx}(k4, a, lda, b, t, mr); return; }}"
+                 "\n#endif\n" if amx else "")
+        branches.append(("defined(DN_I8_AVX512)", first + _int8_vector(mr, nr, 16, "__m512i", "_mm512")))
     if nr % 8 == 0:
         branches.append(("defined(DN_I8_AVX2)", _int8_vector(mr, nr, 8, "__m256i", "_mm256")))
     body = ""
@@ -213,9 +339,11 @@ def _int8_portable(mr: int, nr: int) -> str:
     }}"""
 
 
-def _bf16(mr: int, nr: int) -> str:
+def _bf16(mr: int, nr: int, amx: bool = False) -> str:
     sfx = f"{mr}x{nr}"
     vector = ""
+    first = (f"#if defined(DN_AMX_BF16)\n    if (dn_amx_ready()) {{ dn_amx_bf16_{sfx}(k2, kt, a, lda, b, t, mr); return; }}"
+             "\n#endif\n" if amx else "")
     if nr % 16 == 0:
         nv = nr // 16
         acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
@@ -232,7 +360,7 @@ def _bf16(mr: int, nr: int) -> str:
         store = "\n".join(f"    _mm512_storeu_ps(t + {i * nr + v * 16}, {acc[i][v]});"
                           for i in range(mr) for v in range(nv))
         vector = f"""#if defined(DN_BF16_AVX512)
-{_rows(mr, "uint16_t")}
+{first}{_rows(mr, "uint16_t")}
 {decl}
     for (int64_t kk = 0; kk < k2; ++kk, b += {nr * 2}) {{
 {step("uint32_t w; memcpy(&w, a{i} + kk * 2, 4);")}
