@@ -51,12 +51,17 @@ class GemmSupport:
     def _vector(self, tile: GemmTile) -> str:
         lanes = tile.lanes if tile.lanes > 1 else 1
         vec = f"<{lanes} x float>"
-        self.declared.add(f"declare {vec} @llvm.fmuladd.v{lanes}f32({vec}, {vec}, {vec})")
+        if lanes != 16:                 # the 16-lane one is the prelude's (block weights use it too)
+            self.declared.add(f"declare {vec} @llvm.fmuladd.v{lanes}f32({vec}, {vec}, {vec})")
         return vec
 
     def _loop_metadata(self) -> str:
+        return self.loop_hint('!"llvm.loop.unroll.disable"' if UNROLL == 1 else
+                              f'!"llvm.loop.unroll.count", i32 {UNROLL}')
+
+    def loop_hint(self, hint: str) -> str:
+        """`!llvm.loop !N` for a loop carrying `hint` (numbered here: one metadata list per module)."""
         n = len(self.metadata)
-        hint = '!"llvm.loop.unroll.disable"' if UNROLL == 1 else f'!"llvm.loop.unroll.count", i32 {UNROLL}'
         self.metadata += [f"!{n} = distinct !{{!{n}, !{n + 1}}}", f"!{n + 1} = !{{{hint}}}"]
         return f"!llvm.loop !{n}"
 

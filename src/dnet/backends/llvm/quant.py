@@ -3,9 +3,10 @@
 Each format's element load (`dn_dq_<format>(ptr base, i64 i)`) decodes element i of a row of
 whole blocks as the C backend's `dn_dq_*` do (and so as the `gguf` package's reference code and the
 numpy oracle): the scale's f16 widened, each product rounded on its own (no fused multiply-add).
-A `QMatmul` runs over the weight's rows on the thread pool: each thread decodes one weight row at a
-time into a buffer of k floats and takes its dot product with every row of the activations (f32,
-unquantized: the reference's arithmetic, within summation order), then the epilogue. That is the
+A `QMatmul` runs over the weight's rows on the thread pool: for each weight row and activation row,
+`dn_qdot_<format>` widens the row's blocks in vector registers and sums their products with the
+activations (f32, unquantized: the reference's values, within summation order), then the epilogue
+is applied. Each weight byte is read once per activation row and never stored decoded. That is the
 portable path; the C backend's integer kernels (VNNI, AVX2) are faster at prefill.
 
 Formats: Q8_0, Q4_0 and Q4_1 (SmolLM2's file holds Q4_1 and Q8_0). The K-quants (Q4_K, Q5_K,
@@ -65,9 +66,72 @@ DEQUANT = {
 }"""}
 
 
+def _dot(dtype: DType) -> str:
+    """`dn_qdot_<format>(ptr a, ptr w, i64 blocks)`: the dot product of `blocks` x 32 f32 activations with
+    one weight row, block by block in vector registers: per block the 32 values are widened in
+    registers, multiplied by the activations, and the block's sum scaled by d (d * sum(a q)) is added
+    to a vector of partial sums (Q4_1 adds m * sum(a) the same way), reduced once at the end. Each
+    weight is read once and never stored decoded; the sums differ from the decoded row's only in
+    rounding order."""
+    v16, v32 = "<16 x float>", "<32 x float>"
+    name = dtype.value
+    body = [f"define internal float @dn_qdot_{name}(ptr noalias %a, ptr noalias %w, i64 %blocks) nounwind {{",
+            "entry:", "  br label %loop", "loop:",
+            "  %blk = phi i64 [0, %entry], [%next, %loop]",
+            f"  %acc = phi {v16} [zeroinitializer, %entry], [%acc2, %loop]",
+            f"  %off = mul nsw i64 %blk, {dtype.block_bytes}",
+            "  %b = getelementptr inbounds i8, ptr %w, i64 %off",
+            "  %h = load i16, ptr %b, align 1",
+            "  %d = call float @dn_f16_to_f32(i16 %h)",
+            f"  %d1 = insertelement {v16} poison, float %d, i64 0",
+            f"  %dv = shufflevector {v16} %d1, {v16} poison, <16 x i32> zeroinitializer",
+            "  %ao = mul nsw i64 %blk, 32",
+            "  %ap = getelementptr inbounds float, ptr %a, i64 %ao",
+            f"  %alo = load {v16}, ptr %ap, align 4",
+            "  %aph = getelementptr inbounds float, ptr %ap, i64 16",
+            f"  %ahi = load {v16}, ptr %aph, align 4"]
+    if dtype is DType.Q8_0:
+        body += ["  %qp = getelementptr inbounds i8, ptr %b, i64 2",
+                 "  %q = load <32 x i8>, ptr %qp, align 1",
+                 f"  %qf = sitofp <32 x i8> %q to {v32}",
+                 f"  %qlo = shufflevector {v32} %qf, {v32} poison, <16 x i32> <{', '.join(f'i32 {i}' for i in range(16))}>",
+                 f"  %qhi = shufflevector {v32} %qf, {v32} poison, <16 x i32> <{', '.join(f'i32 {i}' for i in range(16, 32))}>"]
+    else:
+        start = 2 if dtype is DType.Q4_0 else 4
+        body += [f"  %qp = getelementptr inbounds i8, ptr %b, i64 {start}",
+                 "  %q = load <16 x i8>, ptr %qp, align 1",
+                 "  %lo = and <16 x i8> %q, splat (i8 15)",
+                 "  %hi = lshr <16 x i8> %q, splat (i8 4)"]
+        if dtype is DType.Q4_0:
+            body += ["  %lo8 = sub <16 x i8> %lo, splat (i8 8)", "  %hi8 = sub <16 x i8> %hi, splat (i8 8)",
+                     f"  %qlo = sitofp <16 x i8> %lo8 to {v16}", f"  %qhi = sitofp <16 x i8> %hi8 to {v16}"]
+        else:
+            body += [f"  %qlo = uitofp <16 x i8> %lo to {v16}", f"  %qhi = uitofp <16 x i8> %hi to {v16}"]
+    body += [f"  %t0 = fmul {v16} %alo, %qlo",
+             f"  %t1 = call {v16} @llvm.fmuladd.v16f32({v16} %ahi, {v16} %qhi, {v16} %t0)",
+             f"  %acc1 = call {v16} @llvm.fmuladd.v16f32({v16} %dv, {v16} %t1, {v16} %acc)"]
+    if dtype is DType.Q4_1:
+        body += ["  %mp = getelementptr inbounds i8, ptr %b, i64 2",
+                 "  %mh = load i16, ptr %mp, align 1",
+                 "  %m = call float @dn_f16_to_f32(i16 %mh)",
+                 f"  %m1 = insertelement {v16} poison, float %m, i64 0",
+                 f"  %mv = shufflevector {v16} %m1, {v16} poison, <16 x i32> zeroinitializer",
+                 f"  %as = fadd {v16} %alo, %ahi",
+                 f"  %acc2 = call {v16} @llvm.fmuladd.v16f32({v16} %mv, {v16} %as, {v16} %acc1)"]
+    else:
+        body += [f"  %acc2 = fadd {v16} %acc1, zeroinitializer"]
+    body += ["  %next = add nsw i64 %blk, 1",
+             "  %more = icmp slt i64 %next, %blocks",
+             "  br i1 %more, label %loop, label %done",
+             "done:",
+             f"  %sum = call reassoc float @llvm.vector.reduce.fadd.v16f32(float 0.0, {v16} %acc2)",
+             "  ret float %sum", "}"]
+    return "\n".join(body)
+
+
 def quant_support() -> str:
-    """Every format's element load (LLVM drops the ones a module does not call)."""
-    return "\n\n".join(DEQUANT.values())
+    """Every format's element load and row dot product (LLVM drops the ones a module does not call)."""
+    return "\n\n".join(list(DEQUANT.values()) + [_dot(d) for d in FORMATS])
 
 
 def check_format(r, dtype: DType) -> None:
@@ -95,7 +159,6 @@ def _rows(r, q: QMatmul, begin: str, end: str) -> None:
     k, n = q.k, q.n
     row_bytes = q.weight_dtype.storage_bytes(k)
     m = ix(q.m)
-    wide = f.op(f"call ptr @malloc(i64 {k * 4})")
     a = f.gep("float", r.env[q.a.buffer][0], ix(q.a.offset))
     rs = ix(q.a.row_stride)
     out_dtype = r.buffers[q.out]
@@ -103,27 +166,15 @@ def _rows(r, q: QMatmul, begin: str, end: str) -> None:
 
     with f.loop(begin, end, hint="qj") as j:
         w = f.gep("i8", r.env[q.weight][0], f.mul(j, str(row_bytes)))
-        with f.loop("0", str(k), hint="qk") as kk:
-            v = f.op(f"call float @dn_dq_{q.weight_dtype.value}(ptr {w}, i64 {kk})")
-            f.emit(f"store float {v}, ptr {f.gep('float', wide, kk)}")
         with f.loop("0", m, hint="qi") as i:
             row = f.gep("float", a, f.mul(i, rs))
-            acc = f.alloca("float")
-            f.emit(f"store float 0.0, ptr {acc}")
-            with f.loop("0", str(k), hint="qd") as kk:
-                x = f.op(f"load float, ptr {f.gep('float', row, kk)}")
-                y = f.op(f"load float, ptr {f.gep('float', wide, kk)}")
-                cur = f.op(f"load float, ptr {acc}")
-                # reassoc: the dot product in vector lanes (the reference sums in its own order too)
-                product = f.op(f"fmul float {x}, {y}")
-                f.emit(f"store float {f.op(f'fadd reassoc float {cur}, {product}')}, ptr {acc}")
+            acc = f.op(f"call float @dn_qdot_{q.weight_dtype.value}(ptr {row}, ptr {w}, i64 {k // 32})")
             r.env[q.vars[0]], r.env[q.vars[1]] = (i, "i64"), (j, "i64")
-            r.env["acc"] = (f.op(f"load float, ptr {acc}"), "float")
+            r.env["acc"] = (acc, "float")
             r.stmts(q.epilogue_lets)
             value = r.narrow(r.expr(q.epilogue), q.epilogue.dtype, out_dtype)
             ptr = f.gep(STORAGE[out_dtype], r.env[q.out][0], f.add(f.mul(i, str(n)), j))
             f.emit(f"store {STORAGE[out_dtype]} {value}, ptr {ptr}")
-    f.emit(f"call void @free(ptr {wide})")
 
 
 __all__ = ["FORMATS", "PARALLEL_MIN_WORK", "quant_support", "render_qmatmul", "load_block"]
