@@ -102,8 +102,9 @@ class _Verifier:
             raise self.fail(f"parameter names repeat: {names}")
         if len(set(self.kernel.dims)) != len(self.kernel.dims):
             raise self.fail(f"dims repeat: {self.kernel.dims}")
-        if set(names) & set(self.kernel.dims):
-            raise self.fail(f"a name is both a parameter and a dim: {sorted(set(names) & set(self.kernel.dims))}")
+        # a dim may share a parameter's name (an LLM's logits rows are the dim "out", its result buffer
+        # the parameter "out"): buffers and indices are separate namespaces here, and every renderer
+        # spells a dim apart from any buffer (C and OpenCL `n_out`, LLVM `%d0`)
         self.block(self.kernel.body, _Scope(indices=self.kernel.dims))
 
     # -- statements ----------------------------------------------------------------------
