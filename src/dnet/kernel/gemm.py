@@ -327,7 +327,7 @@ def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, 
                                                 "", tile), idx)
 
 
-MAX_INT8_K = 65536   # (a + 128) * b summed over k, as VNNI computes it, stays within int32 up to here
+MAX_INT8_K = 65536   # a * (b + 128) summed over k, as VNNI computes it (|a| <= 128), stays within int32 up to here
 
 
 def _lower_low_precision(graph: Graph, root: int, mm: int, low: tuple, quant: tuple | None, materialized: set[int],

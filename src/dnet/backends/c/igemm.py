@@ -3,10 +3,11 @@
 Two Gemms that `kernel/gemm.py` makes from what `graph.passes.dynamic_quant` and `graph.passes.bf16`
 leave in the graph:
 
-- int8: a (m, k) int8 row-major with one f32 scale per row (activations quantized per token) against
-  a constant int8 weight with one f32 scale per column; sum_k a * b is exact in int32, then times
-  s_a[i] * s_b[j]. The weight is packed at load time (`program/panels.py`) in panels of nr columns,
-  4 values of k per column side by side, as b + 128 (unsigned bytes): one 4-byte word of a row of a, broadcast, meets nr columns in
+- int8: a (m, k) int8 row-major, each row with its step s and zero offset z (activations quantized per
+  token), against a constant int8 weight with one f32 scale per column: sum_k a * b is exact in int32
+  (up to k = 65536: `kernel.gemm.MAX_INT8_K`), plus z * sum_k b, then times s * scale[j]. The weight is
+  packed at load time (`program/panels.py`) in panels of nr columns, 4 values of k per column side by
+  side, as b + 128 (unsigned bytes): one 4-byte word of a row of a, broadcast, meets nr columns in
   nr / 16 (or nr / 8) vectors.
 - bf16: a (m, k) bf16 row-major against a constant bf16 weight, pairs of k side by side; the products
   of two bf16 values are exact in f32 and summed in f32.
@@ -18,7 +19,7 @@ has), each with the same results within f32 rounding of the sums (int8: exactly 
                       (its top bit flipped, at packing) and 128 * sum_k a is taken back out per row
          AVX-VNNI     the same on 256-bit vectors (`vpdpbusd` VEX, or EVEX with AVX512-VL)
          AVX2         `vpmaddubsw` on |a| and b with a's sign (`vpsignb`): pairs of products are at most
-                      2 * 127 * 127 and never saturate int16, then `vpmaddwd` by 1 into int32
+                      2 * 128 * 127 and never saturate int16, then `vpmaddwd` by 1 into int32
          portable     int32 loops (the compiler vectorises what it can)
   bf16   AVX512-BF16  `vdpbf16ps`: two products of bf16 pairs added to an f32 lane per instruction
          portable     bf16 widened to f32 (a shift), f32 loops
@@ -41,7 +42,6 @@ from dnet.core.dtypes import DType
 from dnet.kernel.ir import Gemm, GemmTile
 
 SLIVERS = 8   # slivers of mr rows per task: 96 rows of 12, a block of a that stays in L2
-MAX_K = 65536   # int8: (a + 128) * b summed over k stays within int32 up to here
 
 COMMON = r"""
 /* ======== int8 and bf16 Gemms (dnet.backends.c.igemm) ======== */
