@@ -109,6 +109,7 @@ def _python_cases() -> list[tuple[Block, str, dict[str, str]]]:
         (_first("docs/dsl.md", "dnet.load_dsl(\"examples/minilm.dnet\""), MINILM_TOKENS,
          {".../model.safetensors": minilm}),
         (_first("docs/llm.md", "dnet.llm.load(\"model.gguf\""), "", {"model.gguf": str(default_model_path())}),
+        (_first("docs/llvm.md", "load_minilm(\"llvm\")"), "", {}),
         (_first("docs/onnx.md", "dnet.from_onnx(\"model.onnx\")"),
          MINILM_TOKENS + "types = np.zeros_like(ids)\n", {}),   # model.onnx: exported by the test, below
     ]
