@@ -20,14 +20,23 @@ SECRET = "test-secret-" + "0" * 32
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
+def pki_dirs(tmp_path_factory):
     """Two clusters' CAs: ours (nodes w0, w1, coord) and another (node intruder)."""
     root = tmp_path_factory.mktemp("pki")
     create_ca(root / "ours")
     create_ca(root / "other")
-    nodes = {name: ClusterTls(issue_node(root / "ours", name)) for name in ("w0", "w1", "coord")}
-    nodes["intruder"] = ClusterTls(issue_node(root / "other", "intruder"))
-    return nodes
+    dirs = {name: issue_node(root / "ours", name) for name in ("w0", "w1", "coord")}
+    dirs["intruder"] = issue_node(root / "other", "intruder")
+    return dirs
+
+
+ENGINES = ["openssl", "ssl"]   # every test below runs on each TLS engine (dnet.cluster.tls_engines)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def pki(request, pki_dirs):
+    pytest.importorskip("OpenSSL") if request.param == "openssl" else None
+    return {name: ClusterTls(d, engine=request.param) for name, d in pki_dirs.items()}
 
 
 @pytest.fixture
@@ -138,3 +147,77 @@ def test_plain_tcp_off_loopback_must_be_chosen(pki):
 def test_missing_tls_files_are_one_error(tmp_path):
     with pytest.raises(TlsError, match="TLS files missing"):
         ClusterTls(tmp_path)
+
+
+# -- the byte-moving path itself: two TlsSockets over a socket pair -----------------------------
+
+def _tls_pair(pki_dirs, client_engine: str, server_engine: str):
+    """A connected (client, server) pair of TlsSockets, each end on the engine given."""
+    for engine in {client_engine, server_engine} & {"openssl"}:
+        pytest.importorskip("OpenSSL")
+    a, b = socket.socketpair()
+    client = ClusterTls(pki_dirs["coord"], engine=client_engine)
+    server = ClusterTls(pki_dirs["w0"], engine=server_engine)
+    wrapped = {}
+    thread = threading.Thread(target=lambda: wrapped.setdefault("server", server.wrap_server(b)))
+    thread.start()
+    wrapped["client"] = client.wrap_client(a)
+    thread.join(10)
+    return wrapped["client"], wrapped["server"]
+
+
+@pytest.mark.parametrize("client_engine,server_engine",
+                         [("openssl", "openssl"), ("ssl", "ssl"), ("openssl", "ssl"), ("ssl", "openssl")])
+def test_large_tensors_cross_tls_byte_for_byte_both_ways(pki_dirs, client_engine, server_engine):
+    """Frames of many records (and a small one between them) arrive equal to what was sent, whichever engine
+    each end runs: the sent arrays are the oracle."""
+    from dnet.cluster.channel import Channel
+
+    client, server = _tls_pair(pki_dirs, client_engine, server_engine)
+    ends = Channel(client, "server"), Channel(server, "client")
+    rng = np.random.default_rng(7)
+    sent = [rng.integers(0, 255, n, dtype=np.uint8) for n in (9 << 20, 3, (5 << 20) + 17)]
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(ends[1].recv().tensors["t"].copy() for _ in sent))
+    reader.start()
+    for arr in sent:                     # the writer sends while the other end reads, as a link does
+        ends[0].send(Message(MsgType.RUN, {}, {"t": arr}))
+    reader.join(30)
+    assert len(got) == len(sent) and all(np.array_equal(g, s) for g, s in zip(got, sent))
+    back = threading.Thread(target=ends[1].send, args=(Message(MsgType.RESULT, {}, {"back": sent[0][::-1].copy()}),))
+    back.start()                         # and the other way
+    np.testing.assert_array_equal(ends[0].recv().tensors["back"], sent[0][::-1])
+    back.join(10)
+    ends[0].close()
+    with pytest.raises(DnetError, match="closed"):   # the peer's close is a clean end, not an error
+        ends[1].recv()
+    ends[1].close()
+
+
+def test_the_openssl_engine_negotiates_tls13_with_aes128_gcm(pki_dirs):
+    client, server = _tls_pair(pki_dirs, "openssl", "openssl")
+    assert client.cipher() == server.cipher() == ("TLS_AES_128_GCM_SHA256", "TLSv1.3")
+    client.close(), server.close()
+
+
+@pytest.mark.parametrize("client_engine,server_engine", [("ssl", "ssl"), ("ssl", "openssl"), ("openssl", "ssl")])
+def test_every_engine_pairing_is_tls13_with_an_aead_suite(pki_dirs, client_engine, server_engine):
+    client, server = _tls_pair(pki_dirs, client_engine, server_engine)
+    suite, version = client.cipher()
+    assert version == "TLSv1.3" and server.cipher() == (suite, version)
+    assert suite in {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+    client.close(), server.close()
+
+
+def test_the_engine_is_chosen_by_name_or_environment(pki_dirs, monkeypatch):
+    monkeypatch.setenv("DNET_TLS_ENGINE", "ssl")
+    assert ClusterTls(pki_dirs["w0"]).engine.name == "ssl"
+    monkeypatch.delenv("DNET_TLS_ENGINE")
+    try:
+        import OpenSSL  # noqa: F401
+        fastest = "openssl"
+    except ImportError:
+        fastest = "ssl"
+    assert ClusterTls(pki_dirs["w0"]).engine.name == fastest   # unset: the fastest installed
+    with pytest.raises(TlsError, match="unknown TLS engine 'rustls'.*known: openssl, ssl"):
+        ClusterTls(pki_dirs["w0"], engine="rustls")

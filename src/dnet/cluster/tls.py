@@ -4,9 +4,9 @@ alone does not give; it still runs, inside TLS).
 
 A dnet connection is read by one thread while others write to it, and an OpenSSL connection may not be
 used by two threads at once (not even one reading and one writing). So `TlsSocket` keeps the TLS state in
-memory (an `ssl.SSLObject` over two `MemoryBIO`s) behind a lock, and moves the ciphertext over the TCP
-socket itself, outside that lock: a reader waiting for bytes never holds up a writer. It offers the few
-socket calls `Channel` and the handshake make.
+memory (an engine's connection over two memory BIOs, dnet.cluster.tls_engines) behind a lock, and moves
+the ciphertext over the TCP socket itself, outside that lock: a reader waiting for bytes never holds up a
+writer. It offers the few socket calls `Channel` and the handshake make.
 
 A node's TLS files are a directory: `ca.pem` (the cluster CA it trusts), `node.pem` and `node.key` (its
 own certificate and key), as `dnet cluster init` writes them (dnet.cluster.certs). Any certificate the
@@ -18,17 +18,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import ssl
 import threading
 from pathlib import Path
 
 from dnet.cluster.protocol import ConnectionClosed
+from dnet.cluster.tls_engines import ENGINE_ENV, WANT_READ, TlsFailure, engine as pick_engine
 from dnet.errors import DnetError
 
 TLS_DIR_ENV = "DNET_TLS_DIR"
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "node.pem", "node.key"
-_READ_BYTES = 256 << 10    # ciphertext taken from the socket per recv
-_WRITE_BYTES = 256 << 10   # plaintext encrypted per step, so a large send does not hold the TLS lock long
+# Ciphertext taken from the socket per recv, and plaintext encrypted per step of a send. Large, so a
+# 64 MiB tensor costs a few hundred socket calls rather than one per 16 KiB record (a system call costs
+# about as much as copying a record here); not so large that a send holds the TLS lock for long.
+_READ_BYTES = 1 << 20
+_WRITE_BYTES = 1 << 20
 
 
 class TlsError(DnetError):
@@ -36,9 +39,12 @@ class TlsError(DnetError):
 
 
 class ClusterTls:
-    """One node's side of mutual TLS: its certificate and key, and the cluster CA it trusts."""
+    """One node's side of mutual TLS: its certificate and key, and the cluster CA it trusts.
 
-    def __init__(self, node_dir: str | os.PathLike):
+    `engine` picks the TLS implementation (tls_engines: "openssl", the fast one where pyOpenSSL is
+    installed, or "ssl"); by default $DNET_TLS_ENGINE, else the fastest installed."""
+
+    def __init__(self, node_dir: str | os.PathLike, engine: str | None = None):
         self.node_dir = Path(node_dir)
         files = [self.node_dir / name for name in (CA_FILE, CERT_FILE, KEY_FILE)]
         missing = [str(f) for f in files if not f.is_file()]
@@ -46,29 +52,21 @@ class ClusterTls:
             raise TlsError(f"TLS files missing: {', '.join(missing)}",
                            hint="a node's TLS directory holds ca.pem, node.pem and node.key "
                                 "(`dnet cluster init --nodes NAME` writes one)")
-        self.server = self._context(ssl.PROTOCOL_TLS_SERVER, *files)
-        self.client = self._context(ssl.PROTOCOL_TLS_CLIENT, *files)
-
-    @staticmethod
-    def _context(protocol: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(protocol)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.check_hostname = False           # membership is the CA's signature (see the module's docstring)
-        ctx.verify_mode = ssl.CERT_REQUIRED  # both ways: a server asks for the client's certificate too
-        if protocol == ssl.PROTOCOL_TLS_SERVER:
-            ctx.num_tickets = 0              # no session resumption: nothing to read after the handshake
         try:
-            ctx.load_verify_locations(cafile=str(ca))
-            ctx.load_cert_chain(str(cert), str(key))
-        except (ssl.SSLError, OSError, ValueError) as err:
-            raise TlsError(f"cannot load the TLS files in {ca.parent}: {err}") from None
-        return ctx
+            self.engine = pick_engine(engine)
+        except ValueError as err:
+            raise TlsError(str(err), hint=f"{ENGINE_ENV} or engine= picks one; unset, the fastest installed") from None
+        try:
+            self.server = self.engine.context(True, *files)
+            self.client = self.engine.context(False, *files)
+        except (OSError, ValueError) as err:   # (ssl.SSLError is an OSError)
+            raise TlsError(f"cannot load the TLS files in {self.node_dir}: {err}") from None
 
     def wrap_client(self, sock: socket.socket) -> "TlsSocket":
-        return TlsSocket(sock, self.client, server=False).handshake()
+        return TlsSocket(sock, self.engine.connect(self.client, server=False)).handshake()
 
     def wrap_server(self, sock: socket.socket) -> "TlsSocket":
-        return TlsSocket(sock, self.server, server=True).handshake()
+        return TlsSocket(sock, self.engine.connect(self.server, server=True)).handshake()
 
 
 def tls_from_env() -> ClusterTls | None:
@@ -95,73 +93,72 @@ def require_tls(host: str, tls: ClusterTls | None, allow_plain: bool, what: str)
                             "or an encrypted tunnel)")
 
 
-def _reason(err: ssl.SSLError) -> str:
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {err.verify_message} (not signed by this cluster's CA?)"
-    reason = (err.reason or str(err)).lower().replace("_", " ")
-    if "unknown ca" in reason or "bad certificate" in reason:
-        reason += " (the peer does not accept this node's certificate: another cluster's CA?)"
-    return reason
-
-
 class TlsSocket:
-    """TLS over a blocking TCP socket: one thread may read while others write (see the module docstring)."""
+    """TLS over a blocking TCP socket: one thread may read while others write (see the module docstring).
 
-    def __init__(self, raw: socket.socket, ctx: ssl.SSLContext, server: bool):
+    Costs per byte are the point here (docs/security.md, "What TLS costs"): a read decrypts every record
+    already buffered in one call under the lock, and refills from the socket a megabyte at a time; a send
+    encrypts a megabyte per step and hands the socket the whole step's ciphertext at once."""
+
+    def __init__(self, raw: socket.socket, tls):
         self.raw = raw
         self.family = raw.family
-        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server)
-        self._state = threading.Lock()   # the SSLObject and its BIOs
-        self._wire = threading.Lock()    # ciphertext onto the socket: records whole and in order
+        self._tls = tls                    # a tls_engines.Connection
+        self._state = threading.Lock()     # the TLS state and its buffers
+        self._wire = threading.Lock()      # ciphertext onto the socket: records whole and in order
         self._buffer = bytearray(_READ_BYTES)
+        self._view = memoryview(self._buffer)
 
     def handshake(self) -> "TlsSocket":
         """Run the TLS handshake (the raw socket's timeout applies to each read); TlsError if it fails."""
         try:
             while True:
-                try:
-                    with self._state:
-                        self._tls.do_handshake()
+                with self._state:
+                    done = self._tls.handshake()
+                if done:
                     break
-                except ssl.SSLWantReadError:
-                    self._flush()
-                    if not self._pull():
-                        raise ConnectionClosed("peer closed the connection during the TLS handshake")
+                self._flush()
+                if not self._pull():
+                    raise ConnectionClosed("peer closed the connection during the TLS handshake")
             self._flush()
-        except ssl.SSLError as err:
+        except TlsFailure as err:
             try:
                 self._flush()   # the alert tells the peer why
             except OSError:
                 pass
-            raise TlsError(f"TLS handshake failed: {_reason(err)}") from None
+            raise TlsError(f"TLS handshake failed: {err}") from None
         return self
+
+    def cipher(self) -> tuple[str, str]:
+        """The negotiated (suite, protocol version)."""
+        return self._tls.cipher()
 
     # -- reading (one thread) ---------------------------------------------------------
     def recv_into(self, view: memoryview | bytearray, nbytes: int = 0) -> int:
+        """Up to `nbytes` (or len(view)) bytes: every record already here, else waits for one."""
         size = nbytes or len(view)
+        view = view if isinstance(view, memoryview) else memoryview(view)
+        ended = False
         while True:
             with self._state:
                 try:
-                    return self._tls.read(size, view)
-                except ssl.SSLWantReadError:
-                    pass
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    return 0
-                except ssl.SSLError as err:   # a record that fails its authentication: altered in flight
-                    raise ConnectionError(f"TLS: {_reason(err)}") from None
-            if not self._pull():
+                    got = self._tls.read_into(view, size)
+                except TlsFailure as err:   # a record that fails its authentication: altered in flight
+                    raise ConnectionError(f"TLS: {err}") from None
+            if got is not WANT_READ:
+                return got
+            if ended:   # the stream ended and the engine holds nothing more
                 return 0
+            ended = not self._pull()
 
     def _pull(self) -> int:
         """Ciphertext from the socket into the TLS state; 0 at end of stream."""
         n = self.raw.recv_into(self._buffer)
-        if n:
-            with self._state:
-                self._incoming.write(memoryview(self._buffer)[:n])
-        else:
-            with self._state:
-                self._incoming.write_eof()
+        with self._state:
+            if n:
+                self._tls.feed(self._view[:n])
+            else:
+                self._tls.feed_eof()
         return n
 
     # -- writing (any thread) ---------------------------------------------------------
@@ -184,14 +181,19 @@ class TlsSocket:
         return len(data)
 
     def _send(self, views: list[memoryview]) -> None:
-        """Encrypt in steps, sending the ciphertext as it grows: a small frame is one record, one send."""
+        """Encrypt in steps of about _WRITE_BYTES (small views together: a small frame is one record, one
+        send), sending each step's ciphertext while the next is encrypted by no one else."""
         with self._wire:
+            pending = 0
             for view in views:
                 for start in range(0, len(view), _WRITE_BYTES):
+                    piece = view[start:start + _WRITE_BYTES]
                     with self._state:
-                        self._tls.write(view[start:start + _WRITE_BYTES])
-                        ready = self._outgoing.read() if self._outgoing.pending >= _WRITE_BYTES else b""
+                        self._tls.write(piece)
+                        pending += len(piece)
+                        ready = self._tls.take() if pending >= _WRITE_BYTES else b""
                     if ready:
+                        pending = 0
                         self.raw.sendall(ready)
             self._flush_locked()
 
@@ -201,7 +203,7 @@ class TlsSocket:
 
     def _flush_locked(self) -> None:
         with self._state:
-            data = self._outgoing.read()
+            data = self._tls.take()
         if data:
             self.raw.sendall(data)
 
