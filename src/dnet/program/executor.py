@@ -18,7 +18,7 @@ import numpy as np
 from dnet.core.shapes import evaluate_shape
 from dnet.errors import BackendError
 from dnet.program.binding import Bound, InputBinder
-from dnet.program.device import Allocator, Launcher
+from dnet.program.device import Allocator, HostAllocator, Launcher
 from dnet.program.collective import Collective, missing_collective
 from dnet.program.instructions import INPUT, OUTPUT, STATE, WEIGHT, AllReduce, Launch, Program, Recv, segments
 from dnet.program.memory import ArenaPlan, bucket, grows_with_symbols, plan_arena
@@ -48,6 +48,10 @@ class ProgramExecutor:
         for buf, array in self.weights.items():
             allocator.put(self._table, buf, allocator.to_device(array, writable=False))
         self._outputs = [b for b in program.buffers if b.kind == OUTPUT]
+        self._states = [(name, buf) for name, buf in program.inputs.items() if program.buffers[buf].kind == STATE]
+        self._state_ids = {buf for _, buf in self._states}
+        # host memory: handles are addresses and kernels write the arrays themselves (the fast path)
+        self._host = isinstance(allocator, HostAllocator)
 
     # -- binding and planning ----------------------------------------------------------
     def bind(self, inputs: Mapping[str, Any]) -> Bound:
@@ -90,29 +94,46 @@ class ProgramExecutor:
         plan = self.plan(env)
         table = alloc.copy_table(self._table)
         arena = alloc.arena(plan.size)
-        for buf, offset in plan.offsets.items():
-            alloc.put(table, buf, alloc.at(arena, offset))
-        handles: dict[int, Any] = {}
-        for name, buf in self.program.inputs.items():
-            writable = self.program.buffers[buf].kind == STATE
-            handles[buf] = alloc.to_device(arrays[name], writable)
-            alloc.put(table, buf, handles[buf])
-        outputs: dict[int, np.ndarray] = {}
-        for b in self._outputs:
-            outputs[b.id] = np.empty(evaluate_shape(b.shape, env), b.dtype.np)
-            handles[b.id] = alloc.to_device(outputs[b.id], writable=True)
-            alloc.put(table, b.id, handles[b.id])
+        outputs = {b.id: np.empty(evaluate_shape(b.shape, env), b.dtype.np) for b in self._outputs}
+        if self._host:
+            self._place_host(table, arena, plan, arrays, outputs)
+        else:
+            handles = self._place(table, arena, plan, arrays, outputs)
         dims = np.array([env[s] for s in self.program.symbols] or [0], np.int64)
         if timing is not None:
             self._run_launches(table, dims, *timing)
         else:
             self._run_segments(table, dims, env, transfer, collective)
-        for b in self._outputs:
-            alloc.to_host(handles[b.id], outputs[b.id])
-        for name, buf in self.program.inputs.items():
-            if self.program.buffers[buf].kind == STATE:
+        if not self._host:
+            for b in self._outputs:
+                alloc.to_host(handles[b.id], outputs[b.id])
+            for name, buf in self._states:
                 alloc.to_host(handles[buf], arrays[name])
         return {name: self._result(buf, outputs, arrays) for name, buf in self.program.outputs}
+
+    def _place(self, table, arena, plan: ArenaPlan, arrays: dict, outputs: dict) -> dict[int, Any]:
+        """Every buffer of the run into the table, through the allocator; returns the handles to bring back."""
+        alloc = self.allocator
+        for buf, offset in plan.offsets.items():
+            alloc.put(table, buf, alloc.at(arena, offset))
+        handles: dict[int, Any] = {}
+        for name, buf in self.program.inputs.items():
+            handles[buf] = alloc.to_device(arrays[name], buf in self._state_ids)
+            alloc.put(table, buf, handles[buf])
+        for buf, array in outputs.items():
+            handles[buf] = alloc.to_device(array, writable=True)
+            alloc.put(table, buf, handles[buf])
+        return handles
+
+    def _place_host(self, table: np.ndarray, arena: int, plan: ArenaPlan, arrays: dict, outputs: dict) -> None:
+        """`_place` for host memory (`HostAllocator`): a handle is the array's address and nothing comes
+        back, so the table is filled directly (a decode step binds dozens of states every token)."""
+        for buf, offset in plan.offsets.items():
+            table[buf] = arena + offset
+        for name, buf in self.program.inputs.items():
+            table[buf] = arrays[name].ctypes.data
+        for buf, array in outputs.items():
+            table[buf] = array.ctypes.data
 
     def _run_segments(self, table, dims: np.ndarray, env: Mapping[str, int], transfer, collective) -> None:
         for i, seg in enumerate(self.segments):
