@@ -27,6 +27,7 @@ from dnet.graph.ir import Graph
 from dnet.graph.ops import Op, OpClass
 from dnet.hardware import Host
 from dnet.kernel import gemm as gm
+from dnet.kernel import lowp_gemm as lowp
 from dnet.kernel.ir import Kernel
 from dnet.kernel import qgemm
 from dnet.kernel.lower import Materialize, first_computed, lower_elementwise, lower_scatter
@@ -88,7 +89,7 @@ def _initial(graph: Graph, users) -> set[int]:
 
 def _settle(graph: Graph, users, mat: set[int]) -> None:
     """Rules 2 and 3 to a fixed point."""
-    low_precision = gm.low_precision_nodes(graph, users)   # read in place by every Gemm reading them
+    low_precision = lowp.low_precision_nodes(graph, users)   # read in place by every Gemm reading them
     changed = True
     while changed:
         changed = False
@@ -96,7 +97,7 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
             if gm.is_fast_matmul(graph, n.id):
                 for right, x in enumerate(n.inputs):
                     if x not in mat and not gm.readable(graph, x, bool(right), mat, users):
-                        mat.add(gm.operand_buffer(graph, x, bool(right), mat))
+                        mat.add(lowp.operand_buffer(graph, x, bool(right), mat))
                         changed = True
             elif gm.is_fast_conv(graph, n.id):
                 x, w = n.inputs
