@@ -15,7 +15,6 @@ from dnet.backends.opencl.renderer import CPU_GEMM, GPU_GEMM, GemmShape, OpenCLR
 from dnet.backends.opencl.runtime import OpenCLModule
 from dnet.core import progress
 from dnet.graph.ir import Graph
-from dnet.hardware import detect
 from dnet.backends.c.packing import PanelPacker
 from dnet.program.build import Compiled, build_program
 from dnet.program.inputs import check_gather_indices, gathered_inputs
@@ -52,7 +51,8 @@ class OpenCLBackend:
     def prepare(self, graph: Graph) -> OpenCLRunner:
         device = open_device()
         shape = gemm_shape(device)
-        compiled = build_program(graph, detect(), PanelPacker())   # its tiled matmul reads the C panels
+        # the scheduler's target is the device; the tiled matmul reads the C backend's weight panels
+        compiled = build_program(graph, device.target, PanelPacker())
         with progress.task("render OpenCL kernels", total=len(compiled.kernels), unit="kernels") as task:
             kernels: dict[str, RenderedKernel] = {}
             for name, kernel in compiled.kernels.items():

@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnet.errors import BackendError
+
+if TYPE_CHECKING:
+    from dnet.kernel.target import GpuTarget
 
 INSTALL_HINT = "pip install 'dnet[opencl]' and an OpenCL driver (on Debian: apt-get install pocl-opencl-icd)"
 
@@ -40,6 +43,17 @@ class Device:
     @property
     def local_memory(self) -> int:
         return int(self.device.local_mem_size)
+
+    @functools.cached_property
+    def target(self) -> "GpuTarget":
+        """The device's facts as the scheduler's GPU target (`kernel.target.GpuTarget`): work-group and
+        local-memory limits, the items that run in lock step (a warp of 32 on a GPU; on a CPU driver,
+        which vectorises a group's items, the float vector width), compute units."""
+        from dnet.kernel.target import GpuTarget
+
+        d = self.device
+        simd = max(1, int(d.preferred_vector_width_float)) if self.is_cpu else 32
+        return GpuTarget(self.name, self.max_work_group, self.local_memory, simd, int(d.max_compute_units))
 
     def fingerprint(self) -> str:
         """What a compiled program depends on: platform, device and driver versions."""

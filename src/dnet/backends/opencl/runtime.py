@@ -27,8 +27,6 @@ from dnet.kernel.ir import Kernel
 from dnet.program.executor import ProgramExecutor
 from dnet.program.instructions import Launch, Program, segments
 
-GRID_GROUP = 64     # work-items per group of a grid kernel (a multiple of a GPU's warp or wavefront)
-
 Handle = tuple      # (pyopencl Buffer, byte offset)
 
 
@@ -152,8 +150,14 @@ def launch_sizes(launch, env: Mapping[str, int], device: Device) -> tuple:
         total = int(np.prod([int(substitute(e, env)) for e in launch.extents], dtype=np.int64))
         if total <= 0:
             return None, None
-        group = min(GRID_GROUP, device.max_work_group)
-        return (-(-total // group) * group,), (group,)
+        target = device.target
+        groups, group = target.grid(total)      # kernel.target's GPU hook: whole SIMD widths per group
+        if groups < target.compute_units:       # few rows (a layer norm's): a group for every compute unit
+            simd = max(1, target.simd_width)
+            per_unit = -(-total // target.compute_units)
+            group = max(simd, -(-per_unit // simd) * simd)
+            groups = -(-total // group)
+        return (groups * group,), (group,)
     assert isinstance(launch, Tiles)
     m, n = int(substitute(launch.m, env)), int(substitute(launch.n, env))
     count = int(np.prod([int(substitute(b, env)) for b in launch.batch], dtype=np.int64))
