@@ -46,10 +46,10 @@ done:
 
 @pytest.fixture(scope="module", params=[True, False], ids=["native", "portable"])
 def convert(request, compile_llvm):
-    from dnet.backends.llvm.backend import _symbols
+    from dnet.backends.llvm.device import with_pool_symbols
     from dnet.backends.llvm.jit import Compiled
 
-    _symbols()
+    with_pool_symbols()
     compiled = Compiled(prelude(native_half=request.param) + ENTRIES, "half_test")
     fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
     return compiled, fn(compiled.address("widen")), fn(compiled.address("narrow"))

@@ -13,16 +13,12 @@ from typing import Mapping
 import numpy as np
 
 from dnet.backends.c.packing import PanelPacker
-from dnet.backends.llvm.cache import ObjectCache
-from dnet.backends.llvm.jit import Compiled, jit
+from dnet.backends.llvm.device import LLVMLoader, with_pool_symbols
 from dnet.backends.llvm.library import render_module
-from dnet.backends.llvm.pool import pool
 from dnet.backends.llvm.runtime import LLVMModule
-from dnet.core import progress
 from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
 from dnet.kernel.target import CpuTarget
-from dnet.backends.c.packing import PanelPacker
 from dnet.program.build import Compiled as CompiledProgram, build_program
 from dnet.program.collective import Collective
 from dnet.program.inputs import check_gather_indices, gathered_inputs
@@ -49,15 +45,6 @@ class LLVMRunner:
         return self.module.run(inputs, collective=collective)
 
 
-def _symbols():
-    """The JIT state, with the thread pool's functions known to it (kernels call `dn_parallel`)."""
-    state = jit()
-    threads_pool = pool()
-    state.llvm.add_symbol("dn_parallel", threads_pool.parallel)
-    state.llvm.add_symbol("dn_threads", threads_pool.threads_fn)
-    return state
-
-
 class LLVMBackend:
     name = "llvm"
 
@@ -65,10 +52,10 @@ class LLVMBackend:
                 cache_dir: str | Path | None = None) -> LLVMRunner:
         """`threads`: for parallel loops (default: the cores this process may use); `cache_dir`: where
         machine code is cached (default: the C backend's, $DNET_CACHE_DIR or ~/.cache/dnet)."""
-        state = _symbols()
-        compiled = build_program(graph, host or detect(), PanelPacker())   # weight layout: the C panels
+        state = with_pool_symbols()
+        # the C backend's panels: the LLVM micro-kernel reads the same layout
+        compiled = build_program(graph, CpuTarget(host or detect(), threads), PanelPacker())
         source = render_module(compiled.kernels, compiled.program, state.native_half)
-        with progress.task("compile LLVM module", total=None):
-            machine_code = Compiled(source, "dnet_program", ObjectCache(Path(cache_dir) if cache_dir else None))
+        machine_code = LLVMLoader(cache_dir).compile(source)
         module = LLVMModule(compiled.program, machine_code, compiled.weights, threads)
         return LLVMRunner(module, compiled, source, gathered_inputs(graph))

@@ -1,42 +1,61 @@
-"""The LLVM backend as a device (`program.device.Device`), for the registry and the coverage test.
+"""The LLVM backend as a device (`program.device.Device`): host memory, the llvm dialect, a JIT loader.
 
-Its kernels read host memory (`HostAllocator`, as C's); its dialect is `LLVMRenderer`; the module
-is JIT-compiled and loaded by the backend itself (no separate loader yet). It claims every dtype
-of the graph IR, GGUF block formats included, and declares the gaps in `UNSUPPORTED`.
+`LLVMLoader.load(source, program)` compiles the rendered module in this process (optimised for the
+host CPU, through the machine-code cache) and returns the `LLVMLauncher` of its segment and launch
+entry points. `LLVM_DEVICE` is what `backends.registry.device("llvm")` gives: it claims every dtype
+of the graph IR, GGUF block formats included, and declares the gaps (the K-quants) in `UNSUPPORTED`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from dnet.backends.llvm.cache import ObjectCache
+from dnet.backends.llvm.jit import Compiled, jit, unavailable
+from dnet.backends.llvm.pool import pool
+from dnet.backends.llvm.renderer import LLVMRenderer
+from dnet.backends.llvm.runtime import LLVMLauncher
+from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.graph.ops import Op
 from dnet.program.device import Device, HostAllocator
+from dnet.program.instructions import Program
+
+
+def with_pool_symbols():
+    """The JIT state, with the thread pool's functions known to it (kernels call `dn_parallel`)."""
+    state = jit()
+    threads = pool()
+    state.llvm.add_symbol("dn_parallel", threads.parallel)
+    state.llvm.add_symbol("dn_threads", threads.threads_fn)
+    return state
+
+
+class LLVMLoader:
+    """Rendered LLVM IR -> machine code in this process (from the cache when compiled before)."""
+
+    def __init__(self, cache_dir: str | Path | None = None):
+        self.cache = ObjectCache(Path(cache_dir) if cache_dir is not None else None)
+
+    def compile(self, source: str) -> Compiled:
+        with_pool_symbols()
+        with progress.task("compile LLVM module", total=None):
+            return Compiled(source, "dnet_program", self.cache)
+
+    def load(self, source: str, program: Program) -> LLVMLauncher:
+        return LLVMLauncher(self.compile(source), program)
+
 
 _K_QUANTS = (DType.Q4_K, DType.Q5_K, DType.Q6_K)
-# what the op x backend coverage test found missing when this device was first registered
-UNSUPPORTED = {
-    **{(op, d): "K-quant blocks are not decoded in LLVM IR yet (q8_0, q4_0 and q4_1 are)"
-       for d in _K_QUANTS for op in (Op.CAST, Op.MATMUL, Op.GATHER)},
-    (Op.MOD, DType.BOOL): "bool mod gives a's truth value where the reference gives 0 (the LLVM table's entry)",
-}
-
-
-def _unavailable() -> str | None:
-    from dnet.backends.llvm.jit import unavailable
-
-    return unavailable()
-
-
-def _renderers() -> dict:
-    from dnet.backends.llvm.renderer import LLVMRenderer
-
-    return {"llvm": LLVMRenderer}
-
+# what the op x backend coverage test found missing (a MissingOpError naming the format otherwise)
+UNSUPPORTED = {(op, d): "K-quant blocks are not decoded in LLVM IR yet (q8_0, q4_0 and q4_1 are)"
+               for d in _K_QUANTS for op in (Op.CAST, Op.MATMUL, Op.GATHER)}
 
 LLVM_DEVICE = Device(
     name="llvm",
     allocator=HostAllocator,
-    renderers=_renderers(),
-    loader=None,
+    renderers={"llvm": LLVMRenderer},
+    loader=LLVMLoader(),
     dtypes=frozenset(DType),
     unsupported=UNSUPPORTED,
-    available=_unavailable,
+    available=unavailable,
 )

@@ -229,7 +229,9 @@ class LLVMRenderer(Renderer):
             a1, b1 = self.convert(a, src, DType.BOOL), self.convert(b, e.b.dtype, DType.BOOL)
             if e.op in BINARY_BOOL:
                 return f.op(f"{BINARY_BOOL[e.op]} i1 {a1}, {b1}")
-            return a1                # bool div/pow/mod: a's truth (the reference's cast of the result)
+            if e.op is Op.MOD:
+                return "false"       # a mod 1 and a mod 0 are 0 in the reference
+            return a1                # bool div/pow: a's truth (the reference's cast of the result)
         out = COMPUTE[e.dtype]
         if e.dtype.is_float:
             name, how = self.lookup_pair(BINARY_FLOAT, e.op, e.dtype)
