@@ -171,9 +171,23 @@ def _tls_pair(pki_dirs, client_engine: str, server_engine: str):
 def test_large_tensors_cross_tls_byte_for_byte_both_ways(pki_dirs, client_engine, server_engine):
     """Frames of many records (and a small one between them) arrive equal to what was sent, whichever engine
     each end runs: the sent arrays are the oracle."""
+    _exchange(*_tls_pair(pki_dirs, client_engine, server_engine))
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_the_openssl_engine_moves_the_same_bytes_on_each_of_its_paths(pki_dirs, monkeypatch, fast):
+    """Its direct OpenSSL calls (SSL_read into the frame, one reused ciphertext buffer) and pyOpenSSL's
+    public calls: each forced in turn."""
+    pytest.importorskip("OpenSSL")
+    monkeypatch.setenv("DNET_TLS_FAST", fast)
+    client, server = _tls_pair(pki_dirs, "openssl", "openssl")
+    assert (client._tls._raw is not None, server._tls._raw is not None) == (fast == "1", fast == "1")
+    _exchange(client, server)
+
+
+def _exchange(client, server) -> None:
     from dnet.cluster.channel import Channel
 
-    client, server = _tls_pair(pki_dirs, client_engine, server_engine)
     ends = Channel(client, "server"), Channel(server, "client")
     rng = np.random.default_rng(7)
     sent = [rng.integers(0, 255, n, dtype=np.uint8) for n in (9 << 20, 3, (5 << 20) + 17)]

@@ -27,13 +27,6 @@ from dnet.errors import DnetError
 
 TLS_DIR_ENV = "DNET_TLS_DIR"
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "node.pem", "node.key"
-# Ciphertext taken from the socket per recv, and plaintext encrypted per step of a send. Large, so a
-# 64 MiB tensor costs a few hundred socket calls rather than one per 16 KiB record (a system call costs
-# about as much as copying a record here); not so large that a send holds the TLS lock for long.
-_READ_BYTES = 1 << 20
-_WRITE_BYTES = 1 << 20
-
-
 class TlsError(DnetError):
     """The TLS files cannot be used, or the peer's certificate is not from the cluster's CA."""
 
@@ -97,8 +90,8 @@ class TlsSocket:
     """TLS over a blocking TCP socket: one thread may read while others write (see the module docstring).
 
     Costs per byte are the point here (docs/security.md, "What TLS costs"): a read decrypts every record
-    already buffered in one call under the lock, and refills from the socket a megabyte at a time; a send
-    encrypts a megabyte per step and hands the socket the whole step's ciphertext at once."""
+    already buffered in one call under the lock, and refills from the socket a step at a time; a send
+    encrypts a step (256 KiB to 1 MiB, the engine says) and hands the socket that step's ciphertext at once."""
 
     def __init__(self, raw: socket.socket, tls):
         self.raw = raw
@@ -106,7 +99,9 @@ class TlsSocket:
         self._tls = tls                    # a tls_engines.Connection
         self._state = threading.Lock()     # the TLS state and its buffers
         self._wire = threading.Lock()      # ciphertext onto the socket: records whole and in order
-        self._buffer = bytearray(_READ_BYTES)
+        self._step = tls.step_bytes        # plaintext per encrypt step, ciphertext per socket read: large,
+        self._buffer = bytearray(self._step)   # so a 64 MiB tensor costs a few hundred socket calls, not one
+                                               # per 16 KiB record (a system call costs about a record's copy)
         self._view = memoryview(self._buffer)
 
     def handshake(self) -> "TlsSocket":
@@ -181,17 +176,17 @@ class TlsSocket:
         return len(data)
 
     def _send(self, views: list[memoryview]) -> None:
-        """Encrypt in steps of about _WRITE_BYTES (small views together: a small frame is one record, one
+        """Encrypt in steps of about `step_bytes` (small views together: a small frame is one record, one
         send), sending each step's ciphertext while the next is encrypted by no one else."""
         with self._wire:
             pending = 0
             for view in views:
-                for start in range(0, len(view), _WRITE_BYTES):
-                    piece = view[start:start + _WRITE_BYTES]
+                for start in range(0, len(view), self._step):
+                    piece = view[start:start + self._step]
                     with self._state:
                         self._tls.write(piece)
                         pending += len(piece)
-                        ready = self._tls.take() if pending >= _WRITE_BYTES else b""
+                        ready = self._tls.take() if pending >= self._step else b""
                     if ready:
                         pending = 0
                         self.raw.sendall(ready)
