@@ -72,10 +72,15 @@ def device(name: str) -> Device:
     return _DEVICES[name]()
 
 
+def option_names(name: str) -> list[str]:
+    """The options backend `name`'s `prepare` takes (a worker passes `threads` only to one that takes it)."""
+    return [p for p in inspect.signature(get(name).prepare).parameters if p != "graph"]
+
+
 def prepare(name: str, graph: Graph, **options: Any) -> Runner:
     """`get(name).prepare(graph, **options)`, refusing an option that backend does not take."""
     backend = get(name)
-    known = [p for p in inspect.signature(backend.prepare).parameters if p != "graph"]
+    known = option_names(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise BackendError(f"target '{name}' has no option {', '.join(map(repr, unknown))}",

@@ -324,7 +324,9 @@ class Worker:
     def _install(self, key: str, pending: _PendingLoad) -> None:
         graph = unpack(pending.doc, list(pending.load.weights),
                        lambda digest: pending.mapped[digest] if digest in pending.mapped else self.store.get(digest))
-        options = {"threads": self.config.threads} if self.config.threads and self.config.backend != "numpy" else {}
+        # threads only for a backend that takes them (an OpenCL driver schedules its own)
+        takes = self.config.threads and "threads" in registry.option_names(self.config.backend)
+        options = {"threads": self.config.threads} if takes else {}
         runner = StageRunner(graph, self.config.backend, **options)
         state = SlotState.of(graph, pending.load.slots)
         stage = _Stage(key, pending.load.stage, runner, self._reply_outbox(pending.reply), state=state)
