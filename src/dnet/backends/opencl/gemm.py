@@ -57,7 +57,7 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
               f"        for (int g_l = 0; g_l < {loads}; ++g_l) {{   /* b's block: {DEPTH} x {block} columns */",
               f"            const int g_f = g_tid + g_l * {threads}, g_cc = g_f % {block}, g_kk = g_f / {block};",
               "            const int64_t g_j = g_col0 + g_cc, g_k = g_k0 + g_kk;",
-              f"            g_b[g_kk][g_cc] = g_k < g_K && g_j < g_N ? {_element_b(r, g, 'g_k', 'g_j')} : 0.0f;",
+              f"            g_b[g_kk][g_cc] = g_k < g_K && g_j < g_N ? {_element_b(r, g, 'g_k', 'g_j', block)} : 0.0f;",
               "        }",
               f"        {barrier}",
               "        #pragma unroll",
@@ -105,7 +105,7 @@ def _element_a(r: OpenCLRenderer, a: Operand, row: str, k: str) -> str:
     return value
 
 
-def _element_b(r: OpenCLRenderer, g: Gemm, k: str, col: str) -> str:
+def _element_b(r: OpenCLRenderer, g: Gemm, k: str, col: str, block: int = 0) -> str:
     b = g.b
     if b.im2col is not None:
         return _im2col_element(r, g, k, col)
@@ -117,7 +117,10 @@ def _element_b(r: OpenCLRenderer, g: Gemm, k: str, col: str) -> str:
         at = f"({col} / {nr}) * ((g_K + 1) / 2 * {nr * 2}) + (({k} / 2) * {nr} + {col} % {nr}) * 2 + {k} % 2"
         return f"dn_bf16_to_f32({b.buffer}[{at}])"
     if b.packed:      # panels of nr columns: (n / nr, k, nr), zero-padded; packed weights start at 0
-        value = f"{b.buffer}[({col} / {nr}) * g_K * {nr} + {k} * {nr} + {col} % {nr}]"
+        panel, within = f"({col} / {nr})", f"({col} % {nr})"
+        if block and block % nr == 0:     # the group's first panel once, then 32-bit arithmetic on its column
+            panel, within = f"(g_col0 / {nr} + g_cc / {nr})", f"(g_cc % {nr})"
+        value = f"{b.buffer}[{panel} * g_K * {nr} + {k} * {nr} + {within}]"
         return f"((float){value} * {b.scale}[{col}])" if b.scale else value
     return f"{b.buffer}[g_off_b + {k} * {r.index(b.row_stride)} + {col} * {r.index(b.col_stride)}]"
 
