@@ -3,7 +3,7 @@
 `LLVMLoader.load(source, program)` compiles the rendered module in this process (optimised for the
 host CPU, through the machine-code cache) and returns the `LLVMLauncher` of its segment and launch
 entry points. `LLVM_DEVICE` is what `backends.registry.device("llvm")` gives: it claims every dtype
-of the graph IR, GGUF block formats included, and declares the gaps (the K-quants) in `UNSUPPORTED`.
+of the graph IR, GGUF block formats included, and declares no op unsupported.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from dnet.backends.llvm.renderer import LLVMRenderer
 from dnet.backends.llvm.runtime import LLVMLauncher
 from dnet.core import progress
 from dnet.core.dtypes import DType
-from dnet.graph.ops import Op
 from dnet.program.device import Device, HostAllocator
 from dnet.program.instructions import Program
 
@@ -45,17 +44,12 @@ class LLVMLoader:
         return LLVMLauncher(self.compile(source), program)
 
 
-_K_QUANTS = (DType.Q4_K, DType.Q5_K, DType.Q6_K)
-# what the op x backend coverage test found missing (a MissingOpError naming the format otherwise)
-UNSUPPORTED = {(op, d): "K-quant blocks are not decoded in LLVM IR yet (q8_0, q4_0 and q4_1 are)"
-               for d in _K_QUANTS for op in (Op.CAST, Op.MATMUL, Op.GATHER)}
-
 LLVM_DEVICE = Device(
     name="llvm",
     allocator=HostAllocator,
     renderers={"llvm": LLVMRenderer},
     loader=LLVMLoader(),
     dtypes=frozenset(DType),
-    unsupported=UNSUPPORTED,
+    unsupported={},
     available=unavailable,
 )

@@ -9,8 +9,8 @@ activations (f32, unquantized: the reference's values, within summation order), 
 is applied. Each weight byte is read once per activation row and never stored decoded. That is the
 portable path; the C backend's integer kernels (VNNI, AVX2) are faster at prefill.
 
-Formats: Q8_0, Q4_0 and Q4_1 (SmolLM2's file holds Q4_1 and Q8_0). The K-quants (Q4_K, Q5_K,
-Q6_K) are not here yet: a MissingOpError naming the format.
+Formats: Q8_0, Q4_0 and Q4_1 (SmolLM2's file holds Q4_1 and Q8_0) with the vector block dot product;
+the K-quants (Q4_K, Q5_K, Q6_K) through their element loads, one value at a time (correct, slow).
 """
 from __future__ import annotations
 
@@ -129,9 +129,152 @@ def _dot(dtype: DType) -> str:
     return "\n".join(body)
 
 
+def _block_start(size: int, bytes_: int) -> str:
+    shift = size.bit_length() - 1
+    return f"""
+  %blk = lshr i64 %i, {shift}
+  %off = mul i64 %blk, {bytes_}
+  %b = getelementptr inbounds i8, ptr %base, i64 %off
+  %e = and i64 %i, {size - 1}"""
+
+
+def _byte(name: str, base: str, index: str) -> str:
+    """%name (i32) = the byte at base[index]."""
+    return f"""
+  %{name}.p = getelementptr inbounds i8, ptr {base}, i64 {index}
+  %{name}.b = load i8, ptr %{name}.p, align 1
+  %{name} = zext i8 %{name}.b to i32"""
+
+
+# sub-block j's 6-bit scale and minimum from the 12 bytes at b + 4 (Q4_K, Q5_K; llama.cpp's get_scale_min_k4)
+_SCALE_MIN = """
+  %s = getelementptr inbounds i8, ptr %b, i64 4
+  %low4 = icmp ult i64 %j, 4
+  %jm4 = add i64 %j, -4
+  %ja = select i1 %low4, i64 %j, i64 %jm4
+  %j4 = add i64 %j, 4""" + _byte("sj", "%s", "%j") + _byte("sj4", "%s", "%j4") + _byte("sjm4", "%s", "%ja") + """
+  %scl = and i32 %sj, 63
+  %mnl = and i32 %sj4, 63
+  %sc0 = and i32 %sj4, 15
+  %sc1 = lshr i32 %sjm4, 6
+  %sc2 = shl i32 %sc1, 4
+  %sch = or i32 %sc0, %sc2
+  %mn0 = lshr i32 %sj4, 4
+  %mn1 = lshr i32 %sj, 6
+  %mn2 = shl i32 %mn1, 4
+  %mnh = or i32 %mn0, %mn2
+  %sc = select i1 %low4, i32 %scl, i32 %sch
+  %mn = select i1 %low4, i32 %mnl, i32 %mnh"""
+
+# w = (d * sc) * q - dmin * mn, each product rounded alone (as the C backend's dn_q_exact)
+_SCALED = """
+  %d = call float @dn_f16_to_f32(i16 %dh)
+  %dmp = getelementptr inbounds i8, ptr %b, i64 2
+  %dmh = load i16, ptr %dmp, align 1
+  %dmin = call float @dn_f16_to_f32(i16 %dmh)
+  %scf = uitofp i32 %sc to float
+  %qf = uitofp i32 %q to float
+  %mnf = uitofp i32 %mn to float
+  %t0 = fmul float %d, %scf
+  %t1 = fmul float %t0, %qf
+  %t2 = fmul float %dmin, %mnf
+  %v = fsub float %t1, %t2
+  ret float %v
+}"""
+
+_SUB = """
+  %dh = load i16, ptr %b, align 1
+  %j = lshr i64 %e, 5
+  %jh = lshr i64 %j, 1
+  %jo = and i64 %j, 1
+  %el = and i64 %e, 31
+  %sh64 = mul i64 %jo, 4
+  %sh = trunc i64 %sh64 to i32"""
+
+K_DEQUANT = {
+    DType.Q4_K: "define internal float @dn_dq_q4_k(ptr %base, i64 %i) #0 {" + _block_start(256, 144) + _SUB
+    + _SCALE_MIN + """
+  %qo0 = mul i64 %jh, 32
+  %qo1 = add i64 %qo0, %el
+  %qo = add i64 %qo1, 16""" + _byte("qb", "%b", "%qo") + """
+  %q0 = lshr i32 %qb, %sh
+  %q = and i32 %q0, 15""" + _SCALED,
+    DType.Q5_K: "define internal float @dn_dq_q5_k(ptr %base, i64 %i) #0 {" + _block_start(256, 176) + _SUB
+    + _SCALE_MIN + """
+  %qo0 = mul i64 %jh, 32
+  %qo1 = add i64 %qo0, %el
+  %qo = add i64 %qo1, 48""" + _byte("qb", "%b", "%qo") + """
+  %hoff = add i64 %el, 16""" + _byte("hb", "%b", "%hoff") + """
+  %q0 = lshr i32 %qb, %sh
+  %q1 = and i32 %q0, 15
+  %j32 = trunc i64 %j to i32
+  %h0 = lshr i32 %hb, %j32
+  %h1 = and i32 %h0, 1
+  %h2 = shl i32 %h1, 4
+  %q = or i32 %q1, %h2""" + _SCALED,
+    DType.Q6_K: "define internal float @dn_dq_q6_k(ptr %base, i64 %i) #0 {" + _block_start(256, 210) + """
+  %h = lshr i64 %e, 7
+  %r = and i64 %e, 127
+  %r63 = and i64 %r, 63
+  %h64 = mul i64 %h, 64
+  %lo_at = add i64 %h64, %r63""" + _byte("lb", "%b", "%lo_at") + """
+  %r6 = lshr i64 %r, 6
+  %ls64 = mul i64 %r6, 4
+  %ls = trunc i64 %ls64 to i32
+  %lo0 = lshr i32 %lb, %ls
+  %lo = and i32 %lo0, 15
+  %r31 = and i64 %r, 31
+  %h32 = mul i64 %h, 32
+  %hi_at0 = add i64 %h32, %r31
+  %hi_at = add i64 %hi_at0, 128""" + _byte("hb", "%b", "%hi_at") + """
+  %r5 = lshr i64 %r, 5
+  %hs64 = mul i64 %r5, 2
+  %hs = trunc i64 %hs64 to i32
+  %hi0 = lshr i32 %hb, %hs
+  %hi1 = and i32 %hi0, 3
+  %hi = shl i32 %hi1, 4
+  %q = or i32 %lo, %hi
+  %qc = sub i32 %q, 32
+  %e16 = lshr i64 %e, 4
+  %sc_at = add i64 %e16, 192
+  %scp = getelementptr inbounds i8, ptr %b, i64 %sc_at
+  %scb = load i8, ptr %scp, align 1
+  %dp = getelementptr inbounds i8, ptr %b, i64 208
+  %dh = load i16, ptr %dp, align 1
+  %d = call float @dn_f16_to_f32(i16 %dh)
+  %scf = sitofp i8 %scb to float
+  %qf = sitofp i32 %qc to float
+  %t0 = fmul float %d, %scf
+  %v = fmul float %t0, %qf
+  ret float %v
+}"""}
+DEQUANT.update(K_DEQUANT)
+
+
+def _element_dot(dtype: DType) -> str:
+    """`dn_qdot_<format>` for a K-quant: element by element through its element load (the portable path:
+    correct, not fast)."""
+    name = dtype.value
+    return "\n".join([
+        f"define internal float @dn_qdot_{name}(ptr noalias %a, ptr noalias %w, i64 %blocks) nounwind {{",
+        "entry:", f"  %n = mul nsw i64 %blocks, {dtype.block}", "  br label %loop", "loop:",
+        "  %i = phi i64 [0, %entry], [%next, %loop]",
+        "  %acc = phi float [0.0, %entry], [%acc1, %loop]",
+        "  %ap = getelementptr inbounds float, ptr %a, i64 %i",
+        "  %x = load float, ptr %ap, align 4",
+        f"  %y = call float @dn_dq_{name}(ptr %w, i64 %i)",
+        "  %p = fmul float %x, %y",
+        "  %acc1 = fadd reassoc float %acc, %p",
+        "  %next = add nsw i64 %i, 1",
+        "  %more = icmp slt i64 %next, %n",
+        "  br i1 %more, label %loop, label %done",
+        "done:", "  ret float %acc1", "}"])
+
+
 def quant_support() -> str:
     """Every format's element load and row dot product (LLVM drops the ones a module does not call)."""
-    return "\n\n".join(list(DEQUANT.values()) + [_dot(d) for d in FORMATS])
+    dots = [_dot(d) for d in FORMATS] + [_element_dot(d) for d in K_DEQUANT]
+    return "\n\n".join(list(DEQUANT.values()) + dots)
 
 
 def check_format(r, dtype: DType) -> None:
@@ -168,7 +311,8 @@ def _rows(r, q: QMatmul, begin: str, end: str) -> None:
         w = f.gep("i8", r.env[q.weight][0], f.mul(j, str(row_bytes)))
         with f.loop("0", m, hint="qi") as i:
             row = f.gep("float", a, f.mul(i, rs))
-            acc = f.op(f"call float @dn_qdot_{q.weight_dtype.value}(ptr {row}, ptr {w}, i64 {k // 32})")
+            blocks = k // q.weight_dtype.block
+            acc = f.op(f"call float @dn_qdot_{q.weight_dtype.value}(ptr {row}, ptr {w}, i64 {blocks})")
             r.env[q.vars[0]], r.env[q.vars[1]] = (i, "i64"), (j, "i64")
             r.env["acc"] = (acc, "float")
             r.stmts(q.epilogue_lets)
