@@ -12,8 +12,10 @@
    peers (the raw socket's and dnet's worker) on one core and this process on
    another, `free` leaves it to the scheduler (which may keep one pair together and
    not the other).
-   `--tls` adds a third column: the same through a worker whose links run mutual TLS
-   (dnet.cluster.tls), interleaved with the other two.
+   `--tls` adds a column per TLS engine (`--tls-engines`, default every installed one:
+   openssl, pyOpenSSL on cryptography's bundled OpenSSL; ssl, Python's ssl module): the same
+   through a worker whose links run mutual TLS (dnet.cluster.tls) on that engine at both ends,
+   interleaved with the others. `benchmarks/tls_costs.py` says where a TLS link's time goes.
 2. Pipeline: the real all-MiniLM-L6-v2 on three local workers made unequal (each
    simulates a device 2x, 4x or 8x slower) and joined by shaped links. The plan starts
    from the probed cost model; the JIT's feedback loop (`exe.retune`) measures it,
@@ -25,6 +27,7 @@
    (`dnet.cluster.measure`), so a window another process disturbs does not count.
 
     .venv/bin/python benchmarks/cluster.py [--mib 64] [--rounds 4] [--windows 5] [--window 8] [--tls]
+                                           [--tls-engines openssl,ssl]
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # b
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -48,6 +52,7 @@ from dnet.cluster import LocalCluster  # noqa: E402
 from dnet.cluster.local import WorkerSpec  # noqa: E402
 from dnet.cluster.auth import connect  # noqa: E402
 from dnet.cluster.protocol import DEFAULT_LIMITS, Message, MsgType  # noqa: E402
+from dnet.cluster.tls_engines import ENGINE_ENV  # noqa: E402
 from dnet.partition.feedback import factor_line, layout  # noqa: E402
 
 # A raw-socket peer: reads each message of the announced size into one buffer, answers one byte.
@@ -109,8 +114,9 @@ def _placement(placement: str) -> tuple[set[int] | None, list[int] | None]:
     raise SystemExit(f"placement {placement!r} needs 'same', 'free', or 'split' on two or more cores")
 
 
-def transport(mib: int, repeats: int, round_trips: int, placement: str = "same", tls: bool = False) -> dict:
-    """Raw socket against dnet frames (and, with `tls`, dnet frames over mutual TLS), interleaved."""
+def transport(mib: int, repeats: int, round_trips: int, placement: str = "same",
+              tls_engines: tuple[str, ...] = ()) -> dict:
+    """Raw socket against dnet frames (and dnet frames over mutual TLS on each engine given), interleaved."""
     payload = np.random.default_rng(0).integers(0, 255, mib << 20, dtype=np.uint8)
     mine, peers = _placement(placement)
     before = os.sched_getaffinity(0)
@@ -118,12 +124,14 @@ def transport(mib: int, repeats: int, round_trips: int, placement: str = "same",
         os.sched_setaffinity(0, mine)
     raw_proc, raw = _raw_peer(payload.nbytes, peers)
     clusters = {"dnet": LocalCluster([WorkerSpec(name="w0", cores=peers)])}
-    if tls:
-        clusters["tls"] = LocalCluster([WorkerSpec(name="w1", cores=peers)], tls=True)
+    clusters["dnet"].start()
+    for engine in tls_engines:   # the coordinator's end and the worker's (its environment) on this engine
+        with _tls_engine(engine):
+            clusters[f"tls-{engine}"] = LocalCluster([WorkerSpec(name=f"w-{engine}", cores=peers)], tls=True)
+            clusters[f"tls-{engine}"].start()
     try:
         chans = {}
         for name, local in clusters.items():
-            local.start()
             host, port = local.addresses[0].rsplit(":", 1)
             chans[name] = connect(host, int(port), local.secret, DEFAULT_LIMITS, tls=local.tls)
         big, ping, empty = Message(MsgType.PING, {}, {"data": payload}), Message(MsgType.PING), memoryview(b"")
@@ -156,6 +164,27 @@ def transport(mib: int, repeats: int, round_trips: int, placement: str = "same",
     for name in chans:
         out[f"{name}_stage_rtt_us"] = 1e6 * statistics.median(stage[name][1])
     return out
+
+
+@contextlib.contextmanager
+def _tls_engine(engine: str):
+    before = os.environ.get(ENGINE_ENV)
+    os.environ[ENGINE_ENV] = engine
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENGINE_ENV)
+        else:
+            os.environ[ENGINE_ENV] = before
+
+
+def installed_tls_engines() -> list[str]:
+    try:
+        import OpenSSL  # noqa: F401
+        return ["openssl", "ssl"]
+    except ImportError:
+        return ["ssl"]
 
 
 def _timed(action) -> float:
@@ -232,6 +261,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1e-3, help="link seconds")
     parser.add_argument("--parts", default="transport,pipeline", help="which parts to run")
     parser.add_argument("--tls", action="store_true", help="transport: also through a worker with mutual TLS")
+    parser.add_argument("--tls-engines", default=",".join(installed_tls_engines()),
+                        help="with --tls: the TLS engines to measure, a column each (openssl, ssl)")
     args = parser.parse_args()
     console = Console() if sys.stdout.isatty() else Console(width=150)  # a log: tables unwrapped
     if "transport" in args.parts:
@@ -241,9 +272,10 @@ def main() -> None:
 
 
 def print_transport(console: Console, args: argparse.Namespace) -> None:
-    t = transport(args.mib, args.repeats, args.round_trips, args.placement, args.tls)
-    variants = ["dnet", "tls"] if args.tls else ["dnet"]
-    label = {"dnet": "dnet frames", "tls": "dnet over TLS"}
+    engines = tuple(args.tls_engines.split(",")) if args.tls else ()
+    t = transport(args.mib, args.repeats, args.round_trips, args.placement, engines)
+    variants = ["dnet", *(f"tls-{e}" for e in engines)]
+    label = {"dnet": "dnet frames", **{f"tls-{e}": f"TLS ({e})" for e in engines}}
     out = Table(title=f"transport on loopback: {args.mib} MiB messages ({args.repeats} each, interleaved), "
                       f"{args.round_trips} small round trips, placement {args.placement}")
     out.add_column("", justify="right")
