@@ -22,6 +22,13 @@ static inline void dn_q_scale_min_k4(__global const uchar* s, int j, int* sc, in
     if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
     else { *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
 }
+/* a block's 16 lanes summed pairwise */
+static inline float dn_sum16(float16 v) {
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
 """
 
 # Per format: dn_dq_<name>(base, i), element i of a tensor stored as whole blocks.
@@ -77,10 +84,9 @@ static inline float dn_qdot_q8_0(__global const float* x, __global const uchar* 
     float acc = 0.0f;
     for (long b = 0; b < k / 32; ++b) {
         __global const uchar* p = row + b * 34;
-        __global const float* xb = x + b * 32;
-        float s = 0.0f;
-        for (int e = 0; e < 32; ++e) s += xb[e] * (float)(char)p[2 + e];
-        acc += s * dn_q_f16(p);
+        const float16 q0 = convert_float16(as_char16(vload16(0, p + 2))), q1 = convert_float16(as_char16(vload16(1, p + 2)));
+        const float16 s = q0 * vload16(0, x + b * 32) + q1 * vload16(1, x + b * 32);
+        acc += dn_sum16(s) * dn_q_f16(p);
     }
     return acc;
 }""",
@@ -89,10 +95,10 @@ static inline float dn_qdot_q4_0(__global const float* x, __global const uchar* 
     float acc = 0.0f;
     for (long b = 0; b < k / 32; ++b) {
         __global const uchar* p = row + b * 18;
-        __global const float* xb = x + b * 32;
-        float s = 0.0f;
-        for (int e = 0; e < 16; ++e) s += xb[e] * (float)((p[2 + e] & 15) - 8) + xb[e + 16] * (float)((p[2 + e] >> 4) - 8);
-        acc += s * dn_q_f16(p);
+        const uchar16 v = vload16(0, p + 2);
+        const float16 lo = convert_float16(v & (uchar)15) - 8.0f, hi = convert_float16(v >> (uchar)4) - 8.0f;
+        const float16 s = lo * vload16(0, x + b * 32) + hi * vload16(1, x + b * 32);
+        acc += dn_sum16(s) * dn_q_f16(p);
     }
     return acc;
 }""",
@@ -101,18 +107,14 @@ static inline float dn_qdot_q4_1(__global const float* x, __global const uchar* 
     float acc = 0.0f;
     for (long b = 0; b < k / 32; ++b) {                  /* sum d q x + m x = d (q . x) + m (sum x) */
         __global const uchar* p = row + b * 20;
-        __global const float* xb = x + b * 32;
-        float s = 0.0f, sx = 0.0f;
-        for (int e = 0; e < 16; ++e) {
-            s += xb[e] * (float)(p[4 + e] & 15) + xb[e + 16] * (float)(p[4 + e] >> 4);
-            sx += xb[e] + xb[e + 16];
-        }
-        acc += s * dn_q_f16(p) + sx * dn_q_f16(p + 2);
+        const uchar16 v = vload16(0, p + 4);
+        const float16 x0 = vload16(0, x + b * 32), x1 = vload16(1, x + b * 32);
+        const float16 s = convert_float16(v & (uchar)15) * x0 + convert_float16(v >> (uchar)4) * x1;
+        acc += dn_sum16(s) * dn_q_f16(p) + dn_sum16(x0 + x1) * dn_q_f16(p + 2);
     }
     return acc;
 }""",
 }
-
 
 def quant_support(dtypes: Iterable[DType]) -> str:
     """OpenCL C for the block dtypes among `dtypes` (after the prelude): dn_dq_<name>, and dn_qdot_<name>."""
