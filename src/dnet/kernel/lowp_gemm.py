@@ -124,7 +124,7 @@ def _quantized_source(graph: Graph, q: int) -> int | None:
 
 
 def low_precision_view(graph: Graph, nid: int, materialized: set[int], users) -> tuple | None:
-    """(q view, s view or None) of low-precision activations whose buffers exist, else None."""
+    """(q view, p view or None) of low-precision activations whose buffers exist, else None."""
     low = low_precision_rows(graph, nid)
     if low is None or any(x is not None and x not in materialized for x in low):
         return None
@@ -158,8 +158,9 @@ MAX_INT8_K = 65536   # a * (b + 128) summed over k, as VNNI computes it (|a| <= 
 def lower_low_precision(graph: Graph, root: int, mm: int, low: tuple, quant: tuple | None, materialized: set[int],
                          users, tile: GemmTile) -> Kernel:
     """A Gemm on int8 activations (a step and a zero offset per row) and int8 weights, or on bf16
-    activations and bf16 weights: a (m, k) row-major, its rows' parameters contiguous, b a constant packed at load time in
-    groups along k (4 int8, 2 bf16). Any other form computes the f32 activations instead."""
+    activations and bf16 weights: a (m, k) row-major, its rows' parameters contiguous, b a constant
+    packed at load time in groups along k (4 int8, 2 bf16). Any other form computes the f32 activations
+    instead."""
     node = graph.nodes[mm]
     a_id, b_id = node.inputs
     qv, sv = low
@@ -177,7 +178,7 @@ def lower_low_precision(graph: Graph, root: int, mm: int, low: tuple, quant: tup
         s == 2 * numel(a_shape[i + 1:-1]) for i, s in enumerate(sv[2][:-2])))
     deep = sv is not None and not (isinstance(a_shape[-1], int) and a_shape[-1] <= MAX_INT8_K)
     if strides[-1] != 1 or not rows_run_on or not scales_run_on or len(graph.nodes[b_id].shape) != 2 or deep:
-        raise Materialize(a_id, "low-precision activations must be row-major rows, one scale each")
+        raise Materialize(a_id, "low-precision activations must be row-major rows, their parameters contiguous")
     builder = _builder(graph, root, materialized, users)
     dtype = DType.I8 if sv is not None else DType.BF16
     a = Operand(builder.param(qv[0]), dtype, offset, (), strides[-2], 1,
