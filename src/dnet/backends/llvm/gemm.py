@@ -13,8 +13,8 @@ each mr x kc sliver of a, and the epilogue applied to each tile after its last k
 in L1.
 
 int8 weights (`quantize="int8"`) stay packed as int8 and are widened, times their per-column scales,
-one L2 block at a time into a workspace of the task (as the C backend does). Not here yet: int8 or
-bf16 activations (`graph.passes.dynamic_quant`, `precision="bf16"`): a MissingOpError.
+one L2 block at a time into a workspace of the task (as the C backend does). int8 or bf16 activations
+(`quantize="int8-dynamic"`, `precision="bf16"`) are `backends/llvm/igemm.py`'s.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class GemmSupport:
 
     def __init__(self) -> None:
         self.functions: dict[tuple, str] = {}
+        self.extra: dict[str, str] = {}         # other per-module functions (the low-precision row sums)
         self.metadata: list[str] = []
         self.declared: set[str] = set()
 
@@ -152,11 +153,17 @@ class GemmSupport:
         return "\n".join(lines)
 
     def text(self) -> str:
-        return "\n\n".join(sorted(self.declared) + list(self.functions.values()) + self.metadata)
+        return "\n\n".join(sorted(self.declared) + list(self.functions.values()) + list(self.extra.values())
+                           + self.metadata)
 
 
 def render_gemm(r, g: Gemm) -> None:
     """The body of a Gemm kernel (`r`: the LLVMRenderer of the kernel): sizes, blocking, two pool loops."""
+    if g.a.dtype in (DType.I8, DType.BF16):      # int8-dynamic or bf16 activations: the low-precision Gemm
+        from dnet.backends.llvm.igemm import render_low_precision
+
+        render_low_precision(r, g)
+        return
     int8_b = g.b.dtype is DType.I8 and g.b.scale and g.b.packed
     if g.a.dtype is not DType.F32 or g.a.scale or not (g.b.dtype is DType.F32 and not g.b.scale or int8_b):
         raise r.missing(f"gemm on {g.a.dtype} x {g.b.dtype} operands", g.b.dtype)

@@ -1,0 +1,137 @@
+"""The LLVM form of a low-precision `Gemm`: int8 activations x int8 weights, or bf16 x bf16, f32 results.
+
+The same two Gemms as the C backend's `backends/c/igemm.py`, on the same packed weights
+(`program/panels.py`: panels of nr columns, 4 (int8) or 2 (bf16) values of k per column side by side;
+an int8 panel holds b + 128 and is followed by its column sums):
+
+- int8: out[i, j] = (sum_k a[i, k] b[k, j] + z_i * colsum_j) * (s_i * scale_j), the sum exact in int32,
+  then f32 rounding as the C backend's (row i's step s and zero offset z at rows[2i], rows[2i + 1]);
+- bf16: out[i, j] = sum_k f32(a[i, k]) f32(b[k, j]) in f32.
+
+The portable path: one task per (block of rows, panel), each row's nr sums kept in a small array while k
+runs, the loop over the panel's columns left to LLVM's vectoriser; no dot-product instructions (VNNI,
+AVX512-BF16) yet. Then each result gets the Gemm's epilogue.
+"""
+from __future__ import annotations
+
+from dnet.core.dtypes import DType
+from dnet.kernel.ir import Gemm
+
+SLIVERS = 8         # rows of a task: 8 slivers of mr (the C backend's block)
+
+
+def render_low_precision(r, g: Gemm) -> None:
+    f, t, ix = r.fn, g.tile, r.index
+    M, N = ix(g.m), ix(g.n)
+    panels = f.ceil_div(N, t.nr)
+    rows = SLIVERS * t.mr
+    blocks = f.ceil_div(M, rows)
+    r.env["\0igemm:panels"] = (panels, "i64")
+    r.outline(lambda rr, begin, end: _tasks(rr, g, begin, end), f.mul(blocks, panels), "1")
+
+
+def _tasks(r, g: Gemm, begin: str, end: str) -> None:
+    f, t, ix = r.fn, g.tile, r.index
+    int8 = g.a.dtype is DType.I8
+    group = 4 if int8 else 2
+    M, N, K = ix(g.m), ix(g.n), ix(g.k)
+    panels = r.env["\0igemm:panels"][0]
+    groups = f.ceil_div(K, group)
+    pstride = f.add(f.mul(groups, str(t.nr * group)), str(4 * t.nr if int8 else 0))   # bytes (int8) or elements
+    acc_ty = "i32" if int8 else "float"
+    acc = f.alloca(f"[{t.nr} x {acc_ty}]")
+    a_ty, lda = ("i8" if int8 else "i16"), ix(g.a.row_stride)
+    a_base = f.gep(a_ty, r.env[g.a.buffer][0], ix(g.a.offset))
+    rows = SLIVERS * t.mr
+    with f.loop(begin, end, hint="t") as task:
+        blk = f.op(f"sdiv i64 {task}, {panels}")
+        p = f.op(f"srem i64 {task}, {panels}")
+        i0 = f.mul(blk, str(rows))
+        i1 = f.imin(f.add(i0, str(rows)), M)
+        j0 = f.mul(p, str(t.nr))
+        nr = f.imin(f.sub(N, j0), str(t.nr))
+        panel = f.gep(a_ty, r.env[g.b.buffer][0], f.mul(p, pstride))
+        with f.loop(i0, i1, hint="i") as i:
+            a_row = f.gep(a_ty, a_base, f.mul(i, lda))
+            sums_of_row = f.op(f"call <{t.nr} x {acc_ty}> {_row_function(r, t.nr, int8)}(ptr {a_row}, ptr {panel}, "
+                               f"i64 {K})")
+            f.emit(f"store <{t.nr} x {acc_ty}> {sums_of_row}, ptr {acc}")
+            if int8:
+                params = f.gep("float", r.env[g.a.scale][0], f.mul(i, "2"))
+                s = f.op(f"load float, ptr {params}")
+                z = f.op(f"load float, ptr {f.gep('float', params, '1')}")
+                sums = f.gep("i8", panel, f.mul(groups, str(t.nr * group)))
+            with f.loop("0", nr, hint="e") as jj:
+                total = f.op(f"load {acc_ty}, ptr {f.gep(acc_ty, acc, jj)}")
+                j = f.add(j0, jj)
+                if int8:
+                    colsum_at = f.gep("i32", sums, jj)
+                    colsum = f.op(f"sitofp i32 {f.op(f'load i32, ptr {colsum_at}, align 1')} to float")
+                    shifted = f.op(f"fadd float {f.op(f'sitofp i32 {total} to float')}, {f.op(f'fmul float {z}, {colsum}')}")
+                    sb = f.op(f"load float, ptr {f.gep('float', r.env[g.b.scale][0], j)}")
+                    total = f.op(f"fmul float {shifted}, {f.op(f'fmul float {s}, {sb}')}")
+                _store(r, g, i, j, total, N)
+
+
+def _row_function(r, nr: int, int8: bool) -> str:
+    """The function summing one row of a against a panel: nr sums in one vector register file, per group
+    of k one load of the panel's nr x group values, split by shuffles, and multiply-adds on all nr."""
+    name = f"@dn_lprow_{'i8' if int8 else 'bf16'}_{nr}"
+    support = r.gemm_support
+    if name in support.extra:
+        return name
+    group, elem, acc = (4, "i8", "i32") if int8 else (2, "i16", "float")
+    vec, wide = f"<{nr} x {acc}>", f"<{nr * group} x {elem}>"
+    lines = [f"define internal {vec} {name}(ptr noalias %a, ptr noalias %b, i64 %K) nounwind {{", "entry:",
+             f"  %g0 = add i64 %K, {group - 1}", f"  %groups = sdiv i64 %g0, {group}", "  %last = add i64 %K, -1",
+             "  %any = icmp sgt i64 %groups, 0", "  br i1 %any, label %loop, label %exit", "loop:",
+             "  %g = phi i64 [0, %entry], [%g1, %loop]",
+             f"  %acc = phi {vec} [zeroinitializer, %entry], [%acc{group}, %loop]",
+             f"  %bo = mul nsw i64 %g, {nr * group}",
+             f"  %bp = getelementptr inbounds {elem}, ptr %b, i64 %bo",
+             f"  %bv = load {wide}, ptr %bp, align 1"]
+    for t in range(group):
+        mask = ", ".join(f"i32 {t + group * c}" for c in range(nr))
+        lines += [f"  %k{t}0 = mul nsw i64 %g, {group}", f"  %k{t}1 = add nsw i64 %k{t}0, {t}",
+                  # past K: any value of a (the panel's padding is zero), so read a's last one
+                  f"  %k{t}c = icmp slt i64 %k{t}1, %K", f"  %k{t} = select i1 %k{t}c, i64 %k{t}1, i64 %last",
+                  f"  %ap{t} = getelementptr inbounds {elem}, ptr %a, i64 %k{t}",
+                  f"  %ax{t} = load {elem}, ptr %ap{t}",
+                  f"  %bt{t} = shufflevector {wide} %bv, {wide} poison, <{nr} x i32> <{mask}>"]
+        if int8:
+            lines += [f"  %x{t} = sext i8 %ax{t} to i32",
+                      f"  %bf{t} = xor <{nr} x i8> %bt{t}, splat (i8 -128)",      # stored as b + 128
+                      f"  %bw{t} = sext <{nr} x i8> %bf{t} to {vec}"]
+        else:
+            lines += [f"  %xz{t} = zext i16 %ax{t} to i32", f"  %xs{t} = shl i32 %xz{t}, 16",
+                      f"  %x{t} = bitcast i32 %xs{t} to float",
+                      f"  %bz{t} = zext <{nr} x i16> %bt{t} to <{nr} x i32>",
+                      f"  %bs{t} = shl <{nr} x i32> %bz{t}, splat (i32 16)",
+                      f"  %bw{t} = bitcast <{nr} x i32> %bs{t} to {vec}"]
+        lines += [f"  %x1{t} = insertelement {vec} poison, {acc} %x{t}, i64 0",
+                  f"  %xv{t} = shufflevector {vec} %x1{t}, {vec} poison, <{nr} x i32> zeroinitializer"]
+        before = "%acc" if t == 0 else f"%acc{t}"
+        if int8:
+            lines += [f"  %p{t} = mul {vec} %xv{t}, %bw{t}", f"  %acc{t + 1} = add {vec} {before}, %p{t}"]
+        else:   # a product of two bf16 values is exact in f32: fused or not, the same sum
+            lines += [f"  %p{t} = fmul {vec} %xv{t}, %bw{t}", f"  %acc{t + 1} = fadd {vec} {before}, %p{t}"]
+    lines += ["  %g1 = add nsw i64 %g, 1", "  %more = icmp slt i64 %g1, %groups",
+              "  br i1 %more, label %loop, label %exit", "exit:",
+              f"  %r = phi {vec} [zeroinitializer, %entry], [%acc{group}, %loop]", f"  ret {vec} %r", "}"]
+    support.extra[name] = "\n".join(lines)
+    return name
+
+
+def _bf16(f, raw: str) -> str:
+    wide = f.op(f"shl i32 {f.op(f'zext i16 {raw} to i32')}, 16")
+    return f.op(f"bitcast i32 {wide} to float")
+
+
+def _store(r, g: Gemm, i: str, j: str, acc: str, N: str) -> None:
+    """out[i, j] = the epilogue of acc (the Gemm's row and column variables bound to i and j)."""
+    f = r.fn
+    r.env[g.vars[-2]], r.env[g.vars[-1]] = (i, "i64"), (j, "i64")
+    r.env["acc"] = (acc, "float")
+    r.stmts(g.epilogue_lets)
+    value = r.narrow(r.expr(g.epilogue), g.epilogue.dtype, DType.F32)
+    f.emit(f"store float {value}, ptr {f.gep('float', r.env[g.out][0], f.add(f.mul(i, N), j))}")
