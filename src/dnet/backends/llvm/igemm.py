@@ -111,8 +111,10 @@ def _row_function(r, nr: int, int8: bool) -> str:
         lines += [f"  %x1{t} = insertelement {vec} poison, {acc} %x{t}, i64 0",
                   f"  %xv{t} = shufflevector {vec} %x1{t}, {vec} poison, <{nr} x i32> zeroinitializer"]
         before = "%acc" if t == 0 else f"%acc{t}"
-        if int8:
-            lines += [f"  %p{t} = mul {vec} %xv{t}, %bw{t}", f"  %acc{t + 1} = add {vec} {before}, %p{t}"]
+        if int8:   # the product in 16 bits (|a b| <= 2^14, exact; a cheap multiply), widened to add
+            lines += [f"  %xh{t} = trunc {vec} %xv{t} to <{nr} x i16>", f"  %bh{t} = trunc {vec} %bw{t} to <{nr} x i16>",
+                      f"  %ph{t} = mul <{nr} x i16> %xh{t}, %bh{t}", f"  %p{t} = sext <{nr} x i16> %ph{t} to {vec}",
+                      f"  %acc{t + 1} = add {vec} {before}, %p{t}"]
         else:   # a product of two bf16 values is exact in f32: fused or not, the same sum
             lines += [f"  %p{t} = fmul {vec} %xv{t}, %bw{t}", f"  %acc{t + 1} = fadd {vec} {before}, %p{t}"]
     lines += ["  %g1 = add nsw i64 %g, 1", "  %more = icmp slt i64 %g1, %groups",
