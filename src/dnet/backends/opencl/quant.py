@@ -4,7 +4,8 @@ A weight in a block dtype stays in its blocks on the device (never expanded): an
 decoded where it is read, with the same arithmetic as gguf's reference dequantizers (see
 `backends/c/quant.py`, whose layouts these follow). A `QMatmul` (x @ w.T against such a weight)
 is one work-item per result: it walks its weight row block by block, decoding each block's
-scale (and minimum) once and its elements as it multiplies them by x's row, then applies the
+scale (and minimum) once and its elements as two 16-wide vectors times x's (Q8_0, Q4_0, Q4_1;
+the K formats element by element), then applies the
 epilogue (a residual add, SiLU times the up projection) and stores.
 """
 from __future__ import annotations
