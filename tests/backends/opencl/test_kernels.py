@@ -185,3 +185,17 @@ def test_an_empty_dim_gives_an_empty_or_zero_sum_result(compile_opencl, m, k, n)
     e = np.exp(z - z.max(-1, keepdims=True)) if n else z
     assert got.shape == (m, n)
     np.testing.assert_allclose(got, e / e.sum(-1, keepdims=True))
+
+
+def test_the_gpu_work_group_shape_computes_the_same_matmuls(compile_opencl, monkeypatch):
+    """A GPU gets 16x16 work-items of 4x4 results (a CPU driver 4x4 of 8x8): run that shape here too."""
+    from dnet.backends.opencl import backend
+    from dnet.backends.opencl.renderer import GPU_GEMM
+
+    monkeypatch.setattr(backend, "gemm_shape", lambda device: GPU_GEMM)
+    rng = np.random.default_rng(2)
+    graph = _mlp(rng, 70, 45, 33)
+    runner = compile_opencl(graph)
+    assert "reqd_work_group_size(16, 16, 1)" in runner.source
+    assert_matches_reference(runner, graph, {"x": rng.standard_normal((2, 9, 70)).astype(np.float32)},
+                             rtol=1e-4, atol=1e-5)

@@ -1,8 +1,8 @@
 """A `Gemm` in OpenCL C: a local-memory tiled, register-blocked kernel.
 
 A work-group of t x t work-items computes a (t*w) x (t*w) block of the result; each work-item
-keeps w x w results in registers (rows ti, ti + t, ...; columns tj, tj + t, ...: neighbouring
-work-items touch neighbouring columns). Along k the group walks DEPTH-wide steps: its
+keeps w x w results in registers: rows ti, ti + t, ...; columns tj*w .. tj*w + w - 1, side by side,
+so each k step reads b's w values for them as one vector (vload) and adds a row of a times it. Along k the group walks DEPTH-wide steps: its
 work-items together copy a's (t*w) x DEPTH block and b's DEPTH x (t*w) block into local memory,
 wait at a barrier, each accumulates its w x w results from local memory, and wait again before
 the next step overwrites the blocks. So an element of a or b is read from global memory once per
@@ -32,7 +32,6 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
     block, threads = ts * work, ts * ts      # the block of the result one work-group computes
     loads = block * DEPTH // threads         # elements of each operand's block a work-item loads per k step
     i, j = g.vars[-2], g.vars[-1]
-    accs = [(a, b) for a in range(work) for b in range(work)]
     local, barrier = r.local_prefix, r.barrier_code
     lines = r.header(f"__attribute__((reqd_work_group_size({ts}, {ts}, 1))) ") + [
         f"    const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)};",
@@ -43,9 +42,10 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
     lines += ["    " + x for x in _batch_decl(r, g)]
     lines += [f"    {local} float g_a[{DEPTH}][{block}];",
               f"    {local} float g_b[{DEPTH}][{block}];",
-              # scalars, not an array: a CPU driver keeps each live across barriers in its own per-item array,
-              # which it vectorizes over work-items (measured on PoCL: twice as fast as a private array)
-              "    " + " ".join(f"float g_acc{a}_{b} = 0.0f;" for a, b in accs),
+              # a vector per row, not an array: a CPU driver keeps each value live across barriers in its own
+              # per-item array (a private array of scalars: half the speed, measured on PoCL), and a work-item's
+              # columns lie side by side, so b's row for them is one vector load from local memory
+              "    " + " ".join(f"float{work} g_acc{a} = (float{work})(0.0f);" for a in range(work)),
               "    const int g_steps = (int)((g_K + {0}) / {1});".format(DEPTH - 1, DEPTH),
               "    for (int g_step = 0; g_step < g_steps; ++g_step) {",
               f"        const int64_t g_k0 = (int64_t)g_step * {DEPTH};",
@@ -62,19 +62,18 @@ def render_gemm_kernel(r: OpenCLRenderer, g: Gemm) -> RenderedKernel:
               f"        {barrier}",
               "        #pragma unroll",
               f"        for (int g_kk = 0; g_kk < {DEPTH}; ++g_kk) {{",
-              "            " + " ".join(f"const float g_a{a} = g_a[g_kk][g_ti + {a * ts}];" for a in range(work)),
-              "            " + " ".join(f"const float g_b{b} = g_b[g_kk][g_tj + {b * ts}];" for b in range(work)),
-              "            " + " ".join(f"g_acc{a}_{b} += g_a{a} * g_b{b};" for a, b in accs),
+              f"            const float{work} g_bv = vload{work}(g_tj, &g_b[g_kk][0]);",
+              "            " + " ".join(f"g_acc{a} += g_a[g_kk][g_ti + {a * ts}] * g_bv;" for a in range(work)),
               "        }",
               f"        {barrier}",
               "    }",
               f"    float g_acc[{work}][{work}];   /* past the last barrier: the epilogue loops over them */",
-              "    " + " ".join(f"g_acc[{a}][{b}] = g_acc{a}_{b};" for a, b in accs),
+              "    " + " ".join(f"vstore{work}(g_acc{a}, 0, &g_acc[{a}][0]);" for a in range(work)),
               f"    for (int g_r = 0; g_r < {work}; ++g_r) {{",
               f"        const int64_t {i} = g_row0 + g_ti + g_r * {ts};",
               f"        if ({i} >= g_M) break;",
               f"        for (int g_c = 0; g_c < {work}; ++g_c) {{",
-              f"            const int64_t {j} = g_col0 + g_tj + g_c * {ts};",
+              f"            const int64_t {j} = g_col0 + g_tj * {work} + g_c;",
               f"            if ({j} >= g_N) break;",
               "            const float acc = g_acc[g_r][g_c];"]
     lines += r.stmts(g.epilogue_lets, "            ")
