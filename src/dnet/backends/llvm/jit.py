@@ -17,8 +17,8 @@ from dnet.errors import BackendError
 # libc / libm functions the generated IR may call; each is looked up in the process at start-up
 LIBM = ("logf", "expf", "powf", "fmodf", "sinf", "cosf", "floorf", "sqrtf", "fabsf", "tanhf", "erff",
         "nearbyintf")
-LIBC = ("pthread_mutex_lock", "pthread_mutex_unlock", "pthread_cond_wait", "pthread_cond_broadcast", "sched_yield",
-        "memset", "memcpy", "malloc", "free")
+LIBC = ("pthread_mutex_lock", "pthread_mutex_trylock", "pthread_mutex_unlock", "pthread_cond_wait",
+        "pthread_cond_broadcast", "sched_yield", "memset", "memcpy", "malloc", "free")
 
 _lock = threading.Lock()
 _state: "_Jit | None" = None

@@ -39,6 +39,7 @@ def _source(x86: bool) -> str:
 @dn_pool = global [{SIZE} x i8] zeroinitializer, align 64
 
 declare i32 @pthread_mutex_lock(ptr)
+declare i32 @pthread_mutex_trylock(ptr)
 declare i32 @pthread_mutex_unlock(ptr)
 declare i32 @pthread_cond_wait(ptr, ptr)
 declare i32 @pthread_cond_broadcast(ptr)
@@ -188,11 +189,21 @@ spin:
   %same = icmp eq i64 %g, %seen
   %short = icmp slt i64 %i, {SPIN}
   %keep = and i1 %same, %short
-  br i1 %keep, label %spinmore, label %lock
+  br i1 %keep, label %spinmore, label %arrived
 spinmore:
   {pause}
   %i1 = add i64 %i, 1
   br label %spin
+arrived:
+  %early = icmp slt i64 %i, {SPIN}
+  br i1 %early, label %trylock, label %lock
+trylock:                  ; a job came while spinning: the caller is about to let go of the lock, so wait
+  %tl = call i32 @pthread_mutex_trylock(ptr %mu)       ; for it awake rather than sleep and be woken by a syscall
+  %got = icmp eq i32 %tl, 0
+  br i1 %got, label %check, label %trymore
+trymore:
+  {pause}
+  br label %trylock
 lock:
   %l = call i32 @pthread_mutex_lock(ptr %mu)
   br label %check
