@@ -49,9 +49,10 @@ class GemmShape:
     work: int
 
 
-# Chosen per device type at run time (measured on PoCL, 128x384 @ 384x1536: 4x4 items of 8x8 results
-# 21 GFLOP/s, 8x8 of 8x8 13, 16x16 of 4x4 3: a CPU driver runs a group's items as loops, and
-# small groups with much work each suit it). A GPU wants many items per group (a warp is 32).
+# Chosen per device type at run time (measured on PoCL, 128x384 @ 384x1536, scalar accumulators: 4x4
+# items of 8x8 results 21 GFLOP/s, 8x8 of 8x8 13, 16x16 of 4x4 3: a CPU driver runs a group's items as
+# loops, and small groups with much work each suit it; 4x4 of 8x8 with vector accumulators 45, of 16x16
+# perhaps more but the shared machine would not say). A GPU wants many items per group (a warp is 32).
 CPU_GEMM = GemmShape(threads=4, work=8)
 GPU_GEMM = GemmShape(threads=16, work=4)
 
