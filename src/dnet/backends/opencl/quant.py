@@ -4,8 +4,7 @@ A weight in a block dtype stays in its blocks on the device (never expanded): an
 decoded where it is read, with the same arithmetic as gguf's reference dequantizers (see
 `backends/c/quant.py`, whose layouts these follow). A `QMatmul` (x @ w.T against such a weight)
 is one work-item per result: it walks its weight row block by block, decoding each block's
-scale (and minimum) once and its elements as two 16-wide vectors times x's (Q8_0, Q4_0, Q4_1;
-the K formats element by element), then applies the
+scale (and minimum) once and its elements as 16-wide vectors times x's, then applies the
 epilogue (a residual add, SiLU times the up projection) and stores.
 """
 from __future__ import annotations
@@ -78,7 +77,7 @@ static inline float dn_dq_q6_k(__global const uchar* base, long i) {
 }""",
 }
 
-# dot(x[0:k], row) for the formats whose blocks decode in a loop of their own (the rest go element by element)
+# dot(x[0:k], row) per format: each block's (or sub-block's) scales decoded once, its values 16 at a time
 DOTS = {
     DType.Q8_0: r"""
 static inline float dn_qdot_q8_0(__global const float* x, __global const uchar* row, long k) {
@@ -112,6 +111,67 @@ static inline float dn_qdot_q4_1(__global const float* x, __global const uchar* 
         const float16 x0 = vload16(0, x + b * 32), x1 = vload16(1, x + b * 32);
         const float16 s = convert_float16(v & (uchar)15) * x0 + convert_float16(v >> (uchar)4) * x1;
         acc += dn_sum16(s) * dn_q_f16(p) + dn_sum16(x0 + x1) * dn_q_f16(p + 2);
+    }
+    return acc;
+}""",
+    DType.Q4_K: r"""
+static inline float dn_qdot_q4_k(__global const float* x, __global const uchar* row, long k) {
+    float acc = 0.0f;
+    for (long b = 0; b < k / 256; ++b) {                 /* per sub-block j: (d sc_j) (q . x) - (dmin m_j) (sum x) */
+        __global const uchar* p = row + b * 144;
+        __global const float* xb = x + b * 256;
+        const float d = dn_q_f16(p), dmin = dn_q_f16(p + 2);
+        for (int pair = 0; pair < 4; ++pair) {          /* sub-blocks 2 pair (low nibbles) and 2 pair + 1 (high) */
+            const uchar16 v0 = vload16(0, p + 16 + 32 * pair), v1 = vload16(1, p + 16 + 32 * pair);
+            for (int nib = 0; nib < 2; ++nib) {
+                const int j = 2 * pair + nib;
+                const uchar sh = (uchar)(4 * nib);
+                const float16 x0 = vload16(0, xb + 32 * j), x1 = vload16(1, xb + 32 * j);
+                const float16 q = convert_float16((v0 >> sh) & (uchar)15) * x0 + convert_float16((v1 >> sh) & (uchar)15) * x1;
+                int sc, mn;
+                dn_q_scale_min_k4(p + 4, j, &sc, &mn);
+                acc += d * (float)sc * dn_sum16(q) - dmin * (float)mn * dn_sum16(x0 + x1);
+            }
+        }
+    }
+    return acc;
+}""",
+    DType.Q5_K: r"""
+static inline float dn_qdot_q5_k(__global const float* x, __global const uchar* row, long k) {
+    float acc = 0.0f;
+    for (long b = 0; b < k / 256; ++b) {                 /* as Q4_K, the fifth bit of sub-block j's element e: bit j of qh[e] */
+        __global const uchar* p = row + b * 176;
+        __global const float* xb = x + b * 256;
+        const float d = dn_q_f16(p), dmin = dn_q_f16(p + 2);
+        const uchar16 h0 = vload16(0, p + 16), h1 = vload16(1, p + 16);
+        for (int j = 0; j < 8; ++j) {
+            const uchar sh = (uchar)(4 * (j % 2)), bit = (uchar)j;
+            const uchar16 v0 = vload16(0, p + 48 + 32 * (j / 2)), v1 = vload16(1, p + 48 + 32 * (j / 2));
+            const uchar16 q0 = ((v0 >> sh) & (uchar)15) | (((h0 >> bit) & (uchar)1) << (uchar)4);
+            const uchar16 q1 = ((v1 >> sh) & (uchar)15) | (((h1 >> bit) & (uchar)1) << (uchar)4);
+            const float16 x0 = vload16(0, xb + 32 * j), x1 = vload16(1, xb + 32 * j);
+            int sc, mn;
+            dn_q_scale_min_k4(p + 4, j, &sc, &mn);
+            acc += d * (float)sc * dn_sum16(convert_float16(q0) * x0 + convert_float16(q1) * x1)
+                   - dmin * (float)mn * dn_sum16(x0 + x1);
+        }
+    }
+    return acc;
+}""",
+    DType.Q6_K: r"""
+static inline float dn_qdot_q6_k(__global const float* x, __global const uchar* row, long k) {
+    float acc = 0.0f;
+    for (long b = 0; b < k / 256; ++b) {                 /* 16 runs of 16 elements, one int8 scale each */
+        __global const uchar* p = row + b * 210;
+        __global const float* xb = x + b * 256;
+        const float d = dn_q_f16(p + 208);
+        for (int g = 0; g < 16; ++g) {
+            const int e = 16 * g, h = e / 128, r = e % 128;
+            const uchar16 lo = (vload16(0, p + 64 * h + r % 64) >> (uchar)(4 * (r / 64))) & (uchar)15;
+            const uchar16 hi = (vload16(0, p + 128 + 32 * h + r % 32) >> (uchar)(2 * (r / 32))) & (uchar)3;
+            const float16 q = convert_float16(lo | (hi << (uchar)4)) - 32.0f;
+            acc += d * (float)(char)p[192 + g] * dn_sum16(q * vload16(0, xb + e));
+        }
     }
     return acc;
 }""",
