@@ -199,3 +199,17 @@ def test_the_gpu_work_group_shape_computes_the_same_matmuls(compile_opencl, monk
     assert "reqd_work_group_size(16, 16, 1)" in runner.source
     assert_matches_reference(runner, graph, {"x": rng.standard_normal((2, 9, 70)).astype(np.float32)},
                              rtol=1e-4, atol=1e-5)
+
+
+def test_an_artefact_saved_from_opencl_loads_and_runs_the_same(compile_opencl, tmp_path):
+    """The artefact holds the graph; loading it builds the kernels again for this device."""
+    from dnet.api import Executable, load_artifact, save_artifact
+
+    rng = np.random.default_rng(6)
+    graph = _mlp(rng, 20, 12, 7)
+    exe = Executable(graph, "opencl", runner=compile_opencl(graph))
+    save_artifact(exe, tmp_path / "mlp")
+    again = load_artifact(tmp_path / "mlp")
+    assert again.target == "opencl"
+    x = rng.standard_normal((1, 3, 20)).astype(np.float32)
+    np.testing.assert_array_equal(again.run({"x": x})["y"], exe.run({"x": x})["y"])
