@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dnet.core.dtypes import DType
 from dnet.kernel.ir import Gemm, GemmTile, Ref
-from dnet.backends.llvm.ir_text import Function, quote
+from dnet.backends.llvm.ir_text import Function
 
 # k steps per trip of the micro-kernel's loop. Not unrolled: unrolled 4 times (the C backend's
 # `GCC unroll 4`), LLVM's scheduler hoists the broadcasts of a and spills them (MiniLM's FFN matmul
@@ -454,4 +454,4 @@ def _epilogue(r, g: Gemm, c: str, row0: str, j0: str, mr: str, nr: str, N: str) 
             f.emit(f"store float {value}, ptr {ptr}")
 
 
-__all__ = ["GemmSupport", "render_gemm", "quote"]
+__all__ = ["GemmSupport", "render_gemm"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dnet.core.dtypes import DType
 from dnet.kernel.ir import QMatmul
-from dnet.backends.llvm.renderer import PARALLEL_MIN_WORK
 
 FORMATS = (DType.Q8_0, DType.Q4_0, DType.Q4_1)
 
@@ -321,4 +320,4 @@ def _rows(r, q: QMatmul, begin: str, end: str) -> None:
             f.emit(f"store {STORAGE[out_dtype]} {value}, ptr {ptr}")
 
 
-__all__ = ["FORMATS", "PARALLEL_MIN_WORK", "quant_support", "render_qmatmul", "load_block"]
+__all__ = ["FORMATS", "quant_support", "render_qmatmul", "load_block"]

@@ -20,7 +20,6 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from dnet.core.dtypes import DType
-from dnet.core.shapes import numel
 from dnet.graph.ops import Op
 from dnet.kernel.ir import (Barrier, Binary, Cast, Const, Gemm, GpuLoop, InBounds, IndexLet, IndexValue, Kernel, Let,
                             Load, LocalAlloc, Loop, QMatmul, Reduce, Ref, Store, Unary, Where)
@@ -318,7 +317,7 @@ class LLVMRenderer(Renderer):
             f = fn_self.fn
             with f.loop(begin, end, hint="g") as flat:
                 stride = "1"
-                for l, e in reversed(list(zip(loops, fn_self_extents(fn_self, loops)))):
+                for l, e in reversed(list(zip(loops, _extents(fn_self, loops)))):
                     v = flat if len(loops) == 1 else f.op(f"srem i64 {f.op(f'sdiv i64 {flat}, {stride}')}, {e}")
                     fn_self.env[l.var] = (v, "i64")
                     stride = f.mul(stride, e)
@@ -419,7 +418,7 @@ class LLVMRenderer(Renderer):
         raise self.missing(f"GPU statement {type(s).__name__}")
 
 
-def fn_self_extents(r: LLVMRenderer, loops: list) -> list[str]:
+def _extents(r: LLVMRenderer, loops: list) -> list[str]:
     """The loops' extents, evaluated in the renderer's current function."""
     return [r.index(l.extent) for l in loops]
 
@@ -457,8 +456,3 @@ def reduce_init(op: Op, dtype: DType) -> str:
         return "false" if low else "true"
     lo, hi = INT_LIMITS[dtype]
     return str(lo if low else hi)
-
-
-def static_elements(shape) -> int | None:
-    n = numel(shape)
-    return n if isinstance(n, int) else None
