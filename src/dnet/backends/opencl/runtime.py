@@ -144,7 +144,7 @@ def build(device: Device, source: str) -> Any:
                            hint=f"device {device.name}") from None
 
 
-def launch_sizes(launch, env: Mapping[str, int], device: Device) -> tuple:
+def launch_sizes(launch: Grid | Tiles, env: Mapping[str, int], device: Device) -> tuple:
     """(global size, local size) of a launch for these symbol values; (None, None) when it is empty."""
     if isinstance(launch, Grid):
         total = int(np.prod([int(substitute(e, env)) for e in launch.extents], dtype=np.int64))
