@@ -78,6 +78,9 @@ def test_a_global_grid_loop_guards_the_rounded_up_grid():
     assert "if (i < (n_n)) {" in ToyGpu(k).render()
 
 
-def test_the_c_dialect_has_no_grid():
-    with pytest.raises(MissingOpError, match="backend 'c' has no code for op gpu group loop"):
+def test_the_c_dialect_runs_a_grid_serially_but_has_no_barrier():
+    with pytest.raises(MissingOpError, match="backend 'c' has no code for op local memory"):
         CRenderer(_tiled()).render()
+    params = (Param("x", F), Param("y", F, output=True))
+    k = Kernel("g", params, ("n",), (GpuLoop("i", Sym("n"), "global", 0, (Store("y", I, Load("x", I, F)),)),))
+    assert "for (int64_t i = 0; i < (n_n); ++i) {" in CRenderer(k).render()

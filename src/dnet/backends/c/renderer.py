@@ -15,7 +15,7 @@ from __future__ import annotations
 from dnet.core.dtypes import DType
 from dnet.core.shapes import numel
 from dnet.graph.ops import Op
-from dnet.kernel.ir import Gemm, IndexLet, Kernel, Let, Loop, QMatmul, Reduce
+from dnet.kernel.ir import Gemm, GpuLoop, IndexLet, Kernel, Let, Loop, QMatmul, Reduce
 from dnet.kernel.render import HALF, CStyleRenderer
 
 TINY_REDUCTION = 16   # static trip counts up to this: no SIMD pragma on the reduction (see `reduce_hint`)
@@ -59,6 +59,12 @@ class CRenderer(CStyleRenderer):
         from dnet.backends.c.qmatmul import render_qmatmul
 
         return render_qmatmul(self, s, pad)
+
+    def gpu_loop(self, s: GpuLoop, pad: str) -> list[str]:
+        """A grid loop run on the CPU one work-item after another: what it means without barriers (the C
+        dialect has no barrier or local memory, so a kernel with them is a MissingOpError there). Lets the
+        C backend check a GPU pass (`kernel.grid.map_to_grid`) against the reference."""
+        return super().loop(Loop(s.var, s.extent, s.body), pad)
 
     # -- loops: SIMD pragmas and the thread pool ---------------------------------------
     def loop(self, s: Loop, pad: str) -> list[str]:
