@@ -40,6 +40,19 @@ def test_results_do_not_depend_on_the_thread_count(case, threads):
         runner.module.set_threads(os.cpu_count() or 1)
 
 
+def test_each_module_runs_with_its_own_thread_count(case, compile_llvm):
+    """The pool is the process's: a module compiled later with other threads does not change this one's."""
+    from dnet.backends.llvm.pool import pool
+
+    graph, runner, feeds, want = case
+    runner.module.set_threads(2)
+    other = compile_llvm(graph, threads=1)
+    other.run(feeds)
+    assert pool().threads == 1
+    np.testing.assert_allclose(runner.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
+    assert runner.module.threads == 2 and pool().threads == 2
+
+
 def test_calls_from_several_python_threads_at_once_are_each_right(case):
     graph, runner, feeds, want = case
     errors = []

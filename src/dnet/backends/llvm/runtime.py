@@ -8,7 +8,8 @@ for the call), and the process's thread pool (`backends/llvm/pool.py`).
 from __future__ import annotations
 
 import ctypes
-from typing import Mapping
+import time
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -16,7 +17,8 @@ from dnet.backends.llvm.jit import Compiled
 from dnet.backends.llvm.pool import pool
 from dnet.hardware import detect
 from dnet.program.device import HostAllocator
-from dnet.program.executor import ProgramExecutor
+from dnet.program.collective import Collective
+from dnet.program.executor import ProgramExecutor, Transfer
 from dnet.program.instructions import Launch, Program, segments
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
@@ -51,9 +53,24 @@ class LLVMModule(ProgramExecutor):
         self.set_threads(threads or detect().cores)
 
     def set_threads(self, n: int) -> None:
-        """Threads for parallel loops (the pool is the process's, shared by every LLVM module)."""
-        pool().set_threads(n)
+        """Threads for this module's parallel loops. The pool is the process's, shared by every LLVM
+        module, so each module sets its own count on it before it runs."""
+        self._threads = max(1, int(n))
+        pool().set_threads(self._threads)
 
     @property
     def threads(self) -> int:
-        return pool().threads
+        return self._threads
+
+    def _use_threads(self) -> None:
+        if pool().threads != self._threads:
+            pool().set_threads(self._threads)
+
+    def run(self, inputs: Mapping[str, Any], transfer: Transfer | None = None,
+            collective: Collective | None = None) -> dict[str, np.ndarray]:
+        self._use_threads()
+        return super().run(inputs, transfer, collective)
+
+    def profile(self, inputs: Mapping[str, Any], clock=time.perf_counter) -> list[tuple[Launch, float]]:
+        self._use_threads()
+        return super().profile(inputs, clock)
