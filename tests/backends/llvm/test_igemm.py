@@ -51,10 +51,24 @@ def _graph(kind: str):
     return quantize_dynamic(_model(), min_elements=1) if kind == "int8" else bf16_matmuls(_model(), min_elements=1)
 
 
-@pytest.fixture(scope="module", params=["int8", "bf16"])
+@pytest.fixture(scope="module", params=["int8", "int8-portable", "bf16"])
 def case(request, compile_llvm):
-    graph = _graph(request.param)
-    return request.param, graph, compile_llvm(graph)
+    """int8 on the host's path (`vpdpbusd` where it has AVX512-VNNI), int8 forced onto the portable path,
+    and bf16."""
+    from dnet.backends.llvm import igemm
+
+    kind = request.param.split("-")[0]
+    graph = _graph(kind)
+    if request.param == "int8-portable":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(igemm, "_has_vnni", lambda: False)
+            runner = compile_llvm(graph)
+        assert "vpdpbusd" not in runner.source
+        return kind, graph, runner
+    runner = compile_llvm(graph)
+    if kind == "int8":
+        assert ("vpdpbusd" in runner.source) == igemm._has_vnni()
+    return kind, graph, runner
 
 
 def _inputs(graph, rng, m: int, batch: int, offset: float) -> dict[str, np.ndarray]:

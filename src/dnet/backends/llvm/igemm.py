@@ -76,6 +76,8 @@ def _tasks(r, g: Gemm, begin: str, end: str) -> None:
 def _row_function(r, nr: int, int8: bool) -> str:
     """The function summing one row of a against a panel: nr sums in one vector register file, per group
     of k one load of the panel's nr x group values, split by shuffles, and multiply-adds on all nr."""
+    if int8 and nr == 32 and _has_vnni():
+        return _vnni_row_function(r)
     name = f"@dn_lprow_{'i8' if int8 else 'bf16'}_{nr}"
     support = r.gemm_support
     if name in support.extra:
@@ -120,6 +122,82 @@ def _row_function(r, nr: int, int8: bool) -> str:
     lines += ["  %g1 = add nsw i64 %g, 1", "  %more = icmp slt i64 %g1, %groups",
               "  br i1 %more, label %loop, label %exit", "exit:",
               f"  %r = phi {vec} [zeroinitializer, %entry], [%acc{group}, %loop]", f"  ret {vec} %r", "}"]
+    support.extra[name] = "\n".join(lines)
+    return name
+
+
+def _has_vnni() -> bool:
+    """AVX512-VNNI (and BW) on this host: `vpdpbusd` multiplies 4 unsigned by 4 signed bytes into an int32."""
+    from dnet.backends.llvm.jit import jit
+
+    features = set(jit().features.split(","))
+    return {"+avx512vnni", "+avx512bw", "+avx512f"} <= features
+
+
+def _vnni_row_function(r) -> str:
+    """The int8 row sums of a 32-column panel with `vpdpbusd`: per group of 4 values of k, a's 4 bytes
+    broadcast against the panel's 128 bytes (stored b + 128, the instruction's unsigned operand) into two
+    vectors of 16 int32 sums; then 128 * sum_k a taken back out. A last partial group reads a's bytes
+    into a zero-padded word (the panel's padding is zero too)."""
+    name = "@dn_lprow_i8_vnni_32"
+    support = r.gemm_support
+    if name in support.extra:
+        return name
+    support.declared.add("declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <64 x i8>, <64 x i8>)")
+    lo = ", ".join(f"i32 {i}" for i in range(64))
+    hi = ", ".join(f"i32 {i}" for i in range(64, 128))
+    cat = ", ".join(f"i32 {i}" for i in range(32))
+
+    def group(label: str, word: str) -> list[str]:   # acc{0,1} of `label` from the group at %go, a's word
+        return [f"  %bo{label} = mul nsw i64 %go{label}, 128",
+                f"  %bp{label} = getelementptr inbounds i8, ptr %b, i64 %bo{label}",
+                f"  %bv{label} = load <128 x i8>, ptr %bp{label}, align 1",
+                f"  %blo{label} = shufflevector <128 x i8> %bv{label}, <128 x i8> poison, <64 x i32> <{lo}>",
+                f"  %bhi{label} = shufflevector <128 x i8> %bv{label}, <128 x i8> poison, <64 x i32> <{hi}>",
+                f"  %w1{label} = insertelement <16 x i32> poison, i32 {word}, i64 0",
+                f"  %wv{label} = shufflevector <16 x i32> %w1{label}, <16 x i32> poison, <16 x i32> zeroinitializer",
+                f"  %wb{label} = bitcast <16 x i32> %wv{label} to <64 x i8>"]
+    lines = [f"define internal <32 x i32> {name}(ptr noalias %a, ptr noalias %b, i64 %K) nounwind {{", "entry:",
+             "  %full = sdiv i64 %K, 4", "  %rem = srem i64 %K, 4",
+             "  %any = icmp sgt i64 %full, 0", "  br i1 %any, label %loop, label %sums", "loop:",
+             "  %g = phi i64 [0, %entry], [%g1, %loop]",
+             "  %acc0 = phi <16 x i32> [zeroinitializer, %entry], [%n0, %loop]",
+             "  %acc1 = phi <16 x i32> [zeroinitializer, %entry], [%n1, %loop]",
+             "  %goL = add i64 %g, 0", "  %ao = mul nsw i64 %g, 4",
+             "  %ap = getelementptr inbounds i8, ptr %a, i64 %ao", "  %word = load i32, ptr %ap, align 1",
+             *group("L", "%word"),
+             "  %n0 = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %acc0, <64 x i8> %bloL, <64 x i8> %wbL)",
+             "  %n1 = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %acc1, <64 x i8> %bhiL, <64 x i8> %wbL)",
+             "  %g1 = add nsw i64 %g, 1", "  %more = icmp slt i64 %g1, %full",
+             "  br i1 %more, label %loop, label %sums", "sums:",
+             "  %s0 = phi <16 x i32> [zeroinitializer, %entry], [%n0, %loop]",
+             "  %s1 = phi <16 x i32> [zeroinitializer, %entry], [%n1, %loop]",
+             "  %tail = icmp sgt i64 %rem, 0", "  br i1 %tail, label %last, label %rowsum", "last:",
+             "  %goT = add i64 %full, 0", "  %t0 = mul nsw i64 %full, 4", "  %rm1 = add i64 %rem, -1"]
+    word = "0"
+    for t in range(3):                       # a's last 1-3 bytes, the rest of the word zero
+        lines += [f"  %lt{t} = icmp slt i64 {t}, %rem", f"  %ct{t} = select i1 %lt{t}, i64 {t}, i64 %rm1",
+                  f"  %it{t} = add nsw i64 %t0, %ct{t}", f"  %pt{t} = getelementptr inbounds i8, ptr %a, i64 %it{t}",
+                  f"  %bt{t} = load i8, ptr %pt{t}", f"  %zt{t} = zext i8 %bt{t} to i32",
+                  f"  %st{t} = shl i32 %zt{t}, {8 * t}", f"  %vt{t} = select i1 %lt{t}, i32 %st{t}, i32 0",
+                  f"  %wt{t} = or i32 {word}, %vt{t}"]
+        word = f"%wt{t}"
+    lines += [*group("T", word),
+              "  %m0 = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %s0, <64 x i8> %bloT, <64 x i8> %wbT)",
+              "  %m1 = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %s1, <64 x i8> %bhiT, <64 x i8> %wbT)",
+              "  br label %rowsum", "rowsum:",
+              "  %u0 = phi <16 x i32> [%s0, %sums], [%m0, %last]",
+              "  %u1 = phi <16 x i32> [%s1, %sums], [%m1, %last]",
+              "  %kk = icmp sgt i64 %K, 0", "  br i1 %kk, label %sumloop, label %done", "sumloop:",
+              "  %k = phi i64 [0, %rowsum], [%k1, %sumloop]", "  %sum = phi i32 [0, %rowsum], [%sum1, %sumloop]",
+              "  %akp = getelementptr inbounds i8, ptr %a, i64 %k", "  %ak = load i8, ptr %akp",
+              "  %akw = sext i8 %ak to i32", "  %sum1 = add i32 %sum, %akw", "  %k1 = add nsw i64 %k, 1",
+              "  %kmore = icmp slt i64 %k1, %K", "  br i1 %kmore, label %sumloop, label %done", "done:",
+              "  %total = phi i32 [0, %rowsum], [%sum1, %sumloop]",
+              f"  %both = shufflevector <16 x i32> %u0, <16 x i32> %u1, <32 x i32> <{cat}>",
+              "  %off = mul i32 %total, 128", "  %o1 = insertelement <32 x i32> poison, i32 %off, i64 0",
+              "  %ov = shufflevector <32 x i32> %o1, <32 x i32> poison, <32 x i32> zeroinitializer",
+              "  %r = sub <32 x i32> %both, %ov", "  ret <32 x i32> %r", "}"]
     support.extra[name] = "\n".join(lines)
     return name
 
