@@ -131,7 +131,9 @@ class TlsSocket:
     # -- reading (one thread) ---------------------------------------------------------
     def recv_into(self, view: memoryview | bytearray, nbytes: int = 0) -> int:
         """Up to `nbytes` (or len(view)) bytes: every record already here, else waits for one."""
-        size = nbytes or len(view)
+        size = min(nbytes or len(view), len(view))
+        if not size:
+            return 0
         view = view if isinstance(view, memoryview) else memoryview(view)
         ended = False
         while True:

@@ -208,7 +208,9 @@ class _OpenSslConnection:
             raise TlsFailure(self._reason(err)) from None
 
     def write(self, data: memoryview) -> None:
-        self._tls.sendall(data)
+        done = self._raw.write(data) if self._raw is not None else 0
+        if done < len(data):
+            self._tls.sendall(data[done:])   # (the public call: it raises what went wrong)
 
     def take(self) -> bytes | memoryview:
         if self._raw is not None:
@@ -222,7 +224,9 @@ class _OpenSslConnection:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def feed(self, data: memoryview) -> None:
-        self._tls.bio_write(data)
+        done = self._raw.feed(data) if self._raw is not None else 0
+        if done < len(data):
+            self._tls.bio_write(data[done:])
 
     def feed_eof(self) -> None:
         self._eof = True
@@ -256,15 +260,16 @@ class _OpenSslConnection:
 
 
 class _RawCalls:
-    """The two per-byte calls made straight on OpenSSL through pyOpenSSL's cffi handles: SSL_read into the
+    """The per-message calls made straight on OpenSSL through pyOpenSSL's cffi handles: SSL_read into the
     caller's buffer (pyOpenSSL's recv_into reads into a scratch buffer, then copies) and BIO_read into one
-    reused buffer (bio_read allocates its size, then copies into bytes). Both copies, the allocations
-    and a Python frame per 16 KiB record cost 20-30 % of a side's time here. These handles are pyOpenSSL
+    reused buffer (bio_read allocates its size, then copies into bytes); SSL_write and BIO_write without
+    pyOpenSSL's Python wrappers. The copies, the allocations and a Python frame per 16 KiB record cost
+    20-30 % of a side's time on large tensors here, the wrappers ~10 us a small round trip. These handles are pyOpenSSL
     internals, so this is an optional path: `_raw_calls` gives None when they are missing, and the public
     calls do the same work (FAST_PATH_ENV=0 forces that, for tests)."""
 
-    def __init__(self, ffi, lib, ssl_ptr, out_bio):
-        self.ffi, self.lib, self.ssl, self.out_bio = ffi, lib, ssl_ptr, out_bio
+    def __init__(self, ffi, lib, ssl_ptr, in_bio, out_bio):
+        self.ffi, self.lib, self.ssl, self.in_bio, self.out_bio = ffi, lib, ssl_ptr, in_bio, out_bio
         self._out = bytearray(2 << 20)   # a 1 MiB encrypt step's ciphertext, whole
         self._out_ptr = ffi.from_buffer(self._out)
 
@@ -281,6 +286,24 @@ class _RawCalls:
                     return WANT_READ if lib.SSL_get_error(ssl_ptr, n) == lib.SSL_ERROR_WANT_READ else OTHER
                 got += n
         return got
+
+    def write(self, data: memoryview) -> int:
+        """Encrypt `data`; how much was taken (all, unless OpenSSL refused: the caller hands the rest to the
+        public call, which says why). pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE, so each SSL_write
+        takes a record's worth: a loop, as pyOpenSSL's sendall has."""
+        write, ssl_ptr, done, size = self.lib.SSL_write, self.ssl, 0, len(data)
+        with self.ffi.from_buffer(data) as ptr:
+            while done < size:
+                n = write(ssl_ptr, ptr + done, size - done)
+                if n <= 0:
+                    break
+                done += n
+        return done
+
+    def feed(self, data: memoryview) -> int:
+        """Ciphertext into the TLS state; how much was taken (a memory BIO takes all, or nothing on failure)."""
+        with self.ffi.from_buffer(data) as ptr:
+            return max(self.lib.BIO_write(self.in_bio, ptr, len(data)), 0)
 
     def take(self) -> memoryview:
         """The waiting ciphertext, as a view of the reused buffer: good until the next `take` (TlsSocket
@@ -307,7 +330,7 @@ def _raw_calls(conn) -> _RawCalls | None:
     try:
         from OpenSSL._util import ffi, lib
 
-        return _RawCalls(ffi, lib, conn._ssl, conn._from_ssl) if lib.SSL_read and lib.BIO_read else None
+        return _RawCalls(ffi, lib, conn._ssl, conn._into_ssl, conn._from_ssl)
     except (ImportError, AttributeError):
         return None
 
