@@ -356,3 +356,11 @@ def test_a_worker_whose_reply_is_malformed_is_lost_with_the_reason_logged(caplog
     finally:
         thread.join(5)
         listener.close()
+
+
+def test_a_nested_records_absent_field_gets_its_own_default_not_a_shared_one():
+    meta = {"name": "w", "backend": "numpy", "threads": None, "slowdown": 1.0, "cores": [0], "pid": 1, "host": "h",
+            "advertise": "h:1", "tls": False, "device": {"kind": "cpu"}}
+    first, second = (COORDINATOR_ACCEPTS.decode(Message(MsgType.CAPS, meta)) for _ in range(2))
+    first.device.compute["f32"] = 1e9
+    assert second.device.compute == {} and first.device.cores == 1

@@ -49,6 +49,7 @@ _MISSING = object()    # an _Invalid's value: the field is absent
 _REFUSED = object()    # an _Invalid's value: the record's own check refused it (its reason in `expected`)
 _UNKNOWN = object()    # an _Invalid's value: the record has no such field (the known ones in `expected`)
 _REQUIRED = object()
+_MADE = object()       # a _Field's default: made by its factory for each value, never shared
 Checker = Callable[[Any], Any]   # value -> the value as the record holds it, or raises _Invalid
 
 
@@ -177,7 +178,8 @@ class _Field:
     exact: type | None      # a value of exactly this type is taken as it is (the common case, no call)
     check: Checker
     expected: str
-    default: Any             # _REQUIRED when the field must be present
+    default: Any             # _REQUIRED when the field must be present, _MADE when `factory` makes it
+    factory: Callable[[], Any] | None   # a default made afresh for each value (a dict of a nested Device)
     nested: bool             # holds dataclasses: encoded through _to_json (the rest JSON writes as it is)
 
 
@@ -201,13 +203,14 @@ def _spec(cls: type) -> _Spec:
         for f in dataclasses.fields(cls):
             check, expected = _checker(hints[f.name])
             exact = hints[f.name] if hints[f.name] in (str, int, bool, float) else None
+            factory = None
             if f.default is not dataclasses.MISSING:
                 default = f.default
             elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
+                default, factory = _MADE, f.default_factory
             else:
                 default = _REQUIRED
-            fields.append(_Field(f.name, exact, check, expected, default, _holds_dataclass(hints[f.name])))
+            fields.append(_Field(f.name, exact, check, expected, default, factory, _holds_dataclass(hints[f.name])))
         order = tuple(f.name for f in fields)
         spec = _SPECS[cls] = _Spec(tuple(fields), frozenset(order), order, getattr(cls, "__post_init__", None))
     return spec
@@ -233,7 +236,7 @@ def _build(cls: type, meta: Any, sep: str = "") -> Any:
         if value is _MISSING:
             if f.default is _REQUIRED:
                 raise _Invalid(f.expected, _MISSING, sep + f.name)
-            value = f.default
+            value = f.factory() if f.factory is not None else f.default
         elif type(value) is not f.exact:
             try:
                 value = f.check(value)
@@ -272,9 +275,11 @@ def _fast_builder(cls: type) -> Callable[[Any], Any]:
              "        return slow(meta)",
              "    try:"]
     for i, f in enumerate(spec.fields):
-        env[f"check{i}"], env[f"default{i}"], env[f"exact{i}"] = f.check, f.default, f.exact
+        env[f"check{i}"], env[f"default{i}"], env[f"exact{i}"], env[f"factory{i}"] = f.check, f.default, f.exact, \
+            f.factory
         lines.append(f"        v{i} = meta.get({f.name!r}, MISSING)")
-        missing = "return slow(meta)" if f.default is _REQUIRED else f"v{i} = default{i}"
+        missing = ("return slow(meta)" if f.default is _REQUIRED else
+                   f"v{i} = factory{i}()" if f.factory is not None else f"v{i} = default{i}")
         lines.append(f"        if v{i} is MISSING: {missing}")
         lines.append(f"        elif type(v{i}) is not exact{i}: v{i} = check{i}(v{i})")
     if not spec.fields:
