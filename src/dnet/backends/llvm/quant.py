@@ -9,8 +9,9 @@ activations (f32, unquantized: the reference's values, within summation order), 
 is applied. Each weight byte is read once per activation row and never stored decoded. That is the
 portable path; the C backend's integer kernels (VNNI, AVX2) are faster at prefill.
 
-Formats: Q8_0, Q4_0 and Q4_1 (SmolLM2's file holds Q4_1 and Q8_0) with the vector block dot product;
-the K-quants (Q4_K, Q5_K, Q6_K) through their element loads, one value at a time (correct, slow).
+Formats: all six. Q8_0, Q4_0 and Q4_1 (SmolLM2's file holds Q4_1 and Q8_0) by blocks of 32; the
+K-quants (Q4_K, Q5_K, Q6_K) by groups of 32 values of a 256-value super-block, their 6-bit scales and
+minimums (Q4_K, Q5_K) or int8 scales (Q6_K) unpacked per group.
 """
 from __future__ import annotations
 
@@ -250,29 +251,121 @@ K_DEQUANT = {
 DEQUANT.update(K_DEQUANT)
 
 
-def _element_dot(dtype: DType) -> str:
-    """`dn_qdot_<format>` for a K-quant: element by element through its element load (the portable path:
-    correct, not fast)."""
-    name = dtype.value
-    return "\n".join([
-        f"define internal float @dn_qdot_{name}(ptr noalias %a, ptr noalias %w, i64 %blocks) nounwind {{",
-        "entry:", f"  %n = mul nsw i64 %blocks, {dtype.block}", "  br label %loop", "loop:",
-        "  %i = phi i64 [0, %entry], [%next, %loop]",
-        "  %acc = phi float [0.0, %entry], [%acc1, %loop]",
-        "  %ap = getelementptr inbounds float, ptr %a, i64 %i",
-        "  %x = load float, ptr %ap, align 4",
-        f"  %y = call float @dn_dq_{name}(ptr %w, i64 %i)",
-        "  %p = fmul float %x, %y",
-        "  %acc1 = fadd reassoc float %acc, %p",
-        "  %next = add nsw i64 %i, 1",
-        "  %more = icmp slt i64 %next, %n",
-        "  br i1 %more, label %loop, label %done",
-        "done:", "  ret float %acc1", "}"])
+def _k_dot(dtype: DType) -> str:
+    """`dn_qdot_q4_k` / `dn_qdot_q5_k` in vector registers: per super-block of 256, each pair of sub-blocks'
+    32 bytes of nibbles (and Q5_K's fifth bits) widened to two <32 x float>, each sub-block's dot product
+    with the activations scaled by d * sc_j, minus dmin * m_j times the activations' sum, added to a
+    vector of partial sums (the scales' 6 bits unpacked per sub-block, j known here)."""
+    name, five = dtype.value, dtype is DType.Q5_K
+    v = "<32 x float>"
+    nibbles_at = 48 if five else 16
+    lines = [f"define internal float @dn_qdot_{name}(ptr noalias %a, ptr noalias %w, i64 %blocks) nounwind {{",
+             "entry:", "  br label %loop", "loop:",
+             "  %sb = phi i64 [0, %entry], [%sb1, %loop]",
+             f"  %acc = phi {v} [zeroinitializer, %entry], [%acc8, %loop]",
+             f"  %bo = mul nsw i64 %sb, {dtype.block_bytes}",
+             "  %b = getelementptr inbounds i8, ptr %w, i64 %bo",
+             "  %ao = mul nsw i64 %sb, 256",
+             "  %as = getelementptr inbounds float, ptr %a, i64 %ao",
+             "  %dh = load i16, ptr %b, align 1", "  %d = call float @dn_f16_to_f32(i16 %dh)",
+             "  %dmp = getelementptr inbounds i8, ptr %b, i64 2", "  %dmh = load i16, ptr %dmp, align 1",
+             "  %dmin = call float @dn_f16_to_f32(i16 %dmh)"]
+    for i in range(12):
+        lines += [f"  %sp{i} = getelementptr inbounds i8, ptr %b, i64 {4 + i}", f"  %sr{i} = load i8, ptr %sp{i}",
+                  f"  %s{i} = zext i8 %sr{i} to i32"]
+    if five:
+        lines += ["  %qhp = getelementptr inbounds i8, ptr %b, i64 16", "  %qh = load <32 x i8>, ptr %qhp, align 1"]
+    for j in range(8):
+        if j < 4:
+            lines += [f"  %sc{j} = and i32 %s{j}, 63", f"  %mn{j} = and i32 %s{j + 4}, 63"]
+        else:
+            lines += [f"  %sca{j} = and i32 %s{j + 4}, 15", f"  %scb{j} = lshr i32 %s{j - 4}, 6",
+                      f"  %scc{j} = shl i32 %scb{j}, 4", f"  %sc{j} = or i32 %sca{j}, %scc{j}",
+                      f"  %mna{j} = lshr i32 %s{j + 4}, 4", f"  %mnb{j} = lshr i32 %s{j}, 6",
+                      f"  %mnc{j} = shl i32 %mnb{j}, 4", f"  %mn{j} = or i32 %mna{j}, %mnc{j}"]
+        if j % 2 == 0:
+            m = j // 2
+            lines += [f"  %qp{m} = getelementptr inbounds i8, ptr %b, i64 {nibbles_at + 32 * m}",
+                      f"  %qv{m} = load <32 x i8>, ptr %qp{m}, align 1"]
+        shift = "and" if j % 2 == 0 else "lshr"
+        operand = "splat (i8 15)" if j % 2 == 0 else "splat (i8 4)"
+        lines.append(f"  %n{j} = {shift} <32 x i8> %qv{j // 2}, {operand}")
+        q = f"%n{j}"
+        if five:
+            lines += [f"  %hb{j} = lshr <32 x i8> %qh, splat (i8 {j})", f"  %hm{j} = and <32 x i8> %hb{j}, splat (i8 1)",
+                      f"  %hs{j} = shl <32 x i8> %hm{j}, splat (i8 4)", f"  %q5{j} = or <32 x i8> {q}, %hs{j}"]
+            q = f"%q5{j}"
+        lines += [f"  %qf{j} = uitofp <32 x i8> {q} to {v}",
+                  f"  %ap{j} = getelementptr inbounds float, ptr %as, i64 {32 * j}",
+                  f"  %av{j} = load {v}, ptr %ap{j}, align 4",
+                  f"  %scf{j} = uitofp i32 %sc{j} to float", f"  %mnf{j} = uitofp i32 %mn{j} to float",
+                  f"  %ds{j} = fmul float %d, %scf{j}", f"  %dm{j} = fmul float %dmin, %mnf{j}",
+                  f"  %ndm{j} = fneg float %dm{j}",
+                  f"  %ds1{j} = insertelement {v} poison, float %ds{j}, i64 0",
+                  f"  %dsv{j} = shufflevector {v} %ds1{j}, {v} poison, <32 x i32> zeroinitializer",
+                  f"  %dm1{j} = insertelement {v} poison, float %ndm{j}, i64 0",
+                  f"  %dmv{j} = shufflevector {v} %dm1{j}, {v} poison, <32 x i32> zeroinitializer",
+                  f"  %pq{j} = fmul {v} %av{j}, %qf{j}",
+                  f"  %acq{j} = call {v} @llvm.fmuladd.v32f32({v} %dsv{j}, {v} %pq{j}, {v} {'%acc' if j == 0 else f'%acc{j}'})",
+                  f"  %acc{j + 1} = call {v} @llvm.fmuladd.v32f32({v} %dmv{j}, {v} %av{j}, {v} %acq{j})"]
+    lines += ["  %sb1 = add nsw i64 %sb, 1", "  %more = icmp slt i64 %sb1, %blocks",
+              "  br i1 %more, label %loop, label %done", "done:",
+              f"  %sum = call reassoc float @llvm.vector.reduce.fadd.v32f32(float 0.0, {v} %acc8)",
+              "  ret float %sum", "}"]
+    return "\n".join(lines)
+
+
+def _q6_k_dot() -> str:
+    """`dn_qdot_q6_k` in vector registers: per super-block, eight groups of 32 values (half h, quarter c):
+    low 4 bits from 32 bytes of ql, high 2 bits from 32 bytes of qh, minus 32, widened to <32 x float>;
+    each group's two 16-value scales d * sc as one vector; their products with the activations summed."""
+    v = "<32 x float>"
+    half = ", ".join(f"i32 {i}" for i in range(16)) + ", " + ", ".join(f"i32 {32 + i}" for i in range(16))
+    lines = ["define internal float @dn_qdot_q6_k(ptr noalias %a, ptr noalias %w, i64 %blocks) nounwind {",
+             "entry:", "  br label %loop", "loop:",
+             "  %sb = phi i64 [0, %entry], [%sb1, %loop]",
+             f"  %acc = phi {v} [zeroinitializer, %entry], [%acc8, %loop]",
+             "  %bo = mul nsw i64 %sb, 210", "  %b = getelementptr inbounds i8, ptr %w, i64 %bo",
+             "  %ao = mul nsw i64 %sb, 256", "  %as = getelementptr inbounds float, ptr %a, i64 %ao",
+             "  %dp = getelementptr inbounds i8, ptr %b, i64 208", "  %dh = load i16, ptr %dp, align 1",
+             "  %d = call float @dn_f16_to_f32(i16 %dh)"]
+    for g in range(8):
+        h, c = divmod(g, 4)
+        lines += [f"  %lp{g} = getelementptr inbounds i8, ptr %b, i64 {64 * h + 32 * (c % 2)}",
+                  f"  %lv{g} = load <32 x i8>, ptr %lp{g}, align 1",
+                  f"  %ls{g} = lshr <32 x i8> %lv{g}, splat (i8 {4 * (c // 2)})",
+                  f"  %lo{g} = and <32 x i8> %ls{g}, splat (i8 15)",
+                  f"  %hp{g} = getelementptr inbounds i8, ptr %b, i64 {128 + 32 * h}",
+                  f"  %hv{g} = load <32 x i8>, ptr %hp{g}, align 1",
+                  f"  %hs{g} = lshr <32 x i8> %hv{g}, splat (i8 {2 * c})",
+                  f"  %hm{g} = and <32 x i8> %hs{g}, splat (i8 3)",
+                  f"  %hi{g} = shl <32 x i8> %hm{g}, splat (i8 4)",
+                  f"  %q{g} = or <32 x i8> %lo{g}, %hi{g}",
+                  f"  %qc{g} = sub <32 x i8> %q{g}, splat (i8 32)",
+                  f"  %qf{g} = sitofp <32 x i8> %qc{g} to {v}"]
+        for k in range(2):
+            idx = 192 + 8 * h + 2 * c + k
+            lines += [f"  %scp{g}_{k} = getelementptr inbounds i8, ptr %b, i64 {idx}",
+                      f"  %scb{g}_{k} = load i8, ptr %scp{g}_{k}",
+                      f"  %scf{g}_{k} = sitofp i8 %scb{g}_{k} to float",
+                      f"  %ds{g}_{k} = fmul float %d, %scf{g}_{k}",
+                      f"  %d1{g}_{k} = insertelement {v} poison, float %ds{g}_{k}, i64 0",
+                      f"  %dv{g}_{k} = shufflevector {v} %d1{g}_{k}, {v} poison, <32 x i32> zeroinitializer"]
+        lines += [f"  %dv{g} = shufflevector {v} %dv{g}_0, {v} %dv{g}_1, <32 x i32> <{half}>",
+                  f"  %ap{g} = getelementptr inbounds float, ptr %as, i64 {32 * g}",
+                  f"  %av{g} = load {v}, ptr %ap{g}, align 4",
+                  f"  %pq{g} = fmul {v} %av{g}, %qf{g}",
+                  f"  %acc{g + 1} = call {v} @llvm.fmuladd.v32f32({v} %dv{g}, {v} %pq{g}, {v} {'%acc' if g == 0 else f'%acc{g}'})"]
+    lines += ["  %sb1 = add nsw i64 %sb, 1", "  %more = icmp slt i64 %sb1, %blocks",
+              "  br i1 %more, label %loop, label %done", "done:",
+              f"  %sum = call reassoc float @llvm.vector.reduce.fadd.v32f32(float 0.0, {v} %acc8)",
+              "  ret float %sum", "}"]
+    return "\n".join(lines)
 
 
 def quant_support() -> str:
     """Every format's element load and row dot product (LLVM drops the ones a module does not call)."""
-    dots = [_dot(d) for d in FORMATS] + [_element_dot(d) for d in K_DEQUANT]
+    dots = [_dot(d) for d in FORMATS] + [_k_dot(DType.Q4_K), _k_dot(DType.Q5_K), _q6_k_dot()]
     return "\n\n".join(list(DEQUANT.values()) + dots)
 
 
