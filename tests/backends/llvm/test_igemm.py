@@ -51,23 +51,23 @@ def _graph(kind: str):
     return quantize_dynamic(_model(), min_elements=1) if kind == "int8" else bf16_matmuls(_model(), min_elements=1)
 
 
-@pytest.fixture(scope="module", params=["int8", "int8-portable", "bf16"])
+@pytest.fixture(scope="module", params=["int8", "int8-portable", "bf16", "bf16-portable"])
 def case(request, compile_llvm):
-    """int8 on the host's path (`vpdpbusd` where it has AVX512-VNNI), int8 forced onto the portable path,
-    and bf16."""
+    """Each kind on the host's path (`vpdpbusd` where it has AVX512-VNNI, `vdpbf16ps` where AVX512-BF16)
+    and forced onto the portable path."""
     from dnet.backends.llvm import igemm
 
     kind = request.param.split("-")[0]
     graph = _graph(kind)
-    if request.param == "int8-portable":
+    instruction, check = ("vpdpbusd", "_has_vnni") if kind == "int8" else ("dpbf16ps", "_has_bf16_dot")
+    if request.param.endswith("-portable"):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(igemm, "_has_vnni", lambda: False)
+            mp.setattr(igemm, check, lambda: False)
             runner = compile_llvm(graph)
-        assert "vpdpbusd" not in runner.source
+        assert instruction not in runner.source
         return kind, graph, runner
     runner = compile_llvm(graph)
-    if kind == "int8":
-        assert ("vpdpbusd" in runner.source) == igemm._has_vnni()
+    assert (instruction in runner.source) == getattr(igemm, check)()
     return kind, graph, runner
 
 
