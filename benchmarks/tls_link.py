@@ -5,6 +5,8 @@ Needs root and `ip netns` (iproute2); creates namespace nb<pid> and veth nbh/nbi
 them at the end. Nothing leaves the machine.
 
     sudo .venv/bin/python benchmarks/tls_link.py 1gbit 4gbit 8gbit 16gbit
+
+Both ends use the default TLS engine; DNET_TLS_ENGINE=ssl (or openssl) in the environment picks one for both.
 """
 from __future__ import annotations
 
