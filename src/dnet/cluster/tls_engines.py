@@ -143,6 +143,7 @@ class _SslConnection:
 
 # -- pyOpenSSL (the OpenSSL that cryptography bundles) ---------------------------------------
 
+_SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1   # OpenSSL's constant (ssl.h); pyOpenSSL sets the mode but names no constant
 _SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
@@ -164,6 +165,7 @@ class OpenSslEngine:
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, None)
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        ctx.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)   # a write into a memory BIO completes: one call, not one per record
         try:
             ctx.load_verify_locations(str(ca))
             ctx.use_certificate_chain_file(str(cert))
@@ -290,7 +292,7 @@ class _RawCalls:
     def write(self, data: memoryview) -> int:
         """Encrypt `data`; how much was taken (all, unless OpenSSL refused: the caller hands the rest to the
         public call, which says why). pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE, so each SSL_write
-        takes a record's worth: a loop, as pyOpenSSL's sendall has."""
+        may take only a record's worth; the contexts here clear that mode, the loop stays for any other."""
         write, ssl_ptr, done, size = self.lib.SSL_write, self.ssl, 0, len(data)
         with self.ffi.from_buffer(data) as ptr:
             while done < size:
