@@ -165,7 +165,7 @@ class OpenSslEngine:
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, None)
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        ctx.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)   # a write into a memory BIO completes: one call, not one per record
+        ctx.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)   # into a memory BIO a write completes: one call a step
         try:
             ctx.load_verify_locations(str(ca))
             ctx.use_certificate_chain_file(str(cert))
@@ -265,10 +265,10 @@ class _RawCalls:
     """The per-message calls made straight on OpenSSL through pyOpenSSL's cffi handles: SSL_read into the
     caller's buffer (pyOpenSSL's recv_into reads into a scratch buffer, then copies) and BIO_read into one
     reused buffer (bio_read allocates its size, then copies into bytes); SSL_write and BIO_write without
-    pyOpenSSL's Python wrappers. The copies, the allocations and a Python frame per 16 KiB record cost
-    20-30 % of a side's time on large tensors here, the wrappers ~10 us a small round trip. These handles are pyOpenSSL
-    internals, so this is an optional path: `_raw_calls` gives None when they are missing, and the public
-    calls do the same work (FAST_PATH_ENV=0 forces that, for tests)."""
+    pyOpenSSL's Python wrappers. Those copies, allocations and a Python frame per 16 KiB record cost 20-30 %
+    of a side's time on large tensors here. The handles are pyOpenSSL internals, so this is an optional
+    path: `_raw_calls` gives None when they are missing, and the public calls do the same work
+    ($DNET_TLS_FAST=0 forces that, for tests). Memory: a 2 MiB ciphertext buffer per connection."""
 
     def __init__(self, ffi, lib, ssl_ptr, in_bio, out_bio):
         self.ffi, self.lib, self.ssl, self.in_bio, self.out_bio = ffi, lib, ssl_ptr, in_bio, out_bio
