@@ -189,6 +189,7 @@ def every_op_graph() -> tuple[Graph, dict[str, np.ndarray]]:
     fills = [b.full((1,), v, f32) for v in (math.nan, -0.0, math.inf, -math.inf, 1e-45, 3.4e38)]
     b.output("fills", b.node(Op.CONCAT, fills, axis=0))
     b.output("range", b.arange(batch, dtype=DType.I32))
+    b.output("alone", b.node(Op.ALL_REDUCE, [h], group="tp", size=1))   # a group of one: the value itself
     for dtype in (d for d in DType if not d.is_block):
         w = b.const(f"w.{dtype}", (rng.standard_normal((2, 3)) * 3).astype(dtype.np))
         doubled = b.elementwise(Op.ADD, b.cast(w, f32), b.cast(w, f32))

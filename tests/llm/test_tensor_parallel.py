@@ -12,7 +12,7 @@ from dnet.errors import BackendError, DnetError
 from dnet.llm.engine import step_inputs
 from dnet.llm.model import build_graph
 from dnet.llm.read import read_model
-from dnet.llm.tensor_parallel import split_model
+from dnet.llm.tensor_parallel import best_group, split_model
 from dnet.program.instructions import AllReduce
 from dnet.runtime.state import SlotState
 
@@ -119,3 +119,22 @@ def test_a_member_run_without_its_group_is_refused(tiny, target):
     state = SlotState.of(graph, 1)
     with pytest.raises(BackendError, match="ALL_REDUCE"):
         runner.run({**step_inputs([0], np.array([[1, 2]], np.int64), np.arange(1)), **state.bind(0, 1)})
+
+
+def test_best_group_pays_for_its_exchanges_or_is_not_chosen():
+    seconds = [0.010, 0.010, 0.040]             # whole-model step on each node
+    lat = np.full((3, 3), 1e-4)
+    bw = np.full((3, 3), 1e9)
+    exchange = 1e-4 + 1e3 / 1e9                 # per all-reduce: latency + 1 kB over the link
+    # two fast nodes: 0.005 s of work each, then 60 exchanges
+    two = best_group(seconds, lat, bw, exchanges=60, exchange_bytes=1e3, max_members=2)
+    assert two.members == (0, 1) and two.compute_seconds == pytest.approx(0.005)
+    assert two.seconds == pytest.approx(0.005 + 60 * exchange)
+    # the slow third node still shortens the work (1 / (100 + 100 + 25) s) at the same exchange cost
+    three = best_group(seconds, lat, bw, exchanges=60, exchange_bytes=1e3, max_members=3)
+    assert three.members == (0, 1, 2) and three.seconds == pytest.approx(1 / 225 + 60 * exchange)
+    # ... unless it cannot hold its share; no link between the fast two: no group at all
+    assert best_group(seconds, lat, bw, 60, 1e3, 3, fits=[[True] * 3, [True, True, False]]).members == (0, 1)
+    cut = bw.copy()
+    cut[0, 1] = 0
+    assert best_group(seconds, lat, cut, 60, 1e3, 2) is None

@@ -43,8 +43,9 @@ from dnet.cluster.auth import connect
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.messages import (
-    COORDINATOR_ACCEPTS, Caps, CapsQuery, Error, LinkMeasured, LinkProbe, Load, Loaded, Need, NextStage, Ping, Pong,
-    Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights, encode, to_json,
+    COORDINATOR_ACCEPTS, Caps, CapsQuery, Error, Group, Grouped, LinkMeasured, LinkProbe, Load, Loaded, Need,
+    NextStage, Peer, Ping, Pong, Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights,
+    encode, to_json,
 )
 from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError
 from dnet.cluster.shipping import file_references, pack
@@ -116,6 +117,7 @@ class _Request:
     state_epoch: int | None = None                        # the plan its state was built under, if any
     lost_with: list[tuple[str, frozenset[int]]] = field(default_factory=list)   # workers lost while it was
                                                                                 # in the air, and their stages
+    parts: dict[int, tuple] = field(default_factory=dict)      # a group's answers by member: (outputs, trace)
 
     def poisonous(self) -> bool:
         """Lost MAX_LOSSES workers, the last running a stage that an earlier loss ran too."""
@@ -185,7 +187,10 @@ class Coordinator:
         self._in_air: set[int] = set()         # requests sent under the current epoch and not yet answered
         self._queue: deque[_Request] = deque() # waiting their turn behind a suspect (one with a loss)
         self._alone: _Request | None = None    # a suspect travelling alone
-        self._feed: Outbox | None = None   # inputs into the first stage, shaped like the link there
+        self._feeds: list[Outbox] = []     # inputs into the first stage (every member of a group), shaped links
+        # the stages are the members of one tensor-parallel group (dnet.cluster.collective): every request goes
+        # to each, and its answer joins theirs along the last axis, in member order
+        self.parallel = False
         self.latencies: deque[float] = deque(maxlen=100_000)   # seconds from submit to answer
         self.answers: deque[Answer] = deque(maxlen=100_000)    # in the order they arrived
         self._ids = itertools.count()
@@ -282,9 +287,12 @@ class Coordinator:
 
     # -- plans ----------------------------------------------------------------------------
     def load(self, stages: Sequence[Graph], placement: Sequence[int] | None = None,
-             links: Mapping[tuple[int, int], LinkShape] | None = None, slots: int | None = None) -> None:
+             links: Mapping[tuple[int, int], LinkShape] | None = None, slots: int | None = None,
+             parallel: bool = False) -> None:
         """Ship `stages` (a pipeline, in order) to workers: stage k runs on `placement[k]`; stages with
         STATE inputs hold it on their worker, `slots` sequences of it (kept from the last load if None).
+        With `parallel`, the stages are the members of one tensor-parallel group instead (each on its own
+        worker): every request goes to all of them, their outputs joined along the last axis.
 
         Loading again moves the cluster to the new pipeline the way a re-plan after a fault does: a
         new epoch, the old stages dropped, requests still travelling sent again, their old answers dropped."""
@@ -292,6 +300,8 @@ class Coordinator:
         if len(placement) != len(stages) or not all(0 <= p < len(self.workers) for p in placement):
             raise DnetError(f"placement {placement} does not fit {len(stages)} stages on "
                             f"{len(self.workers)} workers")
+        if parallel and len(set(placement)) != len(placement):
+            raise DnetError(f"a tensor-parallel group's members need a worker each, got placement {placement}")
         with self._recovery_lock:
             with self._lock:
                 again = bool(self.stages)
@@ -300,6 +310,7 @@ class Coordinator:
                     self.epoch += 1
                 self.stages, self.placement, self.links = list(stages), placement, dict(links or {})
                 self.slots = slots or self.slots
+                self.parallel = parallel
             if again:
                 self._replan()
             else:
@@ -318,19 +329,22 @@ class Coordinator:
             for shipped in as_completed([pool.submit(self._ship, s) for s in range(len(self.stages))]):
                 shipped.result()
                 task.advance()
+        if self.parallel:
+            self._form_group()
         for s, w in enumerate(self.placement):
             self._route(s, self.workers[w])
-        first = self.workers[self.placement[0]]
-        if self._feed is not None:
-            self._feed.close(timeout=0.1)
-        self._feed = Outbox(first.chan, self.links.get((-1, first.index)), on_error=lambda err: None)
+        for feed in self._feeds:
+            feed.close(timeout=0.1)
+        firsts = [self.workers[p] for p in (self.placement if self.parallel else self.placement[:1])]
+        self._feeds = [Outbox(w.chan, self.links.get((-1, w.index)), on_error=lambda err: None) for w in firsts]
         self.timings = {s: StageTiming(s, self.workers[w].name) for s, w in enumerate(self.placement)}
         self._ready.set()
 
     def _ship(self, s: int) -> None:
         w = self.workers[self.placement[s]]
         packed = pack(self.stages[s])
-        load = Load(self._key(s), tuple(sorted(packed.arrays)), s, self.slots)
+        rank, size = (s, len(self.stages)) if self.parallel else (0, 1)
+        load = Load(self._key(s), tuple(sorted(packed.arrays)), s, self.slots, rank, size)
         tensors = {"graph": np.frombuffer(packed.doc, np.uint8)}
         refs = file_references(packed.arrays, w.caps.models if w.caps else ())
         if refs:   # weights in a model file the worker holds: it reads them there (a document, like the graph)
@@ -364,9 +378,16 @@ class Coordinator:
                 batch, size = {}, 0
         return self._call(w, encode(Weights(key, last=True)), Loaded)  # none asked
 
+    def _form_group(self) -> None:
+        """Give each member its peers, lowest rank first: a member dials those above it, so by its turn
+        every member below has dialled it."""
+        peers = tuple(Peer(s, *self.workers[p].peer_address, self._key(s)) for s, p in enumerate(self.placement))
+        for s, p in enumerate(self.placement):
+            self._call(self.workers[p], encode(Group(self._key(s), peers)), Grouped)
+
     def _route(self, s: int, w: WorkerHandle) -> None:
         nxt: NextStage | None = None
-        if s + 1 < len(self.stages):
+        if s + 1 < len(self.stages) and not self.parallel:
             worker = self.workers[self.placement[s + 1]]
             host, port = worker.peer_address
             nxt = NextStage(host, port, self._key(s + 1))
@@ -422,7 +443,7 @@ class Coordinator:
 
     def _put(self, req: _Request) -> None:
         with self._lock:
-            feed, epoch = self._feed, self.epoch
+            feeds, epoch = self._feeds, self.epoch
             stale = req.state_epoch is not None and req.state_epoch != epoch and self._pending.pop(req.rid, None)
             if not stale:
                 self._in_air.add(req.rid)
@@ -430,11 +451,12 @@ class Coordinator:
             req.future.set_exception(StateLost(f"request {req.rid} reads state built under plan epoch "
                                                f"{req.state_epoch}, and the cluster now runs epoch {epoch}"))
             return
-        msg = encode(Run(f"{self.session}/{epoch}/0", req.rid, epoch, req.slots), req.inputs)
-        try:
-            feed.put(msg)
-        except ConnectionError:
-            pass  # the reader notices the loss and re-plans or fails the request
+        req.parts.clear()
+        for s, feed in enumerate(feeds):
+            try:
+                feed.put(encode(Run(f"{self.session}/{epoch}/{s}", req.rid, epoch, req.slots), req.inputs))
+            except ConnectionError:
+                pass  # the reader notices the loss and re-plans or fails the request
 
     def _dispatch(self) -> None:
         """Send what waits in the queue, in order, until a suspect comes up: it goes once nothing else is
@@ -476,12 +498,20 @@ class Coordinator:
             if req is None or result.epoch != self.epoch:
                 self.dropped_results += 1  # a stale copy from before a re-plan
                 return
+            hops = result.trace
+            if self.parallel:   # one member's slice: the answer is whole once every member's is in
+                req.parts[result.trace[-1][0]] = (outputs, result.trace)
+                if len(req.parts) < len(self.stages):
+                    return
+                parts = [req.parts[s][0] for s in range(len(self.stages))]
+                outputs = {name: np.concatenate([p[name] for p in parts], axis=-1) for name in parts[0]}
+                hops = tuple(hop for _, trace in req.parts.values() for hop in trace)
             del self._pending[req.rid]
             self._answered(req)
             waiting = bool(self._queue)
             now = time.monotonic()
             self.latencies.append(now - req.submitted)
-            trace = {stage: seconds for stage, _worker, seconds in result.trace}
+            trace = {stage: seconds for stage, _worker, seconds in hops}
             self.answers.append(Answer(now, trace))
             for stage, seconds in trace.items():
                 if stage in self.timings:
@@ -491,7 +521,16 @@ class Coordinator:
         if waiting:
             self._dispatch()
 
-    def _on_request_error(self, w: WorkerHandle, error: Error) -> None:
+    def _on_request_error(self, w: WorkerHandle, error: Error, waited: bool = False) -> None:
+        if self.parallel and error.reason.startswith("GroupError") and not waited:
+            # a member whose peer died: the heartbeat will find the lost worker and re-plan, failing the
+            # request as StateLost (its sequences rebuilt); only if no worker turns out lost does it fail as is
+            def later() -> None:
+                time.sleep(2 * self.dead_after_s)
+                self._on_request_error(w, error, waited=True)
+
+            threading.Thread(target=later, name="group-error", daemon=True).start()
+            return
         with self._lock:
             if error.epoch != self.epoch:
                 return
@@ -564,6 +603,7 @@ class Coordinator:
             self._ready.clear()
             self.epoch += 1
             self.stages, self.placement = list(stages), list(placement)
+            self.parallel = False    # the replanner gives a pipeline
         return f"{len(stages)} stage(s) over the surviving " + ", ".join(self.workers[i].name for i in alive)
 
     def _charge_loss(self, lost: list[tuple[str, frozenset[int]]]) -> None:
@@ -652,8 +692,8 @@ class Coordinator:
 
     def close(self, shutdown_workers: bool = False) -> None:
         self._closing.set()
-        if self._feed is not None:
-            self._feed.close(timeout=1.0)
+        for feed in self._feeds:
+            feed.close(timeout=1.0)
         for w in self.workers:
             if w.alive:   # the worker frees this session's stages, their state and links now (or exits)
                 try:

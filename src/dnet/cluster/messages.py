@@ -128,9 +128,14 @@ class Load(Record):
     weights: tuple[str, ...]
     stage: int = 0
     slots: int = 1              # sequences of state a stateful stage holds
+    rank: int = 0               # of a tensor-parallel group's member (dnet.cluster.collective)
+    size: int = 1               # members in its group (1: not a member of one)
 
     def __post_init__(self) -> None:
         _positive(self.slots, "slots")
+        _positive(self.size, "size")
+        if not 0 <= self.rank < self.size:
+            raise ValueError(f"'rank' {self.rank} is outside a group of {self.size}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,42 @@ class Route(Record):
     key: str
     next: NextStage | None = None
     shape: LinkShape | None = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    rank: int
+    host: str
+    port: int
+    key: str                    # its stage
+
+
+@dataclass(frozen=True)
+class Group(Record):
+    """A tensor-parallel member's peers: it dials those of higher rank (JOIN); the others dial it."""
+
+    kind = MsgType.GROUP
+    key: str
+    peers: tuple[Peer, ...]
+
+
+@dataclass(frozen=True)
+class Join(Record):
+    """First on a connection one member dialled to another: the connection becomes their mesh link, read
+    by the receiving member's compute thread from now on."""
+
+    kind = MsgType.JOIN
+    key: str                    # the receiving member's stage
+    rank: int                   # the sender's
+
+
+@dataclass(frozen=True)
+class Partial(Record):
+    """One member's partial sum (tensor 'x') of the group's all-reduce number `n`."""
+
+    kind = MsgType.PARTIAL
+    tensors = ("x",)
+    n: int
 
 
 Hop = tuple[int, str, float]    # (stage, worker name, compute seconds) of one stage a request went through
@@ -238,6 +279,12 @@ class Loaded(Record):
     mapped_bytes: int = 0       # weight bytes read from its own model files
 
 
+@dataclass(frozen=True)
+class Grouped(Record):
+    kind = MsgType.GROUPED
+    key: str
+
+
 @record
 class Routed(Record):
     kind = MsgType.ROUTED
@@ -278,6 +325,6 @@ class LinkMeasured(Record):
 
 
 WORKER_ACCEPTS = Accepted("a worker", [Ping, CapsQuery, Load, Weights, Route, Run, Reset, StatsQuery, Shutdown,
-                                       LinkProbe])
+                                       LinkProbe, Group, Join])
 COORDINATOR_ACCEPTS = Accepted("a coordinator", [Pong, Caps, Need, Loaded, Routed, Result, Error, Reset, Stats,
-                                                 Shutdown, LinkMeasured])
+                                                 Shutdown, LinkMeasured, Grouped])

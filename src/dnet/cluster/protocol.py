@@ -68,6 +68,10 @@ class MsgType(IntEnum):
     STATS = 18     # per-stage counters and timings
     SHUTDOWN = 19
     LINK = 20      # coordinator -> worker: measure the link to another worker; the reply: its latency, bandwidth
+    GROUP = 21     # coordinator -> a tensor-parallel member: its peers (it dials those of higher rank)
+    GROUPED = 22   # the member's links to every peer are up
+    JOIN = 23      # member -> member, first on a connection it dialled: the connection is now their mesh link
+    PARTIAL = 24   # member -> member: a partial sum of an all-reduce
 
 
 WIRE_DTYPES: dict[str, np.dtype] = {d.value: d.np for d in DType} | {"u8": np.dtype(np.uint8)}

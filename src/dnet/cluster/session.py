@@ -42,6 +42,9 @@ class PipelinePlan:
     placement: list[int]              # stage -> node index in the topology
     predicted_throughput: float | None = None
     plan: Any = None                  # the partitioner's Plan, when there is one
+    # the stages are the members of one tensor-parallel group: each takes every request, sums its partials
+    # with the others' (ALL_REDUCE), and the answer joins their outputs along the last axis
+    parallel: bool = False
 
 
 def pipeline_from_plan(graph: Graph, plan: Any, node_names: Sequence[str]) -> PipelinePlan:
@@ -227,8 +230,8 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
 
     `env` gives the sizes of symbolic dims the plan is made for (`{"batch": 8, "seq": 128}`);
-    dims it does not name are planned at 1. `plan`: a Plan, or a function of the topology returning
-    one. Stages with STATE inputs keep `slots` sequences of it on their workers. With `measure_links`
+    dims it does not name are planned at 1. `plan`: a Plan or a `PipelinePlan` (its stage graphs as
+    given: a tensor-parallel group's members, say), or a function of the topology returning one. Stages with STATE inputs keep `slots` sequences of it on their workers. With `measure_links`
     (the default for workers at addresses) the workers measure the links between them and the plan is
     made with those figures rather than the topology file's. A worker lost without a spare left is
     planned around: the survivors take its work. `models`: model files (or their directories) the local
@@ -269,8 +272,8 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
         if measure_links:
             topology = with_measured_links(topology, coordinator.measure_links())
             chosen = make_plan(topology)
-        pipeline = pipeline_from_plan(graph, chosen, topology.names)
-        coordinator.load(pipeline.stages, pipeline.placement, links, slots=slots)
+        pipeline = chosen if isinstance(chosen, PipelinePlan) else pipeline_from_plan(graph, chosen, topology.names)
+        coordinator.load(pipeline.stages, pipeline.placement, links, slots=slots, parallel=pipeline.parallel)
     except BaseException:
         if coordinator is not None:
             coordinator.close()

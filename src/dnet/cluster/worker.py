@@ -35,10 +35,11 @@ from dnet.backends import registry
 from dnet.cluster.auth import AuthError, check_secret_strength, connect, server_handshake
 from dnet.cluster.channel import Channel
 from dnet.cluster.link import LinkShape, Outbox
+from dnet.cluster.collective import Mesh
 from dnet.cluster.messages import (
-    WORKER_ACCEPTS, Caps, CapsQuery, Error, FileRef, LinkMeasured, LinkProbe, Load, Loaded, Need, Ping, Pong,
-    Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights, decode_as, encode,
-    parse, reply_ids,
+    WORKER_ACCEPTS, Caps, CapsQuery, Error, FileRef, Group, Grouped, Join, LinkMeasured, LinkProbe, Load, Loaded,
+    Need, Ping, Pong, Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights,
+    decode_as, encode, parse, reply_ids,
 )
 from dnet.cluster.model_files import ModelFiles
 from dnet.cluster.protocol import COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError
@@ -66,6 +67,7 @@ class _Stage:
     next_link: Outbox | None = None    # the next stage's worker; None: the last stage
     next_key: str | None = None
     state: SlotState | None = None     # the stage's STATE (its layers' KV caches), a slot per sequence
+    mesh: Mesh | None = None           # a tensor-parallel member's links to the rest of its group
     last_run: tuple[int, float] | None = None  # (input bytes, wall seconds) of its latest run: may the next inline
 
 
@@ -130,6 +132,7 @@ class Worker:
         self._expired: dict[str, None] = {}           # sessions freed for idleness (the latest, in order)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._claimed: set[Channel] = set()             # accepted connections handed to a group's mesh (JOIN)
 
     @property
     def address(self) -> str:
@@ -189,14 +192,21 @@ class Worker:
         try:
             self._read_loop(chan)
         finally:
-            with self._lock:   # a coordinator gone without closing: the sessions it loaded go with it
-                sessions = {key.split("/")[0] for key, st in self.stages.items() if st.reply.channel is chan}
-            self._drop_sessions(sessions)
-            with self._lock:
-                outboxes = [self._replies.pop(k) for k in list(self._replies) if k[0] == id(chan)]
-            for outbox in outboxes:
-                outbox.close(timeout=0.5)
-            chan.close()
+            if chan in self._claimed:     # a tensor-parallel group's link now: its mesh reads and closes it
+                self._claimed.discard(chan)
+            else:
+                self._hang_up(chan)
+
+    def _hang_up(self, chan: Channel) -> None:
+        """A connection ended: what it loaded or was answered on goes with it."""
+        with self._lock:   # a coordinator gone without closing: the sessions it loaded go with it
+            sessions = {key.split("/")[0] for key, st in self.stages.items() if st.reply.channel is chan}
+        self._drop_sessions(sessions)
+        with self._lock:
+            outboxes = [self._replies.pop(k) for k in list(self._replies) if k[0] == id(chan)]
+        for outbox in outboxes:
+            outbox.close(timeout=0.5)
+        chan.close()
 
     def _read_loop(self, chan: Channel) -> None:
         while not self._stopped.is_set():
@@ -213,6 +223,8 @@ class Worker:
                 return
             try:
                 self._dispatch(chan, msg)
+                if chan in self._claimed:
+                    return
             except OSError as err:
                 log.info("connection from %s ended: %s", chan.peer, err)
                 return
@@ -329,12 +341,38 @@ class Worker:
         options = {"threads": self.config.threads} if takes else {}
         runner = StageRunner(graph, self.config.backend, **options)
         state = SlotState.of(graph, pending.load.slots)
-        stage = _Stage(key, pending.load.stage, runner, self._reply_outbox(pending.reply), state=state)
+        mesh = Mesh(pending.load.rank, pending.load.size) if pending.load.size > 1 else None
+        stage = _Stage(key, pending.load.stage, runner, self._reply_outbox(pending.reply), state=state, mesh=mesh)
         with self._lock:
             self.stages[key] = stage
         log.info("loaded stage %s (%d nodes) in %.3f s", key, len(graph), runner.compile_s)
         mapped = sum(int(a.nbytes) for a in pending.mapped.values())
         pending.reply.send(encode(Loaded(key, runner.compile_s, mapped)))
+
+    def _on_group(self, chan: Channel, group: Group, tensors: dict) -> None:
+        """Dial the group's members of higher rank (each then reads JOIN and hands that connection to its
+        mesh), wait for those of lower rank to have dialled this one, and say so."""
+        stage = self._stage(group.key)
+        if stage.mesh is None:
+            raise DnetError("not a member of a tensor-parallel group", where=group.key)
+        for peer in group.peers:
+            if peer.rank > stage.mesh.rank:
+                try:
+                    link = connect(peer.host, peer.port, self.secret, self.config.limits, tls=self.config.tls)
+                except (OSError, DnetError) as err:
+                    raise DnetError(f"cannot reach group member {peer.rank} at {peer.host}:{peer.port}: {err}") \
+                        from None
+                link.send(encode(Join(peer.key, stage.mesh.rank)))
+                stage.mesh.add(peer.rank, link)
+        stage.mesh.wait_complete()
+        chan.send(encode(Grouped(group.key)))
+
+    def _on_join(self, chan: Channel, join: Join, tensors: dict) -> None:
+        stage = self._stage(join.key)
+        if stage.mesh is None:
+            raise DnetError("not a member of a tensor-parallel group", where=join.key)
+        stage.mesh.add(join.rank, chan)
+        self._claimed.add(chan)
 
     def _on_route(self, chan: Channel, route: Route, tensors: dict) -> None:
         stage = self._stage(route.key)
@@ -405,6 +443,7 @@ class Worker:
         with self._lock:
             for session in sessions:
                 self._used.pop(session, None)
+            meshes = [self.stages[k].mesh for k in self.stages if k.split("/")[0] in sessions]
             for key in [k for k in self.stages if k.split("/")[0] in sessions]:
                 del self.stages[key]
             for key in [k for k in self._pending if k.split("/")[0] in sessions]:
@@ -412,6 +451,9 @@ class Worker:
             links = [self._links.pop(k) for k in list(self._links) if k[0] in sessions]
         for link in links:  # a send stuck on a next worker that hangs must not hold up the re-plan
             link.abort()
+        for mesh in meshes:
+            if mesh is not None:
+                mesh.close()
 
     def _on_stats(self, chan: Channel, query: StatsQuery, tensors: dict) -> None:
         with self._lock:
@@ -501,7 +543,7 @@ class Worker:
             if run.slots is None:
                 raise DnetError("a stage with state needs the request's 'slots': [first, count]", where=run.key)
             inputs = {**inputs, **stage.state.bind(*run.slots)}
-        outputs, seconds = stage.runner(inputs)
+        outputs, seconds = stage.runner(inputs, stage.mesh.all_reduce if stage.mesh is not None else None)
         if self.config.slowdown > 1.0:
             work = min(seconds, (time.process_time() - cpu) / (self.config.threads or 1))
             time.sleep((self.config.slowdown - 1.0) * work)
@@ -537,7 +579,7 @@ def measure_link(host: str, port: int, secret: str, nbytes: int, limits: Limits,
 _HANDLERS = {
     Ping: Worker._on_ping, CapsQuery: Worker._on_caps, Load: Worker._on_load, Weights: Worker._on_weights,
     Route: Worker._on_route, Run: Worker._on_run, Reset: Worker._on_reset, StatsQuery: Worker._on_stats,
-    Shutdown: Worker._on_shutdown, LinkProbe: Worker._on_link,
+    Shutdown: Worker._on_shutdown, LinkProbe: Worker._on_link, Group: Worker._on_group, Join: Worker._on_join,
 }
 assert set(_HANDLERS) == set(WORKER_ACCEPTS.records.values()), "a message the worker accepts has no handler"
 

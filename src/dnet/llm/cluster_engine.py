@@ -44,7 +44,8 @@ class ClusterEngine(Engine):
 
     @property
     def stages(self) -> int:
-        return len(self.exe.pipeline.stages)
+        """Stages a step passes through in turn (a tensor-parallel group's members work at once: one)."""
+        return 1 if self.exe.pipeline.parallel else len(self.exe.pipeline.stages)
 
     def shutdown(self) -> None:
         self.exe.close()

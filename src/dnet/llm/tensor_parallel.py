@@ -133,3 +133,47 @@ def _columns(t: Tensor, lo: int, hi: int, name: str) -> Tensor:
         data = take_columns(t.data.reshape(t.shape[0], -1), lo // block * nbytes, hi // block * nbytes)
         return QuantTensor(t.dtype, (t.shape[0], hi - lo), data)
     return np.ascontiguousarray(np.asarray(t)[:, lo:hi])
+
+
+# -- when it pays ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupEstimate:
+    members: tuple[int, ...]      # topology node indices, fastest first
+    seconds: float                # one step: the members' share of the work plus the exchanges
+    compute_seconds: float
+    exchange_seconds: float
+
+
+def best_group(node_seconds: Sequence[float], latency: np.ndarray, bandwidth: np.ndarray, exchanges: int,
+               exchange_bytes: float, max_members: int, fits: Sequence[Sequence[bool]] | None = None
+               ) -> GroupEstimate | None:
+    """The tensor-parallel group with the shortest step, by the cost model: members split the work in
+    proportion to their speed (all finish together: 1 / sum(1 / t_i)), then every one of `exchanges`
+    all-reduces costs the slowest pair's latency plus `exchange_bytes` over its bandwidth. Groups are
+    the k fastest nodes, k = 2 .. max_members; `fits[k][i]`: whether node i can hold its share in a
+    group of k+2 (memory). None when no group of two or more is possible."""
+    order = [i for i in np.argsort(node_seconds, kind="stable") if np.isfinite(node_seconds[i])]
+    best = None
+    for k in range(2, min(max_members, len(order)) + 1):
+        members = tuple(int(i) for i in order[:k])
+        if fits is not None and not all(fits[k - 2][i] for i in members):
+            continue
+        pairs = [(a, b) for a in members for b in members if a != b]
+        if any(bandwidth[a, b] <= 0 for a, b in pairs):
+            continue
+        exchange = max(latency[a, b] + exchange_bytes / bandwidth[a, b] for a, b in pairs)
+        compute = 1.0 / sum(1.0 / node_seconds[i] for i in members)
+        estimate = GroupEstimate(members, compute + exchanges * exchange, compute, exchanges * exchange)
+        if best is None or estimate.seconds < best.seconds:
+            best = estimate
+    return best
+
+
+def member_graphs(config: ModelConfig, tensors: dict[str, Tensor], context: int,
+                  speeds: Sequence[float]) -> tuple[list, list[TensorShard]]:
+    """Each member's graph (heads, features and vocabulary rows in proportion to `speeds`) and shard."""
+    from dnet.llm.model import build_graph   # the model builds on this module's shards
+
+    shards = split_model(config, tensors, speeds)
+    return [build_graph(config, tensors, context, s) for s in shards], shards

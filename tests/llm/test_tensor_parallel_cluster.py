@@ -1,0 +1,57 @@
+"""SmolLM2 split over a tensor-parallel group of local worker processes: every layer's heads and MLP
+features divided between them, two all-reduces a layer over their own links.
+
+Oracle: the same model on one node (`dnet.llm.load` without a topology), greedy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dnet.llm import load
+from dnet.topology import Topology
+
+from test_cluster_generation import PROMPTS, greedy
+
+CONTEXT = 128
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def single():
+    with load(context=CONTEXT, slots=2) as llm:
+        yield llm
+
+
+def test_a_tensor_parallel_group_decodes_as_one_node(single):
+    topo = Topology.local(3, scales=[1.0, 1.0, 0.5])     # three members, the last with a smaller share
+    with load(context=CONTEXT, topology=topo, parallel="tensor", slots=2) as llm:
+        exe = llm.engine.exe
+        assert exe.pipeline.parallel and sorted(exe.coordinator.placement) == [0, 1, 2]
+        assert greedy(llm, PROMPTS[:2], STEPS) == greedy(single, PROMPTS[:2], STEPS)    # two streams at once
+        ids = single.tokenizer.encode(" ".join(PROMPTS))
+        got, want = llm.logits(ids), single.logits(ids)          # a prefill: every position's logits
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        assert all(t.runs > 0 for t in exe.timings.values())     # every member ran every step
+
+
+def test_a_member_killed_mid_generation_the_survivors_finish_every_sequence(single):
+    expected = greedy(single, PROMPTS[:2], STEPS)
+    with load(context=CONTEXT, topology=Topology.local(2), parallel="tensor", slots=2) as llm:
+        exe = llm.engine.exe
+        victim = exe.coordinator.placement[1]
+
+        def kill(k: int) -> None:
+            if k == 3:
+                exe.local.kill(victim)
+
+        assert greedy(llm, PROMPTS[:2], STEPS, after_step=kill) == expected
+        assert llm.engine.rebuilds == 1 and exe.coordinator.placement == [0] and not exe.coordinator.parallel
+
+
+def test_auto_keeps_a_group_whose_exchanges_cost_more_than_they_save(single):
+    """Two equal nodes over a link of 1 ms: 60 all-reduces a token cost far more than half the model saves."""
+    topo = Topology.local(2, latency=1e-3)
+    with load(context=CONTEXT, topology=topo) as llm:
+        assert not llm.engine.exe.pipeline.parallel
