@@ -20,6 +20,9 @@ def _model_options(f):
     f = click.option("--quantize", type=click.Choice(["q8_0", "q4_0", "q4_1"]), default=None,
                      help="store a float model's matrices in a block format")(f)
     f = click.option("--topology", "-T", default=None, help="run across a cluster: " + TOPOLOGY_HELP)(f)
+    f = click.option("--parallel", type=click.Choice(["auto", "pipeline", "tensor"]), default="auto",
+                     show_default=True, help="with a topology: layers in stages, every layer over a group, or "
+                     "whichever the cost model finds faster")(f)
     return f
 
 
@@ -39,13 +42,13 @@ def _sampling(options: dict) -> dict:
     return out
 
 
-def _load(model, target, threads, context, quantize, topology):
+def _load(model, target, threads, context, quantize, topology, parallel="auto"):
     from dnet.llm import load
 
     start = time.perf_counter()
     where, options = (parse_topology(topology) if topology else (None, {}))
     llm = load(model, target=target, threads=threads, context=context, quantize=quantize, topology=where,
-               cluster=options)
+               cluster=options, parallel=parallel)
     seconds = time.perf_counter() - start
     note(f"loaded {llm.config.name or llm.config.arch} ({llm.config.num_layers} layers) from {llm.source} "
          f"in {seconds:.1f} s", model=llm.source, seconds=round(seconds, 3))
@@ -77,9 +80,10 @@ def _console():
 @_model_options
 @_sampling_options
 @progress_options()
-def generate(model, prompt, max_tokens, as_chat, target, threads, context, quantize, topology, **options) -> None:
+def generate(model, prompt, max_tokens, as_chat, target, threads, context, quantize, topology, parallel,
+             **options) -> None:
     """Generate text after PROMPT with MODEL (a .gguf file or a Hugging Face folder; default SmolLM2-135M)."""
-    llm = _load(model, target, threads, context, quantize, topology)
+    llm = _load(model, target, threads, context, quantize, topology, parallel)
     sampling = {**_sampling(options), "max_tokens": max_tokens}
     pieces = llm.chat([{"role": "user", "content": prompt}], stream=True, **sampling) if as_chat \
         else llm.generate(prompt, stream=True, **sampling)
@@ -111,9 +115,9 @@ def _report(llm) -> None:
 @_model_options
 @_sampling_options
 @progress_options()
-def chat(model, system, max_tokens, target, threads, context, quantize, topology, **options) -> None:
+def chat(model, system, max_tokens, target, threads, context, quantize, topology, parallel, **options) -> None:
     """Chat with MODEL in the terminal (replies stream; /reset forgets, /exit or Ctrl-D quits)."""
-    llm = _load(model, target, threads, context, quantize, topology)
+    llm = _load(model, target, threads, context, quantize, topology, parallel)
     try:
         _converse(llm, system, {**_sampling(options), "max_tokens": max_tokens})
     finally:

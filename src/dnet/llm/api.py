@@ -117,7 +117,7 @@ def _cluster_engine(graph, topology: Any, config: ModelConfig, context: int, slo
 
     exe = compile_distributed(graph, topology, plan=plan, env=env, backend=target, slots=slots, **options)
     engine = ClusterEngine(exe, context, slots, config.vocab_size)
-    if calibrate and slots > 1 and exe.plan is not None and len(exe.plan.stages) > 1:
+    if calibrate and slots > 1 and not exe.pipeline.parallel and len(exe.plan.stages) > 1:
         engine.calibration = engine.calibrate(_single_node_plans(exe, objective))
     return engine
 
@@ -128,6 +128,7 @@ def _tensor_parallel(graph, topology: Any, env: dict[str, int], config: ModelCon
     with `force`, the best group whatever it costs (a PlanError if none is possible)."""
     from dnet.cluster.session import PipelinePlan
     from dnet.partition import build_problem, layer_chain
+    from dnet.partition.plan import Plan, StagePlan
     from dnet.partition.problem import PlanError
 
     problem = build_problem(layer_chain(graph, env), topology)
@@ -148,7 +149,16 @@ def _tensor_parallel(graph, topology: Any, env: dict[str, int], config: ModelCon
     if not force and group.seconds >= step:
         return None
     speeds = [1.0 / seconds[i] for i in group.members]
-    return PipelinePlan(members(speeds), list(group.members), 1.0 / group.seconds, None, parallel=True)
+    share = np.array(speeds) / sum(speeds)
+    names = [problem.names[i] for i in group.members]
+    stages = [StagePlan(names[r], list(problem.layer_names), [], [], float(share[r] * seconds[i]),
+                        float(share[r] * need), float(problem.capacity[i]), members=names)
+              for r, i in enumerate(group.members)]
+    plan = Plan("", "latency" if env["batch"] == 1 else "throughput", "tensor parallel (cost model)", 0.0, stages,
+                [], 1.0 / group.seconds, group.seconds,
+                "all-reduces" if group.exchange_seconds > group.compute_seconds else "compute",
+                [name for k, name in enumerate(problem.names[:n]) if k not in group.members])
+    return PipelinePlan(members(speeds), list(group.members), 1.0 / group.seconds, plan, parallel=True)
 
 
 def _single_node_plans(exe: Any, objective: str) -> list:
