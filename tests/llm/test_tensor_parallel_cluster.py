@@ -53,5 +53,5 @@ def test_a_member_killed_mid_generation_the_survivors_finish_every_sequence(sing
 def test_auto_keeps_a_group_whose_exchanges_cost_more_than_they_save(single):
     """Two equal nodes over a link of 1 ms: 60 all-reduces a token cost far more than half the model saves."""
     topo = Topology.local(2, latency=1e-3)
-    with load(context=CONTEXT, topology=topo) as llm:
+    with load(context=CONTEXT, topology=topo, parallel="auto") as llm:
         assert not llm.engine.exe.pipeline.parallel

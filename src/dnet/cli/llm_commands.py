@@ -20,7 +20,7 @@ def _model_options(f):
     f = click.option("--quantize", type=click.Choice(["q8_0", "q4_0", "q4_1"]), default=None,
                      help="store a float model's matrices in a block format")(f)
     f = click.option("--topology", "-T", default=None, help="run across a cluster: " + TOPOLOGY_HELP)(f)
-    f = click.option("--parallel", type=click.Choice(["auto", "pipeline", "tensor"]), default="auto",
+    f = click.option("--parallel", type=click.Choice(["auto", "pipeline", "tensor"]), default="pipeline",
                      show_default=True, help="with a topology: layers in stages, every layer over a group, or "
                      "whichever the cost model finds faster")(f)
     return f
@@ -42,7 +42,7 @@ def _sampling(options: dict) -> dict:
     return out
 
 
-def _load(model, target, threads, context, quantize, topology, parallel="auto"):
+def _load(model, target, threads, context, quantize, topology, parallel="pipeline"):
     from dnet.llm import load
 
     start = time.perf_counter()

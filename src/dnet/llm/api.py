@@ -44,7 +44,7 @@ def default_model_path() -> Path:
 def load(source: str | Path | None = None, target: str = "c", threads: int | None = None, topology: Any = None,
          context: int | None = None, quantize: str | None = None, dequantize: bool = False,
          slots: int = 1, activations: str = "int16", cluster: dict | None = None,
-         prefix_cache: bool = True, parallel: str = "auto") -> "LLM":
+         prefix_cache: bool = True, parallel: str = "pipeline") -> "LLM":
     """An LLM from a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct).
 
     `context`: positions per sequence (default: the model's, at most 4096). `quantize`: store float
@@ -57,7 +57,7 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     `prefix_cache`: a prompt that starts as an earlier one did reuses the keys and values its slot kept
     (faster to the first token; logits within rounding of a fresh run, not bit for bit: off for exact
     repeatability of sampled text, as llama.cpp's `cache_prompt`).
-    `parallel` (with a topology): "pipeline" (layers split into stages), "tensor" (every layer split over
+    `parallel` (with a topology): "pipeline" (the default: layers split into stages), "tensor" (every layer split over
     a group of nodes, two all-reduces a layer: `dnet.llm.tensor_parallel`), or "auto": tensor parallelism
     only where the cost model says its exchanges pay for themselves.
     """
