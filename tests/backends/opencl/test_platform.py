@@ -54,3 +54,16 @@ def test_the_device_chosen_runs_a_kernel(compile_opencl):
     b.output("y", b.unary(Op.NEG, b.input("x", TensorType((3,), DType.F32))))
     out = compile_opencl(b.finish()).run({"x": np.array([1.0, -2.0, 0.5], np.float32)})["y"]
     np.testing.assert_array_equal(out, np.array([-1.0, 2.0, -0.5], np.float32))
+
+
+def test_no_opencl_driver_is_a_one_line_reason_not_a_crash(fresh_device, monkeypatch):
+    """The ICD loader without a driver raises CL_PLATFORM_NOT_FOUND_KHR: a reason to skip, naming it."""
+    cl = pytest.importorskip("pyopencl")
+
+    def no_platform():
+        raise cl.LogicError("clGetPlatformIDs failed: PLATFORM_NOT_FOUND_KHR")
+
+    monkeypatch.setattr(cl, "get_platforms", no_platform)
+    reason = platform.unavailable()
+    assert reason is not None and reason.startswith("no OpenCL platform on this machine (clGetPlatformIDs failed")
+    assert "\n" not in reason

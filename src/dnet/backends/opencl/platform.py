@@ -83,7 +83,9 @@ def open_device() -> Device:
     try:
         platforms = cl.get_platforms()
     except cl.Error as err:     # the ICD loader found no driver (CL_PLATFORM_NOT_FOUND_KHR)
-        raise BackendError(f"no OpenCL platform on this machine ({err.what() if hasattr(err, 'what') else err})",
+        # str(err) is pyopencl's one line ("clGetPlatformIDs failed: PLATFORM_NOT_FOUND_KHR"); its
+        # `what` is a record object, not a method
+        raise BackendError(f"no OpenCL platform on this machine ({err})",
                            hint=INSTALL_HINT) from None
     devices = [d for p in platforms for d in _devices(cl, p)]
     if not devices:
