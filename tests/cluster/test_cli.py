@@ -27,7 +27,8 @@ def test_core_lists_read_like_taskset():
         _cores("x")
 
 
-def test_cluster_up_starts_workers_and_stops_them_on_interrupt(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cluster_up_starts_workers_and_stops_them_on_interrupt(tmp_path, stop):
     secret_file = tmp_path / "secret"
     dnet = os.path.join(os.path.dirname(sys.executable), "dnet")
     proc = subprocess.Popen([dnet, "cluster", "up", "2", "--secret-file", str(secret_file)], text=True,
@@ -47,14 +48,30 @@ def test_cluster_up_starts_workers_and_stops_them_on_interrupt(tmp_path):
         topology = Topology.load(str(tmp_path / "cluster.toml"))
         assert [(n.name, n.address) for n in topology.nodes] == [tuple(w.split()[:2]) for w in workers]
         assert len(topology.links) == 2 and all(n.devices[0].compute["f32"] > 0 for n in topology.nodes)
+        children = _children(proc.pid)
+        assert len(children) == 2
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the workers too: they share its session
             proc.wait(timeout=5)
     assert proc.returncode == 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in children)   # stopped and reaped by `cluster up`
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (their stat's fourth field), read from /proc."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
 
 
 def test_local_workers_get_disjoint_cores_only_where_there_are_enough():
@@ -147,3 +164,62 @@ def test_a_worker_out_of_file_descriptors_keeps_serving(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_connections_past_the_cap_of_unfinished_handshakes_are_closed_at_once(monkeypatch):
+    """Peers that never finish the handshake hold a slot each until its deadline; one more is closed
+    on accept, and the coordinator is admitted once a slot frees."""
+    import socket
+
+    from dnet.cluster import worker as worker_module
+    from dnet.cluster.auth import connect
+    from dnet.cluster.protocol import DEFAULT_LIMITS
+
+    monkeypatch.setattr(worker_module, "MAX_UNAUTHENTICATED", 3)
+    secret = "0" * 64
+    worker = worker_module.Worker(secret)
+    worker.start()
+    try:
+        silent = [socket.create_connection((worker.host, worker.port), timeout=2) for _ in range(3)]
+        extra = socket.create_connection((worker.host, worker.port), timeout=2)
+        assert extra.recv(1) == b""                     # closed by the worker, well before the 5 s deadline
+        for s in silent:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):        # still open, waiting for a HELLO
+                s.recv(1)
+            s.close()
+        deadline = time.monotonic() + 5
+        while True:   # the slots free as the worker sees each silent peer go
+            try:
+                connect(worker.host, worker.port, secret, DEFAULT_LIMITS).close()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "no slot freed"
+                time.sleep(0.05)
+    finally:
+        worker.stop()
+
+
+def test_a_failing_listening_socket_is_logged_and_ends_the_worker_with_an_error(caplog):
+    """Only running out of descriptors is waited out; any other accept error is fatal, logged, not a quiet exit."""
+    import errno
+
+    from dnet.cluster.worker import Worker
+
+    class BrokenListener:
+        def accept(self):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        def shutdown(self, how):
+            pass
+
+        def close(self):
+            pass
+
+    worker = Worker("0" * 64)
+    worker.listener.close()
+    worker.listener = BrokenListener()
+    with pytest.raises(DnetError, match="accept failed"):
+        worker.serve_forever()
+    assert any(r.levelname == "ERROR" and "accept failed" in r.getMessage() for r in caplog.records)
+    worker.stop()   # its compute thread

@@ -172,6 +172,20 @@ def test_workers_of_a_crashed_coordinator_process_do_not_outlive_it():
     assert not any(map(_running, pids))
 
 
+def test_a_script_that_raises_before_close_stops_its_workers_and_removes_their_files():
+    """An exception ends the script, not close(): atexit still stops the workers and removes the
+    log directory, which for a TLS cluster holds its throwaway CA's key."""
+    script = ("from dnet.cluster import LocalCluster\nlocal = LocalCluster(2, tls=True).start()\n"
+              "print(local.log_dir, *(p.pid for p in local.procs), flush=True)\n"
+              "raise RuntimeError('the user script failed')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "the user script failed" in out.stderr
+    log_dir, *pids = out.stdout.split()
+    assert len(pids) == 2
+    assert not any(_running(int(pid)) for pid in pids)   # stopped and reaped before the script's process ended
+    assert not Path(log_dir).exists()
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie waiting for a reaper."""
     try:

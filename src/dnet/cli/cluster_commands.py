@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -189,8 +190,8 @@ def _cache_dir() -> Path:
 def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, output: str | None,
                models: tuple[str, ...]) -> None:
     """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
-    from dnet.cluster.auth import SECRET_ENV, new_secret
-    from dnet.cluster.local import LocalCluster, WorkerSpec, core_sets
+    from dnet.cluster.auth import new_secret
+    from dnet.cluster.local import WorkerSpec, core_sets
 
     if n < 1:
         raise DnetError(f"cluster up needs at least one worker, got {n}")
@@ -207,6 +208,25 @@ def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, out
     secret = new_secret()
     path = Path(secret_file) if secret_file else _cache_dir() / "cluster.secret"
     _write_secret(path, secret)
+    # SIGTERM (a service manager, `kill`) stops the workers as Ctrl-C does; by default it would end this
+    # process at once, leaving the workers to PR_SET_PDEATHSIG and the log directory behind
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve_local(specs, secret, path, output)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_local(specs: list[Any], secret: str, path: Path, output: str | None) -> None:
+    """Run the local workers until one exits or this process is interrupted."""
+    from dnet.cluster.auth import SECRET_ENV
+    from dnet.cluster.local import LocalCluster
+
+    n = len(specs)
     with LocalCluster(specs, secret) as local:
         for spec, address in zip(specs, local.addresses):
             click.echo(f"{spec.name}  {address}  backend={spec.backend} threads={spec.threads} cores={spec.cores}")

@@ -9,6 +9,7 @@ certificate from it: mutual TLS on every link, as a cluster across machines has.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import selectors
 import shutil
@@ -103,10 +104,13 @@ class LocalCluster:
         self.secret = secret or new_secret()
         self.cache_dir = cache_dir
         self.start_timeout_s = start_timeout_s
-        self.log_dir = Path(tempfile.mkdtemp(prefix="dnet-cluster-"))
-        self.tls: ClusterTls | None = self._make_pki() if tls else None   # the coordinator's side
         self.procs: list[subprocess.Popen] = []
         self.addresses: list[str] = []
+        self.log_dir = Path(tempfile.mkdtemp(prefix="dnet-cluster-"))
+        # a script that raises before close() still stops its workers and removes the log directory
+        # (which holds a TLS cluster's throwaway CA key); PR_SET_PDEATHSIG covers deaths that skip atexit
+        atexit.register(self.close)
+        self.tls: ClusterTls | None = self._make_pki() if tls else None   # the coordinator's side
 
     def _make_pki(self) -> ClusterTls:
         """A CA for this cluster only, a certificate per worker (given to its spec) and one for the coordinator."""
@@ -191,6 +195,7 @@ class LocalCluster:
         return Coordinator(self.addresses, self.secret, **{"tls": self.tls, **options})
 
     def close(self, timeout_s: float = 5.0) -> None:
+        atexit.unregister(self.close)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
