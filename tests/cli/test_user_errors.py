@@ -37,7 +37,7 @@ CASES = {
     "off loopback without TLS": (["worker", "--listen", "0.0.0.0:0"], "no TLS files are given"),
     "secret file missing": (["worker", "--secret-file", "{tmp}/nope"], "cannot read the secret file"),
     "secret file a directory": (["worker", "--secret-file", "{tmp}"], "Is a directory"),
-    "unknown backend": (["worker", "--backend", "cuda"], "unknown target 'cuda'"),
+    "unknown backend": (["worker", "--backend", "nosuch"], "unknown target 'nosuch' (targets: c, "),
     "threads not numbers": (["cluster", "up", "2", "--threads", "a,b"], "bad --threads 'a,b'"),
     "no workers": (["cluster", "up", "0"], "at least one worker"),
     "local topology not a number": (["plan", ATTENTION, "-T", "local:x"], "cannot read the local topology"),

@@ -72,6 +72,28 @@ def device(name: str) -> Device:
     return _DEVICES[name]()
 
 
+def unavailable(name: str) -> str | None:
+    """Why backend `name` cannot run on this machine (no llvmlite, no OpenCL driver, no GPU), or None.
+    An unknown name is a BackendError naming the targets; a backend with no Device (the reference) runs."""
+    get(name)
+    if name not in _DEVICES:
+        return None
+    return device(name).available()
+
+
+def available_names() -> list[str]:
+    """The backends this machine can run, by name."""
+    return [name for name in names() if unavailable(name) is None]
+
+
+def require_available(name: str) -> None:
+    """A BackendError, now, where backend `name` is unknown or cannot run here (a worker's start, say)."""
+    reason = unavailable(name)
+    if reason is not None:
+        raise BackendError(f"backend '{name}' cannot run on this machine: {reason}",
+                           hint="backends this machine has: " + ", ".join(available_names()))
+
+
 def option_names(name: str) -> list[str]:
     """The options backend `name`'s `prepare` takes (a worker passes `threads` only to one that takes it)."""
     return [p for p in inspect.signature(get(name).prepare).parameters if p != "graph"]

@@ -109,7 +109,8 @@ class Worker:
         self.config = config or WorkerConfig()
         require_tls(self.config.host, self.config.tls, self.config.allow_plain, "a worker listening on")
         self.secret = secret
-        registry.get(self.config.backend)   # an unknown backend is refused now, not at the first stage
+        # an unknown backend, or one this machine lacks (no driver, no GPU), is refused now, not at the first stage
+        registry.require_available(self.config.backend)
         self.models = ModelFiles(self.config.models) if self.config.models else None
         try:
             self.listener = socket.create_server((self.config.host, self.config.port))
