@@ -234,7 +234,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
     lines = [
         f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)}, g_NB = {nbatch};",
         f"const int64_t g_panels = (g_N + {t.nr - 1}) / {t.nr};",
-        "const int64_t g_nt = dn_threads();",
+        "const int64_t g_nt = g_NB > 0 ? dn_threads() : 1;   /* an empty batch: no tasks to share */",
         f"const int64_t g_S = (g_M + {t.mr - 1}) / {t.mr};   /* slivers of mr rows */",
         f"int64_t g_mblocks = (g_S + {t.mc // t.mr - 1}) / {t.mc // t.mr}, g_chunks = 1;   /* row blocks of <= mc rows */",
         "/* fewer row blocks than threads: split the columns first, into chunks of 2 panels or more (a",
@@ -244,7 +244,7 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         "if (g_nt > 1 && g_mblocks * g_NB * g_chunks < 4 * g_nt) g_mblocks = (4 * g_nt + g_NB * g_chunks - 1) / (g_NB * g_chunks);",
         "/* a multiple of the threads, so they balance without splitting columns (which packs a again) */",
         "while (g_nt > 1 && (g_mblocks * g_NB) % g_nt && g_mblocks < g_S) g_mblocks++;",
-        "if (g_mblocks > g_S) g_mblocks = g_S > 0 ? g_S : 1;",
+        "if (g_mblocks > g_S || g_mblocks < 1) g_mblocks = g_S > 0 ? g_S : 1;   /* no rows: one empty block */",
         f"const int64_t g_mc = (g_S + g_mblocks - 1) / g_mblocks * {t.mr};   /* the largest block; all within a sliver */",
         "/* split the columns further (each split reads a again) until the threads balance */",
         "while (g_chunks < g_panels && (g_mblocks * g_NB * g_chunks < g_nt",

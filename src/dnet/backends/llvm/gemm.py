@@ -173,7 +173,8 @@ def render_gemm(r, g: Gemm) -> None:
     for b in g.batch:
         NB = f.mul(NB, ix(b))
     panels = f.ceil_div(N, t.nr)
-    nt = f.op("call i64 @dn_threads()")
+    # an empty batch has no tasks to share: one thread, so the blocking never divides by NB
+    nt = f.op(f"select i1 {f.op(f'icmp sgt i64 {NB}, 0')}, i64 {f.op('call i64 @dn_threads()')}, i64 1")
     S = f.ceil_div(M, t.mr)                                           # slivers of mr rows
     blocking = _blocking(f, t, S, NB, panels, nt, K)
     r.env.update({"\0gemm:" + k: (v, "i64") for k, v in dict(M=M, N=N, K=K, NB=NB, panels=panels, S=S,
@@ -221,7 +222,8 @@ def _blocking(f: Function, t: GemmTile, S: str, NB: str, panels: str, nt: str, K
     with f.while_(balance_rows):
         put(mblocks, f.add(get(mblocks), "1"))
     over = f.op(f"icmp sgt i64 {get(mblocks)}, {S}")
-    with f.if_(over):
+    none = f.op(f"icmp slt i64 {get(mblocks)}, 1")              # no rows: one empty block
+    with f.if_(f.op(f"or i1 {over}, {none}")):
         pos = f.op(f"icmp sgt i64 {S}, 0")
         put(mblocks, f.op(f"select i1 {pos}, i64 {S}, i64 1"))
 

@@ -106,10 +106,8 @@ def _eval(node: Node, args: list, graph: Graph, inputs: Mapping[str, np.ndarray]
         if op is Op.SUM:
             x = _compute(args[0])
             return np.sum(x, axis=a["axes"], keepdims=a["keepdim"], dtype=x.dtype)
-        if op is Op.REDUCE_MAX:
-            return np.max(args[0], axis=a["axes"], keepdims=a["keepdim"])
-        if op is Op.REDUCE_MIN:
-            return np.min(args[0], axis=a["axes"], keepdims=a["keepdim"])
+        if op in (Op.REDUCE_MAX, Op.REDUCE_MIN):
+            return _extremum(op, args[0], a["axes"], a["keepdim"])
         if op is Op.ARGMAX:
             return np.argmax(args[0], axis=a["axis"], keepdims=a["keepdim"])
         if op is Op.MATMUL:
@@ -119,6 +117,22 @@ def _eval(node: Node, args: list, graph: Graph, inputs: Mapping[str, np.ndarray]
         if op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             return _pool2d(op, _compute(args[0]), **a)
     return _movement(op, args, a)
+
+
+def _extremum(op: Op, x: np.ndarray, axes: tuple[int, ...], keepdim: bool) -> np.ndarray:
+    """max/min over axes; over an empty axis the reduction's identity (-inf for a max), which is where the
+    compiled backends' accumulators start, so a softmax over nothing is empty there and here alike."""
+    reduce = np.max if op is Op.REDUCE_MAX else np.min
+    if all(x.shape[axis] for axis in axes):
+        return reduce(x, axis=axes, keepdims=keepdim)
+    if x.dtype.kind == "f":
+        initial = -np.inf if op is Op.REDUCE_MAX else np.inf
+    elif x.dtype.kind == "b":
+        initial = op is Op.REDUCE_MIN
+    else:
+        info = np.iinfo(x.dtype)
+        initial = info.min if op is Op.REDUCE_MAX else info.max
+    return reduce(x, axis=axes, keepdims=keepdim, initial=initial)
 
 
 def _all_reduce(x: np.ndarray, node: Node, collective: Collective | None) -> np.ndarray:
