@@ -1,10 +1,11 @@
 """Models that arrive as ONNX files: dnet (`dnet.from_onnx`, C backend) vs ONNX Runtime on the same file.
 
-    .venv/bin/python benchmarks/onnx_models.py [--threads N] [--batches 1 8]
+    .venv/bin/python benchmarks/onnx_models.py [--threads N] [--batches 1 8] [--models minilm cnn mobilenet]
 
-all-MiniLM-L6-v2 exported from PyTorch (as benchmarks/minilm.py does, sequence 128) and a
+all-MiniLM-L6-v2 exported from PyTorch (as benchmarks/minilm.py does, sequence 128), a
 ResNet-style CNN (stem, four stages of residual 3x3 blocks, global pooling, a classifier;
-random weights, batch-norm folded by the exporter) at 224 x 224. Both runtimes read the
+random weights, batch-norm folded by the exporter) and a MobileNet-style one (inverted
+residual blocks: 1x1 expansion, 3x3 depthwise, 1x1 projection, ReLU6) at 224 x 224. Both runtimes read the
 same .onnx file, use the same thread count, and get the same inputs; latencies are
 medians of interleaved runs.
 """
@@ -44,6 +45,35 @@ def resnet_like():
     return model.eval()
 
 
+def mobilenet_like():
+    """MobileNetV2's inverted residual blocks (expansion 6) at a few widths: depthwise convolutions."""
+    import torch
+    from torch import nn
+
+    def conv(c_in, c_out, k, stride, groups=1, act=True):
+        layers = [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups), nn.BatchNorm2d(c_out)]
+        return layers + [nn.ReLU6()] if act else layers
+
+    class Inverted(nn.Module):
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            wide = 6 * c_in
+            self.body = nn.Sequential(*conv(c_in, wide, 1, 1), *conv(wide, wide, 3, stride, groups=wide),
+                                      *conv(wide, c_out, 1, 1, act=False))
+            self.residual = stride == 1 and c_in == c_out
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*conv(3, 32, 3, 2), *conv(32, 32, 3, 1, groups=32), *conv(32, 16, 1, 1, act=False),
+                          Inverted(16, 24, 2), Inverted(24, 24, 1), Inverted(24, 32, 2), Inverted(32, 32, 1),
+                          Inverted(32, 64, 2), Inverted(64, 64, 1), Inverted(64, 96, 1), Inverted(96, 160, 2),
+                          Inverted(160, 320, 1), *conv(320, 1280, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(1280, 1000))
+    return model.eval()
+
+
 def export(model, args, path: Path, names: list[str], dynamic: dict) -> Path:
     import torch
 
@@ -58,6 +88,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=["minilm", "cnn", "mobilenet"],
+                    choices=["minilm", "cnn", "mobilenet"])
     args = ap.parse_args(argv)
     from dnet.hardware import detect
 
@@ -74,14 +106,18 @@ def main(argv=None) -> None:
     rows = [["model", "batch", "dnet-c ms", "onnxruntime ms", "dnet / ort", "max |dnet - ort|"]]
     with tempfile.TemporaryDirectory(prefix="dnet-onnx-") as tmp:
         tmp = Path(tmp)
-        cnn = export(resnet_like(), (torch.zeros(1, 3, 224, 224),), tmp / "cnn.onnx", ["image"],
-                     {"image": {0: "batch"}, "out": {0: "batch"}})
-        models = {"all-MiniLM-L6-v2": export_onnx(torch_model(), tmp / "minilm.onnx"), "resnet-like CNN": cnn}
+        image = {"image": {0: "batch"}, "out": {0: "batch"}}
+        makers = {"minilm": ("all-MiniLM-L6-v2", lambda: export_onnx(torch_model(), tmp / "minilm.onnx")),
+                  "cnn": ("resnet-like CNN", lambda: export(resnet_like(), (torch.zeros(1, 3, 224, 224),),
+                                                             tmp / "cnn.onnx", ["image"], image)),
+                  "mobilenet": ("mobilenet-like CNN", lambda: export(mobilenet_like(), (torch.zeros(1, 3, 224, 224),),
+                                                                      tmp / "mobilenet.onnx", ["image"], image))}
+        models = {makers[m][0]: makers[m][1]() for m in args.models}
         for name, path in models.items():
             exe = dnet.compile(dnet.from_onnx(path), target="c", threads=threads)
             ort = onnx_session(path, threads, True)
             for batch in args.batches:
-                if name == "resnet-like CNN":
+                if name != "all-MiniLM-L6-v2":
                     feeds = {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
                 else:
                     ids = rng.integers(1000, 20000, (batch, 128))

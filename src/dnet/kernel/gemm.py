@@ -203,19 +203,21 @@ def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, 
 MIN_GROUP_ROWS = 8   # output channels per group below which a grouped convolution stays a loop nest
 
 
-def is_fast_conv(graph: Graph, nid: int) -> bool:
+def is_fast_conv(graph: Graph, nid: int, group_rows: int = MIN_GROUP_ROWS) -> bool:
     """An f32 convolution that is a Gemm of its weight and its input's im2col matrix (one per group):
-    without groups, or with enough output channels per group to fill the micro-kernel's rows
-    (a depthwise convolution, one channel per group, would use one row of twelve)."""
+    without groups, or with at least `group_rows` output channels per group. The target says how many
+    (`CpuTarget.conv_group_rows`): where the Gemm gathers im2col panels, a depthwise convolution would
+    use one row of twelve (the default keeps it a loop nest); the C backend's direct convolution
+    (`backends/c/conv.py`) runs one-row Gemms vectorised along the pixels, so it takes them all."""
     node = graph.nodes[nid]
     if node.op is not Op.CONV2D or node.dtype is not DType.F32:
         return False
     groups = node.attrs["groups"]
-    return groups == 1 or graph.nodes[node.inputs[1]].shape[0] // groups >= MIN_GROUP_ROWS
+    return groups == 1 or graph.nodes[node.inputs[1]].shape[0] // groups >= group_rows
 
 
-def is_gemm(graph: Graph, nid: int) -> bool:
-    return is_fast_matmul(graph, nid) or is_fast_conv(graph, nid)
+def is_gemm(graph: Graph, nid: int, group_rows: int = MIN_GROUP_ROWS) -> bool:
+    return is_fast_matmul(graph, nid) or is_fast_conv(graph, nid, group_rows)
 
 
 def conv_weight_ok(graph: Graph, nid: int, materialized: set[int], users) -> bool:

@@ -11,7 +11,8 @@ The rules, in order:
 4. A reduction inlined into a kernel runs once per output row, before the element-wise
    loop that uses it: softmax and layer norm become one kernel each. Where inlining
    would recompute a reduction, lowering says so and it gets a buffer (and we retry).
-5. A matmul or an f32 convolution (without groups: a Gemm over its im2col matrix) read
+5. A matmul or an f32 convolution (a Gemm over its im2col matrix per group; grouped ones with
+   fewer output channels a group than the target's `conv_group_rows` stay loop nests) read
    by one element-wise kernel and nothing else becomes that kernel: the element-wise ops
    run as its epilogue (bias + GELU, residual adds, bias + ReLU).
 6. An ALL_REDUCE has a buffer of its own, which its kernel fills with the member's partial
@@ -64,10 +65,11 @@ def schedule(graph: Graph, target: AnyTarget | Host | None = None) -> Schedule:
     users = graph.users()
     materialized = _initial(graph, users)
     tile = target.gemm_tile()   # the target's hook: a CPU's register and cache tiles
+    rows = getattr(target, "conv_group_rows", gm.MIN_GROUP_ROWS)   # which grouped convolutions are Gemms
     unfused: set[int] = set()
     for attempt in range(2 * len(graph.nodes) + 1):
-        _settle(graph, users, materialized)
-        sched, wanted = _lower_all(graph, users, materialized, unfused, tile, attempt)
+        _settle(graph, users, materialized, rows)
+        sched, wanted = _lower_all(graph, users, materialized, unfused, tile, attempt, rows)
         if not wanted:
             return sched
         for node in wanted:
@@ -87,7 +89,7 @@ def _initial(graph: Graph, users) -> set[int]:
     return mat
 
 
-def _settle(graph: Graph, users, mat: set[int]) -> None:
+def _settle(graph: Graph, users, mat: set[int], rows: int = gm.MIN_GROUP_ROWS) -> None:
     """Rules 2 and 3 to a fixed point."""
     low_precision = lowp.low_precision_nodes(graph, users)   # read in place by every Gemm reading them
     changed = True
@@ -99,7 +101,7 @@ def _settle(graph: Graph, users, mat: set[int]) -> None:
                     if x not in mat and not gm.readable(graph, x, bool(right), mat, users):
                         mat.add(lowp.operand_buffer(graph, x, bool(right), mat))
                         changed = True
-            elif gm.is_fast_conv(graph, n.id):
+            elif gm.is_fast_conv(graph, n.id, rows):
                 x, w = n.inputs
                 if x not in mat and gm.operand_view(graph, x, mat, users) is None:
                     mat.add(first_computed(graph, x, mat))
@@ -135,9 +137,10 @@ def _owners(graph: Graph, mat: set[int]) -> dict[int, set[int]]:
     return owners
 
 
-def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int) -> int | None:
+def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int,
+                      rows: int = gm.MIN_GROUP_ROWS) -> int | None:
     """The root whose kernel could run matmul `mm` with its ops as an epilogue."""
-    if not gm.is_gemm(graph, mm) or mm in graph.outputs or len(users[mm]) != 1:
+    if not gm.is_gemm(graph, mm, rows) or mm in graph.outputs or len(users[mm]) != 1:
         return None
     user = users[mm][0]
     roots = {user} if user in mat else owners.get(user, set())
@@ -150,13 +153,13 @@ def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int)
 
 
 def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
-               attempt: int = 0) -> tuple[Schedule, set[int]]:
+               attempt: int = 0, rows: int = gm.MIN_GROUP_ROWS) -> tuple[Schedule, set[int]]:
     """Lower every root; also returns the nodes lowering asked to materialize (then we retry: `attempt`)."""
     sched = Schedule(graph, set(mat))
     owners = _owners(graph, mat)
     epilogues = {}
     for mm in sorted(mat - unfused):
-        root = _fusable_epilogue(graph, users, mat, owners, mm)
+        root = _fusable_epilogue(graph, users, mat, owners, mm, rows)
         if root is not None:
             epilogues[root] = mm
     computed = {n.id for n in graph.nodes if n.op not in _BOUND}
@@ -168,7 +171,7 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
     with progress.task(name, total=len(roots), unit="kernels") as task:
         for root in roots:
             try:
-                kernel = _lower_one(graph, users, mat, root, epilogues, tile)
+                kernel = _lower_one(graph, users, mat, root, epilogues, tile, rows)
             except Materialize as m:
                 wanted.add(m.node)
                 continue
@@ -179,12 +182,13 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
     return sched, wanted
 
 
-def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile) -> Kernel:
+def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile,
+               rows: int = gm.MIN_GROUP_ROWS) -> Kernel:
     """One root's kernel; each kernel pass's result goes through `verify.checked` (free unless tests verify)."""
     mm = epilogues.get(root)
     if mm is not None:
         return _lower_matmul(graph, users, mat - {mm}, root, mm, tile)
-    if gm.is_gemm(graph, root):
+    if gm.is_gemm(graph, root, rows):
         return _lower_matmul(graph, users, mat, root, root, tile)
     if graph.nodes[root].op is Op.SCATTER:
         return checked("lower_scatter", lower_scatter(graph, root, mat, users))

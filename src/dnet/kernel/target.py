@@ -3,9 +3,9 @@
 A `Target` is the one object kernel scheduling reads hardware facts from (never a backend): its
 `kind` ("cpu" or "gpu"), a `fingerprint` for caches, and the choices that depend on it.
 
-- `CpuTarget` (a `hardware.Host`): the GEMM's register and cache tiles (`kernel.gemm.choose_tile`)
-  and the threads its parallel loops run on. Parallel loops are `Loop(parallel=n)` nests that the
-  C dialect runs on its thread pool.
+- `CpuTarget` (a `hardware.Host`): the GEMM's register and cache tiles (`kernel.gemm.choose_tile`),
+  the threads its parallel loops run on, and which grouped convolutions become Gemms. Parallel loops
+  are `Loop(parallel=n)` nests that the C dialect runs on its thread pool.
 - `GpuTarget` (facts a GPU backend reads from its driver: work-group limits, local memory, SIMD
   width, compute units): the work-group size of a grid, the grid itself, and the side of the
   square tiles a matmul keeps in local memory. `kernel.grid.map_to_grid` uses it to turn a kernel's
@@ -38,6 +38,9 @@ class CpuTarget:
     """A CPU: tiles from its vector width, registers and caches; parallel loops on `threads` threads."""
     host: Host
     threads: int | None = None      # None: every core this process may run on, read when it runs
+    # output channels per group a grouped convolution needs to become a Gemm (`kernel.gemm.is_fast_conv`):
+    # 8 where the Gemm gathers im2col panels (LLVM); 1 for the C backend's direct convolutions
+    conv_group_rows: int = 8
     kind = "cpu"
 
     def fingerprint(self) -> str:

@@ -63,7 +63,7 @@ class CBackend:
         """`activation_bits`: how matmuls against GGUF block weights quantize their activations, 16 (results
         within float rounding of f32) or 8 (llama.cpp's scheme: prefill twice as fast, a few % of logits off)."""
         host = host or detect()
-        compiled = build_program(graph, CpuTarget(host, threads), PanelPacker())
+        compiled = build_program(graph, CpuTarget(host, threads, conv_group_rows=1), PanelPacker())
         source = render_library(compiled.kernels, compiled.program, activation_bits)
         library = CLoader(cache_dir, host).library(source)
         runner = CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)

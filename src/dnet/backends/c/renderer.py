@@ -51,6 +51,11 @@ class CRenderer(CStyleRenderer):
         return self.param_type(p)
 
     def gemm(self, s: Gemm, pad: str) -> list[str]:
+        if s.b.im2col is not None:   # a convolution: direct, from a padded copy of the input (no im2col)
+            from dnet.backends.c import conv
+
+            if conv.DIRECT:
+                return conv.render_conv(self, s, pad)
         from dnet.backends.c.gemm import render_gemm
 
         return render_gemm(self, s, pad)
