@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "dnet.cli.llm_commands",
     "dnet.cli.serve_commands",
     "dnet.cli.profile_commands",
+    "dnet.cli.tune_commands",
 )
 
 

@@ -196,6 +196,11 @@ class GemmTile:
     kc: int                  # depth of one packed block
     mc: int                  # rows of a packed block of a
     nc: int = 1 << 30        # columns of b streamed through L2 while a sliver of a stays in L1
+    # the knobs `dnet tune` searches besides the cache blocks (`kernel.tune`); renderers that do not
+    # implement one keep its default
+    unroll: int = 4          # k steps per trip of the micro-kernel's loop
+    direct_a: bool = True    # read a row-major a in place rather than packing it
+    spread: int = 4          # tasks per thread the row and column split aims for
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,21 @@ class ProgramExecutor:
             self._execute(inputs, None, (times, clock))
         return times
 
+    def launch_table(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, int], dict]:
+        """(buffer table, dims, symbol values, outputs) of one run on `inputs`, every buffer placed and
+        nothing run: what a tuner runs single launches on (`launcher.run_launch(i, table, dims)`).
+        Host memory only; keep `outputs` (the arrays the table points at) while the table is used,
+        and run nothing else on this executor meanwhile (the arena is shared)."""
+        if not self._host:
+            raise BackendError("launch_table: only a program in host memory runs launches on a bare table")
+        bound = self.bind(inputs)
+        plan = self.plan(bound.env)
+        table = self.allocator.copy_table(self._table)
+        outputs = {b.id: np.empty(evaluate_shape(b.shape, bound.env), b.dtype.np) for b in self._outputs}
+        self._place_host(table, self.allocator.arena(plan.size), plan, bound.arrays, outputs)
+        dims = np.array([bound.env[s] for s in self.program.symbols] or [0], np.int64)
+        return table, dims, dict(bound.env), {"outputs": outputs, "inputs": bound.arrays}
+
     def _execute(self, inputs, transfer, timing, collective=None) -> dict[str, np.ndarray]:
         alloc = self.allocator
         bound = self.bind(inputs)

@@ -19,10 +19,12 @@ from dnet.backends.c.library import render_library
 from dnet.backends.c.packing import PanelPacker
 from dnet.backends.c.runtime import CModule
 from dnet.core import progress
+from dnet.core.tuning import TuneCache
 from dnet.errors import SerializationError
 from dnet.graph.ir import Graph
 from dnet.hardware import Host, detect
 from dnet.kernel.target import CpuTarget
+from dnet.kernel.tune import apply_tuned
 from dnet.program.collective import Collective
 from dnet.program.build import Compiled, build_program
 from dnet.program.instructions import WEIGHT, Program
@@ -59,11 +61,18 @@ class CBackend:
     name = "c"
 
     def prepare(self, graph: Graph, threads: int | None = None, cache_dir: str | Path | None = None,
-                host: Host | None = None, activation_bits: int = 16) -> CRunner:
+                host: Host | None = None, activation_bits: int = 16, tuned: bool = True) -> CRunner:
         """`activation_bits`: how matmuls against GGUF block weights quantize their activations, 16 (results
-        within float rounding of f32) or 8 (llama.cpp's scheme: prefill twice as fast, a few % of logits off)."""
+        within float rounding of f32) or 8 (llama.cpp's scheme: prefill twice as fast, a few % of logits off).
+        `tuned`: give each f32 Gemm the tile `dnet tune` measured best on this host for it, where the
+        host's tuning cache has one (else, and with False, the analytic tile)."""
         host = host or detect()
-        compiled = build_program(graph, CpuTarget(host, threads, conv_group_rows=1), PanelPacker())
+        target = CpuTarget(host, threads, conv_group_rows=1)   # depthwise too: backends/c/conv.py
+        compiled = build_program(graph, target, PanelPacker())
+        if tuned:
+            records = TuneCache(host.fingerprint(), cache_dir).load()
+            if records:   # the tiles' register blocks are unchanged, so the packed weights still fit
+                compiled.kernels = apply_tuned(compiled.kernels, records, target.thread_count(), "c")
         source = render_library(compiled.kernels, compiled.program, activation_bits)
         library = CLoader(cache_dir, host).library(source)
         runner = CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)

@@ -20,12 +20,18 @@ from __future__ import annotations
 from dnet.core.dtypes import DType
 from dnet.kernel.ir import Gemm, GemmTile, Ref
 
-DIRECT_A = True   # read row-major a in place (measured faster for MiniLM at batch 1 and 8); False packs it
-UNROLL = "#pragma GCC unroll 4"   # k steps per trip of the micro-kernel's loop: measured 2-4 % faster at 1024^3-2048^3
+# The tile's defaults (`GemmTile`: read row-major a in place, 4 k steps a trip, 4 tasks a thread) were
+# measured on MiniLM at batch 1 and 8 and on 1024^3-2048^3; `dnet tune` may pick others per Gemm.
 
 
-def support(tile: GemmTile) -> str:
-    """Packing routines and the micro-kernels for one tile shape (emitted once per library).
+def ukernel_name(tile: GemmTile) -> str:
+    """The suffix of a tile's micro-kernels: its register block, and its unroll where not the default."""
+    return f"{tile.mr}x{tile.nr}" + ("" if tile.unroll == 4 else f"_u{tile.unroll}")
+
+
+def support(tile: GemmTile, unrolls: tuple[int, ...] | None = None) -> str:
+    """Packing routines and the micro-kernels for one register block (emitted once per library), with
+    micro-kernels for each unroll in `unrolls` (default: the tile's own).
 
     Besides the full mr-row micro-kernel there are ones for a third and two thirds of mr
     rows, so the last sliver of a block (128 rows = 10 x 12 + 8) does not compute rows
@@ -33,11 +39,8 @@ def support(tile: GemmTile) -> str:
     """
     mr, nr, lanes = tile.mr, tile.nr, tile.lanes
     sfx = f"{mr}x{nr}"
-    counts = sorted({mr} | {mr * i // 3 for i in (1, 2) if mr * i // 3 > 0})
-    kernels = "".join(_ukernels(tile, rows) for rows in counts)
-    rest = "b, c, ldc, add, mr, nr, pf"
-    packed = " ".join(f"if (mr <= {n}) {{ dn_ukernel_{sfx}_r{n}(kc, a, {rest}); return; }}" for n in counts)
-    direct = " ".join(f"if (mr <= {n}) {{ dn_ukernel_direct_{sfx}_r{n}(kc, a, lda, {rest}); return; }}" for n in counts)
+    kernels = "".join(_dispatch(tile, GemmTile(**{**vars(tile), "unroll": u}))
+                      for u in sorted(set(unrolls or (tile.unroll,))))
     return f"""
 typedef float dn_vf{sfx} __attribute__((vector_size({lanes * 4})));
 typedef float dn_vfu{sfx} __attribute__((vector_size({lanes * 4}), aligned(4)));
@@ -142,13 +145,25 @@ static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, 
 }}
 
 {kernels}
-static inline void dn_ukernel_{sfx}(int64_t kc, const float* restrict a, const float* restrict b,
+"""
+
+
+def _dispatch(tile: GemmTile, unrolled: GemmTile) -> str:
+    """The micro-kernels of one unroll for each row count, and the two that pick among them."""
+    name = ukernel_name(unrolled)
+    counts = sorted({tile.mr} | {tile.mr * i // 3 for i in (1, 2) if tile.mr * i // 3 > 0})
+    kernels = "".join(_ukernels(unrolled, rows) for rows in counts)
+    rest = "b, c, ldc, add, mr, nr, pf"
+    packed = " ".join(f"if (mr <= {n}) {{ dn_ukernel_{name}_r{n}(kc, a, {rest}); return; }}" for n in counts)
+    direct = " ".join(f"if (mr <= {n}) {{ dn_ukernel_direct_{name}_r{n}(kc, a, lda, {rest}); return; }}" for n in counts)
+    return f"""{kernels}
+static inline void dn_ukernel_{name}(int64_t kc, const float* restrict a, const float* restrict b,
                                     float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
                                     const float* pf) {{
     {packed}
 }}
 
-static inline void dn_ukernel_direct_{sfx}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
+static inline void dn_ukernel_direct_{name}(int64_t kc, const float* restrict a, int64_t lda, const float* restrict b,
                                            float* restrict c, int64_t ldc, int add, int64_t mr, int64_t nr,
                                            const float* pf) {{
     {direct}
@@ -160,7 +175,8 @@ def _ukernels(tile: GemmTile, count: int) -> str:
     """The packed and the direct micro-kernel computing `count` rows of an mr x nr tile."""
     mr, nr, lanes = tile.mr, tile.nr, tile.lanes
     sfx = f"{mr}x{nr}"
-    name = f"{sfx}_r{count}"
+    name = f"{ukernel_name(tile)}_r{count}"
+    unroll = f"#pragma GCC unroll {tile.unroll}"
     nv = nr // lanes
     acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(count)]
     decl = "\n".join(f"    dn_vf{sfx} " + ", ".join(f"{a} = {{0}}" for a in row) + ";" for row in acc)
@@ -194,7 +210,7 @@ static inline void dn_ukernel_{name}(int64_t kc, const float* restrict a, const 
                                     const float* pf) {{
 {decl}
 {cpf}
-    {UNROLL}
+    {unroll}
     for (int64_t k = 0; k < kc; ++k, a += {mr}, b += {nr}, pf += {nr}) {{
 {prefetch}
 {loads}
@@ -210,7 +226,7 @@ static inline void dn_ukernel_direct_{name}(int64_t kc, const float* restrict a,
 {decl}
 {cpf}
 {rows}
-    {UNROLL}
+    {unroll}
     for (int64_t k = 0; k < kc; ++k, b += {nr}, pf += {nr}) {{
 {prefetch}
 {loads}
@@ -238,17 +254,19 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         f"const int64_t g_S = (g_M + {t.mr - 1}) / {t.mr};   /* slivers of mr rows */",
         f"int64_t g_mblocks = (g_S + {t.mc // t.mr - 1}) / {t.mc // t.mr}, g_chunks = 1;   /* row blocks of <= mc rows */",
         "/* fewer row blocks than threads: split the columns first, into chunks of 2 panels or more (a",
-        "   thread then streams only its part of b, through its own L2); then rows until 4 tasks a thread */",
-        "while (g_nt > 1 && g_mblocks * g_NB < g_nt && g_mblocks * g_NB * g_chunks < 4 * g_nt",
+        "   thread then streams only its part of b, through its own L2); then rows until `spread` tasks a thread */",
+        f"while (g_nt > 1 && g_mblocks * g_NB < g_nt && g_mblocks * g_NB * g_chunks < {t.spread} * g_nt",
         "       && 2 * g_chunks + 2 <= g_panels) g_chunks++;",
-        "if (g_nt > 1 && g_mblocks * g_NB * g_chunks < 4 * g_nt) g_mblocks = (4 * g_nt + g_NB * g_chunks - 1) / (g_NB * g_chunks);",
+        f"if (g_nt > 1 && g_mblocks * g_NB * g_chunks < {t.spread} * g_nt) "
+        f"g_mblocks = ({t.spread} * g_nt + g_NB * g_chunks - 1) / (g_NB * g_chunks);",
         "/* a multiple of the threads, so they balance without splitting columns (which packs a again) */",
         "while (g_nt > 1 && (g_mblocks * g_NB) % g_nt && g_mblocks < g_S) g_mblocks++;",
         "if (g_mblocks > g_S || g_mblocks < 1) g_mblocks = g_S > 0 ? g_S : 1;   /* no rows: one empty block */",
         f"const int64_t g_mc = (g_S + g_mblocks - 1) / g_mblocks * {t.mr};   /* the largest block; all within a sliver */",
         "/* split the columns further (each split reads a again) until the threads balance */",
         "while (g_chunks < g_panels && (g_mblocks * g_NB * g_chunks < g_nt",
-        "       || ((g_mblocks * g_NB * g_chunks) % g_nt && g_mblocks * g_NB * g_chunks < 8 * g_nt))) g_chunks++;",
+        f"       || ((g_mblocks * g_NB * g_chunks) % g_nt && g_mblocks * g_NB * g_chunks < {2 * t.spread} * g_nt))) "
+        "g_chunks++;",
         "const int64_t g_per_chunk = g_panels > 0 ? (g_panels + g_chunks - 1) / g_chunks : 1;   /* N = 0: no tasks */",
         "g_chunks = (g_panels + g_per_chunk - 1) / g_per_chunk;   /* no empty chunks */",
         "const int64_t g_tasks = g_mblocks * g_chunks;",
@@ -274,11 +292,11 @@ def render_gemm(r, g: Gemm, pad: str) -> list[str]:
         out += r.outline(pack, "g_NB * ((g_panels + 7) / 8)", f"(g_K * {8 * t.nr} >= 16384 || g_K <= 0 ? 1 : 16384 / (g_K * {8 * t.nr}))", pad)
     # a with unit column stride (row-major activations) is read in place, unless its rows lie a
     # multiple of 4 KiB apart (all in one L1 set); otherwise it is packed block by block
-    direct = g.a.col_stride == 1 and DIRECT_A
+    direct = g.a.col_stride == 1 and t.direct_a
     out.append(pad + f"const int g_direct = {'1' if direct else '0'} && ({ix(g.a.row_stride)} * 4) % 4096 != 0;")
     r.locals.append(("const int", "g_direct"))
-    packed_call = f"dn_ukernel_{sfx}(g_kc, g_apack + g_ir * g_kc"
-    direct_call = (f"dn_ukernel_direct_{sfx}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
+    packed_call = f"dn_ukernel_{ukernel_name(t)}(g_kc, g_apack + g_ir * g_kc"
+    direct_call = (f"dn_ukernel_direct_{ukernel_name(t)}(g_kc, {g.a.buffer} + g_off_a + (g_i0 + g_ir) * {ix(g.a.row_stride)} "
                    f"+ g_pc, {ix(g.a.row_stride)}")
     bpan = g.b.buffer if g.b.packed else f"{g.scratch} + g_bb * g_panels * {t.nr} * g_K"
     int8 = bool(g.b.scale)

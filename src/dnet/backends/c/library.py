@@ -18,8 +18,11 @@ from dnet.program.instructions import Launch, Program, segments
 
 def render_library(kernels: dict[str, Kernel], program: Program, activation_bits: int = 16) -> str:
     tiles = sorted({s.tile for k in kernels.values() for s in k.body if isinstance(s, Gemm)},
-                   key=lambda t: (t.mr, t.nr, t.kc, t.mc))
-    parts = [PRELUDE, *(support(t) for t in {(t.mr, t.nr): t for t in tiles}.values())]
+                   key=lambda t: (t.mr, t.nr, t.kc, t.mc, t.unroll))
+    unrolls: dict[tuple[int, int], set[int]] = {}
+    for t in tiles:
+        unrolls.setdefault((t.mr, t.nr), set()).add(t.unroll)
+    parts = [PRELUDE, *(support(t, tuple(unrolls[t.mr, t.nr])) for t in {(t.mr, t.nr): t for t in tiles}.values())]
     low = {(s.tile.mr, s.tile.nr): s.tile for k in kernels.values() for s in k.body
            if isinstance(s, Gemm) and s.a.dtype is not DType.F32}
     if low:   # int8 / bf16 Gemms (dnet.backends.c.igemm)
@@ -39,6 +42,20 @@ def render_library(kernels: dict[str, Kernel], program: Program, activation_bits
               for i, seg in enumerate(segments(program)) if i % 2 == 0]
     launches = [ins for ins in program.instrs if isinstance(ins, Launch)]
     parts += [_segment(f"launch_{i}", [ins], kernels, program) for i, ins in enumerate(launches)]
+    return "\n\n".join(parts) + "\n"
+
+
+def render_variants(kernels: dict[str, Kernel], entries: dict[str, Launch], program: Program) -> str:
+    """A small library of f32 Gemm kernels alone (variants of a program's, `dnet tune`), each entry
+    `dnet_<name>(bufs, dims)` running its launch on the program's buffer table."""
+    tiles = {s.tile for k in kernels.values() for s in k.body if isinstance(s, Gemm)}
+    unrolls: dict[tuple[int, int], set[int]] = {}
+    for t in tiles:
+        unrolls.setdefault((t.mr, t.nr), set()).add(t.unroll)
+    firsts = {(t.mr, t.nr): t for t in sorted(tiles, key=lambda t: (t.mr, t.nr, t.kc, t.mc, t.unroll))}
+    parts = [PRELUDE, *(support(t, tuple(unrolls[key])) for key, t in firsts.items())]
+    parts += [render_kernel(kernel) for kernel in kernels.values()]
+    parts += [_segment(name, [launch], kernels, program) for name, launch in entries.items()]
     return "\n\n".join(parts) + "\n"
 
 
