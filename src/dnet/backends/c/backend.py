@@ -28,7 +28,7 @@ from dnet.kernel.tune import apply_tuned
 from dnet.program.collective import Collective
 from dnet.program.build import Compiled, build_program
 from dnet.program.instructions import WEIGHT, Program
-from dnet.program.inputs import check_gather_indices, gathered_inputs
+from dnet.program.inputs import GatherChecks
 
 FORMAT = "dnet-c/1"
 LIB, PROGRAM, WEIGHTS = "c_lib.so", "c_program.json", "c_weights.bin"
@@ -41,16 +41,14 @@ class CRunner:
         self.module = module
         self.compiled = compiled
         self.source = source
-        self.gathered: dict[str, int] = {}
+        self.gathered = GatherChecks()
 
     @property
     def program(self) -> Program:
         return self.module.program
 
     def run(self, inputs: Mapping[str, np.ndarray], collective: Collective | None = None) -> dict[str, np.ndarray]:
-        for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
-            if name in inputs:
-                check_gather_indices(np.asarray(inputs[name]), size)
+        self.gathered.check(inputs)   # the kernels clamp an index; the reference raises
         return self.module.run(inputs, collective=collective)
 
     def save(self, directory: Path) -> None:
@@ -76,12 +74,12 @@ class CBackend:
         source = render_library(compiled.kernels, compiled.program, activation_bits)
         library = CLoader(cache_dir, host).library(source)
         runner = CRunner(CModule(compiled.program, library, compiled.weights, threads), compiled, source)
-        runner.gathered = gathered_inputs(graph)
+        runner.gathered = GatherChecks.of_graph(graph)
         return runner
 
     def load(self, graph: Graph, directory: Path, threads: int | None = None) -> CRunner:
         runner = CRunner(load_compiled(directory, graph.weights, threads))
-        runner.gathered = gathered_inputs(graph)
+        runner.gathered = GatherChecks.of_graph(graph)
         return runner
 
 

@@ -21,14 +21,14 @@ from dnet.hardware import Host, detect
 from dnet.kernel.target import CpuTarget
 from dnet.program.build import Compiled as CompiledProgram, build_program
 from dnet.program.collective import Collective
-from dnet.program.inputs import check_gather_indices, gathered_inputs
+from dnet.program.inputs import GatherChecks
 from dnet.program.instructions import Program
 
 
 class LLVMRunner:
     """What `dnet.compile(..., target='llvm')` runs: an LLVMModule, plus the IR it was built from."""
 
-    def __init__(self, module: LLVMModule, compiled: CompiledProgram, source: str, gathered: dict[str, int]):
+    def __init__(self, module: LLVMModule, compiled: CompiledProgram, source: str, gathered: GatherChecks):
         self.module = module
         self.compiled = compiled
         self.source = source
@@ -39,9 +39,7 @@ class LLVMRunner:
         return self.module.program
 
     def run(self, inputs: Mapping[str, np.ndarray], collective: Collective | None = None) -> dict[str, np.ndarray]:
-        for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
-            if name in inputs:
-                check_gather_indices(np.asarray(inputs[name]), size)
+        self.gathered.check(inputs)   # the kernels clamp an index; the reference raises
         return self.module.run(inputs, collective=collective)
 
 
@@ -58,4 +56,4 @@ class LLVMBackend:
         source = render_module(compiled.kernels, compiled.program, state.native_half)
         machine_code = LLVMLoader(cache_dir).compile(source)
         module = LLVMModule(compiled.program, machine_code, compiled.weights, threads)
-        return LLVMRunner(module, compiled, source, gathered_inputs(graph))
+        return LLVMRunner(module, compiled, source, GatherChecks.of_graph(graph))

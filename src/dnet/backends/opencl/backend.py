@@ -17,7 +17,7 @@ from dnet.core import progress
 from dnet.graph.ir import Graph
 from dnet.backends.c.packing import PanelPacker
 from dnet.program.build import Compiled, build_program
-from dnet.program.inputs import check_gather_indices, gathered_inputs
+from dnet.program.inputs import GatherChecks
 from dnet.program.instructions import Program
 
 
@@ -25,7 +25,7 @@ from dnet.program.instructions import Program
 class OpenCLRunner:
     """What `dnet.compile(..., target='opencl')` runs: an OpenCLModule, plus what it was built from."""
 
-    def __init__(self, module: OpenCLModule, compiled: Compiled, gathered: dict[str, int]):
+    def __init__(self, module: OpenCLModule, compiled: Compiled, gathered: GatherChecks):
         self.module = module
         self.compiled = compiled
         self.gathered = gathered
@@ -39,9 +39,7 @@ class OpenCLRunner:
         return self.module.source
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, size in self.gathered.items():   # the kernels clamp an index; the reference raises
-            if name in inputs:
-                check_gather_indices(np.asarray(inputs[name]), size)
+        self.gathered.check(inputs)   # the kernels clamp an index; the reference raises
         return self.module.run(inputs)
 
 
@@ -60,7 +58,7 @@ class OpenCLBackend:
                 task.advance()
         with progress.task(f"build OpenCL program for {device.name}", total=None):
             module = OpenCLModule(compiled.program, compiled.kernels, kernels, compiled.weights, device)
-        return OpenCLRunner(module, compiled, gathered_inputs(graph))
+        return OpenCLRunner(module, compiled, GatherChecks.of_graph(graph))
 
 
 def gemm_shape(device: Device) -> GemmShape:
