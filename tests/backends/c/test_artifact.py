@@ -48,7 +48,7 @@ def test_wrong_input_shape_is_a_shape_error(exe):
 
 
 @pytest.mark.parametrize("damage", ["flip a byte of the library", "truncate the library", "drop the digests",
-                                    "change the program"])
+                                    "change the program", "flip a byte of the weights", "a digest not a string"])
 def test_a_changed_artefact_is_refused_before_it_is_loaded(exe, tmp_path, damage):
     import json
 
@@ -62,12 +62,38 @@ def test_a_changed_artefact_is_refused_before_it_is_loaded(exe, tmp_path, damage
         lib.write_bytes(bytes(data))
     elif damage == "truncate the library":
         lib.write_bytes(lib.read_bytes()[:4096])
+    elif damage == "flip a byte of the weights":
+        weights = tmp_path / "art" / backend.WEIGHTS
+        data = bytearray(weights.read_bytes())
+        assert data, "the test model's weights are packed into the artefact"
+        data[len(data) // 2] ^= 1
+        weights.write_bytes(bytes(data))
     else:
         manifest = json.loads(program.read_text())
         if damage == "drop the digests":
             del manifest["sha256"]
+        elif damage == "a digest not a string":
+            manifest["sha256"][backend.WEIGHTS] = 7
         else:
             manifest["program"]["buffers"][0]["name"] += "x"
         program.write_text(json.dumps(manifest))
     with pytest.raises(SerializationError, match="SHA-256|sha256"):
+        load_artifact(art)
+
+
+@pytest.mark.parametrize("offset", ["12", -8, 1 << 40, None])
+def test_a_bad_weight_offset_in_the_manifest_is_a_serialization_error(exe, tmp_path, offset):
+    """The offsets sit beside the hashed program, so they are checked one by one: a dnet error, never numpy's."""
+    import json
+
+    from dnet.errors import SerializationError
+
+    art = save_artifact(exe, tmp_path / "art") or tmp_path / "art"
+    program = tmp_path / "art" / backend.PROGRAM
+    manifest = json.loads(program.read_text())
+    assert manifest["weights"], "the test model has weights packed into the artefact"
+    first = next(iter(manifest["weights"]))
+    manifest["weights"][first] = offset
+    program.write_text(json.dumps(manifest))
+    with pytest.raises(SerializationError, match="bad offset"):
         load_artifact(art)

@@ -129,7 +129,11 @@ def load_compiled(directory: str | Path, graph_weights: Mapping[str, np.ndarray]
             continue
         if str(b.id) in manifest["weights"]:
             count = int(np.prod(b.shape, dtype=np.int64))
-            weights[b.id] = np.frombuffer(blob, b.dtype.np, count, manifest["weights"][str(b.id)]).reshape(b.shape)
+            offset = manifest["weights"][str(b.id)]
+            # the offsets sit outside the hashed program: an odd one is a dnet error, not numpy's
+            if type(offset) is not int or offset < 0 or offset + count * b.dtype.np.itemsize > size:
+                raise SerializationError(f"{root}: weight '{b.name}' has a bad offset {offset!r} in {PROGRAM}")
+            weights[b.id] = np.frombuffer(blob, b.dtype.np, count, offset).reshape(b.shape)
         elif b.name in graph_weights:
             weights[b.id] = graph_weights[b.name]
         else:
