@@ -175,9 +175,13 @@ def load_artifact(directory: Path | str) -> Executable:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError) as err:
         raise SerializationError(f"{directory} is not a dnet artefact: {err}") from None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise SerializationError(f"{directory}: artefact format {manifest.get('format')}, expected {ARTIFACT_FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise SerializationError(f"{directory}: artefact format {found}, expected {ARTIFACT_FORMAT}")
+    target = manifest.get("target")
+    if not isinstance(target, str):
+        raise SerializationError(f"{directory}: manifest.json has no valid 'target' field (found {target!r})")
     graph = load(directory / "graph")
-    backend = registry.get(manifest["target"])
+    backend = registry.get(target)
     runner = backend.load(graph, directory) if hasattr(backend, "load") else backend.prepare(graph)
-    return Executable(graph, manifest["target"], runner=runner)
+    return Executable(graph, target, runner=runner)

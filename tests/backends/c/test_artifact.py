@@ -97,3 +97,23 @@ def test_a_bad_weight_offset_in_the_manifest_is_a_serialization_error(exe, tmp_p
     program.write_text(json.dumps(manifest))
     with pytest.raises(SerializationError, match="bad offset"):
         load_artifact(art)
+
+
+@pytest.mark.parametrize("change", ["drop the target", "a target not a name", "not an object"])
+def test_a_malformed_artefact_manifest_is_a_serialization_error(exe, tmp_path, change):
+    import json
+
+    from dnet.errors import SerializationError
+
+    save_artifact(exe, tmp_path / "art")
+    path = tmp_path / "art" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if change == "drop the target":
+        del manifest["target"]
+    elif change == "a target not a name":
+        manifest["target"] = ["c"]
+    else:
+        manifest = [manifest]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SerializationError, match="target|artefact format"):
+        load_artifact(tmp_path / "art")
