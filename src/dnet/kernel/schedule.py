@@ -32,6 +32,7 @@ from dnet.kernel import lowp_gemm as lowp
 from dnet.kernel.ir import Kernel
 from dnet.kernel import qgemm
 from dnet.kernel.lower import Materialize, first_computed, lower_elementwise, lower_scatter
+from dnet.kernel.pool import pool_geometry
 from dnet.kernel.reuse import reuse_reduced_values
 from dnet.kernel.target import AnyTarget, as_target
 from dnet.kernel.verify import checked
@@ -193,6 +194,10 @@ def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, t
     if graph.nodes[root].op is Op.SCATTER:
         return checked("lower_scatter", lower_scatter(graph, root, mat, users))
     kernel = checked("lower_elementwise", lower_elementwise(graph, root, mat, users))
+    if graph.nodes[root].op.cls is OpClass.POOL:   # for backends that vectorise pools (kernel/pool.py)
+        geometry = pool_geometry(graph, root, kernel, mat, users)
+        if geometry is not None:
+            kernel.meta["pool"] = geometry
     return checked("reuse_reduced_values", reuse_reduced_values(kernel))
 
 

@@ -1,6 +1,7 @@
 """The C backend's direct convolutions (`backends/c/conv.py`) against the numpy reference.
 
-One graph holds convolutions of every kind the kernel distinguishes: 3x3 with a bias and ReLU
+One graph holds pools (max; average dividing by the window or by its part inside the image; one over a
+transposed view of the input) and convolutions of every kind the kernel distinguishes: 3x3 with a bias and ReLU
 epilogue and a ragged number of output channels (13: a full and a partial row sliver), strides (2, 3)
 with dilation and asymmetric padding, depthwise (one output channel a group, the wide tile) with
 stride 2, depthwise with a channel multiplier of 2, a grouped 1x1 with stride 2, a 7x7 stem, a
@@ -51,6 +52,14 @@ CONVS = {
     "pointwise": (30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, "bias_relu"),
 }
 
+# name -> (op, attributes, kernel, stride, padding): vectorised pools (backends/c/pool.py)
+POOLS = {
+    "maxpool": (Op.MAXPOOL2D, {}, (3, 3), (2, 2), (1, 1, 1, 1)),
+    "avg_inside": (Op.AVGPOOL2D, {"count_include_pad": False}, (2, 3), (1, 2), (0, 1, 1, 1)),
+    "avg_pad": (Op.AVGPOOL2D, {"count_include_pad": True}, (3, 3), (1, 1), (1, 1, 1, 1)),
+    "transposed": (Op.MAXPOOL2D, {}, (2, 2), (2, 2), (0, 0, 0, 0)),
+}
+
 
 def conv_graph():
     rng = np.random.default_rng(0)
@@ -65,6 +74,9 @@ def conv_graph():
         elif epilogue == "residual":   # a value of the same shape, added as the tile is stored
             y = g.elementwise(Op.ADD, y, g.elementwise(Op.MUL, y, y))
         g.output(name, y)
+    for name, (op, extra, kernel, stride, padding) in POOLS.items():
+        source = g.permute(x, (0, 1, 3, 2)) if name == "transposed" else x   # a strided view of the input
+        g.output(name, g.node(op, [source], kernel=kernel, stride=stride, padding=padding, **extra))
     return g.finish()
 
 
@@ -104,6 +116,9 @@ def test_every_convolution_is_a_direct_convolution(tmp_path):
     for taps in (9, 15, 1, 49):
         assert f"dn_conv_t{taps}(wide, g_C" in exe.runner.source
     assert not re.search(r"dn_pack_im2col_\w+\(g_K", exe.runner.source) and "dn_parallel" in exe.runner.source
+    pools = [k for k in exe.runner.compiled.kernels.values() if "pool" in k.meta]
+    assert len(pools) == len(POOLS)   # each with its geometry, rendered from phase planes
+    assert exe.runner.source.count("-INFINITY);") >= 2
 
 
 def test_depthwise_stays_a_loop_nest_where_the_gemm_gathers_im2col():
@@ -124,7 +139,7 @@ def test_direct_convolutions_match_the_reference(path, tmp_path_factory, monkeyp
     exe.runner.module.set_threads(threads)
     x = np.random.default_rng(seed).standard_normal((n, C, h, w)).astype(np.float32)
     got, want = exe.run({"x": x}), run_graph(GRAPH, {"x": x})
-    for name in CONVS:
+    for name in [*CONVS, *POOLS]:
         assert got[name].shape == want[name].shape
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=f"{name} on {path}")
 

@@ -113,6 +113,49 @@ def test_cnn_matches_onnx_runtime_at_two_batch_sizes(cnn, target, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+class InvertedResidual(torch.nn.Module):
+    """MobileNetV2's block: a 1x1 expansion, a 3x3 depthwise convolution (stride 1 or 2), a 1x1 projection,
+    ReLU6 (an ONNX Clip) after the first two, the input added back where the shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        nn, wide = torch.nn, 4 * c_in
+        self.body = nn.Sequential(nn.Conv2d(c_in, wide, 1), nn.BatchNorm2d(wide), nn.ReLU6(),
+                                  nn.Conv2d(wide, wide, 3, stride, 1, groups=wide), nn.BatchNorm2d(wide), nn.ReLU6(),
+                                  nn.Conv2d(wide, c_out, 1), nn.BatchNorm2d(c_out))
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+@pytest.mark.parametrize("target", ["numpy", "c", "llvm"])
+def test_depthwise_blocks_match_onnx_runtime(target, tmp_path):
+    """Two inverted residual blocks (the second with stride 2) and a max pool, odd image sizes: the C
+    backend's depthwise convolutions and pools are its direct kernels, LLVM's the loop nest."""
+    import onnx
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(InvertedResidual(6, 6, 1), InvertedResidual(6, 10, 2), torch.nn.MaxPool2d(3, 2, 1))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "mobile.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, 6, 19, 23),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}}, dynamo=False, opset_version=17)
+    convs = [n for n in onnx.load(path).graph.node if n.op_type == "Conv"]
+    assert sum(1 for n in convs for a in n.attribute if a.name == "group" and a.i > 1) == 2
+    exe = dnet.compile(dnet.from_onnx(str(path)), target=target, **({"cache_dir": tmp_path} if target != "numpy" else {}))
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 6, 19, 23)).astype(np.float32)
+        (want,), (got,) = ort_run(str(path), {"x": x}), dnet_run(exe, {"x": x})
+        assert got.shape == want.shape == (batch, 10, 5, 6)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def _decoder(kind: str):
     """A 2-layer decoder from a transformers config with seeded random weights (no download)."""
     from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel

@@ -47,7 +47,7 @@ TASKS_PER_THREAD = 4   # bands x row groups a thread gets at least, where the ou
 IMAGE_FLOATS = 1 << 17   # a band's phase image at most (512 KiB), where the output has rows enough
 
 
-def _common() -> str:
+def common() -> str:
     """Path macros, vector types, the workspace and `dnet_conv_path` (once per library)."""
     branches = []
     for i, (name, cond, lanes, mr, nv, nvw) in enumerate(PATHS):
@@ -82,18 +82,18 @@ static float* dn_conv_workspace(int64_t n) {{
 }}
 
 /* one row of a phase plane: d[q] = x row at column q * sw + px - left (src: the row, xw: its stride),
-   0 outside [0, w) */
+   `fill` outside [0, w) (0 for convolutions and average pools, -inf for max pools) */
 static inline void dn_conv_row(float* restrict d, const float* restrict src, int64_t wq, int64_t w, int64_t sw,
-                               int64_t px, int64_t left, int64_t xw) {{
+                               int64_t px, int64_t left, int64_t xw, float fill) {{
     const int64_t off = px - left;
     int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw, hi = w - off <= 0 ? 0 : (w - off + sw - 1) / sw;
     lo = lo < wq ? lo : wq;
     hi = hi < wq ? (hi > lo ? hi : lo) : wq;
     int64_t q = 0;
-    for (; q < lo; ++q) d[q] = 0.0f;
+    for (; q < lo; ++q) d[q] = fill;
     if (sw == 1 && xw == 1) {{ memcpy(d + lo, src + lo + off, (size_t)(hi - lo) * sizeof(float)); q = hi; }}
     else for (; q < hi; ++q) d[q] = src[(q * sw + off) * xw];
-    for (; q < wq; ++q) d[q] = 0.0f;
+    for (; q < wq; ++q) d[q] = fill;
 }}
 #endif
 """
@@ -175,7 +175,7 @@ def render_conv(r, g: Gemm, pad: str) -> list[str]:
     top, left = (ix(p) for p in c.pad)
     xc, xh, xw = (ix(s) for s in c.strides)
     ey, ex = (kh - 1) * dh // sh, (kw - 1) * dw // sw    # plane rows and columns beyond the output's
-    for text in (_common(), _support(taps)):
+    for text in (common(), _support(taps)):
         if text not in r.helpers:
             r.helpers.append(text)
     nbatch = "*".join(["1"] + [ix(b) for b in g.batch])
@@ -209,7 +209,7 @@ def render_conv(r, g: Gemm, pad: str) -> list[str]:
                  f"                const int64_t g_R = (g_r0 + g_r) * {sh} + {py} - {top};",
                  "                if (g_R < 0 || g_R >= g_H) { memset(g_dst + g_r * g_WQ, 0, (size_t)g_WQ * sizeof(float)); continue; }",
                  f"                dn_conv_row(g_dst + g_r * g_WQ, {g.b.buffer} + g_off_b + g_ch * {xc} + g_R * {xh}, g_WQ, "
-                 f"g_W, {sw}, {px}, {left}, {xw});",
+                 f"g_W, {sw}, {px}, {left}, {xw}, 0.0f);",
                  "            }",
                  "        }"]
     tap = ", ".join(f"{pid[(y * dh % sh, z * dw % sw)]} * g_plane + {y * dh // sh} * g_WQ + {z * dw // sw}"

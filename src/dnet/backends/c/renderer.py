@@ -142,7 +142,12 @@ class CRenderer(CStyleRenderer):
 
     def render(self) -> str:
         body = []
-        for stmt in self.kernel.body:         # top-level values are visible to outlined loops
+        pool = self.kernel.meta.get("pool")
+        if pool is not None:                  # a pool with its geometry: vectorised (backends/c/pool.py)
+            from dnet.backends.c.pool import render_pool
+
+            body = render_pool(self, pool, "    ")
+        for stmt in self.kernel.body if pool is None else ():   # top-level values are visible to outlined loops
             body += self.stmt(stmt, "    ")
             self.locals += _declared(stmt)
         return "\n\n".join(self.helpers + ["\n".join([self.signature() + " {"] + body + ["}"])])
