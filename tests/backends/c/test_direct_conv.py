@@ -114,7 +114,7 @@ def test_every_convolution_is_a_direct_convolution(tmp_path):
     gemms = [k.body[0] for k in exe.runner.compiled.kernels.values() if isinstance(k.body[0], Gemm)]
     assert len(gemms) == len(CONVS) and all(g.b.im2col is not None for g in gemms)
     for taps in (9, 15, 1, 49):
-        assert f"dn_conv_t{taps}(wide, g_C" in exe.runner.source
+        assert re.search(rf"dn_conv_t{taps}[pd]\(wide, g_C", exe.runner.source)
     assert not re.search(r"dn_pack_im2col_\w+\(g_K", exe.runner.source) and "dn_parallel" in exe.runner.source
     pools = [k for k in exe.runner.compiled.kernels.values() if "pool" in k.meta]
     assert len(pools) == len(POOLS)   # each with its geometry, rendered from phase planes
@@ -151,3 +151,21 @@ def test_forced_paths_agree(tmp_path_factory, monkeypatch):
     for other in results[1:]:
         for name, y in results[0].items():
             np.testing.assert_allclose(other[name], y, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_small_images_read_the_weights_in_place(tmp_path, threads):
+    """Below `PACK_MIN_PIXELS` output pixels (a 7 x 7 image), the slivers' weights are read where they lie,
+    rows at the weight's stride (20 output channels: a full sliver and a partial one)."""
+    rng = np.random.default_rng(threads)
+    g = GraphBuilder()
+    x = g.input("x", TensorType(("n", 24, 7, 7), DType.F32))
+    w = g.const("w", rng.standard_normal((20, 24, 3, 3)).astype(np.float32))
+    y = g.node(Op.CONV2D, [x, w], stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    g.output("y", g.elementwise(Op.MAX, y, 0.0))
+    graph = g.finish()
+    exe = dnet.compile(graph, target="c", cache_dir=tmp_path)
+    assert "dn_conv_t9d(wide, g_C" in exe.runner.source
+    exe.runner.module.set_threads(threads)
+    feeds = {"x": rng.standard_normal((2, 24, 7, 7)).astype(np.float32)}
+    np.testing.assert_allclose(exe.run(feeds)["y"], run_graph(graph, feeds)["y"], rtol=1e-4, atol=1e-4)

@@ -65,7 +65,7 @@ def render_pool(r, p: PoolGeometry, pad: str) -> list[str]:
         f"    const int64_t g_off = {ix(p.offset)} + g_nc / g_C * {s0} + g_nc % g_C * {s1};",
         "    const int64_t g_r0 = g_band * g_OH / g_bands, g_rows = (g_band + 1) * g_OH / g_bands - g_r0;",
         f"    const int64_t g_HB = g_rows + {ey}, g_plane = g_HB * g_WQ;",
-        f"    float* g_img = dn_conv_workspace({len(phases)} * g_plane + g_WQ);",
+        f"    float* g_img = dn_conv_workspace(0, {len(phases)} * g_plane + g_WQ);",
         *fill_planes,
         "    for (int64_t g_rr = 0; g_rr < g_rows; ++g_rr) {",
         "        float* restrict g_o = out + (g_nc * g_OH + g_r0 + g_rr) * g_OW;",
