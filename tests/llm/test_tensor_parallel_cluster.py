@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dnet.llm import load
-from dnet.topology import Topology
+from dnet.topology import Device, Topology
 
 from test_cluster_generation import PROMPTS, greedy
 
@@ -51,7 +51,10 @@ def test_a_member_killed_mid_generation_the_survivors_finish_every_sequence(sing
 
 
 def test_auto_keeps_a_group_whose_exchanges_cost_more_than_they_save(single):
-    """Two equal nodes over a link of 1 ms: 60 all-reduces a token cost far more than half the model saves."""
-    topo = Topology.local(2, latency=1e-3)
+    """Two equal nodes over a link of 1 ms: 60 all-reduces a token cost far more than half the model saves.
+    The nodes' figures are given, not probed: a probe taken while the machine is busy (kept ten minutes, marked
+    suspect) prices a step at half a second, and then a group would pay."""
+    device = Device(kind="cpu", cores=1, compute={"f32": 50e9}, memory=8e9, memory_bandwidth=10e9)
+    topo = Topology.local(2, device=device, latency=1e-3)    # a step about 10 ms on one node, by these figures
     with load(context=CONTEXT, topology=topo, parallel="auto") as llm:
         assert not llm.engine.exe.pipeline.parallel
