@@ -23,6 +23,7 @@ from typing import Any
 from dnet.cluster.auth import connect
 from dnet.cluster.protocol import DEFAULT_LIMITS
 from dnet.cluster.tls import CERT_FILE, ClusterTls
+from dnet.core import progress
 from dnet.errors import DnetError
 from dnet.topology import Device, Node, Topology
 
@@ -131,7 +132,8 @@ def listen(timeout_s: float) -> list[Heard]:
     conf = zc.Zeroconf(ip_version=zc.IPVersion.V4Only)
     browser = zc.ServiceBrowser(conf, SERVICE, handlers=[on_change])
     try:
-        time.sleep(timeout_s)
+        with progress.task("listen for announcements"):    # as long as asked: nothing to count meanwhile
+            time.sleep(timeout_s)
         heard: dict[str, Heard] = {}
         with lock:
             found = list(names)
@@ -158,19 +160,25 @@ class Found:
 
 def verify(heard: list[Heard], secret: str, tls: ClusterTls | None) -> list[Found]:
     """Accept the workers that complete the handshake with `secret` (and TLS), refuse the others."""
+    out = []
+    with progress.task("verify workers heard", total=len(heard), unit="workers") as task:
+        for h in heard:
+            out.append(_verify_one(h, secret, tls))
+            task.advance()
+    return out
+
+
+def _verify_one(h: Heard, secret: str, tls: ClusterTls | None) -> Found:
     from dnet.cluster.coordinator import parse_address
 
-    out = []
-    for h in heard:
-        host, port = parse_address(h.address)
-        try:
-            connect(host, port, secret, DEFAULT_LIMITS, tls=tls).close()
-            out.append(Found(h, True))
-        except DnetError as err:   # AuthError: another secret; TlsError: a certificate from another CA
-            out.append(Found(h, False, str(err).removeprefix(f"{h.address} ")))   # its address is listed beside
-        except OSError as err:
-            out.append(Found(h, False, f"unreachable: {err.strerror or err}"))
-    return out
+    host, port = parse_address(h.address)
+    try:
+        connect(host, port, secret, DEFAULT_LIMITS, tls=tls).close()
+        return Found(h, True)
+    except DnetError as err:   # AuthError: another secret; TlsError: a certificate from another CA
+        return Found(h, False, str(err).removeprefix(f"{h.address} "))   # its address is listed beside
+    except OSError as err:
+        return Found(h, False, f"unreachable: {err.strerror or err}")
 
 
 def topology_of(addresses: list[str], secret: str, tls: ClusterTls | None, names: list[str] | None = None,
