@@ -133,6 +133,21 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(served, server):
     assert len(served.llm.engine.cache.free) == 16
 
 
+def test_a_client_that_leaves_before_a_whole_answer_frees_its_slot(served, server):
+    """Not streamed: the server notices the closed connection while it waits for the whole answer and
+    cancels the generation long before its 400 tokens."""
+    cancelled, generated = served.batcher.stats.cancelled, served.batcher.stats.generated_tokens
+    body = {"model": "smollm2", "messages": chat("Write a long story."), "max_tokens": 400, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 10
+    while (served.batcher.running or served.batcher.stats.cancelled == cancelled) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.batcher.stats.cancelled == cancelled + 1 and served.batcher.running == 0
+    assert served.batcher.stats.generated_tokens - generated < 400
+    assert len(served.llm.engine.cache.free) == 16
+
+
 def test_a_full_queue_answers_429_and_the_waiting_are_served(served, server, client):
     """16 slots busy with open streams and the 4 waiting places taken: the next request is a 429; once the
     streams close, the waiting ones are served."""
@@ -153,6 +168,7 @@ def test_a_full_queue_answers_429_and_the_waiting_are_served(served, server, cli
         waiting = [pool.submit(client.chat.completions.create, model="smollm2", messages=chat(q), max_tokens=4,
                                temperature=0) for q in QUESTIONS[:4]]
         wait_for(lambda: served.batcher.waiting == 4)
+        _metrics_show_a_full_batch(server, served)
         with pytest.raises(openai.RateLimitError, match="waiting"):
             client.chat.completions.create(model="smollm2", messages=chat("x"), max_tokens=4)
         assert served.batcher.stats.rejected == rejected + 1
@@ -160,6 +176,33 @@ def test_a_full_queue_answers_429_and_the_waiting_are_served(served, server, cli
             s.__exit__(None, None, None)
         assert [w.result().choices[0].message.content for w in waiting] == [alone(served, q, 4)
                                                                             for q in QUESTIONS[:4]]
+
+
+def _scrape(server) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics").text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def _metrics_show_a_full_batch(server, served):
+    """/metrics while 16 streams run and 4 requests wait: the gauges hold those numbers, and the KV cache in
+    use is whole positions of the size the model's shape gives (every layer keeps a key and a value row of
+    kv_heads x head_dim f32), growing to 16 prompts (prompts are fed in chunks over several turns) and never
+    past 16 prompts of 400 tokens more."""
+    values = _scrape(server)
+    assert values["dnet_running_sequences"] == 16 and values["dnet_queue_depth"] == 4
+    config = served.llm.config
+    per_position = config.num_layers * 2 * config.num_kv_heads * config.head_dim * 4
+    prompt = len(served.chat_prompt(chat("Write a long story.")))
+    deadline = time.monotonic() + 30
+    while (in_use := _scrape(server)["dnet_kv_cache_bytes_in_use"]) < 16 * prompt * per_position:
+        assert 0 < in_use and in_use % per_position == 0 and time.monotonic() < deadline, in_use / per_position
+        time.sleep(0.05)
+    values = _scrape(server)
+    assert values["dnet_kv_cache_bytes_in_use"] <= 16 * (prompt + 400) * per_position
+    assert values["dnet_kv_cache_bytes_in_use"] % per_position == 0
+    assert values["dnet_tokens_per_second"] > 0      # the 16 streams are generating
+    assert values['dnet_stage_step_milliseconds{node="local",stage="0"}'] > 0
 
 
 @pytest.mark.parametrize("body, status, param, words", [

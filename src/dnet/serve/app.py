@@ -38,8 +38,6 @@ from dnet.serve.protocol import (APIError, ChatRequest, CompletionRequest, Embed
 
 log = logging.getLogger(__name__)
 
-DISCONNECT_POLL_S = 0.25     # how often a whole (non-streamed) answer checks that its client is still there
-
 
 def create_app(served: Any, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="dnet", docs_url=None, redoc_url=None, openapi_url=None)
@@ -221,15 +219,31 @@ class _Run:
 
 
 async def _whole(request: Request, answer: Awaitable[dict]) -> dict:
-    """The whole answer, or nothing if the client leaves first: its generation is cancelled then."""
+    """The whole answer, or nothing if the client leaves first: its generation is cancelled then, at once.
+
+    The client's leaving is awaited as the ASGI message `http.disconnect`, as a streamed response listens
+    for it. `request.is_disconnected()` cannot tell here: behind an `@app.middleware("http")` (Starlette's
+    BaseHTTPMiddleware) its one non-blocking look at `receive` is swallowed, and it answers False forever."""
     task = asyncio.ensure_future(answer)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            raise APIError(499, "the client closed the connection", code="client_closed")
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:           # this handler cancelled (the server stopping): the generation too
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    gone.result()                   # a failure of the listening itself is raised as it is
+    raise APIError(499, "the client closed the connection", code="client_closed")
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client has closed the connection (the body has been read: nothing else can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _sse(chunks: AsyncIterator[dict], stream: Any) -> StreamingResponse:
