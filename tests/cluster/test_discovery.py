@@ -113,3 +113,23 @@ def test_a_heard_worker_carries_its_probe_summary_and_fingerprint(workers):
 def test_discover_with_no_secret_is_a_one_line_error():
     result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "0.1"], env={SECRET_ENV: None})
     assert result.exit_code != 0 and "no cluster secret" in str(result.exception)
+
+
+def test_discover_with_json_counts_each_worker_verified_probed_and_each_link_on_stderr(workers, tmp_path):
+    """Progress as JSON lines on stderr (the tables stay on stdout): the four workers heard are verified one
+    by one, the two accepted probed, the two links between them measured."""
+    import json
+
+    secret, tls_dir, _ = workers
+    result = CliRunner().invoke(cli, ["cluster", "discover", "--timeout", "2", "--json", "-o", str(tmp_path / "c.toml"),
+                                      "--tls", str(tls_dir)], env={SECRET_ENV: secret})
+    assert result.exit_code == 0, result.output
+    events: dict[str, list[dict]] = {}
+    for line in result.stderr.splitlines():
+        record = json.loads(line)
+        events.setdefault(record.get("name", record["event"]), []).append(record)
+    assert [e["event"] for e in events["listen for announcements"]] == ["start", "done"]
+    for name, count in (("verify workers heard", 4), ("probe workers", 2), ("measure links between workers", 2)):
+        assert [e["event"] for e in events[name]] == ["start"] + ["advance"] * count + ["done"], name
+        assert events[name][-1]["completed"] == events[name][-1]["total"] == count
+    assert "accepted" in result.stdout and "{" not in result.stdout

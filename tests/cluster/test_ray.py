@@ -194,3 +194,35 @@ def test_the_ray_example_of_cluster_md_runs_smollm2_and_a_model_as_one_node_does
     with dnet.llm.load() as one:
         assert scope["text"] == one.generate("The capital of France is", max_tokens=12, temperature=0)
     assert not scope["topology"].cluster.actors   # closed: its actors are gone
+
+
+def _json_events(stderr: str) -> dict[str, list[dict]]:
+    """`--json`'s lines on stderr, by task name (notes under "note")."""
+    import json
+
+    events: dict[str, list[dict]] = {}
+    for line in stderr.splitlines():
+        record = json.loads(line)
+        events.setdefault(record.get("name", record["event"]), []).append(record)
+    return events
+
+
+def test_dnet_cluster_ray_prints_a_worker_per_ray_node_and_reports_progress_as_json(topology):
+    """The command on the running Ray cluster (it places actors of its own): a row per Ray node with
+    the CPUs Ray gives it, and with --json each step counted on stderr, one worker and one link at a time."""
+    from click.testing import CliRunner
+
+    from dnet.cli.main import _load_commands, cli
+
+    _load_commands()
+    result = CliRunner().invoke(cli, ["cluster", "ray", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.count("│") > 4 and "ray-" in line]
+    assert len(rows) == len(CPUS)
+    assert sorted(int(row.split("│")[7].strip()) for row in rows) == CPUS      # the "Ray CPUs" column
+    events = _json_events(result.stderr)
+    started = events["start dnet workers on Ray nodes"]
+    assert [e["event"] for e in started] == ["start"] + ["advance"] * len(CPUS) + ["done"]
+    links = events["measure links between workers"]
+    assert links[-1]["event"] == "done" and links[-1]["completed"] == links[-1]["total"] == len(CPUS) * (len(CPUS) - 1)
+    assert events["note"][-1]["workers"] == len(CPUS) and events["note"][-1]["formed_s"] > 0

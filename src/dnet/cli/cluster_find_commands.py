@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from dnet.cli.cluster_commands import _read_secret, cluster
+from dnet.cli.progress_view import note, progress_options
 from dnet.errors import DnetError
 
 
@@ -46,6 +47,7 @@ def links_line(topology: Any) -> str:
 @click.option("--address", default=None, help="The Ray cluster to join (default: $RAY_ADDRESS, the running one, "
                                               "or a new one on this machine).")
 @click.option("--backend", default="numpy", show_default=True, help="Backend of every worker.")
+@progress_options()
 def cluster_ray(address: str | None, backend: str) -> None:
     """Place one dnet worker per Ray node (a Ray actor each), and print the topology they report.
     The workers go when this command ends: in Python, `dnet.Topology.from_ray()` keeps them."""
@@ -61,6 +63,7 @@ def cluster_ray(address: str | None, backend: str) -> None:
         console.print(nodes_table(f"dnet on Ray: {_count(len(topology.nodes), 'worker')}, formed in {formed:.1f} s",
                                   topology, ray_view))
         console.print(f"links (measured by the workers): {links_line(topology)}")
+        note(f"formed in {formed:.1f} s", formed_s=round(formed, 3), workers=len(topology.nodes))
 
 
 @cluster.command("discover")
@@ -70,6 +73,7 @@ def cluster_ray(address: str | None, backend: str) -> None:
 @click.option("--secret-file", default=None, help="File holding the cluster secret (default: $DNET_CLUSTER_SECRET).")
 @click.option("--tls", "tls_dir", default=None, envvar="DNET_TLS_DIR",
               help="This node's TLS directory, to verify workers' certificates [default: $DNET_TLS_DIR].")
+@progress_options()
 def cluster_discover(timeout_s: float, output: str | None, secret_file: str | None, tls_dir: str | None) -> None:
     """List the workers announcing themselves on the LAN (`dnet worker --announce`) with their fingerprints;
     accept those holding the cluster secret (and certificate), and write their topology."""

@@ -671,19 +671,29 @@ class Coordinator:
     def capabilities(self, probe: bool = False) -> list[Caps]:
         """What each live worker reports of itself; with `probe`, its measured device too
         (`Caps.device`, a `dnet.topology.Device`: compute rates, memory, caches), as topologies use."""
-        return [self._call(w, encode(CapsQuery(probe)), Caps) for w in self.workers if w.alive]
+        live = [w for w in self.workers if w.alive]
+        if not probe:       # a few bytes each way: nothing worth showing
+            return [self._call(w, encode(CapsQuery(False)), Caps) for w in live]
+        out = []
+        with progress.task("probe workers", total=len(live), unit="workers") as task:    # seconds each, uncached
+            for w in live:
+                out.append(self._call(w, encode(CapsQuery(True)), Caps))
+                task.advance()
+        return out
 
     def measure_links(self, nbytes: int = 4 << 20) -> dict[tuple[int, int], LinkShape]:
         """Latency and bandwidth of the link from every live worker to every other, measured by the workers
         themselves over dnet's transport (one pair at a time, so the measurements do not share the wire)."""
         out = {}
         live = [w for w in self.workers if w.alive]
-        for a in live:
-            for b in live:
-                if a is not b:
-                    host, port = b.peer_address
-                    measured = self._call(a, encode(LinkProbe(host, port, nbytes)), LinkMeasured)
-                    out[(a.index, b.index)] = LinkShape(measured.bandwidth, measured.latency)
+        with progress.task("measure links between workers", total=len(live) * (len(live) - 1), unit="links") as task:
+            for a in live:
+                for b in live:
+                    if a is not b:
+                        host, port = b.peer_address
+                        measured = self._call(a, encode(LinkProbe(host, port, nbytes)), LinkMeasured)
+                        out[(a.index, b.index)] = LinkShape(measured.bandwidth, measured.latency)
+                        task.advance()
         return out
 
     def worker_stats(self) -> dict[str, dict[str, StageCounters]]:

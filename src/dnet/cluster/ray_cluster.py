@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -31,12 +32,14 @@ from typing import Any
 from dnet.cluster.auth import new_secret
 from dnet.cluster.certs import create_ca, issue_node
 from dnet.cluster.tls import CA_FILE, CERT_FILE, KEY_FILE, ClusterTls
+from dnet.core import progress
 from dnet.errors import DnetError
 from dnet.topology import Device, Node, Topology
 
 log = logging.getLogger("dnet.ray")
 START_TIMEOUT_S = 120.0   # placing actors may wait for a runtime environment or a node to join
 WATCH_S = 1.0             # how often a running executable's actors are checked for restarts
+_START_HINT = "is every Ray node able to import dnet? (`ray status`, the actors' logs)"
 
 
 def _ray() -> Any:
@@ -120,7 +123,8 @@ class RayCluster:
         """Connect to Ray (this process's connection if it has one) and place a worker on every node."""
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, logging_level=logging.WARNING)
+            with progress.task("connect to Ray"):      # a new local Ray takes seconds to start its processes
+                ray.init(address=self.address, logging_level=logging.WARNING)
             self._started_ray = True
         try:
             nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
@@ -131,7 +135,7 @@ class RayCluster:
             actor_class = ray.remote(DnetNodeActor)
             for node in nodes:
                 self._place(actor_class, node)
-            self._reports()   # every worker up and probed before anything plans over it
+            self._await_workers()   # every worker up and probed before anything plans over it
         except BaseException:
             self.close()
             raise
@@ -158,13 +162,31 @@ class RayCluster:
         self.actors.append(actor)
         self.resources.append({k: float(resources.get(k, 0)) for k in ("CPU", "GPU", "memory")})
 
+    def _await_workers(self) -> None:
+        """Wait for every actor's first report (its worker started, its node probed), counting them as they
+        come: a Ray node may first have to start a worker process or build a runtime environment."""
+        ray = _ray()
+        pending = [a.report.remote() for a in self.actors]
+        deadline = time.monotonic() + self.start_timeout_s
+        with progress.task("start dnet workers on Ray nodes", total=len(pending), unit="workers") as task:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not done:
+                    raise DnetError(f"the dnet actors did not report within {self.start_timeout_s:.0f} s",
+                                    hint=_START_HINT)
+                try:
+                    ray.get(done)
+                except ray.exceptions.RayActorError as err:
+                    raise DnetError(f"a dnet actor died: {str(err).splitlines()[0]}") from None
+                task.advance()
+
     def _reports(self) -> list[dict[str, Any]]:
         ray = _ray()
         try:
             return ray.get([a.report.remote() for a in self.actors], timeout=self.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise DnetError(f"the dnet actors did not report within {self.start_timeout_s:.0f} s",
-                            hint="is every Ray node able to import dnet? (`ray status`, the actors' logs)") from None
+                            hint=_START_HINT) from None
         except ray.exceptions.RayActorError as err:
             raise DnetError(f"a dnet actor died: {str(err).splitlines()[0]}") from None
 
