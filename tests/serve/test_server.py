@@ -84,6 +84,26 @@ def test_completions_with_logprobs_follow_the_library_steps(served, client):
     assert "".join(c.choices[0].text for c in streamed) == choice.text
 
 
+def test_chat_logprobs_follow_the_library_steps(served, client):
+    messages = chat(QUESTIONS[4])
+    steps = list(served.llm.steps(served.chat_prompt(messages), max_tokens=6, temperature=0.0, top_logprobs=2))
+    r = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=6, temperature=0,
+                                       logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert [c.token for c in content] == [served.token_text(s.token) for s in steps]
+    assert [c.logprob for c in content] == pytest.approx([s.logprob for s in steps], abs=2e-3)   # prefix cache
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob for c in content)
+
+
+def test_top_p_reaches_the_sampler(served, client):
+    """A nucleus of 1% keeps only the most likely token: sampling at temperature 1 gives the greedy answer,
+    where without it the same seed gives another."""
+    want = alone(served, QUESTIONS[5], 16)
+    args = dict(model="smollm2", messages=chat(QUESTIONS[5]), max_tokens=16, temperature=1.0, seed=3)
+    assert client.chat.completions.create(**args, top_p=0.01).choices[0].message.content == want
+    assert client.chat.completions.create(**args).choices[0].message.content != want
+
+
 def test_a_seed_repeats_a_sampled_answer_exactly_without_the_prefix_cache(served, client, monkeypatch):
     monkeypatch.setattr(served.llm.engine, "prefix_cache", False)    # as `dnet serve --no-prefix-cache`
     args = dict(model="smollm2", messages=chat("Tell me a story."), max_tokens=16, temperature=0.9, seed=11)
@@ -321,3 +341,29 @@ def test_the_docs_examples_run_against_a_live_server(server):
         else:
             out = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, timeout=60, check=True)
             assert out.stdout.strip()
+
+
+@pytest.mark.parametrize("form", ["gguf", "folder"])
+def test_a_gguf_file_and_a_hugging_face_folder_are_served_under_their_names(tmp_path, form):
+    """MODEL as a path: a tiny llama as a GGUF file and as a Hugging Face folder, each listed under its file's
+    or folder's name. Oracle: transformers' greedy continuation of the same token ids (the tiny model's own
+    weights), decoded by its tokenizer."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tiny_models import hf_tokenizer, tiny_hf_model, write_tiny_gguf, write_tiny_hf_folder
+
+    path = write_tiny_gguf(tmp_path, "llama", "f32") if form == "gguf" else write_tiny_hf_folder(tmp_path / "tiny",
+                                                                                                  "llama")
+    ids = [5, 17, 42, 8, 99]
+    with torch.no_grad():
+        want = tiny_hf_model("llama").eval().generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                                      eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    served = load_served(str(path), target="numpy", slots=2, context=64)
+    try:
+        with Server(create_app(served), port=0) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+            assert [m.id for m in client.models.list().data] == [path.name]
+            r = client.completions.create(model=path.name, prompt=ids, max_tokens=8, temperature=0)
+    finally:
+        served.close()
+    assert r.choices[0].text == hf_tokenizer("llama").decode(want) and r.usage.completion_tokens == 8
