@@ -224,6 +224,8 @@ def render_conv(r, g: Gemm, pad: str) -> list[str]:
         f"while (g_bands < g_OH && g_C * {len(ph)} * ((g_OH + g_bands - 1) / g_bands + {ey}) * g_WQ > {IMAGE_FLOATS}) "
         "g_bands++;",
         f"while (g_nt > 1 && g_NB * g_bands * g_groups < {TASKS_PER_THREAD} * g_nt && g_groups < g_S) g_groups++;",
+        "/* a multiple of the threads where the row slivers allow, so none waits for the last task */",
+        "while (g_nt > 1 && (g_NB * g_bands * g_groups) % g_nt && g_groups < g_S) g_groups++;",
         "const int64_t g_tasks = g_bands * g_groups;",
     ]
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_H", "g_W", "g_OW", "g_OH", "g_C",
