@@ -66,3 +66,16 @@ def test_the_cache_survives_a_crash_mid_write(tmp_path):
     assert len(records) == 20000 and len(versions) == 1     # one whole version, never a mix or a torn file
     cache.update({"new": {"version": -1}})                  # and the next write works
     assert cache.get("new") == {"version": -1}
+
+
+def test_the_matmul_rate_is_the_tuned_kernels_flops_over_their_seconds(tmp_path):
+    cache = TuneCache("host1", tmp_path)
+    assert cache.matmul_rate("c") is None
+    cache.update({"a": {"backend": "c", "threads": 2, "flops": 6e9, "seconds": 0.02},
+                  "b": {"backend": "c", "threads": 2, "flops": 2e9, "seconds": 0.02},
+                  "c": {"backend": "c", "threads": 1, "flops": 1e9, "seconds": 0.1},
+                  "d": {"backend": "llvm", "threads": 2, "flops": 1e9, "seconds": 1.0},
+                  "e": {"backend": "c", "threads": 2, "flops": "many", "seconds": 0.5}})
+    assert cache.matmul_rate("c", threads=2) == 8e9 / 0.04        # 200 GFLOP/s over a and b
+    assert cache.matmul_rate("c") == 9e9 / 0.14
+    assert cache.matmul_rate("opencl") is None

@@ -124,3 +124,20 @@ def test_op_rates_are_measured_per_op_through_the_backend():
     assert set(rates) == {op.name.lower() for op in P.RATED_OPS}
     assert all(m.median > 0 for m in rates.values())
     assert rates["erf"].median < rates["add"].median      # scipy's erf is far slower than an add
+
+
+def test_the_cost_model_takes_the_rate_of_this_hosts_tuned_kernels(tmp_path, monkeypatch):
+    from dnet.core.tuning import TuneCache
+    from dnet.graph.ops import Op
+    from dnet.hardware import detect
+    from dnet.topology.model import Device
+
+    monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path))
+    report = P.ProbeReport(Device(kind="c", cores=2, compute={"f32": 300e9}))
+    assert P.with_tuned_rates(report, "c").device.rate(Op.MATMUL, DType.F32) == 300e9   # nothing tuned
+    TuneCache(detect().fingerprint()).update({"k": {"backend": "c", "threads": 2, "flops": 4e9, "seconds": 0.02}})
+    device = P.with_tuned_rates(report, "c").device
+    assert device.rate(Op.MATMUL, DType.F32) == pytest.approx(200e9)    # 4 GFLOP in 20 ms, as tuned
+    assert device.rate(Op.ADD, DType.F32) == 300e9                      # other ops keep the probe's rates
+    other = P.ProbeReport(Device(kind="c", cores=4, compute={"f32": 300e9}))
+    assert P.with_tuned_rates(other, "c").device.rate(Op.MATMUL, DType.F32) == 300e9   # tuned for 2 threads

@@ -58,3 +58,16 @@ class TuneCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"format": FORMAT, "host": self.fingerprint, "records": merged}
         write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True))
+
+    def matmul_rate(self, backend: str, threads: int | None = None) -> float | None:
+        """FLOP/s of this host's tuned kernels for `backend` together (their flops over their seconds, at
+        the sizes each was tuned at; on `threads` threads where given), or None when none is recorded:
+        what a cost model may take as the node's matmul rate on the shapes its models have."""
+        flops = seconds = 0.0
+        for r in self.load().values():
+            if r.get("backend") != backend or (threads is not None and r.get("threads") != threads):
+                continue
+            f, t = r.get("flops"), r.get("seconds")
+            if isinstance(f, (int, float)) and isinstance(t, (int, float)) and f > 0 and t > 0:
+                flops, seconds = flops + f, seconds + t
+        return flops / seconds if seconds else None

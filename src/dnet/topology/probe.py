@@ -29,6 +29,7 @@ from dnet import hardware
 from dnet.core import progress
 from dnet.core.dtypes import DType
 from dnet.core.files import write_text_atomic
+from dnet.core.tuning import TuneCache
 from dnet.core.types import TensorType
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ir import Graph
@@ -338,10 +339,21 @@ def probe(backend: str = "numpy", quick: bool = False, refresh: bool = False,
         if report is not None and 0 <= time.time() - report.measured_at <= report.age_limit():
             report.cached = True
             report.device.memory = available_memory()  # free memory changes; the rest does not
-            return report
+            return with_tuned_rates(report, backend)
     report = _believable_probe(backend, kernel, quick)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(report.to_json(), indent=1))  # a reader never sees half a file
+    return with_tuned_rates(report, backend)
+
+
+def with_tuned_rates(report: ProbeReport, backend: str) -> ProbeReport:
+    """The report with the matmul rate `dnet tune` measured on this host's own tuned kernels (at the
+    sizes its models run) as the device's rate for matmul ops, where the tuning cache has any for this
+    backend and core count: the cost model then prices a model's matmuls at what they reach here, not
+    at the square probe's rate. Read on every call (not stored in the probe cache), so a later tune counts."""
+    rate = TuneCache(hardware.detect().fingerprint()).matmul_rate(backend, report.device.cores)
+    if rate:
+        report.device.op_rates[Op.MATMUL.name.lower()] = rate
     return report
 
 

@@ -97,7 +97,7 @@ def tune(runner: Any, inputs: Mapping[str, np.ndarray], budget: float = 120.0, p
                                   count, r.start, r.best, r.default_seconds, r.seconds, len(r.trials), r.complete))
         records[tuning_key(kernels[name], threads, BACKEND)] = {
             "tile": tile_record(r.best), "seconds": r.seconds, "default_seconds": r.default_seconds,
-            "dims": dict(env), "threads": threads, "shape": report[-1].shape,
+            "dims": dict(env), "threads": threads, "backend": BACKEND, "shape": report[-1].shape,
             "flops": _flops(gemm, env), "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     cache.update(records)
     report.sort(key=lambda k: -k.default_seconds * k.launches)
