@@ -22,7 +22,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/dnet demo
 	$(VENV)/bin/dnet cluster demo
-	$(VENV)/bin/dnet generate --chat -p "Write one sentence about the sea." -n 48 --temperature 0 --topology local:1,2,4
+	$(VENV)/bin/dnet generate --chat -p "Write one sentence about the sea." -n 48 --temperature 0 --topology local:1,2,4@120M
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -59,3 +59,25 @@ def test_a_bad_topology_is_one_line(tiny, capsys, spec, what):
         main(["generate", str(tiny), "-p", "x", "-T", spec])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and what in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_memory_cap_no_single_local_worker_can_meet_splits_the_model_and_keeps_the_text(tiny, capsys):
+    with dnet.llm.load(tiny, context=64) as llm:
+        want = llm.generate("the dog", max_tokens=8, temperature=0.0)
+        c = llm.config
+        # by hand: the weights in their stored size and the KV cache (k and v, f32) at the context length
+        need = llm.weight_bytes + c.num_layers * 2 * c.num_kv_heads * c.head_dim * 64 * 4
+    cap = int(0.75 * need)
+    main(["generate", str(tiny), "-p", "the dog", "-n", "8", "--temperature", "0", "--context", "64",
+          "-T", f"local:1,2@{cap}B"])
+    out = capsys.readouterr()
+    assert out.out == want + "\n"
+    assert re.search(r"model: 2 stages", out.err) and "unused" not in out.err    # both workers hold a part
+
+
+@pytest.mark.parametrize("size", ["x", "0", "-5M", "12Q"])
+def test_an_unreadable_memory_cap_is_one_line(tiny, capsys, size):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", str(tiny), "-p", "x", "-T", f"local:2@{size}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "memory size" in err and len(err.strip().splitlines()) == 1
