@@ -52,3 +52,29 @@ def test_a_backend_this_machine_has_starts(monkeypatch):
         assert registry.unavailable("numpy") is None and "numpy" in registry.available_names()
     finally:
         worker.listener.close()
+
+
+def test_a_worker_probing_its_backend_still_answers_heartbeats(monkeypatch):
+    """A probe through a compiling backend takes seconds; meanwhile the coordinator's heartbeat must not
+    find the worker silent (`dnet cluster up --backends c,...` lost its C worker during CAPS)."""
+    import time
+
+    from dnet.cluster import Coordinator
+    from dnet.topology import probe
+    from dnet.topology.model import Device as Probed
+
+    def slow_probe(backend, quick=False):
+        time.sleep(1.0)                                   # longer than the coordinator waits for a pong
+        return Probed(kind=backend, compute={"f32": 1e9})
+
+    monkeypatch.setattr(probe, "probe_device", slow_probe)
+    secret = new_secret()
+    worker = Worker(secret, WorkerConfig(backend="numpy", name="w0"))
+    worker.start()
+    try:
+        with Coordinator([worker.address], secret, heartbeat_s=0.1, dead_after_s=0.4) as coordinator:
+            caps = coordinator.capabilities(probe=True)
+            assert caps[0].device.kind == "numpy" and caps[0].device.compute == {"f32": 1e9}
+            assert coordinator.workers[0].alive
+    finally:
+        worker.stop()

@@ -126,6 +126,43 @@ def test_op_rates_are_measured_per_op_through_the_backend():
     assert rates["erf"].median < rates["add"].median      # scipy's erf is far slower than an add
 
 
+def test_probe_cli_lists_every_backend_the_node_has_and_why_not_the_others(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dnet.backends import registry
+    from dnet.cli.main import _load_commands, cli
+    from dnet.program.device import Device
+
+    monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(registry._BACKENDS, "fakegpu", registry.NumpyBackend)
+    monkeypatch.setitem(registry._DEVICES, "fakegpu", lambda: Device(
+        "fakegpu", allocator=lambda: None, renderers={}, loader=None, dtypes=frozenset(),
+        available=lambda: "no FakeGPU driver"))
+    _load_commands()
+    result = CliRunner().invoke(cli, ["probe", "--quick"])
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[1]: line.split(None, 2)[2] for line in result.output.splitlines()
+              if line.startswith("  backend ")}
+    assert set(listed) == set(registry.names())
+    assert listed["numpy"] == "measured" and listed["fakegpu"] == "not here: no FakeGPU driver"
+    for name in registry.names():
+        reason = registry.unavailable(name)
+        assert listed[name] in (("measured", "available") if reason is None else (f"not here: {reason}",))
+
+
+def test_probe_cli_refuses_a_backend_the_node_lacks_naming_the_ones_it_has(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dnet.cli.main import _load_commands, cli
+    from dnet.errors import BackendError
+
+    monkeypatch.setenv("DNET_CACHE_DIR", str(tmp_path / "cache"))
+    _load_commands()
+    result = CliRunner().invoke(cli, ["probe", "--quick", "--backend", "nosuch"])
+    assert isinstance(result.exception, BackendError)
+    assert str(result.exception).startswith("unknown target 'nosuch'") and "numpy" in str(result.exception)
+
+
 def test_the_cost_model_takes_the_rate_of_this_hosts_tuned_kernels(tmp_path, monkeypatch):
     from dnet.core.tuning import TuneCache
     from dnet.graph.ops import Op

@@ -17,6 +17,7 @@ interconnect = "16GB/s"
 
 [[node]]
 name = "board"
+backend = "llvm"
   [[node.device]]
   memory = "2GiB"
   compute = "10GFLOP/s"
@@ -62,6 +63,12 @@ def test_a_file_loads_with_units_and_asymmetric_links():
     assert t.link("board", "laptop").bandwidth == 1e6          # the later, one-way entry wins
 
 
+def test_a_node_names_the_backend_its_worker_runs():
+    t = Topology.loads(GOOD)
+    assert t.node("board").backend == "llvm" and t.node("laptop").backend is None
+    assert 'backend = "llvm"' in t.dumps() and t.to_dict()["node"][1]["backend"] == "llvm"
+
+
 def test_dumps_loads_round_trip():
     t = Topology.loads(GOOD)
     again = Topology.loads(t.dumps())
@@ -98,6 +105,7 @@ def _broken(old: str, new: str) -> str:
     (_broken("cores = 8", "coers = 8"), "node.laptop.device[0].coers", ["unknown key", "did you mean 'cores'"]),
     (_broken('f16 = "100GFLOP/s"', 'f61 = "100GFLOP/s"'), "node.laptop.device[0].compute.f61", ["f61"]),
     (_broken('name = "board"', 'name = "laptop"'), "node[1].name", ["duplicate", "laptop"]),
+    (_broken('backend = "llvm"', 'backend = 3'), "node.board.backend", ["a backend's name", "3"]),
 ])
 def test_bad_files_name_file_key_and_value(text, key, words):
     with pytest.raises(ParseError) as err:

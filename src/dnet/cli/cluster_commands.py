@@ -178,8 +178,8 @@ def _cache_dir() -> Path:
 
 @cluster.command("up")
 @click.argument("n", type=int)
-@click.option("--backend", "backends", default="numpy", show_default=True,
-              help="Backend per worker, comma separated (one name: all).")
+@click.option("--backends", "--backend", "backends", default="numpy", show_default=True,
+              help="Backend per worker, comma separated (one name: all), e.g. c,llvm,opencl.")
 @click.option("--threads", default="", help="Threads per worker, comma separated, e.g. 1,2,4.")
 @click.option("--secret-file", default=None, help="Where to write the cluster secret (mode 0600).")
 @click.option("-o", "--output", default=None,
@@ -190,12 +190,15 @@ def _cache_dir() -> Path:
 def cluster_up(n: int, backends: str, threads: str, secret_file: str | None, output: str | None,
                models: tuple[str, ...]) -> None:
     """Start N workers on loopback with unequal threads/backends; stop them with Ctrl-C."""
+    from dnet.backends import registry
     from dnet.cluster.auth import new_secret
     from dnet.cluster.local import WorkerSpec, core_sets
 
     if n < 1:
         raise DnetError(f"cluster up needs at least one worker, got {n}")
     names = backends.split(",")
+    for backend in dict.fromkeys(names):   # unknown, or not on this machine: one line now, before any worker starts
+        registry.require_available(backend)
     try:
         counts = [int(t) for t in threads.split(",") if t] or [0]
     except ValueError:

@@ -20,7 +20,8 @@ SYNTHETIC_HELP = "or a planning stand-in: llama-1b, cnn, bert (layer graphs with
 @cli.command("probe")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="topology file to write or update")
 @click.option("--name", default=None, help="this node's name in the topology (default: the host name)")
-@click.option("--backend", default="numpy", show_default=True, help="backend whose matmul rate is measured")
+@click.option("--backend", default="numpy", show_default=True,
+              help="backend whose rates are measured (every backend the node has is listed)")
 @click.option("--quick", is_flag=True, help="fewer, smaller runs")
 @click.option("--refresh", is_flag=True, help="measure again even if this hardware is cached")
 @click.option("--link", "links", multiple=True, metavar="NAME=HOST:PORT",
@@ -32,6 +33,7 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
     """Measure this node (matmul rate per dtype, memory bandwidth and size, cores, vector width, caches)."""
     import socket
 
+    from dnet.backends import registry
     from dnet.topology.linkprobe import probe_link, serve_probe
     from dnet.topology.model import Node, Topology
     from dnet.topology.probe import probe
@@ -43,9 +45,11 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
         click.echo(f"serving link probes on {serve}; Ctrl-C to stop")
         server.serve_forever()
         return
+    registry.require_available(backend)     # unknown, or not on this machine: one line naming the others
     report = probe(backend, quick=quick, refresh=refresh)
     name = name or socket.gethostname()
     click.echo(f"node {name} ({'cached' if report.cached else 'measured'}, fingerprint {report.fingerprint})")
+    _echo_backends(backend)
     for key, m in report.measurements.items():
         kind = {"memory_bandwidth": "bandwidth", "op_overhead": "time"}.get(key, "rate")   # op_overhead: seconds
         click.echo(f"  {key:<18} {format_quantity(m.median, kind):>16}  spread {m.spread:.1%} over {m.runs} runs")
@@ -81,6 +85,17 @@ def probe_cmd(output: Path | None, name: str | None, backend: str, quick: bool, 
 
         output.write_text(topo.dumps() if existing is None else update_topology_text(existing, topo, [name], written))
         click.echo(f"wrote {output}")
+
+
+def _echo_backends(measured: str) -> None:
+    """Every backend registered, as this node has it: one line each, available or why not (the rates
+    above are `measured`'s; `dnet probe --backend NAME` measures another)."""
+    from dnet.backends import registry
+
+    for name in registry.names():
+        reason = registry.unavailable(name)
+        state = "measured" if name == measured else "available" if reason is None else f"not here: {reason}"
+        click.echo(f"  backend {name:<8} {state}")
 
 
 def _plan_graph(model: str, dims: dict[str, int]):

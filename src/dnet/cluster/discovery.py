@@ -194,7 +194,8 @@ def topology_of(addresses: list[str], secret: str, tls: ClusterTls | None, names
         caps = coordinator.capabilities(probe=True)
         links = coordinator.measure_links() if measure_links and len(addresses) > 1 else {}
     node_names = names or _unique([c.name or a for c, a in zip(caps, addresses)])
-    topo = Topology([Node(n, [c.device or Device()], address=a) for n, c, a in zip(node_names, caps, addresses)])
+    topo = Topology([Node(n, [c.device or Device()], address=a, backend=c.backend)
+                     for n, c, a in zip(node_names, caps, addresses)])
     for (i, j), shape in links.items():
         topo.add_link(node_names[i], node_names[j], shape.bandwidth, shape.latency, symmetric=False)
     return topo

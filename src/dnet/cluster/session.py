@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dnet.backends import registry
 from dnet.cluster.auth import secret_from_env
 from dnet.cluster.tls import tls_from_env
 from dnet.topology.probe import forget_if_far_off
@@ -229,7 +230,9 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
                         **coordinator_options: Any) -> DistributedExecutable:
     """Plan `graph` over `topology` (unless `plan` is given), start or reach its workers, ship the stages.
 
-    `env` gives the sizes of symbolic dims the plan is made for (`{"batch": 8, "seq": 128}`);
+    `backend`: the backend of every local worker whose topology node names none (`backend = "llvm"` in its
+    table), or a list, one per node. `env` gives the sizes of symbolic dims the plan is made for
+    (`{"batch": 8, "seq": 128}`);
     dims it does not name are planned at 1. `plan`: a Plan or a `PipelinePlan` (its stage graphs as
     given: a tensor-parallel group's members, say), or a function of the topology returning one. Stages with STATE inputs keep `slots` sequences of it on their workers. With `measure_links`
     (the default for workers at addresses) the workers measure the links between them and the plan is
@@ -249,7 +252,11 @@ def compile_distributed(graph: Graph, topology: Any, *, plan: Any = None, env: d
     chosen = None if measure_links else make_plan(topology)   # no plan, no workers started
     local = None
     if addresses[0] is None:
-        backends = [backend] * len(addresses) if isinstance(backend, str) else list(backend)
+        # a node's own `backend` (its table in a topology file) wins over the session's target
+        backends = ([node.backend or backend for node in topology.nodes] if isinstance(backend, str)
+                    else list(backend))
+        for name in dict.fromkeys(backends):   # refused here, in one line, not as a worker that fails to start
+            registry.require_available(name)
         slow = list(slowdowns) if slowdowns is not None else [1.0] * len(addresses)
         threads = [node.devices[0].cores if node.devices else None for node in topology.nodes]
         models = files_of(graph.weights.values()) if models is None else list(models)

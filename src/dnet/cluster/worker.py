@@ -258,16 +258,30 @@ class Worker:
         chan.send(encode(Pong(ping.heartbeat, _nbytes(tensors))))
 
     def _on_caps(self, chan: Channel, query: CapsQuery, tensors: dict) -> None:
-        device = None
-        if query.probe:
+        """What this worker is; with `probe`, its device measured through its backend. A probe compiles and
+        times kernels for seconds (a C compiler, an OpenCL build): off the reader thread, as a LINK is, so
+        heartbeats are answered meanwhile and the coordinator does not take this worker for lost."""
+        if not query.probe:
+            chan.send(encode(self._caps(None)))
+            return
+
+        def probe() -> None:
             from dnet.topology.probe import probe_device
 
-            device = probe_device(self.config.backend, quick=True)
-        chan.send(encode(Caps(
+            try:
+                reply = encode(self._caps(probe_device(self.config.backend, quick=True)))
+            except Exception as err:  # noqa: BLE001 - reported to the coordinator, never fatal
+                reply = encode(Error(str(err) if isinstance(err, DnetError) else f"{type(err).__name__}: {err}"))
+            self._try_send(chan, reply)
+
+        threading.Thread(target=probe, name="probe", daemon=True).start()
+
+    def _caps(self, device: Any) -> Caps:
+        return Caps(
             name=self.name, backend=self.config.backend, threads=self.config.threads, slowdown=self.config.slowdown,
             cores=tuple(sorted(os.sched_getaffinity(0))), pid=os.getpid(), host=socket.gethostname(),
             advertise=self.config.advertise or self.address, tls=self.config.tls is not None,
-            models=tuple(self.models.digests()) if self.models is not None else (), device=device)))
+            models=tuple(self.models.digests()) if self.models is not None else (), device=device)
 
     def _on_load(self, chan: Channel, load: Load, tensors: dict) -> None:
         key = load.key

@@ -48,6 +48,9 @@ class Node:
     devices: list[Device] = field(default_factory=list)
     address: str | None = None             # host:port of its worker, where known
     interconnect: float = 0.0              # bytes/s between its devices; 0: they share memory
+    # the backend its worker compiles with ("c", "llvm", "opencl", ...); None: the session's target.
+    # A local cluster starts each node's worker with it; a worker at an address runs its own.
+    backend: str | None = None
 
     @property
     def memory(self) -> float:
@@ -162,6 +165,7 @@ class Topology:
         return {
             "node": [{"name": n.name, **({"address": n.address} if n.address else {}),
                       **({"interconnect": n.interconnect} if n.interconnect else {}),
+                      **({"backend": n.backend} if n.backend else {}),
                       "device": [asdict(d) for d in n.devices]} for n in self.nodes],
             "link": [{"from": l.src, "to": l.dst, "bandwidth": l.bandwidth, "latency": l.latency}
                      for l in self.links.values()],

@@ -16,7 +16,7 @@ from dnet.topology.model import Device, Node, Topology
 from dnet.topology.units import UnitError, format_quantity, parse_quantity
 
 _TOP_KEYS = {"node", "link"}
-_NODE_KEYS = {"name", "address", "device", "interconnect"}
+_NODE_KEYS = {"name", "address", "device", "interconnect", "backend"}
 _LINK_KEYS = {"between", "from", "to", "bandwidth", "latency"}
 # device key -> unit kind (None: not a quantity)
 _DEVICE_KEYS = {"kind": None, "cores": None, "compute": "rate", "memory": "bytes",
@@ -127,6 +127,11 @@ def _node(r: _Reader, raw: dict, index: int, topo: Topology) -> Node:
     node = Node(name, devices, address)
     if "interconnect" in raw:
         node.interconnect = r.quantity(raw["interconnect"], "bandwidth", f"{key}.interconnect")
+    if "backend" in raw:     # a backend's name; whether it exists and runs there is the worker's to say
+        backend = raw["backend"]
+        if not isinstance(backend, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", backend):
+            raise r.fail(f"{key}.backend", f"expected a backend's name such as \"c\" or \"opencl\", got {backend!r}")
+        node.backend = backend
     return node
 
 
@@ -240,6 +245,8 @@ def _node_table(node: Node):
     table["name"] = node.name
     if node.address:
         table["address"] = node.address
+    if node.backend:
+        table["backend"] = node.backend
     if node.interconnect:
         table["interconnect"] = format_quantity(node.interconnect, "bandwidth", 12)
     devices = tomlkit.aot()
