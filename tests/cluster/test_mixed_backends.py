@@ -93,3 +93,47 @@ def test_cluster_up_with_a_backend_the_machine_lacks_is_one_line_before_any_work
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: unknown target 'nosuch'") and "targets: " in err
     assert not (tmp_path / "s").exists()          # refused before the secret or any worker
+
+
+def _two_layers():
+    from residual_nets import residual_graph
+
+    return residual_graph(np.random.default_rng(0))[1]
+
+
+def test_a_local_cluster_starts_each_node_with_the_backend_its_table_names():
+    from dnet.cluster.session import compile_distributed
+    from dnet.topology import Topology
+
+    topology = Topology.loads("""
+[[node]]
+name = "a"
+  [[node.device]]
+  memory = "1GiB"
+  compute = "1GFLOP/s"
+[[node]]
+name = "b"
+backend = "llvm"
+  [[node.device]]
+  memory = "1GiB"
+  compute = "1GFLOP/s"
+[[link]]
+between = ["a", "b"]
+bandwidth = "1GB/s"
+""")
+    if registry.unavailable("llvm") is not None:
+        pytest.skip(f"no LLVM: {registry.unavailable('llvm')}")
+    graph = _two_layers()
+    with compile_distributed(graph, topology, backend="numpy") as exe:
+        assert [c.backend for c in exe.coordinator.capabilities()] == ["numpy", "llvm"]   # the table's wins
+
+
+def test_a_node_naming_a_backend_no_one_has_is_refused_before_any_worker_starts():
+    from dnet.cluster.session import compile_distributed
+    from dnet.errors import BackendError
+    from dnet.topology import Topology
+
+    topology = Topology.loads('[[node]]\nname = "a"\nbackend = "nosuch"\n  [[node.device]]\n  memory = "1GiB"\n'
+                              '  compute = "1GFLOP/s"\n')
+    with pytest.raises(BackendError, match="unknown target 'nosuch'"):
+        compile_distributed(_two_layers(), topology)
