@@ -16,9 +16,10 @@ loops, local memory and barriers — rendered from class-level tables that a dia
 - `kernel_prefix`, `buffer_prefix`, `restrict`: the signature's spellings;
 - `grid_index`, `barrier_code`, `local_prefix`: the GPU spellings (`None`: the dialect has no grid).
 
-A dialect's prelude provides the helpers the tables name: dn_exp, dn_tanh, dn_erf, dn_maxf,
-dn_minf, dn_modf, dn_floordiv, dn_mod, dn_ipow, dn_clamp, dn_round_f16/bf16, dn_f16/bf16_to_f32,
-dn_f32_to_f16/bf16 (see backends/c/prelude.py).
+A dialect's prelude provides the helpers the tables name: dn_exp, dn_tanh, dn_erf, the half
+conversions dn_f16/bf16_to_f32 and dn_f32_to_f16/bf16 (see backends/c/prelude.py), then
+`reference_helpers()`, the one text of the reference's semantics that every C-family dialect
+compiles: dn_maxf, dn_minf, dn_modf, dn_floordiv, dn_mod, dn_ipow, dn_clamp, dn_round_f16/bf16.
 
 Statements and expressions are dispatched through one table each (node type -> method), so a
 dialect overrides a method (`loop`, `reduce`, `gemm`, ...) rather than an isinstance chain; a
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from typing import ClassVar, Mapping
 
 import numpy as np
@@ -40,6 +42,41 @@ from dnet.kernel.ir import (Barrier, Binary, Cast, Const, Gemm, GpuLoop, InBound
                             Load, LocalAlloc, Loop, QMatmul, Reduce, Ref, Store, Unary, Where)
 
 HALF = {DType.F16: "f16", DType.BF16: "bf16"}
+
+# The reference backend's (numpy's) semantics where C's operators differ: max/min that propagate
+# NaN, floor division and a modulo that takes the divisor's sign (float and integer), integer
+# powers, gather indices wrapped once and clamped, and f16/bf16 rounding after each op. C, OpenCL C
+# and CUDA C all compile this text; only the name of float fmod differs (`$fmod`).
+_REFERENCE_HELPERS = string.Template(r"""
+static inline float dn_round_f16(float x) { return dn_f16_to_f32(dn_f32_to_f16(x)); }
+static inline float dn_round_bf16(float x) { return dn_bf16_to_f32(dn_f32_to_bf16(x)); }
+static inline float dn_maxf(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+static inline float dn_minf(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+static inline float dn_modf(float a, float b) {
+    float r = $fmod(a, b);
+    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
+}
+static inline int64_t dn_floordiv(int64_t a, int64_t b) {
+    if (b == 0) return 0;
+    int64_t q = a / b;
+    return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+static inline int64_t dn_mod(int64_t a, int64_t b) {
+    if (b == 0) return 0;
+    int64_t r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+static inline int64_t dn_ipow(int64_t a, int64_t b) {
+    int64_t r = 1;
+    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
+    while (b) { if (b & 1) r *= a; a *= a; b >>= 1; }
+    return r;
+}
+static inline int64_t dn_clamp(int64_t i, int64_t n) {
+    i = i < 0 ? i + n : i;
+    return i < 0 ? 0 : (i >= n ? n - 1 : i);
+}
+""")
 
 
 class Renderer:
@@ -104,6 +141,13 @@ class CStyleRenderer(Renderer):
     restrict: ClassVar[str] = "restrict"
     local_prefix: ClassVar[str | None] = None          # "__local" (OpenCL), "__shared__" (CUDA)
     barrier_code: ClassVar[str | None] = None          # "barrier(CLK_LOCAL_MEM_FENCE);", "__syncthreads();"
+    float_fmod: ClassVar[str] = "fmodf"                # OpenCL C and CUDA C overload fmod for float
+
+    @classmethod
+    def reference_helpers(cls) -> str:
+        """The prelude text of the helpers the tables name for numpy's semantics (after the
+        dialect's int64_t and half conversions), spelled for this dialect."""
+        return _REFERENCE_HELPERS.substitute(fmod=cls.float_fmod)
 
     def __init__(self, kernel: Kernel):
         super().__init__(kernel)

@@ -4,6 +4,7 @@ exp, tanh and erf are written out here (branch-free range reduction and polynomi
 so that GCC and Clang vectorise the loops that call them; libm's versions are opaque
 calls that keep a softmax or a GELU scalar.
 """
+from dnet.kernel.render import CStyleRenderer
 
 PRELUDE = r"""
 #include <stdint.h>
@@ -173,8 +174,6 @@ static inline uint16_t dn_f32_to_f16(float f) {
     return (uint16_t)(sign | (r >> 13));
 }
 #endif
-static inline float dn_round_f16(float x) { return dn_f16_to_f32(dn_f32_to_f16(x)); }
-static inline float dn_round_bf16(float x) { return dn_bf16_to_f32(dn_f32_to_bf16(x)); }
 
 /* -- vectorisable math ---------------------------------------------------------------- */
 static inline float dn_exp(float x) {
@@ -212,30 +211,4 @@ static inline float dn_erf(float x) {
     y = a < 0.25f ? s : y;
     return copysignf(y, x);
 }
-static inline float dn_maxf(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
-static inline float dn_minf(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-static inline float dn_modf(float a, float b) {
-    float r = fmodf(a, b);
-    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
-}
-static inline int64_t dn_floordiv(int64_t a, int64_t b) {
-    if (b == 0) return 0;
-    int64_t q = a / b;
-    return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-static inline int64_t dn_mod(int64_t a, int64_t b) {
-    if (b == 0) return 0;
-    int64_t r = a % b;
-    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
-}
-static inline int64_t dn_ipow(int64_t a, int64_t b) {
-    int64_t r = 1;
-    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
-    while (b) { if (b & 1) r *= a; a *= a; b >>= 1; }
-    return r;
-}
-static inline int64_t dn_clamp(int64_t i, int64_t n) {
-    i = i < 0 ? i + n : i;
-    return i < 0 ? 0 : (i >= n ? n - 1 : i);
-}
-"""
+""" + CStyleRenderer.reference_helpers()

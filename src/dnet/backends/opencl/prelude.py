@@ -5,6 +5,7 @@ renderer writes (int64_t, uint8_t, dn_maxf, INT64_MAX, ...) are defined here in 
 Halves are stored as 16-bit integers and converted by bit arithmetic, so no device extension
 (cl_khr_fp16) is needed. Math uses OpenCL's built-ins (exp, tanh, erf), accurate to a few ulp.
 """
+from dnet.backends.opencl.renderer import OpenCLRenderer
 
 PRELUDE = r"""
 typedef long int64_t;
@@ -43,34 +44,4 @@ static inline uint16_t dn_f32_to_f16(float f) {
     r += 0xfffu + ((r >> 13) & 1u);
     return (uint16_t)(sign | (r >> 13));
 }
-static inline float dn_round_f16(float x) { return dn_f16_to_f32(dn_f32_to_f16(x)); }
-static inline float dn_round_bf16(float x) { return dn_bf16_to_f32(dn_f32_to_bf16(x)); }
-
-/* -- the semantics of the reference backend (numpy's), where C's operators differ -- */
-static inline float dn_maxf(float a, float b) { return isnan(a) ? a : (isnan(b) ? b : (a > b ? a : b)); }
-static inline float dn_minf(float a, float b) { return isnan(a) ? a : (isnan(b) ? b : (a < b ? a : b)); }
-static inline float dn_modf(float a, float b) {
-    float r = fmod(a, b);
-    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
-}
-static inline int64_t dn_floordiv(int64_t a, int64_t b) {
-    if (b == 0) return 0;
-    int64_t q = a / b;
-    return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-static inline int64_t dn_mod(int64_t a, int64_t b) {
-    if (b == 0) return 0;
-    int64_t r = a % b;
-    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
-}
-static inline int64_t dn_ipow(int64_t a, int64_t b) {
-    int64_t r = 1;
-    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
-    while (b) { if (b & 1) r *= a; a *= a; b >>= 1; }
-    return r;
-}
-static inline int64_t dn_clamp(int64_t i, int64_t n) {
-    i = i < 0 ? i + n : i;
-    return i < 0 ? 0 : (i >= n ? n - 1 : i);
-}
-"""
+""" + OpenCLRenderer.reference_helpers()

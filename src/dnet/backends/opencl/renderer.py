@@ -77,6 +77,7 @@ class OpenCLRenderer(CStyleRenderer):
     buffer_prefix = "__global"
     local_prefix = "__local"
     barrier_code = "barrier(CLK_LOCAL_MEM_FENCE);"
+    float_fmod = "fmod"
 
     def __init__(self, kernel: Kernel, gemm_shape: GemmShape = GPU_GEMM):
         super().__init__(kernel)
