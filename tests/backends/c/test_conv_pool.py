@@ -10,7 +10,7 @@ from dnet.graph.builder import GraphBuilder
 from dnet.graph.ops import Op
 from dnet.kernel.ir import Gemm
 
-from c_support import assert_matches_reference
+from backend_support import assert_matches_reference
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from dnet.graph.ops import Op
 from dnet.kernel.ir import Gemm, Loop, Reduce
 from dnet.kernel.schedule import schedule
 
-from c_support import assert_matches_reference
+from backend_support import assert_matches_reference
 
 S = Sym("seq")
 

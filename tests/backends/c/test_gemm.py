@@ -12,7 +12,7 @@ from dnet.graph.ops import Op
 from dnet.hardware import Host
 from dnet.kernel.ir import Gemm
 
-from c_support import assert_matches_reference
+from backend_support import assert_matches_reference, matmul_graph
 
 M, K, N, B = Sym("m"), Sym("k"), Sym("n"), Sym("b")
 
@@ -20,16 +20,7 @@ M, K, N, B = Sym("m"), Sym("k"), Sym("n"), Sym("b")
 @pytest.fixture(scope="module")
 def matmuls(compile_c):
     """Plain, transposed-b, batched with a broadcast operand, and an f16 matmul, in one library."""
-    g = GraphBuilder()
-    a = g.input("a", TensorType((M, K), DType.F32))
-    bt = g.input("bt", TensorType((N, K), DType.F32))
-    x = g.input("x", TensorType((B, M, K), DType.F32))
-    h = g.input("h", TensorType((M, K), DType.F16))
-    g.output("a_bt", g.matmul(a, g.transpose(bt)))
-    g.output("batched", g.matmul(x, g.transpose(bt)))                      # b shared by every batch item
-    g.output("x_xt", g.matmul(x, g.transpose(x)))                          # both operands strided views
-    g.output("half", g.matmul(h, g.transpose(h)))                          # f16: the generic loop nest
-    graph = g.finish()
+    graph = matmul_graph()
     return graph, compile_c(graph)
 
 

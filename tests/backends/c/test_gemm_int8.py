@@ -15,7 +15,7 @@ from dnet.graph.passes.quantize import quantize_weights
 from dnet.kernel.ir import Gemm
 from dnet.program.instructions import TEMP
 
-from c_support import assert_matches_reference
+from backend_support import assert_matches_reference
 
 
 def _mlp(rng, k: int, hidden: int, n: int):

@@ -7,12 +7,11 @@ VNNI, portable; AVX512-BF16, portable) and checked over row counts, batch shapes
 multiple of 4 or 2, n not of the panel width), thread counts, and fused epilogues. The library says which
 path it was built with (`dnet_igemm_path`), so a test cannot pass on a path it did not force.
 
-The tolerance is f32 rounding of the sums, relative to sum |a| * |b| (hand-derived: the integer sums are
-exact, the reference's f32 sums are off by at most ~k ulp of it, and both round the same quantized values).
+The model, the inputs and the tolerance (f32 rounding of the sums, relative to sum |a| * |b|) are the LLVM
+backend's too: tests/backends/igemm_support.py.
 """
 import ctypes
 import dataclasses
-import functools
 import re
 import sys
 
@@ -23,16 +22,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dnet
 import dnet.backends.c.backend  # noqa: F401  (registers the backend, which imports its compiler lookup)
 from dnet.backends.c.compiler import find_compiler
-from dnet.backends.numpy import run_graph
-from dnet.core.dtypes import DType
-from dnet.core.shapes import evaluate_shape
-from dnet.core.types import TensorType
-from dnet.graph import composites as C
-from dnet.graph.builder import GraphBuilder
-from dnet.graph.ops import Op
-from dnet.graph.passes.bf16 import bf16_matmuls
-from dnet.graph.passes.dynamic_quant import quantize_dynamic
 from dnet.hardware import cpu_flags
+
+from igemm_support import SHAPES, assert_matches_within_sum_rounding, bf16_graph, inputs, int8_graph
 
 FLAGS = cpu_flags()
 VNNI = "avx512_vnni" in FLAGS or "avx_vnni" in FLAGS
@@ -55,28 +47,6 @@ if "amx_bf16" in FLAGS:
     BF16_PATHS["amx-bf16"] = ((), "amx-bf16")
 AMX_FLAGS = ("-mamx-tile", "-mamx-int8", "-mamx-bf16")
 
-# (k, n) of each matmul: k below, at and past a group of 4 and the panel, n ragged against 16 and 32
-SHAPES = [(1, 3), (3, 17), (4, 32), (7, 33), (64, 48), (130, 70)]
-
-
-def _model(seed: int = 0):
-    """y_i = x_i @ W_i for SHAPES (x_i: (m, k), or (b, m, k) for the last), the first with bias + GELU, the
-    second with a residual add: every matmul against a constant weight, m symbolic."""
-    rng = np.random.default_rng(seed)
-    b = GraphBuilder()
-    for i, (k, n) in enumerate(SHAPES):
-        shape = ("b", "m", k) if i == len(SHAPES) - 1 else ("m", k)
-        x = b.input(f"x{i}", TensorType(shape, DType.F32))
-        w = b.const(f"w{i}", rng.standard_normal((n, k)).astype(np.float32))
-        if i == 0:
-            y = C.gelu(b, C.linear(b, x, w, b.const("bias", rng.standard_normal(n).astype(np.float32))))
-        elif i == 1:
-            y = b.elementwise(Op.ADD, C.linear(b, x, w), b.input("r", TensorType(("m", n), DType.F32)))
-        else:
-            y = C.linear(b, x, w)
-        b.output(f"y{i}", y)
-    return b.finish()
-
 
 def _compile(graph, flags: tuple[str, ...], cache, monkeypatch):
     """The C backend built with the host's compiler flags plus `flags` (wherever it looks its compiler up)."""
@@ -93,42 +63,6 @@ def _path(exe, entry: str) -> str:
     fn = getattr(lib, entry)
     fn.restype = ctypes.c_char_p
     return fn().decode()
-
-
-def _inputs(graph, rng, m: int, batch: int, offset: float) -> dict[str, np.ndarray]:
-    out = {}
-    for name, t in graph.input_types().items():
-        shape = evaluate_shape(t.shape, {"m": m, "b": batch})
-        # an offset moves some rows off zero, so zero offsets of both signs occur; one row all zeros
-        x = (rng.standard_normal(shape) + offset * rng.standard_normal(shape[:-1] + (1,))).astype(np.float32)
-        if m > 2:
-            x[..., 1, :] = 0
-        out[name] = x
-    return out
-
-
-def _check(graph, exe, feeds: dict[str, np.ndarray]) -> None:
-    want = run_graph(graph, feeds)
-    got = exe.run(feeds)
-    for i, (k, n) in enumerate(SHAPES):
-        x, w = feeds[f"x{i}"], np.asarray(graph.weights.get(f"w{i}@int8", graph.weights.get(f"w{i}@bf16")),
-                                          np.float32)
-        magnitude = (np.abs(x) + np.abs(x).max(-1, keepdims=True)) @ np.abs(w).T * (np.abs(w).max() + 1)
-        bound = 1e-5 * magnitude + 1e-6
-        if i < 2:   # the epilogue: GELU's slope is at most 1.13; the residual add is exact
-            bound = 1.2 * bound + 1e-5 * np.abs(want[f"y{i}"])
-        assert got[f"y{i}"].shape == want[f"y{i}"].shape
-        assert np.all(np.abs(got[f"y{i}"] - want[f"y{i}"]) <= bound), f"y{i} (k={k}, n={n})"
-
-
-@functools.cache
-def int8_graph():
-    return quantize_dynamic(_model(), min_elements=1)
-
-
-@functools.cache
-def bf16_graph():
-    return bf16_matmuls(_model(), min_elements=1)
 
 
 def test_every_matmul_runs_on_the_low_precision_gemm(tmp_path):
@@ -174,12 +108,12 @@ def _run_case(graph, exe, data) -> None:
     threads = data.draw(st.sampled_from([1, 2, 3]), "threads")
     offset = data.draw(st.sampled_from([0.0, 4.0]), "offset")
     exe.runner.module.set_threads(threads)
-    _check(graph, exe, _inputs(graph, np.random.default_rng(m * 7 + batch), m, batch, offset))
+    assert_matches_within_sum_rounding(graph, exe, inputs(graph, np.random.default_rng(m * 7 + batch), m, batch, offset))
 
 
 def test_int8_forced_paths_compute_the_same_integers(tmp_path_factory, monkeypatch):
     """Every int8 path sums the same integers: their results agree to f32 rounding of the final scaling."""
-    feeds = _inputs(int8_graph(), np.random.default_rng(3), 29, 2, 4.0)
+    feeds = inputs(int8_graph(), np.random.default_rng(3), 29, 2, 4.0)
     results = {p: _exe_for(("int8", p), int8_graph(), INT8_PATHS[p][0], tmp_path_factory, monkeypatch).run(feeds)
                for p in INT8_PATHS}
     first = results.pop("portable")
@@ -204,4 +138,4 @@ def test_amx_code_builds_and_falls_back_where_there_are_no_tiles(tmp_path_factor
         assert "dn_amx_ready" in exe.runner.source
         assert _path(exe, "dnet_igemm_path" if kind == "int8" else "dnet_bgemm_path") == (
             "avx512-vnni" if kind == "int8" else "avx512-bf16")
-        _check(graph, exe, _inputs(graph, np.random.default_rng(5), 33, 2, 4.0))
+        assert_matches_within_sum_rounding(graph, exe, inputs(graph, np.random.default_rng(5), 33, 2, 4.0))

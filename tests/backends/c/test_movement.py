@@ -10,7 +10,7 @@ from dnet.core.types import TensorType
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ops import Op
 
-from c_support import assert_matches_reference
+from backend_support import assert_matches_reference
 
 B, S = Sym("b"), Sym("s")
 
