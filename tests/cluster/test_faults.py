@@ -186,6 +186,43 @@ def test_a_script_that_raises_before_close_stops_its_workers_and_removes_their_f
     assert not Path(log_dir).exists()
 
 
+DISTRIBUTED_SCRIPT = """
+import gc
+import numpy as np
+import dnet
+from dnet import functional as F
+from dnet.cluster import LocalCluster
+from dnet.topology import Topology
+
+rng = np.random.default_rng(0)
+
+class Two(dnet.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = dnet.Parameter(rng.standard_normal((8, 8)).astype(np.float32))
+        self.w2 = dnet.Parameter(rng.standard_normal((8, 8)).astype(np.float32))
+
+    def forward(self, x):
+        return F.linear(F.relu(F.linear(x, self.w1)), self.w2)
+
+exe = dnet.compile(Two(), {"x": dnet.TensorType((2, 8), dnet.f32)}, topology=Topology.local(2))
+exe(np.ones((2, 8), np.float32))
+local = next(o for o in gc.get_objects() if isinstance(o, LocalCluster))
+print(local.log_dir, *(p.pid for p in local.procs), flush=True)
+raise RuntimeError("the user script failed")
+"""
+
+
+def test_a_distributed_executable_never_closed_stops_quietly_at_exit():
+    """Its coordinator closes before the workers stop, so the exit reports no worker as lost."""
+    out = subprocess.run([sys.executable, "-c", DISTRIBUTED_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "the user script failed" in out.stderr
+    log_dir, *pids = out.stdout.split()
+    assert len(pids) == 2 and not any(_running(int(pid)) for pid in pids)
+    assert not Path(log_dir).exists()
+    assert "lost" not in out.stderr, out.stderr
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie waiting for a reaper."""
     try:

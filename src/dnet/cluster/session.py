@@ -12,6 +12,7 @@ workers measured, re-plans, and moves the stages when that pays.
 """
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -79,6 +80,8 @@ class DistributedExecutable:
         self.links_measured = False        # link figures measured by the workers (re-measured by `retune`)
         self.closed = False
         self._problem: tuple[LayerChain, PipelineProblem] | None = None
+        if local is not None:   # a script that ends without close(): the coordinator goes first (atexit runs
+            atexit.register(self.close)   # last-in first-out), so stopping the workers is no "worker lost"
 
     @property
     def plan(self) -> Any:
@@ -211,6 +214,7 @@ class DistributedExecutable:
         return values[0] if len(values) == 1 else tuple(values)
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         self.closed = True
         self.coordinator.close()
         if self.local is not None:
