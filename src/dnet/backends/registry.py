@@ -186,3 +186,21 @@ def _llvm_device() -> Device:
 
 
 register_device("llvm", _llvm_device)
+
+
+def _cuda_backend() -> Backend:
+    from dnet.backends.cuda import CUDABackend
+
+    return CUDABackend()
+
+
+register("cuda", _cuda_backend)
+
+
+def _cuda_device() -> Device:
+    from dnet.backends.cuda.device import CUDA_DEVICE
+
+    return CUDA_DEVICE
+
+
+register_device("cuda", _cuda_device)
