@@ -215,21 +215,27 @@ def render_conv(r, g: Gemm, pad: str) -> list[str]:
         "const int wide = g_M == 1;   /* one output channel (depthwise): one row, a wider tile */",
         "const int64_t g_NT = wide ? DN_CONV_NRW : DN_CONV_NR, g_S = (g_M + DN_CONV_MR - 1) / DN_CONV_MR;",
         "const int64_t g_nt = dn_threads();",
-        f"/* tasks: bands of output rows (each at least 2 tiles), then groups of row slivers, until "
-        f"{TASKS_PER_THREAD} a thread */",
+        f"/* tasks: bands of output rows (each at least 2 tiles) and groups of row slivers, until {TASKS_PER_THREAD} a "
+        "thread. A band more reads (and packs) every weight once more, a group more copies the image once more:",
+        "   split where that costs less */",
         "int64_t g_bands = 1, g_groups = 1;",
-        f"while (g_nt > 1 && g_NB * g_bands < {TASKS_PER_THREAD} * g_nt && g_bands < g_OH "
-        "&& g_OH / (g_bands + 1) * g_WQ >= 2 * g_NT) g_bands++;",
+        f"const int64_t g_wcost = g_M * g_K, g_icost = g_C * {len(ph)} * (g_OH + {ey}) * g_WQ;",
+        f"while (g_nt > 1 && g_NB * g_bands * g_groups < {TASKS_PER_THREAD} * g_nt) {{",
+        "    const int more_bands = g_bands < g_OH && g_OH / (g_bands + 1) * g_WQ >= 2 * g_NT, more_groups = g_groups < g_S;",
+        "    if (more_bands && (!more_groups || g_wcost <= g_icost)) g_bands++;",
+        "    else if (more_groups) g_groups++;",
+        "    else break;",
+        "}",
         f"/* and a band's image within {IMAGE_FLOATS * 4 // 1024} KiB (the thread's L2 holds it while every row sliver reads it) */",
         f"while (g_bands < g_OH && g_C * {len(ph)} * ((g_OH + g_bands - 1) / g_bands + {ey}) * g_WQ > {IMAGE_FLOATS}) "
         "g_bands++;",
-        f"while (g_nt > 1 && g_NB * g_bands * g_groups < {TASKS_PER_THREAD} * g_nt && g_groups < g_S) g_groups++;",
         "/* a multiple of the threads where the row slivers allow, so none waits for the last task */",
         "while (g_nt > 1 && (g_NB * g_bands * g_groups) % g_nt && g_groups < g_S) g_groups++;",
         "const int64_t g_tasks = g_bands * g_groups;",
     ]
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_H", "g_W", "g_OW", "g_OH", "g_C",
-                                                "g_WQ", "g_NT", "g_S", "g_nt", "g_bands", "g_groups", "g_tasks")]
+                                                "g_WQ", "g_NT", "g_S", "g_nt", "g_bands", "g_groups", "g_tasks",
+                                                "g_wcost", "g_icost")]
     r.locals.append(("const int", "wide"))
     fill = []
     for (py, px), i in pid.items():
