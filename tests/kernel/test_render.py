@@ -84,3 +84,18 @@ def test_the_c_dialect_runs_a_grid_serially_but_has_no_barrier():
     params = (Param("x", F), Param("y", F, output=True))
     k = Kernel("g", params, ("n",), (GpuLoop("i", Sym("n"), "global", 0, (Store("y", I, Load("x", I, F)),)),))
     assert "for (int64_t i = 0; i < (n_n); ++i) {" in CRenderer(k).render()
+
+
+def test_every_c_family_prelude_takes_the_reference_helpers_once_spelled_for_its_dialect():
+    """numpy's semantics (floor division, modulo, NaN max/min) are one text, not a copy per dialect."""
+    from dnet.backends.c.prelude import PRELUDE as C_PRELUDE
+    from dnet.backends.opencl.prelude import PRELUDE as CL_PRELUDE
+    from dnet.backends.opencl.renderer import OpenCLRenderer
+    from dnet.kernel.render import CStyleRenderer
+
+    dialects = ((C_PRELUDE, CStyleRenderer, "fmodf(a, b)"), (CL_PRELUDE, OpenCLRenderer, "fmod(a, b)"))
+    for prelude, renderer, fmod in dialects:
+        helpers = renderer.reference_helpers()
+        assert prelude.endswith(helpers) and fmod in helpers
+        for name in ("dn_floordiv", "dn_mod", "dn_modf", "dn_maxf", "dn_ipow", "dn_clamp", "dn_round_bf16"):
+            assert prelude.count(f" {name}(") == 1, name
