@@ -5,7 +5,7 @@ The emulation supplies what CUDA C adds to C++: blockIdx/threadIdx/blockDim/grid
 `__launch_bounds__`, `__shared__` (a function-local static: shared by the threads of the one block that
 runs at a time), `__syncthreads()` (a barrier over the block's threads), and the bit casts. A launch
 runs its blocks one after another; a block's threads run one after another, except in a kernel with a
-barrier, where each thread is a real thread so `__syncthreads()` means what it means on a GPU. Each
+barrier (a tiled matmul, a QMatmul's block sum), where each thread is a real thread so `__syncthreads()` means what it means on a GPU. Each
 kernel gets a wrapper `emu_<name>(args, grid, block)` that unpacks the 8-byte arguments as the CUDA
 launcher packs them. Buffers are host memory (`program.device.HostAllocator`), the launch sizes are
 the CUDA runtime's own (`backends/cuda/runtime.launch_sizes`) for a nominal GPU target.
@@ -28,6 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from dnet.backends.cuda import render_program
+from dnet.backends.cuda.renderer import Blocks
 from dnet.backends.cuda.runtime import launch_sizes
 from dnet.backends.opencl.renderer import Tiles
 from dnet.kernel.target import GpuTarget
@@ -104,7 +105,7 @@ def _wrappers(kernels: Mapping, rendered: Mapping) -> str:
     for name, kernel in kernels.items():
         count = len(kernel.params) + len(kernel.dims)
         args = ", ".join(f"dn_arg{{a[{i}]}}" for i in range(count))
-        threaded = int(isinstance(rendered[name].launch, Tiles))     # the tiled matmul's barriers
+        threaded = int(isinstance(rendered[name].launch, (Tiles, Blocks)))     # kernels with barriers
         out.append(f"static void body_{name}(const uint64_t* a) {{ {name}({args}); }}\n"
                    f'extern "C" void emu_{name}(const uint64_t* a, unsigned gx, unsigned gy, unsigned gz, '
                    f"unsigned bx, unsigned by, unsigned bz) {{ dn_launch(body_{name}, a, gx, gy, gz, bx, by, bz, "

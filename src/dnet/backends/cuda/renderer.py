@@ -10,10 +10,11 @@ The grid is the OpenCL backend's (`backends/opencl/renderer.grid_of`): a kernel'
 perfectly nested loops become threads, flattened to one dimension, innermost fastest; a loop
 joins the grid only while everything before it at its level is a cheap `let`, so a softmax or
 a layer norm is one thread per row. A `Gemm` is a shared-memory tiled kernel of its own
-(`backends/cuda/gemm.py`), a `QMatmul` one thread per result (`backends/cuda/quant.py`).
+(`backends/cuda/gemm.py`), a `QMatmul` a thread block per result (`backends/cuda/quant.py`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 from dnet.backends.opencl.renderer import GPU_GEMM, GemmShape, Grid, RenderedKernel, grid_of
@@ -23,6 +24,15 @@ from dnet.kernel.ir import Gemm, Kernel, QMatmul
 from dnet.kernel.render import CStyleRenderer
 
 _AXES = "xyz"
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A thread block of `threads` threads per point of `extents` (flattened): work shared by a block, as a
+    `QMatmul`'s dot product. (The other launches are the OpenCL backend's `Grid` and `Tiles`.)"""
+    extents: tuple
+    threads: int
+
 # CUDA's built-in indices per grid level ("global" is the thread's index in the whole grid)
 _GRID_INDEX = {"global": "((int64_t)blockIdx.{0} * blockDim.{0} + threadIdx.{0})",
                "local": "threadIdx.{0}", "group": "blockIdx.{0}"}

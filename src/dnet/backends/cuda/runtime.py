@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dnet.backends.cuda.platform import CudaDevice, check
+from dnet.backends.cuda.renderer import Blocks
 from dnet.backends.opencl.renderer import Grid, RenderedKernel, Tiles
 from dnet.core.shapes import substitute
 from dnet.errors import BackendError
@@ -172,8 +173,11 @@ class CUDALauncher:
                                   pointers.ctypes.data, 0), f"cuLaunchKernel({ins.kernel})")
 
 
-def launch_sizes(launch: Grid | Tiles, env: Mapping[str, int], device: CudaDevice) -> tuple | None:
+def launch_sizes(launch: Grid | Tiles | Blocks, env: Mapping[str, int], device: CudaDevice) -> tuple | None:
     """((grid x, y, z), (block x, y, z)) of a launch for these symbol values; None when it is empty."""
+    if isinstance(launch, Blocks):
+        total = int(np.prod([int(substitute(e, env)) for e in launch.extents], dtype=np.int64))
+        return None if total <= 0 else ((total, 1, 1), (launch.threads, 1, 1))
     if isinstance(launch, Grid):
         total = int(np.prod([int(substitute(e, env)) for e in launch.extents], dtype=np.int64))
         if total <= 0:
