@@ -38,3 +38,22 @@ def test_an_unknown_option_with_a_topology_is_refused_before_any_worker_starts()
     local = Topology.local(1, device=Device(kind="numpy", memory=1 << 30, compute={"f32": 1e9}))
     with pytest.raises(DnetError, match="has no option 'max_in_fligth'.*did you mean 'max_in_flight'"):
         dnet.compile(Double(), TYPES, topology=local, max_in_fligth=4)
+
+
+def test_an_unknown_target_names_the_targets_this_machine_runs_and_those_it_lacks(monkeypatch):
+    from dnet.backends import registry
+    from dnet.program.device import Device
+
+    monkeypatch.setitem(registry._BACKENDS, "fakegpu", registry.NumpyBackend)
+    monkeypatch.setitem(registry._DEVICES, "fakegpu", lambda: Device(
+        "fakegpu", allocator=lambda: None, renderers={}, loader=None, dtypes=frozenset(),
+        available=lambda: "no FakeGPU driver"))
+    with pytest.raises(BackendError) as err:
+        dnet.compile(Double(), TYPES, target="nosuch")
+    message = str(err.value)
+    here = message.split("targets: ")[1].split(" (not on this machine: ")[0].rstrip(")").split(", ")
+    assert message.startswith("unknown target 'nosuch'") and "numpy" in here and "fakegpu" not in here
+    assert "(not on this machine: " in message and "fakegpu" in message.split("not on this machine: ")[1]
+    assert here == registry.available_names()
+    with pytest.raises(BackendError, match="did you mean 'numpy'"):    # a near miss names the one meant
+        dnet.compile(Double(), TYPES, target="numpi")

@@ -45,9 +45,15 @@ def register(name: str, factory: Callable[[], Backend]) -> None:
 
 def get(name: str) -> Backend:
     if name not in _BACKENDS:
-        raise BackendError(f"unknown target '{name}'", hint=did_you_mean(name, _BACKENDS)
-                           or "targets: " + ", ".join(sorted(_BACKENDS)))
+        raise BackendError(f"unknown target '{name}'", hint=did_you_mean(name, _BACKENDS) or _targets())
     return _BACKENDS[name]()
+
+
+def _targets() -> str:
+    """The targets this machine runs, then those registered that it cannot (for an unknown name's error)."""
+    here = available_names()
+    elsewhere = [name for name in names() if name not in here]
+    return "targets: " + ", ".join(here) + (f" (not on this machine: {', '.join(elsewhere)})" if elsewhere else "")
 
 
 def names() -> list[str]:
@@ -83,7 +89,14 @@ def unavailable(name: str) -> str | None:
 
 def available_names() -> list[str]:
     """The backends this machine can run, by name."""
-    return [name for name in names() if unavailable(name) is None]
+    return [name for name in names() if _runs_here(name)]
+
+
+def _runs_here(name: str) -> bool:
+    try:
+        return unavailable(name) is None
+    except Exception:   # noqa: BLE001 - a backend whose module does not even import does not run here
+        return False
 
 
 def require_available(name: str) -> None:
