@@ -259,3 +259,36 @@ def test_a_ping_on_the_coordinators_connection_is_answered_while_a_slow_stage_co
     coordinator._call(coordinator.workers[0], Message(MsgType.PING), Pong)
     assert time.monotonic() - start < 0.25
     pending.result(5)
+
+
+def test_a_stage_that_compiles_for_longer_than_a_control_call_still_loads(rng, workers, monkeypatch):
+    """A LOAD is answered after the compile (minutes on a busy machine); the worker answers heartbeats
+    meanwhile, so the wait is bounded by load_timeout_s, not call_timeout_s."""
+    slow_runner = worker_module.StageRunner
+
+    def compiling_slowly(*args, **kwargs):
+        time.sleep(1.5)
+        return slow_runner(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "StageRunner", compiling_slowly)
+    net, graph = residual_graph(rng)
+    with Coordinator([w.address for w in workers[:2]], SECRET, call_timeout_s=0.5, heartbeat_s=0.1,
+                     dead_after_s=1.0) as coord:
+        coord.load(_stages(graph, 2))
+        req = request(rng)
+        out = coord.run(req, timeout=10)["output"]
+    np.testing.assert_allclose(out, oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_worker_gone_during_a_long_load_fails_it_at_once(rng, workers, monkeypatch):
+    def never_done(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(worker_module, "StageRunner", never_done)
+    net, graph = residual_graph(rng)
+    with Coordinator([workers[0].address], SECRET, call_timeout_s=0.5, load_timeout_s=60) as coord:
+        threading.Timer(0.5, workers[0].stop).start()
+        start = time.monotonic()
+        with pytest.raises(WorkerLost, match="lost"):
+            coord.load(_stages(graph, 1))
+    assert time.monotonic() - start < 10

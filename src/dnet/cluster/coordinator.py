@@ -161,7 +161,7 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
 class Coordinator:
     def __init__(self, addresses: Sequence[str | tuple[str, int]], secret: str, *,
                  max_in_flight: int = 8, heartbeat_s: float = 0.5, dead_after_s: float = 3.0,
-                 call_timeout_s: float = 60.0, limits: Limits = DEFAULT_LIMITS,
+                 call_timeout_s: float = 60.0, load_timeout_s: float = 900.0, limits: Limits = DEFAULT_LIMITS,
                  tls: ClusterTls | None = None, allow_plain: bool = False):
         self.secret = secret
         self.tls = tls                  # mutual TLS to every worker (required off loopback unless allow_plain)
@@ -170,6 +170,9 @@ class Coordinator:
         self.session = secrets.token_hex(4)
         self.epoch = 0
         self.call_timeout_s = call_timeout_s
+        # a LOAD is answered once the worker has compiled its stage: minutes for a large stage on a busy
+        # machine. The worker keeps answering heartbeats meanwhile, so a lost one is still noticed at once
+        self.load_timeout_s = max(load_timeout_s, call_timeout_s)
         self.dead_after_s = dead_after_s
         self.heartbeat_s = heartbeat_s
         self.stages: list[Graph] = []
@@ -266,17 +269,18 @@ class Coordinator:
                 except ConnectionError as err:
                     self._lost(w, str(err))
 
-    def _call(self, w: WorkerHandle, msg: Message, *expect: type) -> Any:
-        """A control request and its reply, a record of one of the `expect` types (one at a time per worker)."""
+    def _call(self, w: WorkerHandle, msg: Message, *expect: type, timeout: float | None = None) -> Any:
+        """A control request and its reply, a record of one of the `expect` types (one at a time per worker);
+        `timeout` (default `call_timeout_s`) bounds the wait for a worker that stays alive."""
+        timeout = self.call_timeout_s if timeout is None else timeout
         with w.call_lock:
             if not w.alive:
                 raise WorkerLost(f"{w.name} is lost")
             w.outbox.put(msg)
             try:
-                reply = w.replies.get(timeout=self.call_timeout_s)
+                reply = w.replies.get(timeout=timeout)
             except queue.Empty:
-                raise WorkerLost(f"{w.name} did not answer {msg.type.name} "
-                                 f"within {self.call_timeout_s:.0f} s") from None
+                raise WorkerLost(f"{w.name} did not answer {msg.type.name} within {timeout:.0f} s") from None
         if reply is None:
             raise WorkerLost(f"{w.name} was lost during {msg.type.name}")
         if type(reply) is Error:
@@ -349,7 +353,7 @@ class Coordinator:
         refs = file_references(packed.arrays, w.caps.models if w.caps else ())
         if refs:   # weights in a model file the worker holds: it reads them there (a document, like the graph)
             tensors["mapped"] = np.frombuffer(json.dumps(to_json(refs)).encode(), np.uint8)
-        reply = self._call(w, encode(load, tensors), Need, Loaded)
+        reply = self._call(w, encode(load, tensors), Need, Loaded, timeout=self.load_timeout_s)
         if type(reply) is Need:  # weights it has cached are not sent again
             unknown = [h for h in reply.hashes if h not in packed.arrays]
             if unknown:
@@ -372,11 +376,11 @@ class Coordinator:
             if last or size >= WEIGHT_BATCH_BYTES:
                 msg = encode(Weights(key, last), batch)
                 if last:
-                    return self._call(w, msg, Loaded)
+                    return self._call(w, msg, Loaded, timeout=self.load_timeout_s)
                 else:
                     w.outbox.put(msg)
                 batch, size = {}, 0
-        return self._call(w, encode(Weights(key, last=True)), Loaded)  # none asked
+        return self._call(w, encode(Weights(key, last=True)), Loaded, timeout=self.load_timeout_s)  # none asked
 
     def _form_group(self) -> None:
         """Give each member its peers, lowest rank first: a member dials those above it, so by its turn
