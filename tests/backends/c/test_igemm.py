@@ -122,20 +122,31 @@ def test_int8_forced_paths_compute_the_same_integers(tmp_path_factory, monkeypat
             np.testing.assert_allclose(other[name], y, rtol=1e-6, atol=1e-5)
 
 
-@pytest.mark.skipif("avx512_vnni" not in FLAGS or "avx512_bf16" not in FLAGS or "amx_int8" in FLAGS,
-                    reason="for a host with AVX-512 VNNI and BF16 but no AMX")
+@pytest.mark.skipif("avx512_vnni" not in FLAGS or "avx512_bf16" not in FLAGS,
+                    reason="for a host with AVX-512 VNNI and BF16")
 def test_amx_code_builds_and_falls_back_where_there_are_no_tiles(tmp_path_factory, monkeypatch):
-    """The AMX kernels compiled in (as on an AMX host), on a CPU without AMX: Linux refuses the tile data, so the
-    library reports and runs the AVX-512 paths, with the reference's results. (The AMX kernels themselves run
-    only on an AMX host, where the `amx-*` paths above are checked.)"""
+    """The AMX kernels compiled in, and no tiles to be had: on a CPU without AMX Linux refuses the tile data; on
+    an AMX host $DNET_NO_AMX stands in for the refusal (read at the library's first call). The library reports
+    and runs the AVX-512 paths, with the reference's results."""
     from dnet.backends.c.compiler import _accepts
 
     compiler = find_compiler()
     if not _accepts(compiler.path, list(compiler.flags) + list(AMX_FLAGS)):
         pytest.skip("the C compiler does not take -mamx-*")
+    monkeypatch.setenv("DNET_NO_AMX", "1")
     for kind, graph in (("int8", int8_graph()), ("bf16", bf16_graph())):
         exe = _compile(graph, AMX_FLAGS, tmp_path_factory.mktemp(f"amx-{kind}"), monkeypatch)
         assert "dn_amx_ready" in exe.runner.source
         assert _path(exe, "dnet_igemm_path" if kind == "int8" else "dnet_bgemm_path") == (
             "avx512-vnni" if kind == "int8" else "avx512-bf16")
-        assert_matches_within_sum_rounding(graph, exe, inputs(graph, np.random.default_rng(5), 33, 2, 4.0))
+        for m, threads in ((33, 2), (7, 1)):
+            exe.runner.module.set_threads(threads)
+            assert_matches_within_sum_rounding(graph, exe, inputs(graph, np.random.default_rng(m), m, 2, 4.0))
+
+
+@pytest.mark.skipif("amx_bf16" not in FLAGS or "amx_int8" not in FLAGS, reason="for a host with AMX")
+def test_amx_kernels_are_the_ones_that_run(tmp_path):
+    """On an AMX host a native build computes its Gemms with the tile kernels (one block call per Gemm)."""
+    for graph, call in ((int8_graph(), "dn_amx_i8_block(g_K"), (bf16_graph(), "dn_amx_bf16_block(g_K")):
+        source = dnet.compile(graph, target="c", cache_dir=tmp_path).runner.source
+        assert source.count(call) >= len(SHAPES)

@@ -82,13 +82,17 @@ COMMON = r"""
 #define DN_AMX_BF16 1
 #endif
 #if defined(DN_AMX_INT8) || defined(DN_AMX_BF16)
+#include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 static int dn_amx_ready(void) {
     static int state = -1;   /* the permission is the process's: a second asker gets the same answer */
     int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
     if (s < 0) {
-        s = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+        /* $DNET_NO_AMX: the vector path on an AMX host, without rebuilding (tests, comparisons) */
+        const char* off = getenv("DNET_NO_AMX");
+        s = !(off && *off && *off != '0')
+            && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
         __atomic_store_n(&state, s, __ATOMIC_RELEASE);
     }
     return s;
@@ -96,14 +100,172 @@ static int dn_amx_ready(void) {
 
 typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } dn_amx_cfg;
 
-/* tiles 0 and 1: the sums of 16 columns each (rows x 16 lanes); 2: rows of a (64 bytes of k); 3 and 4: b,
-   16 rows (groups of k) x 64 bytes (16 columns), read from a panel of 32 columns (128 bytes a row) */
-static inline void dn_amx_config(int64_t rows) {
+/* A block of r <= 32 rows x 32 columns: tiles 0-3 the sums (rows 0-15 x columns 0-15, 0-15 x 16-31, 16-31 x 0-15,
+   16-31 x 16-31; 16 int32 or f32 lanes a row), 4 and 5 the two halves of the rows of a (64 bytes of k), 6 and 7 b:
+   16 rows (groups of k) x 64 bytes (16 columns) read from a panel of 32 columns (128 bytes a row). The second
+   half's tiles are configured only when r > 16 (a tile of 0 rows is unconfigured). Loaded once per task run,
+   again only when the row count changes (the last block of a ragged m). */
+static void dn_amx_config(int64_t r) {
     dn_amx_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int t = 0; t < 5; ++t) { cfg.colsb[t] = 64; cfg.rows[t] = (uint8_t)(t < 3 ? rows : 16); }
+    const uint8_t r0 = (uint8_t)(r < 16 ? r : 16), r1 = (uint8_t)(r > 16 ? r - 16 : 0);
+    const uint8_t rows[8] = {r0, r0, r1, r1, r0, r1, 16, 16};
+    for (int t = 0; t < 8; ++t)
+        if (rows[t]) { cfg.colsb[t] = 64; cfg.rows[t] = rows[t]; }
     _tile_loadconfig(&cfg);
+}
+#endif
+
+#if defined(DN_AMX_INT8)
+/* t (r x 32 int32, rows 32 apart) = sum_k a * (b + 128): 64 values of k a step, 2 x 2 tiles (4 products per 4 tile
+   loads). The last K % 64 values, where a whole tile would read past a row of a or past the panel, go through
+   zero-padded copies (b's padding within its last group is 128, met by zeros of a). */
+static void dn_amx_i8_block(int64_t K, const int8_t* a, int64_t lda, const int8_t* b, int32_t* t, int64_t r) {
+    const int64_t full = K / 64, tail = K % 64, groups = (tail + 3) / 4;
+    const int two = r > 16;
+    int8_t at[32 * 64] __attribute__((aligned(64))), bt[16 * 128] __attribute__((aligned(64)));
+    if (tail) {
+        memset(at, 0, sizeof at);
+        memset(bt, 0, sizeof bt);
+        for (int64_t i = 0; i < r; ++i) memcpy(at + i * 64, a + i * lda + full * 64, (size_t)tail);
+        memcpy(bt, b + full * 16 * 128, (size_t)(groups * 128));
+    }
+    _tile_zero(0);
+    _tile_zero(1);
+    if (two) {
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t s = 0; s < full; ++s) {
+            _tile_loadd(4, a + s * 64, lda);
+            _tile_loadd(5, a + 16 * lda + s * 64, lda);
+            _tile_loadd(6, b + s * 16 * 128, 128);
+            _tile_loadd(7, b + s * 16 * 128 + 64, 128);
+            _tile_dpbsud(0, 4, 6);
+            _tile_dpbsud(1, 4, 7);
+            _tile_dpbsud(2, 5, 6);
+            _tile_dpbsud(3, 5, 7);
+        }
+        if (tail) {
+            _tile_loadd(4, at, 64);
+            _tile_loadd(5, at + 16 * 64, 64);
+            _tile_loadd(6, bt, 128);
+            _tile_loadd(7, bt + 64, 128);
+            _tile_dpbsud(0, 4, 6);
+            _tile_dpbsud(1, 4, 7);
+            _tile_dpbsud(2, 5, 6);
+            _tile_dpbsud(3, 5, 7);
+        }
+        _tile_stored(2, t + 16 * 32, 128);
+        _tile_stored(3, t + 16 * 32 + 16, 128);
+    } else {
+        for (int64_t s = 0; s < full; ++s) {
+            _tile_loadd(4, a + s * 64, lda);
+            _tile_loadd(6, b + s * 16 * 128, 128);
+            _tile_loadd(7, b + s * 16 * 128 + 64, 128);
+            _tile_dpbsud(0, 4, 6);
+            _tile_dpbsud(1, 4, 7);
+        }
+        if (tail) {
+            _tile_loadd(4, at, 64);
+            _tile_loadd(6, bt, 128);
+            _tile_loadd(7, bt + 64, 128);
+            _tile_dpbsud(0, 4, 6);
+            _tile_dpbsud(1, 4, 7);
+        }
+    }
+    _tile_stored(0, t, 128);
+    _tile_stored(1, t + 16, 128);
+}
+
+/* sum_k a[i, k] of r rows: the tiles summed (b + 128) * a, so 128 times it comes back out (in int32, exactly) */
+static inline void dn_i8_rowsums(const int8_t* restrict a, int64_t lda, int64_t K, int64_t r, int32_t* restrict out) {
+    for (int64_t i = 0; i < r; ++i) {
+        int32_t s = 0;
+        #pragma omp simd reduction(+:s)
+        for (int64_t k = 0; k < K; ++k) s += a[i * lda + k];
+        out[i] = s;
+    }
+}
+
+/* c[0:r, 0:nr] = (sum_k a * b + z[i] * colsum(b)) * s[i] * sb[j], as dn_igemm_* scales its tile */
+static inline void dn_amx_i8_finish(const int32_t* restrict t, const int32_t* restrict rowsum, const int8_t* sums_at,
+                                    const float* restrict rows, const float* restrict sb, float* restrict c,
+                                    int64_t ldc, int64_t r, int64_t nr) {
+    int32_t sums[32];
+    float fsums[32];
+    memcpy(sums, sums_at, sizeof sums);
+    for (int64_t j = 0; j < 32; ++j) fsums[j] = (float)sums[j];
+    for (int64_t i = 0; i < r; ++i) {
+        const int32_t shift = 128 * rowsum[i];
+        const float s = rows[2 * i], z = rows[2 * i + 1];
+        #pragma omp simd
+        for (int64_t j = 0; j < nr; ++j)
+            c[i * ldc + j] = ((float)(t[i * 32 + j] - shift) + z * fsums[j]) * (s * sb[j]);
+    }
+}
+#endif
+
+#if defined(DN_AMX_BF16)
+/* c (r x 32 f32, rows ldc apart) = sum_k a * b over bf16 pairs: 32 values of k a step, 2 x 2 tiles; the last K % 32
+   values through zero-padded copies (a row of a has K values; the panel's last pair is zero-padded) */
+static void dn_amx_bf16_block(int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b, float* c, int64_t ldc,
+                              int64_t r) {
+    const int64_t full = K / 32, tail = K % 32, pairs = (tail + 1) / 2;
+    const int two = r > 16;
+    uint16_t at[32 * 32] __attribute__((aligned(64))), bt[16 * 64] __attribute__((aligned(64)));
+    if (tail) {
+        memset(at, 0, sizeof at);
+        memset(bt, 0, sizeof bt);
+        for (int64_t i = 0; i < r; ++i) memcpy(at + i * 32, a + i * lda + full * 32, (size_t)(tail * 2));
+        memcpy(bt, b + full * 16 * 64, (size_t)(pairs * 128));
+    }
+    const int64_t sa = lda * 2, sc = ldc * 4;
+    _tile_zero(0);
+    _tile_zero(1);
+    if (two) {
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t s = 0; s < full; ++s) {
+            _tile_loadd(4, a + s * 32, sa);
+            _tile_loadd(5, a + 16 * lda + s * 32, sa);
+            _tile_loadd(6, b + s * 16 * 64, 128);
+            _tile_loadd(7, b + s * 16 * 64 + 32, 128);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        if (tail) {
+            _tile_loadd(4, at, 64);
+            _tile_loadd(5, at + 16 * 32, 64);
+            _tile_loadd(6, bt, 128);
+            _tile_loadd(7, bt + 32, 128);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(2, c + 16 * ldc, sc);
+        _tile_stored(3, c + 16 * ldc + 16, sc);
+    } else {
+        for (int64_t s = 0; s < full; ++s) {
+            _tile_loadd(4, a + s * 32, sa);
+            _tile_loadd(6, b + s * 16 * 64, 128);
+            _tile_loadd(7, b + s * 16 * 64 + 32, 128);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        if (tail) {
+            _tile_loadd(4, at, 64);
+            _tile_loadd(6, bt, 128);
+            _tile_loadd(7, bt + 32, 128);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+    }
+    _tile_stored(0, c, sc);
+    _tile_stored(1, c + 16, sc);
 }
 #endif
 
@@ -138,89 +300,12 @@ const char* dnet_bgemm_path(void) {
 
 def support(tile: GemmTile) -> str:
     """The int8 and bf16 micro-kernels for one tile shape (emitted once per library, after COMMON)."""
-    amx = _amx(tile.mr) if tile.nr == AMX_NR and tile.mr <= 16 else ""
-    return amx + _int8(tile.mr, tile.nr, bool(amx)) + _bf16(tile.mr, tile.nr, bool(amx))
+    return _int8(tile.mr, tile.nr) + _bf16(tile.mr, tile.nr)
 
 
-AMX_NR = 32   # a panel is two AMX tiles of 16 columns
-
-
-def _amx(mr: int) -> str:
-    """The int8 and bf16 tiles on AMX, for panels of 32 columns: the last groups of k, where a whole tile
-    would read past a row of a or past the panel, go through zero-padded copies."""
-    sfx = f"{mr}x{AMX_NR}"
-    return f"""
-#if defined(DN_AMX_INT8)
-/* t (mr x 32 int32) = sum over k4 groups of a * (b + 128): 16 groups (64 bytes of each row of a) a step */
-static void dn_amx_i8_{sfx}(int64_t k4, const int8_t* a, int64_t lda, const int8_t* b, int32_t* t, int64_t mr) {{
-    const int64_t full = k4 / 16, rest = k4 % 16;
-    int8_t at[16 * 64] __attribute__((aligned(64))), bt[16 * 128] __attribute__((aligned(64)));
-    if (rest) {{   /* copied before the tiles are configured: no call between tile instructions */
-        memset(at, 0, sizeof at);
-        memset(bt, 0, sizeof bt);
-        for (int64_t i = 0; i < mr; ++i) memcpy(at + i * 64, a + i * lda + full * 64, (size_t)(rest * 4));
-        memcpy(bt, b + full * 16 * 128, (size_t)(rest * 128));
-    }}
-    dn_amx_config(mr);
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int64_t s = 0; s < full; ++s) {{
-        _tile_loadd(2, a + s * 64, lda);
-        _tile_loadd(3, b + s * 16 * 128, 128);
-        _tile_loadd(4, b + s * 16 * 128 + 64, 128);
-        _tile_dpbsud(0, 2, 3);
-        _tile_dpbsud(1, 2, 4);
-    }}
-    if (rest) {{
-        _tile_loadd(2, at, 64);
-        _tile_loadd(3, bt, 128);
-        _tile_loadd(4, bt + 64, 128);
-        _tile_dpbsud(0, 2, 3);
-        _tile_dpbsud(1, 2, 4);
-    }}
-    _tile_stored(0, t, 128);
-    _tile_stored(1, t + 16, 128);
-    _tile_release();
-}}
-#endif
-
-#if defined(DN_AMX_BF16)
-/* t (mr x 32 f32) = sum over k of a * b in bf16 pairs: 16 pairs (32 values of each row of a) a step; k2 whole
-   pairs, then kt (< 2) values */
-static void dn_amx_bf16_{sfx}(int64_t k2, int64_t kt, const uint16_t* a, int64_t lda, const uint16_t* b, float* t,
-                             int64_t mr) {{
-    const int64_t full = k2 / 16, rest = k2 % 16 + kt;   /* pairs left after the whole steps */
-    uint16_t at[16 * 32] __attribute__((aligned(64))), bt[16 * 64] __attribute__((aligned(64)));
-    if (rest) {{
-        memset(at, 0, sizeof at);
-        memset(bt, 0, sizeof bt);
-        const int64_t values = (k2 % 16) * 2 + kt;
-        for (int64_t i = 0; i < mr; ++i) memcpy(at + i * 32, a + i * lda + full * 32, (size_t)(values * 2));
-        memcpy(bt, b + full * 16 * 64, (size_t)(rest * 128));
-    }}
-    dn_amx_config(mr);
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int64_t s = 0; s < full; ++s) {{
-        _tile_loadd(2, a + s * 32, lda * 2);
-        _tile_loadd(3, b + s * 16 * 64, 128);
-        _tile_loadd(4, b + s * 16 * 64 + 32, 128);
-        _tile_dpbf16ps(0, 2, 3);
-        _tile_dpbf16ps(1, 2, 4);
-    }}
-    if (rest) {{
-        _tile_loadd(2, at, 64);
-        _tile_loadd(3, bt, 128);
-        _tile_loadd(4, bt + 32, 128);
-        _tile_dpbf16ps(0, 2, 3);
-        _tile_dpbf16ps(1, 2, 4);
-    }}
-    _tile_stored(0, t, 128);
-    _tile_stored(1, t + 16, 128);
-    _tile_release();
-}}
-#endif
-"""
+AMX_NR = 32     # an AMX block is 2 x 2 tiles of 16 rows x 16 columns: panels of 32 columns
+AMX_ROWS = 32   # rows of a block
+AMX_BLOCK = 64  # rows of a task (its blocks share the task's panels of b)
 
 
 def _rows(mr: int, elem: str) -> str:
@@ -228,13 +313,11 @@ def _rows(mr: int, elem: str) -> str:
     return "\n".join(f"    const {elem}* restrict a{i} = a + ({i} < mr ? {i} : 0) * lda;" for i in range(mr))
 
 
-def _int8(mr: int, nr: int, amx: bool = False) -> str:
+def _int8(mr: int, nr: int) -> str:
     sfx = f"{mr}x{nr}"
     branches = []
     if nr % 16 == 0:
-        first = (f"#if defined(DN_AMX_INT8)\n    if (dn_amx_ready()) {{ dn_amx_i8_{sfx}(k4, a, lda, b, t, mr); return; }}"
-                 "\n#endif\n" if amx else "")
-        branches.append(("defined(DN_I8_AVX512)", first + _int8_vector(mr, nr, 16, "__m512i", "_mm512")))
+        branches.append(("defined(DN_I8_AVX512)", _int8_vector(mr, nr, 16, "__m512i", "_mm512")))
     if nr % 8 == 0:
         branches.append(("defined(DN_I8_AVX2)", _int8_vector(mr, nr, 8, "__m256i", "_mm256")))
     body = ""
@@ -339,11 +422,9 @@ def _int8_portable(mr: int, nr: int) -> str:
     }}"""
 
 
-def _bf16(mr: int, nr: int, amx: bool = False) -> str:
+def _bf16(mr: int, nr: int) -> str:
     sfx = f"{mr}x{nr}"
     vector = ""
-    first = (f"#if defined(DN_AMX_BF16)\n    if (dn_amx_ready()) {{ dn_amx_bf16_{sfx}(k2, kt, a, lda, b, t, mr); return; }}"
-             "\n#endif\n" if amx else "")
     if nr % 16 == 0:
         nv = nr // 16
         acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
@@ -360,7 +441,7 @@ def _bf16(mr: int, nr: int, amx: bool = False) -> str:
         store = "\n".join(f"    _mm512_storeu_ps(t + {i * nr + v * 16}, {acc[i][v]});"
                           for i in range(mr) for v in range(nv))
         vector = f"""#if defined(DN_BF16_AVX512)
-{first}{_rows(mr, "uint16_t")}
+{_rows(mr, "uint16_t")}
 {decl}
     for (int64_t kk = 0; kk < k2; ++kk, b += {nr * 2}) {{
 {step("uint32_t w; memcpy(&w, a{i} + kk * 2, 4);")}
@@ -443,4 +524,69 @@ def render_low_precision(r, g: Gemm, pad: str) -> list[str]:
         "    }",
         "}",
     ]
-    return [pad + x for x in lines] + r.outline(task, "g_mblocks * g_nchunks", "1", pad)
+    body = [pad + x for x in lines]
+    if t.nr != AMX_NR:
+        return body + r.outline(task, "g_mblocks * g_nchunks", "1", pad)
+    # AMX where the library has it and Linux grants the tiles (asked at the first call), else the vector path
+    macro = "DN_AMX_INT8" if int8 else "DN_AMX_BF16"
+    body += _amx_sizes(r)
+    vector = r.outline(task, "g_mblocks * g_nchunks", "1", pad + "    ")
+    amx = r.outline(_amx_task(g, int8, a_at, lda, b_at, _epilogue(r, g, "g_c", "g_ir", "g_j0")),
+                    "g_ablocks * g_anchunks", "1", pad + "    ")
+    r.helpers[-1] = f"#if defined({macro})\n{r.helpers[-1]}\n#endif"
+    return body + [f"#if defined({macro})", f"{pad}if (dn_amx_ready()) {{", *amx, f"{pad}}} else", "#endif",
+                   f"{pad}{{", *vector, f"{pad}}}"]
+
+
+def _amx_sizes(r) -> list[str]:
+    """The AMX tasks: blocks of AMX_BLOCK rows x chunks of panels, split until 4 tasks a thread."""
+    lines = [
+        f"const int64_t g_ablocks = (g_M + {AMX_BLOCK - 1}) / {AMX_BLOCK};",
+        "int64_t g_achunks = 1;",
+        "while (g_achunks < g_panels && g_ablocks * g_achunks < 4 * g_nt) g_achunks++;",
+        "const int64_t g_aper = g_panels > 0 ? (g_panels + g_achunks - 1) / g_achunks : 1;",
+        "const int64_t g_anchunks = (g_panels + g_aper - 1) / g_aper;",
+    ]
+    r.locals += [("const int64_t", n) for n in ("g_ablocks", "g_aper", "g_anchunks")]
+    return lines
+
+
+def _amx_task(g: Gemm, int8: bool, a_at: str, lda: str, b_at: str, epilogue: list[str]) -> list[str]:
+    """One run of AMX tasks: the tiles configured once (again for a ragged last block), released at the end.
+    A block of <= 32 rows meets each panel of the task's chunk; int8 rows' sums are taken once per block."""
+    if int8:
+        prep = [f"int32_t g_rs[{AMX_ROWS}];", f"dn_i8_rowsums({a_at}, {lda}, g_K, g_mr, g_rs);"]
+        call = [f"dn_amx_i8_block(g_K, {a_at}, {lda}, {b_at}, g_t, g_mr);",
+                f"dn_amx_i8_finish(g_t, g_rs, (const int8_t*){b_at} + (g_K + 3) / 4 * {AMX_NR * 4}, "
+                f"{g.a.scale} + 2 * g_ir, {g.b.scale} + g_j0, g_c, g_N, g_mr, g_nr);"]
+        scratch = f"int32_t g_t[{AMX_ROWS * AMX_NR}] __attribute__((aligned(64)));"
+    else:   # whole panels straight into c; a ragged last panel through a scratch tile
+        prep = []
+        call = [f"if (g_nr == {AMX_NR}) dn_amx_bf16_block(g_K, {a_at}, {lda}, {b_at}, g_c, g_N, g_mr);",
+                "else {",
+                f"    dn_amx_bf16_block(g_K, {a_at}, {lda}, {b_at}, g_t, {AMX_NR}, g_mr);",
+                "    for (int64_t i = 0; i < g_mr; ++i)",
+                f"        for (int64_t j = 0; j < g_nr; ++j) g_c[i * g_N + j] = g_t[i * {AMX_NR} + j];",
+                "}"]
+        scratch = f"float g_t[{AMX_ROWS * AMX_NR}] __attribute__((aligned(64)));"
+    return [
+        scratch,
+        "int64_t g_cfg = 0;   /* the rows the tiles are configured for (0: not yet) */",
+        "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+        "    const int64_t g_blk = g_flat / g_anchunks, g_p0 = g_flat % g_anchunks * g_aper;",
+        "    const int64_t g_p1 = g_p0 + g_aper < g_panels ? g_p0 + g_aper : g_panels;",
+        f"    const int64_t g_i0 = g_blk * {AMX_BLOCK}, g_i1 = g_i0 + {AMX_BLOCK} < g_M ? g_i0 + {AMX_BLOCK} : g_M;",
+        f"    for (int64_t g_ir = g_i0; g_ir < g_i1; g_ir += {AMX_ROWS}) {{",
+        f"        const int64_t g_mr = g_i1 - g_ir < {AMX_ROWS} ? g_i1 - g_ir : {AMX_ROWS};",
+        "        if (g_mr != g_cfg) { dn_amx_config(g_mr); g_cfg = g_mr; }",
+        *["        " + x for x in prep],
+        "        for (int64_t g_p = g_p0; g_p < g_p1; ++g_p) {",
+        f"            const int64_t g_j0 = g_p * {AMX_NR}, g_nr = g_N - g_j0 < {AMX_NR} ? g_N - g_j0 : {AMX_NR};",
+        "            float* g_c = out + g_ir * g_N + g_j0;",
+        *["            " + x for x in call],
+        *["            " + x for x in epilogue],
+        "        }",
+        "    }",
+        "}",
+        "if (g_cfg) _tile_release();",
+    ]
