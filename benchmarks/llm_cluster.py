@@ -11,17 +11,23 @@ topology=)`: every worker keeps its layers' KV caches) and decodes greedily in t
 - best single: the whole model on the fastest worker alone;
 - equal: the same number of layers on every worker;
 - exo: layers in proportion to each worker's memory (exo's ring memory-weighted split);
+- tensor: every layer split over the three workers (`parallel="tensor"`: heads and MLP features in
+  proportion to speed, two all-reduces a layer over the shaped links);
 
-beside the plan's own prediction (the probed cost model, uncalibrated). Then one worker of dnet's
-eight-stream plan is killed mid-run: the pause until decoding goes on (re-plan + cache rebuild).
-Figures are medians of windows at steady state; the workers share this machine's cores with the
-coordinator, so absolute rates are low and the ratios are what to read.
+beside each plan's own prediction: from the probed cost model ("model"), and after one round of the
+feedback loop (`engine.retune(rounds=1)`: the plan is timed, each node's speed corrected by what its
+stages measured, the plan kept; "calibrated"), both against a fresh measurement after it. Then one
+worker of dnet's eight-stream plan is killed mid-run: the pause until decoding goes on (re-plan + cache
+rebuild). Figures are medians of windows at steady state; the workers share this machine's cores with
+the coordinator, so absolute rates are low and the ratios are what to read.
 
     .venv/bin/python benchmarks/llm_cluster.py [--slowdowns 2,3,4] [--windows 5] [--steps 8]
+                                               [--links lan,wifi] [--streams 1,8] [--kinds dnet,equal,...]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -39,7 +45,8 @@ CONTEXT = 256
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a small robot",
            "List three colors:", "Water boils at", "The best way to learn is", "import numpy as np",
            "In 1969, astronauts"]
-LINKS = {"LAN 1 Gb/s, 0.3 ms": (1e9 / 8, 0.3e-3), "Wi-Fi 100 Mb/s, 3 ms": (100e6 / 8, 3e-3)}
+LINKS = {"lan": ("LAN 1 Gb/s, 0.3 ms", 1e9 / 8, 0.3e-3), "wifi": ("Wi-Fi 100 Mb/s, 3 ms", 100e6 / 8, 3e-3)}
+KINDS = ("best single", "dnet", "tensor", "equal", "exo")
 
 
 def planner(kind: str):
@@ -86,37 +93,73 @@ def main() -> None:
                     help="each worker this many times slower: together they must not need more cores than the machine has")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8, help="decode steps per window")
+    ap.add_argument("--links", default=",".join(LINKS), help="which shaped links: " + ", ".join(LINKS))
+    ap.add_argument("--streams", default="1,8", help="sequences decoded together, one row group each")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="which plans: " + ", ".join(KINDS))
+    ap.add_argument("--no-kill", action="store_true", help="skip the killed-worker run")
     args = ap.parse_args()
     factors = [float(x) for x in args.slowdowns.split(",")]
-    console = Console(width=140)
+    links = _choices(args.links, LINKS, "--links")
+    kinds = _choices(args.kinds, KINDS, "--kinds")
+    streams_list = [int(x) for x in args.streams.split(",")]
+    console = Console(width=160)
+    load_average = os.getloadavg()
     table = Table(title=f"SmolLM2-135M Q4_1 decode on {len(factors)} local workers (slowdowns {args.slowdowns}, "
-                        f"1 thread each), tokens/s, median of {args.windows} windows of {args.steps} steps")
-    for col in ("link", "streams", "plan", "stages (node: layers)", "predicted tok/s", "measured tok/s",
-                "vs best single"):
+                        f"1 thread each), tokens/s, median of {args.windows} windows of {args.steps} steps; "
+                        f"load average at start {load_average[0]:.1f}")
+    for col in ("link", "streams", "plan", "stages (node: layers)", "predicted: model", "calibrated",
+                "measured", "measured / calibrated", "vs best single"):
         table.add_column(col, justify="right")
     pause = None
-    for link, (bandwidth, latency) in LINKS.items():
-        for streams in (1, 8):
+    for key in links:
+        link, bandwidth, latency = LINKS[key]
+        for streams in streams_list:
             best = None
-            for kind in ("best single", "dnet", "equal", "exo"):
+            for kind in kinds:
                 topo = Topology.local(len(factors), scales=[1 / f for f in factors], bandwidth=bandwidth,
                                       latency=latency)
-                options = {"slowdowns": factors} if kind == "dnet" else {"plan": planner(kind), "slowdowns": factors}
-                with load(context=CONTEXT, topology=topo, slots=streams, cluster=options) as llm:
-                    plan = llm.engine.exe.plan
+                options = {"slowdowns": factors} if kind in ("dnet", "tensor") else \
+                    {"plan": planner(kind), "slowdowns": factors}
+                parallel = "tensor" if kind == "tensor" else "pipeline"
+                with load(context=CONTEXT, topology=topo, slots=streams, cluster=options, parallel=parallel) as llm:
+                    exe = llm.engine.exe
+                    predicted = rate_of(exe.plan, streams)
+                    calibrated = None
+                    if not exe.pipeline.parallel:   # the feedback loop corrects pipelines' stage times
+                        llm.engine.retune(rounds=1, windows=2, steps=args.steps)
+                        calibrated = rate_of(exe.plan, streams)
+                    plan = exe.plan
                     rate, _ = measure(llm, streams, args.windows, args.steps)
-                    if kind == "dnet" and streams == 8 and pause is None:
+                    if kind == "dnet" and streams == 8 and pause is None and not args.no_kill:
                         _, pause = measure(llm, streams, 1, 2 * args.steps, kill_after=args.steps)
                 best = rate if kind == "best single" else best
                 layout = ", ".join(f"{s.node}: {len(s.layers)}" for s in plan.stages)
-                predicted = streams * plan.throughput if streams > 1 else 1 / plan.latency
+                if exe.pipeline.parallel:
+                    layout = "group " + ", ".join(s.node for s in plan.stages) + " (every layer)"
                 table.add_row(link, str(streams), kind, layout, f"{predicted:.1f}",
-                              f"{rate:.1f}", f"{rate / best:.2f}x")
-                console.print(f"{link}, {streams} stream(s), {kind}: {rate:.1f} tok/s ({layout})")
+                              "-" if calibrated is None else f"{calibrated:.1f}", f"{rate:.1f}",
+                              "-" if calibrated is None else f"{rate / calibrated:.2f}x",
+                              f"{rate / best:.2f}x" if best else "-")
+                console.print(f"{link}, {streams} stream(s), {kind}: {rate:.1f} tok/s ({layout}; predicted "
+                              f"{predicted:.1f}, calibrated {'-' if calibrated is None else f'{calibrated:.1f}'})")
     console.print(table)
+    console.print(f"load average (1, 5, 15 min) at start {load_average}, at end {os.getloadavg()}")
     if pause is not None:
-        console.print(f"a worker of dnet's 8-stream LAN plan killed mid-run: the longest step took {pause:.2f} s "
-                      "(loss noticed, re-planned, every cache rebuilt); no sequence lost")
+        console.print(f"a worker of dnet's 8-stream plan killed mid-run ({links[0]}): the longest step took "
+                      f"{pause:.2f} s (loss noticed, re-planned, every cache rebuilt); no sequence lost")
+
+
+def rate_of(plan, streams: int) -> float:
+    """The plan's predicted decode tokens/s: a step of every stream per throughput unit, or 1 / latency for one."""
+    return streams * plan.throughput if streams > 1 else 1 / plan.latency
+
+
+def _choices(text: str, known, flag: str) -> list[str]:
+    picked = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in picked if x not in known]
+    if unknown or not picked:
+        raise SystemExit(f"{flag}: unknown {unknown or text!r}; known: {', '.join(known)}")
+    return picked
 
 
 if __name__ == "__main__":
