@@ -150,3 +150,37 @@ def test_amx_kernels_are_the_ones_that_run(tmp_path):
     for graph, call in ((int8_graph(), "dn_amx_i8_block(g_K"), (bf16_graph(), "dn_amx_bf16_block(g_K")):
         source = dnet.compile(graph, target="c", cache_dir=tmp_path).runner.source
         assert source.count(call) >= len(SHAPES)
+
+
+def _crowded_rows_graph(k: int, n: int):
+    """y = x @ w.T, weights integers with a column maximum of 127 (int8 scale exactly 1)."""
+    from dnet.core.dtypes import DType
+    from dnet.core.types import TensorType
+    from dnet.graph import composites as C
+    from dnet.graph.builder import GraphBuilder
+    from dnet.graph.passes.dynamic_quant import quantize_dynamic
+
+    w = np.random.default_rng(11).integers(-127, 128, (n, k)).astype(np.float32)
+    w[:, 0] = 127.0
+    b = GraphBuilder()
+    b.output("y", C.linear(b, b.input("x", TensorType(("m", k), DType.F32)), b.const("w", w)))
+    return quantize_dynamic(b.finish(), min_elements=1), w
+
+
+@pytest.mark.parametrize("path", list(INT8_PATHS))
+def test_int8_sums_are_exact_where_rows_crowd_one_end(path, tmp_path, monkeypatch):
+    """Rows of sixteenths v / 16, v in 0..255, mostly 0 (as after a GELU): quantized exactly (step 1/16, zero
+    offset 128, q = v - 128), so y = x @ w.T is an integer over 16, the hand-derived oracle, and the kernel
+    must give exactly its f32 rounding. Its sums of q * b and z * sum b pass 2^24 at k = 1536 and nearly
+    cancel: summed in f32 they were off by a unit."""
+    k, n, m = 1536, 40, 7
+    graph, w = _crowded_rows_graph(k, n)
+    exe = _compile(graph, INT8_PATHS[path][0], tmp_path, monkeypatch)
+    rng = np.random.default_rng(12)
+    v = np.where(rng.random((m, k)) < 0.9, 0, rng.integers(0, 256, (m, k))).astype(np.float64)
+    v[:, 0], v[:, 1] = 0.0, 255.0
+    x = (v / 16).astype(np.float32)
+    want = ((v @ w.T.astype(np.float64)) / 16).astype(np.float32)
+    for threads in (1, 2):
+        exe.runner.module.set_threads(threads)
+        np.testing.assert_array_equal(exe.run({"x": x})["y"], want)

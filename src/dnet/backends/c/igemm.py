@@ -24,17 +24,22 @@ has), each with the same results within f32 rounding of the sums (int8: exactly 
   bf16   AVX512-BF16  `vdpbf16ps`: two products of bf16 pairs added to an f32 lane per instruction
          portable     bf16 widened to f32 (a shift), f32 loops
   AMX    `tdpbsud` / `tdpbf16ps` on tiles of 16 rows x 64 bytes, where the compiler targets AMX and Linux
-         grants the process its tile data (else the AVX-512 path); never run here: no machine had AMX.
+         grants the process its tile data (else the AVX-512 path): blocks of 32 rows x 32 columns in 2 x 2
+         tiles, a kernel-level choice at run time (`render_low_precision`), so the whole task loop differs
 
 `-DDN_QUANT_PORTABLE` forces the portable int8 path, `-DDN_QUANT_NO_VNNI` the AVX2 one and
 `-DDN_QUANT_NO_AVX512` the 256-bit one (the macros of `backends/c/quant.py`, so one flag forces every
-integer kernel); `-DDN_BF16_PORTABLE` the portable bf16 path; `-DDN_NO_AMX` keeps AMX out.
+integer kernel); `-DDN_BF16_PORTABLE` the portable bf16 path; `-DDN_NO_AMX` keeps AMX out, and `$DNET_NO_AMX=1`
+(read at a library's first Gemm) makes a library with AMX run its AVX-512 path, as a refusal by Linux would.
 `dnet_igemm_path()` and `dnet_bgemm_path()` in the library name the paths it computes with.
 
 Loops: tasks are (block of 8 slivers of mr rows, chunk of panels), enough for 4 per thread; within a
 task each panel of b (k x nr, in L1 or L2) meets every sliver of the block's rows of a, read in place.
 There is no k blocking: an mr x nr tile of int32 (or f32) sums stays in registers over the whole of k,
 then gets its scales and the Gemm's epilogue at once.
+AMX tasks are (block of 64 rows, chunk of panels): the tiles are configured once per run of tasks (again
+only for a ragged last block of rows), each block of <= 32 rows meets every panel of the chunk, and its
+four tiles of sums stay in the tile registers over the whole of k.
 """
 from __future__ import annotations
 
@@ -71,6 +76,23 @@ COMMON = r"""
 #if defined(DN_I8_AVX512) || defined(DN_I8_AVX2) || defined(DN_BF16_AVX512)
 #include <immintrin.h>
 #endif
+
+/* One row of an int8 Gemm's results: c[j] = (t[j] - shift + z * sums[j]) * s * sb[j], t the tile's int32 sums,
+   shift = 128 * sum_k a where the tile summed (b + 128) * a, sums b's column sums. Where z is an integer (as
+   graph.passes.dynamic_quant makes it) the bracket is summed exactly in int64 and rounded once: in f32, t and
+   z * sums (each past 2^24 at k ~ 1000 on rows whose values crowd one end of their range) lost units that
+   the near-cancelling sum then kept. */
+static inline void dn_i8_scale_row(const int32_t* restrict t, int32_t shift, const int32_t* restrict sums, float s,
+                                   float z, const float* restrict sb, float* restrict c, int64_t nr) {
+    if (z > -2147483648.0f && z < 2147483648.0f && (float)(int64_t)z == z) {
+        const int64_t zi = (int64_t)z;
+        #pragma omp simd
+        for (int64_t j = 0; j < nr; ++j) c[j] = (float)((int64_t)(t[j] - shift) + zi * sums[j]) * (s * sb[j]);
+    } else {
+        #pragma omp simd
+        for (int64_t j = 0; j < nr; ++j) c[j] = ((float)(t[j] - shift) + z * (float)sums[j]) * (s * sb[j]);
+    }
+}
 
 /* AMX (Sapphire Rapids and later): tiles of 16 rows x 64 bytes, `tdpbsud` / `tdpbf16ps` on whole tiles. Built
    where the compiler targets AMX (and -DDN_NO_AMX is not given); used where Linux also grants this process the
@@ -193,16 +215,9 @@ static inline void dn_amx_i8_finish(const int32_t* restrict t, const int32_t* re
                                     const float* restrict rows, const float* restrict sb, float* restrict c,
                                     int64_t ldc, int64_t r, int64_t nr) {
     int32_t sums[32];
-    float fsums[32];
     memcpy(sums, sums_at, sizeof sums);
-    for (int64_t j = 0; j < 32; ++j) fsums[j] = (float)sums[j];
-    for (int64_t i = 0; i < r; ++i) {
-        const int32_t shift = 128 * rowsum[i];
-        const float s = rows[2 * i], z = rows[2 * i + 1];
-        #pragma omp simd
-        for (int64_t j = 0; j < nr; ++j)
-            c[i * ldc + j] = ((float)(t[i * 32 + j] - shift) + z * fsums[j]) * (s * sb[j]);
-    }
+    for (int64_t i = 0; i < r; ++i)
+        dn_i8_scale_row(t + i * 32, 128 * rowsum[i], sums, rows[2 * i], rows[2 * i + 1], sb, c + i * ldc, nr);
 }
 #endif
 
@@ -349,20 +364,14 @@ static inline void dn_igemm_{sfx}(int64_t K, const int8_t* restrict a, int64_t l
             }}
     }}
     memcpy(sums, b + (k4 + (kt != 0)) * {nr * 4}, sizeof sums);
-    float fsums[{nr}];
-    for (int64_t j = 0; j < {nr}; ++j) fsums[j] = (float)sums[j];
     for (int64_t i = 0; i < mr; ++i) {{
-        float shift = 0.0f;
+        int32_t shift = 0;
 #if defined(DN_I8_OFFSET)   /* the tile summed (b + 128) * a: take 128 * sum_k a back out */
         int32_t row = 0;
         for (int64_t k = 0; k < K; ++k) row += a[i * lda + k];
-        shift = -128.0f * (float)row;
+        shift = 128 * row;
 #endif
-        /* f32 from here: the integer sums are exact; what follows rounds as the reference's f32 sums do */
-        const float s = rows[2 * i], z = rows[2 * i + 1];
-        #pragma omp simd
-        for (int64_t j = 0; j < nr; ++j)
-            c[i * ldc + j] = ((float)t[i * {nr} + j] + shift + z * fsums[j]) * (s * sb[j]);
+        dn_i8_scale_row(t + i * {nr}, shift, sums, rows[2 * i], rows[2 * i + 1], sb, c + i * ldc, nr);
     }}
 }}
 """
