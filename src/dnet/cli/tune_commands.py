@@ -20,18 +20,22 @@ from dnet.errors import DnetError
 @click.option("--budget", type=float, default=120.0, show_default=True, help="seconds the search may take")
 @click.option("--passes", type=int, default=2, show_default=True, help="sweeps over the knobs at most")
 @click.option("--repeats", type=int, default=20, show_default=True,
-              help="whole-model runs timed before and after (0: skip the comparison)")
+              help="whole-model runs timed before and after (0: skip the comparison and keep the tiles)")
+@click.option("--margin", type=float, default=0.01, show_default=True,
+              help="keep the tuned tiles only when the whole model gets at least this much faster")
 @progress_options()
-def tune_cmd(model: str, inputs, dims: str, threads: int | None, budget: float, passes: int, repeats: int) -> None:
+def tune_cmd(model: str, inputs, dims: str, threads: int | None, budget: float, passes: int, repeats: int,
+             margin: float) -> None:
     """Tune MODEL's f32 matmul kernels on this node: per kernel, a bounded search over cache blocks,
     unroll, packing and thread split, timed here on the model's own buffers within --budget seconds.
-    The winners go to this host's tuning cache, which every later C compile of those kernels uses.
-    MODEL as for `dnet run`."""
+    The winners go to this host's tuning cache, which every later C compile of those kernels uses, when
+    the whole model runs faster with them (timed before and after, --repeats runs each); otherwise the
+    analytic tiles are recorded. MODEL as for `dnet run`."""
     from dnet.backends.c.tune import tune
     from dnet.cli.model_commands import _compile, _random_inputs
 
-    if budget < 0 or passes < 1 or repeats < 0:
-        raise DnetError("--budget must be >= 0, --passes >= 1 and --repeats >= 0")
+    if budget < 0 or passes < 1 or repeats < 0 or not 0 <= margin < 1:
+        raise DnetError("--budget must be >= 0, --passes >= 1, --repeats >= 0 and --margin in [0, 1)")
     options = {"threads": threads} if threads else {}
     before = _compile(model, inputs, "c", None, None, 0, tuned=False, **options)
     env = parse_dims(dims)
@@ -40,11 +44,15 @@ def tune_cmd(model: str, inputs, dims: str, threads: int | None, budget: float, 
     report = tune(before.runner, feeds, budget, passes)
     click.echo(_table(report))
     note(f"searched {report.seconds:.1f} s of a {report.budget:.0f} s budget; cache {report.cache}")
-    if repeats and report.kernels:
+    if repeats and any(k.best != k.start for k in report.kernels):
         after = _compile(model, inputs, "c", None, None, 0, **options)
         old, new = _compare(before.runner, after.runner, feeds, repeats)
+        kept = new < old * (1 - margin)
+        if not kept:   # each kernel's winner, timed alone, need not speed up the model it runs in
+            report.keep_analytic()
         click.echo(f"whole model: {1e3 * old:.3f} ms untuned, {1e3 * new:.3f} ms tuned "
-                   f"({old / new:.2f}x; medians of {repeats} runs each, interleaved)")
+                   f"({old / new:.2f}x; medians of {repeats} runs each, interleaved): "
+                   + ("tuned tiles kept" if kept else "analytic tiles kept"))
 
 
 def _table(report) -> str:

@@ -37,6 +37,12 @@ class TuneCache:
         self.fingerprint = fingerprint
         self.path = Path(root if root is not None else cache_root()) / "tune" / f"{fingerprint}.json"
 
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> "TuneCache":
+        """The cache whose file is `path` (`<root>/tune/<fingerprint>.json`)."""
+        path = Path(path)
+        return cls(path.stem, path.parent.parent)
+
     def load(self) -> dict[str, dict[str, Any]]:
         """Every record, by key; {} when there is no file or it is not a tuning cache of this host."""
         try:

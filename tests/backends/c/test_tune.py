@@ -101,3 +101,24 @@ def test_a_loaded_artefact_cannot_be_tuned(rng):
         compiled = None
     with pytest.raises(Exception, match="compiled here"):
         tune(Loaded(), {}, budget=1.0)
+
+
+def test_keeping_the_analytic_tiles_rewrites_every_record(compile_c, c_cache, rng):
+    graph = linear_graph(rng)
+    runner = compile_c(graph, threads=1, tuned=False)
+    feeds = {"x": rng.standard_normal((32, 96)).astype(np.float32)}
+    cache = TuneCache(detect().fingerprint(), c_cache)
+    try:
+        report = tune(runner, feeds, budget=0.0, cache_dir=c_cache)
+        # whatever won, pretend a kernel chose another tile, then take the analytic ones back
+        k = report.kernels[0]
+        cache.update({k.key: {**report.records[k.key], "tile": tile_record(replace(k.start, unroll=1))}})
+        report.keep_analytic()
+        records = cache.load()
+        assert {key: r["tile"] for key, r in records.items()} == {k.key: tile_record(k.start) for k in report.kernels}
+        assert all(r["kept_analytic"] for r in records.values())
+        analytic = compile_c(graph, threads=1, tuned=False)
+        assert {n: gemm_of(k) for n, k in compile_c(graph, threads=1).compiled.kernels.items()} == \
+            {n: gemm_of(k) for n, k in analytic.compiled.kernels.items()}
+    finally:
+        cache.path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -49,6 +49,7 @@ class TunedKernel:
     seconds: float                  # one launch, the tuned tile
     trials: int
     complete: bool
+    key: str = ""                   # its record's key in the tuning cache
 
 
 @dataclass
@@ -57,6 +58,16 @@ class TuneReport:
     seconds: float                  # wall time the tuning took
     budget: float
     cache: Path
+    records: dict[str, dict] = field(default_factory=dict)   # what was written, by key
+
+    def keep_analytic(self) -> None:
+        """Rewrite this tuning's records with the analytic tiles: what a caller does when the tuned tiles,
+        winners one kernel at a time, do not make the whole model faster (a kernel timed alone, again and
+        again, finds its operands in caches that the model's other kernels would have evicted)."""
+        fixed = {k.key: {**self.records[k.key], "tile": tile_record(k.start), "seconds": k.default_seconds,
+                         "kept_analytic": True} for k in self.kernels if k.key in self.records}
+        TuneCache.at(self.cache).update(fixed)
+        self.records = fixed
 
 
 def tune(runner: Any, inputs: Mapping[str, np.ndarray], budget: float = 120.0, passes: int = 2,
@@ -90,18 +101,22 @@ def tune(runner: Any, inputs: Mapping[str, np.ndarray], budget: float = 120.0, p
     del keep
     threads = module.threads
     report, records = [], {}
-    for name, r in results.items():
+    for name, r in sorted(results.items(), key=lambda item: -item[1].default_seconds * _count(launches, item[0])):
         gemm = gemm_of(kernels[name])
-        count = sum(1 for ins in launches if ins.kernel == name)
+        count = _count(launches, name)
         report.append(TunedKernel(name, f"m={index_str(gemm.m)} n={index_str(gemm.n)} k={index_str(gemm.k)}",
                                   count, r.start, r.best, r.default_seconds, r.seconds, len(r.trials), r.complete))
-        records[tuning_key(kernels[name], threads, BACKEND)] = {
+        report[-1].key = tuning_key(kernels[name], threads, BACKEND)
+        records[report[-1].key] = {
             "tile": tile_record(r.best), "seconds": r.seconds, "default_seconds": r.default_seconds,
             "dims": dict(env), "threads": threads, "backend": BACKEND, "shape": report[-1].shape,
             "flops": _flops(gemm, env), "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     cache.update(records)
-    report.sort(key=lambda k: -k.default_seconds * k.launches)
-    return TuneReport(report, clock() - began, budget, cache.path)
+    return TuneReport(report, clock() - began, budget, cache.path, records)
+
+
+def _count(launches: list[Launch], kernel: str) -> int:
+    return sum(1 for ins in launches if ins.kernel == kernel)
 
 
 def _flops(gemm, env: Mapping[str, int]) -> float:
