@@ -65,6 +65,16 @@ def test_a_model_no_single_node_can_hold_runs_split_and_generates_the_same_text(
         assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
+def test_eight_streams_split_over_three_workers_decode_one_nodes_greedy_text(single):
+    """Eight sequences in flight through a three-stage pipeline (each step cut into a request per stage)."""
+    prompts = PROMPTS + ["Water boils at", "The best way to learn is", "import numpy as np", "In 1969, astronauts"]
+    expected = greedy(single, prompts[:4], STEPS) + greedy(single, prompts[4:], STEPS)   # the oracle has 4 slots
+    with load(context=CONTEXT, topology=capped(Topology.local(3), 75e6), slots=8,   # 8 caches: ~165 MB in all
+              cluster={"calibrate": False}) as llm:
+        assert len(llm.engine.exe.plan.stages) == 3
+        assert greedy(llm, prompts, STEPS) == expected
+
+
 @pytest.mark.parametrize("spare", [False, True], ids=["over-the-survivors", "onto-a-spare"])
 def test_a_worker_killed_mid_generation_loses_no_sequence_and_changes_no_token(single, spare):
     # four streams plan for throughput: three equal nodes each take a stage; a fourth, far slower,
