@@ -7,6 +7,9 @@ same send for a thread that must not wait (an `Outbox`'s producer).
 
 Receives go through a read buffer: one `recv` usually brings a small frame whole
 (header, meta and payload), and what it brings past the frame is kept for the next.
+The header is unpacked and the meta decoded where they lie in that buffer (no copy
+of either first): a small message's cost is mostly the interpreter's, so every step
+saved on this path shows in the decode loop's round trips.
 A large payload is read straight into one aligned buffer that the received arrays
 then view. Every length is checked against the limits before its body is allocated.
 """
@@ -20,7 +23,7 @@ import numpy as np
 
 from dnet.cluster.protocol import (
     ALIGN, DEFAULT_LIMITS, HEADER, ConnectionClosed, Limits, Message, ProtocolError, frame_buffers,
-    parse_header, parse_meta, tensor_layout, tensors_from_payload,
+    meta_from_text, tensor_layout, tensors_from_payload, unpack_header,
 )
 
 _IOV_BATCH = 512  # well under Linux's IOV_MAX (1024)
@@ -95,35 +98,67 @@ _POOLED_REFS = 3  # the pool's list, the comprehension's loop variable, getrefco
 class FrameReader:
     """Frames from a socket, through a read buffer: as few `recv` calls as the data allows."""
 
-    def __init__(self, sock: socket.socket, size: int = READ_AHEAD):
+    def __init__(self, sock: socket.socket, size: int = READ_AHEAD, exact: bool = False):
+        """`exact`: every recv asks for what the frame still lacks, never a byte past it."""
         self.sock = sock
-        self._buffer = bytearray(size)
+        self.exact = exact
+        self._buffer = bytearray(max(size, HEADER.size))
         self._view = memoryview(self._buffer)
         self._start = self._end = 0  # the buffered bytes not yet handed out
 
     def read(self, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
-        header = parse_header(self._take(HEADER.size, "header", at_boundary=True), limits)
-        meta = parse_meta(self._take(header.meta_len, "meta"))
-        if not header.payload_len and "tensors" not in meta:   # a control message
-            return Message(header.type, meta)
-        slots = tensor_layout(meta, header.payload_len, limits)  # checked before the payload is allocated
+        # header and meta are parsed where they lie in the read buffer: no copy, no object per piece
+        if self._end - self._start < HEADER.size:
+            self._buffer_at_least(HEADER.size, "header", at_boundary=True)
+        msg_type, meta_len, payload_len = unpack_header(self._buffer, self._start, limits)
+        self._start += HEADER.size
+        if meta_len <= len(self._buffer) - HEADER.size:
+            if self._end - self._start < meta_len:
+                self._buffer_at_least(meta_len, "meta")
+            text = self._view[self._start:self._start + meta_len]
+            self._start += meta_len
+        else:   # larger than the read buffer: a buffer of its own
+            text = self._take(meta_len, "meta")
+        try:
+            text = str(text, "utf-8")
+        except UnicodeDecodeError as err:
+            raise ProtocolError(f"meta is not UTF-8 JSON: {err}") from None
+        meta = meta_from_text(text)
+        if not payload_len and "tensors" not in meta:   # a control message
+            return Message(msg_type, meta, {})
+        slots = tensor_layout(meta, payload_len, limits)  # checked before the payload is allocated
         meta.pop("tensors", None)
         if not slots:
-            return Message(header.type, meta)
-        if pool is not None and header.payload_len > len(self._buffer):
-            payload = pool.take(header.payload_len)
+            return Message(msg_type, meta, {})
+        if pool is not None and payload_len > len(self._buffer):
+            payload = pool.take(payload_len)
         else:  # small: a fresh buffer costs less than looking for a free one
-            payload = _aligned_empty(header.payload_len)
+            payload = _aligned_empty(payload_len)
         self._fill(memoryview(payload), "payload")
-        return Message(header.type, meta, tensors_from_payload(slots, payload))
+        return Message(msg_type, meta, tensors_from_payload(slots, payload))
 
-    def _take(self, size: int, what: str, at_boundary: bool = False) -> bytes:
-        if self._end - self._start >= size:  # already here (the usual case after the header's recv)
-            data = bytes(self._view[self._start:self._start + size])
-            self._start += size
-            return data
+    def _buffer_at_least(self, size: int, what: str, at_boundary: bool = False) -> None:
+        """Receive until `size` bytes (at most the buffer's size) lie buffered from `_start`, in one piece."""
+        start, end = self._start, self._end
+        if start == end:
+            start = end = 0
+        elif start + size > len(self._buffer):   # too near the end: move what is buffered to the front
+            self._buffer[:end - start] = bytes(self._view[start:end])
+            start, end = 0, end - start
+        got = end - start
+        while got < size:
+            n = self.sock.recv_into(self._view[end:], size - got if self.exact else 0)
+            if n == 0:
+                self._start = self._end = end
+                _closed(got, size, what, at_boundary)
+            end += n
+            got += n
+        self._start, self._end = start, end
+
+    def _take(self, size: int, what: str) -> bytes:
+        """`size` bytes (more than the read buffer holds) as a buffer of their own."""
         data = bytearray(size)
-        self._fill(memoryview(data), what, at_boundary)
+        self._fill(memoryview(data), what)
         return bytes(data)
 
     def _fill(self, dest: memoryview, what: str, at_boundary: bool = False) -> None:
@@ -138,7 +173,7 @@ class FrameReader:
                     _closed(got, len(dest), what, at_boundary)
                 got += n
                 continue
-            n = self.sock.recv_into(self._view)  # the rest, and whatever follows it
+            n = self.sock.recv_into(self._view, len(dest) - got if self.exact else 0)  # the rest, and what follows
             if n == 0:
                 _closed(got, len(dest), what, at_boundary)
             used = min(n, len(dest) - got)
@@ -155,7 +190,7 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
 
 def read_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
     """One frame, reading no byte past it (unbuffered: a `Channel` reads through its `FrameReader`)."""
-    return FrameReader(sock, size=1).read(limits, pool)
+    return FrameReader(sock, size=HEADER.size, exact=True).read(limits, pool)
 
 
 class Channel:

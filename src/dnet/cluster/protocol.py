@@ -117,8 +117,25 @@ class TensorSlot(NamedTuple):
 
 
 _TYPES = {int(t): t for t in MsgType}
-_ENCODE_JSON = json.JSONEncoder(separators=(",", ":")).encode  # once: json.dumps with options builds one per call
 _DECODE_JSON = json.JSONDecoder().decode
+_SCAN_JSON = json.JSONDecoder().scan_once  # one value from a position: decode without its whitespace handling
+
+
+def _json_encoder() -> Any:
+    """Compact JSON (`json.dumps(obj, separators=(",", ":"))`) with the C encoder made once: `JSONEncoder.encode`
+    makes a new one per call, half the cost of writing a small meta."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:   # no C accelerator: the pure-Python encoder, the same text
+        return json.JSONEncoder(separators=(",", ":")).encode
+    default = json.JSONEncoder().default   # what cannot be written: its TypeError, as json.dumps raises it
+    encoder = make(None, default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))   # (no circular check: metas are trees the code builds)
+    return encode
+
+
+_ENCODE_JSON = _json_encoder()
 
 
 def _aligned(n: int) -> int:
@@ -130,13 +147,28 @@ def _aligned(n: int) -> int:
 def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
     if len(data) != HEADER.size:
         raise ProtocolError(f"truncated header: {len(data)} of {HEADER.size} bytes")
-    magic, version, type_code, flags, meta_len, payload_len = HEADER.unpack(data)
+    return Header(*unpack_header(data, 0, limits))
+
+
+def unpack_header(buffer: Any, offset: int, limits: Limits = DEFAULT_LIMITS) -> tuple[MsgType, int, int]:
+    """The header at `offset` of a buffer holding at least HEADER.size bytes there: (type, meta length,
+    payload length), every field checked (a reader's fast path: no copy, one test when all is well)."""
+    magic, version, type_code, flags, meta_len, payload_len = fields = HEADER.unpack_from(buffer, offset)
+    msg_type = _TYPES.get(type_code)
+    if (msg_type is None or magic != MAGIC or version != VERSION or flags
+            or meta_len > limits.max_meta or payload_len > limits.max_payload):
+        _refuse_header(fields, limits)
+    return msg_type, meta_len, payload_len
+
+
+def _refuse_header(fields: tuple, limits: Limits) -> None:
+    """Raise the error of the first check a header fails."""
+    magic, version, type_code, flags, meta_len, payload_len = fields
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version}, this side speaks {VERSION}")
-    msg_type = _TYPES.get(type_code)
-    if msg_type is None:
+    if type_code not in _TYPES:
         raise ProtocolError(f"unknown message type {type_code}")
     if flags:
         raise ProtocolError(f"reserved flags set: {flags:#06x}")
@@ -144,7 +176,6 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
         raise ProtocolError(f"oversized meta: {meta_len} bytes claimed, limit {limits.max_meta}")
     if payload_len > limits.max_payload:
         raise ProtocolError(f"oversized payload: {payload_len} bytes claimed, limit {limits.max_payload}")
-    return Header(msg_type, meta_len, payload_len)
 
 
 MAX_META_DEPTH = 32   # a meta nests a few levels; deeper is an attack on the JSON parser's recursion
@@ -166,12 +197,27 @@ def check_meta_depth(data: bytes, limit: int = MAX_META_DEPTH) -> None:
 
 
 def parse_meta(data: bytes) -> dict[str, Any]:
-    check_meta_depth(data)
     try:
-        meta = _DECODE_JSON(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ProtocolError(f"meta is not UTF-8 JSON: {err}") from None
-    if not isinstance(meta, dict):
+    return meta_from_text(text)
+
+
+def meta_from_text(text: str) -> dict[str, Any]:
+    """`parse_meta` of meta bytes already decoded from UTF-8."""
+    if text.count("[") + text.count("{") > MAX_META_DEPTH:   # (the brackets are ASCII: the same count as bytes)
+        check_meta_depth(text.encode("utf-8"))
+    try:
+        meta, end = _SCAN_JSON(text, 0)   # the usual case: one compact object, nothing around it
+    except (StopIteration, ValueError):
+        end = -1
+    if end != len(text):
+        try:
+            meta = _DECODE_JSON(text)    # whitespace around it, or the error to report
+        except ValueError as err:
+            raise ProtocolError(f"meta is not UTF-8 JSON: {err}") from None
+    if type(meta) is not dict:
         raise ProtocolError(f"meta must be a JSON object, got {type(meta).__name__}")
     return meta
 
