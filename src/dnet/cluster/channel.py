@@ -111,12 +111,13 @@ class FrameReader:
         if self._end - self._start < HEADER.size:
             self._buffer_at_least(HEADER.size, "header", at_boundary=True)
         msg_type, meta_len, payload_len = unpack_header(self._buffer, self._start, limits)
-        self._start += HEADER.size
+        start = self._start = self._start + HEADER.size
         if meta_len <= len(self._buffer) - HEADER.size:
-            if self._end - self._start < meta_len:
+            if self._end - start < meta_len:
                 self._buffer_at_least(meta_len, "meta")
-            text = self._view[self._start:self._start + meta_len]
-            self._start += meta_len
+                start = self._start
+            text = self._view[start:start + meta_len]
+            self._start = start + meta_len
         else:   # larger than the read buffer: a buffer of its own
             text = self._take(meta_len, "meta")
         try:
@@ -140,19 +141,18 @@ class FrameReader:
     def _buffer_at_least(self, size: int, what: str, at_boundary: bool = False) -> None:
         """Receive until `size` bytes (at most the buffer's size) lie buffered from `_start`, in one piece."""
         start, end = self._start, self._end
-        if start == end:
+        if start == end:   # the usual case: nothing buffered, so receive from the buffer's start
             start = end = 0
         elif start + size > len(self._buffer):   # too near the end: move what is buffered to the front
             self._buffer[:end - start] = bytes(self._view[start:end])
             start, end = 0, end - start
-        got = end - start
-        while got < size:
-            n = self.sock.recv_into(self._view[end:], size - got if self.exact else 0)
+        while end - start < size:
+            space = self._view[end:] if end else self._view
+            n = self.sock.recv_into(space, size - (end - start) if self.exact else 0)
             if n == 0:
                 self._start = self._end = end
-                _closed(got, size, what, at_boundary)
+                _closed(end - start, size, what, at_boundary)
             end += n
-            got += n
         self._start, self._end = start, end
 
     def _take(self, size: int, what: str) -> bytes:

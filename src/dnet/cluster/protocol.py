@@ -91,7 +91,7 @@ DEFAULT_LIMITS = Limits()
 HANDSHAKE_LIMITS = Limits(max_meta=4096, max_payload=0, max_tensors=0)  # before a peer is trusted
 
 
-@dataclass
+@dataclass(slots=True)   # every frame read or written makes one: slots make it and its reads cheaper
 class Message:
     type: MsgType
     meta: dict[str, Any] = field(default_factory=dict)
