@@ -1,8 +1,9 @@
 """dnet on a Ray cluster: one worker per Ray node, in a Ray actor; models planned and run across them.
 
 One Ray cluster for the module (`ray.cluster_utils.Cluster`: three Ray nodes on this machine with 1, 2 and 3
-CPUs). Models (a small residual net, MiniLM, a tiny LLM, SmolLM2) are spread over every actor. Oracle: the
-same model on one node, in this process. About 45 s on two cores.
+CPUs, the third declaring a GPU where this machine cannot run cuda: a GPU only in Ray's books). Models (a small
+residual net, MiniLM, a tiny LLM, SmolLM2) are spread over every actor. Oracle: the same model on one node, in
+this process. About 45 s on two cores.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extr
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 import dnet  # noqa: E402 - after the skip: without Ray there is nothing here to import for
+from dnet.backends import registry  # noqa: E402
 from dnet.cluster.ray_cluster import RayCluster, node_device  # noqa: E402
 from dnet.partition import build_problem, layer_chain, plan_from_stages  # noqa: E402
 from dnet.partition.problem import Stage  # noqa: E402
@@ -26,6 +28,9 @@ from dnet.topology import Device  # noqa: E402
 from residual_nets import ResidualNet, request  # noqa: E402
 
 CPUS = [1, 2, 3]
+NO_CUDA = registry.unavailable("cuda")   # why this machine (every Ray node here) cannot run cuda; None: it can
+# a GPU declared where cuda runs would be a real one, and a fourth worker every test here would have to expect
+GPUS = [0, 0, 1] if NO_CUDA else [0, 0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,8 @@ def topology():
     except Exception as err:  # noqa: BLE001 - Ray's own processes cannot start here (no /dev/shm, ports, ...)
         pytest.skip(f"Ray cannot start a cluster on this machine: {type(err).__name__}: {err}")
     try:
-        for cpus in CPUS[1:]:
-            nodes.add_node(num_cpus=cpus)
+        for cpus, gpus in zip(CPUS[1:], GPUS[1:]):
+            nodes.add_node(num_cpus=cpus, num_gpus=gpus)
         nodes.wait_for_nodes()
         ray.init(address=nodes.address, logging_level="WARNING")
         topology = dnet.Topology.from_ray(max_restarts=2)   # Ray is running: its cluster, not a new one
@@ -76,6 +81,24 @@ def test_each_ray_node_runs_one_worker_sized_by_its_cpus(topology):
     # every link measured by the workers themselves, both ways
     assert len(topology.links) == len(CPUS) * (len(CPUS) - 1)
     assert all(link.bandwidth > 0 and link.latency > 0 for link in topology.links.values())
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine runs cuda: the test's Ray node has no GPU to fake")
+def test_a_ray_nodes_gpu_is_claimed_and_where_cuda_cannot_run_the_node_joins_on_its_cpus_saying_why(
+        ray_cluster, topology):
+    # the actor holds the node's GPU in Ray's books while the cluster runs (Ray's view lags its grants a little)
+    gpu = [r["GPU"] for r in ray_cluster.resources].index(1)        # its place in Ray's order of nodes
+    assert ray.cluster_resources()["GPU"] == 1 and ray_cluster.claimed == [int(i == gpu) for i in range(len(CPUS))]
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("GPU", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("GPU", 0) == 0
+    # ... but cuda cannot run on it: its worker runs the CPU backend alone, and the report says why, once
+    node = topology.nodes[gpu]
+    assert [d.kind for d in node.devices] == ["numpy"] and ray_cluster.resources[gpu]["CPU"] == 3
+    assert ray_cluster.backends == [["numpy"]] * len(CPUS) and len(topology.nodes) == len(CPUS)
+    assert ray_cluster.notes == [f"node {node.name}: 1 GPU not used: {NO_CUDA}"]
+    # the models below are spread over every node, this one included, and equal one node's results
 
 
 def test_a_nodes_device_is_the_probe_cut_to_rays_cpus_and_memory():
@@ -220,6 +243,11 @@ def test_dnet_cluster_ray_prints_a_worker_per_ray_node_and_reports_progress_as_j
     rows = [line for line in result.stdout.splitlines() if line.count("│") > 4 and "ray-" in line]
     assert len(rows) == len(CPUS)
     assert sorted(int(row.split("│")[7].strip()) for row in rows) == CPUS      # the "Ray CPUs" column
+    assert sorted(int(row.split("│")[8].strip()) for row in rows) == sorted(GPUS)
+    assert [row.split("│")[9].strip() for row in rows] == ["numpy"] * len(CPUS)   # the backends of its workers
+    if NO_CUDA:   # the module's cluster holds the GPU: this command's cluster says so, rather than wait for it
+        gpu_node = next(row.split("│")[1].strip() for row in rows if row.split("│")[8].strip() == "1")
+        assert f"node {gpu_node}: 1 GPU not used: held by other Ray work" in result.stdout
     events = _json_events(result.stderr)
     started = events["start dnet workers on Ray nodes"]
     assert [e["event"] for e in started] == ["start"] + ["advance"] * len(CPUS) + ["done"]

@@ -49,20 +49,29 @@ def links_line(topology: Any) -> str:
 @click.option("--backend", default="numpy", show_default=True, help="Backend of every worker.")
 @progress_options()
 def cluster_ray(address: str | None, backend: str) -> None:
-    """Place one dnet worker per Ray node (a Ray actor each), and print the topology they report.
+    """Place one dnet worker per Ray node (a Ray actor each; a second, on cuda, where the node's GPUs can run
+    it), and print the topology they report, and why any GPU Ray lists is not used.
     The workers go when this command ends: in Python, `dnet.Topology.from_ray()` keeps them."""
+    import logging
+
     from dnet.cluster.ray_cluster import RayCluster
 
+    # the GPU notes are printed below the table: not once more on stderr (where --json's lines go)
+    logging.getLogger("dnet.ray").addHandler(logging.NullHandler())
     start = time.perf_counter()
     with RayCluster(address, backend) as ray_cluster:
         topology = ray_cluster.topology()
         formed = time.perf_counter() - start
-        ray_view = {"Ray CPUs": [f"{r['CPU']:g}" for r in ray_cluster.resources],
-                    "Ray GPUs": [f"{r['GPU']:g}" for r in ray_cluster.resources]}
+        actor = [i for i, backends in enumerate(ray_cluster.backends) for _ in backends]   # each row's Ray node
+        ray_view = {"Ray CPUs": [f"{ray_cluster.resources[i]['CPU']:g}" for i in actor],
+                    "Ray GPUs": [f"{ray_cluster.resources[i]['GPU']:g}" for i in actor],
+                    "node's workers": [", ".join(ray_cluster.backends[i]) for i in actor]}
         console = _console()
         console.print(nodes_table(f"dnet on Ray: {_count(len(topology.nodes), 'worker')}, formed in {formed:.1f} s",
                                   topology, ray_view))
         console.print(f"links (measured by the workers): {links_line(topology)}")
+        for line in ray_cluster.notes:
+            console.print(line, markup=False, highlight=False)
         note(f"formed in {formed:.1f} s", formed_s=round(formed, 3), workers=len(topology.nodes))
 
 

@@ -4,6 +4,8 @@ Ray owns the processes: an actor is placed on every alive node that has CPUs (no
 one per node), restarted when its process dies (`max_restarts`), and removed with the cluster or the
 driver. dnet owns the rest: each actor runs the ordinary worker daemon (`dnet.cluster.worker.Worker`),
 probes its node and reports a `Device` sized to what Ray says the node has (its CPUs and memory);
+a node with GPUs in Ray's books has them claimed by its actor and gets a second worker, on the `cuda` backend,
+where that backend runs there (otherwise the report says why, in one line);
 activations travel over dnet's own links between the workers (mutual TLS with a CA made for this cluster),
 never through Ray's object store. A worker lost mid-run is planned around by the coordinator, as any is.
 
@@ -15,6 +17,11 @@ and that follows the *thread* that spawned it, where Ray runs actor methods on t
 
 The secret and the node certificates reach the actors as arguments of their creation, through Ray's own
 control plane; a Ray cluster can run any code on its nodes already, so it is trusted with them.
+
+Why a GPU gets a worker (a topology node) of its own rather than a second `Device` on the CPU worker's node: a
+worker compiles every stage it is given with its one backend, and the planner takes a node's devices as a team
+that splits ops between them, which one backend cannot run. Two workers make two nodes the planner can give
+stages to, each run by the backend its device was probed with.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ log = logging.getLogger("dnet.ray")
 START_TIMEOUT_S = 120.0   # placing actors may wait for a runtime environment or a node to join
 WATCH_S = 1.0             # how often a running executable's actors are checked for restarts
 _START_HINT = "is every Ray node able to import dnet? (`ray status`, the actors' logs)"
+GPU_BACKEND = "cuda"      # the backend a node's GPU worker runs
 
 
 def _ray() -> Any:
@@ -63,12 +71,20 @@ def node_device(probed: Device, cpus: float, memory: float | None) -> Device:
                    memory_bandwidth=probed.memory_bandwidth * share, cache=dict(probed.cache))
 
 
+def gpu_note(gpus: int, reason: str | None) -> str | None:
+    """One line on the claimed GPUs a node's workers leave unused: all where the cuda backend cannot run
+    there (`reason`), all but one where it can (a worker drives one GPU: `open_device`); None: none left."""
+    if reason is not None:
+        return f"{_count(gpus, 'GPU')} not used: {reason}"
+    return f"{gpus - 1} of its {gpus} GPUs not used: a dnet worker drives one GPU" if gpus > 1 else None
+
+
 class DnetNodeActor:
-    """Runs in the Ray actor: a worker daemon on a thread, and what it reports of its node."""
+    """Runs in the Ray actor: a worker daemon on a thread per backend, and what it reports of its node."""
 
     def __init__(self, name: str, host: str, secret: str, tls_files: dict[str, bytes], backend: str,
-                 cpus: float, memory: float | None):
-        from dnet.cluster.worker import Worker, WorkerConfig
+                 cpus: float, memory: float | None, gpus: int = 0):
+        from dnet.backends import registry
 
         # the node's certificate in a directory only this process's user can read; gone when it exits
         self.tls_dir = Path(tempfile.mkdtemp(prefix="dnet-ray-tls-"))
@@ -77,19 +93,39 @@ class DnetNodeActor:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
         weakref.finalize(self, shutil.rmtree, str(self.tls_dir), True)
-        self.cpus, self.memory, self.backend = cpus, memory, backend
-        config = WorkerConfig(host=host, port=0, backend=backend, threads=max(1, int(cpus)), name=name,
+        self.cpus, self.memory = cpus, memory
+        self.workers = {backend: self._start(secret, host, name, backend, max(1, int(cpus)))}
+        # Ray set CUDA_VISIBLE_DEVICES to the claimed GPUs before this process started: asked here, the
+        # backend sees what this actor was given, on this node's driver
+        reason = registry.unavailable(GPU_BACKEND) if gpus else None
+        self.gpu_note = gpu_note(gpus, reason)
+        if gpus and reason is None:
+            self.workers[GPU_BACKEND] = self._start(secret, host, f"{name}-{GPU_BACKEND}", GPU_BACKEND, None)
+
+    def _start(self, secret: str, host: str, name: str, backend: str, threads: int | None) -> Any:
+        from dnet.cluster.worker import Worker, WorkerConfig
+
+        config = WorkerConfig(host=host, port=0, backend=backend, threads=threads, name=name,
                               tls=ClusterTls(self.tls_dir))
-        self.worker = Worker(secret, config)
-        self.worker.start()
+        worker = Worker(secret, config)
+        worker.start()
+        return worker
 
     def report(self) -> dict[str, Any]:
-        """Where the worker listens, the process it lives in, and the node's device (the probe is cached on
-        disk per hardware, so only the first actor on a machine measures)."""
+        """The process the workers live in, a line on unused GPUs, and each worker: its name, where it listens,
+        its backend and its device, probed through that backend (as `dnet probe --backend` does; the probe
+        is cached on disk per hardware and backend, so only the first actor on a machine measures). The CPU
+        worker's device is cut to Ray's CPUs and memory; the GPU worker's is the probe's."""
         from dnet.topology.probe import probe_device
 
-        device = node_device(probe_device(self.backend, quick=True), self.cpus, self.memory)
-        return {"address": self.worker.address, "pid": os.getpid(), "device": asdict(device)}
+        workers = []
+        for backend, worker in self.workers.items():
+            device = probe_device(backend, quick=True)
+            if backend != GPU_BACKEND:
+                device = node_device(device, self.cpus, self.memory)
+            workers.append({"name": worker.name, "address": worker.address, "backend": backend,
+                            "device": asdict(device)})
+        return {"pid": os.getpid(), "workers": workers, "gpu_note": self.gpu_note}
 
     def pid(self) -> int:
         """The actor's process: a new one after each restart (what the watcher polls, cheaply)."""
@@ -100,8 +136,9 @@ class RayCluster:
     """The actors of one dnet cluster on Ray, with the secret and certificates they were given.
 
     `start()` connects to Ray (`address`; None: the running cluster, else a new local one) and places the
-    actors; `topology()` asks each where it listens now (a restarted actor listens on a new port) and
-    returns the Topology, which keeps this object alive; `close()` removes the actors."""
+    actors; `topology()` asks each where its workers listen now (a restarted actor listens on new ports) and
+    returns the Topology (a node per worker), which keeps this object alive; `close()` removes the actors.
+    `notes` says, a line per node, which of the GPUs Ray lists are not used, and why."""
 
     def __init__(self, address: str | None = None, backend: str = "numpy", max_restarts: int = 4,
                  start_timeout_s: float = START_TIMEOUT_S):
@@ -116,6 +153,9 @@ class RayCluster:
         self.names: list[str] = []
         self.actors: list[Any] = []
         self.resources: list[dict[str, float]] = []   # Ray's view of each node: CPU, GPU, memory
+        self.claimed: list[int] = []                  # the GPUs each actor holds in Ray's books
+        self.backends: list[list[str]] = []           # the backends of each actor's workers, once started
+        self.notes: list[str] = []                    # "node ray-1a2b3c4d: 1 GPU not used: <why>"
         self._started_ray = False
         self._closed = threading.Event()
 
@@ -133,40 +173,50 @@ class RayCluster:
             create_ca(self.pki, cluster="dnet on Ray")
             self.tls = ClusterTls(issue_node(self.pki, "coordinator"))
             actor_class = ray.remote(DnetNodeActor)
+            free = _free_gpus(ray)
             for node in nodes:
-                self._place(actor_class, node)
+                self._place(actor_class, node, free.get(node["NodeID"]))
             self._await_workers()   # every worker up and probed before anything plans over it
         except BaseException:
             self.close()
             raise
         return self
 
-    def _place(self, actor_class: Any, node: dict) -> None:
+    def _place(self, actor_class: Any, node: dict, free_gpus: float | None) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         resources = node["Resources"]
         name = f"ray-{node['NodeID'][:8]}"
         cpus = float(resources.get("CPU", 1))
         threads = str(max(1, int(cpus)))
+        gpus = int(resources.get("GPU", 0))
+        # a GPU, unlike the CPUs, is claimed: Ray then gives it to this actor alone and sets the process's
+        # CUDA_VISIBLE_DEVICES. Only GPUs free now: one held by other Ray work (another dnet cluster) would
+        # leave the actor waiting for it until the start timed out
+        claimed = gpus if free_gpus is None else min(gpus, int(free_gpus))
+        if claimed < gpus:
+            self.notes.append(f"node {name}: {_count(gpus - claimed, 'GPU')} not used: held by other Ray work")
         actor = actor_class.options(
             # the worker computes with the node's CPUs without claiming them in Ray's books: claiming all would
             # stall the node's other Ray work, claiming some would be a fiction
-            num_cpus=0, max_restarts=self.max_restarts, max_task_retries=-1,
+            num_cpus=0, num_gpus=claimed, max_restarts=self.max_restarts, max_task_retries=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
             # BLAS pools size themselves when numpy loads: set before the actor's process starts
             runtime_env={"env_vars": {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                             "MKL_NUM_THREADS")}},
         ).remote(name, node["NodeManagerAddress"], self.secret, _node_files(issue_node(self.pki, name)),
-                 self.backend, cpus, resources.get("memory"))
+                 self.backend, cpus, resources.get("memory"), claimed)
         self.names.append(name)
         self.actors.append(actor)
         self.resources.append({k: float(resources.get(k, 0)) for k in ("CPU", "GPU", "memory")})
+        self.claimed.append(claimed)
 
     def _await_workers(self) -> None:
         """Wait for every actor's first report (its worker started, its node probed), counting them as they
         come: a Ray node may first have to start a worker process or build a runtime environment."""
         ray = _ray()
-        pending = [a.report.remote() for a in self.actors]
+        index = {a.report.remote(): i for i, a in enumerate(self.actors)}
+        pending, reports = list(index), [{}] * len(self.actors)
         deadline = time.monotonic() + self.start_timeout_s
         with progress.task("start dnet workers on Ray nodes", total=len(pending), unit="workers") as task:
             while pending:
@@ -175,10 +225,14 @@ class RayCluster:
                     raise DnetError(f"the dnet actors did not report within {self.start_timeout_s:.0f} s",
                                     hint=_START_HINT)
                 try:
-                    ray.get(done)
+                    reports[index[done[0]]] = ray.get(done[0])
                 except ray.exceptions.RayActorError as err:
                     raise DnetError(f"a dnet actor died: {str(err).splitlines()[0]}") from None
                 task.advance()
+        self.backends = [[w["backend"] for w in r["workers"]] for r in reports]
+        self.notes += [f"node {name}: {r['gpu_note']}" for name, r in zip(self.names, reports) if r["gpu_note"]]
+        for line in self.notes:   # said once, where `Topology.from_ray()`'s caller sees it: never silently
+            log.warning("%s", line)
 
     def _reports(self) -> list[dict[str, Any]]:
         ray = _ray()
@@ -219,32 +273,30 @@ class RayCluster:
                     continue
                 if pid == pids[i]:
                     continue
-                report = ray.get(actor.report.remote())
                 generation[i] += 1
-                node = Node(f"{self.names[i]}.{generation[i]}", [Device(**report["device"])], report["address"])
-                try:
-                    exe.add_node(node)
-                    pids[i] = pid
-                    log.info("actor %s restarted: worker %s back as a spare", self.names[i], node.address)
-                except DnetError as err:             # lost again meanwhile, or the session closing
-                    log.warning("actor %s restarted, its worker not added: %s", self.names[i], err)
+                pids[i] = pid                        # a worker not added is not retried: lost again, it restarts
+                for node in _nodes(ray.get(actor.report.remote()), f".{generation[i]}"):
+                    try:
+                        exe.add_node(node)
+                        log.info("actor %s restarted: worker %s back as a spare", self.names[i], node.address)
+                    except DnetError as err:         # lost again meanwhile, or the session closing
+                        log.warning("actor %s restarted, its worker not added: %s", self.names[i], err)
 
     def pids(self) -> list[int]:
-        """The process of each actor (its worker lives there): what a test kills."""
-        return [r["pid"] for r in self._reports()]
+        """The process of each worker, in the topology's order (its actor's): what a test kills."""
+        return [r["pid"] for r in self._reports() for _ in r["workers"]]
 
     def topology(self, measure_links: bool = True) -> Topology:
         """The nodes as the actors report them now; with `measure_links`, the links between them measured by
         the workers over dnet's transport (otherwise the planner is left to measure them)."""
-        reports = self._reports()
-        topo = Topology([Node(name, [Device(**r["device"])], address=r["address"])
-                         for name, r in zip(self.names, reports)], source="ray", cluster=self)
-        if measure_links and len(reports) > 1:
+        topo = Topology([n for r in self._reports() for n in _nodes(r)], source="ray", cluster=self)
+        if measure_links and len(topo.nodes) > 1:
             from dnet.cluster.coordinator import Coordinator
 
-            with Coordinator([r["address"] for r in reports], self.secret, tls=self.tls) as coordinator:
+            names = topo.names
+            with Coordinator([n.address for n in topo.nodes], self.secret, tls=self.tls) as coordinator:
                 for (i, j), shape in coordinator.measure_links().items():
-                    topo.add_link(self.names[i], self.names[j], shape.bandwidth, shape.latency, symmetric=False)
+                    topo.add_link(names[i], names[j], shape.bandwidth, shape.latency, symmetric=False)
         return topo
 
     def close(self) -> None:
@@ -270,6 +322,28 @@ class RayCluster:
 
 def _node_files(directory: Path) -> dict[str, bytes]:
     return {f: (directory / f).read_bytes() for f in (CA_FILE, CERT_FILE, KEY_FILE)}
+
+
+def _nodes(report: dict[str, Any], suffix: str = "") -> list[Node]:
+    """A topology node per worker of an actor's report (`suffix`: a restarted actor's generation)."""
+    return [Node(w["name"] + suffix, [Device(**w["device"])], address=w["address"], backend=w["backend"])
+            for w in report["workers"]]
+
+
+def _free_gpus(ray: Any) -> dict[str, float]:
+    """The GPUs free now on each Ray node, by node id; empty where this Ray cannot say (then all are taken
+    as free). Ray's own developer API: `ray.nodes()` lists totals only."""
+    try:
+        from ray._private.state import available_resources_per_node
+
+        return {node: free.get("GPU", 0.0) for node, free in available_resources_per_node().items()}
+    except Exception as err:  # noqa: BLE001 - a private module that may move: claim all rather than fail
+        log.debug("GPUs free per Ray node unknown: %s", err)
+        return {}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def topology_from_ray(address: str | None = None, *, backend: str = "numpy", max_restarts: int = 4,
