@@ -65,6 +65,11 @@ class WorkerLost(DnetError):
     """A worker stopped answering; names it and the stage(s) it ran."""
 
 
+# A worker's error that means a peer of it died, not that the request failed: ConnectionError (the link to
+# the next stage broke), GroupError (a tensor-parallel member's exchange broke)
+PEER_LOST = ("ConnectionError", "GroupError")
+
+
 class RemoteError(DnetError):
     """A worker refused or failed a request; carries its reason."""
 
@@ -526,9 +531,10 @@ class Coordinator:
             self._dispatch()
 
     def _on_request_error(self, w: WorkerHandle, error: Error, waited: bool = False) -> None:
-        if self.parallel and error.reason.startswith("GroupError") and not waited:
-            # a member whose peer died: the heartbeat will find the lost worker and re-plan, failing the
-            # request as StateLost (its sequences rebuilt); only if no worker turns out lost does it fail as is
+        if error.reason.startswith(PEER_LOST) and not waited:
+            # a stage whose next stage (or group member) died under it: the heartbeat will find the lost worker
+            # and re-plan, sending the request again (or failing it as StateLost, its sequences rebuilt); only if
+            # no worker turns out lost does it fail as is
             def later() -> None:
                 time.sleep(2 * self.dead_after_s)
                 self._on_request_error(w, error, waited=True)
