@@ -12,6 +12,7 @@ returned as an `int`, so static shapes are tuples of ints.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable, Mapping, Union
 
 from dnet.errors import ShapeError
@@ -39,6 +40,7 @@ class _Wildcard:
 WILDCARD = _Wildcard()
 
 
+@lru_cache(maxsize=1 << 16)   # sorting monomials asks for the same atoms' keys (each a rendering) again and again
 def _atom_key(atom: Atom) -> tuple:
     if isinstance(atom, str):
         return (0, atom)
