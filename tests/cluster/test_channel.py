@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from dnet.cluster.auth import AuthError, client_handshake, server_handshake
-from dnet.cluster.channel import Channel
+from dnet.cluster.channel import Channel, FrameReader, read_frame
 from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.protocol import (
     ALIGN, DEFAULT_LIMITS, HEADER, MAGIC, VERSION, ConnectionClosed, Limits, Message, MsgType, ProtocolError,
-    encode_frame,
+    decode_frame, encode_frame,
 )
 
 
@@ -260,3 +260,41 @@ def test_the_handshake_has_a_deadline_not_just_a_timeout_per_read(monkeypatch):
     t.join(5)
     assert isinstance(box.get("error"), AuthError) and time.monotonic() - start < 2.0
     c.close()
+
+
+def test_frames_arriving_byte_by_byte_and_across_the_read_buffers_end_are_read_whole(rng):
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    reader = FrameReader(b, size=HEADER.size + 40)   # a small read buffer: frames straddle its end
+    sent = [Message(MsgType.PING, {"i": i, "pad": "x" * (i % 7)}, {"t": rng.standard_normal(i % 3 + 1).astype(np.float32)} if i % 2
+                    else {}) for i in range(12)]
+    data = b"".join(encode_frame(m) for m in sent)
+    t, _ = _in_thread(lambda: [a.sendall(data[i:i + 1]) for i in range(len(data))])
+    for want in sent:
+        got = reader.read()
+        assert got.meta == want.meta and got.tensors.keys() == want.tensors.keys()
+        for name, value in want.tensors.items():
+            np.testing.assert_array_equal(got.tensors[name], value)
+    t.join(10)
+    a.close()
+    b.close()
+
+
+def test_the_unbuffered_reader_reads_no_byte_past_its_frame():
+    a, b = socket.socketpair()
+    b.settimeout(10)
+    a.sendall(encode_frame(Message(MsgType.PING, {"n": 1})) + b"after")
+    assert read_frame(b).meta == {"n": 1}
+    assert b.recv(16) == b"after"
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("heartbeat", [False, True])
+def test_the_worker_answers_an_empty_ping_with_the_pong_encode_writes(heartbeat):
+    from dnet.cluster.messages import Ping, Pong, decode_as, encode
+    from dnet.cluster.worker import _PONGS
+    assert _PONGS[heartbeat] == encode_frame(encode(Pong(heartbeat, 0)))
+    assert decode_as(Pong, decode_frame(_PONGS[heartbeat])) == Pong(heartbeat, 0)
+    assert Ping(heartbeat).heartbeat is heartbeat

@@ -215,6 +215,11 @@ class Channel:
             else:
                 send_buffers(self.sock, buffers)
 
+    def send_frame(self, frame: bytes) -> None:
+        """Send a frame already written (`encode_frame`): a reply made once and sent many times."""
+        with self._send_lock:
+            self.sock.sendall(frame)
+
     def try_send(self, msg: Message) -> list[memoryview] | None:
         """Send `msg` without waiting, for a thread that must not block. None: nothing was sent (another
         thread is sending, or the socket's buffer is full). Otherwise what did not fit: [] when the whole

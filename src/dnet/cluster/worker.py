@@ -42,7 +42,9 @@ from dnet.cluster.messages import (
     decode_as, encode, parse, reply_ids,
 )
 from dnet.cluster.model_files import ModelFiles
-from dnet.cluster.protocol import COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError
+from dnet.cluster.protocol import (
+    COALESCE_BYTES, DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError, encode_frame,
+)
 from dnet.cluster.shipping import unpack
 from dnet.cluster.store import WeightStore
 from dnet.cluster.tls import ClusterTls, require_tls
@@ -255,7 +257,10 @@ class Worker:
         _HANDLERS[type(record)](self, chan, record, msg.tensors)
 
     def _on_ping(self, chan: Channel, ping: Ping, tensors: dict) -> None:
-        chan.send(encode(Pong(ping.heartbeat, _nbytes(tensors))))
+        if tensors:
+            chan.send(encode(Pong(ping.heartbeat, _nbytes(tensors))))
+        else:
+            chan.send_frame(_PONGS[ping.heartbeat])
 
     def _on_caps(self, chan: Channel, query: CapsQuery, tensors: dict) -> None:
         """What this worker is; with `probe`, its device measured through its backend. A probe compiles and
@@ -597,6 +602,11 @@ _HANDLERS = {
     Shutdown: Worker._on_shutdown, LinkProbe: Worker._on_link, Group: Worker._on_group, Join: Worker._on_join,
 }
 assert set(_HANDLERS) == set(WORKER_ACCEPTS.records.values()), "a message the worker accepts has no handler"
+
+
+# an empty PING's answer, written once: liveness and latency probes (heartbeats, LINK, the benchmarks'
+# small round trip) then cost the reading of a frame and one send, not a record, a meta and a frame made each time
+_PONGS = {heartbeat: encode_frame(encode(Pong(heartbeat))) for heartbeat in (False, True)}
 
 
 def _nbytes(tensors: dict[str, np.ndarray]) -> int:
