@@ -29,6 +29,21 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.S | re.M)
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """The environment as it was before each test. A doc block may export variables (docs/cluster.md sets
+    the cluster secret and this machine's TLS directory), and monkeypatch.delenv of a variable not yet set
+    undoes nothing: every later test of this process (every worker it starts) would inherit them, and
+    local workers would then expect the docs' certificates (seen: handshakes refused after this file ran)."""
+    saved = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 @dataclass(frozen=True)
 class Block:
     file: str
