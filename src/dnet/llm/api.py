@@ -8,6 +8,7 @@ through the stop strings; `LLM.steps` gives the same run token by token with log
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ DEFAULT_MODEL = "smollm2"          # SmolLM2-135M-Instruct, Q4_1, from the `llm-
 DEFAULT_CONTEXT = 4096             # positions per sequence unless the model allows fewer or context= says
 WEIGHT_CHOICES = (None, "q8_0", "q4_0", "q4_1")
 ACTIVATIONS = {"int16": 16, "int8": 8}     # bits per activation in matmuls against block weights
+HOST_TARGETS = ("c", "llvm")               # targets whose kernels read the weights where they lie in this process
 PARALLEL = ("auto", "pipeline", "tensor")   # how a model is split over a topology's nodes
 
 
@@ -78,6 +80,8 @@ def load(source: str | Path | None = None, target: str = "c", threads: int | Non
     context = _context(model.config, context)
     if slots < 1:
         raise GenerationError(f"slots={slots}: at least one sequence slot is needed")
+    if topology is None and target in HOST_TARGETS:
+        tensors = _in_huge_pages(tensors)
     graph = build_graph(model.config, tensors, context)
     from dnet.api import Executable, _optimize
 
@@ -198,6 +202,17 @@ def _context(config: ModelConfig, context: int | None) -> int:
     if not isinstance(context, int) or context < 1:
         raise GenerationError(f"context={context!r} must be a positive number of positions")
     return context
+
+
+def _in_huge_pages(tensors: dict) -> dict:
+    """The weights a decode step streams, copied into huge pages (`dnet.core.huge_pages`: a TLB miss a 2 MiB page
+    instead of every 4 KiB); block tensors keep their format."""
+    from dnet.core.huge_pages import in_huge_pages
+
+    storage = {n: t.data if isinstance(t, QuantTensor) else t for n, t in tensors.items()}
+    moved = in_huge_pages(storage)
+    return {n: dataclasses.replace(t, data=moved[n]) if isinstance(t, QuantTensor) else moved[n]
+            for n, t in tensors.items()}
 
 
 def _weights(model: ModelFile, quantize: str | None, dequantize: bool) -> dict:
