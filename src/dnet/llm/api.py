@@ -8,10 +8,9 @@ through the stop strings; `LLM.steps` gives the same run token by token with log
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -211,7 +210,7 @@ def _in_huge_pages(tensors: dict) -> dict:
 
     storage = {n: t.data if isinstance(t, QuantTensor) else t for n, t in tensors.items()}
     moved = in_huge_pages(storage)
-    return {n: dataclasses.replace(t, data=moved[n]) if isinstance(t, QuantTensor) else moved[n]
+    return {n: replace(t, data=moved[n]) if isinstance(t, QuantTensor) else moved[n]
             for n, t in tensors.items()}
 
 

@@ -12,6 +12,7 @@ and this reader puts them back in Hugging Face's order (see `unpermute_rows`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def open_reader(path: Path):
         raise ModelFileError(f"{path.name}: not a readable GGUF file ({first_line(error)})") from None
 
 
+@functools.cache   # the subclass is made once, not per file opened
 def _reader_class():
     """gguf's reader, slicing a plain array over its memory map instead of the np.memmap itself.
 
@@ -81,7 +83,7 @@ def _reader_class():
     class PlainReader(base):
         def _get(self, offset, dtype, count=1, override_order=None):
             plain = self.__dict__.get("_plain")
-            if plain is None or plain.base is not self.data:
+            if plain is None:   # self.data, the memory map, is set once, before the first read
                 plain = self._plain = self.data.view(np.ndarray)
             count, dtype = int(count), np.dtype(dtype)
             arr = plain[offset:offset + dtype.itemsize * count].view(dtype)[:count]
