@@ -5,6 +5,8 @@ Oracle: the same model on one node (`dnet.llm.load` without a topology), greedy.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,22 @@ def test_a_tensor_parallel_group_decodes_as_one_node(single):
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)
         assert (got.argmax(-1) == want.argmax(-1)).all()
         assert all(t.runs > 0 for t in exe.timings.values())     # every member ran every step
+
+
+def test_the_group_links_are_shaped_like_the_topology(single):
+    """Two members over links of 10 ms: a request crosses them twice a layer (an all-reduce each), so a
+    prefill cannot take less than 2 x layers x 10 ms (hand-derived: each member waits for the other's
+    partial, sent 10 ms after it was put), and its logits are one node's."""
+    latency = 10e-3
+    with load(context=CONTEXT, topology=Topology.local(2, latency=latency), parallel="tensor") as llm:
+        assert llm.engine.exe.pipeline.parallel
+        ids = single.tokenizer.encode(PROMPTS[0])
+        llm.logits(ids)                                          # warm: the members' first run
+        start = time.perf_counter()
+        got = llm.logits(ids)
+        seconds = time.perf_counter() - start
+        assert seconds >= 2 * single.config.num_layers * latency
+        np.testing.assert_allclose(got, single.logits(ids), rtol=0, atol=2e-2)
 
 
 def test_a_member_killed_mid_generation_the_survivors_finish_every_sequence(single):

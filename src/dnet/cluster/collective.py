@@ -8,6 +8,10 @@ holds the same total, bit for bit. No thread hand-off is on the receiving side: 
 belong to the mesh, not to the worker's reader threads (a JOIN hands an accepted connection
 over to it).
 
+A link may be shaped (`LinkShape`: a local cluster emulating a network, the shape from GROUP): a
+partial then goes out from the link's thread, `latency` plus its bytes over `bandwidth` after it was
+put, as on every other shaped link (`Outbox`), so an all-reduce costs at least the slowest link's latency.
+
 Each pair of members shares one connection, dialled by the lower rank. Partials are numbered:
 one that arrives out of turn (a member that failed a step the others ran) breaks the mesh,
 and every later step fails at once until the group is formed again.
@@ -19,7 +23,7 @@ import threading
 import numpy as np
 
 from dnet.cluster.channel import Channel
-from dnet.cluster.link import Outbox
+from dnet.cluster.link import LinkShape, Outbox
 from dnet.cluster.messages import Partial, decode_as, encode
 from dnet.errors import DnetError
 
@@ -37,6 +41,7 @@ class Mesh:
         self.rank, self.size, self.timeout_s = rank, size, timeout_s
         self.channels: dict[int, Channel] = {}
         self._outboxes: dict[int, Outbox] = {}
+        self._shapes: dict[int, LinkShape | None] = {}   # how each peer's link is shaped (None: not at all)
         self._count = 0                       # partials sent so far: the next one's number
         self.broken: str | None = None
         self._joined = threading.Condition()
@@ -49,11 +54,28 @@ class Mesh:
         chan.sock.settimeout(self.timeout_s)   # a member that stops answering fails the step, not the worker
         with self._joined:
             old = self.channels.pop(peer, None)
+            old_outbox = self._outboxes.pop(peer, None)
             self.channels[peer] = chan
-            self._outboxes[peer] = Outbox(chan)
+            self._outboxes[peer] = Outbox(chan, self._shapes.get(peer))
             self._joined.notify_all()
+        if old_outbox is not None:
+            old_outbox.close(timeout=0.1)
         if old is not None:
             old.close()
+
+    def shape(self, shapes: dict[int, LinkShape | None]) -> None:
+        """Shape the link to each peer named (None: unshaped), those joined already and those to come.
+        Called while the group forms (GROUP), before any partial is sent: a peer of lower rank may have
+        dialled this member before the coordinator's GROUP told it the shapes."""
+        with self._joined:
+            self._shapes.update(shapes)
+            stale = []
+            for peer, outbox in list(self._outboxes.items()):
+                if outbox.shape != self._shapes.get(peer):
+                    stale.append(outbox)
+                    self._outboxes[peer] = Outbox(self.channels[peer], self._shapes.get(peer))
+        for outbox in stale:    # idle: nothing was sent on it yet
+            outbox.close(timeout=0.1)
 
     def wait_complete(self, timeout_s: float = JOIN_TIMEOUT_S) -> None:
         with self._joined:

@@ -389,9 +389,12 @@ class Coordinator:
 
     def _form_group(self) -> None:
         """Give each member its peers, lowest rank first: a member dials those above it, so by its turn
-        every member below has dialled it."""
-        peers = tuple(Peer(s, *self.workers[p].peer_address, self._key(s)) for s, p in enumerate(self.placement))
+        every member below has dialled it. Each peer comes with the shape of the link to it from the member
+        told (where this coordinator shapes links: a local cluster), so partials cross it as they would the
+        network the plan was made for."""
         for s, p in enumerate(self.placement):
+            peers = tuple(Peer(r, *self.workers[q].peer_address, self._key(r), self.links.get((p, q)))
+                          for r, q in enumerate(self.placement))
             self._call(self.workers[p], encode(Group(self._key(s), peers)), Grouped)
 
     def _route(self, s: int, w: WorkerHandle) -> None:

@@ -180,11 +180,13 @@ class Peer:
     host: str
     port: int
     key: str                    # its stage
+    shape: LinkShape | None = None   # the link to it from the member told: shaped on a local cluster
 
 
 @dataclass(frozen=True)
 class Group(Record):
-    """A tensor-parallel member's peers: it dials those of higher rank (JOIN); the others dial it."""
+    """A tensor-parallel member's peers: it dials those of higher rank (JOIN); the others dial it. Its
+    partials to a peer are sent shaped like that peer's `shape`, where the coordinator shapes links."""
 
     kind = MsgType.GROUP
     key: str

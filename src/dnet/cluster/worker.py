@@ -375,6 +375,7 @@ class Worker:
         stage = self._stage(group.key)
         if stage.mesh is None:
             raise DnetError("not a member of a tensor-parallel group", where=group.key)
+        stage.mesh.shape({peer.rank: peer.shape for peer in group.peers if peer.rank != stage.mesh.rank})
         for peer in group.peers:
             if peer.rank > stage.mesh.rank:
                 try:
