@@ -106,6 +106,21 @@ def test_without_a_spare_waiting_requests_fail_naming_the_worker_and_stage(rng, 
     assert named_in < 5
 
 
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of `pid` is in the stopped state ('T' in /proc/PID/task/*/stat)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [Path(t, "stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for t in Path(f"/proc/{pid}/task").iterdir()]
+        except FileNotFoundError:   # a thread ended while listed
+            continue
+        if all(state == "T" for state in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"worker {pid} did not stop within {timeout} s")
+
+
 def test_a_hung_worker_is_named_by_the_heartbeat_within_its_deadline(rng, tmp_path):
     _, graph = residual_graph(rng)
     stages = split_pipeline(graph, contiguous_assignment(graph, [1, 1]))
@@ -116,6 +131,7 @@ def test_a_hung_worker_is_named_by_the_heartbeat_within_its_deadline(rng, tmp_pa
             coord.load(stages)
             coord.run(_request(rng), timeout=10)
             os.kill(pid, signal.SIGSTOP)  # alive, connected, silent
+            _wait_stopped(pid)             # a signal is delivered asynchronously: not yet stopped on return
             start = time.monotonic()
             error = coord.submit(_request(rng)).exception(timeout=10)
             named_in = time.monotonic() - start
@@ -173,6 +189,7 @@ def test_a_hung_worker_mid_stream_is_replaced_and_the_streams_into_it_are_droppe
         reqs = [request(rng, batch=64, seq=64) for _ in range(80)]  # ~20 MB for stage 1: more than sockets and queues hold
         coord.run(reqs[0], timeout=10)
         os.kill(pid, signal.SIGSTOP)
+        _wait_stopped(pid)
         futures = [coord.submit(r) for r in reqs]
         results = [f.result(timeout=30) for f in futures]
     finally:
