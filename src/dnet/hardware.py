@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import platform
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +70,62 @@ _INTERESTING = ("sse2", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx51
 DEFAULT_CLOCK_HZ = 2.0e9   # where /proc/cpuinfo does not say
 
 
+# macOS has no /proc/cpuinfo: `sysctl hw.optional` says what the CPU has, one key per feature. Each key -> the
+# flags Linux's /proc/cpuinfo would list for it, so that the rest of dnet reads one vocabulary.
+SYSCTL_FLAGS = {
+    "hw.optional.neon": ("neon", "asimd"),
+    "hw.optional.AdvSIMD": ("neon", "asimd"),
+    "hw.optional.arm.FEAT_DotProd": ("asimddp",),
+    "hw.optional.arm.FEAT_FP16": ("fphp", "asimdhp"),
+    "hw.optional.arm.FEAT_I8MM": ("i8mm",),
+    "hw.optional.arm.FEAT_BF16": ("bf16",),
+    "hw.optional.sse2": ("sse2",),
+    "hw.optional.sse4_1": ("sse4_1",),
+    "hw.optional.sse4_2": ("sse4_2",),
+    "hw.optional.avx1_0": ("avx",),
+    "hw.optional.avx2_0": ("avx2",),
+    "hw.optional.fma": ("fma",),
+    "hw.optional.f16c": ("f16c",),
+    "hw.optional.avx512f": ("avx512f",),
+    "hw.optional.avx512bw": ("avx512bw",),
+    "hw.optional.avx512vl": ("avx512vl",),
+    "hw.optional.avx512vnni": ("avx512_vnni",),
+}
+
+
+def sysctl_flags(text: str) -> frozenset[str]:
+    """The CPU flags in `sysctl hw.optional` output ("key: value" lines): each key of SYSCTL_FLAGS whose value
+    is not 0."""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if value.strip() not in ("", "0"):
+            flags.update(SYSCTL_FLAGS.get(key.strip(), ()))
+    return frozenset(flags)
+
+
+def _sysctl(*keys: str) -> str:
+    """`sysctl` output for `keys` (a key's children too), or "" where there is none."""
+    try:
+        r = subprocess.run(["sysctl", *keys], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return r.stdout
+
+
+def _darwin_cpu() -> tuple[str, frozenset[str], float]:
+    model = _sysctl("-n", "machdep.cpu.brand_string").strip() or platform.processor() or "unknown"
+    return model, sysctl_flags(_sysctl("hw.optional")), 0.0
+
+
 @functools.cache
 def _cpuinfo_all() -> tuple[str, frozenset[str], float]:
-    """(model, every CPU flag, the fastest clock in Hz or 0) from /proc/cpuinfo."""
+    """(model, every CPU flag, the fastest clock in Hz or 0) from /proc/cpuinfo (macOS: sysctl)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
+        if platform.system() == "Darwin":
+            return _darwin_cpu()
         return platform.processor() or "unknown", frozenset(), 0.0
     model, flags, clock = "unknown", set(), 0.0
     for line in text.splitlines():

@@ -76,3 +76,12 @@ def assert_matches_within_sum_rounding(graph, runner, feeds: dict[str, np.ndarra
             bound = 1.2 * bound + 1e-5 * np.abs(want[f"y{i}"])
         assert got[f"y{i}"].shape == want[f"y{i}"].shape
         assert np.all(np.abs(got[f"y{i}"] - want[f"y{i}"]) <= bound), f"y{i} (k={k}, n={n})"
+
+
+def crowded_rows_graph(k: int, n: int):
+    """y = x @ w.T, weights integers with a column maximum of 127 (int8 scale exactly 1)."""
+    w = np.random.default_rng(11).integers(-127, 128, (n, k)).astype(np.float32)
+    w[:, 0] = 127.0
+    b = GraphBuilder()
+    b.output("y", C.linear(b, b.input("x", TensorType(("m", k), DType.F32)), b.const("w", w)))
+    return quantize_dynamic(b.finish(), min_elements=1), w

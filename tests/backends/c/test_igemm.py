@@ -24,7 +24,8 @@ import dnet.backends.c.backend  # noqa: F401  (registers the backend, which impo
 from dnet.backends.c.compiler import find_compiler
 from dnet.hardware import cpu_flags
 
-from igemm_support import SHAPES, assert_matches_within_sum_rounding, bf16_graph, inputs, int8_graph
+from igemm_support import (SHAPES, assert_matches_within_sum_rounding, bf16_graph, crowded_rows_graph, inputs,
+                           int8_graph)
 
 FLAGS = cpu_flags()
 VNNI = "avx512_vnni" in FLAGS or "avx_vnni" in FLAGS
@@ -152,21 +153,6 @@ def test_amx_kernels_are_the_ones_that_run(tmp_path):
         assert source.count(call) >= len(SHAPES)
 
 
-def _crowded_rows_graph(k: int, n: int):
-    """y = x @ w.T, weights integers with a column maximum of 127 (int8 scale exactly 1)."""
-    from dnet.core.dtypes import DType
-    from dnet.core.types import TensorType
-    from dnet.graph import composites as C
-    from dnet.graph.builder import GraphBuilder
-    from dnet.graph.passes.dynamic_quant import quantize_dynamic
-
-    w = np.random.default_rng(11).integers(-127, 128, (n, k)).astype(np.float32)
-    w[:, 0] = 127.0
-    b = GraphBuilder()
-    b.output("y", C.linear(b, b.input("x", TensorType(("m", k), DType.F32)), b.const("w", w)))
-    return quantize_dynamic(b.finish(), min_elements=1), w
-
-
 @pytest.mark.parametrize("path", list(INT8_PATHS))
 def test_int8_sums_are_exact_where_rows_crowd_one_end(path, tmp_path, monkeypatch):
     """Rows of sixteenths v / 16, v in 0..255, mostly 0 (as after a GELU): quantized exactly (step 1/16, zero
@@ -174,7 +160,7 @@ def test_int8_sums_are_exact_where_rows_crowd_one_end(path, tmp_path, monkeypatc
     must give exactly its f32 rounding. Its sums of q * b and z * sum b pass 2^24 at k = 1536 and nearly
     cancel: summed in f32 they were off by a unit."""
     k, n, m = 1536, 40, 7
-    graph, w = _crowded_rows_graph(k, n)
+    graph, w = crowded_rows_graph(k, n)
     exe = _compile(graph, INT8_PATHS[path][0], tmp_path, monkeypatch)
     rng = np.random.default_rng(12)
     v = np.where(rng.random((m, k)) < 0.9, 0, rng.integers(0, 256, (m, k))).astype(np.float64)

@@ -20,6 +20,11 @@ has), each with the same results within f32 rounding of the sums (int8: exactly 
          AVX-VNNI     the same on 256-bit vectors (`vpdpbusd` VEX, or EVEX with AVX512-VL)
          AVX2         `vpmaddubsw` on |a| and b with a's sign (`vpsignb`): pairs of products are at most
                       2 * 128 * 127 and never saturate int16, then `vpmaddwd` by 1 into int32
+         NEON dotprod `sdot` (AArch64 FEAT_DotProd): signed x signed, so b's top bit is flipped back (one `eor`
+                      per vector of b) and nothing is taken out; chosen at run time (AT_HWCAP / sysctl) where the
+                      compiler does not itself target dotprod
+         NEON         AArch64 without dotprod: `smull` / `smull2` into int16 (products at most 128 * 128), `sadalp`
+                      into int32
          portable     int32 loops (the compiler vectorises what it can)
   bf16   AVX512-BF16  `vdpbf16ps`: two products of bf16 pairs added to an f32 lane per instruction
          portable     bf16 widened to f32 (a shift), f32 loops
@@ -29,8 +34,9 @@ has), each with the same results within f32 rounding of the sums (int8: exactly 
 
 `-DDN_QUANT_PORTABLE` forces the portable int8 path, `-DDN_QUANT_NO_VNNI` the AVX2 one and
 `-DDN_QUANT_NO_AVX512` the 256-bit one (the macros of `backends/c/quant.py`, so one flag forces every
-integer kernel); `-DDN_BF16_PORTABLE` the portable bf16 path; `-DDN_NO_AMX` keeps AMX out, and `$DNET_NO_AMX=1`
-(read at a library's first Gemm) makes a library with AMX run its AVX-512 path, as a refusal by Linux would.
+integer kernel), `-DDN_QUANT_NO_DOTPROD` AArch64's NEON one; `-DDN_BF16_PORTABLE` the portable bf16 path;
+`-DDN_NO_AMX` keeps AMX out, and `$DNET_NO_AMX=1` (read at a library's first Gemm) makes a library with AMX run
+its AVX-512 path, as a refusal by Linux would.
 `dnet_igemm_path()` and `dnet_bgemm_path()` in the library name the paths it computes with.
 
 Loops: tasks are (block of 8 slivers of mr rows, chunk of panels), enough for 4 per thread; within a
@@ -63,6 +69,8 @@ COMMON = r"""
 #define DN_I8_DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32(acc, u, x)
 #define DN_I8_OFFSET 1
 #endif
+#elif !defined(DN_QUANT_PORTABLE) && defined(__aarch64__) && defined(__ARM_NEON)
+#define DN_I8_NEON 1
 #endif
 /* a packed weight byte (b + 128) as the tile sums it: unsigned with VNNI (the offset taken out after), else b */
 #if defined(DN_I8_OFFSET)
@@ -75,6 +83,49 @@ COMMON = r"""
 #endif
 #if defined(DN_I8_AVX512) || defined(DN_I8_AVX2) || defined(DN_BF16_AVX512)
 #include <immintrin.h>
+#endif
+
+/* AArch64: `sdot` (FEAT_DotProd: Cortex-A55/A76 and later, Apple M1 and later) where the CPU has it, else NEON's
+   widening multiplies. sdot is signed x signed: the panel's b + 128 gets its top bit flipped back to b, and the
+   sums are sum_k a * b with no offset to take out, as on the portable path. Where the compiler targets dotprod
+   (-march=native on such a CPU, Apple's default) every CPU the library runs on has it; else the sdot kernels are
+   compiled for armv8.2-a+dotprod alone and chosen at run time, from the kernel's word (Linux: AT_HWCAP's
+   HWCAP_ASIMDDP; macOS: sysctl hw.optional.arm.FEAT_DotProd), so one library suits both kinds of core. */
+#if defined(DN_I8_NEON)
+#include <arm_neon.h>
+#if !defined(DN_QUANT_NO_DOTPROD) && defined(__ARM_FEATURE_DOTPROD)
+#define DN_I8_DOT 1
+#define DN_I8_DOT_TARGET
+static inline int dn_i8_dotprod(void) { return 1; }
+#elif !defined(DN_QUANT_NO_DOTPROD) && (defined(__linux__) || defined(__APPLE__)) \
+    && ((defined(__clang__) && __clang_major__ >= 17) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 8))
+/* GCC >= 8 and Clang >= 17 give the sdot intrinsics to a function whose target has dotprod */
+#define DN_I8_DOT 1
+#define DN_I8_DOT_TARGET __attribute__((target("arch=armv8.2-a+dotprod")))
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)   /* the kernel's bit (uapi asm/hwcap.h), for C libraries that do not name it */
+#endif
+#else
+#include <sys/sysctl.h>
+#endif
+static int dn_i8_dotprod(void) {
+    static int state = -1;   /* the CPU's answer does not change: asked once */
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s < 0) {
+#if defined(__linux__)
+        s = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+        int v = 0;
+        size_t size = sizeof v;
+        s = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &size, 0, 0) == 0 && v;
+#endif
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s;
+}
+#endif
 #endif
 
 /* One row of an int8 Gemm's results: c[j] = (t[j] - shift + z * sums[j]) * s * sb[j], t the tile's int32 sums,
@@ -295,6 +346,10 @@ const char* dnet_igemm_path(void) {
     return "avx-vnni";
 #elif defined(DN_I8_AVX2)
     return "avx2";
+#elif defined(DN_I8_NEON) && defined(DN_I8_DOT)
+    return dn_i8_dotprod() ? "neon-dotprod" : "neon";
+#elif defined(DN_I8_NEON)
+    return "neon";
 #else
     return "portable";
 #endif
@@ -335,11 +390,15 @@ def _int8(mr: int, nr: int) -> str:
         branches.append(("defined(DN_I8_AVX512)", _int8_vector(mr, nr, 16, "__m512i", "_mm512")))
     if nr % 8 == 0:
         branches.append(("defined(DN_I8_AVX2)", _int8_vector(mr, nr, 8, "__m256i", "_mm256")))
+    neon = ""
+    if nr % 4 == 0:
+        branches.append(("defined(DN_I8_NEON)", _int8_neon_dispatch(sfx)))
+        neon = _int8_neon(mr, nr)
     body = ""
     for n, (cond, text) in enumerate(branches):
         body += f"#{'if' if n == 0 else 'elif'} {cond}\n{text}\n"
     body += ("#else\n" if branches else "") + _int8_portable(mr, nr) + ("\n#endif" if branches else "")
-    return f"""
+    return f"""{neon}
 /* t[i, j] = sum_k a[i, k] * b[k, j] in int32 (+ 128 * sum_k a[i, k] where DN_I8_OFFSET), rows i < {mr},
    over k4 whole groups of 4 values of k; b is one packed panel */
 static inline void dn_i8_tile_{sfx}(int64_t k4, const int8_t* restrict a, int64_t lda,
@@ -416,6 +475,75 @@ def _int8_vector(mr: int, nr: int, lanes: int, vtype: str, pre: str) -> str:
 {full}
     }}
 {store}"""
+
+
+def _int8_neon_dispatch(sfx: str) -> str:
+    """The AArch64 tile: sdot where the CPU has it (asked once, `dn_i8_dotprod`), else widening multiplies."""
+    return f"""#if defined(DN_I8_DOT)
+    if (dn_i8_dotprod()) {{ dn_i8_sdot_{sfx}(k4, a, lda, b, t, mr); return; }}
+#endif
+    dn_i8_smull_{sfx}(k4, a, lda, b, t, mr);"""
+
+
+def _int8_neon(mr: int, nr: int) -> str:
+    """The two AArch64 int8 tiles, each over k4 groups of 4 values of k of a panel holding b + 128 (turned back
+    to signed b: one `eor` per vector of b, shared by the rows).
+
+    sdot: mr x (nr / 4) accumulators of 4 int32 (12 x 2 for the 12 x 8 tile of a 32-register host); a row's
+    4-byte word broadcast meets 4 columns x 4 values of k per `sdot`, as `vpdpbusd` does on x86.
+    Without dotprod: a row at a time, `smull` / `smull2` on 2 columns x 4 values of k (int16 products, at most
+    128 * 128) and `sadalp` adding pairs of them into int32 lanes that hold column halves (k 0-1 and 2-3),
+    folded by one `addp` per 4 columns at the end. A row's 2 * nr / 4 sums stay in registers; b is re-read
+    per row from L1."""
+    sfx, nv = f"{mr}x{nr}", nr // 4
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    decl = "\n".join(f"    int32x4_t {', '.join(f'{x} = vdupq_n_s32(0)' for x in row)};" for row in acc)
+    loads = " ".join(f"const int8x16_t b{v} = veorq_s8(vld1q_s8(b + {16 * v}), flip);" for v in range(nv))
+    rows = "\n".join(
+        f"        {{ int32_t w; memcpy(&w, a{i} + kk * 4, 4); const int8x16_t x = vreinterpretq_s8_s32(vdupq_n_s32(w));"
+        + "".join(f" {acc[i][v]} = vdotq_s32({acc[i][v]}, b{v}, x);" for v in range(nv)) + " }"
+        for i in range(mr))
+    store = "\n".join(f"    vst1q_s32(t + {i * nr + 4 * v}, {acc[i][v]});" for i in range(mr) for v in range(nv))
+    halves = ", ".join(f"lo{v} = vdupq_n_s32(0), hi{v} = vdupq_n_s32(0)" for v in range(nv))
+    widen = "\n".join(
+        f"            {{ const int8x16_t s = veorq_s8(vld1q_s8(p + {16 * v}), flip);"
+        f" lo{v} = vpadalq_s16(lo{v}, vmull_s8(vget_low_s8(s), vget_low_s8(x)));"
+        f" hi{v} = vpadalq_s16(hi{v}, vmull_high_s8(s, x)); }}" for v in range(nv))
+    fold = " ".join(f"vst1q_s32(row + {4 * v}, vpaddq_s32(lo{v}, hi{v}));" for v in range(nv))
+    return f"""
+#if defined(DN_I8_NEON) && defined(DN_I8_DOT)
+static DN_I8_DOT_TARGET void dn_i8_sdot_{sfx}(int64_t k4, const int8_t* restrict a, int64_t lda,
+                                              const int8_t* restrict b, int32_t* restrict t, int64_t mr) {{
+{_rows(mr, "int8_t")}
+    const int8x16_t flip = vdupq_n_s8((int8_t)-128);
+{decl}
+    for (int64_t kk = 0; kk < k4; ++kk, b += {nr * 4}) {{
+        {loads}
+{rows}
+    }}
+{store}
+}}
+#endif
+#if defined(DN_I8_NEON)
+static void dn_i8_smull_{sfx}(int64_t k4, const int8_t* restrict a, int64_t lda, const int8_t* restrict b,
+                              int32_t* restrict t, int64_t mr) {{
+    const int8x16_t flip = vdupq_n_s8((int8_t)-128);
+    for (int64_t i = 0; i < mr; ++i) {{
+        const int8_t* restrict ai = a + i * lda;
+        const int8_t* restrict p = b;
+        int32x4_t {halves};
+        for (int64_t kk = 0; kk < k4; ++kk, p += {nr * 4}) {{
+            int32_t w;
+            memcpy(&w, ai + kk * 4, 4);
+            const int8x16_t x = vreinterpretq_s8_s32(vdupq_n_s32(w));
+{widen}
+        }}
+        int32_t* restrict row = t + i * {nr};
+        {fold}
+    }}
+}}
+#endif
+"""
 
 
 def _int8_portable(mr: int, nr: int) -> str:
