@@ -85,48 +85,9 @@ COMMON = r"""
 #include <immintrin.h>
 #endif
 
-/* AArch64: `sdot` (FEAT_DotProd: Cortex-A55/A76 and later, Apple M1 and later) where the CPU has it, else NEON's
-   widening multiplies. sdot is signed x signed: the panel's b + 128 gets its top bit flipped back to b, and the
-   sums are sum_k a * b with no offset to take out, as on the portable path. Where the compiler targets dotprod
-   (-march=native on such a CPU, Apple's default) every CPU the library runs on has it; else the sdot kernels are
-   compiled for armv8.2-a+dotprod alone and chosen at run time, from the kernel's word (Linux: AT_HWCAP's
-   HWCAP_ASIMDDP; macOS: sysctl hw.optional.arm.FEAT_DotProd), so one library suits both kinds of core. */
-#if defined(DN_I8_NEON)
-#include <arm_neon.h>
-#if !defined(DN_QUANT_NO_DOTPROD) && defined(__ARM_FEATURE_DOTPROD)
-#define DN_I8_DOT 1
-#define DN_I8_DOT_TARGET
-static inline int dn_i8_dotprod(void) { return 1; }
-#elif !defined(DN_QUANT_NO_DOTPROD) && (defined(__linux__) || defined(__APPLE__)) \
-    && ((defined(__clang__) && __clang_major__ >= 17) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 8))
-/* GCC >= 8 and Clang >= 17 give the sdot intrinsics to a function whose target has dotprod */
-#define DN_I8_DOT 1
-#define DN_I8_DOT_TARGET __attribute__((target("arch=armv8.2-a+dotprod")))
-#if defined(__linux__)
-#include <sys/auxv.h>
-#ifndef HWCAP_ASIMDDP
-#define HWCAP_ASIMDDP (1UL << 20)   /* the kernel's bit (uapi asm/hwcap.h), for C libraries that do not name it */
-#endif
-#else
-#include <sys/sysctl.h>
-#endif
-static int dn_i8_dotprod(void) {
-    static int state = -1;   /* the CPU's answer does not change: asked once */
-    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (s < 0) {
-#if defined(__linux__)
-        s = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
-#else
-        int v = 0;
-        size_t size = sizeof v;
-        s = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &size, 0, 0) == 0 && v;
-#endif
-        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
-    }
-    return s;
-}
-#endif
-#endif
+/* AArch64: sdot where the CPU has it (the prelude's dn_arm_dotprod), else NEON's widening multiplies. sdot is
+   signed x signed: the panel's b + 128 gets its top bit flipped back to b, and the sums are sum_k a * b with no
+   offset to take out, as on the portable path. */
 
 /* One row of an int8 Gemm's results: c[j] = (t[j] - shift + z * sums[j]) * s * sb[j], t the tile's int32 sums,
    shift = 128 * sum_k a where the tile summed (b + 128) * a, sums b's column sums. Where z is an integer (as
@@ -346,8 +307,8 @@ const char* dnet_igemm_path(void) {
     return "avx-vnni";
 #elif defined(DN_I8_AVX2)
     return "avx2";
-#elif defined(DN_I8_NEON) && defined(DN_I8_DOT)
-    return dn_i8_dotprod() ? "neon-dotprod" : "neon";
+#elif defined(DN_I8_NEON) && defined(DN_ARM_DOT)
+    return dn_arm_dotprod() ? "neon-dotprod" : "neon";
 #elif defined(DN_I8_NEON)
     return "neon";
 #else
@@ -478,9 +439,9 @@ def _int8_vector(mr: int, nr: int, lanes: int, vtype: str, pre: str) -> str:
 
 
 def _int8_neon_dispatch(sfx: str) -> str:
-    """The AArch64 tile: sdot where the CPU has it (asked once, `dn_i8_dotprod`), else widening multiplies."""
-    return f"""#if defined(DN_I8_DOT)
-    if (dn_i8_dotprod()) {{ dn_i8_sdot_{sfx}(k4, a, lda, b, t, mr); return; }}
+    """The AArch64 tile: sdot where the CPU has it (asked once, `dn_arm_dotprod`), else widening multiplies."""
+    return f"""#if defined(DN_ARM_DOT)
+    if (dn_arm_dotprod()) {{ dn_i8_sdot_{sfx}(k4, a, lda, b, t, mr); return; }}
 #endif
     dn_i8_smull_{sfx}(k4, a, lda, b, t, mr);"""
 
@@ -511,8 +472,8 @@ def _int8_neon(mr: int, nr: int) -> str:
         f" hi{v} = vpadalq_s16(hi{v}, vmull_high_s8(s, x)); }}" for v in range(nv))
     fold = " ".join(f"vst1q_s32(row + {4 * v}, vpaddq_s32(lo{v}, hi{v}));" for v in range(nv))
     return f"""
-#if defined(DN_I8_NEON) && defined(DN_I8_DOT)
-static DN_I8_DOT_TARGET void dn_i8_sdot_{sfx}(int64_t k4, const int8_t* restrict a, int64_t lda,
+#if defined(DN_I8_NEON) && defined(DN_ARM_DOT)
+static DN_ARM_DOT_TARGET void dn_i8_sdot_{sfx}(int64_t k4, const int8_t* restrict a, int64_t lda,
                                               const int8_t* restrict b, int32_t* restrict t, int64_t mr) {{
 {_rows(mr, "int8_t")}
     const int8x16_t flip = vdupq_n_s8((int8_t)-128);

@@ -140,6 +140,50 @@ void dnet_set_threads(int n) {
 
 int dnet_get_threads(void) { return dn_pool.threads; }
 
+/* -- AArch64's int8 dot product (`sdot`, FEAT_DotProd: Cortex-A55/A76 and later, Apple M1 and later) ---------
+ * for the integer kernels (backends/c/igemm.py, quant.py). Where the compiler targets dotprod (-march=native on
+ * such a CPU, Apple's default) every CPU the library runs on has it: DN_ARM_DOT_TARGET is empty and
+ * dn_arm_dotprod() is 1. Else sdot kernels are compiled for armv8.2-a+dotprod alone (a function attribute) and
+ * chosen at run time from the kernel's word (Linux: AT_HWCAP's HWCAP_ASIMDDP; macOS: sysctl
+ * hw.optional.arm.FEAT_DotProd), so one library suits both kinds of core. -DDN_QUANT_NO_DOTPROD keeps sdot out,
+ * -DDN_QUANT_PORTABLE every NEON integer kernel. */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(DN_QUANT_PORTABLE)
+#include <arm_neon.h>
+#if !defined(DN_QUANT_NO_DOTPROD) && defined(__ARM_FEATURE_DOTPROD)
+#define DN_ARM_DOT 1
+#define DN_ARM_DOT_TARGET
+static inline int dn_arm_dotprod(void) { return 1; }
+#elif !defined(DN_QUANT_NO_DOTPROD) && (defined(__linux__) || defined(__APPLE__)) \
+    && ((defined(__clang__) && __clang_major__ >= 17) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 8))
+/* GCC >= 8 and Clang >= 17 give the sdot intrinsics to a function whose target has dotprod */
+#define DN_ARM_DOT 1
+#define DN_ARM_DOT_TARGET __attribute__((target("arch=armv8.2-a+dotprod")))
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)   /* the kernel's bit (uapi asm/hwcap.h), for C libraries that do not name it */
+#endif
+#else
+#include <sys/sysctl.h>
+#endif
+static inline int dn_arm_dotprod(void) {
+    static int state = -1;   /* the CPU's answer does not change: asked once */
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s < 0) {
+#if defined(__linux__)
+        s = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+        int v = 0;
+        size_t size = sizeof v;
+        s = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &size, 0, 0) == 0 && v;
+#endif
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s;
+}
+#endif
+#endif
+
 /* -- half types: stored as 16 bits, computed as float ------------------------------ */
 static inline float dn_bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t dn_f32_to_bf16(float f) {
