@@ -18,6 +18,7 @@ from dnet.graph.ir import Graph
 from dnet.graph.ops import Op
 from dnet.hardware import Host
 from dnet.kernel import index as ix
+from dnet.kernel import winograd
 from dnet.kernel.ir import Binary, Cast, Gemm, GemmTile, Im2col, Kernel, Load, Operand, Ref
 from dnet.kernel.lower import KernelBuilder, Materialize, V, _finish
 
@@ -153,10 +154,12 @@ def readable(graph: Graph, nid: int, right: bool, materialized: set[int], users)
             or not right and low_precision_view(graph, nid, materialized, users) is not None)
 
 
-def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
-    """The kernel computing `root`, an element-wise function of matmul or convolution `mm` (or `mm` itself)."""
+def lower_gemm(graph: Graph, root: int, mm: int, materialized: set[int], users, tile: GemmTile,
+               winograd: str = "off") -> Kernel:
+    """The kernel computing `root`, an element-wise function of matmul or convolution `mm` (or `mm` itself);
+    `winograd`: the target's mode for 3x3 convolutions (`kernel.winograd.choose`)."""
     if graph.nodes[mm].op is Op.CONV2D:
-        return _lower_conv(graph, root, mm, materialized, users, tile)
+        return _lower_conv(graph, root, mm, materialized, users, tile, winograd)
     node = graph.nodes[mm]
     a_id, b_id = node.inputs
     views = [operand_view(graph, x, materialized, users) for x in (a_id, b_id)]
@@ -227,10 +230,12 @@ def conv_weight_ok(graph: Graph, nid: int, materialized: set[int], users) -> boo
     return view is not None and list(view[2]) == list(ix.contiguous_strides(shape))
 
 
-def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], users, tile: GemmTile) -> Kernel:
+def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], users, tile: GemmTile,
+                winograd: str = "off") -> Kernel:
     """out[n, g, o, (oh, ow)] = sum over k = (c, y, z) of w[g, o, k] * im2col(x[n, g])[k, (oh, ow)]: one Gemm
     per batch item and group (g: the group's slice of the channels), the im2col gather done while b is
-    packed into panels (no im2col matrix in memory)."""
+    packed into panels (no im2col matrix in memory). A constant 3x3 filter of stride 1 may instead be
+    read as its Winograd transform, packed at load time (`('packed', w, mr, 'winograd<m>')`)."""
     node = graph.nodes[conv]
     x_id, w_id = node.inputs
     xv = operand_view(graph, x_id, materialized, users)
@@ -248,13 +253,30 @@ def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], user
     top, left, _, _ = node.attrs["padding"]
     geometry = Im2col(h, w, (kh, kw), tuple(node.attrs["stride"]), tuple(node.attrs["dilation"]), (top, left), ow,
                       tuple(xv[2][1:]))
-    a = Operand(builder.param(wv[0]), DType.F32, wv[1], (0, rows * k), k, 1)
+    m = _winograd_tile(graph, node, w_id, wv, winograd)
+    if m:
+        geometry = replace(geometry, winograd=m)
+        a = Operand(builder.param(("packed", wv[0], tile.mr, f"winograd{m}")), DType.F32, 0, (0, 0), k, 1, packed=True)
+    else:
+        a = Operand(builder.param(wv[0]), DType.F32, wv[1], (0, rows * k), k, 1)
     b = Operand(builder.param(xv[0]), DType.F32, xv[1], (xv[2][0], c * xv[2][1]), 0, 0, im2col=geometry)
     names = _axes(builder, [n_, groups, rows, oh * ow])
     pixel = ix.delinearize(Sym(names[3]), (oh, ow), builder.bounds)
     idx = (Sym(names[0]), Sym(names[1]) * rows + Sym(names[2])) + tuple(pixel)
     return _gemm_kernel(builder, conv, root, Gemm((n_, groups), rows, oh * ow, k, a, b, "out",
                                                   graph.nodes[root].dtype, tuple(names), None, (), "", tile), idx)
+
+
+def _winograd_tile(graph: Graph, node, w_id: int, wv, mode: str) -> int:
+    """The Winograd output tile m of convolution `node` (0: none): its filter a whole constant, its shape one
+    Winograd computes, and the mode's rule (`kernel.winograd.choose`) says so."""
+    if mode == "off" or not winograd.eligible(graph.nodes[w_id].shape[2:], node.attrs["stride"],
+                                              node.attrs["dilation"], node.attrs["groups"]):
+        return 0
+    if graph.nodes[wv[0]].op is not Op.CONST or wv[1] != 0 or graph.nodes[wv[0]].shape != graph.nodes[w_id].shape:
+        return 0
+    o, c = graph.nodes[w_id].shape[:2]
+    return winograd.choose(mode, c, o, node.shape[2], node.shape[3])
 
 
 def _builder(graph: Graph, root: int, materialized: set[int], users) -> KernelBuilder:
@@ -277,14 +299,18 @@ def _gemm_kernel(builder: KernelBuilder, mm: int, root: int, gemm: Gemm, idx: tu
     (batch..., i, j) of the product lies in node `mm`'s own index space."""
     builder.cache[(mm, idx)] = V(Ref("acc", DType.F32), 0)
     epilogue = builder.value(root, idx).expr
-    scratch = "" if gemm.b.packed else builder.param(SCRATCH)
+    scratch = "" if gemm.b.packed or _winograd(gemm) else builder.param(SCRATCH)
     gemm = replace(gemm, epilogue=epilogue, epilogue_lets=tuple(builder.scopes[0].stmts), scratch=scratch)
     return _finish(builder, builder.graph.nodes[root], (gemm,))
 
 
+def _winograd(gemm: Gemm) -> bool:
+    return gemm.b.im2col is not None and gemm.b.im2col.winograd > 0
+
+
 def scratch_elements(gemm: Gemm):
     """f32 elements of workspace a Gemm needs to pack its right operand (every batch item)."""
-    if gemm.b.packed:
+    if gemm.b.packed or _winograd(gemm):
         return 0
     nr = gemm.tile.nr
     panels = (gemm.n + nr - 1) // nr if isinstance(gemm.n, int) else gemm.n // nr + 1

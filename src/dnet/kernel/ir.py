@@ -154,6 +154,8 @@ class Im2col:
     pad: tuple[int, int]           # top, left
     out_width: Index
     strides: tuple[Index, Index, Index]
+    winograd: int = 0              # m: computed as Winograd F(m x m, 3 x 3) (kernel/winograd.py), a the
+                                   # packed transformed filters; 0: a convolution of the weights as they are
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,11 @@ def schedule(graph: Graph, target: AnyTarget | Host | None = None) -> Schedule:
     materialized = _initial(graph, users)
     tile = target.gemm_tile()   # the target's hook: a CPU's register and cache tiles
     rows = getattr(target, "conv_group_rows", gm.MIN_GROUP_ROWS)   # which grouped convolutions are Gemms
+    winograd = getattr(target, "conv_winograd", "off")   # which 3x3 convolutions are Winograd Gemms
     unfused: set[int] = set()
     for attempt in range(2 * len(graph.nodes) + 1):
         _settle(graph, users, materialized, rows)
-        sched, wanted = _lower_all(graph, users, materialized, unfused, tile, attempt, rows)
+        sched, wanted = _lower_all(graph, users, materialized, unfused, tile, attempt, rows, winograd)
         if not wanted:
             return sched
         for node in wanted:
@@ -154,7 +155,8 @@ def _fusable_epilogue(graph: Graph, users, mat: set[int], owners: dict, mm: int,
 
 
 def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
-               attempt: int = 0, rows: int = gm.MIN_GROUP_ROWS) -> tuple[Schedule, set[int]]:
+               attempt: int = 0, rows: int = gm.MIN_GROUP_ROWS,
+               winograd: str = "off") -> tuple[Schedule, set[int]]:
     """Lower every root; also returns the nodes lowering asked to materialize (then we retry: `attempt`)."""
     sched = Schedule(graph, set(mat))
     owners = _owners(graph, mat)
@@ -172,7 +174,7 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
     with progress.task(name, total=len(roots), unit="kernels") as task:
         for root in roots:
             try:
-                kernel = _lower_one(graph, users, mat, root, epilogues, tile, rows)
+                kernel = _lower_one(graph, users, mat, root, epilogues, tile, rows, winograd)
             except Materialize as m:
                 wanted.add(m.node)
                 continue
@@ -184,13 +186,13 @@ def _lower_all(graph: Graph, users, mat: set[int], unfused: set[int], tile,
 
 
 def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, tile,
-               rows: int = gm.MIN_GROUP_ROWS) -> Kernel:
+               rows: int = gm.MIN_GROUP_ROWS, winograd: str = "off") -> Kernel:
     """One root's kernel; each kernel pass's result goes through `verify.checked` (free unless tests verify)."""
     mm = epilogues.get(root)
     if mm is not None:
-        return _lower_matmul(graph, users, mat - {mm}, root, mm, tile)
+        return _lower_matmul(graph, users, mat - {mm}, root, mm, tile, winograd)
     if gm.is_gemm(graph, root, rows):
-        return _lower_matmul(graph, users, mat, root, root, tile)
+        return _lower_matmul(graph, users, mat, root, root, tile, winograd)
     if graph.nodes[root].op is Op.SCATTER:
         return checked("lower_scatter", lower_scatter(graph, root, mat, users))
     kernel = checked("lower_elementwise", lower_elementwise(graph, root, mat, users))
@@ -201,12 +203,12 @@ def _lower_one(graph: Graph, users, mat: set[int], root: int, epilogues: dict, t
     return checked("reuse_reduced_values", reuse_reduced_values(kernel))
 
 
-def _lower_matmul(graph: Graph, users, mat: set[int], root: int, mm: int, tile) -> Kernel:
+def _lower_matmul(graph: Graph, users, mat: set[int], root: int, mm: int, tile, winograd: str = "off") -> Kernel:
     node = graph.nodes[mm]
     weight = qgemm.quant_weight(graph, node.inputs[1], mat, users) if node.op is Op.MATMUL else None
     if weight is not None:
         return checked("lower_qmatmul", qgemm.lower_qmatmul(graph, root, mm, weight, mat, users))
-    return checked("lower_gemm", gm.lower_gemm(graph, root, mm, mat, users, tile))
+    return checked("lower_gemm", gm.lower_gemm(graph, root, mm, mat, users, tile, winograd))
 
 
 def _add(sched: Schedule, by_source: dict, kernel: Kernel, root: int) -> None:

@@ -41,6 +41,9 @@ class CpuTarget:
     # output channels per group a grouped convolution needs to become a Gemm (`kernel.gemm.is_fast_conv`):
     # 8 where the Gemm gathers im2col panels (LLVM); 1 for the C backend's direct convolutions
     conv_group_rows: int = 8
+    # which 3x3 stride-1 convolutions are Winograd Gemms (`kernel.winograd.choose`: "auto", "off", "2", "4");
+    # "off" where the backend has no Winograd kernel (only the C backend renders one)
+    conv_winograd: str = "off"
     kind = "cpu"
 
     def fingerprint(self) -> str:

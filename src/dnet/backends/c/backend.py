@@ -18,6 +18,7 @@ from dnet.backends.c.device import CLoader
 from dnet.backends.c.library import render_library
 from dnet.backends.c.packing import PanelPacker
 from dnet.backends.c.runtime import CModule
+from dnet.backends.c.winograd import winograd_mode
 from dnet.core import progress
 from dnet.core.tuning import TuneCache
 from dnet.errors import SerializationError
@@ -65,7 +66,8 @@ class CBackend:
         `tuned`: give each f32 Gemm the tile `dnet tune` measured best on this host for it, where the
         host's tuning cache has one (else, and with False, the analytic tile)."""
         host = host or detect()
-        target = CpuTarget(host, threads, conv_group_rows=1)   # depthwise too: backends/c/conv.py
+        # depthwise convolutions too (backends/c/conv.py), and 3x3 ones as Winograd's where the rule says
+        target = CpuTarget(host, threads, conv_group_rows=1, conv_winograd=winograd_mode())
         compiled = build_program(graph, target, PanelPacker())
         if tuned:
             records = TuneCache(host.fingerprint(), cache_dir).load()

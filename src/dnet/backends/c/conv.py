@@ -191,6 +191,10 @@ def phases(g: Gemm) -> list[tuple[int, int]]:
 def render_conv(r, g: Gemm, pad: str) -> list[str]:
     """The body of a convolution kernel (`r`: the kernel's CRenderer). Support code goes to r.helpers."""
     c = g.b.im2col
+    if c.winograd:   # its filters transformed at load time (kernel/winograd.py): backends/c/winograd.py
+        from dnet.backends.c.winograd import render_winograd
+
+        return render_winograd(r, g, pad)
     ix = r.index
     (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.stride, c.dilation
     taps = kh * kw

@@ -24,6 +24,8 @@ class PanelPacker:
         gemm = next((s for s in kernel.body if isinstance(s, Gemm)), None)
         if gemm is None:
             raise BackendError(f"kernel {kernel.name} asks for a packed weight but has no Gemm")
+        if arg[0] == "packed" and len(arg) > 3 and arg[3].startswith("winograd"):
+            return self._winograd(graph, arg[1], arg[2], int(arg[3][len("winograd"):]))
         if arg[0] == "packed":
             return self._packed(graph, arg[1], gemm, arg[3] if len(arg) > 3 else "")
         if arg[0] == "scales":
@@ -44,6 +46,15 @@ class PanelPacker:
             packed = pack_panels(view, nr)
         return f"{name}@packed{nr}{layout}", dtype, packed
 
+    def _winograd(self, graph: Graph, nid: int, mr: int, m: int) -> tuple[str, DType, np.ndarray]:
+        """A 3x3 filter's Winograd transform (`kernel.winograd.filter_transform`) as the micro-kernel's a:
+        per position of the (m + 2) x (m + 2) tile, slivers of mr output channels, each input channel's mr
+        values side by side (output channels past the last are 0)."""
+        from dnet.kernel.winograd import filter_transform
+
+        name = graph.nodes[nid].attrs["name"]
+        return f"{name}@winograd{m}x{mr}", DType.F32, pack_winograd(filter_transform(graph.weights[name], m), mr)
+
     def _scales(self, graph: Graph, nid: int, nr: int, offset: int, stride: int,
                 gemm: Gemm) -> tuple[str, DType, np.ndarray]:
         """An int8 weight's per-column scales, zero-padded to whole panels like the weight."""
@@ -60,3 +71,13 @@ def pack_panels(b: np.ndarray, nr: int) -> np.ndarray:
     padded = np.zeros((k, panels * nr), b.dtype)
     padded[:, :n] = b
     return np.ascontiguousarray(padded.reshape(k, panels, nr).transpose(1, 0, 2))
+
+
+def pack_winograd(u: np.ndarray, mr: int) -> np.ndarray:
+    """(alpha, alpha, O, C) transformed filters -> (alpha * alpha, slivers, C, mr): sliver s of position p
+    holds, per input channel, output channels s * mr .. s * mr + mr - 1 (zero past O)."""
+    a, _, o, c = u.shape
+    slivers = -(-o // mr)
+    padded = np.zeros((a * a, slivers * mr, c), np.float32)
+    padded[:, :o] = u.reshape(a * a, o, c)
+    return np.ascontiguousarray(padded.reshape(a * a, slivers, mr, c).transpose(0, 1, 3, 2))

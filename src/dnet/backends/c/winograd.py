@@ -1,0 +1,285 @@
+"""The C form of a Winograd convolution F(m x m, 3 x 3) (a conv `Gemm` whose `Im2col` has `winograd` m).
+
+`kernel/winograd.py` has the algorithm; its filters G g G^T were transformed and packed at load time
+(`packing.pack_winograd`: per tile position, slivers of mr output channels). Here, per task (a band of
+tile rows and a group of output-channel slivers):
+
+1. the band of the input is copied once into *phase planes*, as the direct convolution does for a stride
+   of m (`conv.py`): plane (py, px)[R][Q] = x[m R + py - top][m Q + px - left]. Tiles are numbered
+   j = R * TWQ + Q (TWQ = tiles a row + 1), so element (r, s) of the input block of tile j is element
+   j + (r // m) * TWQ + s // m of plane (r % m, s % m): for every (r, s), consecutive tiles read consecutive
+   floats. The images of a batch are stacked, TH + 1 tile rows each (the last, like the last tile of
+   every row, reads across an edge and is computed and dropped), so small images fill the panels too.
+2. per panel of nr tiles and block of input channels, the input transform B^T d B, vectorised across
+   the panel's tiles, writes the (m + 2)^2 matrices [channels x nr tiles] straight in the layout of the
+   Gemm's packed b panels (no transformed input in memory beyond one panel);
+3. (m + 2)^2 products: the Gemm's own micro-kernel (`gemm.py`, `dn_ukernel_<mr>x<nr>`) with the packed
+   filters as a and the panel as b, summed over the channel blocks into a panel of products (L2);
+4. the output transform A^T M A, vectorised across tiles, interleaved into output rows, and stored
+   through the Gemm's epilogue (bias, ReLU, a residual add), tiles past the image's edge dropped.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dnet.backends.c.conv import IMAGE_FLOATS, TASKS_PER_THREAD, common
+from dnet.backends.c.gemm import _batch_decl, ukernel_name
+from dnet.kernel.ir import Gemm
+from dnet.errors import BackendError
+from dnet.kernel.winograd import MODES, matrices
+
+CHANNEL_BLOCK = 128   # input channels a block: (m + 2)^2 x 128 x nr floats of transformed input (590 KiB, m = 4)
+STACK_TILES = 128   # tiles an image (with its dropped column) under which the images of a batch are stacked
+PRODUCT_FLOATS = 1 << 17   # a group's panel of products, (m + 2)^2 x channels x nr, at most (512 KiB), where it may
+
+
+ENV = "DNET_WINOGRAD"   # "auto" (the default: kernel.winograd.choose's rule), "off", "2" or "4" (forced)
+
+
+def winograd_mode() -> str:
+    """Which 3x3 convolutions this process compiles as Winograd's: $DNET_WINOGRAD, else "auto"."""
+    mode = os.environ.get(ENV, "auto").strip() or "auto"
+    if mode not in MODES:
+        raise BackendError(f"${ENV}={mode!r} is not a Winograd mode", hint=f"one of {', '.join(MODES)}")
+    return mode
+
+
+def _combine(mat: np.ndarray, names: list[str]) -> list[str]:
+    """The C expressions of mat @ names (integer coefficients; zeros skipped, +-1 without a product)."""
+    out = []
+    for row in mat:
+        terms = []
+        for c, n in zip(row, names):
+            if c == 0:
+                continue
+            sign = "-" if c < 0 else "+"
+            mag = abs(float(c))
+            terms.append(f"{sign} {n}" if mag == 1 else f"{sign} {mag!r}f * {n}")
+        text = " ".join(terms)
+        out.append(text[2:] if text.startswith("+ ") else f"-{text[2:]}" if text.startswith("- ") else text)
+    return out
+
+
+def _input_transform(m: int, vec: str, vecu: str) -> str:
+    """Statements turning the block d (alpha x alpha vectors of tiles, read from the phase planes at
+    g_base) into B^T d B, stored at g_vdst + position * g_pstride."""
+    bt, _, _ = matrices(m)
+    a = m + 2
+    lines = [f"const {vec} d{r}_{s} = *(const {vecu}*)(g_base + {(r % m) * m + s % m} * g_plane + "
+             f"{r // m} * g_TWQ + {s // m});" for r in range(a) for s in range(a)]
+    for s in range(a):   # t = B^T d, column by column
+        for i, e in enumerate(_combine(bt, [f"d{r}_{s}" for r in range(a)])):
+            lines.append(f"const {vec} t{i}_{s} = {e};")
+    for i in range(a):   # u = t B, row by row, stored as it comes
+        for j, e in enumerate(_combine(bt, [f"t{i}_{s}" for s in range(a)])):
+            lines.append(f"*({vecu}*)(g_vdst + {i * a + j} * g_pstride) = {e};")
+    return "\n".join(lines)
+
+
+def _output_transform(m: int, vec: str, vecu: str) -> str:
+    """Statements turning the products M (alpha x alpha vectors of tiles at g_msrc + position * g_mstride)
+    into A^T M A, stored as m x m vectors at g_y."""
+    _, _, at = matrices(m)
+    a = m + 2
+    lines = [f"const {vec} p{i}_{j} = *(const {vecu}*)(g_msrc + {i * a + j} * g_mstride);" for i in range(a)
+             for j in range(a)]
+    for j in range(a):   # s = A^T M, column by column
+        for r, e in enumerate(_combine(at, [f"p{i}_{j}" for i in range(a)])):
+            lines.append(f"const {vec} s{r}_{j} = {e};")
+    for r in range(m):
+        for c, e in enumerate(_combine(at, [f"s{r}_{j}" for j in range(a)])):
+            lines.append(f"*({vecu}*)(g_y + {r * m + c} * g_lanes) = {e};")
+    return "\n".join(lines)
+
+
+def render_winograd(r, g: Gemm, pad: str) -> list[str]:
+    """The body of a Winograd convolution kernel (`r`: the kernel's CRenderer)."""
+    c = g.b.im2col
+    ix = r.index
+    m, t = c.winograd, g.tile
+    a = m + 2
+    positions = a * a
+    mr, nr, lanes = t.mr, t.nr, t.lanes
+    sfx = f"{mr}x{nr}"
+    vec, vecu = f"dn_vf{sfx}", f"dn_vfu{sfx}"
+    if common() not in r.helpers:
+        r.helpers.append(common())   # dn_conv_row, which copies a row into a phase plane
+    top, left = (ix(p) for p in c.pad)
+    xc, xh, xw = (ix(s) for s in c.strides)
+    nbatch = "*".join(["1"] + [ix(b) for b in g.batch])
+    group_slivers = max(1, PRODUCT_FLOATS // (positions * nr * mr))
+    lines = [
+        f"const int64_t g_M = {ix(g.m)}, g_N = {ix(g.n)}, g_K = {ix(g.k)}, g_NB = {nbatch};",
+        f"const int64_t g_H = {ix(c.height)}, g_W = {ix(c.width)}, g_OW = {ix(c.out_width)};",
+        "const int64_t g_OH = g_OW > 0 ? g_N / g_OW : 0, g_C = g_K / 9;   /* output rows, input channels */",
+        f"const int64_t g_TH = (g_OH + {m - 1}) / {m}, g_TW = (g_OW + {m - 1}) / {m};   /* tiles down and across */",
+        "/* a phase plane's width: tiles a row + 1 (the last tile of a row reads the next one's first column,",
+        "   so a row's last tile is computed and dropped) */",
+        "const int64_t g_TWQ = g_TW + 1;",
+        f"/* small images (under {STACK_TILES} tiles) are stacked, so that their tiles fill the panels: TH + 1 tile rows",
+        "   an image (its last, which reads the next image's first plane row, dropped like the last column).",
+        "   Otherwise each image is a stack of its own, TH tile rows over TH + 1 plane rows */",
+        f"const int64_t g_stack = g_TH * g_TWQ < {STACK_TILES}, g_TR = g_stack ? g_TH + 1 : g_TH;",
+        "const int64_t g_units = g_stack ? 1 : g_NB, g_imgs = g_stack ? g_NB : 1, g_GR = g_imgs * g_TR;",
+        f"const int64_t g_S = (g_M + {mr - 1}) / {mr}, g_nt = dn_threads();",
+        f"const int64_t g_kcb = g_C < {CHANNEL_BLOCK} ? g_C : {CHANNEL_BLOCK};",
+        f"/* tasks: stacks, bands of tile rows (each 2 panels of tiles at least) and groups of slivers (at most",
+        f"   {group_slivers}, so a panel's products stay in L2), until there are {TASKS_PER_THREAD} a thread. "
+        "A group more transforms the",
+        "   input once more: bands first */",
+        f"int64_t g_bands = 1, g_groups = (g_S + {group_slivers - 1}) / {group_slivers};",
+        f"while (g_nt > 1 && g_units * g_bands * g_groups < {TASKS_PER_THREAD} * g_nt) {{",
+        f"    if (g_bands < g_GR && g_GR / (g_bands + 1) * g_TWQ >= {2 * nr}) g_bands++;",
+        "    else if (g_groups < g_S) g_groups++;",
+        "    else break;",
+        "}",
+        f"/* and a band's planes within {IMAGE_FLOATS * 4 // 1024} KiB (in L2 while its panels are transformed) */",
+        f"while (g_bands < g_GR && g_C * {m * m} * ((g_GR + g_bands - 1) / g_bands + 1) * g_TWQ > {IMAGE_FLOATS}) "
+        "g_bands++;",
+        "/* a multiple of the threads where the slivers allow, so none waits for the last task */",
+        "while (g_nt > 1 && (g_units * g_bands * g_groups) % g_nt && g_groups < g_S) g_groups++;",
+        "const int64_t g_tasks = g_NB > 0 ? g_units * g_bands * g_groups : 0;",
+    ]
+    r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_H", "g_W", "g_OW", "g_OH", "g_C",
+                                                "g_TH", "g_TW", "g_TWQ", "g_stack", "g_TR", "g_units", "g_imgs",
+                                                "g_GR", "g_S", "g_nt", "g_kcb")]
+    r.locals += [("int64_t", "g_bands"), ("int64_t", "g_groups"), ("const int64_t", "g_tasks")]
+    ukernel = f"dn_ukernel_{ukernel_name(t)}"
+    i, j = g.vars[-2], g.vars[-1]
+    epilogue = [f"const int64_t {j} = g_pix + g_q;", "const float acc = g_src[g_q];"]
+    epilogue += [x for s in g.epilogue_lets for x in r.stmt(s, "")]
+    epilogue.append(f"g_dst[g_q] = {r.expr(g.epilogue)};")
+    task = [
+        "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+        "    const int64_t g_unit = g_flat / (g_bands * g_groups), g_n0 = g_unit * g_imgs;   /* its first image */",
+        "    const int64_t g_band = g_flat / g_groups % g_bands, g_grp = g_flat % g_groups;",
+        "    const int64_t g_G0 = g_band * g_GR / g_bands, g_rows = (g_band + 1) * g_GR / g_bands - g_G0;",
+        "    const int64_t g_plane = (g_rows + 1) * g_TWQ, g_nj = g_rows * g_TWQ;   /* a plane; the band's tiles */",
+        f"    float* g_img = dn_wino_workspace(0, g_C * {m * m} * g_plane + g_TWQ + {nr + 2});",
+        "    float* g_tmp = dn_wino_workspace(3, g_TWQ * %d);   /* one input row, padded */" % m,
+        "    for (int64_t g_ch = 0; g_ch < g_C; ++g_ch)",
+        "        for (int64_t g_r = 0; g_r <= g_rows; ++g_r)",
+        f"            for (int64_t g_py = 0; g_py < {m}; ++g_py) {{",
+        "                /* plane row g_r of the band: tile row G of the stack, in image g_bb (the row after the",
+        "                   last tile row of an image is its own unless images are stacked) */",
+        "                const int64_t g_G = g_G0 + g_r, g_ni = g_G / g_TR < g_imgs ? g_G / g_TR : g_imgs - 1;",
+        f"                const int64_t g_bb = g_n0 + g_ni, g_R = (g_G - g_ni * g_TR) * {m} + g_py - {top};",
+        f"                float* g_dst = g_img + (g_ch * {m * m} + g_py * {m}) * g_plane + g_r * g_TWQ;",
+        "                if (g_bb >= g_NB || g_R < 0 || g_R >= g_H) {",
+        f"                    for (int64_t g_px = 0; g_px < {m}; ++g_px) memset(g_dst + g_px * g_plane, 0, "
+        "(size_t)g_TWQ * sizeof(float));",
+        "                    continue;",
+        "                }",
+        *[f"                {x}" for x in _batch_decl("g_bb", g, r)],
+        f"                dn_wino_split{m}(g_dst, g_plane, {g.b.buffer} + g_off_b + g_ch * {xc} + g_R * {xh}, g_W, {xw}, "
+        f"{left}, g_TWQ, g_tmp);",
+        "            }",
+        f"    memset(g_img + g_C * {m * m} * g_plane, 0, (size_t)(g_TWQ + {nr + 2}) * sizeof(float));   /* read by dropped tiles */",
+        "    const int64_t g_s0 = g_grp * g_S / g_groups, g_s1 = (g_grp + 1) * g_S / g_groups;",
+        f"    const int64_t g_cg = (g_s1 - g_s0) * {mr}, g_o1 = g_s1 * {mr} < g_M ? g_s1 * {mr} : g_M;",
+        f"    float* g_v = dn_wino_workspace(1, {positions * nr} * g_kcb);   /* a panel's transformed input */",
+        f"    float* g_prod = dn_wino_workspace(2, {positions * nr} * g_cg);   /* its products */",
+        f"    for (int64_t g_j0 = 0; g_j0 < g_nj; g_j0 += {nr}) {{",
+        "        for (int64_t g_pc = 0; g_pc < g_C; g_pc += g_kcb) {",
+        "            const int64_t g_kc = g_C - g_pc < g_kcb ? g_C - g_pc : g_kcb;",
+        f"            const int64_t g_pstride = g_kc * {nr};",
+        "            for (int64_t g_cc = 0; g_cc < g_kc; ++g_cc)",
+        f"                for (int64_t g_vv = 0; g_vv < {nr}; g_vv += {lanes}) {{",
+        f"                    const float* g_base = g_img + (g_pc + g_cc) * {m * m} * g_plane + g_j0 + g_vv;",
+        f"                    float* g_vdst = g_v + g_cc * {nr} + g_vv;",
+        *[f"                    {x}" for x in _input_transform(m, vec, vecu).split("\n")],
+        "                }",
+        f"            for (int64_t g_xi = 0; g_xi < {positions}; ++g_xi)",
+        "                for (int64_t g_s = g_s0; g_s < g_s1; ++g_s) {",
+        f"                    const int64_t g_mr = g_M - g_s * {mr} < {mr} ? g_M - g_s * {mr} : {mr};",
+        f"                    const float* g_bp = g_v + g_xi * g_pstride;",
+        f"                    {ukernel}(g_kc, {g.a.buffer} + ((g_xi * g_S + g_s) * g_C + g_pc) * {mr}, g_bp, "
+        f"g_prod + (g_xi * g_cg + (g_s - g_s0) * {mr}) * {nr}, {nr}, g_pc > 0, g_mr, {nr}, g_bp);",
+        "                }",
+        "        }",
+        f"        for (int64_t {i} = g_s0 * {mr}; {i} < g_o1; ++{i}) {{",
+        f"            float g_out[{m}][{m * nr}] __attribute__((aligned(64)));   /* the panel's tiles, row by row */",
+        f"            for (int64_t g_vv = 0; g_vv < {nr}; g_vv += {lanes}) {{",
+        f"                float g_y[{m * m * lanes}] __attribute__((aligned(64)));",
+        f"                const float* g_msrc = g_prod + ({i} - g_s0 * {mr}) * {nr} + g_vv;",
+        f"                const int64_t g_mstride = g_cg * {nr}, g_lanes = {lanes};",
+        *[f"                {x}" for x in _output_transform(m, vec, vecu).split("\n")],
+        f"                for (int64_t g_rr = 0; g_rr < {m}; ++g_rr)   /* tile l's row rr: m floats side by side */",
+        f"                    for (int64_t g_l = 0; g_l < {lanes}; ++g_l)",
+        f"                        for (int64_t g_cc = 0; g_cc < {m}; ++g_cc)",
+        f"                            g_out[g_rr][(g_vv + g_l) * {m} + g_cc] = g_y[(g_rr * {m} + g_cc) * {lanes} + g_l];",
+        "            }",
+        "            /* runs of tiles within one tile row of one image: the output's rows, through the epilogue */",
+        f"            for (int64_t g_jj = 0; g_jj < {nr} && g_j0 + g_jj < g_nj; ) {{",
+        "                const int64_t g_row = g_G0 + (g_j0 + g_jj) / g_TWQ, g_tx = (g_j0 + g_jj) % g_TWQ;",
+        f"                const int64_t g_run = g_TWQ - g_tx < {nr} - g_jj ? g_TWQ - g_tx : {nr} - g_jj;",
+        "                const int64_t g_ty = g_row % g_TR, g_bb = g_n0 + g_row / g_TR;",
+        "                if (g_ty < g_TH && g_tx < g_TW) {",
+        *[f"                    {x}" for x in _batch_decl("g_bb", g, r)],
+        "                    const int64_t g_valid = g_TW - g_tx < g_run ? g_TW - g_tx : g_run;",
+        f"                    const int64_t g_ow0 = g_tx * {m}, g_ow1 = (g_tx + g_valid) * {m} < g_OW ? (g_tx + g_valid) * {m} : g_OW;",
+        f"                    for (int64_t g_rr = 0; g_rr < {m} && g_ty * {m} + g_rr < g_OH; ++g_rr) {{",
+        f"                        const int64_t g_pix = (g_ty * {m} + g_rr) * g_OW + g_ow0;",
+        f"                        const float* g_src = g_out[g_rr] + g_jj * {m};",
+        f"                        float* g_dst = out + (g_bb * g_M + {i}) * g_N + g_pix;",
+        "                        #pragma omp simd",
+        "                        for (int64_t g_q = 0; g_q < g_ow1 - g_ow0; ++g_q) {",
+        *[f"                            {x}" for x in epilogue],
+        "                        }",
+        "                    }",
+        "                }",
+        "                g_jj += g_run;",
+        "            }",
+        "        }",
+        "    }",
+        "}",
+    ]
+    for text in (WORKSPACE, _split(m)):
+        if text not in r.helpers:
+            r.helpers.append(text)
+    return [pad + x for x in lines] + r.outline(task, "g_tasks", "1", pad)
+
+
+WORKSPACE = """
+#ifndef DN_WINO_WORKSPACE
+#define DN_WINO_WORKSPACE 1
+/* a thread's Winograd workspaces (0: phase planes, 1: a panel's transformed input, 2: its products,
+   3: an input row):
+   grown, never shrunk, reused by every Winograd convolution the thread runs */
+static float* dn_wino_workspace(int slot, int64_t n) {
+    static _Thread_local float* buf[4] = {0, 0, 0, 0};
+    static _Thread_local int64_t cap[4] = {0, 0, 0, 0};
+    if (cap[slot] < n) {
+        free(buf[slot]);
+        buf[slot] = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+        cap[slot] = n;
+    }
+    return buf[slot];
+}
+#endif
+"""
+
+
+def _split(m: int) -> str:
+    """`dn_wino_split<m>`: one input row into the m phase planes of one plane row, dst[px][q] = x[m q + px - left]
+    (0 outside the row): copied once into a zero-padded row, then split m ways with a constant step, which the
+    compiler vectorises (a loop per phase with a variable step did not, and was a fifth of a layer's time)."""
+    return f"""
+#ifndef DN_WINO_SPLIT{m}
+#define DN_WINO_SPLIT{m} 1
+static void dn_wino_split{m}(float* restrict dst, int64_t plane, const float* restrict src, int64_t w, int64_t xw,
+                            int64_t left, int64_t twq, float* restrict tmp) {{
+    const int64_t n = {m} * twq, lo = left < 0 ? 0 : (left < n ? left : n);
+    const int64_t hi = left + w < lo ? lo : (left + w < n ? left + w : n);
+    for (int64_t t = 0; t < lo; ++t) tmp[t] = 0.0f;
+    if (xw == 1) memcpy(tmp + lo, src + (lo - left), (size_t)(hi - lo) * sizeof(float));
+    else for (int64_t t = lo; t < hi; ++t) tmp[t] = src[(t - left) * xw];
+    for (int64_t t = hi; t < n; ++t) tmp[t] = 0.0f;
+    for (int64_t q = 0; q < twq; ++q)
+        #pragma GCC unroll {m}
+        for (int64_t px = 0; px < {m}; ++px) dst[px * plane + q] = tmp[{m} * q + px];
+}}
+#endif
+"""
