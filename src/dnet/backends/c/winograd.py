@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from dnet.backends.c.conv import IMAGE_FLOATS, TASKS_PER_THREAD, common
+from dnet.backends.c.conv import IMAGE_FLOATS, TASKS_PER_THREAD
 from dnet.backends.c.gemm import _batch_decl, ukernel_name
 from dnet.kernel.ir import Gemm
 from dnet.errors import BackendError
@@ -104,8 +104,6 @@ def render_winograd(r, g: Gemm, pad: str) -> list[str]:
     mr, nr, lanes = t.mr, t.nr, t.lanes
     sfx = f"{mr}x{nr}"
     vec, vecu = f"dn_vf{sfx}", f"dn_vfu{sfx}"
-    if common() not in r.helpers:
-        r.helpers.append(common())   # dn_conv_row, which copies a row into a phase plane
     top, left = (ix(p) for p in c.pad)
     xc, xh, xw = (ix(s) for s in c.strides)
     nbatch = "*".join(["1"] + [ix(b) for b in g.batch])
