@@ -1,5 +1,6 @@
 """The C backend's library for an AArch64 node, run for real on any Linux host: cross-compiled with
-aarch64-linux-gnu-gcc (-static) and run under qemu-user on chosen CPU models.
+aarch64-linux-gnu-gcc (-static) and run under qemu-user on chosen CPU models. Also the GGUF block kernels
+alone (`compile_quant`, `run_quant`): a batch of matmuls in one run of a small driver.
 
 The program is built for an AArch64 `Host` (its own tile: 12 x 8 on 32 vector registers of 4 lanes) and
 run by dnet's own `ProgramExecutor`: binding, the arena plan and the weights are the executor's; only
@@ -228,3 +229,82 @@ def executor(build: Build, cpu: str, folder: Path, threads: int = 1) -> tuple[Pr
     folder.mkdir(parents=True, exist_ok=True)
     launcher = QemuLauncher(build, cpu, folder, threads)
     return ProgramExecutor(build.program, build.weights, EmulatedAllocator(), launcher), launcher
+
+
+# -- the GGUF block kernels (backends/c/quant.py) alone: a driver that runs a batch of matmuls -----------------
+
+def _quant_driver(dtypes) -> str:
+    """main(IN, OUT, THREADS): cases (format, wide, m, n, k, x, weight bytes) in, each y out."""
+    table = ", ".join(f"{{dn_qmatmul_{d.value}, dn_qmatmul16_{d.value}}}" for d in dtypes)
+    return r"""
+#include <stdio.h>
+typedef void (*dn_qmm)(int64_t, int64_t, int64_t, const float*, int64_t, const uint8_t*, float*, int64_t);
+static const dn_qmm dn_driver_q[][2] = {%s};
+static int64_t dn_read_i64(FILE* f) { int64_t v = 0; if (fread(&v, 8, 1, f) != 1) exit(3); return v; }
+static void* dn_read_bytes(FILE* f, int64_t n) {
+    void* p = malloc((size_t)n + 64);
+    if (!p || (n && fread(p, 1, (size_t)n, f) != (size_t)n)) exit(3);
+    return p;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 4) { fprintf(stderr, "usage: driver IN OUT THREADS\n"); return 2; }
+    FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb");
+    if (!in || !out) return 3;
+    dnet_set_threads(atoi(argv[3]));
+    for (int64_t c = 0, cases = dn_read_i64(in); c < cases; ++c) {
+        const int64_t format = dn_read_i64(in), wide = dn_read_i64(in), m = dn_read_i64(in), n = dn_read_i64(in);
+        const int64_t k = dn_read_i64(in), wbytes = dn_read_i64(in);
+        float* x = dn_read_bytes(in, m * k * 4);
+        uint8_t* w = dn_read_bytes(in, wbytes);
+        float* y = malloc((size_t)(m * n) * 4 + 64);
+        dn_driver_q[format][wide](m, n, k, x, k, w, y, n);
+        if (fwrite(y, 4, (size_t)(m * n), out) != (size_t)(m * n)) return 4;
+        free(x); free(w); free(y);
+    }
+    fclose(in);
+    fclose(out);
+    printf("%%s\n", dn_quant_path());
+    return 0;
+}
+""" % table
+
+
+def compile_quant(dtypes, folder: Path, flags: tuple[str, ...] = ()) -> Path:
+    """The block kernels of `dtypes` and the batch driver, cross-compiled with `flags` into `folder`."""
+    from dnet.backends.c.prelude import PRELUDE
+    from dnet.backends.c.quant import quant_support
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "quant.c"
+    source.write_text(PRELUDE + quant_support(dtypes) + _quant_driver(dtypes))
+    binary = folder / "quant"
+    r = subprocess.run([CC, *FLAGS, *flags, str(source), "-o", str(binary), "-lm"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"aarch64 build failed ({' '.join(flags)}):\n{r.stderr[-4000:]}")
+    return binary
+
+
+def run_quant(binary: Path, cpu: str, dtypes, cases, folder: Path, threads: int = 2) -> tuple[str, list[np.ndarray]]:
+    """(the path dn_quant_path() named, y of each case) for cases (dtype, bits, x (m, k) f32, w uint8 (n, bytes)),
+    all in one run of the driver under qemu on `cpu`."""
+    order = list(dtypes)
+    parts = [struct.pack("<q", len(cases))]
+    for dtype, bits, x, w in cases:
+        m, k = x.shape
+        parts.append(struct.pack("<6q", order.index(dtype), int(bits == 16), m, w.shape[0], k, w.nbytes))
+        parts += [np.ascontiguousarray(x, "<f4").tobytes(), np.ascontiguousarray(w).tobytes()]
+    folder.mkdir(parents=True, exist_ok=True)
+    src, dst = folder / "cases.bin", folder / "y.bin"
+    src.write_bytes(b"".join(parts))
+    r = subprocess.run([QEMU, "-cpu", cpu, str(binary), str(src), str(dst), str(threads)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise AssertionError(f"qemu -cpu {cpu}: exit {r.returncode}\n{r.stderr[-2000:]}")
+    flat = np.frombuffer(dst.read_bytes(), "<f4")
+    ys, at = [], 0
+    for _, _, x, w in cases:
+        size = x.shape[0] * w.shape[0]
+        ys.append(flat[at:at + size].reshape(x.shape[0], w.shape[0]))
+        at += size
+    return r.stdout.strip(), ys

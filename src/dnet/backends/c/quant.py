@@ -6,7 +6,7 @@
     void dn_qmatmul_<name>(m, n, k, x, ldx, w, y, ldy)          y = x @ W.T, W (n, k) in blocks, x as int8
     void dn_qmatmul16_<name>(m, n, k, x, ldx, w, y, ldy)        the same with x as int16
 
-How a matmul runs (integer paths, x86 AVX-512 VNNI, AVX-VNNI or AVX2):
+How a matmul runs (integer paths: x86 AVX-512 VNNI, AVX-VNNI or AVX2; AArch64 sdot or NEON, `quant_neon.py`):
 
 1. The rows of x are quantized per 32-element block with one f32 scale, plus the block's sum:
    to int8 (steps of max|x| / 127, as llama.cpp's Q8_1) or, for dn_qmatmul16, to int16 (steps of
@@ -14,9 +14,11 @@ How a matmul runs (integer paths, x86 AVX-512 VNNI, AVX-VNNI or AVX2):
 2. Every weight format is unpacked to one form: unsigned 8-bit values u, and per group of
    32 (16 for Q6_K) a scale d and an offset o, so that w = d * u + o. Then
        sum w * x = d * dx * sum(u * qx) + o * (dx * sum(qx))
-   and sum(u * qx) is an integer dot product: int8, `vpdpbusd` (or `vpmaddubsw` on AVX2); int16, u
-   widened to int16, `vpdpwssd` (or `vpmaddwd` on AVX2). Signed formats take an offset for int8: Q8_0's
-   u is q + 128 with o = -128 d; with int16 Q8_0's q is used signed, o = 0.
+   and sum(u * qx) is an integer dot product: int8, `vpdpbusd` (or `vpmaddubsw` on AVX2; AArch64 `sdot`,
+   or `smull` without dotprod); int16, u widened to int16, `vpdpwssd` (or `vpmaddwd` on AVX2; AArch64
+   `smlal`). Signed formats take an offset for int8: Q8_0's u is q + 128 with o = -128 d; with int16, and
+   where the int8 product is signed x signed (AVX2 without VNNI, AArch64: `DN_Q_SIGNED8`), Q8_0's q is
+   used signed, o = 0.
 3. Few rows (decode, m < DN_QPANEL_ROWS): each thread unpacks one weight row at a time
    into L1 and takes its dot products with the m rows of x (a GEMV streaming the weights
    once); on AVX-512 Q8_0, Q4_0 and Q4_1 are read straight from their blocks (int16 Q4_0 / Q4_1
@@ -27,12 +29,14 @@ How a matmul runs (integer paths, x86 AVX-512 VNNI, AVX-VNNI or AVX2):
 
 `-DDN_QUANT_PORTABLE` forces the portable path (dequantize to f32, f32 dot products, for both entry
 points), `-DDN_QUANT_NO_VNNI` the AVX2 path, `-DDN_QUANT_NO_AVX512` the 256-bit path (AVX-VNNI where
-the host has it): tests build each path the host supports.
+the host has it), `-DDN_QUANT_NO_DOTPROD` AArch64's NEON path: tests build each path the host supports
+(the AArch64 ones under qemu-user: tests/backends/c/test_quant_kernels_aarch64.py).
 """
 from __future__ import annotations
 
 from typing import Iterable
 
+from dnet.backends.c.quant_neon import DOTS as NEON_DOTS, TILES as NEON_TILES
 from dnet.core.dtypes import DType
 
 _COMMON = r"""
@@ -55,6 +59,12 @@ _COMMON = r"""
 #else                  /* int16 pairs multiplied and added: vpmaddwd, one add */
 #define DN_Q_DPWSSD(acc, w, x) _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
 #endif
+#elif !defined(DN_QUANT_PORTABLE) && defined(__aarch64__) && defined(__ARM_NEON)
+#define DN_Q_NEON 1            /* backends/c/quant_neon.py; arm_neon.h and dn_arm_dotprod come with the prelude */
+#define DN_Q_INT 1
+#endif
+#if (defined(DN_Q_AVX2) && !defined(DN_Q_DPBUSD)) || defined(DN_Q_NEON)
+#define DN_Q_SIGNED8 1         /* the int8 dot product is signed x signed: Q8_0's q taken signed, no offset */
 #endif
 
 /* the path this translation unit computes with, for tests and benchmarks */
@@ -65,6 +75,10 @@ static const char* dn_quant_path(void) {
     return "avx-vnni";
 #elif defined(DN_Q_AVX2)
     return "avx2";
+#elif defined(DN_Q_NEON) && defined(DN_ARM_DOT)
+    return dn_arm_dotprod() ? "neon-dotprod" : "neon";
+#elif defined(DN_Q_NEON)
+    return "neon";
 #else
     return "portable";
 #endif
@@ -135,7 +149,7 @@ static void dn_qx_quantize_rows(void* ctx, int64_t begin, int64_t end) {
         const float top = wide ? 32767.0f : 127.0f;      /* the largest step count */
         int8_t* q = wide ? 0 : job->qx->q + i * k;
         int16_t* q16 = wide ? job->qx->q16 + i * k : 0;
-#if defined(DN_Q_INT)
+#if defined(DN_Q_AVX512) || defined(DN_Q_AVX2)
         for (int64_t b = 0; b < nb; ++b) {      /* 4 vectors of 8: rounding to nearest even, as nearbyintf */
             const float* xb = x + b * 32;
             const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -300,7 +314,7 @@ static float dn_q_dot16(const uint8_t* u, const float* fac, const int16_t* q, in
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
-#else
+#elif defined(DN_Q_AVX2)
 static inline float dn_q_sum8(__m256 s) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -376,7 +390,7 @@ static float dn_q_dot16(const uint8_t* u, const float* fac, const int16_t* q, in
     return dn_q_sum8(_mm256_add_ps(acc0, acc1));
 }
 #endif
-
+""" + NEON_DOTS + r"""
 /* -- few rows: one weight row unpacked at a time, dotted with every row of x ----------------------------- */
 typedef struct {
     const dn_qformat* f; const dn_qx* qx; int64_t n; const uint8_t* w; float* y; int64_t ldy;
@@ -689,7 +703,7 @@ static void dn_q_gemv_cols(void* ctx, int64_t begin, int64_t end) {
                 job->y[i * job->ldy + j] = dn_q_dot16(u, fac, job->qx->q16 + i * k, k, (int)G, f->offset128) + off;
                 continue;
             }
-#if defined(DN_Q_AVX2) && !defined(DN_Q_DPBUSD)
+#if defined(DN_Q_SIGNED8)
             if (f->offset128) off = 0.0f;     /* the signed dot product has no offset */
 #endif
             job->y[i * job->ldy + j] = dn_q_dot(u, fac, job->qx->q + i * k, k, (int)G, f->offset128) + off;
@@ -773,7 +787,7 @@ static inline __attribute__((always_inline)) void dn_q_tile(
         _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
     }
 }
-#else
+#elif defined(DN_Q_AVX2)
 #define DN_QP_ROWS 4
 /* R rows x 16 columns (two vectors of 8), the half h of the panel */
 static inline __attribute__((always_inline)) void dn_q_tile_half(
@@ -862,7 +876,8 @@ static inline __attribute__((always_inline)) void dn_q_tile(
     if (cols > 16) dn_q_tile_half(R, G, wide, 1, panel, pd, po, qx, i0, y, ldy, cols, offset128);
 }
 #endif
-
+""" + NEON_TILES + r"""
+#if !defined(DN_Q_NEON)
 /* every row of x against one packed panel, R rows at a time (constants, so each tile is specialised) */
 static inline __attribute__((always_inline)) void dn_q_panel_rows_of(
         const int G, const int wide, const uint8_t* panel, const float* pd, const float* po, const dn_qx* qx,
@@ -885,6 +900,7 @@ static void dn_q_panel_rows(const int G, const uint8_t* panel, const float* pd, 
     else if (qx->wide) dn_q_panel_rows_of(16, 1, panel, pd, po, qx, y, ldy, cols, offset128);
     else dn_q_panel_rows_of(16, 0, panel, pd, po, qx, y, ldy, cols, offset128);
 }
+#endif
 
 #if defined(DN_Q_AVX512)
 /* 16 x 16 dwords transposed in registers: v[c] holds column c's 16 dwords on entry, v[t] the 16 columns' dword t
