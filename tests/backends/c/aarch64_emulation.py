@@ -6,8 +6,8 @@ The program is built for an AArch64 `Host` (its own tile: 12 x 8 on 32 vector re
 run by dnet's own `ProgramExecutor`: binding, the arena plan and the weights are the executor's; only
 the device differs. `EmulatedAllocator` keeps every buffer as bytes on this host; `QemuLauncher` writes
 them all to a file, runs the cross-compiled library's `dnet_segment_<k>` (or `dnet_launch_<i>`) in a small
-driver under qemu, and reads them all back. The driver prints the int8 path the library computed
-with (`dnet_igemm_path()`), so a test can say which code ran.
+driver under qemu, and reads them all back. The driver prints the integer path the library computed
+with (`dnet_igemm_path()`, or the block kernels' `dn_quant_path()`), so a test can say which code ran.
 
 Debian's packages: gcc-aarch64-linux-gnu and qemu-user-static (.ci/run installs them where it can).
 """
@@ -54,14 +54,13 @@ def missing() -> str | None:
     return None
 
 
-def _driver(program) -> str:
+def _driver(program, path: str) -> str:
     """main(entry, input file, output file, threads): the buffers in, one entry run (s<k>: dnet_segment_<k>,
-    l<i>: dnet_launch_<i>), the buffers out."""
+    l<i>: dnet_launch_<i>), the buffers out, then `path` (a C expression: the name of the integer path) printed."""
     entries = [f"dnet_segment_{i}" for i in range(0, len(segments(program)), 2)]
     launches = [f"dnet_launch_{i}" for i in range(sum(isinstance(x, Launch) for x in program.instrs))]
     return r"""
 #include <stdio.h>
-const char* dnet_igemm_path(void);
 void dnet_set_threads(int n);
 typedef void (*dn_segment_fn)(void**, const int64_t*);
 static const dn_segment_fn dn_driver_segments[] = {%s}, dn_driver_launches[] = {%s};
@@ -103,25 +102,30 @@ int main(int argc, char** argv) {
     for (int64_t r = 0; r < nregions; ++r)
         if (sizes[r] && fwrite(regions[r], 1, (size_t)sizes[r], out) != (size_t)sizes[r]) return 4;
     fclose(out);
-    printf("%%s\n", dnet_igemm_path());
+    printf("%%s\n", %s);
     return 0;
 }
-""" % (", ".join(entries), ", ".join(launches) or "0")
+""" % (", ".join(entries), ", ".join(launches) or "0", path)
 
 
 @dataclass
 class Build:
-    """One cross-compiled driver: the program it runs and the binary."""
+    """One cross-compiled driver: the program it runs, its kernels and the binary."""
     binary: Path
     program: object
     weights: dict
+    kernels: dict
 
 
 def compile_program(graph: Graph, folder: Path, flags: tuple[str, ...] = ()) -> Build:
     """The graph's program for HOST, its C library plus the driver cross-compiled with `flags` (-march=...,
     -DDN_QUANT_...) into `folder`."""
     compiled = build_program(graph, CpuTarget(HOST, HOST.cores, conv_group_rows=1), PanelPacker())
-    source = render_library(compiled.kernels, compiled.program) + _driver(compiled.program)
+    library = render_library(compiled.kernels, compiled.program)
+    # the integer path the library computes with: its int8 Gemms' (igemm.py), else its block kernels' (quant.py)
+    path = ("dnet_igemm_path()" if "const char* dnet_igemm_path(void)" in library
+            else "dn_quant_path()" if "const char* dn_quant_path(void)" in library else '"none"')
+    source = library + _driver(compiled.program, path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "library.c").write_text(source)
     binary = folder / "driver"
@@ -129,7 +133,7 @@ def compile_program(graph: Graph, folder: Path, flags: tuple[str, ...] = ()) -> 
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise AssertionError(f"aarch64 build failed ({' '.join(flags)}):\n{r.stderr[-4000:]}")
-    return Build(binary, compiled.program, compiled.weights)
+    return Build(binary, compiled.program, compiled.weights, compiled.kernels)
 
 
 def disassembly(binary: Path) -> str:
@@ -183,7 +187,7 @@ class QemuLauncher:
 
     def __init__(self, build: Build, cpu: str, folder: Path, threads: int = 1):
         self.build, self.cpu, self.folder, self.threads = build, cpu, folder, threads
-        self.paths: list[str] = []            # what dnet_igemm_path() said, one entry per segment run
+        self.paths: list[str] = []            # the path the driver named, one entry per run
 
     def run_segment(self, index: int, table: list, dims: np.ndarray) -> None:
         self._run(f"s{index}", table, dims)

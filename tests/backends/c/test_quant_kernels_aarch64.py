@@ -109,3 +109,53 @@ def test_zero_rows_give_zeros(tmp_path_factory):
                               tmp_path_factory.mktemp("q-zero"))
         for y in ys:
             np.testing.assert_array_equal(y, np.zeros_like(y))
+
+
+def _block_weights_graph(rng, k: int, n: int):
+    """y_d = silu(x @ W_d.T + bias) for Q4_1 (SmolLM2's), Q8_0 (stored signed) and Q6_K (groups of 16), and one
+    weight's rows gathered (element loads); rows of x symbolic."""
+    from dnet.core.quant import random_blocks
+    from dnet.core.types import TensorType
+    from dnet.graph import composites as C
+    from dnet.graph.builder import GraphBuilder
+    from dnet.graph.ops import Op
+    from dnet.graph.passes import default_graph_pipeline
+
+    b = GraphBuilder()
+    x = b.input("x", TensorType(("m", k), DType.F32))
+    weights = {}
+    for dtype in (DType.Q4_1, DType.Q8_0, DType.Q6_K):
+        storage = random_blocks(dtype, (n, k), rng)
+        weights[dtype] = dequantize(storage, dtype, (n, k))
+        w = b.cast(b.block_const(f"w_{dtype.value}", storage, dtype, (n, k)), DType.F32)
+        bias = b.const(f"bias_{dtype.value}", np.linspace(-1, 1, n, dtype=np.float32))
+        b.output(f"y_{dtype.value}", C.silu(b, C.linear(b, x, w, bias)))
+        if dtype is DType.Q8_0:
+            b.output("rows", b.node(Op.GATHER, [w, b.input("ids", TensorType(("r",), DType.I64))], axis=0))
+    return default_graph_pipeline()(b.finish()), weights
+
+
+def test_block_weight_matmuls_of_a_compiled_graph_run_on_the_neon_kernels(tmp_path_factory):
+    """A whole program for an AArch64 node (QMatmul statements, their epilogues, element loads) through dnet's
+    executor under qemu, against the numpy reference: products within the bound of 8-bit activations (16-bit
+    are finer), the gathered rows exact (gguf's values), on both CPUs."""
+    from dnet.backends.numpy import run_graph
+    from dnet.kernel.ir import QMatmul
+
+    rng = np.random.default_rng(13)
+    k, n = 256, 37
+    graph, weights = _block_weights_graph(rng, k, n)
+    build = emu.compile_program(graph, tmp_path_factory.mktemp("q-graph"), BUILDS["dispatch"])
+    assert sum(isinstance(s, QMatmul) for kern in build.kernels.values() for s in kern.body) == 3
+    for cpu in (emu.WITH_DOTPROD, emu.WITHOUT_DOTPROD):
+        for m in (1, 6):   # decode (the GEMV) and prefill (the panels)
+            run, launcher = emu.executor(build, cpu, tmp_path_factory.mktemp("q-graph-run"), 2)
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            feeds = {"x": x, "ids": np.array([0, n - 1, 5])}
+            got, want = run.run(feeds), run_graph(graph, feeds)
+            assert set(launcher.paths) == {RUNS["dispatch", cpu]}
+            np.testing.assert_array_equal(got["rows"], want["rows"])
+            for dtype, w in weights.items():
+                bound = 6 * np.sqrt(k) * (np.abs(x).max() / 127 / np.sqrt(12)) * np.sqrt((w ** 2).mean())
+                np.testing.assert_allclose(got[f"y_{dtype.value}"], want[f"y_{dtype.value}"], rtol=0, atol=bound,
+                                           err_msg=f"{dtype.value} m={m} on {cpu}")
