@@ -47,8 +47,8 @@ FLAGS = ("-std=gnu11", "-O2", "-fno-math-errno", "-fno-trapping-math", "-ffp-con
 
 def missing() -> str | None:
     """Why AArch64 code cannot run here, or None."""
-    if CC is None:
-        return "no aarch64-linux-gnu-gcc (Debian: apt-get install gcc-aarch64-linux-gnu)"
+    if CC is None or OBJDUMP is None:
+        return "no aarch64-linux-gnu-gcc / -objdump (Debian: apt-get install gcc-aarch64-linux-gnu)"
     if QEMU is None:
         return "no qemu-aarch64 (Debian: apt-get install qemu-user-static)"
     return None
