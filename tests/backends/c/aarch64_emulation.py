@@ -41,8 +41,8 @@ WITH_DOTPROD, WITHOUT_DOTPROD = "max", "cortex-a53"
 HOST = Host(machine="aarch64", cpu_model="emulated aarch64", cores=2,
             isa=frozenset({"neon", "asimd", "asimddp"}), l1d=64 * 1024, l2=512 * 1024, l3=2 * 1024 * 1024)
 
-# the backend's own flags (backends/c/compiler.py) at -O2, which builds in half -O3's time, less -fPIC / -shared:
-# the driver is linked static, so that qemu-user needs no AArch64 C library
+# the backend's own flags (backends/c/compiler.py) at -O2 (the int8 test library builds in 0.9 s, 2.5 s at -O3),
+# less -fPIC / -shared: the driver is linked static, so that qemu-user needs no AArch64 C library
 FLAGS = ("-std=gnu11", "-O2", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-static", "-pthread")
 
 
