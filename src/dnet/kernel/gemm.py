@@ -254,8 +254,8 @@ def _lower_conv(graph: Graph, root: int, conv: int, materialized: set[int], user
     geometry = Im2col(h, w, (kh, kw), tuple(node.attrs["stride"]), tuple(node.attrs["dilation"]), (top, left), ow,
                       tuple(xv[2][1:]))
     m = _winograd_tile(graph, node, w_id, wv, winograd)
-    if m:
-        geometry = replace(geometry, winograd=m)
+    if m:   # "auto" keeps the filters as they are too, for batches with too few tiles (a forced m: never)
+        geometry = replace(geometry, winograd=m, fallback=builder.param(wv[0]) if winograd == "auto" else "")
         a = Operand(builder.param(("packed", wv[0], tile.mr, f"winograd{m}")), DType.F32, 0, (0, 0), k, 1, packed=True)
     else:
         a = Operand(builder.param(wv[0]), DType.F32, wv[1], (0, rows * k), k, 1)
@@ -276,7 +276,7 @@ def _winograd_tile(graph: Graph, node, w_id: int, wv, mode: str) -> int:
     if graph.nodes[wv[0]].op is not Op.CONST or wv[1] != 0 or graph.nodes[wv[0]].shape != graph.nodes[w_id].shape:
         return 0
     o, c = graph.nodes[w_id].shape[:2]
-    return winograd.choose(mode, c, o, node.shape[2], node.shape[3])
+    return winograd.choose(mode, c, o)
 
 
 def _builder(graph: Graph, root: int, materialized: set[int], users) -> KernelBuilder:

@@ -156,6 +156,8 @@ class Im2col:
     strides: tuple[Index, Index, Index]
     winograd: int = 0              # m: computed as Winograd F(m x m, 3 x 3) (kernel/winograd.py), a the
                                    # packed transformed filters; 0: a convolution of the weights as they are
+    fallback: str = ""             # Winograd: the parameter holding the filters as they are (O x C*9), which a
+                                   # backend may convolve directly where a batch has too few tiles
 
 
 @dataclass(frozen=True)

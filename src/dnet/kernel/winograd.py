@@ -59,13 +59,15 @@ def eligible(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[i
     return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
-def choose(mode: str, c_in: int, c_out: int, out_h, out_w) -> int:
+def choose(mode: str, c_in: int, c_out: int) -> int:
     """The output tile m (4 or 2) a Winograd convolution of this shape uses, or 0 (the direct one).
 
-    `mode`: "off" never, "4" / "2" always (tests and benchmarks force each path), "auto" the rule.
-    The rule is measured (benchmarks/README.md, "Winograd"): F(4, 3) once there are channels enough
-    for the transforms to be a small share of the work and the image has tiles enough to fill the
-    micro-kernel's panels; small images keep the direct convolution, whose ragged-tile waste is none.
+    `mode`: "off" never, "4" / "2" always (tests and benchmarks force each path), "auto" the rule:
+    F(4, 3) once both channel counts are `AUTO_MIN_CHANNELS` or more (fewer, and the transforms, whose
+    work grows with the channels and not with their product, are too large a share). Whether a batch
+    has tiles enough to fill the micro-kernel's panels is known only when it runs: under "auto" the
+    backend keeps the filters as they are too and convolves directly when it has not
+    (`Im2col.fallback`). Measured: benchmarks/README.md, "Winograd".
     """
     if mode not in MODES:
         raise DnetError(f"unknown Winograd mode {mode!r}", hint=f"one of {', '.join(MODES)}")
@@ -73,12 +75,7 @@ def choose(mode: str, c_in: int, c_out: int, out_h, out_w) -> int:
         return 0
     if mode != "auto":
         return int(mode)
-    if not all(isinstance(d, int) for d in (c_in, c_out, out_h, out_w)):
-        return 0                      # symbolic image sizes: the direct convolution, right for any size
-    if c_in < AUTO_MIN_CHANNELS or c_out < AUTO_MIN_CHANNELS:
-        return 0
-    return 4 if min(out_h, out_w) >= AUTO_MIN_SIZE else 0
+    return 4 if c_in >= AUTO_MIN_CHANNELS and c_out >= AUTO_MIN_CHANNELS else 0
 
 
 AUTO_MIN_CHANNELS = 32   # input and output channels at least, for "auto" to choose Winograd
-AUTO_MIN_SIZE = 20       # output rows and columns at least, for "auto" to choose F(4, 3)

@@ -149,3 +149,18 @@ def test_an_unknown_mode_is_a_one_line_error(compile_c, monkeypatch):
     monkeypatch.setenv("DNET_WINOGRAD", "fastest")
     with pytest.raises(BackendError, match="DNET_WINOGRAD='fastest' is not a Winograd mode"):
         compile_c(conv_graph())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_auto_convolves_directly_when_a_batch_has_too_few_tiles(compile_c, monkeypatch, threads):
+    """Under "auto" (32 channels or more) the kernel keeps the filters as they are too: a batch with fewer
+    tiles than one panel (nr) runs the direct convolution, more runs Winograd F(4, 3); both as the reference."""
+    monkeypatch.delenv("DNET_WINOGRAD", raising=False)
+    graph = conv_graph(40, {"bias_relu": (36, (1, 1, 1, 1), "bias_relu")}, seed=3)
+    runner = compile_c(graph, threads=threads)
+    assert winograd_tiles(runner) == [4]
+    assert "too few tiles to fill one panel" in runner.source and "dn_conv_t9" in runner.source
+    rng = np.random.default_rng(threads)
+    for n, size in ((1, 5), (2, 7), (3, 16), (1, 30)):   # 4 and 8 tiles (direct); 48 and 64 (Winograd)
+        inputs = {"x": rng.standard_normal((n, 40, size, size)).astype(np.float32)}
+        assert_close(graph, runner.run(inputs), inputs, 4)

@@ -21,17 +21,19 @@ tile rows and a group of output-channel slivers):
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 
 from dnet.backends.c.conv import IMAGE_FLOATS, TASKS_PER_THREAD
 from dnet.backends.c.gemm import _batch_decl, ukernel_name
-from dnet.kernel.ir import Gemm
+from dnet.core.dtypes import DType
 from dnet.errors import BackendError
+from dnet.kernel.ir import Gemm, Operand
 from dnet.kernel.winograd import MODES, matrices
 
 CHANNEL_BLOCK = 128   # input channels a block: (m + 2)^2 x 128 x nr floats of transformed input (590 KiB, m = 4)
-STACK_TILES = 128   # tiles an image (with its dropped column) under which the images of a batch are stacked
+GATHER_TILES = 128   # tiles an image (with its dropped column) under which each tile's block is gathered
 PRODUCT_FLOATS = 1 << 17   # a group's panel of products, (m + 2)^2 x channels x nr, at most (512 KiB), where it may
 
 
@@ -63,12 +65,11 @@ def _combine(mat: np.ndarray, names: list[str]) -> list[str]:
 
 
 def _input_transform(m: int, vec: str, vecu: str) -> str:
-    """Statements turning the block d (alpha x alpha vectors of tiles, read from the phase planes at
-    g_base) into B^T d B, stored at g_vdst + position * g_pstride."""
+    """Statements turning the block d (alpha x alpha vectors of tiles: element (r, s) at g_in + g_tap[r alpha + s],
+    in the phase planes or the gathered blocks) into B^T d B, stored at g_vdst + position * g_pstride."""
     bt, _, _ = matrices(m)
     a = m + 2
-    lines = [f"const {vec} d{r}_{s} = *(const {vecu}*)(g_base + {(r % m) * m + s % m} * g_plane + "
-             f"{r // m} * g_TWQ + {s // m});" for r in range(a) for s in range(a)]
+    lines = [f"const {vec} d{r}_{s} = *(const {vecu}*)(g_in + g_tap[{r * a + s}]);" for r in range(a) for s in range(a)]
     for s in range(a):   # t = B^T d, column by column
         for i, e in enumerate(_combine(bt, [f"d{r}_{s}" for r in range(a)])):
             lines.append(f"const {vec} t{i}_{s} = {e};")
@@ -95,7 +96,33 @@ def _output_transform(m: int, vec: str, vecu: str) -> str:
 
 
 def render_winograd(r, g: Gemm, pad: str) -> list[str]:
-    """The body of a Winograd convolution kernel (`r`: the kernel's CRenderer)."""
+    """The body of a Winograd convolution kernel (`r`: the kernel's CRenderer): where its filters are also
+    given as they are (`Im2col.fallback`), a batch with fewer tiles than one panel of the micro-kernel (a
+    7 x 7 image alone: 4 tiles of 32) runs the direct convolution instead, which reads a quarter of the
+    weights (F(4, 3)'s transformed filters are 4 times the filters, and a layer that small is bound by
+    reading them: 512 channels at 7 x 7, batch 1, one core, 9.5 ms as Winograd, 2.1 ms direct)."""
+    c = g.b.im2col
+    if not c.fallback:
+        return _render(r, g, pad)
+    from dnet.backends.c.conv import render_conv
+
+    ix, m = r.index, c.winograd
+    nb = "*".join(["1"] + [ix(b) for b in g.batch])
+    ow = ix(c.out_width)
+    tiles = f"({nb}) * ({ow} > 0 ? ({ix(g.n)} / ({ow}) + {m - 1}) / {m} * (({ow}) + {m - 1}) / {m} : 0)"
+    direct = replace(g, a=Operand(c.fallback, DType.F32, 0, (0, 0), g.k, 1),
+                     b=replace(g.b, im2col=replace(c, winograd=0, fallback="")))
+    saved = list(r.locals)   # each branch's outlined body captures its own values only
+    first = render_conv(r, direct, pad + "    ")
+    r.locals = list(saved)
+    second = _render(r, g, pad + "    ")
+    r.locals = saved
+    return ([f"{pad}if ({tiles} < {g.tile.nr}) {{   /* too few tiles to fill one panel: the direct convolution */"]
+            + first + [f"{pad}}} else {{"] + second + [f"{pad}}}"])
+
+
+def _render(r, g: Gemm, pad: str) -> list[str]:
+    """The Winograd convolution itself."""
     c = g.b.im2col
     ix = r.index
     m, t = c.winograd, g.tile
@@ -116,83 +143,125 @@ def render_winograd(r, g: Gemm, pad: str) -> list[str]:
         "/* a phase plane's width: tiles a row + 1 (the last tile of a row reads the next one's first column,",
         "   so a row's last tile is computed and dropped) */",
         "const int64_t g_TWQ = g_TW + 1;",
-        f"/* small images (under {STACK_TILES} tiles) are stacked, so that their tiles fill the panels: TH + 1 tile rows",
-        "   an image (its last, which reads the next image's first plane row, dropped like the last column).",
-        "   Otherwise each image is a stack of its own, TH tile rows over TH + 1 plane rows */",
-        f"const int64_t g_stack = g_TH * g_TWQ < {STACK_TILES}, g_TR = g_stack ? g_TH + 1 : g_TH;",
-        "const int64_t g_units = g_stack ? 1 : g_NB, g_imgs = g_stack ? g_NB : 1, g_GR = g_imgs * g_TR;",
+        f"/* small images (under {GATHER_TILES} tiles) gather each tile's block instead, so the tiles of every image",
+        "   of the batch fill the panels side by side, none dropped. The tiles, numbered along rows of RW: */",
+        f"const int64_t g_gather = g_TH * g_TWQ < {GATHER_TILES}, g_RW = g_gather ? g_TW : g_TWQ;",
+        "const int64_t g_units = g_gather ? 1 : g_NB;   /* images a task's tiles are in: all, or one */",
+        "const int64_t g_GR = g_gather ? (g_NB * g_TH * g_TW + g_RW - 1) / g_RW : g_TH;   /* rows of tiles a unit */",
         f"const int64_t g_S = (g_M + {mr - 1}) / {mr}, g_nt = dn_threads();",
         f"const int64_t g_kcb = g_C < {CHANNEL_BLOCK} ? g_C : {CHANNEL_BLOCK};",
-        f"/* tasks: stacks, bands of tile rows (each 2 panels of tiles at least) and groups of slivers (at most",
-        f"   {group_slivers}, so a panel's products stay in L2), until there are {TASKS_PER_THREAD} a thread. "
-        "A group more transforms the",
-        "   input once more: bands first */",
+        f"const int64_t g_KT = g_gather ? g_NB * g_TH * g_TW : 0, g_panels = (g_KT + {nr - 1}) / {nr};",
+        f"/* tasks: units, bands (tile rows of an image, each 2 panels at least; or runs of panels) and groups of",
+        f"   slivers (at most {group_slivers}, so a panel's products stay in L2), until there are {TASKS_PER_THREAD} "
+        "a thread. A group more",
+        "   transforms the input once more: bands first */",
         f"int64_t g_bands = 1, g_groups = (g_S + {group_slivers - 1}) / {group_slivers};",
         f"while (g_nt > 1 && g_units * g_bands * g_groups < {TASKS_PER_THREAD} * g_nt) {{",
-        f"    if (g_bands < g_GR && g_GR / (g_bands + 1) * g_TWQ >= {2 * nr}) g_bands++;",
+        f"    if (g_gather ? g_bands < g_panels : g_bands < g_GR && g_GR / (g_bands + 1) * g_TWQ >= {2 * nr}) g_bands++;",
         "    else if (g_groups < g_S) g_groups++;",
         "    else break;",
         "}",
         f"/* and a band's planes within {IMAGE_FLOATS * 4 // 1024} KiB (in L2 while its panels are transformed) */",
-        f"while (g_bands < g_GR && g_C * {m * m} * ((g_GR + g_bands - 1) / g_bands + 1) * g_TWQ > {IMAGE_FLOATS}) "
-        "g_bands++;",
+        f"while (!g_gather && g_bands < g_GR && g_C * {m * m} * ((g_GR + g_bands - 1) / g_bands + 1) * g_TWQ > "
+        f"{IMAGE_FLOATS}) g_bands++;",
         "/* a multiple of the threads where the slivers allow, so none waits for the last task */",
         "while (g_nt > 1 && (g_units * g_bands * g_groups) % g_nt && g_groups < g_S) g_groups++;",
         "const int64_t g_tasks = g_NB > 0 ? g_units * g_bands * g_groups : 0;",
     ]
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_H", "g_W", "g_OW", "g_OH", "g_C",
-                                                "g_TH", "g_TW", "g_TWQ", "g_stack", "g_TR", "g_units", "g_imgs",
-                                                "g_GR", "g_S", "g_nt", "g_kcb")]
+                                                "g_TH", "g_TW", "g_TWQ", "g_gather", "g_RW", "g_units", "g_GR",
+                                                "g_S", "g_nt", "g_kcb", "g_KT", "g_panels")]
     r.locals += [("int64_t", "g_bands"), ("int64_t", "g_groups"), ("const int64_t", "g_tasks")]
     ukernel = f"dn_ukernel_{ukernel_name(t)}"
     i, j = g.vars[-2], g.vars[-1]
     epilogue = [f"const int64_t {j} = g_pix + g_q;", "const float acc = g_src[g_q];"]
     epilogue += [x for s in g.epilogue_lets for x in r.stmt(s, "")]
     epilogue.append(f"g_dst[g_q] = {r.expr(g.epilogue)};")
+    planes = [   # the band's phase planes, and where element (r, s) of tile 0's block lies in them
+        f"g_img = dn_wino_workspace(0, g_C * {m * m} * g_plane + g_TWQ + {nr + 2});",
+        "float* g_tmp = dn_wino_workspace(3, g_TWQ * %d);   /* one input row, padded */" % m,
+        "for (int64_t g_ch = 0; g_ch < g_C; ++g_ch)",
+        "    for (int64_t g_r = 0; g_r <= g_rows; ++g_r)",
+        f"        for (int64_t g_py = 0; g_py < {m}; ++g_py) {{",
+        f"            const int64_t g_R = (g_G0 + g_r) * {m} + g_py - {top};",
+        f"            float* g_dst = g_img + (g_ch * {m * m} + g_py * {m}) * g_plane + g_r * g_TWQ;",
+        "            if (g_R < 0 || g_R >= g_H) {",
+        f"                for (int64_t g_px = 0; g_px < {m}; ++g_px) memset(g_dst + g_px * g_plane, 0, "
+        "(size_t)g_TWQ * sizeof(float));",
+        "                continue;",
+        "            }",
+        "            const int64_t g_bb = g_n0;",
+        *[f"            {x}" for x in _batch_decl("g_bb", g, r)],
+        f"            dn_wino_split{m}(g_dst, g_plane, {g.b.buffer} + g_off_b + g_ch * {xc} + g_R * {xh}, g_W, {xw}, "
+        f"{left}, g_TWQ, g_tmp);",
+        "        }",
+        f"memset(g_img + g_C * {m * m} * g_plane, 0, (size_t)(g_TWQ + {nr + 2}) * sizeof(float));   /* read by dropped tiles */",
+        f"for (int64_t g_rs = 0; g_rs < {positions}; ++g_rs)",
+        f"    g_tap[g_rs] = (g_rs / {a} % {m} * {m} + g_rs % {a} % {m}) * g_plane + g_rs / {a} / {m} * g_TWQ + g_rs % {a} / {m};",
+    ]
+    table = [   # a panel's tiles (gathered): each element of each block, its offset in x and whether inside
+        f"for (int64_t g_l = 0; g_l < {nr}; ++g_l) {{",
+        "    const int64_t g_k = g_base + g_j0 + g_l, g_in = g_k < g_KT;",
+        "    const int64_t g_bb = g_in ? g_k / (g_TH * g_TW) : 0, g_ty = g_k / g_TW % g_TH, g_tx = g_k % g_TW;",
+        *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
+        f"    for (int64_t g_rs = 0; g_rs < {positions}; ++g_rs) {{",
+        f"        const int64_t g_R = g_ty * {m} + g_rs / {a} - {top}, g_Q = g_tx * {m} + g_rs % {a} - {left};",
+        "        const int g_ok = g_in && g_R >= 0 && g_R < g_H && g_Q >= 0 && g_Q < g_W;",
+        f"        g_goff[g_rs * {nr} + g_l] = g_ok ? g_off_b + g_R * {xh} + g_Q * {xw} : 0;",
+        f"        g_gmask[g_rs * {nr} + g_l] = g_ok ? 1.0f : 0.0f;",
+        "    }",
+        "}",
+    ]
+    gather = [   # one channel of the panel's blocks: d[(r, s)][tile]
+        f"const float* g_xc = {g.b.buffer} + (g_pc + g_cc) * {xc};",
+        f"for (int64_t g_e = 0; g_e < {positions * nr}; ++g_e) g_img[g_e] = g_xc[g_goff[g_e]] * g_gmask[g_e];",
+    ]
     task = [
         "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
-        "    const int64_t g_unit = g_flat / (g_bands * g_groups), g_n0 = g_unit * g_imgs;   /* its first image */",
+        "    const int64_t g_n0 = g_flat / (g_bands * g_groups);   /* the unit's image (planes) */",
         "    const int64_t g_band = g_flat / g_groups % g_bands, g_grp = g_flat % g_groups;",
-        "    const int64_t g_G0 = g_band * g_GR / g_bands, g_rows = (g_band + 1) * g_GR / g_bands - g_G0;",
-        "    const int64_t g_plane = (g_rows + 1) * g_TWQ, g_nj = g_rows * g_TWQ;   /* a plane; the band's tiles */",
-        f"    float* g_img = dn_wino_workspace(0, g_C * {m * m} * g_plane + g_TWQ + {nr + 2});",
-        "    float* g_tmp = dn_wino_workspace(3, g_TWQ * %d);   /* one input row, padded */" % m,
-        "    for (int64_t g_ch = 0; g_ch < g_C; ++g_ch)",
-        "        for (int64_t g_r = 0; g_r <= g_rows; ++g_r)",
-        f"            for (int64_t g_py = 0; g_py < {m}; ++g_py) {{",
-        "                /* plane row g_r of the band: tile row G of the stack, in image g_bb (the row after the",
-        "                   last tile row of an image is its own unless images are stacked) */",
-        "                const int64_t g_G = g_G0 + g_r, g_ni = g_G / g_TR < g_imgs ? g_G / g_TR : g_imgs - 1;",
-        f"                const int64_t g_bb = g_n0 + g_ni, g_R = (g_G - g_ni * g_TR) * {m} + g_py - {top};",
-        f"                float* g_dst = g_img + (g_ch * {m * m} + g_py * {m}) * g_plane + g_r * g_TWQ;",
-        "                if (g_bb >= g_NB || g_R < 0 || g_R >= g_H) {",
-        f"                    for (int64_t g_px = 0; g_px < {m}; ++g_px) memset(g_dst + g_px * g_plane, 0, "
-        "(size_t)g_TWQ * sizeof(float));",
-        "                    continue;",
-        "                }",
-        *[f"                {x}" for x in _batch_decl("g_bb", g, r)],
-        f"                dn_wino_split{m}(g_dst, g_plane, {g.b.buffer} + g_off_b + g_ch * {xc} + g_R * {xh}, g_W, {xw}, "
-        f"{left}, g_TWQ, g_tmp);",
-        "            }",
-        f"    memset(g_img + g_C * {m * m} * g_plane, 0, (size_t)(g_TWQ + {nr + 2}) * sizeof(float));   /* read by dropped tiles */",
+        f"    int64_t g_base, g_nj, g_G0 = 0, g_rows = 0, g_plane = 0, g_tap[{positions}];",
+        "    float* g_img;",
+        "    int64_t* g_goff = 0;",
+        "    float* g_gmask = 0;",
+        "    if (g_gather) {   /* a run of panels of every image's tiles */",
+        f"        g_base = g_band * g_panels / g_bands * {nr};",
+        f"        g_nj = (g_band + 1) * g_panels / g_bands * {nr} - g_base;",
+        f"        g_img = dn_wino_workspace(0, {positions * nr});",
+        f"        g_goff = (int64_t*)dn_wino_workspace(3, {2 * positions * nr});",
+        f"        g_gmask = dn_wino_workspace(4, {positions * nr});",
+        f"        for (int64_t g_rs = 0; g_rs < {positions}; ++g_rs) g_tap[g_rs] = g_rs * {nr};",
+        "    } else {   /* a band of tile rows of one image, through its phase planes */",
+        "        g_G0 = g_band * g_GR / g_bands, g_rows = (g_band + 1) * g_GR / g_bands - g_G0;",
+        "        g_plane = (g_rows + 1) * g_TWQ, g_nj = g_rows * g_TWQ, g_base = g_G0 * g_TWQ;",
+        *[f"        {x}" for x in planes],
+        "    }",
         "    const int64_t g_s0 = g_grp * g_S / g_groups, g_s1 = (g_grp + 1) * g_S / g_groups;",
         f"    const int64_t g_cg = (g_s1 - g_s0) * {mr}, g_o1 = g_s1 * {mr} < g_M ? g_s1 * {mr} : g_M;",
         f"    float* g_v = dn_wino_workspace(1, {positions * nr} * g_kcb);   /* a panel's transformed input */",
         f"    float* g_prod = dn_wino_workspace(2, {positions * nr} * g_cg);   /* its products */",
         f"    for (int64_t g_j0 = 0; g_j0 < g_nj; g_j0 += {nr}) {{",
+        "        if (g_gather) {",
+        *[f"            {x}" for x in table],
+        "        }",
         "        for (int64_t g_pc = 0; g_pc < g_C; g_pc += g_kcb) {",
         "            const int64_t g_kc = g_C - g_pc < g_kcb ? g_C - g_pc : g_kcb;",
         f"            const int64_t g_pstride = g_kc * {nr};",
-        "            for (int64_t g_cc = 0; g_cc < g_kc; ++g_cc)",
+        "            for (int64_t g_cc = 0; g_cc < g_kc; ++g_cc) {",
+        "                if (g_gather) {",
+        *[f"                    {x}" for x in gather],
+        "                }",
+        f"                const float* g_blk = g_gather ? g_img : g_img + (g_pc + g_cc) * {m * m} * g_plane + g_j0;",
         f"                for (int64_t g_vv = 0; g_vv < {nr}; g_vv += {lanes}) {{",
-        f"                    const float* g_base = g_img + (g_pc + g_cc) * {m * m} * g_plane + g_j0 + g_vv;",
+        "                    const float* g_in = g_blk + g_vv;",
         f"                    float* g_vdst = g_v + g_cc * {nr} + g_vv;",
         *[f"                    {x}" for x in _input_transform(m, vec, vecu).split("\n")],
         "                }",
+        "            }",
         f"            for (int64_t g_xi = 0; g_xi < {positions}; ++g_xi)",
         "                for (int64_t g_s = g_s0; g_s < g_s1; ++g_s) {",
         f"                    const int64_t g_mr = g_M - g_s * {mr} < {mr} ? g_M - g_s * {mr} : {mr};",
-        f"                    const float* g_bp = g_v + g_xi * g_pstride;",
+        "                    const float* g_bp = g_v + g_xi * g_pstride;",
         f"                    {ukernel}(g_kc, {g.a.buffer} + ((g_xi * g_S + g_s) * g_C + g_pc) * {mr}, g_bp, "
         f"g_prod + (g_xi * g_cg + (g_s - g_s0) * {mr}) * {nr}, {nr}, g_pc > 0, g_mr, {nr}, g_bp);",
         "                }",
@@ -211,10 +280,10 @@ def render_winograd(r, g: Gemm, pad: str) -> list[str]:
         "            }",
         "            /* runs of tiles within one tile row of one image: the output's rows, through the epilogue */",
         f"            for (int64_t g_jj = 0; g_jj < {nr} && g_j0 + g_jj < g_nj; ) {{",
-        "                const int64_t g_row = g_G0 + (g_j0 + g_jj) / g_TWQ, g_tx = (g_j0 + g_jj) % g_TWQ;",
-        f"                const int64_t g_run = g_TWQ - g_tx < {nr} - g_jj ? g_TWQ - g_tx : {nr} - g_jj;",
-        "                const int64_t g_ty = g_row % g_TR, g_bb = g_n0 + g_row / g_TR;",
-        "                if (g_ty < g_TH && g_tx < g_TW) {",
+        "                const int64_t g_t = g_base + g_j0 + g_jj, g_row = g_t / g_RW, g_tx = g_t % g_RW;",
+        f"                const int64_t g_run = g_RW - g_tx < {nr} - g_jj ? g_RW - g_tx : {nr} - g_jj;",
+        "                const int64_t g_ty = g_row % g_TH, g_bb = g_n0 + g_row / g_TH;",
+        "                if (g_tx < g_TW && g_bb < g_NB) {",
         *[f"                    {x}" for x in _batch_decl("g_bb", g, r)],
         "                    const int64_t g_valid = g_TW - g_tx < g_run ? g_TW - g_tx : g_run;",
         f"                    const int64_t g_ow0 = g_tx * {m}, g_ow1 = (g_tx + g_valid) * {m} < g_OW ? (g_tx + g_valid) * {m} : g_OW;",
@@ -243,12 +312,12 @@ def render_winograd(r, g: Gemm, pad: str) -> list[str]:
 WORKSPACE = """
 #ifndef DN_WINO_WORKSPACE
 #define DN_WINO_WORKSPACE 1
-/* a thread's Winograd workspaces (0: phase planes, 1: a panel's transformed input, 2: its products,
-   3: an input row):
+/* a thread's Winograd workspaces (0: phase planes or a gathered channel,
+   1: a panel's transformed input, 2: its products, 3: an input row or the gather's offsets, 4: its masks):
    grown, never shrunk, reused by every Winograd convolution the thread runs */
 static float* dn_wino_workspace(int slot, int64_t n) {
-    static _Thread_local float* buf[4] = {0, 0, 0, 0};
-    static _Thread_local int64_t cap[4] = {0, 0, 0, 0};
+    static _Thread_local float* buf[5] = {0, 0, 0, 0, 0};
+    static _Thread_local int64_t cap[5] = {0, 0, 0, 0, 0};
     if (cap[slot] < n) {
         free(buf[slot]);
         buf[slot] = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
