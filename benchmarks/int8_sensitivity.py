@@ -9,7 +9,10 @@ Worst cosine over tests/models/test_minilm.py's 8 sentences against the f32 mode
 alone; each kind of matmul left in f32; SmoothQuant-style scaling (x / s, W * s per input channel,
 s = r^a / max|W|^(1-a)) with the activation ranges r estimated without data from the LayerNorm that
 produces the input (r = 4 |gamma| + |beta|: q, k, v and the FFN's first matmul read LayerNorm outputs);
-and the two together.
+and the two together. Then what `graph.passes.smooth` and `graph.passes.dynamic_quant` build: the FFN's
+second matmul in bf16 (weights and activations rounded to bf16) with and without the smoothing, the
+smoothing's a and spread (r = spread |gamma| + |beta|) swept, and one s shared by q, k and v (their
+concatenated weights' rows) against one s each.
 """
 from __future__ import annotations
 
@@ -37,26 +40,35 @@ def quantize_rows(x: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(torch.floor(x / step + 0.5) - zero, max=127) + zero) * step
 
 
-def layer_norm_ranges(model) -> dict[str, torch.Tensor]:
-    """Per input channel, the range of the LayerNorm output a Linear reads (4 standard deviations)."""
+def layer_norm_ranges(model, spread: float = 4) -> dict[str, torch.Tensor]:
+    """Per input channel, the range of the LayerNorm output a Linear reads (`spread` standard deviations)."""
     ranges, layers = {}, model.encoder.layer
     for i, layer in enumerate(layers):
         norm = model.embeddings.LayerNorm if i == 0 else layers[i - 1].output.LayerNorm
         for k in ("query", "key", "value"):
-            ranges[f"encoder.layer.{i}.attention.self.{k}"] = (norm.weight.abs() * 4 + norm.bias.abs()).detach()
+            ranges[f"encoder.layer.{i}.attention.self.{k}"] = (norm.weight.abs() * spread + norm.bias.abs()).detach()
         norm = layer.attention.output.LayerNorm
-        ranges[f"encoder.layer.{i}.intermediate.dense"] = (norm.weight.abs() * 4 + norm.bias.abs()).detach()
+        ranges[f"encoder.layer.{i}.intermediate.dense"] = (norm.weight.abs() * spread + norm.bias.abs()).detach()
     return ranges
 
 
-def fake_quantized(model, keep_f32=(), ranges=None, alpha=0.7, activations=True):
+def fake_quantized(model, keep_f32=(), ranges=None, alpha=0.7, activations=True, keep_bf16=(), shared_qkv=False):
     m = copy.deepcopy(model)
+    modules = dict(m.named_modules())
     for name, mod in m.named_modules():
         if not isinstance(mod, torch.nn.Linear) or "pooler" in name or any(re.search(k, name) for k in keep_f32):
             continue
+        if any(re.search(k, name) for k in keep_bf16):
+            mod.weight.data = mod.weight.data.to(torch.bfloat16).float()
+            mod.register_forward_pre_hook(lambda _, inp: (inp[0].to(torch.bfloat16).float(),))
+            continue
         w, s = mod.weight.data, None
         if ranges is not None and name in ranges:
-            s = (ranges[name] ** alpha / w.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+            rows = w
+            if shared_qkv and ".self." in name:   # one s for q, k and v: their weights' rows together
+                base = name.rsplit(".", 1)[0]
+                rows = torch.cat([modules[f"{base}.{k}"].weight.data for k in ("query", "key", "value")])
+            s = (ranges[name] ** alpha / rows.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
             w = w * s
         mod.weight.data = quantize_weight(w)
         if activations:
@@ -88,11 +100,19 @@ def main() -> None:
         rows.append((f"{kind.replace(chr(92), '')} kept f32", fake_quantized(model, keep_f32=(kind,))))
     rows += [("FFN's second matmul kept f32", fake_quantized(model, keep_f32=ffn2)),
              ("LayerNorm-range smoothing (a = 0.7)", fake_quantized(model, ranges=ranges)),
-             ("smoothing + FFN's second matmul f32", fake_quantized(model, keep_f32=ffn2, ranges=ranges))]
+             ("smoothing + FFN's second matmul f32", fake_quantized(model, keep_f32=ffn2, ranges=ranges)),
+             ("FFN's second matmul bf16", fake_quantized(model, keep_bf16=ffn2))]
+    for spread in (2, 3, 4, 6):
+        for alpha in ((0.5, 0.6, 0.7, 0.8, 0.9) if spread == 4 else (0.5,)):
+            rows.append((f"smoothing a = {alpha}, spread {spread} + FFN's second bf16",
+                         fake_quantized(model, keep_bf16=ffn2, ranges=layer_norm_ranges(model, spread), alpha=alpha)))
+    rows += [("smoothing a = 0.5 alone", fake_quantized(model, ranges=ranges, alpha=0.5)),
+             ("smoothing a = 0.5 alone, one s for q, k, v", fake_quantized(model, ranges=ranges, alpha=0.5,
+                                                                          shared_qkv=True))]
     for label, m in rows:
         got = embed(m)
         cos = (got * reference).sum(-1)
-        print(f"{label:45s} worst cosine {cos.min():.5f}")
+        print(f"{label:50s} worst cosine {cos.min():.5f}")
 
 
 if __name__ == "__main__":

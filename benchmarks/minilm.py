@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 sentence embeddings: dnet (C backend) vs ONNX Runtime vs PyTorch eager.
 
-    .venv/bin/python benchmarks/minilm.py [--threads N] [--batches 1 8] [--seq 128] [--backends-only]
+    .venv/bin/python benchmarks/minilm.py [--threads N] [--batches 1 8] [--seq 128] [--backends-only] [--int8-only]
 
 Also dnet's LLVM backend (target "llvm", JIT-compiled through llvmlite) against its C backend:
 `--backends-only` measures just those two (no torch, no ONNX Runtime).
@@ -13,7 +13,9 @@ size of the weights, and int8: dnet's weight-only int8 (`quantize="int8"`) and i
 dynamic int8 (`quantize="int8-dynamic"`: activations quantized per token, integer
 products) beside ONNX Runtime's dynamic int8 quantization of the same model, and dnet's
 `precision="bf16"` beside f32, with each one's cosine similarity to the f32 PyTorch
-embeddings.
+embeddings. `--int8-only` measures just dnet's int8-dynamic beside its plain form (every
+projection per-token int8, no smoothing, the scheme before; `graph.passes.dynamic_quant`)
+and ONNX Runtime's dynamic int8, with cosines on random ids and on the test sentences.
 """
 from __future__ import annotations
 
@@ -72,12 +74,16 @@ def onnx_session(path: Path, threads: int, spinning: bool):
 
 
 def compile_dnet(cache: Path, threads: int, quantize: str | None = None, precision: str | None = None,
-                 target: str = "c"):
+                 target: str = "c", plain: bool = False):
+    """The model compiled; `plain`: int8-dynamic without smoothing or bf16 (every projection per-token int8)."""
     import dnet
+    from dnet.graph.passes.dynamic_quant import quantize_dynamic
     from dnet.models.minilm import minilm_model
 
     module, types = minilm_model()
     graph = dnet.to_graph(module, types)
+    if plain:
+        graph, quantize = quantize_dynamic(graph, smooth=False, bf16_after_activations=False), None
     options = {"cache_dir": cache}
     start = time.perf_counter()
     exe = dnet.compile(graph, target=target, threads=threads, quantize=quantize, precision=precision, **options)
@@ -168,6 +174,67 @@ print(json.dumps({{"peak": status("VmHWM"), "loaded": loaded, "after_run": statu
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def sentence_cosines(exes: dict) -> dict[str, float]:
+    """Worst cosine over tests/models/test_minilm.py's sentences to sentence-transformers, per executable."""
+    import os
+
+    import sentence_transformers
+
+    from dnet.models import load_minilm, model_dir
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "models"))
+    from test_minilm import SENTENCES
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    st = sentence_transformers.SentenceTransformer(str(model_dir()), device="cpu")
+    want = st.encode(SENTENCES, batch_size=len(SENTENCES), convert_to_numpy=True)
+    batch = load_minilm().tokenize(SENTENCES)
+    out = {}
+    for name, exe in exes.items():
+        feeds = {k: batch[k] for k in exe.graph.input_names}
+        out[name] = cosine(exe.run(feeds)[exe.graph.output_names[0]], want)
+    return out
+
+
+def print_int8(threads: int, args, tmp: Path) -> None:
+    """dnet's int8-dynamic, its plain form (the scheme before smoothing and bf16) and ONNX Runtime's dynamic
+    int8, side by side: wall-clock medians of interleaved runs, cosines to PyTorch's f32 on random ids and
+    to sentence-transformers on the test sentences."""
+    import numpy as np
+    import torch
+
+    from dnet.hardware import detect
+
+    torch.set_num_threads(threads)
+    new, _ = compile_dnet(tmp / "cache", threads, "int8-dynamic")
+    old, _ = compile_dnet(tmp / "cache", threads, plain=True)
+    model = torch_model()
+    ort8 = onnx_session(ort_int8(export_onnx(model, tmp / "minilm.onnx")), threads, True)
+    rows = [["batch x seq", "plain int8-dynamic ms", "int8-dynamic ms", "ort int8 ms", "plain / ort", "new / ort",
+             "cos plain", "cos new", "cos ort int8"]]
+    rng = np.random.default_rng(0)
+    for batch in args.batches:
+        ids = rng.integers(1000, 20000, (batch, args.seq))
+        mask, types = np.ones_like(ids), np.zeros_like(ids)
+        feeds = dict(zip(new.graph.input_names, [ids, mask, types]))
+        ort_feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        with torch.inference_mode():
+            reference = model(*(torch.from_numpy(a) for a in (ids, mask, types))).numpy()
+        t = interleaved_medians({"old": lambda: old.run(feeds), "new": lambda: new.run(feeds),
+                                 "ort": lambda: ort8.run(None, ort_feeds)}, args.repeats)
+        cos = [cosine(e.run(feeds)[e.graph.output_names[0]], reference) for e in (old, new)]
+        rows.append([f"{batch} x {args.seq}", f"{t['old'] * 1e3:.1f}", f"{t['new'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
+                     f"{t['old'] / t['ort']:.2f}", f"{t['new'] / t['ort']:.2f}", f"{cos[0]:.6f}", f"{cos[1]:.6f}",
+                     f"{cosine(ort8.run(None, ort_feeds)[0], reference):.6f}"])
+    print(f"int8-dynamic, all-MiniLM-L6-v2, {threads} threads, {detect().summary()}")
+    print("wall-clock latency, medians of interleaved runs; cosines to PyTorch's f32 on the same random ids:")
+    print(table(rows))
+    print(f"int8 Gemm path: {path_of(new, 'dnet_igemm_path')}; bf16 Gemm path: {path_of(new, 'dnet_bgemm_path')}")
+    worst = sentence_cosines({"plain": old, "new": new})
+    print(f"worst cosine to sentence-transformers on the test sentences: plain {worst['plain']:.6f}, "
+          f"new {worst['new']:.6f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None)
@@ -175,6 +242,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backends-only", action="store_true", help="only dnet's LLVM backend against its C backend")
+    ap.add_argument("--int8-only", action="store_true",
+                    help="only dnet's int8-dynamic, its plain form (the scheme before) and ONNX Runtime's int8")
     args = ap.parse_args(argv)
     from dnet.hardware import detect
 
@@ -183,6 +252,10 @@ def main(argv=None) -> None:
     if args.backends_only:
         with tempfile.TemporaryDirectory(prefix="dnet-bench-") as tmp:
             print_backends(threads, args, Path(tmp))
+        return
+    if args.int8_only:
+        with tempfile.TemporaryDirectory(prefix="dnet-bench-") as tmp:
+            print_int8(threads, args, Path(tmp))
         return
     import numpy as np
     import torch

@@ -42,6 +42,31 @@ def model(seed: int = 0):
     return b.finish()
 
 
+def smoothed_block_graph(hidden: int = 64):
+    """quantize="int8-dynamic" of a post-norm block: a LayerNorm (one channel of its gain 30x the others) read
+    by three projections and the residual, then an FFN (linear, GELU, linear): the norm's output smoothed into
+    int8 Gemms, the FFN's second matmul in bf16 (`graph.passes.smooth`, `graph.passes.dynamic_quant`)."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+
+    def const(name, shape, scale=1.0):
+        return b.const(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    x = b.input("x", TensorType(("m", hidden), DType.F32))
+    gain = rng.uniform(0.5, 1.5, hidden).astype(np.float32)
+    gain[7] = 30
+    h = C.layer_norm(b, x, b.const("g", gain), const("beta", hidden, 0.5))
+    qkv = [C.linear(b, h, const(f"w{i}", (hidden, hidden), 0.1)) for i in range(3)]
+    up = C.gelu(b, C.linear(b, h, const("up", (4 * hidden, hidden), 0.1), const("bup", 4 * hidden)))
+    down = C.linear(b, up, const("down", (hidden, 4 * hidden), 0.1))
+    b.output("y", b.elementwise(Op.ADD, b.elementwise(Op.ADD, down, h), qkv[0]))
+    b.output("k", qkv[1])
+    b.output("v", qkv[2])
+    graph = quantize_dynamic(b.finish(), min_elements=1)
+    assert {"w0@smooth@int8", "up@smooth@int8", "down@bf16"} <= set(graph.weights)
+    return graph
+
+
 @functools.cache
 def int8_graph():
     return quantize_dynamic(model(), min_elements=1)

@@ -61,14 +61,16 @@ def test_int8_weights_keep_the_embeddings(encoder, reference, tmp_path):
 
 
 def test_int8_dynamic_keeps_the_embeddings(encoder, reference, tmp_path):
-    """int8 activations (per token) x int8 weights on the C backend: cosine >= 0.995 to sentence-transformers'
-    f32 embeddings, every projection computed by the int8 Gemm, weights under a third of the f32 bytes."""
+    """int8 activations (per token) x int8 weights on the C backend, the norms' outputs smoothed and the FFN's
+    second matmul in bf16: cosine >= 0.998 to sentence-transformers' f32 embeddings (issue 15's target;
+    measured 0.99892, 0.99580 before smoothing and bf16), the projections computed by the int8 Gemm and the
+    FFN's second matmuls by the bf16 one, weights under a third of the f32 bytes."""
     exe = dnet.compile(encoder.module, encoder.input_types, target="c", quantize="int8-dynamic", cache_dir=tmp_path)
     got = exe(**encoder.tokenize(SENTENCES))
     want = reference.encode(SENTENCES, batch_size=len(SENTENCES), convert_to_numpy=True)
-    assert cosine(got, want).min() >= 0.995
+    assert cosine(got, want).min() >= 0.998
     assert exe.graph.weight_bytes() < encoder.executable.graph.weight_bytes() / 3
-    assert exe.runner.source.count("dn_igemm_") > 0
+    assert exe.runner.source.count("dn_igemm_") > 0 and exe.runner.source.count("dn_bgemm_") > 0
 
 
 def test_bf16_precision_keeps_the_embeddings(encoder, reference, tmp_path):

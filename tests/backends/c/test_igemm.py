@@ -24,8 +24,9 @@ import dnet.backends.c.backend  # noqa: F401  (registers the backend, which impo
 from dnet.backends.c.compiler import find_compiler
 from dnet.hardware import cpu_flags
 
+from dnet.backends.numpy import run_graph
 from igemm_support import (SHAPES, assert_matches_within_sum_rounding, bf16_graph, crowded_rows_graph, inputs,
-                           int8_graph)
+                           int8_graph, smoothed_block_graph)
 
 FLAGS = cpu_flags()
 VNNI = "avx512_vnni" in FLAGS or "avx_vnni" in FLAGS
@@ -170,3 +171,28 @@ def test_int8_sums_are_exact_where_rows_crowd_one_end(path, tmp_path, monkeypatc
     for threads in (1, 2):
         exe.runner.module.set_threads(threads)
         np.testing.assert_array_equal(exe.run({"x": x})["y"], want)
+
+
+@pytest.mark.parametrize("path", ["native", "portable"])
+def test_a_smoothed_block_equals_the_reference(path, tmp_path, monkeypatch):
+    """quantize="int8-dynamic" on a norm -> projections -> GELU FFN block: the norm's output smoothed (x * 1/s
+    computed where it is quantized) into int8 Gemms, the FFN's second matmul a bf16 Gemm; the C library (the
+    host's paths, or both portable ones) gives the numpy reference's results to f32 rounding of the sums
+    (measured: 1.5e-6 of the largest output), except where the two round an activation differently: a GELU
+    output one f32 ulp apart can round to neighbouring bf16 values (2^-8 apart, relative), so a few outputs
+    of a row move by about 2^-8 of one product (measured, native: 5 of 2112 and 55 of 12800 outputs of y, at
+    most 1.2e-4 of the largest)."""
+    graph = smoothed_block_graph()
+    flags = () if path == "native" else ("-DDN_QUANT_PORTABLE", "-DDN_BF16_PORTABLE")
+    exe = _compile(graph, flags, tmp_path, monkeypatch)
+    assert exe.runner.source.count("dn_igemm_") > 0 and exe.runner.source.count("dn_bgemm_") > 0
+    if path == "portable":
+        assert (_path(exe, "dnet_igemm_path"), _path(exe, "dnet_bgemm_path")) == ("portable", "portable")
+    rng = np.random.default_rng(1)
+    for m, threads in ((1, 1), (33, 2), (200, 2)):
+        exe.runner.module.set_threads(threads)
+        x = (rng.standard_normal((m, 64)) * 2).astype(np.float32)
+        want, got = run_graph(graph, {"x": x}), exe.run({"x": x})
+        for name, y in want.items():
+            off = np.abs(got[name] - y) > 1e-5 * np.abs(y).max()
+            assert off.mean() <= 0.01 and np.abs(got[name] - y).max() <= 2 ** -8 * np.abs(y).max(), (name, m)

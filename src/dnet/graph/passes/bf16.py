@@ -11,6 +11,8 @@ attention's products of two activations, biases) stays f32. Weights are half the
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from dnet.core.dtypes import DType
@@ -23,10 +25,14 @@ from dnet.graph.passes.quantize import MIN_ELEMENTS
 from dnet.graph.rebuild import GraphRebuilder
 
 
-def bf16_matmuls(graph: Graph, min_elements: int = MIN_ELEMENTS) -> Graph:
-    """`graph` with its matmul weights stored as bf16 and the matmuls' left operands rounded to bf16."""
+def bf16_matmuls(graph: Graph, min_elements: int = MIN_ELEMENTS,
+                 select: Callable[[Graph, Node], bool] | None = None) -> Graph:
+    """`graph` with its matmul weights stored as bf16 and the matmuls' left operands rounded to bf16; with
+    `select`, only the matmuls it accepts (a weight only when it accepts every matmul reading it)."""
     users = graph.users()
-    weights = {n.id for n in graph.nodes if _candidate(n, min_elements) and _matmul_weight(graph, users, n.id)}
+    chosen = None if select is None else {n.id for n in graph.nodes if n.op is Op.MATMUL and select(graph, n)}
+    weights = {n.id for n in graph.nodes if _candidate(n, min_elements)
+               and _matmul_weight(graph, users, n.id, chosen)}
     rb = GraphRebuilder(graph)
     rounded: dict[int, int] = {}   # new id of an activation -> f32(bf16(it))
     for node in graph.nodes:
@@ -49,11 +55,13 @@ def _candidate(node: Node, min_elements: int) -> bool:
             and isinstance(numel(node.shape), int) and numel(node.shape) >= min_elements)
 
 
-def _matmul_weight(graph: Graph, users, nid: int) -> bool:
-    """Every reader takes `nid` (or its transpose) as a matmul's right operand and not as its left."""
+def _matmul_weight(graph: Graph, users, nid: int, chosen: set[int] | None = None) -> bool:
+    """Every reader takes `nid` (or its transpose) as a matmul's right operand and not as its left (and is
+    one of the `chosen` matmuls, when given)."""
     def right_only(x: int, readers) -> bool:
         return bool(readers) and all(graph.nodes[u].op is Op.MATMUL and graph.nodes[u].inputs[1] == x
-                                     and graph.nodes[u].inputs[0] != x for u in readers)
+                                     and graph.nodes[u].inputs[0] != x and (chosen is None or u in chosen)
+                                     for u in readers)
 
     direct = [u for u in users[nid] if graph.nodes[u].op is not Op.PERMUTE]
     permuted = [u for u in users[nid] if graph.nodes[u].op is Op.PERMUTE]
