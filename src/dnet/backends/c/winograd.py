@@ -214,7 +214,7 @@ def _render(r, g: Gemm, pad: str) -> list[str]:
     ]
     gather = [   # one channel of the panel's blocks: d[(r, s)][tile]
         f"const float* g_xc = {g.b.buffer} + (g_pc + g_cc) * {xc};",
-        f"for (int64_t g_e = 0; g_e < {positions * nr}; ++g_e) g_img[g_e] = g_xc[g_goff[g_e]] * g_gmask[g_e];",
+        f"dn_wino_gather(g_img, g_xc, g_goff, g_gmask, {positions * nr});",
     ]
     task = [
         "for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
@@ -315,6 +315,13 @@ WORKSPACE = """
 /* a thread's Winograd workspaces (0: phase planes or a gathered channel,
    1: a panel's transformed input, 2: its products, 3: an input row or the gather's offsets, 4: its masks):
    grown, never shrunk, reused by every Winograd convolution the thread runs */
+/* d[e] = x[off[e]] (times 0 where the element lies outside the image): a panel's blocks, one channel */
+static void dn_wino_gather(float* restrict d, const float* restrict x, const int64_t* restrict off,
+                           const float* restrict mask, int64_t n) {
+    #pragma omp simd
+    for (int64_t e = 0; e < n; ++e) d[e] = x[off[e]] * mask[e];
+}
+
 static float* dn_wino_workspace(int slot, int64_t n) {
     static _Thread_local float* buf[5] = {0, 0, 0, 0, 0};
     static _Thread_local int64_t cap[5] = {0, 0, 0, 0, 0};
