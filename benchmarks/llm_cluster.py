@@ -18,8 +18,10 @@ beside each plan's own prediction: from the probed cost model ("model"), and aft
 feedback loop (`engine.retune(rounds=1)`: the plan is timed, each node's speed corrected by what its
 stages measured, the plan kept; "calibrated"), both against a fresh measurement after it. Then one
 worker of dnet's eight-stream plan is killed mid-run: the pause until decoding goes on (re-plan + cache
-rebuild). Figures are medians of windows at steady state; the workers share this machine's cores with
-the coordinator, so absolute rates are low and the ratios are what to read.
+rebuild). Every plan of a link and stream count is loaded at once (on workers of its own, idle while
+another is timed) and their windows are taken in turn, so load from other processes drifting over the
+minutes hits every plan alike; figures are medians of windows at steady state. The workers share this
+machine's cores with the coordinator, so absolute rates are low and the ratios are what to read.
 
     .venv/bin/python benchmarks/llm_cluster.py [--slowdowns 2,3,4] [--windows 5] [--steps 8]
                                                [--links lan,wifi] [--streams 1,8] [--kinds dnet,equal,...]
@@ -30,6 +32,7 @@ import argparse
 import os
 import statistics
 import time
+from contextlib import ExitStack
 
 import numpy as np
 from rich.console import Console
@@ -60,31 +63,43 @@ def planner(kind: str):
     return make
 
 
-def measure(llm, streams: int, windows: int, steps: int, kill_after: int | None = None) -> tuple[float, float]:
-    """Decode tokens/s of `streams` sequences decoded together (median of windows), and the longest
-    step (the pause, when a worker is killed after `kill_after` steps)."""
-    engine = llm.engine
-    seqs = [engine.open() for _ in range(streams)]
-    try:
-        logits = np.stack([engine.prefill(s, llm.tokenizer.encode(PROMPTS[i % len(PROMPTS)]))[-1]
-                           for i, s in enumerate(seqs)])
-        rates, longest, done = [], 0.0, 0
-        for w in range(windows + 1):                       # the first window warms up
-            start = time.perf_counter()
-            for _ in range(steps):
-                if kill_after is not None and done == kill_after:
-                    exe = engine.exe
-                    exe.local.kill(exe.coordinator.placement[len(exe.coordinator.placement) // 2])
-                t = time.perf_counter()
-                logits = engine.decode(seqs, [int(x) for x in logits.argmax(-1)])
-                longest = max(longest, time.perf_counter() - t)
-                done += 1
+class Decoding:
+    """`streams` sequences of one loaded model, prefilled, decoded together a window of steps at a time."""
+
+    def __init__(self, llm, streams: int):
+        self.engine = llm.engine
+        self.seqs = [self.engine.open() for _ in range(streams)]
+        self.logits = np.stack([self.engine.prefill(s, llm.tokenizer.encode(PROMPTS[i % len(PROMPTS)]))[-1]
+                                for i, s in enumerate(self.seqs)])
+
+    def window(self, steps: int, kill_after: int | None = None) -> tuple[float, float]:
+        """Decode tokens/s over `steps` steps, and the longest step (the pause, when a worker of the plan is
+        killed after `kill_after` steps)."""
+        start, longest = time.perf_counter(), 0.0
+        for k in range(steps):
+            if k == kill_after:
+                exe = self.engine.exe
+                exe.local.kill(exe.coordinator.placement[len(exe.coordinator.placement) // 2])
+            t = time.perf_counter()
+            self.logits = self.engine.decode(self.seqs, [int(x) for x in self.logits.argmax(-1)])
+            longest = max(longest, time.perf_counter() - t)
+        return len(self.seqs) * steps / (time.perf_counter() - start), longest
+
+    def close(self) -> None:
+        for s in self.seqs:
+            self.engine.close(s)
+
+
+def measure_interleaved(decodings: dict[str, Decoding], windows: int, steps: int) -> dict[str, float]:
+    """Median tokens/s of each plan over `windows` windows, taken in turn (plan A's window, then B's, ...), so
+    that load from other processes drifting over the minutes hits every plan alike; one window each warms up."""
+    rates: dict[str, list[float]] = {kind: [] for kind in decodings}
+    for w in range(windows + 1):
+        for kind, d in decodings.items():
+            rate, _ = d.window(steps)
             if w:
-                rates.append(streams * steps / (time.perf_counter() - start))
-        return statistics.median(rates), longest
-    finally:
-        for s in seqs:
-            engine.close(s)
+                rates[kind].append(rate)
+    return {kind: statistics.median(r) for kind, r in rates.items()}
 
 
 def main() -> None:
@@ -114,39 +129,46 @@ def main() -> None:
     for key in links:
         link, bandwidth, latency = LINKS[key]
         for streams in streams_list:
-            best = None
-            for kind in kinds:
-                topo = Topology.local(len(factors), scales=[1 / f for f in factors], bandwidth=bandwidth,
-                                      latency=latency)
-                options = {"slowdowns": factors} if kind in ("dnet", "tensor") else \
-                    {"plan": planner(kind), "slowdowns": factors}
-                parallel = "tensor" if kind == "tensor" else "pipeline"
-                with load(context=CONTEXT, topology=topo, slots=streams, cluster=options, parallel=parallel) as llm:
-                    exe = llm.engine.exe
-                    predicted = rate_of(exe.plan, streams)
-                    calibrated = None
-                    if not exe.pipeline.parallel:   # the feedback loop corrects pipelines' stage times
-                        llm.engine.retune(rounds=1, windows=2, steps=args.steps)
-                        calibrated = rate_of(exe.plan, streams)
-                    plan = exe.plan
-                    rate, _ = measure(llm, streams, args.windows, args.steps)
-                    if kind == "dnet" and streams == 8 and pause is None and not args.no_kill:
-                        _, pause = measure(llm, streams, 1, 2 * args.steps, kill_after=args.steps)
-                best = rate if kind == "best single" else best
-                layout = ", ".join(f"{s.node}: {len(s.layers)}" for s in plan.stages)
-                if exe.pipeline.parallel:
-                    layout = "group " + ", ".join(s.node for s in plan.stages) + " (every layer)"
-                table.add_row(link, str(streams), kind, layout, f"{predicted:.1f}",
-                              "-" if calibrated is None else f"{calibrated:.1f}", f"{rate:.1f}",
-                              "-" if calibrated is None else f"{rate / calibrated:.2f}x",
-                              f"{rate / best:.2f}x" if best else "-")
-                console.print(f"{link}, {streams} stream(s), {kind}: {rate:.1f} tok/s ({layout}; predicted "
-                              f"{predicted:.1f}, calibrated {'-' if calibrated is None else f'{calibrated:.1f}'})")
+            with ExitStack() as stack:
+                loaded = {}
+                for kind in kinds:     # every plan loaded on workers of its own, then measured in turn
+                    loaded[kind] = load_plan(stack, kind, factors, bandwidth, latency, streams, args.steps)
+                decodings = {kind: Decoding(llm, streams) for kind, (llm, _, _) in loaded.items()}
+                rates = measure_interleaved(decodings, args.windows, args.steps)
+                if "dnet" in kinds and streams == 8 and pause is None and not args.no_kill:
+                    _, pause = decodings["dnet"].window(2 * args.steps, kill_after=args.steps)
+                best = rates.get("best single")
+                for kind, (llm, predicted, calibrated) in loaded.items():
+                    exe, rate = llm.engine.exe, rates[kind]
+                    layout = ", ".join(f"{s.node}: {len(s.layers)}" for s in exe.plan.stages)
+                    if exe.pipeline.parallel:
+                        layout = "group " + ", ".join(s.node for s in exe.plan.stages) + " (every layer)"
+                    table.add_row(link, str(streams), kind, layout, f"{predicted:.1f}",
+                                  "-" if calibrated is None else f"{calibrated:.1f}", f"{rate:.1f}",
+                                  "-" if calibrated is None else f"{rate / calibrated:.2f}x",
+                                  f"{rate / best:.2f}x" if best else "-")
+                    console.print(f"{link}, {streams} stream(s), {kind}: {rate:.1f} tok/s ({layout}; predicted "
+                                  f"{predicted:.1f}, calibrated {'-' if calibrated is None else f'{calibrated:.1f}'})")
     console.print(table)
     console.print(f"load average (1, 5, 15 min) at start {load_average}, at end {os.getloadavg()}")
     if pause is not None:
         console.print(f"a worker of dnet's 8-stream plan killed mid-run ({links[0]}): the longest step took "
                       f"{pause:.2f} s (loss noticed, re-planned, every cache rebuilt); no sequence lost")
+
+
+def load_plan(stack: ExitStack, kind: str, factors: list[float], bandwidth: float, latency: float, streams: int,
+              steps: int):
+    """(loaded model, predicted tokens/s, calibrated tokens/s or None) of one plan on three fresh workers."""
+    topo = Topology.local(len(factors), scales=[1 / f for f in factors], bandwidth=bandwidth, latency=latency)
+    options = {"slowdowns": factors} if kind in ("dnet", "tensor") else {"plan": planner(kind), "slowdowns": factors}
+    llm = stack.enter_context(load(context=CONTEXT, topology=topo, slots=streams, cluster=options,
+                                   parallel="tensor" if kind == "tensor" else "pipeline"))
+    exe = llm.engine.exe
+    predicted, calibrated = rate_of(exe.plan, streams), None
+    if not exe.pipeline.parallel:   # the feedback loop corrects pipelines' stage times
+        llm.engine.retune(rounds=1, windows=2, steps=steps)
+        calibrated = rate_of(exe.plan, streams)
+    return llm, predicted, calibrated
 
 
 def rate_of(plan, streams: int) -> float:
