@@ -25,13 +25,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from dnet.backends.c.conv import IMAGE_FLOATS, TASKS_PER_THREAD
+from dnet.backends.c.conv import IMAGE_FLOATS
 from dnet.backends.c.gemm import _batch_decl, ukernel_name
 from dnet.core.dtypes import DType
 from dnet.errors import BackendError
 from dnet.kernel.ir import Gemm, Operand
 from dnet.kernel.winograd import MODES, matrices
 
+TASKS_PER_THREAD = 2   # tasks a thread gets at least where the work allows (a task here is coarser than the direct one's)
 CHANNEL_BLOCK = 128   # input channels a block: (m + 2)^2 x 128 x nr floats of transformed input (590 KiB, m = 4)
 GATHER_TILES = 128   # tiles an image (with its dropped column) under which each tile's block is gathered
 PRODUCT_FLOATS = 1 << 17   # a group's panel of products, (m + 2)^2 x channels x nr, at most (512 KiB), where it may
@@ -151,19 +152,29 @@ def _render(r, g: Gemm, pad: str) -> list[str]:
         f"const int64_t g_S = (g_M + {mr - 1}) / {mr}, g_nt = dn_threads();",
         f"const int64_t g_kcb = g_C < {CHANNEL_BLOCK} ? g_C : {CHANNEL_BLOCK};",
         f"const int64_t g_KT = g_gather ? g_NB * g_TH * g_TW : 0, g_panels = (g_KT + {nr - 1}) / {nr};",
-        f"/* tasks: units, bands (tile rows of an image, each 2 panels at least; or runs of panels) and groups of",
-        f"   slivers (at most {group_slivers}, so a panel's products stay in L2), until there are {TASKS_PER_THREAD} "
-        "a thread. A group more",
-        "   transforms the input once more: bands first */",
+        f"/* tasks: units, bands and groups of slivers (at most {group_slivers} a group, so a panel's products stay in",
+        f"   L2), {TASKS_PER_THREAD} a thread at least where there is work enough. A group more transforms the input once",
+        "   more; a band more costs only its last panel's empty columns: bands first. In the gather mode a band",
+        "   is a run of panels (no empty columns but the last's); with planes, a run of an image's tile rows,",
+        "   the count chosen among those that give tasks enough (and planes that fit) for the fewest panels */",
+        f"const int64_t g_want = g_nt > 1 ? {TASKS_PER_THREAD} * g_nt : 1;",
         f"int64_t g_bands = 1, g_groups = (g_S + {group_slivers - 1}) / {group_slivers};",
-        f"while (g_nt > 1 && g_units * g_bands * g_groups < {TASKS_PER_THREAD} * g_nt) {{",
-        f"    if (g_gather ? g_bands < g_panels : g_bands < g_GR && g_GR / (g_bands + 1) * g_TWQ >= {2 * nr}) g_bands++;",
-        "    else if (g_groups < g_S) g_groups++;",
-        "    else break;",
+        "if (g_gather) {",
+        "    g_bands = (g_want + g_groups - 1) / g_groups < g_panels ? (g_want + g_groups - 1) / g_groups : g_panels;",
+        "    if (g_bands < 1) g_bands = 1;",
+        "} else {",
+        "    int64_t g_best = -1;",
+        "    for (int64_t g_b = 1; g_b <= g_GR; ++g_b) {",
+        "        const int64_t g_enough = g_units * g_b * g_groups >= g_want || g_b == g_GR;",
+        f"        const int64_t g_fits = g_C * {m * m} * ((g_GR + g_b - 1) / g_b + 1) * g_TWQ <= {IMAGE_FLOATS} || g_b == g_GR;",
+        "        if (!g_enough || !g_fits) continue;",
+        "        int64_t g_slots = 0;",
+        f"        for (int64_t g_i = 0; g_i < g_b; ++g_i) g_slots += (((g_i + 1) * g_GR / g_b - g_i * g_GR / g_b) * g_TWQ "
+        f"+ {nr - 1}) / {nr};",
+        "        if (g_best < 0 || g_slots < g_best) { g_best = g_slots; g_bands = g_b; }",
+        "    }",
         "}",
-        f"/* and a band's planes within {IMAGE_FLOATS * 4 // 1024} KiB (in L2 while its panels are transformed) */",
-        f"while (!g_gather && g_bands < g_GR && g_C * {m * m} * ((g_GR + g_bands - 1) / g_bands + 1) * g_TWQ > "
-        f"{IMAGE_FLOATS}) g_bands++;",
+        "while (g_units * g_bands * g_groups < g_want && g_groups < g_S) g_groups++;   /* work enough: groups */",
         "/* a multiple of the threads where the slivers allow, so none waits for the last task */",
         "while (g_nt > 1 && (g_units * g_bands * g_groups) % g_nt && g_groups < g_S) g_groups++;",
         "const int64_t g_tasks = g_NB > 0 ? g_units * g_bands * g_groups : 0;",
@@ -171,7 +182,7 @@ def _render(r, g: Gemm, pad: str) -> list[str]:
     r.locals += [("const int64_t", n) for n in ("g_M", "g_N", "g_K", "g_NB", "g_H", "g_W", "g_OW", "g_OH", "g_C",
                                                 "g_TH", "g_TW", "g_TWQ", "g_gather", "g_RW", "g_units", "g_GR",
                                                 "g_S", "g_nt", "g_kcb", "g_KT", "g_panels")]
-    r.locals += [("int64_t", "g_bands"), ("int64_t", "g_groups"), ("const int64_t", "g_tasks")]
+    r.locals += [("int64_t", "g_bands"), ("int64_t", "g_groups"), ("const int64_t", "g_tasks"), ("const int64_t", "g_want")]
     ukernel = f"dn_ukernel_{ukernel_name(t)}"
     i, j = g.vars[-2], g.vars[-1]
     epilogue = [f"const int64_t {j} = g_pix + g_q;", "const float acc = g_src[g_q];"]
