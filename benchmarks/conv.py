@@ -1,11 +1,13 @@
 """dnet's generated convolution (the C backend's direct convolution) vs torch's conv2d, in GFLOP/s.
 
-    .venv/bin/python benchmarks/conv.py [--threads N] [--batch 1] [--im2col]
+    .venv/bin/python benchmarks/conv.py [--threads N] [--batch 1] [--im2col] [--winograd auto|off|2|4]
 
 The layers are ResNet-18's distinct convolution shapes at 224 x 224 input (f32, NCHW), and two
 of MobileNetV2's depthwise ones, each with its bias and ReLU (fused into dnet's epilogue; torch
 runs them after). `--im2col` renders dnet's convolutions as the Gemm over gathered im2col
 panels instead (what the C backend did before its direct convolutions; depthwise ones stay Gemms).
+`--winograd` sets $DNET_WINOGRAD for dnet's 3x3 stride-1 layers: "auto" (the default rule, F(4x4, 3x3) with
+a direct fallback for batches of few tiles), "off" (the direct convolution), "4" or "2" (always F(m, 3)).
 """
 from __future__ import annotations
 
@@ -28,7 +30,12 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--im2col", action="store_true", help="the Gemm over im2col panels, not the direct kernel")
+    ap.add_argument("--winograd", choices=["auto", "off", "2", "4"], default="auto",
+                    help="3x3 stride-1 layers as Winograd's F(m x m, 3 x 3) ($DNET_WINOGRAD)")
     args = ap.parse_args(argv)
+    import os
+
+    os.environ["DNET_WINOGRAD"] = args.winograd
     from dnet.hardware import detect
 
     threads = args.threads or detect().cores
@@ -69,7 +76,7 @@ def main(argv=None) -> None:
         flops = 2.0 * args.batch * o * c // groups * k * k * out * out
         d, q = flops / t["dnet"] / 1e9, flops / t["torch"] / 1e9
         rows.append([f"{c} -> {o}, {size}^2, {k}x{k}, /{s}" + (f", {groups} groups" if groups > 1 else ""), f"{d:.1f}", f"{q:.1f}", f"{d / q:.2f}"])
-    form = "im2col Gemm" if args.im2col else "direct"
+    form = "im2col Gemm" if args.im2col else f"direct, Winograd {args.winograd}"
     print(f"f32 conv2d + bias + ReLU ({form}), batch {args.batch}, {threads} threads, {detect().summary()}")
     print(table(rows))
 
