@@ -46,6 +46,9 @@ def test_the_modes_force_each_path_and_auto_follows_the_rule():
     assert choose("4", 3, 5) == 4 and choose("2", 64, 64) == 2
     assert choose("auto", 64, 64) == 4 and choose("auto", 32, 512) == 4
     assert choose("auto", 8, 64) == 0 and choose("auto", 64, 16) == 0   # the transforms would dominate
+    assert choose("auto", 256, 256, 56, 56) == 4 and choose("auto", 256, 256, 28, 28) == 4
+    assert choose("auto", 256, 256, 14, 14) == 2    # 16 tiles of 4 x 4, 49 of 2 x 2: a panel (32) at batch 1
+    assert choose("auto", 512, 512, 7, 7) == 4      # 4 and 16: neither fills one; batches of 8 do as F(4, 3)
 
 
 def test_an_unknown_mode_is_one_line_error():

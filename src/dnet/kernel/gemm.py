@@ -276,7 +276,7 @@ def _winograd_tile(graph: Graph, node, w_id: int, wv, mode: str) -> int:
     if graph.nodes[wv[0]].op is not Op.CONST or wv[1] != 0 or graph.nodes[wv[0]].shape != graph.nodes[w_id].shape:
         return 0
     o, c = graph.nodes[w_id].shape[:2]
-    return winograd.choose(mode, c, o)
+    return winograd.choose(mode, c, o, node.shape[2], node.shape[3])
 
 
 def _builder(graph: Graph, root: int, materialized: set[int], users) -> KernelBuilder:

@@ -59,12 +59,15 @@ def eligible(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[i
     return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
-def choose(mode: str, c_in: int, c_out: int) -> int:
+def choose(mode: str, c_in: int, c_out: int, out_h=None, out_w=None) -> int:
     """The output tile m (4 or 2) a Winograd convolution of this shape uses, or 0 (the direct one).
 
     `mode`: "off" never, "4" / "2" always (tests and benchmarks force each path), "auto" the rule:
     F(4, 3) once both channel counts are `AUTO_MIN_CHANNELS` or more (fewer, and the transforms, whose
-    work grows with the channels and not with their product, are too large a share). Whether a batch
+    work grows with the channels and not with their product, are too large a share); F(2, 3) instead
+    where one image has fewer F(4, 3) tiles than `PANEL_TILES` and at least as many F(2, 3) ones (14 x 14:
+    16 and 49), so that a batch of one still fills a panel (256 channels at 14 x 14, batch 1, one core:
+    2.1 ms direct, 2.7 as F(4, 3), 1.8 as F(2, 3); batch 8: 9.5 as F(4, 3), 10.2 as F(2, 3)). Whether a batch
     has tiles enough to fill the micro-kernel's panels is known only when it runs: under "auto" the
     backend keeps the filters as they are too and convolves directly when it has not
     (`Im2col.fallback`). Measured: benchmarks/README.md, "Winograd".
@@ -75,7 +78,15 @@ def choose(mode: str, c_in: int, c_out: int) -> int:
         return 0
     if mode != "auto":
         return int(mode)
-    return 4 if c_in >= AUTO_MIN_CHANNELS and c_out >= AUTO_MIN_CHANNELS else 0
+    if c_in < AUTO_MIN_CHANNELS or c_out < AUTO_MIN_CHANNELS:
+        return 0
+    if isinstance(out_h, int) and isinstance(out_w, int):
+        def tiles(m: int) -> int:
+            return -(-out_h // m) * -(-out_w // m)
+        if tiles(4) < PANEL_TILES <= tiles(2):
+            return 2
+    return 4
 
 
 AUTO_MIN_CHANNELS = 32   # input and output channels at least, for "auto" to choose Winograd
+PANEL_TILES = 32         # tiles a panel of the widest micro-kernel takes (AVX-512's 12 x 32)
