@@ -164,3 +164,22 @@ def test_auto_convolves_directly_when_a_batch_has_too_few_tiles(compile_c, monke
     for n, size in ((1, 5), (2, 7), (3, 16), (1, 30)):   # 4 and 8 tiles (direct); 48 and 64 (Winograd)
         inputs = {"x": rng.standard_normal((n, 40, size, size)).astype(np.float32)}
         assert_close(graph, runner.run(inputs), inputs, 4)
+
+
+def test_a_saved_artefact_keeps_the_transformed_filters(monkeypatch, tmp_path):
+    """The packed transformed filters travel with the artefact: loaded without a compiler, the same results."""
+    import dnet
+    from dnet.api import load_artifact, save_artifact
+    from dnet.backends.c import device
+
+    monkeypatch.setenv("DNET_WINOGRAD", "auto")
+    graph = conv_graph(40, {"bias_relu": (36, (1, 1, 1, 1), "bias_relu")}, seed=5)
+    exe = dnet.compile(graph, target="c")
+    assert winograd_tiles(exe.runner) == [4]
+    save_artifact(exe, tmp_path / "art")
+    monkeypatch.setattr(device, "find_compiler", lambda: (_ for _ in ()).throw(AssertionError("compiled")))
+    loaded = load_artifact(tmp_path / "art")
+    for n, size in ((1, 6), (2, 17)):   # the direct fallback and Winograd
+        inputs = {"x": np.random.default_rng(n).standard_normal((n, 40, size, size)).astype(np.float32)}
+        np.testing.assert_array_equal(loaded.run(inputs)["bias_relu"], exe.run(inputs)["bias_relu"])
+        assert_close(graph, loaded.run(inputs), inputs, 4)
