@@ -5,7 +5,10 @@
    socket (a process receiving the same bytes with recv_into, answering each), the
    small-message round trip of both, and a decode-sized request (one 576-float hidden
    state) through the coordinator and a one-stage pipeline and back, less the stage's
-   own compute time: what each stage of a decode step costs in messaging. Where the
+   own compute time: what each stage of a decode step costs in messaging. Beside it, in
+   the same run (blocks of requests alternating), the same request with its answer read
+   by the connection's own thread and handed to the caller through its Future, as before
+   callers read their answers themselves (dnet.cluster.reading). Where the
    peers run decides a round trip (on this kind of machine, waking a process on
    another core costs about as much as the whole round trip on one), so both peers
    are placed alike: `--placement same` runs everything on one core, `split` the
@@ -163,6 +166,8 @@ def transport(mib: int, repeats: int, round_trips: int, placement: str = "same",
     out["raw_stage_rtt_us"] = 1e6 * statistics.median(stage["dnet"][0])
     for name in chans:
         out[f"{name}_stage_rtt_us"] = 1e6 * statistics.median(stage[name][1])
+        out[f"{name}_handed_rtt_us"] = 1e6 * statistics.median(stage[name][2])
+    out["raw_handed_rtt_us"] = out["raw_stage_rtt_us"]
     return out
 
 
@@ -193,27 +198,40 @@ def _timed(action) -> float:
     return time.perf_counter() - start
 
 
-def _stage_round_trips(local: LocalCluster, raw: socket.socket, round_trips: int) -> tuple[list[float], list[float]]:
-    """Requests through a one-stage pipeline (interleaved with raw round trips), less the stage's compute."""
+def _stage_round_trips(local: LocalCluster, raw: socket.socket,
+                       round_trips: int) -> tuple[list[float], list[float], list[float]]:
+    """Requests through a one-stage pipeline (interleaved with raw round trips), less the stage's compute:
+    (raw, the caller reading its answer, the answer handed over by the connection's thread), the last two
+    in alternating blocks (the thread steps aside or in between blocks, not per request)."""
     coordinator = local.coordinator()
+    reader = coordinator.workers[0].reader
+    leads = reader.callers_lead
     try:
         coordinator.load([_tiny_stage()])
         x = {"x": np.ones((1, 576), np.float32)}
         for _ in range(50):  # warm: the stage's first runs, and its runs known to be short
             coordinator.run(x)
-        raw_times, times = [], []
-        for _ in range(round_trips):
-            start = time.perf_counter()
-            _raw_send(raw, memoryview(b""))
-            raw_times.append(time.perf_counter() - start)
+        raw_times: list[float] = []
+        times: dict[bool, list[float]] = {True: [], False: []}
+        block = 100
+        for i in range(2 * round_trips):
+            lead = leads and (i // block) % 2 == 0
+            if i % block == 0:
+                reader.callers_lead = lead
+                coordinator.run(x)          # not timed: the connection's thread takes its part
+            if lead or not leads:
+                start = time.perf_counter()
+                _raw_send(raw, memoryview(b""))
+                raw_times.append(time.perf_counter() - start)
             coordinator.answers.clear()
             start = time.perf_counter()
             coordinator.run(x)
             elapsed = time.perf_counter() - start
-            times.append(elapsed - sum(coordinator.answers[0].stage_seconds.values()))
+            times[lead].append(elapsed - sum(coordinator.answers[0].stage_seconds.values()))
     finally:
+        reader.callers_lead = leads
         coordinator.close()
-    return raw_times, times
+    return raw_times, times[True] or times[False], times[False]
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -294,6 +312,7 @@ def print_transport(console: Console, args: argparse.Namespace) -> None:
     row("throughput GB/s, best", "_best_gbps", lambda r: f"{r:.0%}")
     row("round trip us, median", "_rtt_us", lambda r: f"{r:.1f}x")
     row("one-stage request us, median (less compute)", "_stage_rtt_us", lambda r: f"{r:.1f}x")
+    row("  its answer handed over by a reader thread", "_handed_rtt_us", lambda r: f"{r:.1f}x")
     console.print(out)
 
 

@@ -242,6 +242,46 @@ def test_a_short_request_on_an_idle_worker_runs_on_the_thread_that_read_it(rng, 
     assert all((name != "compute") == inline for name in threads[2:])
 
 
+def test_one_request_in_the_air_is_answered_on_the_thread_that_waits_for_it(rng, coordinator):
+    """The caller reads the last stage's connection itself (dnet.cluster.reading): no hand-off from a reader
+    thread, once a caller has waited there (the first answer may still come through the reader's thread)."""
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 2))
+    threads = []
+    on_result = coordinator._on_result
+
+    def recording(result, outputs):
+        threads.append(threading.current_thread().name)
+        on_result(result, outputs)
+
+    coordinator._on_result = recording
+    for _ in range(5):
+        req = request(rng)
+        np.testing.assert_allclose(coordinator.run(req)["output"], oracle(net, req["x"], req["mask"]),
+                                   rtol=1e-5, atol=1e-5)
+    assert threads[1:] == [threading.current_thread().name] * 4
+
+
+def test_requests_from_many_threads_each_get_their_own_answer(rng, coordinator):
+    """Callers waiting at once share the connection: whoever reads hands the others their answers."""
+    net, graph = residual_graph(rng)
+    coordinator.load(_stages(graph, 3))
+    requests = [request(rng) for _ in range(12)]
+    outputs: dict[int, np.ndarray] = {}
+
+    def caller(k: int) -> None:
+        for i in range(k, len(requests), 4):
+            outputs[i] = coordinator.run(requests[i])["output"]
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for i, req in enumerate(requests):
+        np.testing.assert_allclose(outputs[i], oracle(net, req["x"], req["mask"]), rtol=1e-5, atol=1e-5)
+
+
 def test_a_ping_on_the_coordinators_connection_is_answered_while_a_slow_stage_computes(rng, coordinator, workers):
     """A stage known to be slow runs on the compute thread, so the reading thread keeps answering pings."""
     _, graph = residual_graph(rng)

@@ -15,6 +15,7 @@ then view. Every length is checked against the limits before its body is allocat
 """
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import threading
@@ -105,6 +106,11 @@ class FrameReader:
         self._buffer = bytearray(max(size, HEADER.size))
         self._view = memoryview(self._buffer)
         self._start = self._end = 0  # the buffered bytes not yet handed out
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a frame not yet handed out lie in the read buffer."""
+        return self._end > self._start
 
     def read(self, limits: Limits = DEFAULT_LIMITS, pool: BufferPool | None = None) -> Message:
         # header and meta are parsed where they lie in the read buffer: no copy, no object per piece
@@ -206,6 +212,9 @@ class Channel:
         self._pool = BufferPool()
         self._reader = FrameReader(sock)
         self.closed = False
+        # whether `readable` can tell: a plain socket; a TLS socket's engine may hold bytes poll cannot see
+        self.pollable = type(sock) is socket.socket
+        self._poll: select.poll | None = None
 
     def send(self, msg: Message) -> None:
         buffers = frame_buffers(msg)
@@ -257,6 +266,16 @@ class Channel:
 
     def recv(self) -> Message:
         return self._reader.read(self.limits, self._pool)
+
+    def readable(self, timeout: float) -> bool:
+        """Whether a frame has started to arrive (a `recv` would not wait for its first byte), waiting up to
+        `timeout` seconds for one; only where `pollable`. A closed connection is readable (its recv says so)."""
+        if self._reader.buffered:
+            return True
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock, select.POLLIN)
+        return bool(self._poll.poll(max(0, int(timeout * 1000 + 0.999))))
 
     def request(self, msg: Message) -> Message:
         """Send and wait for the reply (only while no reader thread owns `recv`)."""

@@ -5,7 +5,12 @@ stage 2 works on request 7, stage 1 is already on request 8. Inputs go to the fi
 stage's worker; activations move worker to worker; only the last stage's outputs
 come back here.
 
-Faults. Every worker connection has a reader thread, and a heartbeat pings each
+Answers. A caller waiting for its answer reads the last stage's connection itself while no
+other thread does (`dnet.cluster.reading`), so one request in the air (decoding one stream) is
+answered on the thread that asked, with no hand-off; each connection's own thread reads when no
+caller does.
+
+Faults. Every worker connection is read (by its thread or a caller), and a heartbeat pings each
 worker; a closed connection or `dead_after` seconds of silence marks the worker
 lost, naming it and the stages it ran. If a spare worker (connected, running no
 stage) is alive, its stages move there under a new epoch, every request not yet
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections import deque
 import logging
 import queue
@@ -47,7 +53,8 @@ from dnet.cluster.messages import (
     NextStage, Peer, Ping, Pong, Reset, Result, Route, Routed, Run, Shutdown, StageCounters, Stats, StatsQuery, Weights,
     encode, to_json,
 )
-from dnet.cluster.protocol import DEFAULT_LIMITS, ConnectionClosed, Limits, Message, ProtocolError
+from dnet.cluster.protocol import DEFAULT_LIMITS, Limits, Message
+from dnet.cluster.reading import SharedReader
 from dnet.cluster.shipping import file_references, pack
 from dnet.cluster.tls import ClusterTls, require_tls
 from dnet.core import progress
@@ -59,6 +66,7 @@ log = logging.getLogger("dnet.coordinator")
 
 WEIGHT_BATCH_BYTES = 256 << 20
 MAX_LOSSES = 2   # losses of a worker running the same stage a request may be in the air for
+LEAD_RECHECK_S = 0.05   # a caller reading for its answer looks this often whether it still comes there
 
 
 class WorkerLost(DnetError):
@@ -97,6 +105,7 @@ class WorkerHandle:
     last_seen: float = field(default_factory=time.monotonic)
     replies: queue.Queue = field(default_factory=queue.Queue)
     call_lock: threading.Lock = field(default_factory=threading.Lock)
+    reader: SharedReader | None = None      # reads the connection: its own thread, or a caller awaiting an answer
 
     @property
     def name(self) -> str:
@@ -110,6 +119,23 @@ class WorkerHandle:
         if not host or not port.isdigit():
             raise DnetError(f"{self.name} advertises a bad address '{self.caps.advertise}'", hint="expected HOST:PORT")
         return host, int(port)
+
+
+class _Answer(Future):
+    """A request's future whose `result()` reads the answer's connection itself, on the waiting thread, while
+    no other thread reads it (`SharedReader.lead`): one request in the air is answered with no hand-off."""
+
+    def __init__(self, lead: Callable[[Future, float], None]):
+        super().__init__()
+        self._lead = lead
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+            self._lead(self, deadline)
+            if timeout is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+        return super().result(timeout)
 
 
 @dataclass
@@ -225,7 +251,8 @@ class Coordinator:
         except (OSError, DnetError) as err:
             raise WorkerLost(f"cannot connect to worker {index} at {host}:{port}: {err}") from None
         handle = WorkerHandle(index, host, port, chan, Outbox(chan))
-        threading.Thread(target=self._read_loop, args=(handle,), name=f"reader-{index}", daemon=True).start()
+        handle.reader = SharedReader(chan, lambda msg: self._on_message(handle, msg),
+                                     lambda err: self._connection_ended(handle, err), name=f"reader-{index}").start()
         handle.caps = self._call(handle, encode(CapsQuery()), Caps)
         return handle
 
@@ -238,27 +265,32 @@ class Coordinator:
             self.workers.append(handle)
         return handle.index
 
-    def _read_loop(self, w: WorkerHandle) -> None:
-        while True:
-            try:
-                msg = w.chan.recv()
-            except (ConnectionClosed, ProtocolError, OSError) as err:
-                if not self._closing.is_set():
-                    self._lost(w, str(err) or type(err).__name__)
+    def _on_message(self, w: WorkerHandle, msg: Message) -> None:
+        """One message from worker `w`, on whichever thread read it (`SharedReader`). A message that does not
+        decode raises ProtocolError: a worker that breaks the protocol is lost, like one that closed."""
+        w.last_seen = time.monotonic()
+        record = COORDINATOR_ACCEPTS.decode(msg)
+        if type(record) is Result:
+            self._on_result(record, msg.tensors)
+        elif type(record) is Error and record.rid is not None:
+            self._on_request_error(w, record)
+        elif not (type(record) is Pong and record.heartbeat):
+            w.replies.put(record)
+
+    def _connection_ended(self, w: WorkerHandle, err: Exception) -> None:
+        if not self._closing.is_set():
+            self._lost(w, str(err) or type(err).__name__)
+
+    def _lead(self, answer: Future, deadline: float) -> None:
+        """Read the connection `answer` comes back on, on this thread, until it is in or `deadline` passes
+        (`SharedReader.lead`). Looked up again every `LEAD_RECHECK_S`: a re-plan may move the last stage."""
+        while not answer.done() and time.monotonic() < deadline:
+            with self._lock:   # a group's answers come on every member's connection: their threads read
+                last = self.workers[self.placement[-1]] if self.placement and not self.parallel else None
+            if last is None or last.reader is None:
                 return
-            w.last_seen = time.monotonic()
-            try:
-                record = COORDINATOR_ACCEPTS.decode(msg)
-            except ProtocolError as err:   # a worker that breaks the protocol is lost, like one that closed
-                if not self._closing.is_set():
-                    self._lost(w, str(err))
+            if not last.reader.lead(answer, min(deadline, time.monotonic() + LEAD_RECHECK_S)):
                 return
-            if type(record) is Result:
-                self._on_result(record, msg.tensors)
-            elif type(record) is Error and record.rid is not None:
-                self._on_request_error(w, record)
-            elif not (type(record) is Pong and record.heartbeat):
-                w.replies.put(record)
 
     def _heartbeat(self) -> None:
         while not self._closing.wait(self.heartbeat_s):
@@ -283,7 +315,8 @@ class Coordinator:
                 raise WorkerLost(f"{w.name} is lost")
             w.outbox.put(msg)
             try:
-                reply = w.replies.get(timeout=timeout)
+                with w.reader.wanted():
+                    reply = w.replies.get(timeout=timeout)
             except queue.Empty:
                 raise WorkerLost(f"{w.name} did not answer {msg.type.name} within {timeout:.0f} s") from None
         if reply is None:
@@ -435,7 +468,7 @@ class Coordinator:
         if not self._window.acquire(timeout=timeout if timeout is not None else self.call_timeout_s):
             raise DnetError("no room in the pipeline: earlier requests are not finishing")
         req = _Request(next(self._ids), {n: np.asarray(inputs[n]) for n in self.input_names},
-                       Future(), time.monotonic(), tuple(slots) if slots is not None else None, epoch)
+                       _Answer(self._lead), time.monotonic(), tuple(slots) if slots is not None else None, epoch)
         req.future.add_done_callback(lambda _: self._window.release())
         with self._lock:
             if self.broken:
