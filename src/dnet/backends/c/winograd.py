@@ -272,9 +272,12 @@ def _render(r, g: Gemm, pad: str) -> list[str]:
         f"            for (int64_t g_xi = 0; g_xi < {positions}; ++g_xi)",
         "                for (int64_t g_s = g_s0; g_s < g_s1; ++g_s) {",
         f"                    const int64_t g_mr = g_M - g_s * {mr} < {mr} ? g_M - g_s * {mr} : {mr};",
+        "                    /* the micro-kernel prefetches from its last argument: the next sliver's filters, which",
+        "                       come from memory where the layer's are many (512 channels: 38 MB as F(4, 3)) */",
         "                    const float* g_bp = g_v + g_xi * g_pstride;",
         f"                    {ukernel}(g_kc, {g.a.buffer} + ((g_xi * g_S + g_s) * g_C + g_pc) * {mr}, g_bp, "
-        f"g_prod + (g_xi * g_cg + (g_s - g_s0) * {mr}) * {nr}, {nr}, g_pc > 0, g_mr, {nr}, g_bp);",
+        f"g_prod + (g_xi * g_cg + (g_s - g_s0) * {mr}) * {nr}, {nr}, g_pc > 0, g_mr, {nr}, "
+        f"{g.a.buffer} + ((g_xi * g_S + g_s + 1) * g_C + g_pc) * {mr});",
         "                }",
         "        }",
         f"        for (int64_t {i} = g_s0 * {mr}; {i} < g_o1; ++{i}) {{",
