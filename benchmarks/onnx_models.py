@@ -1,13 +1,17 @@
 """Models that arrive as ONNX files: dnet (`dnet.from_onnx`, C backend) vs ONNX Runtime on the same file.
 
     .venv/bin/python benchmarks/onnx_models.py [--threads N] [--batches 1 8] [--models minilm cnn mobilenet]
+                                               [--winograd off auto] [--cpu-time]
 
 all-MiniLM-L6-v2 exported from PyTorch (as benchmarks/minilm.py does, sequence 128), a
 ResNet-style CNN (stem, four stages of residual 3x3 blocks, global pooling, a classifier;
 random weights, batch-norm folded by the exporter) and a MobileNet-style one (inverted
 residual blocks: 1x1 expansion, 3x3 depthwise, 1x1 projection, ReLU6) at 224 x 224. Both runtimes read the
 same .onnx file, use the same thread count, and get the same inputs; latencies are
-medians of interleaved runs.
+medians of interleaved runs. `--winograd MODE...` compiles dnet once per $DNET_WINOGRAD mode (the C
+backend's 3x3 stride-1 convolutions: "off" direct, "auto" the rule, "4"/"2" forced) and runs them side by
+side with ONNX Runtime; `--cpu-time` measures process CPU time per call instead of wall time (what a shared
+machine disturbs least; with --threads 1 it is one core's time).
 """
 from __future__ import annotations
 
@@ -18,6 +22,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_medians, pin_threads, table  # noqa: E402
+
+
+def interleaved_cpu_medians(fns: dict, repeats: int, rounds: int = 7) -> dict[str, float]:
+    """As interleaved_medians, in process CPU time."""
+    import statistics
+    import time
+
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            start = time.process_time()
+            for _ in range(repeats):
+                fn()
+            samples[name].append((time.process_time() - start) / repeats)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def resnet_like():
@@ -90,7 +112,11 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["minilm", "cnn", "mobilenet"],
                     choices=["minilm", "cnn", "mobilenet"])
+    ap.add_argument("--winograd", nargs="+", default=None, choices=["auto", "off", "2", "4"],
+                    help="compile dnet once per $DNET_WINOGRAD mode, each beside ONNX Runtime")
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time per call, not wall time")
     args = ap.parse_args(argv)
+    import os
     from dnet.hardware import detect
 
     threads = args.threads or detect().cores
@@ -103,7 +129,11 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    rows = [["model", "batch", "dnet-c ms", "onnxruntime ms", "dnet / ort", "max |dnet - ort|"]]
+    modes = args.winograd or [None]
+    label = {m: "dnet-c" if m is None else f"dnet-c {m}" for m in modes}
+    rows = [["model", "batch", *[f"{label[m]} ms" for m in modes], "onnxruntime ms",
+             *[f"{label[m]} / ort" for m in modes], "max |dnet - ort|"]]
+    measure = interleaved_cpu_medians if args.cpu_time else interleaved_medians
     with tempfile.TemporaryDirectory(prefix="dnet-onnx-") as tmp:
         tmp = Path(tmp)
         image = {"image": {0: "batch"}, "out": {0: "batch"}}
@@ -114,7 +144,12 @@ def main(argv=None) -> None:
                                                                       tmp / "mobilenet.onnx", ["image"], image))}
         models = {makers[m][0]: makers[m][1]() for m in args.models}
         for name, path in models.items():
-            exe = dnet.compile(dnet.from_onnx(path), target="c", threads=threads)
+            exes = {}
+            for mode in modes:
+                if mode is not None:
+                    os.environ["DNET_WINOGRAD"] = mode
+                exes[mode] = dnet.compile(dnet.from_onnx(path), target="c", threads=threads)
+            exe = exes[modes[0]]
             ort = onnx_session(path, threads, True)
             for batch in args.batches:
                 if name != "all-MiniLM-L6-v2":
@@ -124,13 +159,15 @@ def main(argv=None) -> None:
                     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
                     feeds = {k: v for k, v in feeds.items() if k in exe.graph.input_names}
                 ort_feeds = {i.name: feeds[i.name] for i in ort.get_inputs()}
-                err = float(np.abs(exe.run(feeds)[exe.graph.output_names[0]] - ort.run(None, ort_feeds)[0]).max())
-                t = interleaved_medians({"dnet": lambda: exe.run(feeds), "ort": lambda: ort.run(None, ort_feeds)},
-                                        args.repeats)
-                rows.append([name, str(batch), f"{t['dnet'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
-                             f"{t['dnet'] / t['ort']:.2f}", f"{err:.1e}"])
-    print(f"the same .onnx file in dnet (from_onnx, C backend) and ONNX Runtime, {threads} threads, "
-          f"{detect().summary()}")
+                want = ort.run(None, ort_feeds)[0]
+                err = max(float(np.abs(e.run(feeds)[e.graph.output_names[0]] - want).max()) for e in exes.values())
+                fns = {m: (lambda e=e: e.run(feeds)) for m, e in exes.items()}
+                t = measure({**fns, "ort": lambda: ort.run(None, ort_feeds)}, args.repeats)
+                rows.append([name, str(batch), *[f"{t[m] * 1e3:.1f}" for m in modes], f"{t['ort'] * 1e3:.1f}",
+                             *[f"{t[m] / t['ort']:.2f}" for m in modes], f"{err:.1e}"])
+    clock = "CPU time" if args.cpu_time else "wall time"
+    print(f"the same .onnx file in dnet (from_onnx, C backend) and ONNX Runtime, {threads} threads, {clock}, "
+          f"load average {os.getloadavg()[0]:.1f}, {detect().summary()}")
     print(table(rows))
 
 
