@@ -74,7 +74,8 @@ def _row_parameters(graph: Graph, node, step, zero) -> int | None:
 def low_precision_nodes(graph: Graph, users) -> set[int]:
     """The nodes between low-precision activations (q, and p) and the Gemms that read them, where every
     reader is a matmul taking them as its left operand: computed inside each Gemm as it reads q, never
-    given a buffer of their own however many Gemms read them (attention's q, k and v projections)."""
+    given a buffer of their own however many Gemms read them (attention's q, k and v projections); and
+    the product x * (1 / s) that a smoothed input's q and p are computed from."""
     inside: set[int] = set()
     for node in graph.nodes:
         low = low_precision_rows(graph, node.id) if node.op in (Op.MUL, Op.CAST) else None
@@ -88,6 +89,9 @@ def low_precision_nodes(graph: Graph, users) -> set[int]:
             if x not in low and x not in inside:
                 inside.add(x)
                 stack.extend(graph.nodes[x].inputs)
+        source = _quantized_source(graph, low[0]) if low[1] is not None else None
+        if source is not None and _unscaled(graph, source) != source:
+            inside.add(source)   # a smoothed input's x * (1 / s): one multiply in each kernel that quantizes it
     return inside
 
 

@@ -111,6 +111,11 @@ def _settle(graph: Graph, users, mat: set[int], rows: int = gm.MIN_GROUP_ROWS) -
                 if w not in mat and not gm.conv_weight_ok(graph, w, mat, users):
                     mat.add(w)   # a buffer of its own is contiguous
                     changed = True
+        if changed:
+            # the operands' buffers first (one per Gemm per sweep): counted before they are all there, the
+            # nodes under them look shared by the Gemm and the operand's kernel, and each would get a buffer
+            # (int8-dynamic's row parameters: a dozen one-op kernels per quantized activation)
+            continue
         owners = _owners(graph, mat)
         for n in graph.nodes:
             if (n.id in mat or n.op.cls in _INLINE or n.op in _FREE or qgemm.is_dequant(graph, n.id)

@@ -138,7 +138,14 @@ def _rows_quantized(rb: GraphRebuilder, x: int, name: str) -> int:
     spread = add(Op.MAX, [add(Op.MAX, [add(Op.SUB, [top, bottom]), magnitude]), full(TINY, top)])
     step = add(Op.DIV, [spread, full(255.0, top)])
     zero = add(Op.ADD, [rounded(bottom, step), full(128.0, top)])
-    params = add(Op.CONCAT, [step, zero], axis=last)
+    # (step, zero) side by side as one element-wise select over (..., 2), not a concat: the kernel computing
+    # it then runs the row's two reductions once per row and everything after them in one loop (a concat's
+    # inputs became a dozen one-op kernels, ~15 launches per quantized activation)
+    pair = shape[:-1] + (2,)
+    first = add(Op.EQ, [add(Op.EXPAND, [add(Op.RESHAPE, [add(Op.ARANGE, [], start=0, stop=2, step=1, dtype=DType.I32)],
+                                            shape=(1,) * last + (2,))], shape=pair),
+                        add(Op.FULL, [], shape=pair, value=0, dtype=DType.I32)])
+    params = add(Op.WHERE, [first, add(Op.EXPAND, [step], shape=pair), add(Op.EXPAND, [zero], shape=pair)])
     q = add(Op.CAST, [add(Op.MIN, [add(Op.SUB, [rounded(x, param(0)), param(1)]), full(127.0, x)])], dtype=DType.I8)
     return add(Op.MUL, [add(Op.ADD, [add(Op.CAST, [q], dtype=DType.F32), param(1)]), param(0)])
 
