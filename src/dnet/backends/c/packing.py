@@ -47,13 +47,14 @@ class PanelPacker:
         return f"{name}@packed{nr}{layout}", dtype, packed
 
     def _winograd(self, graph: Graph, nid: int, mr: int, m: int) -> tuple[str, DType, np.ndarray]:
-        """A 3x3 filter's Winograd transform (`kernel.winograd.filter_transform`) as the micro-kernel's a:
-        per position of the (m + 2) x (m + 2) tile, slivers of mr output channels, each input channel's mr
-        values side by side (output channels past the last are 0)."""
+        """A 3x3 filter's Winograd transform (`kernel.winograd.filter_transform`) as the micro-kernel's a, in
+        blocks of the kernel's input channels (`pack_winograd`)."""
+        from dnet.backends.c.winograd import CHANNEL_BLOCK
         from dnet.kernel.winograd import filter_transform
 
         name = graph.nodes[nid].attrs["name"]
-        return f"{name}@winograd{m}x{mr}", DType.F32, pack_winograd(filter_transform(graph.weights[name], m), mr)
+        packed = pack_winograd(filter_transform(graph.weights[name], m), mr, CHANNEL_BLOCK)
+        return f"{name}@winograd{m}x{mr}b{CHANNEL_BLOCK}", DType.F32, packed
 
     def _scales(self, graph: Graph, nid: int, nr: int, offset: int, stride: int,
                 gemm: Gemm) -> tuple[str, DType, np.ndarray]:
@@ -73,11 +74,14 @@ def pack_panels(b: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, panels, nr).transpose(1, 0, 2))
 
 
-def pack_winograd(u: np.ndarray, mr: int) -> np.ndarray:
-    """(alpha, alpha, O, C) transformed filters -> (alpha * alpha, slivers, C, mr): sliver s of position p
-    holds, per input channel, output channels s * mr .. s * mr + mr - 1 (zero past O)."""
+def pack_winograd(u: np.ndarray, mr: int, block: int) -> np.ndarray:
+    """(alpha, alpha, O, C) transformed filters -> blocks of `block` input channels (the last may be fewer),
+    each (alpha * alpha, slivers, channels of the block, mr): sliver s of position p holds, per input channel,
+    output channels s * mr .. s * mr + mr - 1 (zero past O). Flat, in the order the kernel reads them (block by
+    block, position by position, sliver by sliver), so the filters stream from memory in one direction."""
     a, _, o, c = u.shape
     slivers = -(-o // mr)
     padded = np.zeros((a * a, slivers * mr, c), np.float32)
     padded[:, :o] = u.reshape(a * a, o, c)
-    return np.ascontiguousarray(padded.reshape(a * a, slivers, mr, c).transpose(0, 1, 3, 2))
+    slivered = padded.reshape(a * a, slivers, mr, c).transpose(0, 1, 3, 2)   # (positions, slivers, C, mr)
+    return np.concatenate([slivered[:, :, c0:c0 + block].reshape(-1) for c0 in range(0, c, block)])

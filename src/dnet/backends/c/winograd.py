@@ -258,6 +258,7 @@ def _render(r, g: Gemm, pad: str) -> list[str]:
         "        for (int64_t g_pc = 0; g_pc < g_C; g_pc += g_kcb) {",
         "            const int64_t g_kc = g_C - g_pc < g_kcb ? g_C - g_pc : g_kcb;",
         f"            const int64_t g_pstride = g_kc * {nr};",
+        f"            const float* g_ublk = {g.a.buffer} + g_pc * {positions} * g_S * {mr};   /* this block's filters */",
         "            for (int64_t g_cc = 0; g_cc < g_kc; ++g_cc) {",
         "                if (g_gather) {",
         *[f"                    {x}" for x in gather],
@@ -275,9 +276,9 @@ def _render(r, g: Gemm, pad: str) -> list[str]:
         "                    /* the micro-kernel prefetches from its last argument: the next sliver's filters, which",
         "                       come from memory where the layer's are many (512 channels: 38 MB as F(4, 3)) */",
         "                    const float* g_bp = g_v + g_xi * g_pstride;",
-        f"                    {ukernel}(g_kc, {g.a.buffer} + ((g_xi * g_S + g_s) * g_C + g_pc) * {mr}, g_bp, "
+        f"                    {ukernel}(g_kc, g_ublk + (g_xi * g_S + g_s) * g_kc * {mr}, g_bp, "
         f"g_prod + (g_xi * g_cg + (g_s - g_s0) * {mr}) * {nr}, {nr}, g_pc > 0, g_mr, {nr}, "
-        f"{g.a.buffer} + ((g_xi * g_S + g_s + 1) * g_C + g_pc) * {mr});",
+        f"g_ublk + (g_xi * g_S + g_s + 1) * g_kc * {mr});",
         "                }",
         "        }",
         f"        for (int64_t {i} = g_s0 * {mr}; {i} < g_o1; ++{i}) {{",
