@@ -7,7 +7,8 @@ of MobileNetV2's depthwise ones, each with its bias and ReLU (fused into dnet's 
 runs them after). `--im2col` renders dnet's convolutions as the Gemm over gathered im2col
 panels instead (what the C backend did before its direct convolutions; depthwise ones stay Gemms).
 `--winograd` sets $DNET_WINOGRAD for dnet's 3x3 stride-1 layers: "auto" (the default rule, F(4x4, 3x3) with
-a direct fallback for batches of few tiles), "off" (the direct convolution), "4" or "2" (always F(m, 3)).
+a direct fallback for batches of few tiles), "off" (the direct convolution), "4" or "2" (always F(m, 3));
+`DNET_WINOGRAD=off dnet bench conv` does the same through the CLI.
 """
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--im2col", action="store_true", help="the Gemm over im2col panels, not the direct kernel")
-    ap.add_argument("--winograd", choices=["auto", "off", "2", "4"], default="auto",
-                    help="3x3 stride-1 layers as Winograd's F(m x m, 3 x 3) ($DNET_WINOGRAD)")
+    ap.add_argument("--winograd", choices=["auto", "off", "2", "4"], default=None,
+                    help="3x3 stride-1 layers as Winograd's F(m x m, 3 x 3) (default: $DNET_WINOGRAD, else auto)")
     args = ap.parse_args(argv)
     import os
 
-    os.environ["DNET_WINOGRAD"] = args.winograd
+    if args.winograd is not None:   # `dnet bench conv` passes none: $DNET_WINOGRAD, as for any compile
+        os.environ["DNET_WINOGRAD"] = args.winograd
+    args.winograd = os.environ.get("DNET_WINOGRAD", "auto")
     from dnet.hardware import detect
 
     threads = args.threads or detect().cores
