@@ -196,6 +196,17 @@ def sentence_cosines(exes: dict) -> dict[str, float]:
     return out
 
 
+def interleaved_cpu_medians(fns: dict, repeats: int, rounds: int = 5) -> dict[str, float]:
+    """Median over `rounds` of each one's CPU-time median of `repeats` calls, alternating round by round."""
+    import statistics
+
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(cpu_median(fn, repeats))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def print_int8(threads: int, args, tmp: Path) -> None:
     """dnet's int8-dynamic, its plain form (the scheme before smoothing and bf16) and ONNX Runtime's dynamic
     int8, side by side: wall-clock medians of interleaved runs, cosines to PyTorch's f32 on random ids and
@@ -210,8 +221,11 @@ def print_int8(threads: int, args, tmp: Path) -> None:
     old, _ = compile_dnet(tmp / "cache", threads, plain=True)
     model = torch_model()
     ort8 = onnx_session(ort_int8(export_onnx(model, tmp / "minilm.onnx")), threads, True)
+    ort_single = onnx_session(tmp / "minilm-int8.onnx", 1, False)
     rows = [["batch x seq", "plain int8-dynamic ms", "int8-dynamic ms", "ort int8 ms", "plain / ort", "new / ort",
              "cos plain", "cos new", "cos ort int8"]]
+    cpu_rows = [["batch x seq", "plain cpu ms", "int8-dynamic cpu ms", "ort int8 cpu ms", "plain / ort", "new / ort",
+                 "new / plain"]]
     rng = np.random.default_rng(0)
     for batch in args.batches:
         ids = rng.integers(1000, 20000, (batch, args.seq))
@@ -226,9 +240,20 @@ def print_int8(threads: int, args, tmp: Path) -> None:
         rows.append([f"{batch} x {args.seq}", f"{t['old'] * 1e3:.1f}", f"{t['new'] * 1e3:.1f}", f"{t['ort'] * 1e3:.1f}",
                      f"{t['old'] / t['ort']:.2f}", f"{t['new'] / t['ort']:.2f}", f"{cos[0]:.6f}", f"{cos[1]:.6f}",
                      f"{cosine(ort8.run(None, ort_feeds)[0], reference):.6f}"])
+        for exe in (old, new):
+            exe.runner.module.set_threads(1)
+        c = interleaved_cpu_medians({"old": lambda: old.run(feeds), "new": lambda: new.run(feeds),
+                                     "ort": lambda: ort_single.run(None, ort_feeds)}, args.repeats)
+        for exe in (old, new):
+            exe.runner.module.set_threads(threads)
+        cpu_rows.append([f"{batch} x {args.seq}", f"{c['old'] * 1e3:.1f}", f"{c['new'] * 1e3:.1f}",
+                         f"{c['ort'] * 1e3:.1f}", f"{c['old'] / c['ort']:.2f}", f"{c['new'] / c['ort']:.2f}",
+                         f"{c['new'] / c['old']:.2f}"])
     print(f"int8-dynamic, all-MiniLM-L6-v2, {threads} threads, {detect().summary()}")
     print("wall-clock latency, medians of interleaved runs; cosines to PyTorch's f32 on the same random ids:")
     print(table(rows))
+    print("one thread each, CPU time per call (medians of interleaved rounds; what a loaded machine disturbs least):")
+    print(table(cpu_rows))
     print(f"int8 Gemm path: {path_of(new, 'dnet_igemm_path')}; bf16 Gemm path: {path_of(new, 'dnet_bgemm_path')}")
     worst = sentence_cosines({"plain": old, "new": new})
     print(f"worst cosine to sentence-transformers on the test sentences: plain {worst['plain']:.6f}, "
