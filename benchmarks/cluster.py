@@ -219,10 +219,9 @@ def _stage_round_trips(local: LocalCluster, raw: socket.socket,
             if i % block == 0:
                 reader.callers_lead = lead
                 coordinator.run(x)          # not timed: the connection's thread takes its part
-            if lead or not leads:
-                start = time.perf_counter()
-                _raw_send(raw, memoryview(b""))
-                raw_times.append(time.perf_counter() - start)
+            start = time.perf_counter()      # before every request of both kinds, so both see the same
+            _raw_send(raw, memoryview(b""))
+            raw_times.append(time.perf_counter() - start)
             coordinator.answers.clear()
             start = time.perf_counter()
             coordinator.run(x)
