@@ -15,7 +15,8 @@ products) beside ONNX Runtime's dynamic int8 quantization of the same model, and
 `precision="bf16"` beside f32, with each one's cosine similarity to the f32 PyTorch
 embeddings. `--int8-only` measures just dnet's int8-dynamic beside its plain form (every
 projection per-token int8, no smoothing, the scheme before; `graph.passes.dynamic_quant`)
-and ONNX Runtime's dynamic int8, with cosines on random ids and on the test sentences.
+and ONNX Runtime's dynamic int8, with cosines on random ids and on the test sentences;
+`--before ARTIFACT` puts a saved artefact (another version's int8-dynamic) in the plain form's place.
 """
 from __future__ import annotations
 
@@ -218,14 +219,21 @@ def print_int8(threads: int, args, tmp: Path) -> None:
 
     torch.set_num_threads(threads)
     new, _ = compile_dnet(tmp / "cache", threads, "int8-dynamic")
-    old, _ = compile_dnet(tmp / "cache", threads, plain=True)
+    if args.before:   # an artefact another version of dnet compiled, to compare versions in one process
+        from dnet.api import load_artifact
+
+        old = load_artifact(args.before)
+        old.runner.module.set_threads(threads)
+    else:
+        old, _ = compile_dnet(tmp / "cache", threads, plain=True)
     model = torch_model()
     ort8 = onnx_session(ort_int8(export_onnx(model, tmp / "minilm.onnx")), threads, True)
     ort_single = onnx_session(tmp / "minilm-int8.onnx", 1, False)
-    rows = [["batch x seq", "plain int8-dynamic ms", "int8-dynamic ms", "ort int8 ms", "plain / ort", "new / ort",
-             "cos plain", "cos new", "cos ort int8"]]
-    cpu_rows = [["batch x seq", "plain cpu ms", "int8-dynamic cpu ms", "ort int8 cpu ms", "plain / ort", "new / ort",
-                 "new / plain"]]
+    was = "before" if args.before else "plain"
+    rows = [["batch x seq", f"{was} int8-dynamic ms", "int8-dynamic ms", "ort int8 ms", f"{was} / ort", "new / ort",
+             f"cos {was}", "cos new", "cos ort int8"]]
+    cpu_rows = [["batch x seq", f"{was} cpu ms", "int8-dynamic cpu ms", "ort int8 cpu ms", f"{was} / ort",
+                 "new / ort", f"new / {was}"]]
     rng = np.random.default_rng(0)
     for batch in args.batches:
         ids = rng.integers(1000, 20000, (batch, args.seq))
@@ -255,8 +263,8 @@ def print_int8(threads: int, args, tmp: Path) -> None:
     print("one thread each, CPU time per call (medians of interleaved rounds; what a loaded machine disturbs least):")
     print(table(cpu_rows))
     print(f"int8 Gemm path: {path_of(new, 'dnet_igemm_path')}; bf16 Gemm path: {path_of(new, 'dnet_bgemm_path')}")
-    worst = sentence_cosines({"plain": old, "new": new})
-    print(f"worst cosine to sentence-transformers on the test sentences: plain {worst['plain']:.6f}, "
+    worst = sentence_cosines({was: old, "new": new})
+    print(f"worst cosine to sentence-transformers on the test sentences: {was} {worst[was]:.6f}, "
           f"new {worst['new']:.6f}")
 
 
@@ -269,6 +277,9 @@ def main(argv=None) -> None:
     ap.add_argument("--backends-only", action="store_true", help="only dnet's LLVM backend against its C backend")
     ap.add_argument("--int8-only", action="store_true",
                     help="only dnet's int8-dynamic, its plain form (the scheme before) and ONNX Runtime's int8")
+    ap.add_argument("--before", default=None, metavar="ARTIFACT",
+                    help="with --int8-only: a saved int8-dynamic artefact (dnet.api.save_artifact, e.g. from an "
+                         "older checkout) in place of the plain form")
     args = ap.parse_args(argv)
     from dnet.hardware import detect
 
