@@ -142,9 +142,9 @@ def _rows_quantized(rb: GraphRebuilder, x: int, name: str) -> int:
     # it then runs the row's two reductions once per row and everything after them in one loop (with a
     # concat each reduction was a kernel of its own: MiniLM 207 launches a run against 148)
     pair = shape[:-1] + (2,)
-    first = add(Op.EQ, [add(Op.EXPAND, [add(Op.RESHAPE, [add(Op.ARANGE, [], start=0, stop=2, step=1, dtype=DType.I32)],
-                                            shape=(1,) * last + (2,))], shape=pair),
-                        add(Op.FULL, [], shape=pair, value=0, dtype=DType.I32)])
+    index = add(Op.ARANGE, [], start=0, stop=2, step=1, dtype=DType.I32)          # 0 for the step, 1 for the zero
+    index = add(Op.EXPAND, [add(Op.RESHAPE, [index], shape=(1,) * last + (2,))], shape=pair)
+    first = add(Op.EQ, [index, add(Op.FULL, [], shape=pair, value=0, dtype=DType.I32)])
     params = add(Op.WHERE, [first, add(Op.EXPAND, [step], shape=pair), add(Op.EXPAND, [zero], shape=pair)])
     q = add(Op.CAST, [add(Op.MIN, [add(Op.SUB, [rounded(x, param(0)), param(1)]), full(127.0, x)])], dtype=DType.I8)
     return add(Op.MUL, [add(Op.ADD, [add(Op.CAST, [q], dtype=DType.F32), param(1)]), param(0)])
