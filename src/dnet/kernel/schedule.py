@@ -8,6 +8,7 @@ The rules, in order:
    buffer gets one (so does a convolution's input; its weight must be contiguous).
 3. Every other op is inlined into each kernel that reads it, unless two kernels read
    it (it would be computed twice): then it gets a buffer and a kernel of its own.
+   Readers are counted once rule 2 has placed every Gemm operand's buffers.
 4. A reduction inlined into a kernel runs once per output row, before the element-wise
    loop that uses it: softmax and layer norm become one kernel each. Where inlining
    would recompute a reduction, lowering says so and it gets a buffer (and we retry).
