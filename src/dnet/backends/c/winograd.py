@@ -32,9 +32,8 @@ from dnet.kernel.winograd import MODES, matrices
 
 TASKS_PER_THREAD = 2   # tasks a thread gets at least where the work allows (a task here is coarser than the direct one's)
 CHANNEL_BLOCK = 128   # input channels a block: (m + 2)^2 x 128 x nr floats of transformed input (590 KiB, m = 4)
-PRODUCT_FLOATS = 1 << 17   # a group's panel of products, (m + 2)^2 x channels x nr, at most (512 KiB), where it may
-
-
+PRODUCT_FLOATS = 1 << 17   # a group's panel of products, (m + 2)^2 x its channels x nr floats, at most (512 KiB):
+                           # an L2's share beside the panel's transformed input and the filters streaming past
 ENV = "DNET_WINOGRAD"   # "auto" (the default: kernel.winograd.choose's rule), "off", "2" or "4" (forced)
 
 
