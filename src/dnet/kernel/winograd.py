@@ -24,6 +24,7 @@ from functools import cache
 import numpy as np
 
 from dnet.errors import DnetError
+from dnet.kernel.ir import Index
 
 MODES = ("auto", "off", "2", "4")   # CpuTarget.conv_winograd: the rule, never, always F(2, 3), always F(4, 3)
 
@@ -59,7 +60,7 @@ def eligible(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[i
     return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
-def choose(mode: str, c_in: int, c_out: int, out_h=None, out_w=None) -> int:
+def choose(mode: str, c_in: int, c_out: int, out_h: Index | None = None, out_w: Index | None = None) -> int:
     """The output tile m (4 or 2) a Winograd convolution of this shape uses, or 0 (the direct one).
 
     `mode`: "off" never, "4" / "2" always (tests and benchmarks force each path), "auto" the rule:
