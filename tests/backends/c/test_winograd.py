@@ -8,8 +8,8 @@ F(4, 3)'s A, 5 in its B): k = 128 for F(4, 3), 32 for F(2, 3), where 21 and 2 we
 (64 channels, random normal data). A tile or channel read wrongly errs by about S itself.
 
 The input's batch and image size are symbolic, so one library per (m, host tile) serves every example
-hypothesis draws: ragged tiles at the right and bottom edges, images smaller than a tile, stacked small
-images, batch and thread counts. Each vector width the Gemm's micro-kernel is built for is forced by
+hypothesis draws: ragged tiles at the right and bottom edges, images smaller than a tile, panels whose tiles
+come from several images, batch and thread counts. Each vector width the Gemm's micro-kernel is built for is forced by
 compiling for another host's tile (as `test_gemm.py` does): AVX-512's 12 x 32, AVX2's 6 x 16, NEON's 12 x 8.
 """
 import numpy as np
@@ -109,6 +109,7 @@ def winograd_tiles(runner) -> list[int]:
 
 @pytest.mark.parametrize("m", [4, 2])
 def test_every_3x3_stride_1_convolution_is_winograd_when_forced(compile_c, monkeypatch, m):
+    """Forced, every such convolution is a Winograd kernel with no direct fallback in it."""
     runner = _exe(compile_c, m, "this", monkeypatch)
     assert winograd_tiles(runner) == [m] * len(CONVS)
     assert runner.source.count("dn_wino_gather(g_blocks") == len(CONVS) and "dn_conv_t9" not in runner.source
@@ -130,7 +131,8 @@ def test_winograd_convolutions_match_the_reference(compile_c, monkeypatch, host,
 @given(c_in=st.integers(1, 150), c_out=st.integers(1, 40), m=st.sampled_from([2, 4]), n=st.integers(1, 9),
        size=st.integers(3, 20), threads=st.sampled_from([1, 2]))
 def test_channel_counts_and_batches(compile_c, monkeypatch, c_in, c_out, m, n, size, threads):
-    """Channel blocks (128 a block: 150 is a full and a ragged one), output slivers and stacked images."""
+    """Channel blocks (128 a block: 150 is a full and a ragged one), output slivers, and batches whose tiles
+    share panels across images."""
     monkeypatch.setenv("DNET_WINOGRAD", str(m))
     graph = conv_graph(c_in, {"bias_relu": (c_out, (1, 1, 1, 1), "bias_relu")}, seed=c_in)
     runner = compile_c(graph, threads=threads)
