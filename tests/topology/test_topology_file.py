@@ -137,6 +137,7 @@ def test_local_topology_has_n_linked_nodes_with_scaled_rates():
     t = Topology.local(3, device=d, scales=[1.0, 2.0, 4.0])
     assert t.names == ["local0", "local1", "local2"]
     assert [n.devices[0].compute["f32"] for n in t.nodes] == [1e9, 2e9, 4e9]
+    assert [n.devices[0].memory_bandwidth for n in t.nodes] == [1e9, 2e9, 4e9]   # slower at everything
     assert all(t.link(a, b) for a in t.names for b in t.names if a != b)
 
 

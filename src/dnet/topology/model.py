@@ -128,7 +128,9 @@ class Topology:
 
         Each node gets an equal share of this host's cores and memory (measured by
         `dnet.topology.probe`, cached) unless `device` is given; `scales` multiplies
-        each node's compute rates, to simulate unlike nodes on one machine.
+        each node's compute rates and memory bandwidth (and divides its per-op overhead), to
+        simulate unlike nodes on one machine: a worker slowed k times (`dnet worker --slowdown k`)
+        is slower at memory-bound work, such as a decode step, as much as at arithmetic.
         """
         if n < 1:
             raise DnetError(f"a local topology needs at least one node, got n={n}")
@@ -143,7 +145,7 @@ class Topology:
         for i in range(n):
             d = replace(device, compute={k: v * scales[i] for k, v in device.compute.items()},
                         op_rates={k: v * scales[i] for k, v in device.op_rates.items()}, cache=dict(device.cache),
-                        op_overhead=device.op_overhead / scales[i])
+                        memory_bandwidth=device.memory_bandwidth * scales[i], op_overhead=device.op_overhead / scales[i])
             topo.nodes.append(Node(f"local{i}", [d], address=None))
         for a in topo.names:
             for b in topo.names:
