@@ -59,9 +59,11 @@ def conv_graph(c_in: int = C, convs: dict = CONVS, seed: int = 0):
 
 
 def magnitude(graph, name: str, x: np.ndarray) -> np.ndarray:
-    """S: the convolution of |x| by |w| (float64), each output's sum of |w| |x|."""
+    """S: the convolution of |x| by |w| (float64), each output's sum of |w| |x| (the padding read off the graph)."""
     w = np.abs(graph.weights[f"{name}_w"]).astype(np.float64)
-    top, left, bottom, right = CONVS.get(name, (0, (1, 1, 1, 1)))[1]
+    conv = next(n for n in graph.nodes if n.op is Op.CONV2D
+                and graph.nodes[n.inputs[1]].attrs.get("name") == f"{name}_w")
+    top, left, bottom, right = conv.attrs["padding"]
     xp = np.pad(np.abs(x).astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))   # n, c, oh, ow, 3, 3
     return np.einsum("ncijyz,ocyz->noij", windows, w, optimize=True)
@@ -129,12 +131,12 @@ def test_winograd_convolutions_match_the_reference(compile_c, monkeypatch, host,
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(c_in=st.integers(1, 150), c_out=st.integers(1, 40), m=st.sampled_from([2, 4]), n=st.integers(1, 9),
-       size=st.integers(3, 20), threads=st.sampled_from([1, 2]))
-def test_channel_counts_and_batches(compile_c, monkeypatch, c_in, c_out, m, n, size, threads):
-    """Channel blocks (128 a block: 150 is a full and a ragged one), output slivers, and batches whose tiles
-    share panels across images."""
+       size=st.integers(3, 20), threads=st.sampled_from([1, 2]), padding=st.tuples(*[st.integers(0, 2)] * 4))
+def test_channel_counts_and_batches(compile_c, monkeypatch, c_in, c_out, m, n, size, threads, padding):
+    """Channel blocks (128 a block: 150 is a full and a ragged one), output slivers, paddings of 0-2 a side,
+    and batches whose tiles share panels across images."""
     monkeypatch.setenv("DNET_WINOGRAD", str(m))
-    graph = conv_graph(c_in, {"bias_relu": (c_out, (1, 1, 1, 1), "bias_relu")}, seed=c_in)
+    graph = conv_graph(c_in, {"bias_relu": (c_out, padding, "bias_relu")}, seed=c_in)
     runner = compile_c(graph, threads=threads)
     assert winograd_tiles(runner) == [m]
     inputs = {"x": np.random.default_rng(size).standard_normal((n, c_in, size, size + 1)).astype(np.float32)}
