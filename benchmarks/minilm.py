@@ -84,7 +84,7 @@ def compile_dnet(cache: Path, threads: int, quantize: str | None = None, precisi
     module, types = minilm_model()
     graph = dnet.to_graph(module, types)
     if plain:
-        graph, quantize = quantize_dynamic(graph, smooth=False, bf16_after_activations=False), None
+        graph, quantize = quantize_dynamic(graph, smooth=False, after_activations="int8"), None
     options = {"cache_dir": cache}
     start = time.perf_counter()
     exe = dnet.compile(graph, target=target, threads=threads, quantize=quantize, precision=precision, **options)

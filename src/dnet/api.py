@@ -125,7 +125,12 @@ def _quantized(graph: Graph, scheme: str) -> Graph:
     if scheme not in QUANTIZE_SCHEMES:
         raise DnetError(f"unknown quantization {scheme!r}", hint=did_you_mean(str(scheme), QUANTIZE_SCHEMES)
                         or "the schemes: 'int8' (weight-only, per channel), 'int8-dynamic' (activations too, per row)")
-    return quantize_weights(graph) if scheme == "int8" else quantize_dynamic(graph)
+    if scheme == "int8":
+        return quantize_weights(graph)
+    from dnet.hardware import detect
+
+    # a matmul after an activation function: bf16 where the CPU multiplies bf16, else kept f32 (as accurate)
+    return quantize_dynamic(graph, after_activations="bf16" if detect().has_bf16 else "f32")
 
 
 def _with_precision(graph: Graph, precision: str) -> Graph:

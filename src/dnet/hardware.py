@@ -47,6 +47,12 @@ class Host:
         return 16
 
     @property
+    def has_bf16(self) -> bool:
+        """Whether the CPU multiplies bf16 in hardware (AVX512-BF16, AMX-BF16), as the C backend's bf16 Gemm
+        uses it; elsewhere its portable loop widens every value to f32 first."""
+        return bool(self.isa & {"avx512_bf16", "amx_bf16"})
+
+    @property
     def f32_lanes(self) -> int:
         return max(1, self.vector_bytes // 4)
 

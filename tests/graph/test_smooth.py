@@ -117,6 +117,34 @@ def test_int8_dynamic_runs_the_ffn_down_projection_in_bf16(rng):
     assert graph.weights["down@bf16"].dtype == DType.BF16.np
 
 
+@pytest.mark.parametrize("mode", ["f32", "int8"])
+def test_a_cpu_without_bf16_keeps_the_ffn_down_projection_f32_or_plain_int8(rng, mode):
+    """after_activations="f32" leaves that weight as it was (the f32 graph's own array); "int8" quantizes
+    it like the others; the rest is int8 either way."""
+    block = _block(rng)
+    graph = quantize_dynamic(block, min_elements=1, after_activations=mode)
+    assert {"w0@smooth@int8", "up@smooth@int8"} <= set(graph.weights)
+    assert not any(name.endswith("@bf16") for name in graph.weights)
+    if mode == "f32":
+        np.testing.assert_array_equal(graph.weights["down"], block.weights["down"])
+    else:
+        assert "down@int8" in graph.weights and "down" not in graph.weights
+    with pytest.raises(ValueError, match="after_activations"):
+        quantize_dynamic(block, after_activations="fp8")
+
+
+@pytest.mark.parametrize("isa, down", [({"avx512f", "avx512_bf16"}, "down@bf16"), ({"avx2", "fma"}, "down")])
+def test_compile_int8_dynamic_asks_the_host_for_bf16_units(rng, monkeypatch, isa, down):
+    import dataclasses
+
+    import dnet.api
+    import dnet.hardware
+
+    host = dataclasses.replace(dnet.hardware.detect(), isa=frozenset(isa))
+    monkeypatch.setattr(dnet.hardware, "detect", lambda: host)
+    assert down in dnet.api._quantized(_block(rng), "int8-dynamic").weights
+
+
 def test_smoothing_removes_most_of_an_outlier_channels_error(rng):
     """One norm channel 30x the others sets every row's int8 step; smoothed, the int8 projections of the
     norm's output come much closer to f32 (oracle: the f32 graph on the numpy reference)."""

@@ -24,7 +24,8 @@ int8-dynamic's error comes from"):
   own gain and bias, no data (`graph.passes.smooth`);
 - a matmul reading an activation function's output (an FFN's second matmul, after GELU or SiLU), whose
   channels have no such bound, runs in bf16 instead (`graph.passes.bf16`: bf16 weights and activations,
-  f32 sums), on the CPU's bf16 units where it has them (AMX, AVX512-BF16).
+  f32 sums), on the CPU's bf16 units where it has them (AMX, AVX512-BF16); where it has none, in f32
+  (`dnet.compile` asks the host: `dnet.hardware.Host.has_bf16`).
 
 On MiniLM's 8 test sentences (numpy reference, against dnet's f32) the worst cosine goes from 0.99556 to
 0.99889 (smoothing alone: 0.99765; bf16 alone: 0.99706), and on the C backend against sentence-transformers
@@ -49,16 +50,25 @@ from dnet.graph.rebuild import GraphRebuilder
 TINY = 1e-30   # a row of zeros gets this as its maximum: its steps are then tiny, its values 0
 
 
+AFTER_ACTIVATIONS = ("bf16", "f32", "int8")
+
+
 def quantize_dynamic(graph: Graph, min_elements: int = MIN_ELEMENTS, smooth: bool = True,
-                     bf16_after_activations: bool = True) -> Graph:
+                     after_activations: str = "bf16") -> Graph:
     """`graph` with int8 weights and each matmul against one reading its left operand quantized per row;
-    normalised inputs smoothed first (`smooth`), and matmuls reading an activation function's output in
-    bf16 (`bf16_after_activations`)."""
+    normalised inputs smoothed first (`smooth`). A matmul reading an activation function's output runs in
+    `after_activations`: "bf16" (where the CPU has bf16 units), "f32" (where it has none: the portable bf16
+    loop would cost more than the f32 Gemm) or "int8" like the others (the plain per-token scheme)."""
+    if after_activations not in AFTER_ACTIVATIONS:
+        raise ValueError(f"after_activations must be one of {AFTER_ACTIVATIONS}, got {after_activations!r}")
     if smooth:
         graph = smooth_matmul_inputs(graph)
-    if bf16_after_activations:
+    keep: set[int] = set()
+    if after_activations == "bf16":
         graph = bf16_matmuls(graph, min_elements, select=reads_activation_function)
-    weighted = quantize_weights(graph, min_elements)
+    elif after_activations == "f32":
+        keep = {_weight_of(graph, n) for n in graph.nodes if n.op is Op.MATMUL and reads_activation_function(graph, n)}
+    weighted = quantize_weights(graph, min_elements, keep=keep)
     rb = GraphRebuilder(weighted)
     quantized: dict[int, int] = {}   # new id of an activation -> its quantized form
     for node in weighted.nodes:
@@ -72,6 +82,12 @@ def quantize_dynamic(graph: Graph, min_elements: int = MIN_ELEMENTS, smooth: boo
         rb.value[node.id] = rb.add(Op.MATMUL, [quantized[x], rb.value[node.inputs[1]]], node.attrs, node.type,
                                    node.name)
     return rb.finish()
+
+
+def _weight_of(graph: Graph, matmul: Node) -> int:
+    """The node a matmul's right operand is read from: the weight itself, or what its transpose reads."""
+    right = graph.nodes[matmul.inputs[1]]
+    return right.inputs[0] if right.op is Op.PERMUTE else right.id
 
 
 NONLINEAR = {Op.MAX, Op.MIN, Op.POW, Op.WHERE}   # besides the unary ops other than NEG

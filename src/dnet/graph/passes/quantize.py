@@ -12,6 +12,8 @@ stay f32.
 """
 from __future__ import annotations
 
+from collections.abc import Set
+
 import numpy as np
 
 from dnet.core.dtypes import DType
@@ -25,12 +27,13 @@ from dnet.graph.rebuild import GraphRebuilder
 MIN_ELEMENTS = 4096   # smaller weights save too little to be worth a rounding error
 
 
-def quantize_weights(graph: Graph, min_elements: int = MIN_ELEMENTS) -> Graph:
-    """`graph` with its matmul weights stored as int8 plus per-output-channel scales."""
+def quantize_weights(graph: Graph, min_elements: int = MIN_ELEMENTS, keep: Set[int] = frozenset()) -> Graph:
+    """`graph` with its matmul weights stored as int8 plus per-output-channel scales; the weight nodes in
+    `keep` stay as they are."""
     users = graph.users()
     rebuilder = GraphRebuilder(graph)
     for node in graph.nodes:
-        axis = _channel_axis(graph, users, node) if _candidate(node, min_elements) else None
+        axis = _channel_axis(graph, users, node) if _candidate(node, min_elements) and node.id not in keep else None
         if axis is None:
             rebuilder.copy(node)
         else:
