@@ -169,3 +169,48 @@ def test_small_images_read_the_weights_in_place(tmp_path, threads):
     exe.runner.module.set_threads(threads)
     feeds = {"x": rng.standard_normal((2, 24, 7, 7)).astype(np.float32)}
     np.testing.assert_allclose(exe.run(feeds)["y"], run_graph(graph, feeds)["y"], rtol=1e-4, atol=1e-4)
+
+
+# name -> (op, attributes, kernel, stride, padding): stride-2 pools, whose rows the vectorised copy takes
+WIDE_POOLS = {
+    "max3s2": (Op.MAXPOOL2D, {}, (3, 3), (2, 2), (1, 1, 1, 1)),
+    "max2s2": (Op.MAXPOOL2D, {}, (2, 2), (2, 2), (0, 0, 0, 0)),
+    "avg3s2": (Op.AVGPOOL2D, {"count_include_pad": False}, (3, 3), (2, 2), (1, 0, 1, 2)),
+    "transposed": (Op.MAXPOOL2D, {}, (3, 3), (2, 2), (1, 1, 1, 1)),
+}
+
+
+def wide_pool_graph():
+    g = GraphBuilder()
+    x = g.input("x", TensorType(("n", 3, "h", "w"), DType.F32))
+    for name, (op, extra, kernel, stride, padding) in WIDE_POOLS.items():
+        source = g.permute(x, (0, 1, 3, 2)) if name == "transposed" else x   # columns at a stride: the general copy
+        g.output(name, g.node(op, [source], kernel=kernel, stride=stride, padding=padding, **extra))
+    return g.finish()
+
+
+WIDE_GRAPH = wide_pool_graph()
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 2), h=st.integers(2, 19), w=st.integers(2, 150), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 99))
+def test_stride_2_pools_over_wide_rows_match_the_reference(path, tmp_path_factory, monkeypatch, n, h, w, threads, seed):
+    """Rows long enough for the vectorised stride-2 copy (`dn_conv_row_even`: two vectors, a shuffle) on every
+    path, ragged at both ends, and output rows both shorter and longer than a vector (the last vector of a row
+    overlapping the one before). Max pools are exact; an average sums in the loop nest's order."""
+    key = f"wide-{path}"
+    if key not in _BUILT:
+        _BUILT[key] = _compile(WIDE_GRAPH, PATHS[path][0], tmp_path_factory.mktemp(key), monkeypatch)
+    exe = _BUILT[key]
+    assert _path(exe) == PATHS[path][1]
+    assert exe.runner.source.count("dn_conv_row_even(g_dst") == 3 * 4 and "dn_conv_row(g_dst" in exe.runner.source
+    exe.runner.module.set_threads(threads)
+    x = np.random.default_rng(seed).standard_normal((n, 3, h, w)).astype(np.float32)
+    got, want = exe.run({"x": x}), run_graph(WIDE_GRAPH, {"x": x})
+    for name in WIDE_POOLS:
+        if name.startswith("avg"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=f"{name} on {path}")
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} on {path}")

@@ -107,13 +107,26 @@ static inline void dn_conv_row(float* restrict d, const float* restrict src, int
     int64_t q = 0;
     for (; q < lo; ++q) d[q] = fill;
     if (sw == 1 && xw == 1) {{ memcpy(d + lo, src + lo + off, (size_t)(hi - lo) * sizeof(float)); q = hi; }}
-    else if (sw == 2 && xw == 1)   /* every other float: two vector loads, one shuffle, where an element-by-element
-                                      loop was a tenth of a stride-2 max pool's time */
-        for (; q < hi && 2 * (q + DN_CONV_LANES) + off <= w; q += DN_CONV_LANES) {{
-            const dn_cvf a = *(const dn_cvfu*)(src + 2 * q + off), b = *(const dn_cvfu*)(src + 2 * q + off + DN_CONV_LANES);
-            *(dn_cvfu*)(d + q) = __builtin_shufflevector(a, b, DN_CONV_EVEN);
-        }}
-    for (; q < hi; ++q) d[q] = src[(q * sw + off) * xw];
+    else for (; q < hi; ++q) d[q] = src[(q * sw + off) * xw];
+    for (; q < wq; ++q) d[q] = fill;
+}}
+
+/* dn_conv_row for a stride of 2 over a contiguous row: every other float by two vector loads and a shuffle
+   (an element-by-element loop was a tenth of a 3x3/2 max pool's time). Pools only: the convolutions' copy
+   is a small part of their time, and the branch measured slower there (1x1/2, 64 channels at 56 x 56) */
+static inline void dn_conv_row_even(float* restrict d, const float* restrict src, int64_t wq, int64_t w, int64_t px,
+                                    int64_t left, float fill) {{
+    const int64_t off = px - left;
+    int64_t lo = off >= 0 ? 0 : (-off + 1) / 2, hi = w - off <= 0 ? 0 : (w - off + 1) / 2;
+    lo = lo < wq ? lo : wq;
+    hi = hi < wq ? (hi > lo ? hi : lo) : wq;
+    int64_t q = 0;
+    for (; q < lo; ++q) d[q] = fill;
+    for (; q < hi && 2 * (q + DN_CONV_LANES) + off <= w; q += DN_CONV_LANES) {{
+        const dn_cvf a = *(const dn_cvfu*)(src + 2 * q + off), b = *(const dn_cvfu*)(src + 2 * q + off + DN_CONV_LANES);
+        *(dn_cvfu*)(d + q) = __builtin_shufflevector(a, b, DN_CONV_EVEN);
+    }}
+    for (; q < hi; ++q) d[q] = src[2 * q + off];
     for (; q < wq; ++q) d[q] = fill;
 }}
 #endif

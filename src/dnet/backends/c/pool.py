@@ -42,6 +42,10 @@ def render_pool(r, p: PoolGeometry, pad: str) -> list[str]:
     ]
     r.locals += [("const int64_t", v) for v in ("g_N", "g_C", "g_OH", "g_OW", "g_H", "g_W", "g_WQ", "g_nt")]
     r.locals.append(("int64_t", "g_bands"))
+    # a row of stride 2 and contiguous columns: the vectorised copy; any other: the general one
+    even = sw == 2 and s3 == "1"
+    copy = f"dn_conv_row_even(g_dst, {p.buffer} + g_off + g_R * {s2}, g_WQ, g_W, @PX@, {left}, {fill});" if even else \
+        f"dn_conv_row(g_dst, {p.buffer} + g_off + g_R * {s2}, g_WQ, g_W, {sw}, @PX@, {left}, {s3}, {fill});"
     fill_planes = []
     for (py, px), i in pid.items():
         fill_planes += [
@@ -49,7 +53,7 @@ def render_pool(r, p: PoolGeometry, pad: str) -> list[str]:
             f"        float* g_dst = g_img + {i} * g_plane + g_r * g_WQ;",
             f"        const int64_t g_R = (g_r0 + g_r) * {sh} + {py} - {top};",
             f"        if (g_R < 0 || g_R >= g_H) {{ for (int64_t g_q = 0; g_q < g_WQ; ++g_q) g_dst[g_q] = {fill}; continue; }}",
-            f"        dn_conv_row(g_dst, {p.buffer} + g_off + g_R * {s2}, g_WQ, g_W, {sw}, {px}, {left}, {s3}, {fill});",
+            "        " + copy.replace("@PX@", str(px)),
             "    }"]
     # every tap of a run of output columns combined in registers, then one store (a pass over the output row
     # per tap loaded and stored it kh * kw times: 5.2 -> ... ms for the resnet-like CNN's pool at batch 8)
