@@ -56,7 +56,8 @@ def render_pool(r, p: PoolGeometry, pad: str) -> list[str]:
             "        " + copy.replace("@PX@", str(px)),
             "    }"]
     # every tap of a run of output columns combined in registers, then one store (a pass over the output row
-    # per tap loaded and stored it kh * kw times: 5.2 -> ... ms for the resnet-like CNN's pool at batch 8)
+    # per tap loaded and stored it kh * kw times); with dn_conv_row_even, the resnet-like CNN's pool on one
+    # core went 0.48-0.61 -> 0.41-0.43 ms at batch 1; at batch 8 (26 MB of input read from memory) it stays 5.2-5.6
     pointers = [f"        const float* restrict g_s{t} = g_img + {pid[(y % sh, z % sw)]} * g_plane + ({y // sh} + g_rr) * g_WQ"
                 f" + {z // sw};" for t, (y, z) in enumerate((y, z) for y in range(kh) for z in range(kw))]
     combine = [f"g_a = g_s{t}[g_q] > g_a ? g_s{t}[g_q] : g_a;" if is_max else f"g_a += g_s{t}[g_q];"
