@@ -214,3 +214,51 @@ def test_stride_2_pools_over_wide_rows_match_the_reference(path, tmp_path_factor
             np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=f"{name} on {path}")
         else:
             np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} on {path}")
+
+
+# name -> (output channels, kernel, stride, padding): convolutions whose epilogue adds a residual input
+RESIDUAL_CONVS = {
+    "down1x1": (13, (1, 1), (2, 2), (0, 0, 0, 0)),
+    "c3x3s2": (20, (3, 3), (2, 2), (1, 1, 1, 1)),
+}
+
+
+def residual_graph(h: int, w: int):
+    """Each convolution + bias + a residual (a graph input of its output's shape) + ReLU: the epilogue reads a
+    value per output pixel, which the kernel prefetches a tile ahead of its store."""
+    rng = np.random.default_rng(1)
+    g = GraphBuilder()
+    x = g.input("x", TensorType(("n", C, h, w), DType.F32))
+    for name, (o, k, stride, padding) in RESIDUAL_CONVS.items():
+        oh = (h + padding[0] + padding[2] - k[0]) // stride[0] + 1
+        ow = (w + padding[1] + padding[3] - k[1]) // stride[1] + 1
+        res = g.input(f"{name}_r", TensorType(("n", o, oh, ow), DType.F32))
+        wt = g.const(f"{name}_w", rng.standard_normal((o, C, *k)).astype(np.float32))
+        y = g.node(Op.CONV2D, [x, wt], stride=stride, padding=padding, dilation=(1, 1), groups=1)
+        y = g.elementwise(Op.ADD, y, g.const(f"{name}_b", rng.standard_normal((1, o, 1, 1)).astype(np.float32)))
+        g.output(name, g.elementwise(Op.MAX, g.elementwise(Op.ADD, y, res), 0.0))
+    return g.finish()
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), size=st.sampled_from([(9, 11), (30, 23), (57, 64)]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 99))
+def test_residual_epilogues_match_the_reference(path, tmp_path_factory, monkeypatch, n, size, threads, seed):
+    key = f"residual-{path}-{size}"
+    graph = residual_graph(*size)
+    if key not in _BUILT:
+        _BUILT[key] = _compile(graph, PATHS[path][0], tmp_path_factory.mktemp(key), monkeypatch)
+    exe = _BUILT[key]
+    assert _path(exe) == PATHS[path][1]
+    assert exe.runner.source.count("__builtin_prefetch(&") == 3 * len(RESIDUAL_CONVS)   # the residual's tile lines
+    exe.runner.module.set_threads(threads)
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal((n, C, *size)).astype(np.float32)}
+    for name, (o, k, stride, padding) in RESIDUAL_CONVS.items():
+        oh = (size[0] + padding[0] + padding[2] - k[0]) // stride[0] + 1
+        ow = (size[1] + padding[1] + padding[3] - k[1]) // stride[1] + 1
+        feeds[f"{name}_r"] = rng.standard_normal((n, o, oh, ow)).astype(np.float32)
+    got, want = exe.run(feeds), run_graph(graph, feeds)
+    for name in RESIDUAL_CONVS:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=f"{name} on {path}")
