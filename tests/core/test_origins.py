@@ -91,3 +91,32 @@ def test_a_files_digest_is_computed_once_per_version(tmp_path):
     assert file_hash.file_sha256(path) == hashlib.sha256(b"one").hexdigest()   # the cache answered
     path.write_bytes(b"three")                              # a new version: hashed again
     assert file_hash.file_sha256(path) == hashlib.sha256(b"three").hexdigest()
+
+
+def test_a_finalizer_run_by_the_garbage_collector_inside_a_locked_section_does_not_deadlock(tmp_path):
+    """The cyclic GC may run a noted copy's or a mapping's finalizer on any allocation, also while this
+    thread holds the module's lock (origin_of -> allocation -> gc -> finalizer): a test run once hung so.
+    Run in a child process with a deadline, since a deadlocked lock would hang every later test here."""
+    script = f"""
+import gc, numpy as np
+from dnet.core import origins
+path = {str(tmp_path / "w.bin")!r}
+np.arange(4096, dtype=np.float32).tofile(path)
+m = np.memmap(path, np.float32, "r")
+origins.register_mapping(m, path)
+copy = origins.take_rows(m.reshape(64, 64), list(range(63, -1, -1)))
+cycle = [copy]; cycle.append(cycle)            # only the cyclic GC frees them
+mapping_cycle = [m]; mapping_cycle.append(mapping_cycle)
+del copy, cycle, m, mapping_cycle
+gc.disable()
+with origins._lock:                            # as origin_of holds it when an allocation collects
+    gc.collect()
+assert origins.origin_of(np.zeros(4)) is None  # the lock is free again, the finalizers' work done
+assert not origins._noted and not origins._mappings
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -18,8 +18,10 @@ import mmap
 import os
 import threading
 import weakref
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -91,6 +93,18 @@ class Origin:
 _lock = threading.Lock()
 _mappings: list[MappedFile] = []
 _noted: dict[int, tuple[weakref.ref, Origin]] = {}   # id(array) -> (the array, its origin): copies
+# What finalizers leave to do, done under the lock by the next caller (`_locked`). A finalizer may run on any
+# allocation (the cyclic GC), inside a section holding the lock on the same thread: taking the lock there
+# deadlocked a test run (origin_of -> gc -> _unnote). deque.append is atomic, so finalizers take no lock.
+_pending: deque[Callable[[], None]] = deque()
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    with _lock:
+        while _pending:
+            _pending.popleft()()
+        yield
 
 
 def register_mapping(mapping: np.ndarray, path: str | os.PathLike) -> None:
@@ -101,20 +115,20 @@ def register_mapping(mapping: np.ndarray, path: str | os.PathLike) -> None:
     if mapping.flags.writeable:   # a writable (or copy-on-write) map may no longer hold the file's bytes
         raise ValueError("only read-only mappings have origins")
     entry = MappedFile(str(path), mapping, int(mapping.offset))
-    with _lock:
+    with _locked():
         _mappings.append(entry)
-    weakref.finalize(mapping, _forget, entry)
+    weakref.finalize(mapping, _pending.append, lambda: _forget(entry))
 
 
 def _forget(entry: MappedFile) -> None:
-    with _lock:
-        if entry in _mappings:
-            _mappings.remove(entry)
+    """(The lock held.)"""
+    if entry in _mappings:
+        _mappings.remove(entry)
 
 
 def origin_of(array: np.ndarray) -> Origin | None:
     """Where `array`'s bytes are in a registered file, if they are there (or were copied from there)."""
-    with _lock:
+    with _locked():
         noted = _noted.get(id(array))
         if noted is not None and noted[0]() is array:
             return noted[1]
@@ -139,16 +153,16 @@ def files_of(arrays: Iterable[np.ndarray]) -> list[str]:
 
 def _note(array: np.ndarray, origin: Origin) -> np.ndarray:
     key = id(array)
-    with _lock:
+    with _locked():
         _noted[key] = (weakref.ref(array), origin)
-    weakref.finalize(array, _unnote, key, origin)
+    weakref.finalize(array, _pending.append, lambda: _unnote(key, origin))
     return array
 
 
 def _unnote(key: int, origin: Origin) -> None:
-    with _lock:
-        if key in _noted and _noted[key][1] is origin:
-            del _noted[key]
+    """(The lock held.) Forget a copy's origin, unless its id has been taken by a newer copy since."""
+    if key in _noted and _noted[key][1] is origin:
+        del _noted[key]
 
 
 def take_rows(array: np.ndarray, order: Sequence[int] | np.ndarray) -> np.ndarray:
