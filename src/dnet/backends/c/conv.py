@@ -33,8 +33,11 @@ within f32 rounding of the sums:
 """
 from __future__ import annotations
 
+import dataclasses
+import re
+
 from dnet.backends.c.gemm import _batch_decl
-from dnet.kernel.ir import Gemm
+from dnet.kernel.ir import Gemm, Load
 
 DIRECT = True   # False: the im2col Gemm of `backends/c/gemm.py` instead (kept to compare: benchmarks/conv.py --im2col)
 # path name, preprocessor condition, lanes, MR (rows), NR and NRW in vectors
@@ -313,11 +316,6 @@ def render_conv(r, g: Gemm, pad: str) -> list[str]:
 def _pixel_loads(r, g: Gemm) -> list[str]:
     """The epilogue's loads that change with the output pixel (a residual), as C lvalues, where their index
     names only the Gemm's own variables (one naming a let of the epilogue is not known before it runs)."""
-    import dataclasses
-    import re
-
-    from dnet.kernel.ir import Load
-
     j = g.vars[-1]
     found: list[str] = []
 
@@ -344,7 +342,7 @@ def _prefetch(r, g: Gemm) -> list[str]:
     """Where the epilogue reads a value per output pixel (a residual): the tile's lines of it and of the
     output, asked for before its FMAs run. Each of a sliver's rows advances 128 bytes a tile, too slowly
     for the hardware's stream prefetch, and those loads missed: the resnet-like CNN's 1x1/2 downsamples
-    with their residual add, one core, batch 8, 2.33-2.52 -> 1.95-2.12 ms (64 and 128 input channels)."""
+    with their residual add, one core, batch 8, 2.26-2.52 -> 1.85-2.12 ms (64 and 128 input channels)."""
     i, j = g.vars[-2], g.vars[-1]
     loads = _pixel_loads(r, g)
     if not loads:   # bias and ReLU only: measured no better with the output's lines prefetched
