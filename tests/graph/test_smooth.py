@@ -8,6 +8,7 @@ from dnet.backends.numpy import run_graph
 from dnet.core.dtypes import DType
 from dnet.core.shapes import Sym
 from dnet.core.types import TensorType
+from dnet.errors import DnetError
 from dnet.graph import composites as C
 from dnet.graph.builder import GraphBuilder
 from dnet.graph.ops import Op
@@ -129,7 +130,7 @@ def test_a_cpu_without_bf16_keeps_the_ffn_down_projection_f32_or_plain_int8(rng,
         np.testing.assert_array_equal(graph.weights["down"], block.weights["down"])
     else:
         assert "down@int8" in graph.weights and "down" not in graph.weights
-    with pytest.raises(ValueError, match="after_activations"):
+    with pytest.raises(DnetError, match="after_activations"):
         quantize_dynamic(block, after_activations="fp8")
 
 

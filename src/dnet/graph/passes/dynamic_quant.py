@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dnet.core.dtypes import DType
 from dnet.core.passes import Pass
+from dnet.errors import DnetError
 from dnet.graph.infer import infer
 from dnet.graph.ir import Graph, Node
 from dnet.graph.ops import Op, OpClass
@@ -60,7 +61,7 @@ def quantize_dynamic(graph: Graph, min_elements: int = MIN_ELEMENTS, smooth: boo
     `after_activations`: "bf16" (where the CPU has bf16 units), "f32" (where it has none: the portable bf16
     loop would cost more than the f32 Gemm) or "int8" like the others (the plain per-token scheme)."""
     if after_activations not in AFTER_ACTIVATIONS:
-        raise ValueError(f"after_activations must be one of {AFTER_ACTIVATIONS}, got {after_activations!r}")
+        raise DnetError(f"after_activations must be one of {AFTER_ACTIVATIONS}, got {after_activations!r}")
     if smooth:
         graph = smooth_matmul_inputs(graph)
     keep: set[int] = set()
