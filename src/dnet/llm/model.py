@@ -113,9 +113,12 @@ def _attention(b: GraphBuilder, q: Value, keys: Value, values: Value, mask: Valu
     k = b.permute(b.slice(keys, 1, 0, CTX), (0, 2, 3, 1))              # (batch, kv_heads, head_dim, ctx)
     v = b.permute(b.slice(values, 1, 0, CTX), (0, 2, 1, 3))            # (batch, kv_heads, ctx, head_dim)
     scores = b.elementwise(Op.MUL, b.matmul(q, k), 1.0 / math.sqrt(head_dim))
-    scores = b.reshape(scores, (BATCH, kv_heads, group, SEQ, CTX))
-    scores = b.elementwise(Op.ADD, scores, b.reshape(mask, (BATCH, 1, 1, SEQ, CTX)))
-    probs = b.reshape(C.softmax(b, scores, -1), (BATCH, kv_heads, group * SEQ, CTX))
+    # the mask repeated for each query head of the group, so the scores keep the matmul's rows: reshaped
+    # to (.., group, seq, ctx) and back, the probabilities were copied for the next matmul (a division
+    # by the symbolic seq in the index makes that reshape no strided view), a tenth of a long context's step
+    mask = b.expand(b.reshape(mask, (BATCH, 1, 1, SEQ, CTX)), (BATCH, 1, group, SEQ, CTX))
+    scores = b.elementwise(Op.ADD, scores, b.reshape(mask, (BATCH, 1, group * SEQ, CTX)))
+    probs = C.softmax(b, scores, -1)
     o = b.reshape(b.matmul(probs, v), (BATCH, kv_heads, group, SEQ, head_dim))
     return b.reshape(b.permute(o, (0, 3, 1, 2, 4)), (BATCH, SEQ, heads * head_dim))
 

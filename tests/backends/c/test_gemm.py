@@ -165,18 +165,26 @@ def test_other_hosts_tiles_match_the_reference(compile_c, rng, host, int8):
         assert_matches_reference(runner, graph, feeds, rtol=2e-4, atol=1e-3)
 
 
+SCALAR = Host("x86_64", "no vectors", 2, frozenset(), l1d=32 * 1024, l2=1 << 20)   # f32_lanes 1
+
+
+@pytest.mark.parametrize("host", ["here", *sorted(OTHER_HOSTS), "scalar"])
 @pytest.mark.parametrize("m", [1, 3, 4, 5])
-def test_a_few_rows_against_an_unpacked_b_either_way_round_with_an_epilogue(compile_c, rng, m):
+def test_a_few_rows_against_an_unpacked_b_either_way_round_with_an_epilogue(compile_c, rng, m, host):
     """At most SMALL_M rows skip packing b: dot products (b contiguous along k, as k^T of a KV cache) or row
-    updates (b contiguous along n, as v); sizes straddle the 64-column tasks; results as the reference."""
+    updates (b contiguous along n, as v), vectorised with the host's lanes (16, 8, 4; none: plain loops);
+    sizes straddle the 64-column tasks and the vectors; k symbolic (40: a part vector past the whole ones)
+    and static (64, an LLM's head size); results as the reference."""
     g = GraphBuilder()
-    q = g.input("q", TensorType((B, M, K), DType.F32))
-    cache = g.input("cache", TensorType((B, N, K), DType.F32))
-    scores = g.elementwise(Op.MUL, g.matmul(q, g.transpose(cache)), 0.125)       # b(k, j) = cache[j, k]
-    g.output("scores", scores)
-    g.output("mixed", g.elementwise(Op.ADD, g.matmul(scores, cache), 1.0))        # b(k, j) = cache[k, j]
+    for name, k, n in (("q", K, N), ("h", 64, Sym("ctx"))):
+        q = g.input(name, TensorType((B, M, k), DType.F32))
+        cache = g.input(f"{name}_cache", TensorType((B, n, k), DType.F32))
+        scores = g.elementwise(Op.MUL, g.matmul(q, g.transpose(cache)), 0.125)       # b(k, j) = cache[j, k]
+        g.output(f"{name}_scores", scores)
+        g.output(f"{name}_mixed", g.elementwise(Op.ADD, g.matmul(scores, cache), 1.0))   # b(k, j) = cache[k, j]
     graph = g.finish()
-    runner = compile_c(graph)
-    feeds = {"q": rng.standard_normal((2, m, 40)).astype(np.float32),
-             "cache": rng.standard_normal((2, 131, 40)).astype(np.float32)}
+    runner = compile_c(graph, **({} if host == "here" else {"host": OTHER_HOSTS.get(host, SCALAR)}))
+    feeds = {"q": rng.standard_normal((2, m, 40)), "q_cache": rng.standard_normal((2, 131, 40)),
+             "h": rng.standard_normal((2, m, 64)), "h_cache": rng.standard_normal((2, 77, 64))}
+    feeds = {name: v.astype(np.float32) for name, v in feeds.items()}
     assert_matches_reference(runner, graph, feeds, rtol=1e-4, atol=1e-4)

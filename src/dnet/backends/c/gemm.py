@@ -144,6 +144,7 @@ static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, 
     }}
 }}
 
+{transpose_sum(lanes, sfx)}
 {kernels}
 """
 
@@ -348,35 +349,126 @@ SMALL_M = 4   # rows of a at most for which a Gemm skips packing: a decode step'
 def _small_m(r, g: Gemm) -> list[str]:
     """A few rows of a against an unpacked b, read where it lies, 64 columns a task: packing b for
     so few rows would cost more than the product. Dot products when b's rows are contiguous along k
-    (q @ k^T over a KV cache), row updates when they are contiguous along n (p @ v)."""
+    (q @ k^T over a KV cache), row updates when they are contiguous along n (p @ v); each vectorised
+    where the host has vectors and the operands lie along them (`_dot_rows`, `_update_rows`)."""
     ix = r.index
     a_at = f"{g.a.buffer}[g_off_a + g_i * {ix(g.a.row_stride)} + g_k * {ix(g.a.col_stride)}]"
     b_at = f"{g.b.buffer}[g_off_b + g_k * {ix(g.b.row_stride)} + (g_j0 + g_jj) * {ix(g.b.col_stride)}]"
+    vectors = g.tile.lanes > 1
     if g.b.col_stride == 1:
-        rows = ["    for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) g_c[g_i * g_N + g_jj] = 0;",
-                "    for (int64_t g_k = 0; g_k < g_K; ++g_k) {",
-                f"        const float g_av = {a_at};",
-                "        #pragma omp simd",
-                f"        for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) g_c[g_i * g_N + g_jj] += g_av * {b_at};",
-                "    }"]
+        plain = ["for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) g_c[g_i * g_N + g_jj] = 0;",
+                 "for (int64_t g_k = 0; g_k < g_K; ++g_k) {",
+                 f"    const float g_av = {a_at};",
+                 "    #pragma omp simd",
+                 f"    for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) g_c[g_i * g_N + g_jj] += g_av * {b_at};",
+                 "}"]
+        fast = _update_rows(r, g) if vectors else None
     else:
-        rows = ["    for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) {",
-                "        float g_acc = 0;",
-                "        #pragma omp simd reduction(+:g_acc)",
-                f"        for (int64_t g_k = 0; g_k < g_K; ++g_k) g_acc += {a_at} * {b_at};",
-                "        g_c[g_i * g_N + g_jj] = g_acc;",
-                "    }"]
-    body = ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
+        plain = ["for (int64_t g_jj = 0; g_jj < g_nr; ++g_jj) {",
+                 "    float g_acc = 0;",
+                 "    #pragma omp simd reduction(+:g_acc)",
+                 f"    for (int64_t g_k = 0; g_k < g_K; ++g_k) g_acc += {a_at} * {b_at};",
+                 "    g_c[g_i * g_N + g_jj] = g_acc;",
+                 "}"]
+        fast = _dot_rows(r, g) if vectors and g.b.row_stride == 1 and g.a.col_stride == 1 else None
+    rows = ["for (int64_t g_i = 0; g_i < g_M; ++g_i) {", *[f"    {x}" for x in plain], "}"]
+    if fast is not None:
+        condition, lines = fast
+        rows = [f"if ({condition}) {{", *[f"    {x}" for x in lines], "} else {", *[f"    {x}" for x in rows], "}"]
+    return ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
             "    const int64_t g_chunks64 = (g_N + 63) / 64, g_bb = g_flat / g_chunks64;",
             "    const int64_t g_j0 = g_flat % g_chunks64 * 64, g_nr = g_N - g_j0 < 64 ? g_N - g_j0 : 64, g_mr = g_M;",
             *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
             "    float* g_c = out + g_bb * g_M * g_N + g_j0;",
-            "    for (int64_t g_i = 0; g_i < g_M; ++g_i) {",
             *[f"    {x}" for x in rows],
-            "    }",
             *[f"    {x}" for x in _epilogue(r, g, "g_c", "0", "g_j0")],
             "}"]
-    return body
+
+
+def _update_rows(r, g: Gemm) -> tuple[str, list[str]]:
+    """(condition, code): a whole 64-column chunk of c as row updates held in registers, 4 vectors a row
+    a pass, each b row loaded once for every row of a (the plain loop reloads and stores c for each k)."""
+    ix, lanes, t = r.index, g.tile.lanes, g.tile
+    vf, vfu, nv = f"dn_vf{t.mr}x{t.nr}", f"dn_vfu{t.mr}x{t.nr}", 4
+    width = nv * lanes
+    lines = [f"for (int64_t g_c0 = 0; g_c0 < 64; g_c0 += {width}) {{"]
+    for m in range(1, SMALL_M + 1):
+        acc = [[f"g_s{i}_{v}" for v in range(nv)] for i in range(m)]
+        a = [f"{g.a.buffer}[g_off_a + {i} * {ix(g.a.row_stride)} + g_k * {ix(g.a.col_stride)}]" for i in range(m)]
+        lines += [f"    {'if' if m == 1 else 'else if'} (g_M == {m}) {{",
+                  *[f"        {vf} " + ", ".join(f"{x} = {{0}}" for x in row) + ";" for row in acc],
+                  "        for (int64_t g_k = 0; g_k < g_K; ++g_k) {",
+                  f"            const float* g_b = {g.b.buffer} + g_off_b + g_k * {ix(g.b.row_stride)} + g_j0 + g_c0;",
+                  *[f"            const {vf} g_b{v} = *(const {vfu}*)(g_b + {v * lanes});" for v in range(nv)],
+                  *[f"            {{ const float g_a = {a[i]}; " + " ".join(f"{acc[i][v]} += g_a * g_b{v};" for v in range(nv))
+                    + " }" for i in range(m)],
+                  "        }",
+                  *[f"        *({vfu}*)(g_c + {i} * g_N + g_c0 + {v * lanes}) = {acc[i][v]};" for i in range(m) for v in range(nv)],
+                  "    }"]
+    lines.append("}")
+    return "g_nr == 64", lines
+
+
+def _dot_rows(r, g: Gemm) -> tuple[str, list[str]]:
+    """(condition, code): dot products a vector of k at a time, `lanes` columns of c at once: each column's
+    partial sums stay a vector, and one transposing sum (`dn_transpose_sum`) turns `lanes` of them into
+    `lanes` results (a horizontal sum per result costs about as much as its products); k past the last
+    whole vector is added one by one."""
+    ix, lanes, t = r.index, g.tile.lanes, g.tile
+    sfx = f"{t.mr}x{t.nr}"
+    vf, vfu = f"dn_vf{sfx}", f"dn_vfu{sfx}"
+    k = ix(g.k)
+    return "1", [
+        f"const int64_t g_kv = {k} / {lanes} * {lanes};   /* k in whole vectors */",
+        f"for (int64_t g_jb = 0; g_jb < g_nr; g_jb += {lanes}) {{",
+        f"    const int64_t g_nb = g_nr - g_jb < {lanes} ? g_nr - g_jb : {lanes};",
+        "    for (int64_t g_i = 0; g_i < g_M; ++g_i) {",
+        f"        const float* g_a = {g.a.buffer} + g_off_a + g_i * {ix(g.a.row_stride)};",
+        f"        {vf} g_t[{lanes}];",
+        f"        for (int64_t g_jj = 0; g_jj < {lanes}; ++g_jj) {{   /* past the last column: column 0 again, unused */",
+        f"            const float* g_b = {g.b.buffer} + g_off_b + (g_j0 + g_jb + (g_jj < g_nb ? g_jj : 0)) * {ix(g.b.col_stride)};",
+        f"            {vf} g_s = {{0}};",
+        f"            for (int64_t g_k = 0; g_k < g_kv; g_k += {lanes}) g_s += *(const {vfu}*)(g_a + g_k) * *(const {vfu}*)(g_b + g_k);",
+        "            g_t[g_jj] = g_s;",
+        "        }",
+        f"        float g_o[{lanes}];",
+        f"        *({vfu}*)g_o = dn_transpose_sum_{sfx}(g_t);",
+        "        for (int64_t g_jj = 0; g_jj < g_nb; ++g_jj) {",
+        f"            const float* g_b = {g.b.buffer} + g_off_b + (g_j0 + g_jb + g_jj) * {ix(g.b.col_stride)};",
+        f"            for (int64_t g_k = g_kv; g_k < {k}; ++g_k) g_o[g_jj] += g_a[g_k] * g_b[g_k];",
+        "            g_c[g_i * g_N + g_jb + g_jj] = g_o[g_jj];",
+        "        }",
+        "    }",
+        "}"]
+
+
+def transpose_sum(lanes: int, sfx: str) -> str:
+    """C: the sums of `lanes` vectors, as one vector (lane j: the sum of vector j's lanes). Each level pairs
+    the vectors and adds the halves of each one's items, so the items double and their widths halve:
+    lanes - 1 additions and twice as many shuffles for `lanes` sums."""
+    if lanes <= 1:
+        return ""
+    lines, names, width = [], [f"t[{j}]" for j in range(lanes)], lanes
+    level = 0
+    while width > 1:
+        items, half = lanes // width, width // 2
+        lo = [item * width + x for item in range(items) for x in range(half)]
+        hi = [item * width + half + x for item in range(items) for x in range(half)]
+        lo, hi = lo + [lanes + i for i in lo], hi + [lanes + i for i in hi]
+        out = []
+        for p in range(0, len(names), 2):
+            x, y, name = names[p], names[p + 1], f"u{level}_{p // 2}"
+            lines.append(f"    const dn_vf{sfx} {name} = __builtin_shufflevector({x}, {y}, {', '.join(map(str, lo))})"
+                         f" + __builtin_shufflevector({x}, {y}, {', '.join(map(str, hi))});")
+            out.append(name)
+        names, width, level = out, half, level + 1
+    body = "\n".join(lines)
+    return f"""
+static inline dn_vf{sfx} dn_transpose_sum_{sfx}(const dn_vf{sfx}* t) {{
+{body}
+    return {names[0]};
+}}
+"""
 
 
 def _pack_b_call(g: Gemm, sfx: str, ix) -> str:
