@@ -125,8 +125,12 @@ static void dn_pack_a_{sfx}(int64_t mc, int64_t kc, const float* a, int64_t rs, 
                 for (int64_t ii = 0; ii < {mr} && s + {mr} + ii < mc; ++ii)
                     for (int64_t kk = 0; kk < kc; kk += 16) __builtin_prefetch(a + (s + {mr} + ii) * rs + kk, 0, 3);
             float* d = dst + s * kc;
-            for (int64_t kk = 0; kk < kc; ++kk, d += {mr})
-                for (int64_t ii = 0; ii < {mr}; ++ii) d[ii] = ii < mm ? src[ii][kk] : 0.0f;
+            if (mm == {mr})   /* a whole sliver: no test per element */
+                for (int64_t kk = 0; kk < kc; ++kk, d += {mr})
+                    for (int64_t ii = 0; ii < {mr}; ++ii) d[ii] = src[ii][kk];
+            else
+                for (int64_t kk = 0; kk < kc; ++kk, d += {mr})
+                    for (int64_t ii = 0; ii < {mr}; ++ii) d[ii] = ii < mm ? src[ii][kk] : 0.0f;
         }}
         return;
     }}
