@@ -375,13 +375,17 @@ def _small_m(r, g: Gemm) -> list[str]:
                  "    g_c[g_i * g_N + g_jj] = g_acc;",
                  "}"]
         fast = _dot_rows(r, g) if vectors and g.b.row_stride == 1 and g.a.col_stride == 1 else None
+    last = ix(g.batch[-1]) if g.batch else "1"
     rows = ["for (int64_t g_i = 0; g_i < g_M; ++g_i) {", *[f"    {x}" for x in plain], "}"]
     if fast is not None:
         condition, lines = fast
         rows = [f"if ({condition}) {{", *[f"    {x}" for x in lines], "} else {", *[f"    {x}" for x in rows], "}"]
     return ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
-            "    const int64_t g_chunks64 = (g_N + 63) / 64, g_bb = g_flat / g_chunks64;",
-            "    const int64_t g_j0 = g_flat % g_chunks64 * 64, g_nr = g_N - g_j0 < 64 ? g_N - g_j0 : 64, g_mr = g_M;",
+            # tasks run chunk by chunk across the last batch axis (a KV cache's heads): the heads of one
+            # run of positions lie side by side, so they are read together, not in a pass per head
+            f"    const int64_t g_chunks64 = (g_N + 63) / 64, g_last = {last};",
+            "    const int64_t g_run = g_flat % (g_chunks64 * g_last), g_bb = g_flat / (g_chunks64 * g_last) * g_last + g_run % g_last;",
+            "    const int64_t g_j0 = g_run / g_last * 64, g_nr = g_N - g_j0 < 64 ? g_N - g_j0 : 64, g_mr = g_M;",
             *[f"    {x}" for x in _batch_decl("g_bb", g, r)],
             "    float* g_c = out + g_bb * g_M * g_N + g_j0;",
             *[f"    {x}" for x in rows],
