@@ -61,6 +61,7 @@ class KernelBuilder:
         self.cache: dict[tuple, V] = {}
         self.params: dict[int, str] = {}   # node id -> parameter name, in order of first use
         self.guard = 0
+        self.conditions: list = []         # the guards' conditions, innermost last (see `_gather`)
         self.flat = False                  # gemm epilogues: no hoisting, no reductions
         self._names = itertools.count()
 
@@ -305,10 +306,12 @@ class KernelBuilder:
             c = InBounds(i, 0, shape[axis])
             cond = c if cond is None else Binary(Op.AND, cond, c, DType.BOOL)
         self.guard += 1
+        self.conditions.append(cond)
         try:
             v = self.value(x, idx)
         finally:
             self.guard -= 1
+            self.conditions.pop()
         dtype = self.graph.nodes[x].dtype
         depth = max([v.depth] + [self.index_depth(i) for _, i in checks])
         return V(Where(cond, v.expr, Const(fill, dtype), dtype), depth)
@@ -387,24 +390,26 @@ def _concat(b: KernelBuilder, node: Node, idx: tuple) -> V:
         pieces.append((x, offset, size))
         offset = offset + size
     x, start, size = pieces[-1]
-    result = _concat_piece(b, x, idx, axis, start)
+    result = _concat_piece(b, x, idx, axis, start, size)
     depth = result.depth
     expr = result.expr
     for x, start, size in reversed(pieces[:-1]):
-        piece = _concat_piece(b, x, idx, axis, start)
+        piece = _concat_piece(b, x, idx, axis, start, size)
         cond = InBounds(idx[axis], start, start + size)
         expr = Where(cond, piece.expr, expr, node.dtype)
         depth = max(depth, piece.depth, b.index_depth(idx[axis]))
     return V(expr, depth)
 
 
-def _concat_piece(b: KernelBuilder, x: int, idx: tuple, axis: int, start) -> V:
+def _concat_piece(b: KernelBuilder, x: int, idx: tuple, axis: int, start, size) -> V:
     src = idx[:axis] + (idx[axis] - start,) + idx[axis + 1:]
     b.guard += 1
+    b.conditions.append(InBounds(idx[axis], start, start + size))
     try:
         return b.value(x, src)
     finally:
         b.guard -= 1
+        b.conditions.pop()
 
 
 def _gather(b: KernelBuilder, node: Node, idx: tuple) -> V:
@@ -414,10 +419,22 @@ def _gather(b: KernelBuilder, node: Node, idx: tuple) -> V:
     size = b.graph.nodes[x].shape[axis]
     where = b.value(indices, idx[axis:axis + rank])
     name = b.fresh("g")
-    b.scopes[where.depth].stmts.append(IndexLet(name, _as(where.expr, DType.I64), size))
+    index = _as(where.expr, DType.I64)
+    conditions = [c for c in b.conditions if c is not None]
+    if conditions:   # under a padding or concat guard: the index is a statement, run whether the guard
+        # holds or not, so where it does not, the indices are not read (they would be read out of bounds)
+        index = Where(_all(conditions), index, Const(0, DType.I64), DType.I64)
+    b.scopes[where.depth].stmts.append(IndexLet(name, index, size))
     b.var_depth[name] = where.depth
     b.bounds[name] = size
     return b.value(x, idx[:axis] + (Sym(name),) + idx[axis + rank:])
+
+
+def _all(conditions: list):
+    out = conditions[0]
+    for c in conditions[1:]:
+        out = Binary(Op.AND, out, c, DType.BOOL)
+    return out
 
 
 _MOVEMENT = {Op.RESHAPE: _reshape, Op.PERMUTE: _permute, Op.EXPAND: _expand, Op.SLICE: _slice,
