@@ -271,6 +271,9 @@ class RayCluster:
                 except ray.exceptions.RayActorError:
                     del pids[i]
                     continue
+                except Exception:  # noqa: BLE001 - an actor gone from Ray's books (removed, Ray shutting down):
+                    del pids[i]    # Ray raises a bare Exception ("Can't find actor") from the submission
+                    continue
                 if pid == pids[i]:
                     continue
                 generation[i] += 1
