@@ -377,9 +377,10 @@ def _small_m(r, g: Gemm) -> list[str]:
         fast = _dot_rows(r, g) if vectors and g.b.row_stride == 1 and g.a.col_stride == 1 else None
     last = ix(g.batch[-1]) if g.batch else "1"
     rows = ["for (int64_t g_i = 0; g_i < g_M; ++g_i) {", *[f"    {x}" for x in plain], "}"]
-    if fast is not None:
+    if fast is not None:   # None: the fast path covers every case
         condition, lines = fast
-        rows = [f"if ({condition}) {{", *[f"    {x}" for x in lines], "} else {", *[f"    {x}" for x in rows], "}"]
+        rows = lines if condition is None else \
+            [f"if ({condition}) {{", *[f"    {x}" for x in lines], "} else {", *[f"    {x}" for x in rows], "}"]
     return ["for (int64_t g_flat = g_begin; g_flat < g_end; ++g_flat) {",
             # tasks run chunk by chunk across the last batch axis (a KV cache's heads): the heads of one
             # run of positions lie side by side, so they are read together, not in a pass per head
@@ -417,8 +418,8 @@ def _update_rows(r, g: Gemm) -> tuple[str, list[str]]:
     return "g_nr == 64", lines
 
 
-def _dot_rows(r, g: Gemm) -> tuple[str, list[str]]:
-    """(condition, code): dot products a vector of k at a time, `lanes` columns of c at once: each column's
+def _dot_rows(r, g: Gemm) -> tuple[None, list[str]]:
+    """(None: no condition, code): dot products a vector of k at a time, `lanes` columns of c at once: each column's
     partial sums stay a vector, and one transposing sum (`dn_transpose_sum`) turns `lanes` of them into
     `lanes` results (a horizontal sum per result costs about as much as its products); k past the last
     whole vector is added one by one."""
@@ -426,7 +427,7 @@ def _dot_rows(r, g: Gemm) -> tuple[str, list[str]]:
     sfx = f"{t.mr}x{t.nr}"
     vf, vfu = f"dn_vf{sfx}", f"dn_vfu{sfx}"
     k = ix(g.k)
-    return "1", [
+    return None, [
         f"const int64_t g_kv = {k} / {lanes} * {lanes};   /* k in whole vectors */",
         f"for (int64_t g_jb = 0; g_jb < g_nr; g_jb += {lanes}) {{",
         f"    const int64_t g_nb = g_nr - g_jb < {lanes} ? g_nr - g_jb : {lanes};",
