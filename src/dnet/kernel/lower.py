@@ -60,8 +60,8 @@ class KernelBuilder:
         self.bounds: dict[str, object] = {}
         self.cache: dict[tuple, V] = {}
         self.params: dict[int, str] = {}   # node id -> parameter name, in order of first use
-        self.guard = 0
-        self.conditions: list = []         # the guards' conditions, innermost last (see `_gather`)
+        self.guards: list = []             # padding or concat guards around the value being built, innermost
+                                           # last: their conditions (None: none to test; see `_gather`)
         self.flat = False                  # gemm epilogues: no hoisting, no reductions
         self._names = itertools.count()
 
@@ -100,7 +100,7 @@ class KernelBuilder:
 
     def bind(self, v: V, force: bool = False) -> V:
         """Give a value a name at its own depth (hoisting it out of deeper loops)."""
-        if isinstance(v.expr, _TRIVIAL) or self.guard:
+        if isinstance(v.expr, _TRIVIAL) or self.guards:
             return v
         if not force and v.depth >= len(self.scopes) - 1:
             return v
@@ -172,7 +172,7 @@ class KernelBuilder:
                 raise Materialize(node.id, "a matmul read at another index than its epilogue's")
             raise Materialize(first_computed(self.graph, node.inputs[0], self.materialized),
                               "a reduction's input ends a matmul epilogue")
-        if self.guard:
+        if self.guards:
             raise Materialize(node.id, "a reduction under a padding or concat guard")
         depth = max((self.index_depth(i) for i in out_idx), default=0)
         outer = len(self.scopes)
@@ -301,17 +301,12 @@ class KernelBuilder:
 
     def guarded_load(self, x: int, idx: tuple, checks, shape, fill) -> V:
         """value(x, idx) where the given axes may fall outside [0, size): `fill` there."""
-        cond = None
-        for axis, i in checks:
-            c = InBounds(i, 0, shape[axis])
-            cond = c if cond is None else Binary(Op.AND, cond, c, DType.BOOL)
-        self.guard += 1
-        self.conditions.append(cond)
+        cond = _all([InBounds(i, 0, shape[axis]) for axis, i in checks])
+        self.guards.append(cond)
         try:
             v = self.value(x, idx)
         finally:
-            self.guard -= 1
-            self.conditions.pop()
+            self.guards.pop()
         dtype = self.graph.nodes[x].dtype
         depth = max([v.depth] + [self.index_depth(i) for _, i in checks])
         return V(Where(cond, v.expr, Const(fill, dtype), dtype), depth)
@@ -390,26 +385,24 @@ def _concat(b: KernelBuilder, node: Node, idx: tuple) -> V:
         pieces.append((x, offset, size))
         offset = offset + size
     x, start, size = pieces[-1]
-    result = _concat_piece(b, x, idx, axis, start, size)
+    result = _concat_piece(b, x, idx, axis, start, InBounds(idx[axis], start, start + size))
     depth = result.depth
     expr = result.expr
     for x, start, size in reversed(pieces[:-1]):
-        piece = _concat_piece(b, x, idx, axis, start, size)
         cond = InBounds(idx[axis], start, start + size)
+        piece = _concat_piece(b, x, idx, axis, start, cond)
         expr = Where(cond, piece.expr, expr, node.dtype)
         depth = max(depth, piece.depth, b.index_depth(idx[axis]))
     return V(expr, depth)
 
 
-def _concat_piece(b: KernelBuilder, x: int, idx: tuple, axis: int, start, size) -> V:
+def _concat_piece(b: KernelBuilder, x: int, idx: tuple, axis: int, start, cond) -> V:
     src = idx[:axis] + (idx[axis] - start,) + idx[axis + 1:]
-    b.guard += 1
-    b.conditions.append(InBounds(idx[axis], start, start + size))
+    b.guards.append(cond)
     try:
         return b.value(x, src)
     finally:
-        b.guard -= 1
-        b.conditions.pop()
+        b.guards.pop()
 
 
 def _gather(b: KernelBuilder, node: Node, idx: tuple) -> V:
@@ -420,20 +413,21 @@ def _gather(b: KernelBuilder, node: Node, idx: tuple) -> V:
     where = b.value(indices, idx[axis:axis + rank])
     name = b.fresh("g")
     index = _as(where.expr, DType.I64)
-    conditions = [c for c in b.conditions if c is not None]
-    if conditions:   # under a padding or concat guard: the index is a statement, run whether the guard
+    guard = _all([c for c in b.guards if c is not None])
+    if guard is not None:   # under a padding or concat guard: the index is a statement, run whether the guard
         # holds or not, so where it does not, the indices are not read (they would be read out of bounds)
-        index = Where(_all(conditions), index, Const(0, DType.I64), DType.I64)
+        index = Where(guard, index, Const(0, DType.I64), DType.I64)
     b.scopes[where.depth].stmts.append(IndexLet(name, index, size))
     b.var_depth[name] = where.depth
     b.bounds[name] = size
     return b.value(x, idx[:axis] + (Sym(name),) + idx[axis + rank:])
 
 
-def _all(conditions: list):
-    out = conditions[0]
-    for c in conditions[1:]:
-        out = Binary(Op.AND, out, c, DType.BOOL)
+def _all(conditions: list) -> Expr | None:
+    """The conjunction of `conditions` (None for none)."""
+    out = None
+    for c in conditions:
+        out = c if out is None else Binary(Op.AND, out, c, DType.BOOL)
     return out
 
 
